@@ -1,0 +1,22 @@
+# make run : install, then run the main job.  make test : install, then run the tests.
+PYTHON ?= python3
+DATA ?= adm-data
+
+.PHONY: setup run test lint bench
+
+setup:
+	bash scripts/setup.sh
+
+run: setup
+	adm data ingest fashion-mnist $(DATA)/fashion-mnist --resolution 32 --split train,test
+	adm data describe $(DATA)/fashion-mnist
+	adm config --preset fashion-mnist
+
+test: setup
+	$(PYTHON) -m pytest -q tests
+
+lint:
+	ruff check components pipelines tests bench
+
+bench:
+	$(PYTHON) bench/bench_components.py

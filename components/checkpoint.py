@@ -1,0 +1,104 @@
+"""Checkpoints: safe save/load, exponential moving averages, and the released ADM ``.pt`` files.
+
+Weights are written as safetensors through a temporary name and renamed into place, with the resolved config as JSON
+beside them. Released ``.pt`` files are read with ``torch.load(weights_only=True)``, which never unpickles code.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import UserError
+
+
+class CheckpointError(UserError):
+    """A checkpoint does not fit the network it is loaded into; the message lists what differs."""
+
+
+def update_ema(ema_params, params, rate: float) -> None:
+    """ema <- rate * ema + (1 - rate) * params, in place."""
+    with torch.no_grad():
+        for targ, src in zip(ema_params, params):
+            targ.mul_(rate).add_(src.detach(), alpha=1 - rate)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(state_dict: dict, path: str | Path, config: dict | None = None) -> None:
+    """Write a state_dict as safetensors (and `config` as JSON next to it, same stem + .json), atomically."""
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    if config is not None:
+        text = json.dumps(config, indent=2, sort_keys=True, default=str)
+        _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """Read weights from .safetensors, or from a .pt/.pth file without unpickling code (weights_only=True)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; check the path or URI")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a plain state_dict of tensors")
+    return state
+
+
+def describe_mismatch(model: nn.Module, state: dict) -> str:
+    """Missing and unexpected keys, and shape differences, between a network and a state_dict."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    parts = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            parts.append(f"{title} ({len(items)}): " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
+    return "; ".join(parts)
+
+
+def matching_released_flags(state: dict) -> list[str]:
+    """Names of released flag sets (presets.RELEASED_FLAGS) whose network has exactly this state_dict layout."""
+    from .models import classifier_from_flags, model_from_flags
+    from .presets import RELEASED_FLAGS
+
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    found = []
+    for name, flags in RELEASED_FLAGS.items():
+        with torch.device("meta"):
+            net = classifier_from_flags(flags) if "classifier" in name else model_from_flags(flags)
+        if {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes:
+            found.append(name)
+    return found
+
+
+def load_into(model: nn.Module, path_or_state, source: str = "checkpoint") -> nn.Module:
+    """Load weights strictly; on any mismatch raise CheckpointError naming the differences and matching flags."""
+    state = load_state_dict(path_or_state) if isinstance(path_or_state, (str, Path)) else path_or_state
+    mismatch = describe_mismatch(model, state)
+    if mismatch:
+        matches = matching_released_flags(state)
+        hint = (f"the checkpoint matches the released flags of {', '.join(matches)} (components.presets.RELEASED_FLAGS)"
+                if matches else "no released flag set matches it; check num_channels, num_res_blocks and class_cond")
+        raise CheckpointError(f"{source} does not fit the network: {mismatch}. {hint}")
+    model.load_state_dict(state, strict=True)
+    return model

@@ -1,0 +1,71 @@
+"""Network construction from configs and from the released code's flags.
+
+``model_from_flags`` / ``classifier_from_flags`` return networks whose state_dict keys and shapes equal those of the
+released ADM checkpoints (shared/checkpoint_formats/), so those files load with ``strict=True``.
+"""
+
+from torch import nn
+
+from .classifier import EncoderUNetModel
+from .config import (
+    ClassifierConfig,
+    UNetConfig,
+    attention_ds,
+    classifier_config_from_flags,
+    resolve_channel_mult,
+    unet_config_from_flags,
+    validate_classifier,
+    validate_unet,
+)
+from .unet import EncoderSpec, UNetModel
+
+
+def build_unet(cfg: UNetConfig) -> UNetModel:
+    validate_unet(cfg)
+    mult = resolve_channel_mult(cfg.image_size, cfg.channel_mult)
+    spec = EncoderSpec(
+        in_channels=cfg.in_channels,
+        model_channels=cfg.model_channels,
+        num_res_blocks=cfg.num_res_blocks,
+        attention_ds=attention_ds(cfg.image_size, cfg.attention_resolutions, mult),
+        channel_mult=mult,
+        dropout=cfg.dropout,
+        num_heads=cfg.num_heads,
+        num_head_channels=cfg.num_head_channels,
+        use_scale_shift_norm=cfg.use_scale_shift_norm,
+        resblock_updown=cfg.resblock_updown,
+        use_new_attention_order=cfg.use_new_attention_order,
+    )
+    out_channels = cfg.in_channels * (2 if cfg.learn_sigma else 1)
+    return UNetModel(spec, out_channels, cfg.num_classes, cfg.num_heads_upsample)
+
+
+def build_classifier(cfg: ClassifierConfig) -> EncoderUNetModel:
+    validate_classifier(cfg)
+    mult = resolve_channel_mult(cfg.image_size, cfg.channel_mult)
+    spec = EncoderSpec(
+        in_channels=cfg.in_channels,
+        model_channels=cfg.model_channels,
+        num_res_blocks=cfg.depth,
+        attention_ds=attention_ds(cfg.image_size, cfg.attention_resolutions, mult),
+        channel_mult=mult,
+        dropout=cfg.dropout,
+        num_heads=1,
+        num_head_channels=cfg.num_head_channels,
+        use_scale_shift_norm=cfg.use_scale_shift_norm,
+        resblock_updown=cfg.resblock_updown,
+        use_new_attention_order=False,
+    )
+    return EncoderUNetModel(spec, cfg.image_size, cfg.num_classes, cfg.pool)
+
+
+def model_from_flags(flags: dict, num_classes: int = 1000) -> nn.Module:
+    """The diffusion UNet for a released flag dict (e.g. the "flags" of 256x256_diffusion.json)."""
+    return build_unet(unet_config_from_flags(flags, num_classes=num_classes))
+
+
+def classifier_from_flags(flags: dict, num_classes: int = 1000, classifier_channel_mult=None,
+                          classifier_num_head_channels: int = 64) -> nn.Module:
+    """The noisy classifier for a released flag dict (e.g. the "flags" of 256x256_classifier.json)."""
+    cfg = classifier_config_from_flags(flags, num_classes, classifier_channel_mult, classifier_num_head_channels)
+    return build_classifier(cfg)

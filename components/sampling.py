@@ -1,0 +1,116 @@
+"""Ancestral DDPM (Ho et al. 2020, Alg. 2) and DDIM (Song et al. 2021, Eq. 12) sampling loops.
+
+Both are free functions with one signature: ``loop(model, diffusion, noise, model_kwargs=None, cond_fn=None,
+clip_denoised=True, eta=0.0, progress=None) -> x_0``. Guidance is composed in through ``cond_fn`` (see guidance.py):
+DDPM shifts the mean (Alg. 1 of Dhariwal & Nichol 2021), DDIM shifts the score (Alg. 2).
+
+Randomness comes from :class:`SampleNoise`: one generator per sample, seeded by the caller, so a sample depends on
+its own seed (and label and scale) only, never on which batch it was drawn in.
+"""
+
+import torch
+
+from .config import ConfigError
+from .diffusion import GaussianDiffusion
+from .guidance import condition_mean, condition_score
+
+
+class SampleNoise:
+    """Per-sample Gaussian noise streams: sample i draws from torch.Generator seeded with seeds[i]."""
+
+    def __init__(self, seeds: list[int], shape: tuple[int, ...], device: torch.device | str = "cpu"):
+        self.shape = tuple(shape)  # one sample, e.g. (C, H, W)
+        self.device = torch.device(device)
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def draw(self) -> torch.Tensor:
+        """The next [N, *shape] float32 draw; generated on the CPU so results do not depend on the device."""
+        z = torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        return z.to(self.device)
+
+
+def _timesteps(diffusion: GaussianDiffusion, n: int, device: torch.device):
+    for i in reversed(range(diffusion.num_timesteps)):
+        yield torch.full((n,), i, dtype=torch.long, device=device)
+
+
+def _grad_context(cond_fn):
+    # guidance needs autograd through the classifier; unguided sampling can use inference mode
+    return torch.no_grad() if cond_fn is not None else torch.inference_mode()
+
+
+def _nonzero_mask(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    return (t != 0).float().reshape(-1, *([1] * (ndim - 1)))  # no noise at the last step
+
+
+def ddpm_sample(model, diffusion, noise: SampleNoise, model_kwargs=None, cond_fn=None, clip_denoised=True,
+                eta=0.0, progress=None) -> torch.Tensor:
+    """x_{t-1} = mu(x_t) [+ Sigma grad log p(y|x_t)] + sigma z. ``eta`` is unused (DDPM is always stochastic)."""
+    del eta
+    x = noise.draw()
+    with _grad_context(cond_fn):
+        for t in _timesteps(diffusion, len(noise), x.device):
+            out = diffusion.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
+            if cond_fn is not None:
+                out = condition_mean(diffusion, cond_fn, out, x, t, model_kwargs)
+            z = noise.draw()
+            x = out["mean"] + _nonzero_mask(t, x.ndim) * torch.exp(0.5 * out["log_variance"]) * z
+            if progress is not None:
+                progress(1)
+    return x
+
+
+def ddim_sample(model, diffusion, noise: SampleNoise, model_kwargs=None, cond_fn=None, clip_denoised=True,
+                eta=0.0, progress=None) -> torch.Tensor:
+    """x_{t-1} = sqrt(abar_{t-1}) x0_hat + sqrt(1 - abar_{t-1} - sigma^2) eps_hat + sigma z (eta scales sigma)."""
+    x = noise.draw()
+    with _grad_context(cond_fn):
+        for t in _timesteps(diffusion, len(noise), x.device):
+            out = diffusion.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
+            if cond_fn is not None:
+                out = condition_score(diffusion, cond_fn, out, x, t, model_kwargs)
+            eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
+            alpha_bar = _gather_like(diffusion.alphas_cumprod, t, x)
+            alpha_bar_prev = _gather_like(diffusion.alphas_cumprod_prev, t, x)
+            sigma = (eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
+                     * torch.sqrt(1 - alpha_bar / alpha_bar_prev))
+            z = noise.draw()
+            mean_pred = (out["pred_xstart"] * torch.sqrt(alpha_bar_prev)
+                         + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps)
+            x = mean_pred + _nonzero_mask(t, x.ndim) * sigma * z
+            if progress is not None:
+                progress(1)
+    return x
+
+
+def _gather_like(arr, t, x):
+    return torch.from_numpy(arr).to(device=t.device)[t].float().reshape(-1, *([1] * (x.ndim - 1)))
+
+
+SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample}
+
+
+def parse_sampler(name: str):
+    """"ddim25" -> (ddim_sample, "ddim25"); "250" or "10,10,5" -> (ddpm_sample, same); "" -> full DDPM."""
+    name = str(name).strip()
+    if name.startswith("ddim"):
+        if not name[4:].isdigit():
+            raise ConfigError(f"sampler {name!r}: write DDIM as 'ddimN', e.g. 'ddim25'")
+        return ddim_sample, name
+    if name == "" or all(p.strip().isdigit() for p in name.split(",")):
+        return ddpm_sample, name
+    raise ConfigError(f"sampler {name!r} is unknown; use 'ddimN' (e.g. ddim25) or DDPM step counts (e.g. 250)")
+
+
+def class_conditional(model, class_cond: bool):
+    """Wrap an unconditional model so it ignores the labels that guidance needs (model_kwargs["y"])."""
+    if class_cond:
+        return model
+
+    def unconditional(x, t, y=None):
+        return model(x, t)
+
+    return unconditional

@@ -1,0 +1,274 @@
+"""Ingest: a source (Fashion-MNIST, an image folder, synthetic shapes) -> Parquet shards + manifest on any fsspec URL.
+
+Layout at DEST:  manifest.json, <split>/part-00000.parquet, ... with columns image (PNG bytes), label, class_name.
+Shards are written under a temporary sibling folder and moved into place; manifest.json is written last, and every
+reader requires it, so an interrupted ingest never leaves a dataset that later stages would accept.
+"""
+
+import json
+import math
+import posixpath
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from components.data import (
+    FASHION_MNIST_CLASSES,
+    DataError,
+    Fingerprint,
+    check_labels,
+    decode_fashion_mnist,
+    encode_png,
+    fit_to,
+    load_image_file,
+    make_shapes,
+)
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+@dataclass
+class IngestOptions:
+    resolution: int | None = None  # None: the source's native size (Fashion-MNIST 28, shapes 32)
+    splits: tuple[str, ...] = ("train",)
+    skip_bad: bool = False
+    resize: str = "pad"  # small sources (Fashion-MNIST): "pad" or "resize"
+    num_images: int = 1024  # shapes only, per split
+    num_classes: int = 4  # shapes only
+    seed: int = 0  # shapes only
+    rows_per_shard: int | None = None  # None: enough shards for Ray Data parallelism
+    workers: int = 2
+
+
+@dataclass
+class Batch:
+    """One chunk of one split, already at the target resolution."""
+
+    split: str
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # int64 [N]
+
+
+@dataclass
+class Source:
+    description: str
+    class_names: list[str]
+    channels: int
+    resolution: int
+    counts: dict[str, int]  # split -> images (before skipping bad files)
+    batches: object  # callable () -> iterator of Batch
+    skipped: list[str] = field(default_factory=list)
+
+
+# --- sources ----------------------------------------------------------------------------------------------------------
+def fashion_mnist_source(location: str, opts: IngestOptions) -> Source:
+    fs, root = fsspec.core.url_to_fs(location)
+
+    def read(name):
+        path = posixpath.join(root, name)
+        if not fs.exists(path):
+            raise DataError(f"Fashion-MNIST file {path} is missing; install the Debian package dataset-fashion-mnist "
+                            "or pass fashion-mnist:DIR with the four IDX .gz files")
+        return fs.cat_file(path)
+
+    unknown = set(opts.splits) - {"train", "test"}
+    if unknown:
+        raise DataError(f"Fashion-MNIST has splits train and test, not {sorted(unknown)}; use --split train,test")
+    arrays = decode_fashion_mnist(read)
+    resolution = opts.resolution or 28
+
+    def batches():
+        for split in opts.splits:
+            images, labels = arrays[split]
+            yield Batch(split, fit_to(images, resolution, opts.resize), labels)
+
+    return Source(f"fashion-mnist:{location}", list(FASHION_MNIST_CLASSES), 1, resolution,
+                  {s: len(arrays[s][1]) for s in opts.splits}, batches)
+
+
+def shapes_source(opts: IngestOptions) -> Source:
+    resolution = opts.resolution or 32
+    names = make_shapes(0, resolution, opts.num_classes, opts.seed)[2]  # validates num_classes
+
+    def batches():
+        for i, split in enumerate(opts.splits):
+            images, labels, _ = make_shapes(opts.num_images, resolution, opts.num_classes, opts.seed + 7919 * i)
+            yield Batch(split, images, labels)
+
+    return Source(f"shapes:n={opts.num_images},classes={opts.num_classes},seed={opts.seed}", names, 3, resolution,
+                  {s: opts.num_images for s in opts.splits}, batches)
+
+
+def _list_class_folders(fs, root: str, where: str) -> dict[str, list[str]]:
+    if not fs.isdir(root):
+        raise DataError(f"image folder {where} does not exist or is not a folder")
+    entries = sorted(fs.ls(root, detail=True), key=lambda e: e["name"])
+    classes = {posixpath.basename(e["name"].rstrip("/")): e["name"] for e in entries if e["type"] == "directory"}
+    if len(classes) < 2:
+        raise DataError(f"image folder {where} has {len(classes)} class folder(s); the ImageNet layout needs one "
+                        "sub-folder per class and at least two classes")
+    files = {}
+    for name, path in classes.items():
+        files[name] = sorted(p for p in fs.find(path) if not posixpath.basename(p).startswith("."))
+        if not files[name]:
+            raise DataError(f"class folder {path} is empty; remove it or add images")
+    return files
+
+
+def image_folder_source(location: str, opts: IngestOptions) -> Source:
+    fs, root = fsspec.core.url_to_fs(location)
+    if not opts.resolution:
+        raise DataError("an image folder needs --resolution (e.g. --resolution 64)")
+    if len(opts.splits) != 1:
+        raise DataError(f"an image folder is ingested as one split; pass one --split name, not {list(opts.splits)}")
+    files = _list_class_folders(fs, root, location)
+    class_names = sorted(files)
+    items = [(path, label) for label, name in enumerate(class_names) for path in files[name]]
+    source = Source(f"folder:{location}", class_names, 3, opts.resolution, {opts.splits[0]: len(items)}, None)
+
+    def load(item):
+        path, label = item
+        try:
+            return load_image_file(fs.cat_file(path), path, opts.resolution, 3), label
+        except (DataError, OSError) as e:
+            if not opts.skip_bad:
+                raise DataError(f"{e}; fix or remove the file, or pass --skip-bad to skip it") from None
+            source.skipped.append(path)
+            return None
+
+    def batches():
+        chunk = 2048
+        with ThreadPoolExecutor(max(1, opts.workers)) as pool:
+            for start in range(0, len(items), chunk):
+                loaded = [r for r in pool.map(load, items[start:start + chunk]) if r is not None]
+                if loaded:
+                    yield Batch(opts.splits[0], np.stack([im for im, _ in loaded]),
+                                np.array([lab for _, lab in loaded], dtype=np.int64))
+
+    source.batches = batches
+    return source
+
+
+def open_source(spec: str, opts: IngestOptions) -> Source:
+    """"fashion-mnist[:DIR_OR_URL]", "shapes", or an image folder path / fsspec URL."""
+    if spec == "fashion-mnist" or spec.startswith("fashion-mnist:"):
+        return fashion_mnist_source(spec.partition(":")[2] or FASHION_MNIST_DIR, opts)
+    if spec == "shapes":
+        return shapes_source(opts)
+    return image_folder_source(spec, opts)
+
+
+# --- writing ----------------------------------------------------------------------------------------------------------
+def _rows_per_shard(total: int, opts: IngestOptions) -> int:
+    if opts.rows_per_shard:
+        return opts.rows_per_shard
+    return max(64, min(10_000, math.ceil(total / 8)))  # ~8+ shards so Ray Data can read in parallel
+
+
+def _write_shard(fs, path: str, batch: Batch, class_names: list[str]) -> None:
+    table = pa.table({
+        "image": pa.array([encode_png(im) for im in batch.images], type=pa.binary()),
+        "label": pa.array(batch.labels, type=pa.int64()),
+        "class_name": pa.array([class_names[i] for i in batch.labels], type=pa.string()),
+    })
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def _split_rows(batch: Batch, size: int):
+    for start in range(0, len(batch.labels), size):
+        yield Batch(batch.split, batch.images[start:start + size], batch.labels[start:start + size])
+
+
+def read_manifest(url: str) -> dict | None:
+    fs, root = fsspec.core.url_to_fs(url)
+    path = posixpath.join(root, MANIFEST)
+    if not fs.exists(path):
+        return None
+    return json.loads(fs.cat_file(path))
+
+
+def ingest(spec: str, dest: str, opts: IngestOptions | None = None, log=print) -> dict:
+    """Write the dataset at `spec` to `dest`; returns its manifest. Idempotent for the same content."""
+    opts = opts or IngestOptions()
+    started = time.perf_counter()
+    source = open_source(spec, opts)
+    fs, root = fsspec.core.url_to_fs(dest)
+    existing = read_manifest(dest)
+    if existing is None and fs.exists(root) and fs.ls(root):
+        raise DataError(f"destination {dest} exists and holds files but no {MANIFEST}; choose an empty or new URL")
+    tmp = f"{root.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.makedirs(tmp, exist_ok=True)
+    try:
+        manifest = _write_all(fs, tmp, source, opts)
+        if existing is not None:
+            if existing["fingerprint"] != manifest["fingerprint"]:
+                raise DataError(f"destination {dest} already holds a different dataset (fingerprint "
+                                f"{existing['fingerprint'][:12]}, this one {manifest['fingerprint'][:12]}); "
+                                "choose another destination or delete the old one")
+            log(f"{dest} already holds this dataset (fingerprint {manifest['fingerprint'][:12]}); nothing to do")
+            return existing
+        _move_into_place(fs, tmp, root, manifest)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+    log(f"ingested {sum(manifest['counts'].values())} images into {dest} in {time.perf_counter() - started:.1f}s "
+        f"(fingerprint {manifest['fingerprint'][:12]})")
+    return manifest
+
+
+def _write_all(fs, tmp: str, source: Source, opts: IngestOptions) -> dict:
+    size = _rows_per_shard(sum(source.counts.values()), opts)
+    fingerprint, shards = Fingerprint(source.class_names), {}
+    per_class = {}
+    for batch in source.batches():
+        check_labels(batch.labels, len(source.class_names), f"{source.description} {batch.split}")
+        fingerprint.update(batch.split, batch.images, batch.labels)
+        counts = per_class.setdefault(batch.split, np.zeros(len(source.class_names), dtype=np.int64))
+        counts += np.bincount(batch.labels, minlength=len(source.class_names))
+        for part in _split_rows(batch, size):
+            rel = f"{part.split}/part-{len(shards.setdefault(part.split, [])):05d}.parquet"
+            fs.makedirs(posixpath.join(tmp, part.split), exist_ok=True)
+            _write_shard(fs, posixpath.join(tmp, rel), part, source.class_names)
+            shards[part.split].append(rel)
+    if not shards:
+        raise DataError(f"{source.description}: no images to ingest")
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": source.description,
+        "resolution": source.resolution,
+        "channels": source.channels,
+        "class_names": source.class_names,
+        "num_classes": len(source.class_names),
+        "counts": {s: int(c.sum()) for s, c in per_class.items()},
+        "counts_per_class": {s: {n: int(k) for n, k in zip(source.class_names, c)} for s, c in per_class.items()},
+        "shards": shards,
+        "fingerprint": fingerprint.hexdigest(),
+        "fingerprint_of": "sha256 over class names, then per split in order uint8 HWC pixels (with shape) and labels",
+        "skipped": {"count": len(source.skipped), "files": source.skipped},
+        "preprocessing": "short side: BOX halvings while >= 2x, BICUBIC to size, centre crop; small sources: "
+                         f"{opts.resize}",
+    }
+
+
+def _move_into_place(fs, tmp: str, root: str, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=2)
+    with fs.open(posixpath.join(tmp, MANIFEST), "w") as f:
+        f.write(text)
+    if not fs.exists(root):
+        fs.mv(tmp, root, recursive=True)  # a rename on local disks: the dataset appears whole
+        return
+    for files in manifest["shards"].values():  # an existing empty folder: shards first, manifest last
+        for rel in files:
+            fs.makedirs(posixpath.dirname(posixpath.join(root, rel)), exist_ok=True)
+            fs.mv(posixpath.join(tmp, rel), posixpath.join(root, rel))
+    fs.mv(posixpath.join(tmp, MANIFEST), posixpath.join(root, MANIFEST))

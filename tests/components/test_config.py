@@ -1,0 +1,46 @@
+import pytest
+
+from components import build_unet
+from components.config import ConfigError, UNetConfig, apply_overrides
+from components.presets import PRESET_BUILDERS, get_preset
+
+
+def test_unreachable_attention_resolution_is_named():
+    with pytest.raises(ConfigError, match="attention resolution 4"):
+        build_unet(UNetConfig(image_size=16, channel_mult=(1, 2), attention_resolutions=(4,)))
+
+
+def test_head_channels_must_divide_widths():
+    with pytest.raises(ConfigError, match="num_head_channels=48"):
+        build_unet(UNetConfig(image_size=16, channel_mult=(1, 2), attention_resolutions=(8,), num_head_channels=48))
+
+
+def test_unknown_size_needs_channel_mult():
+    with pytest.raises(ConfigError, match="channel_mult"):
+        build_unet(UNetConfig(image_size=48))
+
+
+def test_overrides_coerce_and_reject():
+    p = apply_overrides(get_preset("smoke"), ["unet.model_channels=64", "sample.guidance_scales=0,1.5",
+                                              "unet.learn_sigma=false", "unet.num_classes=none"])
+    assert p.unet.model_channels == 64 and p.sample.guidance_scales == (0, 1.5)
+    assert p.unet.learn_sigma is False and p.unet.num_classes is None
+    with pytest.raises(ConfigError, match="no field 'width'"):
+        apply_overrides(p, ["unet.width=3"])
+    with pytest.raises(ConfigError, match="unknown section"):
+        apply_overrides(p, ["model.width=3"])
+    with pytest.raises(ConfigError, match="bad value"):
+        apply_overrides(p, ["unet.model_channels=abc"])
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_BUILDERS))
+def test_every_preset_builds(name):
+    import torch
+
+    from components import build_classifier
+
+    p = get_preset(name)
+    with torch.device("meta"):
+        build_unet(p.unet)
+        build_classifier(p.classifier)
+    assert p.unet.learn_sigma == p.diffusion.learn_sigma

@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from components import build_classifier, build_unet
+from components.config import ClassifierConfig, DiffusionConfig, UNetConfig
+from components.diffusion import create_diffusion
+from components.guidance import ClassifierGuidance, condition_mean
+from components.sampling import SampleNoise, ddim_sample, ddpm_sample, parse_sampler
+
+UNET = UNetConfig(image_size=8, model_channels=32, channel_mult=(1, 2), attention_resolutions=(4,), num_classes=4,
+                  num_head_channels=32)
+CLF = ClassifierConfig(image_size=8, model_channels=32, depth=1, channel_mult=(1, 2), attention_resolutions=(4,),
+                       num_head_channels=32, num_classes=4)
+CFG = DiffusionConfig(steps=100, noise_schedule="linear", learn_sigma=True)
+
+
+def _random(net, seed, std=0.05):
+    torch.manual_seed(seed)
+    for p in net.parameters():
+        p.data.normal_(0, std)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return _random(build_unet(UNET), 0), _random(build_classifier(CLF), 1)
+
+
+def _sample(loop, nets, seeds, labels, scales, respacing, eta=0.0):
+    model, clf = nets
+    diffusion = create_diffusion(CFG, respacing)
+    noise = SampleNoise(seeds, (3, 8, 8))
+    cond_fn = None if scales is None else ClassifierGuidance(clf, torch.tensor(scales, dtype=torch.float32))
+    return loop(model, diffusion, noise, {"y": torch.tensor(labels)}, cond_fn=cond_fn, eta=eta)
+
+
+@pytest.mark.parametrize("loop,respacing", [(ddim_sample, "ddim10"), (ddpm_sample, "10")])
+def test_scale_zero_is_exactly_unguided(nets, loop, respacing):
+    unguided = _sample(loop, nets, [1, 2, 3], [0, 1, 2], None, respacing)
+    zero = _sample(loop, nets, [1, 2, 3], [0, 1, 2], [0.0, 0.0, 0.0], respacing)
+    mixed = _sample(loop, nets, [1, 2, 3], [0, 1, 2], [0.0, 5.0, 0.0], respacing)
+    assert torch.equal(unguided, zero)
+    assert torch.equal(mixed[0], unguided[0]) and torch.equal(mixed[2], unguided[2])
+    assert not torch.allclose(mixed[1], unguided[1])
+
+
+@pytest.mark.parametrize("loop,respacing", [(ddim_sample, "ddim10"), (ddpm_sample, "10")])
+def test_seeded_sample_does_not_depend_on_its_batch(nets, loop, respacing):
+    batch = _sample(loop, nets, [11, 12, 13, 14], [0, 1, 2, 3], [1.0, 2.0, 3.0, 4.0], respacing)
+    alone = _sample(loop, nets, [13], [2], [3.0], respacing)
+    other = _sample(loop, nets, [99, 13], [1, 2], [0.0, 3.0], respacing)
+    assert torch.allclose(batch[2], alone[0], atol=1e-5)
+    assert torch.allclose(batch[2], other[1], atol=1e-5)
+
+
+class _FirstDrawOnly(SampleNoise):
+    """Same x_T as SampleNoise(seeds); every later draw is fresh noise from elsewhere."""
+
+    def __init__(self, seeds, shape, later_seed):
+        super().__init__(seeds, shape)
+        self.first = True
+        self.later = torch.Generator().manual_seed(later_seed)
+
+    def draw(self):
+        if self.first:
+            self.first = False
+            return super().draw()
+        return torch.randn((len(self), *self.shape), generator=self.later)
+
+
+def test_ddim_eta_zero_is_deterministic_given_x_T(nets):
+    model, _ = nets
+    diffusion = create_diffusion(CFG, "ddim10")
+    y = {"y": torch.tensor([0, 3])}
+    a = ddim_sample(model, diffusion, _FirstDrawOnly([5, 6], (3, 8, 8), 1), y)
+    b = ddim_sample(model, diffusion, _FirstDrawOnly([5, 6], (3, 8, 8), 2), y)
+    assert torch.equal(a, b)
+    c = ddim_sample(model, diffusion, _FirstDrawOnly([5, 6], (3, 8, 8), 2), y, eta=1.0)
+    assert not torch.allclose(a, c)
+
+
+def test_guided_ddpm_mean_raises_log_p_y(nets):
+    model = nets[0]
+    clf = _random(build_classifier(CLF), 1, std=0.3)  # a sharper classifier than the nearly flat default
+    diffusion = create_diffusion(CFG)
+    torch.manual_seed(3)
+    x = torch.randn(6, 3, 8, 8)
+    t = torch.full((6,), 60)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    with torch.no_grad():
+        out = diffusion.p_mean_variance(model, x, t, model_kwargs={"y": y})
+        guided = condition_mean(diffusion, ClassifierGuidance(clf, 100.0), out, x, t, {"y": y})
+    assert not torch.equal(guided["mean"], out["mean"])
+
+    def log_p(z):
+        return torch.log_softmax(clf(z, t), -1)[torch.arange(6), y]
+
+    with torch.no_grad():
+        assert (log_p(guided["mean"]) > log_p(out["mean"])).all()
+
+
+def test_parse_sampler():
+    assert parse_sampler("ddim25")[0] is ddim_sample
+    assert parse_sampler("250")[0] is ddpm_sample
+    with pytest.raises(ValueError):
+        parse_sampler("euler")

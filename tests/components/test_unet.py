@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from components import build_classifier, build_unet
+from components.config import ClassifierConfig, UNetConfig
+from components.nn import QKVAttention, set_attention_backend, timestep_embedding
+
+SMALL = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), attention_resolutions=(8,), num_classes=3,
+                   num_head_channels=32)
+
+
+def _randomize(net):
+    torch.manual_seed(1)
+    for p in net.parameters():
+        p.data.normal_(0, 0.05)
+    return net
+
+
+def test_fresh_unet_outputs_zero_and_has_learned_sigma_channels():
+    net = build_unet(SMALL)
+    out = net(torch.randn(2, 3, 16, 16), torch.tensor([5, 500]), torch.tensor([0, 2]))
+    assert out.shape == (2, 6, 16, 16)
+    assert torch.count_nonzero(out) == 0
+    for name, p in net.named_parameters():
+        if ".proj_out." in name or ".out_layers.3." in name or name.startswith("out.2."):
+            assert torch.count_nonzero(p) == 0, name
+
+
+def test_class_embedding_changes_output_and_y_is_required():
+    net = _randomize(build_unet(SMALL)).eval()
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([100])
+    assert not torch.allclose(net(x, t, torch.tensor([0])), net(x, t, torch.tensor([1])))
+    with pytest.raises(ValueError, match="class-conditional"):
+        net(x, t)
+
+
+def test_timestep_embedding_closed_form():
+    emb = timestep_embedding(torch.tensor([0, 7]), 6)
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(3) / 3)
+    assert torch.allclose(emb[1], torch.cat([torch.cos(7 * freqs), torch.sin(7 * freqs)]))
+    assert torch.equal(emb[0], torch.tensor([1.0, 1, 1, 0, 0, 0]))
+
+
+@pytest.mark.parametrize("new_order", [False, True])
+def test_sdpa_equals_einsum_attention(new_order):
+    qkv = torch.randn(2, 3 * 4 * 8, 10)
+    attn = QKVAttention(4, new_order)
+    a = attn(qkv)
+    attn.backend = "einsum"
+    assert torch.allclose(a, attn(qkv), atol=1e-5)
+
+
+def test_attention_orders_differ_and_match_manual_layout():
+    heads, ch, length = 2, 4, 5
+    qkv = torch.randn(1, 3 * heads * ch, length)
+    legacy = QKVAttention(heads, new_order=False)(qkv)
+    q, k, v = qkv.reshape(heads, 3, ch, length).unbind(1)  # legacy: per head [q, k, v]
+    w = torch.softmax(torch.einsum("hct,hcs->hts", q, k) / ch**0.5, dim=-1)
+    assert torch.allclose(legacy, torch.einsum("hts,hcs->hct", w, v).reshape(1, -1, length), atol=1e-5)
+    new = QKVAttention(heads, new_order=True)(qkv)
+    q, k, v = qkv.reshape(3, heads, ch, length).unbind(0)  # new: [q, k, v], each split in heads
+    w = torch.softmax(torch.einsum("hct,hcs->hts", q, k) / ch**0.5, dim=-1)
+    assert torch.allclose(new, torch.einsum("hts,hcs->hct", w, v).reshape(1, -1, length), atol=1e-5)
+    assert not torch.allclose(legacy, new)
+
+
+def test_whole_network_sdpa_equals_einsum():
+    net = _randomize(build_unet(SMALL)).eval()
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 900]), torch.tensor([1, 2])
+    a = net(x, t, y)
+    b = set_attention_backend(net, "einsum")(x, t, y)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("pool", ["attention", "adaptive"])
+def test_classifier_pools(pool):
+    cfg = ClassifierConfig(image_size=16, model_channels=32, depth=1, channel_mult=(1, 2), attention_resolutions=(8,),
+                           num_head_channels=32, num_classes=5, pool=pool)
+    clf = build_classifier(cfg)
+    logits = clf(torch.randn(3, 3, 16, 16), torch.tensor([0, 10, 999]))
+    assert logits.shape == (3, 5)
+
+
+def test_classifier_shares_the_unet_encoder_code():
+    unet = build_unet(SMALL)
+    clf = build_classifier(ClassifierConfig(image_size=16, model_channels=32, depth=2, channel_mult=(1, 2),
+                                            attention_resolutions=(8,), num_head_channels=32, num_classes=3))
+    assert [type(m) for m in unet.input_blocks.modules()] == [type(m) for m in clf.input_blocks.modules()]
+
+
+def test_without_resblock_updown_uses_conv_resampling():
+    net = build_unet(UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), attention_resolutions=(),
+                                num_classes=None, resblock_updown=False, learn_sigma=False))
+    keys = net.state_dict().keys()
+    assert "input_blocks.3.0.op.weight" in keys and "output_blocks.2.1.conv.weight" in keys
+    assert net(torch.randn(1, 3, 16, 16), torch.tensor([1])).shape == (1, 3, 16, 16)

@@ -1,0 +1,121 @@
+import json
+import os
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.data import DataError, make_shapes
+from pipelines.dataset import DecodeBatch, describe, load_manifest, read_split
+from pipelines.ingest import FASHION_MNIST_DIR, IngestOptions, ingest
+
+QUIET = dict(log=lambda *_: None)
+
+
+def _folder(root: Path, classes=("cat", "dog"), per_class=3, size=(40, 30)):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_shapes_ingest_round_trip(tmp_path):
+    dest = tmp_path / "shapes"
+    manifest = ingest("shapes", str(dest), IngestOptions(resolution=16, num_images=100, splits=("train", "test"),
+                                                         rows_per_shard=30), **QUIET)
+    assert manifest["counts"] == {"train": 100, "test": 100}
+    assert len(manifest["shards"]["train"]) == 4
+    images, labels = read_split(str(dest), "train")
+    expected, expected_labels, _ = make_shapes(100, 16, 4, seed=0)
+    assert np.array_equal(images, expected) and np.array_equal(labels, expected_labels)
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    # same content again: a no-op; different content: refused before anything is written
+    assert ingest("shapes", str(dest), IngestOptions(resolution=16, num_images=100, splits=("train", "test")),
+                  **QUIET)["fingerprint"] == manifest["fingerprint"]
+    with pytest.raises(DataError, match="different dataset"):
+        ingest("shapes", str(dest), IngestOptions(resolution=16, num_images=100, seed=1), **QUIET)
+    assert load_manifest(str(dest)) == manifest
+
+
+def test_image_folder_on_memory_filesystem(tmp_path):
+    src = _folder(tmp_path / "src")
+    fs = fsspec.filesystem("memory")
+    for p in src.rglob("*.png"):
+        fs.pipe(f"/imgs/{p.parent.name}/{p.name}", p.read_bytes())
+    manifest = ingest("memory://imgs", "memory://out/ds", IngestOptions(resolution=16), **QUIET)
+    assert manifest["class_names"] == ["cat", "dog"]
+    assert manifest["counts_per_class"]["train"] == {"cat": 3, "dog": 3}
+    images, labels = read_split("memory://out/ds")
+    assert images.shape == (6, 16, 16, 3) and labels.tolist() == [0, 0, 0, 1, 1, 1]
+    info = describe("memory://out/ds")
+    assert fs.exists("/out/ds/grid.png") and info["grid"].endswith("grid.png")
+
+
+def test_corrupt_image_fails_by_name_or_is_skipped(tmp_path):
+    src = _folder(tmp_path / "src")
+    (src / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (src / "cat" / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="broken.png|notes.txt"):
+        ingest(str(src), str(tmp_path / "out"), IngestOptions(resolution=16), **QUIET)
+    assert not (tmp_path / "out").exists()
+    manifest = ingest(str(src), str(tmp_path / "out"), IngestOptions(resolution=16, skip_bad=True), **QUIET)
+    assert manifest["skipped"]["count"] == 2 and manifest["counts"]["train"] == 6
+    assert any(f.endswith("broken.png") for f in manifest["skipped"]["files"])
+
+
+def test_folder_layout_errors(tmp_path):
+    one = _folder(tmp_path / "one", classes=("only",))
+    with pytest.raises(DataError, match="at least two classes"):
+        ingest(str(one), str(tmp_path / "o1"), IngestOptions(resolution=16), **QUIET)
+    empty = _folder(tmp_path / "empty")
+    (empty / "zebra").mkdir()
+    with pytest.raises(DataError, match="zebra is empty"):
+        ingest(str(empty), str(tmp_path / "o2"), IngestOptions(resolution=16), **QUIET)
+    with pytest.raises(DataError, match="--resolution"):
+        ingest(str(empty), str(tmp_path / "o3"), IngestOptions(), **QUIET)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    with pytest.raises(DataError, match="holds files"):
+        ingest("shapes", str(tmp_path / "busy"), IngestOptions(num_images=8), **QUIET)
+
+
+def test_fashion_mnist_wrong_md5_and_missing_files(tmp_path):
+    with pytest.raises(DataError, match="missing"):
+        ingest(f"fashion-mnist:{tmp_path}", str(tmp_path / "o"), **QUIET)
+    if not os.path.exists(FASHION_MNIST_DIR):
+        pytest.skip("Fashion-MNIST files absent (apt-get install dataset-fashion-mnist); md5 check not exercised")
+    for name in os.listdir(FASHION_MNIST_DIR):
+        (tmp_path / name).write_bytes(Path(FASHION_MNIST_DIR, name).read_bytes())
+    import gzip
+
+    raw = bytearray(gzip.decompress((tmp_path / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    raw[-1] = (raw[-1] + 1) % 10
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError, match="md5"):
+        ingest(f"fashion-mnist:{tmp_path}", str(tmp_path / "o"), IngestOptions(splits=("train", "test")), **QUIET)
+
+
+@pytest.mark.skipif(not os.path.exists(FASHION_MNIST_DIR),
+                    reason="real Fashion-MNIST absent: apt-get install dataset-fashion-mnist (CI installs it)")
+def test_real_fashion_mnist(tmp_path):
+    manifest = ingest("fashion-mnist", str(tmp_path / "fm"), IngestOptions(resolution=32, splits=("train", "test")),
+                      **QUIET)
+    assert manifest["counts"] == {"train": 60000, "test": 10000}
+    assert set(manifest["counts_per_class"]["test"].values()) == {1000}
+    images, labels = read_split(str(tmp_path / "fm"), "test", limit=50)
+    assert images.shape == (50, 32, 32, 1) and images[:, :2].max() == 0  # padded border
+    on_disk = json.loads((tmp_path / "fm" / "manifest.json").read_text())
+    assert on_disk["fingerprint"] == manifest["fingerprint"]
+
+
+def test_decode_batch_scales_to_model_range():
+    images, labels, _ = make_shapes(3, 16, 4, seed=0)
+    from components.data import encode_png
+
+    out = DecodeBatch(3)({"image": np.array([encode_png(i) for i in images], dtype=object), "label": labels})
+    assert out["image"].shape == (3, 3, 16, 16) and out["image"].dtype == np.float32
+    assert np.allclose((out["image"] + 1) * 127.5, images.transpose(0, 3, 1, 2), atol=1e-3)
