@@ -87,7 +87,8 @@ class QKVAttention(nn.Module):
         else:
             # [B, heads, 3, ch, T]: each head holds its own q, k, v
             q, k, v = qkv.reshape(bs, self.num_heads, 3, ch, length).unbind(2)
-        q, k, v = (z.transpose(-1, -2) for z in (q, k, v))  # [B, heads, T, ch]
+        # [B, heads, T, ch], contiguous: SDPA's fused CPU kernel falls back to the slow math path on strided inputs
+        q, k, v = (z.transpose(-1, -2).contiguous() for z in (q, k, v))
         a = attention_heads(q, k, v, self.backend)
         return a.transpose(-1, -2).reshape(bs, self.num_heads * ch, length)
 

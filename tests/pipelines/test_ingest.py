@@ -119,3 +119,30 @@ def test_decode_batch_scales_to_model_range():
     out = DecodeBatch(3)({"image": np.array([encode_png(i) for i in images], dtype=object), "label": labels})
     assert out["image"].shape == (3, 3, 16, 16) and out["image"].dtype == np.float32
     assert np.allclose((out["image"] + 1) * 127.5, images.transpose(0, 3, 1, 2), atol=1e-3)
+
+
+def test_interrupted_ingest_leaves_nothing_a_reader_accepts(tmp_path, monkeypatch):
+    import pipelines.ingest as ingest_module
+
+    real_write, calls = ingest_module._write_shard, []
+
+    def failing_write(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C while the third shard was being written
+        real_write(*args)
+
+    monkeypatch.setattr(ingest_module, "_write_shard", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        ingest("shapes", str(tmp_path / "ds"), IngestOptions(num_images=64, rows_per_shard=8), **QUIET)
+    assert len(calls) == 3
+    assert not (tmp_path / "ds").exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(DataError, match="no manifest.json"):
+        load_manifest(str(tmp_path / "ds"))
+
+
+def test_labels_outside_the_class_range_are_refused():
+    from components.data import check_labels
+
+    with pytest.raises(DataError, match="outside 0..9"):
+        check_labels(np.array([0, 3, 10]), 10, "labels")
