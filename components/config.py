@@ -97,6 +97,9 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0: off, as released
     log_interval: int = 10
     save_interval: int = 500
+    sample_interval: int = 500  # diffusion: a grid of EMA samples to MLflow every N steps (0: at the end only)
+    keep_checkpoints: int = 2
+    max_failures: int = 2  # worker-group restarts from the last checkpoint
     num_workers: int = 1
     use_gpu: bool = False
 
@@ -111,6 +114,9 @@ class Preset:
     sample: SampleConfig = field(default_factory=SampleConfig)
     train_diffusion: TrainConfig = field(default_factory=TrainConfig)
     train_classifier: TrainConfig = field(default_factory=TrainConfig)
+    # the evaluator: a classifier of clean images for scores and sample accuracy, never used for guidance
+    evaluator: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(pool="adaptive"))
+    train_evaluator: TrainConfig = field(default_factory=TrainConfig)
     data: dict = field(default_factory=dict)
 
 
@@ -292,3 +298,25 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
 
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
+
+
+def _from_dict(cls, values: dict):
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        v = values[f.name]
+        kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+SECTION_TYPES = {"unet": UNetConfig, "classifier": ClassifierConfig, "diffusion": DiffusionConfig,
+                 "sample": SampleConfig, "train_diffusion": TrainConfig, "train_classifier": TrainConfig,
+                 "evaluator": ClassifierConfig, "train_evaluator": TrainConfig}
+
+
+def preset_from_dict(values: dict) -> Preset:
+    """Inverse of to_dict(preset) (JSON round trip: lists become tuples again)."""
+    sections = {name: _from_dict(cls, values[name]) for name, cls in SECTION_TYPES.items() if name in values}
+    return Preset(name=values["name"], description=values.get("description", ""), data=dict(values.get("data", {})),
+                  **sections)

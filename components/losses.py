@@ -85,4 +85,4 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     k = min(5, logits.shape[-1])
     top = logits.topk(k, dim=-1).indices
     hit = top == labels[:, None]
-    return {"acc@1": hit[:, 0].float(), f"acc@{k}": hit.any(dim=-1).float()}
+    return {"top1": hit[:, 0].float(), f"top{k}": hit.any(dim=-1).float()}

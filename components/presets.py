@@ -5,6 +5,8 @@ count or attention order still loads with strict=True and gives garbage, so ever
 Guidance scales and samplers for the ImageNet presets are those of the paper / released sampling commands.
 """
 
+from dataclasses import replace
+
 from .config import (
     ClassifierConfig,
     ConfigError,
@@ -67,6 +69,9 @@ def _imagenet_preset(name: str) -> Preset:
                                     num_workers=8, use_gpu=True, save_interval=10_000, log_interval=100),
         train_classifier=TrainConfig(steps=300_000, batch_size=256 // 8, lr=3e-4, weight_decay=0.05, anneal_lr=True,
                                      ema_rate=(), num_workers=8, use_gpu=True, save_interval=10_000),
+        evaluator=replace(classifier_config_from_flags(RELEASED_FLAGS[clf_key]), pool="adaptive"),
+        train_evaluator=TrainConfig(steps=100_000, batch_size=256 // 8, lr=3e-4, weight_decay=0.05, ema_rate=(),
+                                    num_workers=8, use_gpu=True, save_interval=10_000),
         data={"source": "imagenet-folder", "resolution": unet.image_size, "channels": 3},
     )
 
@@ -98,6 +103,9 @@ def _fashion_mnist() -> Preset:
         train_diffusion=TrainConfig(steps=1500, batch_size=64, lr=2e-4, ema_rate=(0.999,), save_interval=500),
         train_classifier=TrainConfig(steps=800, batch_size=64, lr=3e-4, weight_decay=0.05, anneal_lr=True,
                                      ema_rate=(), save_interval=400),
+        evaluator=_small_classifier(32, 1, 10, pool="adaptive", depth=1),
+        train_evaluator=TrainConfig(steps=400, batch_size=64, lr=1e-3, weight_decay=0.05, ema_rate=(),
+                                    save_interval=400),
         data={"source": "fashion-mnist", "resolution": 32, "channels": 1, "resize": "pad"},
     )
 
@@ -114,6 +122,8 @@ def _smoke() -> Preset:
         train_diffusion=TrainConfig(steps=20, batch_size=16, lr=1e-3, ema_rate=(0.99,), save_interval=10,
                                     log_interval=5),
         train_classifier=TrainConfig(steps=20, batch_size=16, lr=1e-3, ema_rate=(), save_interval=10, log_interval=5),
+        evaluator=_small_classifier(16, 3, 4, channel_mult=(1, 2), attention_resolutions=(8,), pool="adaptive"),
+        train_evaluator=TrainConfig(steps=20, batch_size=16, lr=1e-3, ema_rate=(), save_interval=10, log_interval=5),
         data={"source": "shapes", "resolution": 16, "channels": 3, "num_images": 256},
     )
 

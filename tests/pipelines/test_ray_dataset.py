@@ -1,21 +1,12 @@
 """Reading an ingested dataset through Ray Data on a real local Ray instance."""
 
 import numpy as np
-import pytest
 
 from components.data import make_shapes
 from pipelines.ingest import IngestOptions, ingest
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-def test_ray_dataset_yields_decoded_batches(tmp_path, ray_local):
+def test_ray_dataset_yields_decoded_batches(tmp_path, ray_cluster):
     from pipelines.dataset import ray_dataset
 
     ingest("shapes", str(tmp_path / "ds"), IngestOptions(resolution=16, num_images=64, rows_per_shard=16),

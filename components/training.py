@@ -1,0 +1,168 @@
+"""One training step and the complete training state, for the three networks of the system (pure PyTorch).
+
+* diffusion: the UNet with the hybrid loss (L_simple + L_vlb), timesteps from the configured sampler
+  (Nichol & Dhariwal 2021, Sec. 3); AdamW, EMA of the weights at each rate.
+* classifier: the noisy classifier p(y | x_t, t) with cross-entropy on x_t ~ q(x_t | x_0) at uniform t and an
+  optional linear lr anneal (Dhariwal & Nichol 2021, Sec. 4 and the released classifier_train.py).
+* evaluator: a classifier of clean images (t = 0, no noise), used only to score samples, never for guidance.
+
+The Ray worker (pipelines/train_worker.py) wraps a Learner: data, reporting and tracking live there.
+"""
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import save_weights, update_ema
+from .config import ConfigError, Preset, TrainConfig
+from .diffusion import create_diffusion
+from .losses import classifier_losses, topk_correct, training_losses
+from .models import build_classifier, build_unet
+from .precision import autocast_context
+from .sampling import SampleNoise, ddim_sample
+
+KINDS = ("diffusion", "classifier", "evaluator")
+
+
+def train_config(preset: Preset, kind: str) -> TrainConfig:
+    if kind not in KINDS:
+        raise ConfigError(f"unknown network {kind!r}; train one of {KINDS}")
+    return getattr(preset, f"train_{kind}")
+
+
+def network_config(preset: Preset, kind: str):
+    return {"diffusion": preset.unet, "classifier": preset.classifier, "evaluator": preset.evaluator}[kind]
+
+
+def build_network(preset: Preset, kind: str) -> torch.nn.Module:
+    return build_unet(preset.unet) if kind == "diffusion" else build_classifier(network_config(preset, kind))
+
+
+class Learner:
+    """Network, optimizer, EMA, timestep sampler and step counter of one trainer."""
+
+    def __init__(self, kind: str, preset: Preset, device: torch.device, seed: int = 0):
+        from .timestep_sampler import create_timestep_sampler
+
+        self.kind, self.preset, self.device = kind, preset, torch.device(device)
+        self.cfg = train_config(preset, kind)
+        torch.manual_seed(seed)
+        self.net = build_network(preset, kind).to(self.device)
+        self.diffusion = create_diffusion(preset.diffusion, "")
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.ema = {rate: [p.detach().clone() for p in self.net.parameters()] for rate in self.cfg.ema_rate}
+        self.sampler = create_timestep_sampler(self.cfg.schedule_sampler, self.diffusion.num_timesteps, seed)
+        self.step = 0
+
+    # --- one optimisation step ----------------------------------------------------------------------------------------
+    def lr(self) -> float:
+        if not self.cfg.anneal_lr:
+            return self.cfg.lr
+        return self.cfg.lr * (1 - self.step / self.cfg.steps)
+
+    def _terms(self, model, x0, y, t):
+        if self.kind == "diffusion":
+            kwargs = {"y": y} if self.preset.unet.num_classes is not None else {}
+            return training_losses(self.diffusion, model, x0, t, kwargs)
+        if self.kind == "classifier":
+            return classifier_losses(self.diffusion, model, x0, y, t)
+        logits = model(x0, torch.zeros_like(t)).float()
+        return {"loss": torch.nn.functional.cross_entropy(logits, y, reduction="none"), **topk_correct(logits, y)}
+
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor, model=None, gather=None) -> dict:
+        """One step on a batch (split in microbatches); returns scalar metrics. `model` may be a DDP wrapper."""
+        model = model or self.net
+        self.net.train()
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr()
+        self.opt.zero_grad(set_to_none=True)
+        batch = x0.shape[0]
+        micro = batch if self.cfg.microbatch <= 0 else self.cfg.microbatch
+        logs = []
+        for start in range(0, batch, micro):
+            xb, yb = x0[start:start + micro], y[start:start + micro]
+            t, weights = self.sampler.sample(xb.shape[0], self.device)
+            if self.kind == "evaluator":
+                t = torch.zeros_like(t)
+            with autocast_context(self.device):
+                terms = self._terms(model, xb, yb, t)
+            loss = (terms["loss"] * weights).mean() * (xb.shape[0] / batch)
+            loss.backward()
+            all_t, all_loss = (t, terms["loss"]) if gather is None else gather(t, terms["loss"])
+            self.sampler.update(all_t, all_loss)
+            logs.append((t, {k: v.detach() for k, v in terms.items()}))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip or float("inf"))
+        self.opt.step()
+        for rate, params in self.ema.items():
+            update_ema(params, self.net.parameters(), rate)
+        self.step += 1
+        return {**self._summarise(logs), "grad_norm": float(grad_norm), "lr": self.lr()}
+
+    def _summarise(self, logs) -> dict:
+        t = torch.cat([tt for tt, _ in logs])
+        out = {}
+        for key in logs[0][1]:
+            values = torch.cat([terms[key] for _, terms in logs]).float()
+            out[key] = float(values.mean())
+            if self.kind == "evaluator":
+                continue
+            quartile = (4 * t / self.diffusion.num_timesteps).long()
+            for q in range(4):
+                if (quartile == q).any():
+                    out[f"{key}_q{q}"] = float(values[quartile == q].mean())
+        return out
+
+    # --- samples to watch training ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_grid(self, per_class: int = 1, steps: str = "ddim25", seed: int = 0) -> torch.Tensor:
+        """DDIM samples from the EMA weights (first rate), one row per class: [-1, 1] tensor [N, C, H, W]."""
+        net = copy.deepcopy(self.net).eval()
+        if self.ema:
+            for p, e in zip(net.parameters(), next(iter(self.ema.values()))):
+                p.copy_(e)
+        classes = self.preset.unet.num_classes or 1
+        labels = torch.arange(classes, device=self.device).repeat_interleave(per_class)
+        cfg = self.preset.unet
+        noise = SampleNoise([seed + i for i in range(len(labels))], (cfg.in_channels, cfg.image_size, cfg.image_size),
+                            self.device)
+        kwargs = {"y": labels} if cfg.num_classes is not None else {}
+        with autocast_context(self.device):
+            return ddim_sample(net, create_diffusion(self.preset.diffusion, steps), noise, kwargs)
+
+    # --- state ------------------------------------------------------------------------------------------------------
+    def save(self, folder: str | Path, config: dict) -> None:
+        """Everything needed to resume exactly: weights, EMA, optimizer, step, sampler and RNG state."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_weights(self.net.state_dict(), folder / "model.safetensors", config=config)
+        names = [n for n, _ in self.net.named_parameters()]
+        for rate, params in self.ema.items():
+            save_weights(dict(zip(names, params)), folder / f"ema_{rate}.safetensors")
+        torch.save(self.opt.state_dict(), folder / "optimizer.pt")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(folder / "rng.safetensors"))
+        state = {"step": self.step, "kind": self.kind, "sampler": self.sampler.state_dict()}
+        (folder / "state.json").write_text(json.dumps(state))
+
+    def load(self, folder: str | Path) -> None:
+        from .checkpoint import load_into
+
+        folder = Path(folder)
+        load_into(self.net, folder / "model.safetensors", source=str(folder))
+        for rate, params in self.ema.items():
+            ema = load_file(str(folder / f"ema_{rate}.safetensors"))
+            for (name, _), p in zip(self.net.named_parameters(), params):
+                p.copy_(ema[name].to(p.device))
+        self.opt.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True))
+        rng = load_file(str(folder / "rng.safetensors"))
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        state = json.loads((folder / "state.json").read_text())
+        self.step = int(state["step"])
+        self.sampler.load_state_dict(state["sampler"])

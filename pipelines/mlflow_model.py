@@ -1,0 +1,40 @@
+"""MLflow "model from code" for an ADM network: safetensors weights + the resolved config JSON, no pickles.
+
+predict() takes {"x_t": float32 [B, C, H, W], "t": int64 [B], optional "y": int64 [B]} and returns the network's
+output as a NumPy array (UNet: eps and variance values; classifiers: logits).
+"""
+
+import json
+
+import mlflow
+import numpy as np
+import torch
+
+
+class AdmNetwork(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from components.checkpoint import load_into
+        from components.config import ClassifierConfig, UNetConfig
+        from components.models import build_classifier, build_unet
+
+        with open(context.artifacts["config"]) as f:
+            config = json.load(f)
+        kind, values = config["kind"], config["network"]
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        net = build_unet(UNetConfig(**values)) if kind == "diffusion" else build_classifier(ClassifierConfig(**values))
+        self.kind = kind
+        self.net = load_into(net, context.artifacts["weights"]).eval()
+
+    def predict(self, context, model_input, params=None):
+        x = torch.as_tensor(np.asarray(model_input["x_t"], dtype=np.float32))
+        t = torch.as_tensor(np.asarray(model_input["t"], dtype=np.int64))
+        with torch.inference_mode():
+            if self.kind == "diffusion":
+                y = model_input.get("y")
+                out = self.net(x, t, None if y is None else torch.as_tensor(np.asarray(y, dtype=np.int64)))
+            else:
+                out = self.net(x, t)
+        return out.numpy()
+
+
+mlflow.models.set_model(AdmNetwork())

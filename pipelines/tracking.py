@@ -1,0 +1,145 @@
+"""Every MLflow call of the project goes through this module.
+
+Runs are addressed by id (MlflowClient), never through the fluent "active run" stack, so the driver, Ray Train
+workers and Ray Data actors can all log to the same run from different processes. With nothing configured the
+tracking store is a local sqlite file (``sqlite:///<cwd>/mlflow.db``); remote workers need a tracking server URI
+(``MLFLOW_TRACKING_URI=http://host:5000``).
+"""
+
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from components.config import UserError
+
+_LOG_MODEL_LOCK = threading.Lock()
+MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
+
+
+class TrackingError(UserError):
+    """The tracking server or store cannot be used; the message says how to fix it."""
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """Fail early when the tracking server is unreachable or the local store unwritable."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+                if response.status != 200:
+                    raise TrackingError(f"MLflow tracking server {uri} answered /health with {response.status}")
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({e}); start one (mlflow server --host 127.0.0.1 "
+                "--port 5000) or unset MLFLOW_TRACKING_URI to track to a local sqlite file"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not os.access(folder, os.W_OK):
+            raise TrackingError(f"cannot write the MLflow store {uri}: {folder} is not writable")
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+class Tracker:
+    """A thin wrapper over MlflowClient for one tracking URI."""
+
+    def __init__(self, uri: str | None = None):
+        from mlflow import MlflowClient
+
+        self.uri = resolve_tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    # --- runs ---------------------------------------------------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # created concurrently by another process
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def start_run(self, experiment: str, run_name: str, parent_run_id: str | None = None,
+                  tags: dict | None = None) -> str:
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    # --- values -------------------------------------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if np.isfinite(v)]
+        if items:
+            self.client.log_batch(run_id, metrics=items)
+
+    # --- files --------------------------------------------------------------------------------------------------------
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def log_image(self, run_id: str, image: np.ndarray, artifact_file: str) -> None:
+        """uint8 HWC (C = 1 or 3) image as a PNG artifact."""
+        self.client.log_image(run_id, image[..., 0] if image.shape[-1] == 1 else image, artifact_file=artifact_file)
+
+    def log_dict(self, run_id: str, values: dict, artifact_file: str) -> None:
+        self.client.log_dict(run_id, values, artifact_file)
+
+    def download_artifacts(self, run_id: str, path: str, dst: str | Path) -> str:
+        return self.client.download_artifacts(run_id, path, str(dst))
+
+    # --- models -------------------------------------------------------------------------------------------------------
+    def log_network(self, run_id: str, name: str, weights: Path, config: Path) -> str:
+        """Log a network as an MLflow pyfunc model defined from code (no pickled objects); returns its model URI."""
+        import mlflow
+
+        with _LOG_MODEL_LOCK:  # the fluent API below keeps per-process state
+            mlflow.set_tracking_uri(self.uri)
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name=name, python_model=str(MODEL_FILE),
+                    artifacts={"weights": str(weights), "config": str(config)},
+                    pip_requirements=["adm-pipeline"],
+                )
+        return info.model_uri

@@ -1,0 +1,218 @@
+"""Ray Train drivers: the diffusion model, the noisy classifier and the evaluator network, trained concurrently.
+
+Each network is one ``TorchTrainer`` with its own ScalingConfig; the ``fit()`` calls run side by side in driver
+threads and finish independently. Before any worker starts, the configuration is checked against the dataset's
+manifest, the storage path is written to once and the tracking server is asked for /health. The MLflow run of each
+trainer is created here, so a worker-group restart never creates a second run; rank 0 logs into it by id.
+"""
+
+import dataclasses
+import math
+import tempfile
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+import torch
+
+from components.config import ConfigError, Preset, UserError, to_dict
+from components.training import KINDS, build_network, network_config, train_config
+
+from .dataset import load_manifest, ray_dataset
+from .tracking import Tracker, check_tracking
+from .train_worker import train_loop_per_worker
+
+
+class TrainingError(UserError):
+    """A trainer failed; the message names the network, the step or the cause, and the run to inspect."""
+
+
+@dataclass
+class TrainOptions:
+    storage: str  # folder or URI for checkpoints (any pyarrow/fsspec filesystem)
+    tracking_uri: str | None = None
+    experiment: str = "adm"
+    parent_run_id: str | None = None
+    seed: int = 0
+    data_cpus: float = 0.25  # CPUs per Ray Data read/decode task
+    heartbeat_files: dict = field(default_factory=dict)  # test hook: kind -> file with rank 0's pid and step
+
+
+@dataclass
+class TrainOutcome:
+    kind: str
+    run_id: str
+    checkpoint: str  # storage path of the final checkpoint
+    steps: int
+    model_uri: str | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+# --- checks before any worker starts -----------------------------------------------------------------------------
+def validate(preset: Preset, kinds, manifest: dict) -> None:
+    for kind in kinds:
+        train_config(preset, kind)
+        with torch.device("meta"):
+            build_network(preset, kind)
+        cfg = network_config(preset, kind)
+        where = "unet" if kind == "diffusion" else kind
+        if cfg.image_size != manifest["resolution"]:
+            raise ConfigError(f"{where}.image_size={cfg.image_size} but the dataset is {manifest['resolution']}px; "
+                              f"re-ingest with --resolution {cfg.image_size} or override {where}.image_size")
+        if cfg.in_channels != manifest["channels"]:
+            raise ConfigError(f"{where}.in_channels={cfg.in_channels} but the dataset has {manifest['channels']} "
+                              f"channel(s); override {where}.in_channels={manifest['channels']}")
+        classes = cfg.num_classes
+        if classes is not None and classes != manifest["num_classes"]:
+            raise ConfigError(f"{where}.num_classes={classes} but the dataset has {manifest['num_classes']} classes; "
+                              f"override {where}.num_classes={manifest['num_classes']}")
+
+
+def check_storage(storage: str) -> None:
+    fs, root = fsspec.core.url_to_fs(storage)
+    probe = f"{root.rstrip('/')}/.adm-write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.makedirs(root, exist_ok=True)
+        fs.pipe_file(probe, b"ok")
+        fs.rm(probe)
+    except Exception as e:
+        raise UserError(f"storage path {storage} is not writable ({type(e).__name__}: {e}); choose another --storage") \
+            from None
+
+
+def worker_resources(preset: Preset, kinds, cluster_cpus: float) -> dict:
+    """CPUs per worker so that all trainers fit at once and Ray Data keeps half a CPU (on a 2-core box: 0.5 each)."""
+    workers = sum(train_config(preset, k).num_workers for k in kinds if not train_config(preset, k).use_gpu)
+    if workers == 0:
+        return {k: 1.0 for k in kinds}
+    per_worker = min(1.0, max(0.1, (cluster_cpus - 0.5) / workers))
+    return {k: (1.0 if train_config(preset, k).use_gpu else round(per_worker, 2)) for k in kinds}
+
+
+def plan(preset: Preset, kinds, cluster_cpus: float) -> dict:
+    """What each trainer will ask Ray for (for --dry-run and the logs)."""
+    cpus = worker_resources(preset, kinds, cluster_cpus)
+    out = {}
+    for kind in kinds:
+        cfg = train_config(preset, kind)
+        per_worker = {"CPU": cpus[kind], **({"GPU": 1} if cfg.use_gpu else {})}
+        out[kind] = {"num_workers": cfg.num_workers, "resources_per_worker": per_worker, "steps": cfg.steps,
+                     "batch_size_per_worker": cfg.batch_size}
+    return out
+
+
+# --- trainers ---------------------------------------------------------------------------------------------------------
+def make_trainer(kind: str, preset: Preset, data_url: str, run_id: str, opts: TrainOptions, cpus: float):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    cfg = train_config(preset, kind)
+    config = {"kind": kind, "preset": to_dict(preset), "run_id": run_id, "tracking_uri": opts.tracking_uri,
+              "seed": opts.seed, "threads": max(1, math.floor(cpus)), "sample_interval": cfg.sample_interval,
+              "heartbeat_file": opts.heartbeat_files.get(kind),
+              "nonfinite_marker": nonfinite_marker(opts, kind, run_id)}
+    resources = {"CPU": cpus, **({"GPU": 1} if cfg.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"{kind}-{run_id}",
+            storage_path=opts.storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+        datasets={"train": ray_dataset(data_url, "train", num_cpus=opts.data_cpus)},
+    )
+
+
+def nonfinite_marker(opts: TrainOptions, kind: str, run_id: str) -> str:
+    """Where a trainer that met a NaN/inf loss records the step (beside its checkpoints)."""
+    return f"{opts.storage.rstrip('/')}/{kind}-{run_id}/nonfinite_loss.json"
+
+
+def _nonfinite_step(opts: TrainOptions, kind: str, run_id: str) -> int | None:
+    import json
+
+    url = nonfinite_marker(opts, kind, run_id)
+    fs, path = fsspec.core.url_to_fs(url)
+    return json.loads(fs.cat_file(path))["step"] if fs.exists(path) else None
+
+
+def _fit(kind: str, preset: Preset, data_url: str, run_id: str, opts: TrainOptions, cpus: float,
+         tracker: Tracker) -> TrainOutcome:
+    try:
+        result = make_trainer(kind, preset, data_url, run_id, opts, cpus).fit()
+        metrics = dict(result.metrics or {})
+        bad_step = _nonfinite_step(opts, kind, run_id)
+        if bad_step is not None:
+            kept = result.checkpoint.path if result.checkpoint else "none was saved yet"
+            raise TrainingError(f"{kind}: the loss became NaN/inf at step {bad_step}; training stopped there. "
+                                f"Last good checkpoint: {kept} (MLflow run {run_id})")
+        if result.checkpoint is None:
+            raise TrainingError(f"{kind}: training ended without a checkpoint (MLflow run {run_id})")
+        outcome = TrainOutcome(kind, run_id, result.checkpoint.path, int(metrics.get("step", 0)), metrics=metrics)
+        outcome.model_uri = _log_final(tracker, outcome, result.checkpoint, preset)
+        tracker.end_run(run_id, "FINISHED")
+        return outcome
+    except BaseException as e:
+        tracker.set_tags(run_id, {"error": f"{type(e).__name__}: {e}"[:5000]})
+        tracker.end_run(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        if isinstance(e, (TrainingError, KeyboardInterrupt)):
+            raise
+        raise TrainingError(f"{kind} training failed (MLflow run {run_id}): {type(e).__name__}: {e}\n"
+                            f"{traceback.format_exc(limit=3)}") from e
+
+
+def _log_final(tracker: Tracker, outcome: TrainOutcome, checkpoint, preset: Preset) -> str:
+    """The final checkpoint as artifacts, and the (EMA if any) network as a logged MLflow model."""
+    import json
+
+    with checkpoint.as_directory() as folder:
+        folder = Path(folder)
+        tracker.log_artifacts(outcome.run_id, folder, "checkpoint")
+        rates = train_config(preset, outcome.kind).ema_rate
+        weights = folder / (f"ema_{rates[0]}.safetensors" if rates else "model.safetensors")
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "network.json"
+            network = dataclasses.asdict(network_config(preset, outcome.kind))
+            config.write_text(json.dumps({"kind": outcome.kind, "network": network}))
+            return tracker.log_network(outcome.run_id, f"{outcome.kind}_model", weights, config)
+
+
+def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=KINDS, log=print) -> dict[str, TrainOutcome]:
+    """Train `kinds` concurrently on the connected Ray cluster; returns one TrainOutcome per network."""
+    import ray
+
+    manifest = load_manifest(data_url)
+    validate(preset, kinds, manifest)
+    check_storage(opts.storage)
+    tracker = Tracker(opts.tracking_uri)
+    opts = dataclasses.replace(opts, tracking_uri=tracker.uri)
+    check_tracking(tracker.uri)
+    if not ray.is_initialized():
+        ray.init()
+    cpus = worker_resources(preset, kinds, ray.cluster_resources().get("CPU", 1))
+    run_ids = {}
+    for kind in kinds:
+        run_ids[kind] = tracker.start_run(opts.experiment, f"train-{kind}", opts.parent_run_id,
+                                          tags={"adm.stage": "train", "adm.network": kind,
+                                                "adm.data_fingerprint": manifest["fingerprint"]})
+        tracker.log_params(run_ids[kind], {"network": kind, "data_url": data_url, **to_dict(preset)})
+        log(f"[{kind}] MLflow run {run_ids[kind]}; {train_config(preset, kind).num_workers} worker(s) x "
+            f"{cpus[kind]} CPU")
+    with ThreadPoolExecutor(len(kinds)) as pool:
+        futures = {k: pool.submit(_fit, k, preset, data_url, run_ids[k], opts, cpus[k], tracker) for k in kinds}
+        outcomes, errors = {}, []
+        for kind, future in futures.items():
+            try:
+                outcomes[kind] = future.result()
+            except TrainingError as e:
+                errors.append(str(e))
+    if errors:
+        raise TrainingError("; ".join(errors))
+    return outcomes

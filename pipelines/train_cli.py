@@ -1,0 +1,37 @@
+"""`adm train diffusion|classifier|evaluator|all`."""
+
+import json
+
+
+def cmd_train(args) -> int:
+    from .cli import resolved_preset
+    from .dataset import load_manifest
+    from .train import TrainOptions, plan, train, validate
+
+    preset = resolved_preset(args)
+    kinds = ("diffusion", "classifier", "evaluator") if args.network == "all" else (args.network,)
+    validate(preset, kinds, load_manifest(args.data))
+    if args.dry_run:
+        print(json.dumps({"preset": preset.name, "data": args.data, "storage": args.storage,
+                          "resources": plan(preset, kinds, cluster_cpus=args.assume_cpus)}, indent=2))
+        return 0
+    opts = TrainOptions(storage=args.storage, tracking_uri=args.tracking_uri, experiment=args.experiment)
+    outcomes = train(preset, args.data, opts, kinds)
+    for kind, outcome in outcomes.items():
+        print(f"{kind}: {outcome.steps} steps, checkpoint {outcome.checkpoint}, MLflow run {outcome.run_id}, "
+              f"model {outcome.model_uri}")
+    return 0
+
+
+def add_parser(sub, preset_args) -> None:
+    p = sub.add_parser("train", help="train networks with Ray Train (concurrently with 'all')")
+    p.add_argument("network", choices=("diffusion", "classifier", "evaluator", "all"))
+    p.add_argument("--data", required=True, help="an ingested dataset's folder or URL (adm data ingest)")
+    preset_args(p)
+    p.add_argument("--storage", default="adm-storage", help="checkpoint storage path or URI (default: ./adm-storage)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument("--experiment", default="adm", help="MLflow experiment name")
+    p.add_argument("--dry-run", action="store_true", help="check the config against the data, print the plan, exit")
+    p.add_argument("--assume-cpus", type=float, default=2.0, help="cluster CPUs assumed by --dry-run's plan")
+    p.set_defaults(func=cmd_train)

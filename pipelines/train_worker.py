@@ -1,0 +1,150 @@
+"""The body of every Ray Train worker: data from the dataset shard, Learner steps, checkpoints, rank-0 tracking.
+
+Checkpoints go through ``ray.train.report(..., checkpoint=...)`` every save_interval steps and at the end; a restarted
+worker group resumes from ``ray.train.get_checkpoint()`` (weights, EMA, optimizer, step, sampler and RNG state) and
+stops at the same total step count. A non-finite loss ends the trainer with a report naming the step; the last good
+checkpoint stays the latest one.
+"""
+
+import json
+import math
+import os
+import tempfile
+import time
+
+import torch
+
+from components.config import preset_from_dict
+from components.data import image_grid, to_uint8
+from components.training import Learner
+
+
+def _gather_fn(world: int):
+    if world == 1:
+        return None
+
+    def gather(t, losses):
+        import torch.distributed as dist
+
+        ts = [torch.zeros_like(t) for _ in range(world)]
+        ls = [torch.zeros_like(losses) for _ in range(world)]
+        dist.all_gather(ts, t)
+        dist.all_gather(ls, losses.detach().float().contiguous())
+        return torch.cat(ts), torch.cat(ls)
+
+    return gather
+
+
+class Progress:
+    """Rank 0's progress line: steps, loss, images/s, ETA."""
+
+    def __init__(self, kind: str, total: int, start_step: int, images_per_step: int):
+        self.kind, self.total, self.images_per_step = kind, total, images_per_step
+        self.t0, self.s0 = time.perf_counter(), start_step
+
+    def rate(self, step: int) -> float:
+        elapsed = time.perf_counter() - self.t0
+        return (step - self.s0) * self.images_per_step / elapsed if elapsed > 0 else 0.0
+
+    def line(self, step: int, loss: float) -> str:
+        rate = self.rate(step)
+        eta = f"{(self.total - step) * self.images_per_step / rate / 60:.1f} min" if rate > 0 else "?"
+        return f"[{self.kind}] step {step}/{self.total} loss {loss:.4f} {rate:.1f} img/s ETA {eta}"
+
+
+def _heartbeat(config: dict, step: int) -> None:
+    """Test hook: where configured, rank 0 writes its pid and step so a test can kill this very process."""
+    path = config.get("heartbeat_file")
+    if path:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"pid": os.getpid(), "step": step}, f)
+        os.replace(tmp, path)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from .tracking import Tracker
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    device = ray.train.torch.get_device()
+    kind, preset = config["kind"], preset_from_dict(config["preset"])
+    learner = Learner(kind, preset, device, seed=config.get("seed", 0) + rank)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            learner.load(folder)
+    model = ray.train.torch.prepare_model(learner.net) if world > 1 else learner.net
+    tracker = Tracker(config["tracking_uri"]) if rank == 0 else None
+    run_id, cfg = config["run_id"], learner.cfg
+    if checkpoint and rank == 0:
+        tracker.log_metrics(run_id, {"resumed_from_step": learner.step}, learner.step)
+        print(f"[{kind}] resumed from the checkpoint at step {learner.step}", flush=True)
+    shard = ray.train.get_dataset_shard("train")
+    progress = Progress(kind, cfg.steps, learner.step, cfg.batch_size * world)
+    gather = _gather_fn(world)
+    while learner.step < cfg.steps:
+        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True):
+            metrics = learner.train_step(batch["image"].to(device), batch["label"].to(device), model, gather)
+            step = learner.step
+            if not math.isfinite(_global_loss(metrics["loss"], world)):
+                # every rank sees the same global loss, so all stop here together; no checkpoint of this state
+                if rank == 0:
+                    _write_marker(config["nonfinite_marker"], {"step": step, "loss": str(metrics["loss"])})
+                return
+            if rank == 0:
+                _heartbeat(config, step)
+                _log_step(tracker, run_id, learner, metrics, progress, config)
+            if step % cfg.save_interval == 0 or step == cfg.steps:
+                _report_checkpoint(learner, metrics, rank, config)
+            if step >= cfg.steps:
+                break
+
+
+def _global_loss(loss: float, world: int) -> float:
+    if world == 1:
+        return loss
+    import torch.distributed as dist
+
+    value = torch.tensor([loss], dtype=torch.float64)
+    dist.all_reduce(value)
+    return float(value) / world
+
+
+def _write_marker(url: str, values: dict) -> None:
+    import fsspec
+
+    with fsspec.open(url, "w") as f:
+        f.write(json.dumps(values))
+
+
+def _log_step(tracker, run_id: str, learner: Learner, metrics: dict, progress: Progress, config: dict) -> None:
+    step, cfg = learner.step, learner.cfg
+    if step % cfg.log_interval == 0 or step == cfg.steps:
+        tracker.log_metrics(run_id, {**metrics, "images_per_s": progress.rate(step)}, step)
+        print(progress.line(step, metrics["loss"]), flush=True)
+    every = config.get("sample_interval", 0)
+    if learner.kind == "diffusion" and every and (step % every == 0 or step == cfg.steps):
+        grid = learner.sample_grid()
+        image = image_grid(to_uint8(grid), rows=preset_rows(learner))
+        tracker.log_image(run_id, image, f"samples/step_{step:07d}.png")
+
+
+def preset_rows(learner: Learner) -> int:
+    return learner.preset.unet.num_classes or 1
+
+
+def _report_checkpoint(learner: Learner, metrics: dict, rank: int, config: dict) -> None:
+    import ray.train
+
+    report = {"step": learner.step, "loss": metrics["loss"]}
+    if rank != 0:
+        ray.train.report(report)  # every rank reports the same number of times; rank 0 writes the files
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        learner.save(folder, config={"kind": learner.kind, "preset": config["preset"], "step": learner.step})
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))

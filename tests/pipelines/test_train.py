@@ -1,0 +1,155 @@
+"""Ray Train stages on a real local Ray instance (2 CPUs) against a real MLflow tracking server."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from safetensors.torch import load_file
+
+from components.config import ConfigError, UserError, apply_overrides
+from components.presets import get_preset
+from components.training import Learner
+from pipelines.ingest import IngestOptions, ingest
+from pipelines.tracking import TrackingError
+from pipelines.train import TrainingError, TrainOptions, train
+
+TINY = ["train_diffusion.steps=20", "train_diffusion.log_interval=5", "train_diffusion.save_interval=10",
+        "train_diffusion.sample_interval=10", "train_classifier.steps=20", "train_classifier.log_interval=5",
+        "train_classifier.save_interval=10", "train_evaluator.steps=20", "train_evaluator.log_interval=5",
+        "train_evaluator.save_interval=10"]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("data") / "shapes"
+    ingest("shapes", str(dest), IngestOptions(resolution=16, num_images=256, rows_per_shard=64), log=lambda *_: None)
+    return str(dest)
+
+
+def _opts(tmp_path, uri, experiment, **kw):
+    return TrainOptions(storage=str(tmp_path / "storage"), tracking_uri=uri, experiment=experiment, **kw)
+
+
+def test_three_trainers_run_concurrently_and_track(tmp_path, shapes, ray_cluster, mlflow_server):
+    preset = apply_overrides(get_preset("smoke"), TINY)
+    outcomes = train(preset, shapes, _opts(tmp_path, mlflow_server, "concurrent"), log=lambda *_: None)
+    client = MlflowClient(mlflow_server)
+    assert set(outcomes) == {"diffusion", "classifier", "evaluator"}
+    spans = {}
+    for kind, outcome in outcomes.items():
+        run = client.get_run(outcome.run_id)
+        assert run.info.status == "FINISHED" and outcome.steps == 20
+        assert run.data.params["train_diffusion.steps"] == "20"
+        history = client.get_metric_history(outcome.run_id, "loss")
+        assert [m.step for m in history] == [5, 10, 15, 20]
+        stamps = [m.timestamp for m in history]
+        spans[kind] = (min(stamps), max(stamps))
+        artifacts = {a.path for a in client.list_artifacts(outcome.run_id, "checkpoint")}
+        assert "checkpoint/model.safetensors" in artifacts and "checkpoint/optimizer.pt" in artifacts
+    # the three trainings overlap in time: each one logged its first loss before the others logged their last
+    assert max(s for s, _ in spans.values()) < min(e for _, e in spans.values())
+    # the diffusion loss goes down (hybrid loss on shapes, 20 steps at lr 1e-3)
+    losses = [m.value for m in client.get_metric_history(outcomes["diffusion"].run_id, "loss")]
+    assert losses[-1] < losses[0]
+    assert {a.path for a in client.list_artifacts(outcomes["diffusion"].run_id, "samples")} == {
+        "samples/step_0000010.png", "samples/step_0000020.png"}
+    # the classifier logs top-1/top-k per timestep quartile
+    assert any(k.startswith("top1_q") for k in client.get_run(outcomes["classifier"].run_id).data.metrics)
+
+    # the final checkpoint round-trips bit-exactly: storage -> Learner -> files equal to the MLflow artifact
+    outcome = outcomes["diffusion"]
+    learner = Learner("diffusion", preset, torch.device("cpu"))
+    learner.load(outcome.checkpoint)
+    assert learner.step == 20
+    logged = Path(client.download_artifacts(outcome.run_id, "checkpoint", str(tmp_path / "dl")))
+    for name in ("model.safetensors", "ema_0.99.safetensors"):
+        a, b = load_file(str(logged / name)), load_file(str(Path(outcome.checkpoint) / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    saved = tmp_path / "again"
+    learner.save(saved, config={})
+    again = load_file(str(saved / "model.safetensors"))
+    assert all(torch.equal(again[k], v) for k, v in load_file(str(logged / "model.safetensors")).items())
+
+    # the logged MLflow model (from code, safetensors inside) predicts with the EMA weights
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(outcome.model_uri)
+    x, t, y = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32), np.array([3, 700]), \
+        np.array([0, 1])
+    got = model.predict({"x_t": x, "t": t, "y": y})
+    net = learner.net.eval()
+    for p, e in zip(net.parameters(), learner.ema[0.99]):
+        p.data.copy_(e)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
+    assert np.allclose(got, want, atol=1e-5)
+
+
+def test_killed_worker_resumes_from_checkpoint(tmp_path, shapes, ray_cluster, mlflow_server):
+    preset = apply_overrides(get_preset("smoke"), ["train_diffusion.steps=40", "train_diffusion.save_interval=10",
+                                                   "train_diffusion.log_interval=5",
+                                                   "train_diffusion.sample_interval=0"])
+    heartbeat = tmp_path / "heartbeat.json"
+    killed = {}
+
+    def killer():
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            try:
+                beat = json.loads(heartbeat.read_text())
+            except (OSError, ValueError):
+                beat = {}
+            if beat.get("step", 0) >= 13:
+                os.kill(beat["pid"], signal.SIGKILL)  # a real kill of the training worker process
+                killed.update(beat)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    opts = _opts(tmp_path, mlflow_server, "resume", heartbeat_files={"diffusion": str(heartbeat)})
+    outcome = train(preset, shapes, opts, kinds=("diffusion",), log=lambda *_: None)["diffusion"]
+    thread.join(timeout=5)
+    assert killed, "the worker was never killed"
+    assert outcome.steps == 40
+    assert json.loads(heartbeat.read_text())["pid"] != killed["pid"]
+    client = MlflowClient(mlflow_server)
+    resumed = client.get_metric_history(outcome.run_id, "resumed_from_step")
+    assert [m.value for m in resumed] == [10.0]
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert max(m.step for m in client.get_metric_history(outcome.run_id, "loss")) == 40
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, shapes, ray_cluster, mlflow_server):
+    preset = apply_overrides(get_preset("smoke"), ["train_evaluator.lr=1e30", "train_evaluator.save_interval=1",
+                                                   "train_evaluator.max_failures=0"])
+    with pytest.raises(TrainingError, match=r"NaN/inf at step \d+"):
+        train(preset, shapes, _opts(tmp_path, mlflow_server, "nan"), kinds=("evaluator",), log=lambda *_: None)
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("nan").experiment_id])
+    assert runs[0].info.status == "FAILED"
+    kept = list((tmp_path / "storage").glob("evaluator-*/checkpoint_*/model.safetensors"))
+    assert kept, "the last good checkpoint must stay in storage"
+
+
+def test_bad_input_fails_before_workers_start(tmp_path, shapes, mlflow_server):
+    preset = get_preset("smoke")
+    with pytest.raises(ConfigError, match="image_size=32 but the dataset is 16px"):
+        train(apply_overrides(preset, ["unet.image_size=32", "unet.attention_resolutions=16"]), shapes,
+              _opts(tmp_path, mlflow_server, "bad"))
+    with pytest.raises(ConfigError, match="num_classes=7"):
+        train(apply_overrides(preset, ["classifier.num_classes=7"]), shapes, _opts(tmp_path, mlflow_server, "bad"))
+    with pytest.raises(TrackingError, match="unreachable"):
+        train(preset, shapes, _opts(tmp_path, "http://127.0.0.1:9", "bad"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="not writable"):
+        train(preset, shapes, TrainOptions(storage=str(blocker / "sub"), tracking_uri=mlflow_server))
