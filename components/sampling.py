@@ -114,3 +114,14 @@ def class_conditional(model, class_cond: bool):
         return model(x, t)
 
     return unconditional
+
+
+def sample_seed(base_seed: int, index: int) -> int:
+    """The seed of sample `index`: the same for every guidance scale, so scales are compared on the same noise."""
+    return (int(base_seed) * 1_000_003 + int(index)) % (2**63)
+
+
+def sample_label(seed: int, num_classes: int) -> int:
+    """The class of a sample, uniform at random as in the paper, from the sample's own seed."""
+    g = torch.Generator().manual_seed(int(seed) ^ 0x5DEECE66D)
+    return int(torch.randint(num_classes, (1,), generator=g))

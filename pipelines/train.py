@@ -7,7 +7,6 @@ trainer is created here, so a worker-group restart never creates a second run; r
 """
 
 import dataclasses
-import math
 import tempfile
 import traceback
 import uuid
@@ -84,11 +83,11 @@ def check_storage(storage: str) -> None:
 
 
 def worker_resources(preset: Preset, kinds, cluster_cpus: float) -> dict:
-    """CPUs per worker so that all trainers fit at once and Ray Data keeps half a CPU (on a 2-core box: 0.5 each)."""
+    """CPUs per CPU worker so that all trainers fit at once and Ray Data keeps half a CPU (2 cores, 3 trainers: 0.5)."""
     workers = sum(train_config(preset, k).num_workers for k in kinds if not train_config(preset, k).use_gpu)
     if workers == 0:
         return {k: 1.0 for k in kinds}
-    per_worker = min(1.0, max(0.1, (cluster_cpus - 0.5) / workers))
+    per_worker = max(0.1, (cluster_cpus - 0.5) / workers)
     return {k: (1.0 if train_config(preset, k).use_gpu else round(per_worker, 2)) for k in kinds}
 
 
@@ -111,7 +110,7 @@ def make_trainer(kind: str, preset: Preset, data_url: str, run_id: str, opts: Tr
 
     cfg = train_config(preset, kind)
     config = {"kind": kind, "preset": to_dict(preset), "run_id": run_id, "tracking_uri": opts.tracking_uri,
-              "seed": opts.seed, "threads": max(1, math.floor(cpus)), "sample_interval": cfg.sample_interval,
+              "seed": opts.seed, "threads": max(1, round(cpus)), "sample_interval": cfg.sample_interval,
               "heartbeat_file": opts.heartbeat_files.get(kind),
               "nonfinite_marker": nonfinite_marker(opts, kind, run_id)}
     resources = {"CPU": cpus, **({"GPU": 1} if cfg.use_gpu else {})}

@@ -1,0 +1,67 @@
+"""Training throughput: the diffusion trainer through Ray Train vs the same loop in plain PyTorch, one process.
+
+Both run the default preset's diffusion model on the same ingested data for the same number of steps; the plain loop
+reads the decoded images from memory, the Ray trainer streams them through Ray Data. images/s of each is measured from
+the first step on (the Ray number excludes cluster start-up and is the worker's own images_per_s metric).
+
+    python bench/bench_train.py --data adm-data/fashion-mnist [--steps 40] [--preset fashion-mnist]
+"""
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from components.config import apply_overrides
+from components.data import to_model_input
+from components.presets import get_preset
+from components.training import Learner
+from pipelines.dataset import read_split
+from pipelines.train import TrainOptions, train
+
+
+def plain(preset, data: str, steps: int) -> float:
+    images, labels = read_split(data, "train", limit=steps * preset.train_diffusion.batch_size)
+    learner = Learner("diffusion", preset, torch.device("cpu"))
+    batch = preset.train_diffusion.batch_size
+    start = time.perf_counter()
+    for i in range(steps):
+        sl = slice(i * batch, (i + 1) * batch)
+        learner.train_step(to_model_input(images[sl]), torch.from_numpy(labels[sl]))
+    return steps * batch / (time.perf_counter() - start)
+
+
+def through_ray(preset, data: str, steps: int) -> float:
+    import ray
+    from mlflow import MlflowClient
+
+    ray.init(num_cpus=2, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        outcome = train(preset, data, TrainOptions(storage=f"{tmp}/storage", tracking_uri=uri),
+                        kinds=("diffusion",), log=lambda *_: None)["diffusion"]
+        history = MlflowClient(uri).get_metric_history(outcome.run_id, "images_per_s")
+    ray.shutdown()
+    return max(history, key=lambda m: m.step).value
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--preset", default="fashion-mnist")
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    preset = apply_overrides(get_preset(args.preset), [
+        f"train_diffusion.steps={args.steps}", f"train_diffusion.log_interval={args.steps}",
+        f"train_diffusion.save_interval={args.steps}", "train_diffusion.sample_interval=0"])
+    torch.set_num_threads(2)
+    base = plain(preset, args.data, args.steps)
+    ray_rate = through_ray(preset, args.data, args.steps)
+    print(f"preset={args.preset} steps={args.steps} batch={preset.train_diffusion.batch_size}")
+    print(f"plain PyTorch loop   {base:8.1f} images/s  x1.00")
+    print(f"Ray Train (1 worker) {ray_rate:8.1f} images/s  x{ray_rate / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()

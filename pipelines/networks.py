@@ -1,0 +1,84 @@
+"""Find and load a trained network from a URI.
+
+Accepted forms:
+* a checkpoint folder on any fsspec filesystem (what the training stage writes: model.safetensors, ema_*.safetensors,
+  model.json with the resolved preset) — EMA weights are used when present;
+* ``runs:/RUN_ID`` — the "checkpoint" artifacts of a training run in the MLflow tracking server;
+* a weights file (.safetensors, or a released ADM .pt read with weights_only=True) together with a preset name.
+"""
+
+import json
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+from torch import nn
+
+from components.checkpoint import load_into
+from components.config import Preset, UserError, preset_from_dict
+from components.presets import get_preset
+from components.training import build_network, network_config, train_config
+
+
+@dataclass
+class NetworkRef:
+    kind: str  # "diffusion" | "classifier" | "evaluator"
+    preset: Preset
+    weights: str  # local path of the weights file
+
+    @property
+    def config(self):
+        return network_config(self.preset, self.kind)
+
+    def build(self) -> nn.Module:
+        return load_into(build_network(self.preset, self.kind), self.weights, source=self.weights).eval()
+
+
+def _local_folder(uri: str, tracking_uri: str | None, workdir: Path) -> Path:
+    if uri.startswith("runs:/"):
+        from .tracking import Tracker
+
+        run_id = uri[len("runs:/"):].split("/")[0]
+        try:
+            return Path(Tracker(tracking_uri).download_artifacts(run_id, "checkpoint", workdir))
+        except Exception as e:
+            raise UserError(f"cannot fetch the checkpoint of MLflow run {run_id} ({type(e).__name__}: {e}); "
+                            "check the run id and MLFLOW_TRACKING_URI") from None
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        raise UserError(f"checkpoint {uri} does not exist; pass a checkpoint folder, runs:/RUN_ID or a weights file")
+    if "file" in fs.protocol or "local" in fs.protocol:
+        return Path(path)
+    fs.get(path.rstrip("/") + "/", str(workdir), recursive=True)
+    return workdir
+
+
+def resolve(uri: str, kind: str, preset_name: str | None = None, tracking_uri: str | None = None,
+            workdir: str | Path | None = None) -> NetworkRef:
+    """A NetworkRef for `uri`; raises UserError naming the URI when it cannot be used."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="adm-net-"))
+    if uri.endswith((".pt", ".pth", ".safetensors")):
+        if not preset_name:
+            raise UserError(f"{uri} is a bare weights file; also pass the preset it belongs to (e.g. --preset "
+                            "imagenet256)")
+        fs, path = fsspec.core.url_to_fs(uri)
+        if not fs.exists(path):
+            raise UserError(f"weights file {uri} does not exist")
+        local = path if "file" in fs.protocol or "local" in fs.protocol else str(workdir / posixpath.basename(path))
+        if local != path:
+            fs.get(path, local)
+        return NetworkRef(kind, get_preset(preset_name), local)
+    folder = _local_folder(uri, tracking_uri, workdir)
+    meta_path = folder / "model.json"
+    if not meta_path.exists():
+        raise UserError(f"{uri} holds no model.json: not a checkpoint written by `adm train`")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("kind") != kind:
+        raise UserError(f"{uri} is a {meta.get('kind')} checkpoint, but a {kind} network is needed here")
+    preset = preset_from_dict(meta["preset"])
+    rates = train_config(preset, kind).ema_rate
+    ema = folder / f"ema_{rates[0]}.safetensors" if rates else None
+    weights = ema if ema is not None and ema.exists() else folder / "model.safetensors"
+    return NetworkRef(kind, preset, str(weights))

@@ -1,0 +1,249 @@
+"""Guided sampling fan-out with Ray Data over a grid of guidance scales (Dhariwal & Nichol 2021, Sec. 4 and 5).
+
+The work is every (guidance scale, sample index) pair, in a fixed order, cut into shards of ``batch_size``; a shard
+may span two scales (the scale is a per-row tensor), so actors stay full whatever the grid. Each shard is one row of a
+Ray Data dataset; ``GuidedSampler`` actors load both networks once and write each shard as an NPZ, atomically. A sample
+depends only on (seed, label, scale, checkpoints, sampler); shard composition is fixed by the plan, so the bytes do not
+depend on the number of actors. Rerunning an interrupted job skips the shards already written.
+
+Output at OUT: shards/part-NNNNN.npz, then per scale scale_<s>/samples_NxHxWxC.npz in the reference evaluator's
+layout (arr_0 uint8 NHWC, arr_1 int64 labels) and scale_<s>/grid.png (rows = classes, columns = samples).
+"""
+
+import io
+import math
+import posixpath
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import torch
+
+from components.config import UserError
+from components.data import encode_png, image_grid, to_uint8
+from components.diffusion import create_diffusion
+from components.guidance import ClassifierGuidance
+from components.precision import autocast_context
+from components.sampling import SampleNoise, class_conditional, parse_sampler, sample_label, sample_seed
+
+from .networks import NetworkRef, resolve
+
+
+@dataclass
+class SampleJob:
+    diffusion: str  # checkpoint folder, runs:/RUN_ID, or weights file (+ preset)
+    out: str  # output folder or fsspec URL
+    classifier: str | None = None
+    scales: tuple[float, ...] = (0.0, 1.0)
+    num_samples: int = 16  # per scale
+    sampler: str = "ddim25"
+    eta: float = 0.0
+    clip_denoised: bool = True
+    batch_size: int = 16
+    seed: int = 0
+    label: int | None = None  # a fixed class for every sample; None: uniform at random per sample
+    preset: str | None = None  # for bare weights files
+    actors: int | None = None  # None: one per GPU, else one per 2 CPUs (at least 1)
+    tracking_uri: str | None = None
+    experiment: str = "adm"
+    parent_run_id: str | None = None
+
+
+@dataclass
+class SampleResult:
+    out: str
+    npz: dict  # scale -> URL of its NPZ
+    grids: dict  # scale -> URL of its grid PNG
+    computed_shards: int
+    skipped_shards: int
+    run_ids: dict = field(default_factory=dict)  # scale -> MLflow child run id
+
+
+def scale_key(scale: float) -> str:
+    return f"{float(scale):g}"
+
+
+def plan_shards(scales, num_samples: int, batch_size: int) -> list[list[tuple[float, int]]]:
+    pairs = [(float(s), i) for s in scales for i in range(num_samples)]
+    return [pairs[k:k + batch_size] for k in range(0, len(pairs), batch_size)]
+
+
+def shard_url(out: str, k: int) -> str:
+    return posixpath.join(out.rstrip("/"), "shards", f"part-{k:05d}.npz")
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.pipe_file(tmp, data)
+    fs.mv(tmp, path)
+
+
+def npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+# --- validation before any actor starts ---------------------------------------------------------------------------
+def validate(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
+    try:
+        scales = [float(s) for s in job.scales]
+    except (TypeError, ValueError):
+        raise UserError(f"guidance scales {job.scales!r} must be numbers, e.g. --scales 0,1,2,4") from None
+    if not scales or any(s < 0 or not math.isfinite(s) for s in scales):
+        raise UserError(f"guidance scales {scales} must be finite and >= 0 (0 = unguided)")
+    if job.num_samples <= 0 or job.batch_size <= 0:
+        raise UserError(f"--num-samples ({job.num_samples}) and --batch-size ({job.batch_size}) must be positive")
+    parse_sampler(job.sampler)
+    diffusion = resolve(job.diffusion, "diffusion", job.preset, job.tracking_uri)
+    if job.classifier is None:
+        if any(s > 0 for s in scales):
+            raise UserError("guidance scales above 0 need a noisy classifier: pass --classifier URI")
+        return diffusion, None
+    classifier = resolve(job.classifier, "classifier", job.preset, job.tracking_uri)
+    unet, clf = diffusion.config, classifier.config
+    if (clf.image_size, clf.in_channels) != (unet.image_size, unet.in_channels):
+        raise UserError(f"the classifier sees {clf.image_size}px x {clf.in_channels} channel(s) but the diffusion "
+                        f"model makes {unet.image_size}px x {unet.in_channels}; use a matching pair")
+    if unet.num_classes is not None and clf.num_classes != unet.num_classes:
+        raise UserError(f"the classifier has {clf.num_classes} classes but the diffusion model {unet.num_classes}")
+    return diffusion, classifier
+
+
+# --- the actor ---------------------------------------------------------------------------------------------------
+class GuidedSampler:
+    """Ray Data actor: loads the diffusion model and classifier once, then samples shard after shard."""
+
+    def __init__(self, job: SampleJob, threads: int = 1):
+        torch.set_num_threads(max(1, threads))
+        self.job = job
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        diffusion_ref, classifier_ref = validate(job)
+        self.unet_cfg = diffusion_ref.config
+        self.model = class_conditional(diffusion_ref.build().to(self.device), self.unet_cfg.num_classes is not None)
+        self.classifier = classifier_ref.build().to(self.device) if classifier_ref else None
+        self.num_classes = self.unet_cfg.num_classes or (classifier_ref.config.num_classes if classifier_ref else 1)
+        self.loop, respacing = parse_sampler(job.sampler)
+        self.diffusion = create_diffusion(diffusion_ref.preset.diffusion, respacing)
+        self.shards = plan_shards(job.scales, job.num_samples, job.batch_size)
+
+    def sample_shard(self, k: int) -> dict:
+        pairs = self.shards[k]
+        scales = torch.tensor([s for s, _ in pairs], dtype=torch.float32, device=self.device)
+        indices = np.array([i for _, i in pairs], dtype=np.int64)
+        seeds = [sample_seed(self.job.seed, i) for i in indices]
+        labels = [self.job.label if self.job.label is not None else sample_label(s, self.num_classes) for s in seeds]
+        y = torch.tensor(labels, dtype=torch.long, device=self.device)
+        cfg = self.unet_cfg
+        noise = SampleNoise(seeds, (cfg.in_channels, cfg.image_size, cfg.image_size), self.device)
+        guided = self.classifier is not None and bool((scales > 0).any())
+        cond_fn = ClassifierGuidance(self.classifier, scales) if guided else None
+        with autocast_context(self.device):
+            x0 = self.loop(self.model, self.diffusion, noise, {"y": y}, cond_fn=cond_fn,
+                           clip_denoised=self.job.clip_denoised, eta=self.job.eta)
+        return {"images": to_uint8(x0), "labels": np.array(labels, dtype=np.int64),
+                "scales": scales.cpu().numpy(), "indices": indices}
+
+    def __call__(self, batch: dict) -> dict:
+        done = []
+        for k in batch["shard"]:
+            write_bytes_atomic(shard_url(self.job.out, int(k)), npz_bytes(**self.sample_shard(int(k))))
+            done.append(len(self.shards[int(k)]))
+        return {"shard": np.asarray(batch["shard"]), "images": np.array(done, dtype=np.int64)}
+
+
+# --- the driver --------------------------------------------------------------------------------------------------
+def _actors(job: SampleJob, pending: int) -> tuple[int, dict]:
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        return max(1, min(job.actors or gpus, pending)), {"num_gpus": 1, "num_cpus": 1}
+    cpus = ray.cluster_resources().get("CPU", 1)
+    n = max(1, min(job.actors or int(cpus // 2) or 1, pending))
+    return n, {"num_cpus": max(0.5, min(1.0, cpus / n - 0.25))}
+
+
+def run_sampling(job: SampleJob, log=print) -> SampleResult:
+    import ray
+
+    validate(job)
+    shards = plan_shards(job.scales, job.num_samples, job.batch_size)
+    fs, _ = fsspec.core.url_to_fs(job.out)
+    pending = [k for k in range(len(shards)) if not fs.exists(fsspec.core.url_to_fs(shard_url(job.out, k))[1])]
+    total = sum(len(shards[k]) for k in pending)
+    log(f"sampling {total} images in {len(pending)} shards ({len(shards) - len(pending)} already done) -> {job.out}")
+    if pending:
+        if not ray.is_initialized():
+            ray.init()
+        n, resources = _actors(job, len(pending))
+        ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
+        ds = ds.map_batches(GuidedSampler, fn_constructor_args=(job, int(resources["num_cpus"] + 0.5)),
+                            batch_size=1, concurrency=n, batch_format="numpy", **resources)
+        made = 0
+        for row in ds.iter_rows():
+            made += int(row["images"])
+            log(f"sampled {made}/{total} images")
+    npz, grids = assemble(job, shards)
+    return SampleResult(job.out, npz, grids, len(pending), len(shards) - len(pending))
+
+
+def assemble(job: SampleJob, shards) -> tuple[dict, dict]:
+    """Per scale: the reference-layout NPZ and a class x sample grid, from the shard files."""
+    parts = []
+    for k in range(len(shards)):
+        with fsspec.open(shard_url(job.out, k), "rb") as f:
+            data = np.load(io.BytesIO(f.read()))
+            parts.append({name: data[name] for name in data.files})
+    merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    npz, grids = {}, {}
+    for scale in job.scales:
+        rows = np.flatnonzero(merged["scales"] == np.float32(scale))
+        rows = rows[np.argsort(merged["indices"][rows], kind="stable")]
+        images, labels = merged["images"][rows], merged["labels"][rows]
+        folder = posixpath.join(job.out.rstrip("/"), f"scale_{scale_key(scale)}")
+        shape = "x".join(str(d) for d in images.shape)
+        npz[scale] = posixpath.join(folder, f"samples_{shape}.npz")
+        write_bytes_atomic(npz[scale], npz_bytes(arr_0=images, arr_1=labels))
+        grids[scale] = posixpath.join(folder, "grid.png")
+        write_bytes_atomic(grids[scale], encode_png(class_grid(images, labels)))
+    return npz, grids
+
+
+def class_grid(images: np.ndarray, labels: np.ndarray, max_classes: int = 10, per_class: int = 8) -> np.ndarray:
+    """uint8 grid: one row per class present (up to max_classes), up to per_class samples each, zero-padded."""
+    rows = []
+    for c in sorted(set(labels.tolist()))[:max_classes]:
+        picked = images[labels == c][:per_class]
+        pad = np.zeros((per_class - len(picked), *images.shape[1:]), dtype=np.uint8)
+        rows.append(np.concatenate([picked, pad]))
+    return image_grid(np.concatenate(rows), rows=len(rows))
+
+
+def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResult:
+    """One child run per scale (param guidance_scale, the grid as an image artifact, the NPZ URL as a tag)."""
+    from .tracking import Tracker
+
+    tracker = Tracker(job.tracking_uri)
+    parent = job.parent_run_id or tracker.start_run(job.experiment, "sample", tags={"adm.stage": "sample"})
+    for scale in job.scales:
+        run_id = tracker.start_run(job.experiment, f"sample-scale-{scale_key(scale)}", parent,
+                                   tags={"adm.stage": "sample", "adm.samples_npz": result.npz[scale]})
+        tracker.log_params(run_id, {"guidance_scale": scale, "sampler": job.sampler, "eta": job.eta,
+                                    "num_samples": job.num_samples, "seed": job.seed, "diffusion": job.diffusion,
+                                    "classifier": job.classifier or ""})
+        with tempfile.TemporaryDirectory() as tmp:
+            local = posixpath.join(tmp, "grid.png")
+            with fsspec.open(result.grids[scale], "rb") as src, open(local, "wb") as dst:
+                dst.write(src.read())
+            tracker.log_artifact(run_id, local)
+        tracker.end_run(run_id)
+        result.run_ids[scale] = run_id
+    if job.parent_run_id is None:
+        tracker.end_run(parent)
+    log(f"MLflow: {len(job.scales)} child runs under {parent} at {tracker.uri}")
+    return result

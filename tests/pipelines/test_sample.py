@@ -1,0 +1,111 @@
+"""Guided sampling fan-out on a real local Ray instance, with tiny random-weight networks."""
+
+import io
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from components.config import UserError, apply_overrides
+from components.data import to_uint8
+from components.diffusion import create_diffusion
+from components.presets import get_preset
+from components.sampling import SampleNoise, ddim_sample, sample_label, sample_seed
+from components.training import Learner
+from pipelines.networks import resolve
+from pipelines.sample import SampleJob, log_to_mlflow, plan_shards, run_sampling, shard_url, validate
+
+
+def _save(kind, preset, folder):
+    learner = Learner(kind, preset, torch.device("cpu"), seed={"diffusion": 1, "classifier": 2}[kind])
+    torch.manual_seed(3)
+    for p in learner.net.parameters():
+        p.data.normal_(0, 0.05)
+    learner.ema = {}  # the raw weights are the ones to sample with
+    learner.save(folder, config={"kind": kind, "preset": __import__("dataclasses").asdict(preset)})
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nets")
+    preset = get_preset("smoke")
+    other = apply_overrides(preset, ["classifier.num_classes=7"])
+    return {"diffusion": _save("diffusion", preset, root / "diffusion"),
+            "classifier": _save("classifier", preset, root / "classifier"),
+            "classifier7": _save("classifier", other, root / "classifier7")}
+
+
+def _job(nets, out, **kw):
+    base = dict(diffusion=nets["diffusion"], classifier=nets["classifier"], out=str(out), scales=(0.0, 2.0),
+                num_samples=6, sampler="ddim5", batch_size=4, seed=11)
+    return SampleJob(**{**base, **kw})
+
+
+def _load(url):
+    with fsspec.open(url, "rb") as f:
+        data = np.load(io.BytesIO(f.read()))
+        return data["arr_0"], data["arr_1"]
+
+
+def test_fan_out_layout_determinism_and_resume(tmp_path, nets, ray_cluster):
+    one = run_sampling(_job(nets, tmp_path / "one", actors=1), log=lambda *_: None)
+    two = run_sampling(_job(nets, tmp_path / "two", actors=2), log=lambda *_: None)
+    assert len(plan_shards((0.0, 2.0), 6, 4)[1]) == 4  # the middle shard mixes both scales
+    for scale in (0.0, 2.0):
+        images, labels = _load(one.npz[scale])
+        assert images.shape == (6, 16, 16, 3) and images.dtype == np.uint8
+        assert labels.dtype == np.int64 and labels.min() >= 0 and labels.max() < 4
+        assert one.npz[scale].endswith("samples_6x16x16x3.npz")
+        other_images, other_labels = _load(two.npz[scale])
+        assert images.tobytes() == other_images.tobytes() and np.array_equal(labels, other_labels)
+    assert not np.array_equal(_load(one.npz[0.0])[0], _load(one.npz[2.0])[0])
+
+    # scale 0 is exactly unguided sampling of the same seeds and labels
+    ref = resolve(nets["diffusion"], "diffusion")
+    model, diffusion = ref.build(), create_diffusion(ref.preset.diffusion, "ddim5")
+    seeds = [sample_seed(11, i) for i in range(4)]
+    y = torch.tensor([sample_label(s, 4) for s in seeds])
+    x0 = ddim_sample(model, diffusion, SampleNoise(seeds, (3, 16, 16)), {"y": y})
+    assert to_uint8(x0).tobytes() == _load(one.npz[0.0])[0][:4].tobytes()
+
+    # an interrupted run (two shards never written) resumes without redoing the finished one
+    fs = fsspec.filesystem("file")
+    before = _load(one.npz[2.0])[0]
+    for k in (1, 2):
+        fs.rm(shard_url(str(tmp_path / "one"), k))
+    again = run_sampling(_job(nets, tmp_path / "one", actors=1), log=lambda *_: None)
+    assert (again.computed_shards, again.skipped_shards) == (2, 1)
+    assert _load(again.npz[2.0])[0].tobytes() == before.tobytes()
+
+
+def test_child_run_per_scale(tmp_path, nets, ray_cluster, mlflow_server):
+    job = _job(nets, tmp_path / "tracked", num_samples=2, batch_size=4, tracking_uri=mlflow_server,
+               experiment="sampling")
+    result = log_to_mlflow(job, run_sampling(job, log=lambda *_: None), log=lambda *_: None)
+    client = MlflowClient(mlflow_server)
+    for scale, run_id in result.run_ids.items():
+        run = client.get_run(run_id)
+        assert float(run.data.params["guidance_scale"]) == scale
+        assert run.data.tags["mlflow.parentRunId"]
+        assert [a.path for a in client.list_artifacts(run_id)] == ["grid.png"]
+
+
+def test_bad_input_is_refused_before_actors(tmp_path, nets):
+    with pytest.raises(UserError, match=">= 0"):
+        validate(_job(nets, tmp_path, scales=(-1.0,)))
+    with pytest.raises(UserError, match="must be numbers"):
+        validate(_job(nets, tmp_path, scales=("a",)))
+    with pytest.raises(UserError, match="must be positive"):
+        validate(_job(nets, tmp_path, num_samples=0))
+    with pytest.raises(UserError, match="need a noisy classifier"):
+        validate(_job(nets, tmp_path, classifier=None))
+    with pytest.raises(UserError, match="7 classes"):
+        validate(_job(nets, tmp_path, classifier=nets["classifier7"]))
+    with pytest.raises(UserError, match="does not exist"):
+        validate(_job(nets, tmp_path, diffusion=str(tmp_path / "missing")))
+    with pytest.raises(UserError, match="is a diffusion checkpoint"):
+        validate(_job(nets, tmp_path, classifier=nets["diffusion"]))
+    validate(_job(nets, tmp_path, classifier=None, scales=(0.0,)))  # unguided needs no classifier
