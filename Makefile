@@ -10,7 +10,8 @@ setup:
 run: setup
 	adm data ingest fashion-mnist $(DATA)/fashion-mnist --resolution 32 --split train,test
 	adm data describe $(DATA)/fashion-mnist
-	adm config --preset fashion-mnist
+	adm data ingest shapes $(DATA)/shapes --resolution 16 --num-images 256
+	adm train all --preset smoke --data $(DATA)/shapes
 
 test: setup
 	$(PYTHON) -m pytest -q tests

@@ -165,7 +165,7 @@ def _actors(job: SampleJob, pending: int) -> tuple[int, dict]:
         return max(1, min(job.actors or gpus, pending)), {"num_gpus": 1, "num_cpus": 1}
     cpus = ray.cluster_resources().get("CPU", 1)
     n = max(1, min(job.actors or int(cpus // 2) or 1, pending))
-    return n, {"num_cpus": max(0.5, min(1.0, cpus / n - 0.25))}
+    return n, {"num_cpus": max(0.5, (cpus - 0.5) / n)}  # half a CPU stays free for the driver and Ray Data
 
 
 def run_sampling(job: SampleJob, log=print) -> SampleResult:
@@ -182,7 +182,7 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
             ray.init()
         n, resources = _actors(job, len(pending))
         ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(GuidedSampler, fn_constructor_args=(job, int(resources["num_cpus"] + 0.5)),
+        ds = ds.map_batches(GuidedSampler, fn_constructor_args=(job, round(resources["num_cpus"])),
                             batch_size=1, concurrency=n, batch_format="numpy", **resources)
         made = 0
         for row in ds.iter_rows():

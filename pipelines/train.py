@@ -8,6 +8,7 @@ trainer is created here, so a worker-group restart never creates a second run; r
 
 import dataclasses
 import tempfile
+import time
 import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,8 @@ class TrainOutcome:
     steps: int
     model_uri: str | None = None
     metrics: dict = field(default_factory=dict)
+    started: float = 0.0  # wall-clock time.time() around fit()
+    finished: float = 0.0
 
 
 # --- checks before any worker starts -----------------------------------------------------------------------------
@@ -144,6 +147,7 @@ def _nonfinite_step(opts: TrainOptions, kind: str, run_id: str) -> int | None:
 
 def _fit(kind: str, preset: Preset, data_url: str, run_id: str, opts: TrainOptions, cpus: float,
          tracker: Tracker) -> TrainOutcome:
+    started = time.time()
     try:
         result = make_trainer(kind, preset, data_url, run_id, opts, cpus).fit()
         metrics = dict(result.metrics or {})
@@ -154,7 +158,8 @@ def _fit(kind: str, preset: Preset, data_url: str, run_id: str, opts: TrainOptio
                                 f"Last good checkpoint: {kept} (MLflow run {run_id})")
         if result.checkpoint is None:
             raise TrainingError(f"{kind}: training ended without a checkpoint (MLflow run {run_id})")
-        outcome = TrainOutcome(kind, run_id, result.checkpoint.path, int(metrics.get("step", 0)), metrics=metrics)
+        outcome = TrainOutcome(kind, run_id, result.checkpoint.path, int(metrics.get("step", 0)), metrics=metrics,
+                               started=started, finished=time.time())
         outcome.model_uri = _log_final(tracker, outcome, result.checkpoint, preset)
         tracker.end_run(run_id, "FINISHED")
         return outcome
