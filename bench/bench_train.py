@@ -56,11 +56,11 @@ def main():
         f"train_diffusion.steps={args.steps}", f"train_diffusion.log_interval={args.steps}",
         f"train_diffusion.save_interval={args.steps}", "train_diffusion.sample_interval=0"])
     torch.set_num_threads(2)
+    print(f"preset={args.preset} steps={args.steps} batch={preset.train_diffusion.batch_size}", flush=True)
     base = plain(preset, args.data, args.steps)
+    print(f"plain PyTorch loop   {base:8.1f} images/s  x1.00", flush=True)
     ray_rate = through_ray(preset, args.data, args.steps)
-    print(f"preset={args.preset} steps={args.steps} batch={preset.train_diffusion.batch_size}")
-    print(f"plain PyTorch loop   {base:8.1f} images/s  x1.00")
-    print(f"Ray Train (1 worker) {ray_rate:8.1f} images/s  x{ray_rate / base:.2f}")
+    print(f"Ray Train (1 worker) {ray_rate:8.1f} images/s  x{ray_rate / base:.2f}", flush=True)
 
 
 if __name__ == "__main__":
