@@ -38,6 +38,7 @@ class TrainOptions:
     parent_run_id: str | None = None
     seed: int = 0
     data_cpus: float = 0.25  # CPUs per Ray Data read/decode task
+    materialize_bytes: int = 1 << 30  # decoded training sets up to this size are held in the object store
     heartbeat_files: dict = field(default_factory=dict)  # test hook: kind -> file with rank 0's pid and step
 
 
@@ -128,7 +129,7 @@ def make_trainer(kind: str, preset: Preset, data_url: str, run_id: str, opts: Tr
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
-        datasets={"train": ray_dataset(data_url, "train", num_cpus=opts.data_cpus)},
+        datasets={"train": training_dataset(data_url, opts)},
     )
 
 
@@ -143,6 +144,15 @@ def _nonfinite_step(opts: TrainOptions, kind: str, run_id: str) -> int | None:
     url = nonfinite_marker(opts, kind, run_id)
     fs, path = fsspec.core.url_to_fs(url)
     return json.loads(fs.cat_file(path))["step"] if fs.exists(path) else None
+
+
+def training_dataset(data_url: str, opts: TrainOptions):
+    """The decoded training split; materialized once in the object store when it is small (decoded size under
+    opts.materialize_bytes), streamed from the shards otherwise."""
+    ds = ray_dataset(data_url, "train", num_cpus=opts.data_cpus)
+    manifest = load_manifest(data_url)
+    decoded = manifest["counts"]["train"] * manifest["channels"] * manifest["resolution"] ** 2 * 4
+    return ds.materialize() if decoded <= opts.materialize_bytes else ds
 
 
 def _fit(kind: str, preset: Preset, data_url: str, run_id: str, opts: TrainOptions, cpus: float,
