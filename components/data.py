@@ -226,3 +226,13 @@ def image_grid(images: np.ndarray, rows: int) -> np.ndarray:
     n, h, w, c = images.shape
     cols = max(1, n // rows)
     return images[: rows * cols].reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+
+
+def class_grid(images: np.ndarray, labels: np.ndarray, max_classes: int = 10, per_class: int = 8) -> np.ndarray:
+    """uint8 grid: one row per class present (up to max_classes), up to per_class samples each, zero-padded."""
+    rows = []
+    for c in sorted(set(labels.tolist()))[:max_classes]:
+        picked = images[labels == c][:per_class]
+        pad = np.zeros((per_class - len(picked), *images.shape[1:]), dtype=np.uint8)
+        rows.append(np.concatenate([picked, pad]))
+    return image_grid(np.concatenate(rows), rows=len(rows))

@@ -60,7 +60,7 @@ def space_timesteps(num_steps: int, section_counts: str) -> list[int]:
     return sorted(set(steps))
 
 
-def _gather(arr: np.ndarray, t: torch.Tensor, ndim: int) -> torch.Tensor:
+def extract(arr: np.ndarray, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """arr[t] as float32 on t's device, shaped [B, 1, 1, ...] to broadcast against an ndim tensor."""
     out = torch.from_numpy(arr).to(device=t.device)[t].float()
     return out.reshape(-1, *([1] * (ndim - 1)))
@@ -94,22 +94,22 @@ class GaussianDiffusion:
 
     # --- forward process -------------------------------------------------------------------------------------
     def q_mean_variance(self, x_start, t):
-        mean = _gather(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
-        variance = _gather(1.0 - self.alphas_cumprod, t, x_start.ndim)
-        return mean, variance, _gather(self.log_one_minus_alphas_cumprod, t, x_start.ndim)
+        mean = extract(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
+        variance = extract(1.0 - self.alphas_cumprod, t, x_start.ndim)
+        return mean, variance, extract(self.log_one_minus_alphas_cumprod, t, x_start.ndim)
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
         noise = torch.randn_like(x_start) if noise is None else noise
-        return (_gather(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
-                + _gather(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * noise)
+        return (extract(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
+                + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * noise)
 
     def q_posterior_mean_variance(self, x_start, x_t, t):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
-        mean = (_gather(self.posterior_mean_coef1, t, x_t.ndim) * x_start
-                + _gather(self.posterior_mean_coef2, t, x_t.ndim) * x_t)
-        return (mean, _gather(self.posterior_variance, t, x_t.ndim),
-                _gather(self.posterior_log_variance_clipped, t, x_t.ndim))
+        mean = (extract(self.posterior_mean_coef1, t, x_t.ndim) * x_start
+                + extract(self.posterior_mean_coef2, t, x_t.ndim) * x_t)
+        return (mean, extract(self.posterior_variance, t, x_t.ndim),
+                extract(self.posterior_log_variance_clipped, t, x_t.ndim))
 
     # --- parameterisation ------------------------------------------------------------------------------------
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
@@ -120,25 +120,25 @@ class GaussianDiffusion:
         return mapped
 
     def predict_xstart_from_eps(self, x_t, t, eps):
-        return (_gather(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
-                - _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps)
+        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
+                - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps)
 
     def predict_eps_from_xstart(self, x_t, t, pred_xstart):
-        return ((_gather(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - pred_xstart)
-                / _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
+        return ((extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - pred_xstart)
+                / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
 
     def model_variance(self, var_values: torch.Tensor | None, t: torch.Tensor, ndim: int):
         """(variance, log_variance) of p(x_{t-1} | x_t): learned range, or fixed large / small."""
         if self.config.learn_sigma:
-            min_log = _gather(self.posterior_log_variance_clipped, t, ndim)
-            max_log = _gather(np.log(self.betas), t, ndim)
+            min_log = extract(self.posterior_log_variance_clipped, t, ndim)
+            max_log = extract(np.log(self.betas), t, ndim)
             frac = (var_values + 1) / 2  # the network outputs v in [-1, 1]
             log_variance = frac * max_log + (1 - frac) * min_log
             return torch.exp(log_variance), log_variance
         if self.config.sigma_small:
-            return (_gather(self.posterior_variance, t, ndim), _gather(self.posterior_log_variance_clipped, t, ndim))
+            return (extract(self.posterior_variance, t, ndim), extract(self.posterior_log_variance_clipped, t, ndim))
         large = np.append(self.posterior_variance[1], self.betas[1:])
-        return _gather(large, t, ndim), _gather(np.log(large), t, ndim)
+        return extract(large, t, ndim), extract(np.log(large), t, ndim)
 
     def p_mean_variance(self, model, x, t, clip_denoised=True, model_kwargs=None, model_output=None):
         """Mean, variance, log-variance and predicted x_0 of p(x_{t-1} | x_t). The network sees original t."""

@@ -13,6 +13,8 @@ Rows whose guidance term is exactly zero (scale 0) keep the unguided prediction,
 import torch
 import torch.nn.functional as F
 
+from .diffusion import extract
+
 
 class ClassifierGuidance:
     """cond_fn(x_t, t, y) -> scale * d/dx_t log softmax(classifier(x_t, t))[y], per sample. t: original timesteps."""
@@ -54,7 +56,7 @@ def condition_mean(diffusion, cond_fn, p_mean_var: dict, x, t, model_kwargs=None
 def condition_score(diffusion, cond_fn, p_mean_var: dict, x, t, model_kwargs=None) -> dict:
     """DDIM guidance: the noise prediction moves by -sqrt(1 - alpha_bar) * gradient."""
     gradient = cond_fn(x, diffusion.model_timesteps(t), **(model_kwargs or {})).float()
-    alpha_bar = torch.from_numpy(diffusion.alphas_cumprod).to(x.device)[t].float().view(-1, *([1] * (x.ndim - 1)))
+    alpha_bar = extract(diffusion.alphas_cumprod, t, x.ndim)
     eps = diffusion.predict_eps_from_xstart(x, t, p_mean_var["pred_xstart"])
     eps = eps - torch.sqrt(1 - alpha_bar) * gradient
     pred_xstart = diffusion.predict_xstart_from_eps(x, t, eps)

@@ -11,7 +11,7 @@ its own seed (and label and scale) only, never on which batch it was drawn in.
 import torch
 
 from .config import ConfigError
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, extract
 from .guidance import condition_mean, condition_score
 
 
@@ -73,8 +73,8 @@ def ddim_sample(model, diffusion, noise: SampleNoise, model_kwargs=None, cond_fn
             if cond_fn is not None:
                 out = condition_score(diffusion, cond_fn, out, x, t, model_kwargs)
             eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
-            alpha_bar = _gather_like(diffusion.alphas_cumprod, t, x)
-            alpha_bar_prev = _gather_like(diffusion.alphas_cumprod_prev, t, x)
+            alpha_bar = extract(diffusion.alphas_cumprod, t, x.ndim)
+            alpha_bar_prev = extract(diffusion.alphas_cumprod_prev, t, x.ndim)
             sigma = (eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
                      * torch.sqrt(1 - alpha_bar / alpha_bar_prev))
             z = noise.draw()
@@ -84,10 +84,6 @@ def ddim_sample(model, diffusion, noise: SampleNoise, model_kwargs=None, cond_fn
             if progress is not None:
                 progress(1)
     return x
-
-
-def _gather_like(arr, t, x):
-    return torch.from_numpy(arr).to(device=t.device)[t].float().reshape(-1, *([1] * (x.ndim - 1)))
 
 
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample}

@@ -9,7 +9,7 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
-from components.data import DataError, decode_png, image_grid, to_model_input
+from components.data import DataError, class_grid, decode_png, to_model_input
 
 from .ingest import MANIFEST, read_manifest
 
@@ -86,10 +86,10 @@ def ray_dataset(url: str, split: str = "train", num_cpus: float | None = None):
     """
     import ray.data
 
-    urls = shard_urls(url, split)
+    manifest = load_manifest(url)
+    urls = shard_urls(url, split, manifest)
     ds = ray.data.from_items([{"path": u} for u in urls], override_num_blocks=len(urls))
     remote = {"num_cpus": num_cpus} if num_cpus is not None else {}
-    manifest = load_manifest(url)
     return ds.map_batches(ReadShards(manifest["channels"]), batch_size=1, batch_format="numpy", **remote)
 
 
@@ -100,12 +100,7 @@ def describe(url: str, per_class: int = 8) -> dict:
     manifest = load_manifest(url)
     split = sorted(manifest["shards"])[0]
     images, labels = read_split(url, split, limit=min(5000, manifest["counts"][split]))
-    rows = []
-    for c in range(manifest["num_classes"]):
-        picked = images[labels == c][:per_class]
-        pad = np.zeros((per_class - len(picked), *images.shape[1:]), dtype=np.uint8)
-        rows.append(np.concatenate([picked, pad]))
-    grid = image_grid(np.concatenate(rows), rows=manifest["num_classes"])
+    grid = class_grid(images, labels, max_classes=manifest["num_classes"], per_class=per_class)
     fs, root = fsspec.core.url_to_fs(url)
     tmp = posixpath.join(root, ".grid.png.tmp")
     with fs.open(tmp, "wb") as f:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from components.config import UserError
-from components.data import encode_png, image_grid, to_uint8
+from components.data import class_grid, encode_png, to_uint8
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierGuidance
 from components.precision import autocast_context
@@ -212,16 +212,6 @@ def assemble(job: SampleJob, shards) -> tuple[dict, dict]:
         grids[scale] = posixpath.join(folder, "grid.png")
         write_bytes_atomic(grids[scale], encode_png(class_grid(images, labels)))
     return npz, grids
-
-
-def class_grid(images: np.ndarray, labels: np.ndarray, max_classes: int = 10, per_class: int = 8) -> np.ndarray:
-    """uint8 grid: one row per class present (up to max_classes), up to per_class samples each, zero-padded."""
-    rows = []
-    for c in sorted(set(labels.tolist()))[:max_classes]:
-        picked = images[labels == c][:per_class]
-        pad = np.zeros((per_class - len(picked), *images.shape[1:]), dtype=np.uint8)
-        rows.append(np.concatenate([picked, pad]))
-    return image_grid(np.concatenate(rows), rows=len(rows))
 
 
 def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResult:
