@@ -10,11 +10,9 @@ Output at OUT: shards/part-NNNNN.npz, then per scale scale_<s>/samples_NxHxWxC.n
 layout (arr_0 uint8 NHWC, arr_1 int64 labels) and scale_<s>/grid.png (rows = classes, columns = samples).
 """
 
-import io
 import math
 import posixpath
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 
 import fsspec
@@ -28,6 +26,7 @@ from components.guidance import ClassifierGuidance
 from components.precision import autocast_context
 from components.sampling import SampleNoise, class_conditional, parse_sampler, sample_label, sample_seed
 
+from .files import actor_plan, npz_bytes, read_npz, write_bytes_atomic
 from .networks import NetworkRef, resolve
 
 
@@ -72,20 +71,6 @@ def plan_shards(scales, num_samples: int, batch_size: int) -> list[list[tuple[fl
 
 def shard_url(out: str, k: int) -> str:
     return posixpath.join(out.rstrip("/"), "shards", f"part-{k:05d}.npz")
-
-
-def write_bytes_atomic(url: str, data: bytes) -> None:
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.pipe_file(tmp, data)
-    fs.mv(tmp, path)
-
-
-def npz_bytes(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
 
 
 # --- validation before any actor starts ---------------------------------------------------------------------------
@@ -157,17 +142,6 @@ class GuidedSampler:
 
 
 # --- the driver --------------------------------------------------------------------------------------------------
-def _actors(job: SampleJob, pending: int) -> tuple[int, dict]:
-    import ray
-
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpus:
-        return max(1, min(job.actors or gpus, pending)), {"num_gpus": 1, "num_cpus": 1}
-    cpus = ray.cluster_resources().get("CPU", 1)
-    n = max(1, min(job.actors or int(cpus // 2) or 1, pending))
-    return n, {"num_cpus": max(0.5, (cpus - 0.5) / n)}  # half a CPU stays free for the driver and Ray Data
-
-
 def run_sampling(job: SampleJob, log=print) -> SampleResult:
     import ray
 
@@ -180,7 +154,7 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
     if pending:
         if not ray.is_initialized():
             ray.init()
-        n, resources = _actors(job, len(pending))
+        n, resources = actor_plan(job.actors, len(pending))
         ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
         ds = ds.map_batches(GuidedSampler, fn_constructor_args=(job, round(resources["num_cpus"])),
                             batch_size=1, concurrency=n, batch_format="numpy", **resources)
@@ -196,9 +170,7 @@ def assemble(job: SampleJob, shards) -> tuple[dict, dict]:
     """Per scale: the reference-layout NPZ and a class x sample grid, from the shard files."""
     parts = []
     for k in range(len(shards)):
-        with fsspec.open(shard_url(job.out, k), "rb") as f:
-            data = np.load(io.BytesIO(f.read()))
-            parts.append({name: data[name] for name in data.files})
+        parts.append(read_npz(shard_url(job.out, k)))
     merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     npz, grids = {}, {}
     for scale in job.scales:

@@ -126,6 +126,14 @@ class Tracker:
     def log_dict(self, run_id: str, values: dict, artifact_file: str) -> None:
         self.client.log_dict(run_id, values, artifact_file)
 
+    def log_table(self, run_id: str, rows: list[dict], artifact_file: str) -> None:
+        """Rows of equal keys as an MLflow table artifact (shown in the run's Artifacts and Evaluation views)."""
+        columns = {key: [row.get(key) for row in rows] for key in rows[0]}
+        self.client.log_table(run_id, data=columns, artifact_file=artifact_file)
+
+    def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        self.client.log_figure(run_id, figure, artifact_file)
+
     def download_artifacts(self, run_id: str, path: str, dst: str | Path) -> str:
         return self.client.download_artifacts(run_id, path, str(dst))
 

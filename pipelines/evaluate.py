@@ -1,0 +1,380 @@
+"""Evaluation stage: features of samples and references with Ray Data, metrics per guidance scale on the driver.
+
+Inputs: the output folder of ``adm sample`` (``scale_<s>/samples_*.npz``, arr_0 uint8 NHWC, arr_1 labels) or one NPZ,
+and a reference: an ingested dataset URL (its first ``num_reference`` images of a split) or a reference-batch NPZ of
+the released evaluator (``arr_0`` images, or precomputed ``mu``/``sigma``/``mu_s``/``sigma_s``).
+
+Work items are slices of those files; ``FeatureWorker`` actors load the extractors once and return features row by
+row. The driver reduces them to statistics and computes FID, sFID, precision/recall (Inception features), the same
+on the evaluator network's features, the evaluator's Inception-style score and the accuracy of samples against their
+target labels. Reference features are cached under ``cache_dir`` keyed by the dataset fingerprint (or the NPZ's URL
+and size), the split and count, and the extractor's weights.
+"""
+
+import hashlib
+import json
+import math
+import os
+import posixpath
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from components import metrics
+from components.config import UserError
+from components.features import INCEPTION_SHA1, EvaluatorFeatures, InceptionFeatures
+
+from .files import actor_plan, npz_bytes, read_npz, write_bytes_atomic
+
+FEATURES = ("inception", "evaluator", "both")
+SCORE_SPLIT = 5000  # the reference evaluator scores in splits of 5000 samples
+STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
+
+
+class EvaluationError(UserError):
+    """Samples or references that cannot be evaluated; the message names the input and the fix."""
+
+
+@dataclass
+class EvaluateJob:
+    samples: str  # folder written by `adm sample`, or one samples NPZ
+    reference: str  # ingested dataset URL, or a reference-batch NPZ
+    features: str = "both"  # inception | evaluator | both
+    evaluator: str | None = None  # evaluator network: checkpoint folder or runs:/RUN_ID
+    num_reference: int = 10_000
+    reference_split: str = "train"
+    batch_size: int = 64
+    fid_method: str = "eigh"  # "sqrtm": the released evaluator's general matrix square root (~10x slower at 2048-d)
+    actors: int | None = None
+    cache_dir: str | None = None  # default: $ADM_CACHE_DIR or ~/.cache/adm-pipeline
+    tracking_uri: str | None = None
+    experiment: str = "adm"
+    parent_run_id: str | None = None
+    scale_run_ids: dict = field(default_factory=dict)  # scale -> an existing run to log that scale's metrics into
+
+
+@dataclass
+class Source:
+    """Images to featurize: slices of NPZ files or Parquet shards."""
+    key: str
+    kind: str  # "npz" | "parquet"
+    urls: list
+    counts: list
+    shape: tuple  # H, W, C
+    labels: np.ndarray | None = None
+    identity: str = ""  # what the reference cache key hashes
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts))
+
+
+@dataclass
+class EvaluationResult:
+    rows: list  # one dict of metrics per scale, sorted by scale
+    reference: str
+    features: tuple
+    run_ids: dict = field(default_factory=dict)  # scale -> run id
+    parent_run_id: str | None = None
+
+
+def extractor_names(features: str) -> tuple:
+    return ("inception", "evaluator") if features == "both" else (features,)
+
+
+# --- inputs -----------------------------------------------------------------------------------------------------------
+def npz_header(url: str) -> dict:
+    """{array name: (shape, dtype)} without reading the arrays."""
+    out = {}
+    try:
+        with fsspec.open(url, "rb") as f, zipfile.ZipFile(f) as z:
+            for name in z.namelist():
+                with z.open(name) as member:
+                    version = np.lib.format.read_magic(member)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(member)
+                    out[name.removesuffix(".npy")] = (tuple(shape), np.dtype(dtype))
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise EvaluationError(f"{url} is not a readable NPZ file ({e})") from None
+    return out
+
+
+def npz_source(url: str, key: str, what: str) -> Source:
+    header = npz_header(url)
+    if "arr_0" not in header:
+        raise EvaluationError(f"{what} {url} has no arr_0 (uint8 images [N, H, W, C]); it has {sorted(header)}")
+    shape, dtype = header["arr_0"]
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3):
+        raise EvaluationError(f"{what} {url}: arr_0 is {dtype} {shape}; expected uint8 [N, H, W, C] with C = 1 or 3 "
+                              "(the reference layout written by `adm sample`)")
+    labels = read_npz(url).get("arr_1") if "arr_1" in header else None
+    size = fsspec.core.url_to_fs(url)[0].size(fsspec.core.url_to_fs(url)[1])
+    return Source(key, "npz", [url], [shape[0]], tuple(shape[1:]), labels, identity=f"npz:{url}:{size}")
+
+
+def discover_samples(url: str) -> dict:
+    """{guidance scale (None when unknown): Source} for a sample folder or one NPZ."""
+    if url.endswith(".npz"):
+        found = re.search(r"scale_([^/]+)/[^/]+$", url)
+        scale = float(found.group(1)) if found else None
+        return {scale: npz_source(url, f"scale_{scale}", "samples")}
+    fs, path = fsspec.core.url_to_fs(url)
+    files = sorted(fs.glob(posixpath.join(path.rstrip("/"), "scale_*", "samples_*.npz")))
+    if not files:
+        raise EvaluationError(f"{url} holds no scale_<s>/samples_*.npz: pass the output folder of `adm sample` or one "
+                              "samples NPZ")
+    out = {}
+    for file in files:
+        scale = float(posixpath.basename(posixpath.dirname(file))[len("scale_"):])
+        full = fs.unstrip_protocol(file) if "file" not in fs.protocol else file
+        out[scale] = npz_source(full, f"scale_{scale:g}", "samples")
+    return dict(sorted(out.items()))
+
+
+def reference_source(job: EvaluateJob) -> Source | dict:
+    """A Source of reference images, or the precomputed statistics dict of a stats-only reference NPZ."""
+    if job.reference.endswith(".npz"):
+        header = npz_header(job.reference)
+        if "arr_0" not in header and all(k in header for k in STATS_KEYS):
+            return {k: v for k, v in read_npz(job.reference).items() if k in STATS_KEYS}
+        return npz_source(job.reference, "reference", "reference")
+    from .dataset import load_manifest, shard_urls
+
+    manifest = load_manifest(job.reference)
+    urls, counts = [], []
+    for url in shard_urls(job.reference, job.reference_split, manifest):
+        if sum(counts) >= job.num_reference:
+            break
+        with fsspec.open(url, "rb") as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        urls.append(url)
+        counts.append(min(rows, job.num_reference - sum(counts)))
+    shape = (manifest["resolution"], manifest["resolution"], manifest["channels"])
+    identity = f"dataset:{manifest['fingerprint']}:{job.reference_split}:{sum(counts)}"
+    return Source("reference", "parquet", urls, counts, shape, identity=identity)
+
+
+def check_inputs(job: EvaluateJob, samples: dict, reference) -> None:
+    if job.fid_method not in metrics.FID_METHODS:
+        raise EvaluationError(f"--fid-method {job.fid_method!r} is not one of {sorted(metrics.FID_METHODS)}")
+    if job.features not in FEATURES:
+        raise EvaluationError(f"--features {job.features!r} is not one of {FEATURES}")
+    if "evaluator" in extractor_names(job.features) and not job.evaluator:
+        raise EvaluationError(f"--features {job.features} needs --evaluator CHECKPOINT (an evaluator network from "
+                              "`adm train evaluator`), or use --features inception")
+    for scale, source in samples.items():
+        if source.total < metrics.K_NEAREST + 1:
+            raise EvaluationError(f"samples at scale {scale}: {source.total} images, but precision/recall need at "
+                                  f"least {metrics.K_NEAREST + 1}")
+        if isinstance(reference, Source) and source.shape != reference.shape:
+            raise EvaluationError(f"samples at scale {scale} are {source.shape} (HWC) but the reference "
+                                  f"{job.reference} is {reference.shape}; evaluate against a reference at the same "
+                                  "resolution and channels")
+    if isinstance(reference, Source) and reference.total < metrics.K_NEAREST + 1:
+        raise EvaluationError(f"reference {job.reference}: {reference.total} images; need at least "
+                              f"{metrics.K_NEAREST + 1}")
+    if isinstance(reference, dict) and job.features != "inception":
+        raise EvaluationError(f"reference {job.reference} holds only Inception statistics (no arr_0 images); use "
+                              "--features inception with it")
+
+
+def resolve_evaluator(job: EvaluateJob, workdir=None):
+    from .networks import resolve
+
+    return resolve(job.evaluator, "evaluator", tracking_uri=job.tracking_uri, workdir=workdir)
+
+
+# --- the Ray Data actors ------------------------------------------------------------------------------------------
+def work_items(sources, batch_size: int) -> list[dict]:
+    items = []
+    for source in sources:
+        offset = 0
+        for url, count in zip(source.urls, source.counts):
+            for start in range(0, count, batch_size):
+                items.append({"key": source.key, "kind": source.kind, "url": url, "offset": offset,
+                              "start": start, "stop": min(start + batch_size, count), "channels": source.shape[-1]})
+            offset += count
+    return items
+
+
+class FeatureWorker:
+    """Ray Data actor: loads the extractors once, then featurizes slice after slice."""
+
+    def __init__(self, names: tuple, job: EvaluateJob, threads: int = 1):
+        torch.set_num_threads(max(1, threads))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.extractors = {}
+        if "inception" in names:
+            self.extractors["inception"] = InceptionFeatures(device=device)
+        if "evaluator" in names:
+            ref = resolve_evaluator(job)
+            cfg = ref.config
+            self.extractors["evaluator"] = EvaluatorFeatures(ref.build(), cfg.image_size, cfg.in_channels, device)
+        self._file = (None, None)
+
+    def images(self, item: dict) -> np.ndarray:
+        if item["kind"] == "npz":
+            if self._file[0] != item["url"]:
+                self._file = (item["url"], read_npz(item["url"])["arr_0"])
+            return self._file[1][item["start"]:item["stop"]]
+        from .dataset import decode_images
+
+        with fsspec.open(item["url"], "rb") as f:
+            table = pq.read_table(f, columns=["image"]).slice(item["start"], item["stop"] - item["start"])
+        return decode_images(table.column("image").to_pylist(), int(item["channels"]))
+
+    def __call__(self, batch: dict) -> dict:
+        item = {k: (v[0].item() if hasattr(v[0], "item") else v[0]) for k, v in batch.items()}
+        images = self.images(item)
+        out = {"key": np.array([item["key"]] * len(images)),
+               "index": np.arange(item["start"], item["stop"]) + item["offset"]}
+        for name, extractor in self.extractors.items():
+            for part, values in extractor(images).items():
+                out[f"{name}.{part}"] = values
+        return out
+
+
+def compute_features(job: EvaluateJob, names: tuple, sources: list, log=print) -> dict:
+    """{source key: {"<extractor>.<part>": [N, D] array in source order}}."""
+    import ray
+
+    items = work_items(sources, job.batch_size)
+    if not items:
+        return {}
+    if not ray.is_initialized():
+        ray.init()
+    n, resources = actor_plan(job.actors, len(items))
+    total = sum(s.total for s in sources)
+    log(f"featurizing {total} images with {'+'.join(names)} on {n} actor(s)")
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(FeatureWorker, fn_constructor_args=(names, job, round(resources["num_cpus"])),
+                        batch_size=1, concurrency=n, batch_format="numpy", **resources)
+    batches = []
+    done = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        batches.append(batch)
+        done += len(batch["key"])
+        log(f"featurized {done}/{total} images")
+    merged = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    keys, index = merged.pop("key").astype(str), merged.pop("index")
+    out = {}
+    for key in np.unique(keys):
+        rows = np.flatnonzero(keys == key)
+        rows = rows[np.argsort(index[rows], kind="stable")]
+        out[str(key)] = {k: v[rows] for k, v in merged.items()}
+    return out
+
+
+# --- reference statistics, cached ---------------------------------------------------------------------------------
+def reference_stats(features: dict) -> dict:
+    """{"<extractor>.<part>": features} -> what the metrics need of the reference, per extractor."""
+    out = {}
+    for name, values in features.items():
+        extractor, part = name.split(".")
+        if part == "pool":
+            mu, sigma = metrics.feature_statistics(values)
+            out[f"{extractor}.features"], out[f"{extractor}.mu"], out[f"{extractor}.sigma"] = values, mu, sigma
+        elif part == "spatial":
+            out[f"{extractor}.mu_s"], out[f"{extractor}.sigma_s"] = metrics.feature_statistics(values)
+    return out
+
+
+def cache_dir(job: EvaluateJob) -> str:
+    return job.cache_dir or os.environ.get("ADM_CACHE_DIR") or str(Path.home() / ".cache" / "adm-pipeline")
+
+
+def cache_url(job: EvaluateJob, reference: Source, name: str, version: str) -> str:
+    key = json.dumps({"reference": reference.identity, "extractor": name, "version": version}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return posixpath.join(cache_dir(job), "reference", f"{name}-{digest}.npz")
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def extractor_versions(job: EvaluateJob, names: tuple) -> dict:
+    versions = {"inception": INCEPTION_SHA1}
+    if "evaluator" in names:
+        versions["evaluator"] = _file_sha256(resolve_evaluator(job).weights)
+    return {n: versions[n] for n in names}
+
+
+def load_cached(url: str) -> dict | None:
+    fs, path = fsspec.core.url_to_fs(url)
+    return read_npz(url) if fs.exists(path) else None
+
+
+# --- metrics per scale ------------------------------------------------------------------------------------------------
+def score(feats: dict, ref: dict, labels: np.ndarray | None, fid_method: str = "eigh") -> dict:
+    """Metrics of one scale's samples against the reference statistics."""
+    row = {}
+
+    def fid(values, mu, sigma):
+        return metrics.frechet_distance(*metrics.feature_statistics(values), mu, sigma, method=fid_method)
+
+    if "inception.pool" in feats:
+        row["fid"] = fid(feats["inception.pool"], ref["inception.mu"], ref["inception.sigma"])
+        row["sfid"] = fid(feats["inception.spatial"], ref["inception.mu_s"], ref["inception.sigma_s"])
+        if "inception.features" in ref:
+            row["precision"], row["recall"] = metrics.precision_recall(ref["inception.features"],
+                                                                       feats["inception.pool"])
+    if "evaluator.pool" in feats:
+        pool, probs = feats["evaluator.pool"], feats["evaluator.probs"]
+        row["evaluator_fid"] = fid(pool, ref["evaluator.mu"], ref["evaluator.sigma"])
+        row["evaluator_precision"], row["evaluator_recall"] = metrics.precision_recall(ref["evaluator.features"], pool)
+        row["score"] = metrics.inception_score(probs, splits=max(1, len(probs) // SCORE_SPLIT))
+        if labels is not None:
+            row["accuracy"] = metrics.accuracy(probs, labels)
+    return row
+
+
+def run_evaluation(job: EvaluateJob, log=print) -> EvaluationResult:
+    """Check every input, featurize what the cache lacks, and score each scale."""
+    samples = discover_samples(job.samples)
+    reference = reference_source(job)
+    check_inputs(job, samples, reference)
+    names = extractor_names(job.features)
+    if "evaluator" in names:
+        ref_net = resolve_evaluator(job).config
+        first = next(iter(samples.values())).shape
+        if first != (ref_net.image_size, ref_net.image_size, ref_net.in_channels):
+            raise EvaluationError(f"samples are {first} (HWC) but the evaluator {job.evaluator} takes "
+                                  f"{ref_net.image_size}x{ref_net.image_size}x{ref_net.in_channels}")
+    if isinstance(reference, dict):
+        ref_stats, cached, urls = {f"inception.{k}": v for k, v in reference.items()}, {"inception"}, {}
+    else:
+        versions = extractor_versions(job, names)
+        urls = {n: cache_url(job, reference, n, versions[n]) for n in names}
+        ref_stats, cached = {}, set()
+        for n in names:
+            found = load_cached(urls[n])
+            if found is not None:
+                ref_stats.update(found)
+                cached.add(n)
+                log(f"reference {n} statistics from cache {urls[n]}")
+    sources = list(samples.values()) + ([reference] if set(names) - cached else [])
+    features = compute_features(job, names, sources, log)
+    if set(names) - cached:
+        fresh = reference_stats(features["reference"])
+        for n in set(names) - cached:
+            part = {k: v for k, v in fresh.items() if k.startswith(f"{n}.")}
+            write_bytes_atomic(urls[n], npz_bytes(**part))
+            ref_stats.update(part)
+    rows = []
+    for scale, source in samples.items():
+        row = {"guidance_scale": scale if scale is not None else math.nan, "num_samples": source.total}
+        row.update(score(features[source.key], ref_stats, source.labels, job.fid_method))
+        rows.append(row)
+    return EvaluationResult(rows, job.reference, names)

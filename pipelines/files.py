@@ -1,0 +1,42 @@
+"""Small helpers shared by the stages: atomic writes on any fsspec filesystem, NPZ bytes, and actor counts."""
+
+import io
+import posixpath
+import uuid
+
+import fsspec
+import numpy as np
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Write to a temporary name beside `url`, then rename: readers never see a half-written file."""
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.pipe_file(tmp, data)
+    fs.mv(tmp, path)
+
+
+def npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def read_npz(url: str) -> dict:
+    with fsspec.open(url, "rb") as f:
+        data = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        return {name: data[name] for name in data.files}
+
+
+def actor_plan(requested: int | None, pending: int) -> tuple[int, dict]:
+    """How many Ray Data actors and what each asks for: one GPU each on GPU clusters, else the CPUs shared out with
+    half a CPU left for the driver and Ray Data (one actor per 2 CPUs unless `requested`)."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        return max(1, min(requested or gpus, pending)), {"num_gpus": 1, "num_cpus": 1}
+    cpus = ray.cluster_resources().get("CPU", 1)
+    n = max(1, min(requested or int(cpus // 2) or 1, pending))
+    return n, {"num_cpus": max(0.5, (cpus - 0.5) / n)}

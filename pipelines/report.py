@@ -1,0 +1,61 @@
+"""Reporting of the evaluation stage: the metrics table as text, and in MLflow (one run per scale, a table and the
+trade-off plots on the parent run)."""
+
+import math
+
+from .plots import close, tradeoff_figures
+
+COLUMNS = ("guidance_scale", "num_samples", "fid", "sfid", "precision", "recall", "evaluator_fid",
+           "evaluator_precision", "evaluator_recall", "score", "accuracy")
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table of the columns present, one line per scale."""
+    columns = [c for c in COLUMNS if c in rows[0]]
+
+    def cell(value):
+        if isinstance(value, float):
+            return "-" if math.isnan(value) else f"{value:g}" if value == int(value) else f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, math.nan)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def scale_label(scale: float) -> str:
+    return "unknown" if math.isnan(scale) else f"{scale:g}"
+
+
+def log_evaluation(job, result, log=print):
+    """Metrics into each scale's run (the sampling stage's child runs when given, else new child runs of an
+    "evaluate" parent); the table and plots onto the parent run."""
+    from .tracking import Tracker
+
+    tracker = Tracker(job.tracking_uri)
+    parent = job.parent_run_id or tracker.start_run(job.experiment, "evaluate", tags={"adm.stage": "evaluate"})
+    params = {"reference": job.reference, "features": job.features, "evaluator": job.evaluator or "",
+              "num_reference": job.num_reference, "samples": job.samples}
+    for row in result.rows:
+        scale = row["guidance_scale"]
+        run_id = job.scale_run_ids.get(scale)
+        if run_id is None:
+            run_id = tracker.start_run(job.experiment, f"evaluate-scale-{scale_label(scale)}", parent,
+                                       tags={"adm.stage": "evaluate"})
+            tracker.log_params(run_id, {"guidance_scale": scale_label(scale), **params})
+            tracker.end_run(run_id)
+        metrics = {k: v for k, v in row.items() if k != "guidance_scale"}
+        tracker.log_metrics(run_id, metrics, step=0)
+        result.run_ids[scale] = run_id
+    tracker.log_params(parent, {f"evaluate.{k}": v for k, v in params.items()})
+    tracker.log_table(parent, result.rows, "evaluation/metrics_by_scale.json")
+    figures = tradeoff_figures(result.rows)
+    for name, figure in figures.items():
+        tracker.log_figure(parent, figure, name)
+    close(figures)
+    if job.parent_run_id is None:
+        tracker.end_run(parent)
+    result.parent_run_id = parent
+    log(f"MLflow: metrics of {len(result.rows)} scales, table and {len(figures)} plots under run {parent} at "
+        f"{tracker.uri}")
+    return result

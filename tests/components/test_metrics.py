@@ -1,0 +1,110 @@
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from components import metrics
+from components.data import parse_idx
+from components.features import FeatureError, InceptionFeatures, check_images
+from components.metrics import feature_statistics, frechet_distance, inception_score, precision_recall
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    x = np.random.default_rng(0).normal(size=(400, 12))
+    mu, sigma = feature_statistics(x)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-6
+
+
+@pytest.mark.parametrize("method", ["sqrtm", "eigh"])
+def test_fid_of_two_gaussians_matches_the_closed_form(method):
+    d, a, b = 6, 2.0, 0.5
+    shift = np.arange(d, dtype=float)
+    got = frechet_distance(np.zeros(d), a * np.eye(d), shift, b * np.eye(d), method=method)
+    assert got == pytest.approx(shift @ shift + d * (a + b - 2 * np.sqrt(a * b)), rel=1e-9)
+    rng = np.random.default_rng(1)
+    m = rng.normal(size=(d, d))
+    sigma = m @ m.T + np.eye(d)  # same full covariance: only the means differ
+    assert frechet_distance(np.ones(d), sigma, np.zeros(d), sigma, method=method) == pytest.approx(d, abs=1e-6)
+
+
+@pytest.mark.parametrize("n", [30, 400])  # rank-deficient (n < d) and full-rank covariances
+def test_fid_methods_agree(n):
+    rng = np.random.default_rng(n)
+    a, b = rng.normal(size=(n, 64)), rng.normal(size=(n, 64)) * 1.3 + 0.2
+    stats = (*feature_statistics(a), *feature_statistics(b))
+    assert frechet_distance(*stats, method="eigh") == pytest.approx(frechet_distance(*stats), rel=1e-6)
+
+
+def test_fid_survives_singular_covariances_and_rejects_mismatched_dimensions():
+    sigma = np.diag([1.0, 0.0, 0.0])
+    assert np.isfinite(frechet_distance(np.zeros(3), sigma, np.zeros(3), sigma))
+    with pytest.raises(ValueError, match="same feature extractor"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def clusters(centres, per, rng, spread=0.1):
+    return np.concatenate([c + spread * rng.normal(size=(per, len(c))) for c in centres])
+
+
+def test_precision_recall_closed_cases():
+    rng = np.random.default_rng(0)
+    centres = 10 * np.eye(4)
+    ref = clusters(centres, 50, rng)
+    assert precision_recall(ref, ref) == (1.0, 1.0)
+    assert precision_recall(ref, ref + 1000.0) == (0.0, 0.0)
+    dropped = clusters(centres[:1], 50, rng)  # the samples cover one mode of four
+    precision, recall = precision_recall(ref, dropped)
+    assert precision > 0.9 and recall < 0.35
+
+
+def test_precision_recall_blocked_equals_one_block(monkeypatch):
+    rng = np.random.default_rng(3)
+    ref, samples = rng.normal(size=(300, 8)), rng.normal(size=(250, 8)) + 0.5
+    whole = precision_recall(ref, samples)
+    monkeypatch.setattr(metrics, "BLOCK_ROWS", 37)
+    assert precision_recall(ref, samples) == whole
+
+
+def test_precision_recall_needs_k_plus_one_points():
+    with pytest.raises(ValueError, match="too few"):
+        precision_recall(np.zeros((3, 2)), np.zeros((10, 2)))
+
+
+def test_inception_score_bounds():
+    constant = np.tile([0.1, 0.6, 0.3], (30, 1))
+    assert inception_score(constant) == pytest.approx(1.0)
+    confident = np.eye(5)[np.arange(50) % 5]
+    assert inception_score(confident) == pytest.approx(5.0)
+    assert inception_score(confident, splits=5) == pytest.approx(5.0)
+    assert metrics.accuracy(confident, np.arange(50) % 5) == 1.0
+
+
+def test_feature_input_errors_name_the_layout():
+    with pytest.raises(FeatureError, match="uint8"):
+        check_images(np.zeros((2, 8, 8, 3), np.float32), "samples")
+    with pytest.raises(FeatureError, match="NHWC"):
+        check_images(np.zeros((2, 3, 8, 8), np.uint8), "samples")
+    with pytest.raises(FeatureError, match="pip install"):
+        InceptionFeatures("/nonexistent/default_1.pt")
+
+
+@pytest.mark.skipif(not os.path.exists(FASHION_MNIST_DIR),
+                    reason="real Fashion-MNIST absent: apt-get install dataset-fashion-mnist (CI installs it)")
+def test_inception_features_put_uniform_noise_outside_fashion_mnist():
+    raw = gzip.decompress(open(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz"), "rb").read())
+    real = parse_idx(raw, "images", "t10k-images")[:48, :, :, None]
+    noise = np.random.default_rng(0).integers(0, 256, size=(24, 28, 28, 1), dtype=np.uint8)
+    extractor = InceptionFeatures()
+    ref, fake = extractor(real[:24]), extractor(noise)
+    other = extractor(real[24:])
+    assert ref["pool"].shape == (24, 2048) and ref["spatial"].shape == (24, 17 * 17 * 7)
+    precision_noise, recall_noise = precision_recall(ref["pool"], fake["pool"])
+    precision_real, _ = precision_recall(ref["pool"], other["pool"])
+    assert precision_noise < 0.05 and recall_noise < 0.05
+    assert precision_real > 0.5
+    mu_r, s_r = feature_statistics(ref["pool"])
+    fid_noise = frechet_distance(mu_r, s_r, *feature_statistics(fake["pool"]), method="eigh")
+    assert fid_noise > 2 * frechet_distance(mu_r, s_r, *feature_statistics(other["pool"]), method="eigh")

@@ -1,0 +1,115 @@
+"""The evaluation stage on a real local Ray instance and a real MLflow server, with the real Inception weights."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from components.presets import get_preset
+from components.training import Learner
+from pipelines.dataset import read_split
+from pipelines.evaluate import EvaluateJob, EvaluationError, run_evaluation
+from pipelines.files import npz_bytes, write_bytes_atomic
+from pipelines.ingest import IngestOptions, ingest
+from pipelines.report import format_table, log_evaluation
+
+QUIET = {"log": lambda *_: None}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    data = str(root / "shapes")
+    ingest("shapes", data, IngestOptions(resolution=16, num_images=48, splits=("train", "test")), **QUIET)
+    preset = get_preset("smoke")
+    learner = Learner("evaluator", preset, torch.device("cpu"), seed=5)
+    learner.save(root / "evaluator", config={"kind": "evaluator", "preset": dataclasses.asdict(preset)})
+    images, labels = read_split(data, "test", limit=12)
+    noise = np.random.default_rng(0).integers(0, 256, size=(12, 16, 16, 3), dtype=np.uint8)
+    samples = root / "samples"
+    write_bytes_atomic(str(samples / "scale_0" / "samples_12x16x16x3.npz"), npz_bytes(arr_0=images, arr_1=labels))
+    write_bytes_atomic(str(samples / "scale_2" / "samples_12x16x16x3.npz"), npz_bytes(arr_0=noise, arr_1=labels))
+    return {"root": root, "data": data, "evaluator": str(root / "evaluator"), "samples": str(samples)}
+
+
+def _job(setup, **kw):
+    base = dict(samples=setup["samples"], reference=setup["data"], evaluator=setup["evaluator"], num_reference=16,
+                batch_size=8, cache_dir=str(setup["root"] / "cache"))
+    return EvaluateJob(**{**base, **kw})
+
+
+def test_metrics_per_scale_cache_and_mlflow(setup, ray_cluster, mlflow_server):
+    lines = []
+    result = run_evaluation(_job(setup), log=lines.append)
+    real, noise = result.rows
+    assert (real["guidance_scale"], noise["guidance_scale"]) == (0.0, 2.0) and real["num_samples"] == 12
+    for key in ("fid", "sfid", "precision", "recall", "evaluator_fid", "evaluator_precision", "score", "accuracy"):
+        assert np.isfinite(real[key]) and np.isfinite(noise[key]), key
+    assert real["fid"] < noise["fid"] and real["precision"] > noise["precision"]
+    assert any("featurizing 40 images" in line for line in lines)  # 2 x 12 samples + 16 references
+
+    lines.clear()
+    again = run_evaluation(_job(setup), log=lines.append)
+    assert any("from cache" in line for line in lines) and any("featurizing 24 images" in line for line in lines)
+    assert again.rows[0]["fid"] == pytest.approx(real["fid"], rel=1e-6)
+
+    job = _job(setup, tracking_uri=mlflow_server, experiment="evaluate-test")
+    log_evaluation(job, again, log=lambda *_: None)
+    client = MlflowClient(mlflow_server)
+    for scale, run_id in again.run_ids.items():
+        run = client.get_run(run_id)
+        assert run.data.tags["mlflow.parentRunId"] == again.parent_run_id
+        assert run.data.params["guidance_scale"] == f"{scale:g}"
+        assert run.data.metrics["fid"] == pytest.approx(again.rows[0 if scale == 0 else 1]["fid"])
+    files = {f.path for f in client.list_artifacts(again.parent_run_id, "plots")}
+    assert {"plots/fid_vs_scale.png", "plots/precision_vs_recall.png", "plots/score_vs_fid.png"} <= files
+    assert client.list_artifacts(again.parent_run_id, "evaluation")[0].path.endswith("metrics_by_scale.json")
+    assert "| guidance_scale | num_samples | fid |" in format_table(again.rows)
+
+
+def test_precomputed_reference_statistics(setup, ray_cluster):
+    from pipelines.evaluate import reference_stats
+    from pipelines.files import read_npz
+
+    images, _ = read_split(setup["data"], "train", limit=16)
+    ref = setup["root"] / "ref_images.npz"
+    write_bytes_atomic(str(ref), npz_bytes(arr_0=images))
+    from_images = run_evaluation(_job(setup, reference=str(ref), features="inception"), **QUIET)
+    cached = list((setup["root"] / "cache" / "reference").glob("inception-*.npz"))
+    stats = {}
+    for path in cached:
+        found = read_npz(str(path))
+        if len(found["inception.features"]) == 16:
+            stats = found
+    assert stats, "the NPZ reference was cached"
+    assert set(reference_stats({"inception.pool": stats["inception.features"]})) >= {"inception.mu"}
+    only = setup["root"] / "ref_stats.npz"
+    write_bytes_atomic(str(only), npz_bytes(mu=stats["inception.mu"], sigma=stats["inception.sigma"],
+                                            mu_s=stats["inception.mu_s"], sigma_s=stats["inception.sigma_s"]))
+    from_stats = run_evaluation(_job(setup, reference=str(only), features="inception"), **QUIET)
+    assert from_stats.rows[0]["fid"] == pytest.approx(from_images.rows[0]["fid"], rel=1e-6)
+    assert "precision" not in from_stats.rows[0]  # needs reference images
+    with pytest.raises(EvaluationError, match="only Inception statistics"):
+        run_evaluation(_job(setup, reference=str(only), features="both"), **QUIET)
+
+
+def test_bad_inputs_fail_before_featurizing(setup, tmp_path):
+    def folder(name, **arrays):
+        write_bytes_atomic(str(tmp_path / name / "scale_1" / "samples_x.npz"), npz_bytes(**arrays))
+        return str(tmp_path / name)
+
+    cases = [
+        (folder("float", arr_0=np.zeros((8, 16, 16, 3), np.float32)), "uint8"),
+        (folder("nchw", arr_0=np.zeros((8, 3, 16, 16), np.uint8)), "uint8"),
+        (folder("few", arr_0=np.zeros((3, 16, 16, 3), np.uint8)), "at least 4"),
+        (folder("res", arr_0=np.zeros((8, 32, 32, 3), np.uint8)), "same resolution"),
+        (str(tmp_path / "empty"), "holds no scale_"),
+    ]
+    (tmp_path / "empty").mkdir()
+    for samples, message in cases:
+        with pytest.raises(EvaluationError, match=message):
+            run_evaluation(_job(setup, samples=samples), **QUIET)
+    with pytest.raises(EvaluationError, match="needs --evaluator"):
+        run_evaluation(_job(setup, evaluator=None), **QUIET)
