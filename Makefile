@@ -1,6 +1,6 @@
 # make run : install, then run the main job.  make test : install, then run the tests.
 PYTHON ?= python3
-DATA ?= adm-data
+PRESET ?= fashion-mnist
 
 .PHONY: setup run test lint bench
 
@@ -8,10 +8,7 @@ setup:
 	bash scripts/setup.sh
 
 run: setup
-	adm data ingest fashion-mnist $(DATA)/fashion-mnist --resolution 32 --split train,test
-	adm data describe $(DATA)/fashion-mnist
-	adm data ingest shapes $(DATA)/shapes --resolution 16 --num-images 256
-	adm train all --preset smoke --data $(DATA)/shapes
+	adm run --preset $(PRESET)
 
 test: setup
 	$(PYTHON) -m pytest -q tests

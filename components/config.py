@@ -85,6 +85,37 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    features: str = "both"  # inception | evaluator | both
+    num_reference: int = 10_000  # reference images from the dataset's split
+    reference_split: str = "train"
+    fid_method: str = "eigh"  # or "sqrtm", exactly as the released evaluator
+    batch_size: int = 64
+    champion_metric: str = "fid"  # the metric that decides the registry's `champion` alias
+    champion_scale: float = 1.0  # ... at this guidance scale (one of sample.guidance_scales)
+
+
+HIGHER_IS_BETTER = ("precision", "recall", "evaluator_precision", "evaluator_recall", "score", "accuracy")
+LOWER_IS_BETTER = ("fid", "sfid", "evaluator_fid")
+
+
+def validate_evaluate(preset) -> None:
+    cfg = preset.evaluate
+    if cfg.features not in ("inception", "evaluator", "both"):
+        raise ConfigError(f"evaluate.features={cfg.features!r} must be inception, evaluator or both")
+    if cfg.fid_method not in ("eigh", "sqrtm"):
+        raise ConfigError(f"evaluate.fid_method={cfg.fid_method!r} must be eigh or sqrtm")
+    if cfg.champion_metric not in HIGHER_IS_BETTER + LOWER_IS_BETTER:
+        raise ConfigError(f"evaluate.champion_metric={cfg.champion_metric!r} is not one of "
+                          f"{HIGHER_IS_BETTER + LOWER_IS_BETTER}")
+    if float(cfg.champion_scale) not in [float(s) for s in preset.sample.guidance_scales]:
+        raise ConfigError(f"evaluate.champion_scale={cfg.champion_scale} is not in sample.guidance_scales="
+                          f"{preset.sample.guidance_scales}; pick one of them")
+    if cfg.num_reference < 4:
+        raise ConfigError(f"evaluate.num_reference={cfg.num_reference} is too small; precision/recall need >= 4")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 32  # per worker
@@ -117,6 +148,7 @@ class Preset:
     # the evaluator: a classifier of clean images for scores and sample accuracy, never used for guidance
     evaluator: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(pool="adaptive"))
     train_evaluator: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     data: dict = field(default_factory=dict)
 
 
@@ -312,7 +344,8 @@ def _from_dict(cls, values: dict):
 
 SECTION_TYPES = {"unet": UNetConfig, "classifier": ClassifierConfig, "diffusion": DiffusionConfig,
                  "sample": SampleConfig, "train_diffusion": TrainConfig, "train_classifier": TrainConfig,
-                 "evaluator": ClassifierConfig, "train_evaluator": TrainConfig}
+                 "evaluator": ClassifierConfig, "train_evaluator": TrainConfig,
+                 "evaluate": EvaluateConfig}
 
 
 def preset_from_dict(values: dict) -> Preset:

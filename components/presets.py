@@ -11,6 +11,7 @@ from .config import (
     ClassifierConfig,
     ConfigError,
     DiffusionConfig,
+    EvaluateConfig,
     Preset,
     SampleConfig,
     TrainConfig,
@@ -72,6 +73,7 @@ def _imagenet_preset(name: str) -> Preset:
         evaluator=replace(classifier_config_from_flags(RELEASED_FLAGS[clf_key]), pool="adaptive"),
         train_evaluator=TrainConfig(steps=100_000, batch_size=256 // 8, lr=3e-4, weight_decay=0.05, ema_rate=(),
                                     num_workers=8, use_gpu=True, save_interval=10_000),
+        evaluate=EvaluateConfig(num_reference=10_000, champion_scale=scale),
         data={"source": "imagenet-folder", "resolution": unet.image_size, "channels": 3},
     )
 
@@ -106,6 +108,7 @@ def _fashion_mnist() -> Preset:
         evaluator=_small_classifier(32, 1, 10, pool="adaptive", depth=1),
         train_evaluator=TrainConfig(steps=400, batch_size=64, lr=1e-3, weight_decay=0.05, ema_rate=(),
                                     save_interval=400),
+        evaluate=EvaluateConfig(num_reference=1000, champion_scale=1.0),
         data={"source": "fashion-mnist", "resolution": 32, "channels": 1, "resize": "pad"},
     )
 
@@ -124,6 +127,7 @@ def _smoke() -> Preset:
         train_classifier=TrainConfig(steps=20, batch_size=16, lr=1e-3, ema_rate=(), save_interval=10, log_interval=5),
         evaluator=_small_classifier(16, 3, 4, channel_mult=(1, 2), attention_resolutions=(8,), pool="adaptive"),
         train_evaluator=TrainConfig(steps=20, batch_size=16, lr=1e-3, ema_rate=(), save_interval=10, log_interval=5),
+        evaluate=EvaluateConfig(num_reference=32, batch_size=16, champion_scale=2.0),
         data={"source": "shapes", "resolution": 16, "channels": 3, "num_images": 256},
     )
 

@@ -38,12 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print a preset's resolved configuration as JSON")
     _preset_args(p)
     p.set_defaults(func=cmd_config)
-    from . import data_cli, evaluate_cli, sample_cli, train_cli
+    from . import data_cli, evaluate_cli, run_cli, sample_cli, train_cli
 
     data_cli.add_parser(sub)
     train_cli.add_parser(sub, _preset_args)
     sample_cli.add_parser(sub)
     evaluate_cli.add_parser(sub)
+    run_cli.add_parser(sub, _preset_args)
     return parser
 
 

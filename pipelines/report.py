@@ -48,14 +48,20 @@ def log_evaluation(job, result, log=print):
         tracker.log_metrics(run_id, metrics, step=0)
         result.run_ids[scale] = run_id
     tracker.log_params(parent, {f"evaluate.{k}": v for k, v in params.items()})
-    tracker.log_table(parent, result.rows, "evaluation/metrics_by_scale.json")
-    figures = tradeoff_figures(result.rows)
-    for name, figure in figures.items():
-        tracker.log_figure(parent, figure, name)
-    close(figures)
+    figures = log_tradeoff(tracker, parent, result.rows)
     if job.parent_run_id is None:
         tracker.end_run(parent)
     result.parent_run_id = parent
-    log(f"MLflow: metrics of {len(result.rows)} scales, table and {len(figures)} plots under run {parent} at "
+    log(f"MLflow: metrics of {len(result.rows)} scales, table and {figures} plots under run {parent} at "
         f"{tracker.uri}")
     return result
+
+
+def log_tradeoff(tracker, run_id: str, rows: list[dict]) -> int:
+    """The metrics table and the trade-off plots as artifacts of `run_id`; returns the number of plots."""
+    tracker.log_table(run_id, rows, "evaluation/metrics_by_scale.json")
+    figures = tradeoff_figures(rows)
+    for name, figure in figures.items():
+        tracker.log_figure(run_id, figure, name)
+    close(figures)
+    return len(figures)

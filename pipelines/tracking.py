@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,21 @@ class Tracker:
     def run(self, run_id: str):
         return self.client.get_run(run_id)
 
+    def reopen(self, run_id: str) -> None:
+        """Mark a failed or killed run RUNNING again (resuming it)."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def search(self, experiment: str, filter_string: str, max_results: int = 100) -> list:
+        """Runs of `experiment` matching an MLflow filter string, newest first."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        return list(self.client.search_runs([found.experiment_id], filter_string, max_results=max_results,
+                                            order_by=["attributes.start_time DESC"]))
+
+    def children(self, experiment: str, parent_run_id: str) -> list:
+        return self.search(experiment, f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=1000)
+
     def set_tags(self, run_id: str, tags: dict) -> None:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, str(value))
@@ -137,6 +153,18 @@ class Tracker:
     def download_artifacts(self, run_id: str, path: str, dst: str | Path) -> str:
         return self.client.download_artifacts(run_id, path, str(dst))
 
+    def log_dataset(self, run_id: str, url: str, name: str, fingerprint: str, context: str = "training") -> None:
+        """Record an ingested dataset as the run's input (source URL, name, content fingerprint as digest)."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # a local path matches two equivalent source types
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(url)
+        dataset = MetaDataset(source, name=name, digest=fingerprint[:36])._to_mlflow_entity()
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
     # --- models -------------------------------------------------------------------------------------------------------
     def log_network(self, run_id: str, name: str, weights: Path, config: Path) -> str:
         """Log a network as an MLflow pyfunc model defined from code (no pickled objects); returns its model URI."""
@@ -151,3 +179,31 @@ class Tracker:
                     pip_requirements=["adm-pipeline"],
                 )
         return info.model_uri
+
+    # --- registry -----------------------------------------------------------------------------------------------------
+    def register(self, model_uri: str, name: str, run_id: str, tags: dict) -> str:
+        """A version of registered model `name` for `model_uri` (the existing one if this run already registered it)."""
+        try:
+            self.client.create_registered_model(name)
+        except Exception:  # exists already
+            pass
+        for version in self.client.search_model_versions(f"name = '{name}'"):
+            if version.run_id == run_id and version.source == model_uri:
+                return version.version
+        model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
+        version = self.client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
+        return version.version
+
+    def alias_version(self, name: str, alias: str):
+        """The model version behind `alias`, or None."""
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except Exception:
+            return None
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def set_version_tags(self, name: str, version: str, tags: dict) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, str(value))

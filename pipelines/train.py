@@ -40,6 +40,7 @@ class TrainOptions:
     data_cpus: float = 0.25  # CPUs per Ray Data read/decode task
     materialize_bytes: int = 1 << 30  # decoded training sets up to this size are held in the object store
     heartbeat_files: dict = field(default_factory=dict)  # test hook: kind -> file with rank 0's pid and step
+    run_ids: dict = field(default_factory=dict)  # kind -> an earlier MLflow run to continue (resume from checkpoint)
 
 
 @dataclass
@@ -171,6 +172,7 @@ def _fit(kind: str, preset: Preset, data_url: str, run_id: str, opts: TrainOptio
         outcome = TrainOutcome(kind, run_id, result.checkpoint.path, int(metrics.get("step", 0)), metrics=metrics,
                                started=started, finished=time.time())
         outcome.model_uri = _log_final(tracker, outcome, result.checkpoint, preset)
+        tracker.set_tags(run_id, {"adm.model_uri": outcome.model_uri, "adm.checkpoint": outcome.checkpoint})
         tracker.end_run(run_id, "FINISHED")
         return outcome
     except BaseException as e:
@@ -213,6 +215,11 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=KINDS, log=pr
     cpus = worker_resources(preset, kinds, ray.cluster_resources().get("CPU", 1))
     run_ids = {}
     for kind in kinds:
+        if kind in opts.run_ids:  # same run => same Ray Train run name => fit() restores its latest checkpoint
+            run_ids[kind] = opts.run_ids[kind]
+            tracker.reopen(run_ids[kind])
+            log(f"[{kind}] continuing MLflow run {run_ids[kind]} from its last checkpoint")
+            continue
         run_ids[kind] = tracker.start_run(opts.experiment, f"train-{kind}", opts.parent_run_id,
                                           tags={"adm.stage": "train", "adm.network": kind,
                                                 "adm.data_fingerprint": manifest["fingerprint"]})

@@ -1,0 +1,86 @@
+"""`adm run`: the whole pipeline, data to registered models, as one MLflow run tree."""
+
+import json
+import os
+
+
+def _request(args):
+    from components.config import preset_from_dict
+
+    from .cli import resolved_preset
+    from .run import RunRequest
+    from .tracking import Tracker
+
+    common = dict(tracking_uri=args.tracking_uri, experiment=args.experiment, force=args.force,
+                  register=not args.no_register, model_prefix=args.model_prefix)
+    if not args.resume:
+        return RunRequest(preset=resolved_preset(args), data=args.data, workdir=args.workdir, **common)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = Tracker(args.tracking_uri).download_artifacts(args.resume, "config/resolved.json", tmp)
+        except Exception as e:
+            from components.config import UserError
+
+            raise UserError(f"cannot read the config of run {args.resume} ({type(e).__name__}: {str(e)[:300]}); "
+                            "check the run id and MLFLOW_TRACKING_URI") from None
+        saved = json.loads(open(path).read())
+    return RunRequest(preset=preset_from_dict(saved["preset"]), data=saved["data"], workdir=saved["workdir"],
+                      resume=args.resume, **common)
+
+
+def _where(uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        return f"browse with: mlflow ui --backend-store-uri {uri}"
+    return f"browse at {uri}"
+
+
+def cmd_run(args) -> int:
+    from components.config import to_dict
+
+    from .report import format_table
+    from .run import Pipeline, check_request, resources
+    from .sentinel import start
+
+    req = _request(args)
+    check_request(req)
+    if args.dry_run:
+        print(json.dumps({"preset": to_dict(req.preset),
+                          "data": req.data or req.preset.data.get("source"), "workdir": req.workdir,
+                          "resources": resources(req.preset, args.assume_cpus)}, indent=2, default=str))
+        return 0
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    cluster = os.environ.get("RAY_ADDRESS") or "a local Ray instance"
+    print(f"Ray: {cluster} with {ray.cluster_resources().get('CPU', 0):g} CPUs, "
+          f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
+    pipeline = Pipeline(req, on_start=lambda p: start(p.run_id, p.req.experiment, p.tracker.uri))
+    print(f"MLflow tracking: {pipeline.tracker.uri}")
+    result = pipeline.execute()
+    print(format_table(result["rows"]))
+    print(f"pipeline run {result['run_id']} finished; {_where(pipeline.tracker.uri)}")
+    return 0
+
+
+def add_parser(sub, preset_args) -> None:
+    p = sub.add_parser("run", help="the whole pipeline: ingest, train, sample over the scale grid, evaluate, register")
+    preset_args(p)
+    p.add_argument("--data", default=None, help="ingest source (default: the preset's): fashion-mnist, shapes, "
+                   "fashion-mnist:/dir, or an image folder URL with one sub-folder per class")
+    p.add_argument("--workdir", default="adm-work", help="folder or URL for data, checkpoints, samples and caches")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument("--experiment", default="adm", help="MLflow experiment name")
+    p.add_argument("--force", action="store_true", help="recompute every stage even when a finished one matches")
+    p.add_argument("--resume", default=None, metavar="RUN_ID",
+                   help="continue a pipeline run that died, from its last finished stage (its config is reused)")
+    p.add_argument("--no-register", action="store_true", help="skip model registration")
+    p.add_argument("--model-prefix", default=None,
+                   help="registered model names are PREFIX-diffusion and PREFIX-classifier (default: adm-PRESET)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and the Ray resources of each stage, then exit")
+    p.add_argument("--assume-cpus", type=float, default=2.0, help="cluster CPUs assumed by --dry-run")
+    p.set_defaults(func=cmd_run)
