@@ -65,3 +65,20 @@ def log_tradeoff(tracker, run_id: str, rows: list[dict]) -> int:
         tracker.log_figure(run_id, figure, name)
     close(figures)
     return len(figures)
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    import torch
+
+    gpus = torch.cuda.device_count()
+    accel = f"{gpus} x {torch.cuda.get_device_name(0)}" if gpus else "no GPU"
+    return f"{platform.machine()} {os.cpu_count()} CPUs, {accel}, torch {torch.__version__}"
+
+
+def run_report(run_id: str, preset_name: str, rows: list[dict], seconds: float, cluster: str) -> str:
+    """The Markdown summary `adm run` writes beside its outputs and logs on the pipeline run."""
+    return (f"# adm run {run_id}\n\npreset `{preset_name}`; driver machine: {machine()}; Ray: {cluster}; "
+            f"wall time {seconds / 60:.1f} min\n\n{format_table(rows)}\n")

@@ -15,6 +15,7 @@ import json
 import os
 import posixpath
 import re
+import time
 from dataclasses import dataclass
 
 import fsspec
@@ -165,6 +166,7 @@ class Pipeline:
         return posixpath.join(self.req.workdir.rstrip("/"), *parts)
 
     def execute(self) -> dict:
+        self.started = time.time()
         self.start()
         try:
             data = self.stage("ingest", self.ingest_inputs(), self.ingest, still_valid=self._dataset_exists)
@@ -185,6 +187,7 @@ class Pipeline:
             self.tracker.set_tags(self.run_id, {"error": f"{type(e).__name__}: {e}"[:5000]})
             self.tracker.end_run(self.run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
+        self.report(evaluated["rows"])
         self.tracker.end_run(self.run_id)
         return {"run_id": self.run_id, "data": data, "train": trained, "sample": sampled, "rows": evaluated["rows"],
                 "registered": registered}
@@ -278,6 +281,23 @@ class Pipeline:
         flat = {f"{k}_scale_{row['guidance_scale']:g}": v for row in rows for k, v in row.items()
                 if k not in ("guidance_scale", "num_samples")}
         self.tracker.log_metrics(self.run_id, flat, step=0)
+
+    def report(self, rows: list) -> None:
+        """report.md (machine, wall time, metrics table) beside the run's outputs and on the pipeline run."""
+        import ray
+
+        from .files import write_bytes_atomic
+        from .report import run_report
+
+        cluster = os.environ.get("RAY_ADDRESS") or "local instance"
+        if ray.is_initialized():
+            found = ray.cluster_resources()
+            cluster += f" ({found.get('CPU', 0):g} CPUs, {found.get('GPU', 0):g} GPUs)"
+        text = run_report(self.run_id, self.preset.name, rows, time.time() - self.started, cluster)
+        url = self.path("runs", self.run_id, "report.md")
+        write_bytes_atomic(url, text.encode())
+        self.tracker.log_text(self.run_id, text, "report.md")
+        self.log(f"report: {url}")
 
     def register(self, run_id: str, trained: dict, rows: list) -> dict:
         cfg = self.preset.evaluate

@@ -142,6 +142,9 @@ class Tracker:
     def log_dict(self, run_id: str, values: dict, artifact_file: str) -> None:
         self.client.log_dict(run_id, values, artifact_file)
 
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
     def log_table(self, run_id: str, rows: list[dict], artifact_file: str) -> None:
         """Rows of equal keys as an MLflow table artifact (shown in the run's Artifacts and Evaluation views)."""
         columns = {key: [row.get(key) for row in rows] for key in rows[0]}

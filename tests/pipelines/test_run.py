@@ -122,3 +122,17 @@ def test_resume_after_killed_driver(tmp_path, mlflow_server):
     stages = [r for r in children(client, train.info.experiment_id, parent_id)]
     assert sorted(r.data.tags["adm.stage"] for r in stages) == ["evaluate", "ingest", "sample", "train"]
     assert all(r.info.status == "FINISHED" for r in stages)
+
+
+def test_mlflow_project_entry_point(tmp_path, mlflow_server):
+    dest = tmp_path / "shapes"
+    done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(ROOT / "mlflow_projects"), "-e", "ingest",
+                           "-P", "source=shapes", "-P", f"dest={dest}", "-P", "resolution=16", "-P", "num_images=32",
+                           "--env-manager", "local", "--experiment-name", "projects"],
+                          env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (dest / "manifest.json").exists()
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("projects").experiment_id])
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["mlflow.project.entryPoint"] == "ingest"
