@@ -55,6 +55,10 @@ def main(argv=None) -> int:
     except (UserError, FileNotFoundError) as e:
         print(f"adm: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("adm: interrupted; the MLflow runs are marked KILLED (adm run --resume RUN_ID continues a pipeline)",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

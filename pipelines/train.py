@@ -8,10 +8,11 @@ trainer is created here, so a worker-group restart never creates a second run; r
 
 import dataclasses
 import tempfile
+import threading
 import time
 import traceback
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,6 +201,35 @@ def _log_final(tracker: Tracker, outcome: TrainOutcome, checkpoint, preset: Pres
             return tracker.log_network(outcome.run_id, f"{outcome.kind}_model", weights, config)
 
 
+def _in_daemon_thread(fn, *args) -> Future:
+    """Run fn(*args) in a daemon thread (so an interrupted driver can exit without waiting for fit() to return)."""
+    future = Future()
+
+    def target():
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # handed to the caller through the future
+            future.set_exception(e)
+
+    threading.Thread(target=target, name=f"fit-{args[0]}", daemon=True).start()
+    return future
+
+
+def _interrupt(futures: dict, run_ids: dict, tracker: Tracker, log) -> None:
+    """Ctrl-C: stop the trainers (disconnecting from Ray ends the Train controllers this driver owns), give their
+    threads a moment to return, and mark every unfinished training run KILLED. Checkpoints already reported stay."""
+    import concurrent.futures
+
+    import ray
+
+    log("interrupted: stopping the trainers")
+    ray.shutdown()
+    concurrent.futures.wait(list(futures.values()), timeout=10)
+    for kind, future in futures.items():
+        if not (future.done() and future.exception() is None):
+            tracker.end_run(run_ids[kind], "KILLED")
+
+
 def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=KINDS, log=print) -> dict[str, TrainOutcome]:
     """Train `kinds` concurrently on the connected Ray cluster; returns one TrainOutcome per network."""
     import ray
@@ -226,14 +256,17 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=KINDS, log=pr
         tracker.log_params(run_ids[kind], {"network": kind, "data_url": data_url, **to_dict(preset)})
         log(f"[{kind}] MLflow run {run_ids[kind]}; {train_config(preset, kind).num_workers} worker(s) x "
             f"{cpus[kind]} CPU")
-    with ThreadPoolExecutor(len(kinds)) as pool:
-        futures = {k: pool.submit(_fit, k, preset, data_url, run_ids[k], opts, cpus[k], tracker) for k in kinds}
-        outcomes, errors = {}, []
+    futures = {k: _in_daemon_thread(_fit, k, preset, data_url, run_ids[k], opts, cpus[k], tracker) for k in kinds}
+    outcomes, errors = {}, []
+    try:
         for kind, future in futures.items():
             try:
                 outcomes[kind] = future.result()
             except TrainingError as e:
                 errors.append(str(e))
+    except KeyboardInterrupt:
+        _interrupt(futures, run_ids, tracker, log)
+        raise
     if errors:
         raise TrainingError("; ".join(errors))
     return outcomes

@@ -95,13 +95,13 @@ def _wait(predicate, timeout, what):
 def test_resume_after_killed_driver(tmp_path, mlflow_server):
     client = MlflowClient(mlflow_server)
     cmd = [sys.executable, "-m", "pipelines.cli", "run", "--preset", "smoke", "--workdir", str(tmp_path / "work"),
-           "--tracking-uri", mlflow_server, "--experiment", "resume", "--no-register"]
+           "--tracking-uri", mlflow_server, "--experiment", "run-resume", "--no-register"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
 
     def train_finished():
-        exp = client.get_experiment_by_name("resume")
+        exp = client.get_experiment_by_name("run-resume")
         found = exp and client.search_runs([exp.experiment_id], "tags.`adm.pipeline` = 'smoke'")
         train = found and stage_runs(client, found[0].info.run_id).get("train")
         return train if train and train.info.status == "FINISHED" else None
@@ -113,7 +113,7 @@ def test_resume_after_killed_driver(tmp_path, mlflow_server):
     _wait(lambda: client.get_run(parent_id).info.status == "KILLED", 60, "the sentinel to mark the run KILLED")
 
     resumed = subprocess.run(cmd[:4] + ["--resume", parent_id, "--tracking-uri", mlflow_server, "--experiment",
-                                        "resume", "--no-register"], env=env, cwd=tmp_path, capture_output=True,
+                                        "run-resume", "--no-register"], env=env, cwd=tmp_path, capture_output=True,
                              text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "[train] finished earlier in this run" in resumed.stdout
@@ -136,3 +136,27 @@ def test_mlflow_project_entry_point(tmp_path, mlflow_server):
     client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("projects").experiment_id])
     assert runs[0].info.status == "FINISHED" and runs[0].data.tags["mlflow.project.entryPoint"] == "ingest"
+
+
+def test_ctrl_c_marks_runs_killed_and_leaves_no_partial_files(tmp_path, mlflow_server):
+    client = MlflowClient(mlflow_server)
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--preset", "smoke", "--workdir", str(work),
+           "--tracking-uri", mlflow_server, "--experiment", "interrupt", "--no-register"]
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
+                              cwd=tmp_path)
+
+    def training():
+        exp = client.get_experiment_by_name("interrupt")
+        found = exp and client.search_runs([exp.experiment_id], "tags.`adm.network` = 'diffusion'")
+        return found and "loss" in found[0].data.metrics and found[0]
+
+    diffusion = _wait(training, 600, "the diffusion trainer to log a loss")
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=120) == 130, (tmp_path / "driver.log").read_text()[-3000:]
+    train_stage = client.get_run(diffusion.data.tags["mlflow.parentRunId"])
+    parent = client.get_run(train_stage.data.tags["mlflow.parentRunId"])
+    assert (parent.info.status, train_stage.info.status) == ("KILLED", "KILLED")
+    assert client.get_run(diffusion.info.run_id).info.status in ("KILLED", "FAILED")
+    assert not [p for p in work.rglob("*") if ".tmp-" in p.name]
