@@ -106,9 +106,11 @@ def test_resume_after_killed_driver(tmp_path, mlflow_server):
         train = found and stage_runs(client, found[0].info.run_id).get("train")
         return train if train and train.info.status == "FINISHED" else None
 
-    train = _wait(train_finished, 600, "the train stage to finish")
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
+    try:
+        train = _wait(train_finished, 600, "the train stage to finish")
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
     parent_id = train.data.tags["mlflow.parentRunId"]
     _wait(lambda: client.get_run(parent_id).info.status == "KILLED", 60, "the sentinel to mark the run KILLED")
 
@@ -152,9 +154,13 @@ def test_ctrl_c_marks_runs_killed_and_leaves_no_partial_files(tmp_path, mlflow_s
         found = exp and client.search_runs([exp.experiment_id], "tags.`adm.network` = 'diffusion'")
         return found and "loss" in found[0].data.metrics and found[0]
 
-    diffusion = _wait(training, 600, "the diffusion trainer to log a loss")
-    driver.send_signal(signal.SIGINT)
-    assert driver.wait(timeout=120) == 130, (tmp_path / "driver.log").read_text()[-3000:]
+    try:
+        diffusion = _wait(training, 600, "the diffusion trainer to log a loss")
+        driver.send_signal(signal.SIGINT)
+        assert driver.wait(timeout=120) == 130, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        if driver.poll() is None:  # never leave a driver behind to slow the rest of the suite
+            driver.kill()
     train_stage = client.get_run(diffusion.data.tags["mlflow.parentRunId"])
     parent = client.get_run(train_stage.data.tags["mlflow.parentRunId"])
     assert (parent.info.status, train_stage.info.status) == ("KILLED", "KILLED")
