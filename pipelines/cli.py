@@ -2,7 +2,9 @@
 
 import argparse
 import json
+import os
 import sys
+import traceback
 
 from components.config import UserError, apply_overrides, to_dict
 from components.presets import DEFAULT_PRESET, PRESET_BUILDERS, get_preset
@@ -38,21 +40,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print a preset's resolved configuration as JSON")
     _preset_args(p)
     p.set_defaults(func=cmd_config)
-    from . import data_cli, evaluate_cli, run_cli, sample_cli, train_cli
+    from . import data_cli, evaluate_cli, jobs_cli, run_cli, sample_cli, train_cli
 
     data_cli.add_parser(sub)
     train_cli.add_parser(sub, _preset_args)
     sample_cli.add_parser(sub)
     evaluate_cli.add_parser(sub)
     run_cli.add_parser(sub, _preset_args)
+    jobs_cli.add_parser(sub)
+    jobs_cli.add_schedule_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "takes_extra", False):
+        args.command = extra  # adm submit: everything after the submit options is the adm command to run
     try:
         return args.func(args)
     except (UserError, FileNotFoundError) as e:
+        if os.environ.get("ADM_TRACEBACK"):
+            traceback.print_exc()
         print(f"adm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

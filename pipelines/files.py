@@ -31,12 +31,14 @@ def read_npz(url: str) -> dict:
 
 def actor_plan(requested: int | None, pending: int) -> tuple[int, dict]:
     """How many Ray Data actors and what each asks for: one GPU each on GPU clusters, else the CPUs shared out with
-    half a CPU left for the driver and Ray Data (one actor per 2 CPUs unless `requested`)."""
+    half a CPU left for the driver and Ray Data (one actor per 2 CPUs unless `requested`), at most one node's CPUs."""
     import ray
+
+    from .cluster import cluster_cpus, largest_node_cpus
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus:
         return max(1, min(requested or gpus, pending)), {"num_gpus": 1, "num_cpus": 1}
-    cpus = ray.cluster_resources().get("CPU", 1)
+    cpus = cluster_cpus()
     n = max(1, min(requested or int(cpus // 2) or 1, pending))
-    return n, {"num_cpus": max(0.5, (cpus - 0.5) / n)}
+    return n, {"num_cpus": min(max(0.5, (cpus - 0.5) / n), largest_node_cpus())}

@@ -167,6 +167,16 @@ def open_source(spec: str, opts: IngestOptions) -> Source:
     return image_folder_source(spec, opts)
 
 
+def source_fingerprint(spec: str, opts: IngestOptions | None = None) -> str:
+    """The fingerprint `ingest` would record for this source and options, computed without writing anything."""
+    opts = opts or IngestOptions()
+    source = open_source(spec, opts)
+    fingerprint = Fingerprint(source.class_names)
+    for batch in source.batches():
+        fingerprint.update(batch.split, batch.images, batch.labels)
+    return fingerprint.hexdigest()
+
+
 # --- writing ----------------------------------------------------------------------------------------------------------
 def _rows_per_shard(total: int, opts: IngestOptions) -> int:
     if opts.rows_per_shard:

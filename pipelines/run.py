@@ -40,6 +40,12 @@ class RunRequest:
     resume: str | None = None  # pipeline run id to continue
     register: bool = True
     model_prefix: str | None = None  # registered model names: <prefix>-diffusion, <prefix>-classifier
+    parent_run_id: str | None = None  # e.g. the `adm retrain` cycle that runs this pipeline
+    source_fingerprint: str | None = None  # content of the source (retrain): new content => a new ingest
+
+    @property
+    def prefix(self) -> str:
+        return self.model_prefix or f"adm-{self.preset.name}"
 
 
 def _exists(url: str) -> bool:
@@ -50,6 +56,27 @@ def _exists(url: str) -> bool:
 def stage_key(name: str, inputs: dict) -> str:
     text = json.dumps({"stage": name, **inputs}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def config_hash(preset: Preset) -> str:
+    return stage_key("config", to_dict(preset))[:16]
+
+
+def code_version() -> str:
+    """adm-pipeline's version and a digest of its Python sources (components/ and pipelines/)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(p for folder in ("components", "pipelines") for p in (root / folder).glob("*.py")):
+        digest.update(f"{path.parent.name}/{path.name}".encode() + b"\0" + path.read_bytes())
+    try:
+        from importlib.metadata import version
+
+        release = version("adm-pipeline")
+    except Exception:
+        release = "unknown"
+    return f"{release}+{digest.hexdigest()[:12]}"
 
 
 def ingest_options(preset: Preset, source: str):
@@ -64,8 +91,12 @@ def ingest_options(preset: Preset, source: str):
 
 def check_request(req: RunRequest) -> None:
     """Every config error before the first stage starts."""
+    from components.config import validate_classifier, validate_unet
     from components.training import train_config
 
+    validate_unet(req.preset.unet)
+    validate_classifier(req.preset.classifier)
+    validate_classifier(req.preset.evaluator)
     for kind in KINDS:
         train_config(req.preset, kind)
     validate_evaluate(req.preset)
@@ -161,7 +192,7 @@ class Pipeline:
             self.log(f"resuming pipeline run {self.run_id}")
             return
         self.run_id = self.tracker.start_run(self.req.experiment, f"adm-run-{self.preset.name}",
-                                             tags={"adm.pipeline": self.preset.name})
+                                             self.req.parent_run_id, tags={"adm.pipeline": self.preset.name})
         self.tracker.log_params(self.run_id, to_dict(self.preset))
         self.tracker.log_dict(self.run_id, {"preset": to_dict(self.preset), "data": self.req.data,
                                             "workdir": self.req.workdir}, "config/resolved.json")
@@ -187,7 +218,7 @@ class Pipeline:
             registered = {}
             if self.req.register:
                 registered = self.stage("register", {"train": trained, "evaluate": evaluated},
-                                        lambda run_id: self.register(run_id, trained, evaluated["rows"]))
+                                        lambda run_id: self.register(run_id, trained, evaluated["rows"], data))
         except BaseException as e:
             self.tracker.set_tags(self.run_id, {"error": f"{type(e).__name__}: {e}"[:5000]})
             self.tracker.end_run(self.run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -205,7 +236,10 @@ class Pipeline:
         return self.req.data or self.preset.data["source"]
 
     def ingest_inputs(self) -> dict:
-        return {"source": self.source(), "options": to_dict(ingest_options(self.preset, self.source()))}
+        inputs = {"source": self.source(), "options": to_dict(ingest_options(self.preset, self.source()))}
+        if self.req.source_fingerprint:
+            inputs["content"] = self.req.source_fingerprint
+        return inputs
 
     @staticmethod
     def _dataset_exists(outputs: dict) -> bool:
@@ -303,27 +337,30 @@ class Pipeline:
         self.tracker.log_text(self.run_id, text, "report.md")
         self.log(f"report: {url}")
 
-    def register(self, run_id: str, trained: dict, rows: list) -> dict:
+    def register(self, run_id: str, trained: dict, rows: list, data: dict | None = None) -> dict:
+        """Register both networks; `champion` moves to the pair only when the chosen metric beats the champion's."""
         cfg = self.preset.evaluate
         metric = cfg.champion_metric
         row = next(r for r in rows if float(r["guidance_scale"]) == float(cfg.champion_scale))
         if metric not in row:
             raise ConfigError(f"evaluate.champion_metric={metric!r} was not computed (features={cfg.features})")
         value, higher = float(row[metric]), metric in HIGHER_IS_BETTER
-        prefix = self.req.model_prefix or f"adm-{self.preset.name}"
-        out = {}
-        for kind in ("diffusion", "classifier"):
-            name = f"{prefix}-{kind}"
-            tag = f"adm.{metric}_scale_{cfg.champion_scale:g}"
-            version = self.tracker.register(trained[kind]["model_uri"], name, trained[kind]["run_id"],
-                                            tags={tag: value, "adm.pipeline_run": self.run_id})
-            current = self.tracker.alias_version(name, CHAMPION)
-            best = None if current is None or tag not in current.tags else float(current.tags[tag])
-            better = best is None or (value > best if higher else value < best)
-            if better:
-                self.tracker.set_alias(name, CHAMPION, version)
-            self.log(f"[register] {name} version {version}: {metric}@{cfg.champion_scale:g} = {value:.4g}"
-                     + (" -> champion" if better else f" (champion keeps {best:.4g})"))
-            out[kind] = {"name": name, "version": version, "champion": better}
+        tag = f"adm.{metric}_scale_{cfg.champion_scale:g}"
+        tags = {tag: value, "adm.pipeline_run": self.run_id, "adm.code_version": code_version(),
+                "adm.config_hash": config_hash(self.preset),
+                **({"adm.data_fingerprint": data["fingerprint"]} if data else {})}
+        names = {kind: f"{self.req.prefix}-{kind}" for kind in ("diffusion", "classifier")}
+        versions = {kind: self.tracker.register(trained[kind]["model_uri"], name, trained[kind]["run_id"], tags=tags)
+                    for kind, name in names.items()}
+        current = self.tracker.alias_version(names["diffusion"], CHAMPION)
+        best = None if current is None or tag not in current.tags else float(current.tags[tag])
+        better = best is None or (value > best if higher else value < best)
+        if better:  # both aliases move together, after both versions exist
+            for kind, name in names.items():
+                self.tracker.set_alias(name, CHAMPION, versions[kind])
+        self.log(f"[register] {names['diffusion']} v{versions['diffusion']}, {names['classifier']} "
+                 f"v{versions['classifier']}: {metric}@{cfg.champion_scale:g} = {value:.4g}"
+                 + (" -> champion" if better else f" (champion keeps {best:.4g})"))
         self.tracker.log_params(run_id, {"champion_metric": metric, "champion_scale": cfg.champion_scale})
-        return out
+        return {kind: {"name": names[kind], "version": versions[kind], "champion": better, "metric": metric,
+                       "value": value, "previous": best} for kind in names}

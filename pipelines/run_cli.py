@@ -65,8 +65,15 @@ def cmd_run(args) -> int:
     return 0
 
 
-def add_parser(sub, preset_args) -> None:
-    p = sub.add_parser("run", help="the whole pipeline: ingest, train, sample over the scale grid, evaluate, register")
+def cmd_retrain(args) -> int:
+    from .retrain import retrain
+
+    result = retrain(_request(args))
+    print(f"retraining cycle {result['cycle_run_id']}: {result['decision']} ({result['reason']})")
+    return 0
+
+
+def _pipeline_args(p, preset_args) -> None:
     preset_args(p)
     p.add_argument("--data", default=None, help="ingest source (default: the preset's): fashion-mnist, shapes, "
                    "fashion-mnist:/dir, or an image folder URL with one sub-folder per class")
@@ -74,13 +81,24 @@ def add_parser(sub, preset_args) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     p.add_argument("--experiment", default="adm", help="MLflow experiment name")
+    p.add_argument("--model-prefix", default=None,
+                   help="registered model names are PREFIX-diffusion and PREFIX-classifier (default: adm-PRESET)")
+
+
+def add_parser(sub, preset_args) -> None:
+    p = sub.add_parser("run", help="the whole pipeline: ingest, train, sample over the scale grid, evaluate, register")
+    _pipeline_args(p, preset_args)
     p.add_argument("--force", action="store_true", help="recompute every stage even when a finished one matches")
     p.add_argument("--resume", default=None, metavar="RUN_ID",
                    help="continue a pipeline run that died, from its last finished stage (its config is reused)")
     p.add_argument("--no-register", action="store_true", help="skip model registration")
-    p.add_argument("--model-prefix", default=None,
-                   help="registered model names are PREFIX-diffusion and PREFIX-classifier (default: adm-PRESET)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and the Ray resources of each stage, then exit")
     p.add_argument("--assume-cpus", type=float, default=2.0, help="cluster CPUs assumed by --dry-run")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("retrain", help="one idempotent retraining cycle: skip if data, code and config match the "
+                       "champion's, else run the pipeline and promote only if the chosen metric improved")
+    _pipeline_args(p, preset_args)
+    p.add_argument("--force", action="store_true", help="run the pipeline (all stages) even if nothing changed")
+    p.set_defaults(func=cmd_retrain, no_register=False, resume=None)

@@ -207,6 +207,12 @@ class Tracker:
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
 
+    def model_versions(self, name: str) -> list:
+        try:
+            return list(self.client.search_model_versions(f"name = '{name}'"))
+        except Exception:
+            return []
+
     def set_version_tags(self, name: str, version: str, tags: dict) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(name, version, key, str(value))

@@ -22,6 +22,7 @@ import torch
 from components.config import ConfigError, Preset, UserError, to_dict
 from components.training import KINDS, build_network, network_config, train_config
 
+from .cluster import cluster_cpus, largest_node_cpus
 from .dataset import load_manifest, ray_dataset
 from .tracking import Tracker, check_tracking
 from .train_worker import train_loop_per_worker
@@ -88,12 +89,13 @@ def check_storage(storage: str) -> None:
             from None
 
 
-def worker_resources(preset: Preset, kinds, cluster_cpus: float) -> dict:
-    """CPUs per CPU worker so that all trainers fit at once and Ray Data keeps half a CPU (2 cores, 3 trainers: 0.5)."""
+def worker_resources(preset: Preset, kinds, cluster_cpus: float, node_cpus: float | None = None) -> dict:
+    """CPUs per CPU worker so that all trainers fit at once and Ray Data keeps half a CPU (2 cores, 3 trainers: 0.5);
+    never more than the largest node has, since a worker runs on one node."""
     workers = sum(train_config(preset, k).num_workers for k in kinds if not train_config(preset, k).use_gpu)
     if workers == 0:
         return {k: 1.0 for k in kinds}
-    per_worker = max(0.1, (cluster_cpus - 0.5) / workers)
+    per_worker = min(max(0.1, (cluster_cpus - 0.5) / workers), node_cpus or cluster_cpus)
     return {k: (1.0 if train_config(preset, k).use_gpu else round(per_worker, 2)) for k in kinds}
 
 
@@ -242,7 +244,7 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=KINDS, log=pr
     check_tracking(tracker.uri)
     if not ray.is_initialized():
         ray.init()
-    cpus = worker_resources(preset, kinds, ray.cluster_resources().get("CPU", 1))
+    cpus = worker_resources(preset, kinds, cluster_cpus(), largest_node_cpus())
     run_ids = {}
     for kind in kinds:
         if kind in opts.run_ids:  # same run => same Ray Train run name => fit() restores its latest checkpoint

@@ -1,0 +1,144 @@
+"""`adm submit` (an adm command as a Ray job) and `adm jobs status|logs|stop|list`."""
+
+import sys
+
+
+def _cluster_args(p) -> None:
+    p.add_argument("--address", default=None, help="Ray dashboard URL (default: $RAY_API_SERVER_ADDRESS, an http "
+                   "$RAY_ADDRESS, else http://127.0.0.1:8265)")
+    p.add_argument("--token-file", default=None, help="file holding the cluster's auth token (default: "
+                   "$RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token if present)")
+
+
+def cmd_submit(args) -> int:
+    from .jobs import failure_message, follow, submit
+
+    client, job_id = submit(args.command, address=args.address, token_file=args.token_file, pip=args.pip,
+                            tracking_uri=args.tracking_uri, job_id=args.job_id, num_cpus=args.num_cpus)
+    print(f"submitted job {job_id}")
+    if not args.wait:
+        print(f"follow it with: adm jobs logs {job_id} --follow" + (f" --address {args.address}" if args.address
+                                                                    else ""))
+        return 0
+    status = follow(client, job_id)
+    if status != "SUCCEEDED":
+        print(f"adm: error: {failure_message(client, job_id, args.address, status)}", file=sys.stderr)
+        return 1
+    print(f"job {job_id} succeeded")
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from .jobs import connect, failure_message, follow, job_status
+
+    client = connect(args.address, args.token_file)
+    if args.action == "list":
+        for job in sorted(client.list_jobs(), key=lambda j: j.start_time or 0):
+            print(f"{job.submission_id or job.job_id}\t{getattr(job.status, 'value', job.status)}\t{job.entrypoint}")
+        return 0
+    if not args.job_id:
+        raise SystemExit(f"adm jobs {args.action}: give a JOB_ID (adm jobs list shows them)")
+    status = job_status(client, args.job_id)
+    if args.action == "status":
+        print(status)
+        if status in ("FAILED", "STOPPED"):
+            print(failure_message(client, args.job_id, args.address, status), file=sys.stderr)
+        return 0
+    if args.action == "stop":
+        print(f"stop requested for job {args.job_id}" if client.stop_job(args.job_id)
+              else f"job {args.job_id} had already ended ({status})")
+        return 0
+    if args.follow:
+        status = follow(client, args.job_id)
+        return 0 if status == "SUCCEEDED" else 1
+    sys.stdout.write(client.get_job_logs(args.job_id))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("submit", usage="adm submit [submit options] [run|retrain|train|sample|evaluate] [options]",
+                       help="run an adm command (default: run) as a Ray job on a cluster",
+                       description="Submit `adm run ...` (or retrain/train/sample/evaluate) as a Ray job. Submit "
+                       "options come first; the rest is the adm command, e.g. `adm submit --address http://HEAD:8265 "
+                       "--wait --preset smoke --workdir /shared/adm --tracking-uri http://MLFLOW:5000` or "
+                       "`adm submit --wait retrain --preset fashion-mnist --workdir s3://bucket/adm`.")
+    _cluster_args(p)
+    p.add_argument("--wait", action="store_true", help="follow the job's logs until it ends; exit 1 if it failed")
+    p.add_argument("--pip", action="append", default=None, metavar="REQUIREMENT",
+                   help="pip requirement installed into the job's environment (repeatable); not needed when the "
+                   "cluster image holds adm-pipeline's dependencies (cluster/Dockerfile)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI forwarded to the job (default: the "
+                   "command's --tracking-uri, else $MLFLOW_TRACKING_URI)")
+    p.add_argument("--job-id", default=None, help="submission id (default: adm-COMMAND-TIME-RANDOM)")
+    p.add_argument("--num-cpus", type=float, default=0.0, help="CPUs reserved for the job's driver (default 0)")
+    p.set_defaults(func=cmd_submit, command=[], takes_extra=True)
+
+    p = sub.add_parser("jobs", help="status, logs, stop or list of Ray jobs submitted with adm submit")
+    p.add_argument("action", choices=("status", "logs", "stop", "list"))
+    p.add_argument("job_id", nargs="?", default=None, metavar="JOB_ID")
+    p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    _cluster_args(p)
+    p.set_defaults(func=cmd_jobs)
+
+
+def cmd_schedule(args) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from . import schedule as sch
+    from .jobs import check_locally, job_command, project_root
+
+    retrain = args.command
+    check_locally(sch.retrain_command(retrain))  # a bad preset or option fails now, not at 3 am
+    if args.target != "kubernetes":
+        job_command(sch.retrain_command(retrain), None)  # shared work dir and a tracking URI, as adm submit needs
+    if args.target == "kubernetes":
+        text = sch.kubernetes_manifest(args.cron, retrain, Path(args.template or project_root() / "cluster" /
+                                                                "kuberay" / "raycronjob.yaml"), args.name)
+        if not args.apply:
+            print(text, end="")
+            return 0
+        subprocess.run(["kubectl", "apply", "-f", "-"], input=text, text=True, check=True)
+        return 0
+    name = args.name or "default"
+    if args.target == "crontab":
+        line = sch.crontab_line(args.cron, retrain, args.address, Path(args.log).resolve(), name)
+        if args.apply:
+            sch.install_crontab(line, name)
+            print(f"installed in your crontab: {line}")
+        else:
+            print(line)
+        return 0
+    units = sch.systemd_units(args.cron, retrain, args.address, name)
+    folder = Path(args.unit_dir).expanduser()
+    if not args.apply:
+        for filename, text in units.items():
+            print(f"# {folder / filename}\n{text}")
+        return 0
+    for path in sch.write_units(units, folder):
+        print(f"wrote {path}")
+    timer = next(f for f in units if f.endswith(".timer"))
+    subprocess.run(["systemctl", "--user", "daemon-reload"], check=True)
+    subprocess.run(["systemctl", "--user", "enable", "--now", timer], check=True)
+    return 0
+
+
+def add_schedule_parser(sub) -> None:
+    p = sub.add_parser("schedule", usage="adm schedule --cron EXPR [--target T] [--apply] [retrain options]",
+                       help="install periodic `adm retrain` cycles: a RayCronJob, a crontab line or a systemd timer",
+                       description="Schedule retraining where you run it. Options after the schedule options are "
+                       "`adm retrain` options, e.g. adm schedule --cron '0 3 * * 0' --target crontab --address "
+                       "http://HEAD:8265 --preset fashion-mnist --workdir /shared/adm")
+    p.add_argument("--cron", required=True, help="standard 5-field cron expression, e.g. '0 3 * * 0'")
+    p.add_argument("--target", choices=("kubernetes", "crontab", "systemd"), default="crontab",
+                   help="kubernetes: a KubeRay RayCronJob; crontab / systemd: this host calls adm submit --wait "
+                   "retrain (default: crontab)")
+    p.add_argument("--apply", action="store_true", help="install it (kubectl apply / crontab / systemctl --user); "
+                   "without it the definition is printed")
+    p.add_argument("--name", default=None, help="schedule name (RayCronJob name, crontab marker, unit suffix)")
+    p.add_argument("--address", default=None, help="crontab/systemd: the Ray dashboard URL adm submit uses")
+    p.add_argument("--template", default=None, help="kubernetes: RayCronJob template (default: "
+                   "cluster/kuberay/raycronjob.yaml)")
+    p.add_argument("--log", default="adm-retrain.log", help="crontab: file the cycles' output is appended to")
+    p.add_argument("--unit-dir", default="~/.config/systemd/user", help="systemd: where the units are written")
+    p.set_defaults(func=cmd_schedule, command=[], takes_extra=True)

@@ -1,0 +1,85 @@
+"""`adm retrain`: one idempotent retraining cycle.
+
+The cycle is an MLflow run tagged ``adm.retrain_cycle`` with its decision (``adm.decision``: skipped, promoted, kept
+or failed) and reason. It compares what the pipeline would be built from now — the source's data fingerprint, the
+code version and the config hash — with the tags of the ``champion`` diffusion model version:
+
+* all equal (or equal to a version an earlier cycle already tried and kept out): skipped, exit 0, nothing trained;
+* otherwise the pipeline runs as a child of the cycle (code changed: every stage recomputed; data or config changed:
+  the stage keys differ anyway) and its register stage moves ``champion`` only if the chosen metric improved.
+
+A cycle that fails never touches the aliases: they move only at the end of the register stage.
+"""
+
+import dataclasses
+
+from .run import CHAMPION, Pipeline, RunRequest, check_request, code_version, config_hash, ingest_options
+from .tracking import Tracker, check_tracking
+
+WATCHED = ("adm.data_fingerprint", "adm.code_version", "adm.config_hash")
+
+
+def current_state(req: RunRequest) -> dict:
+    from .ingest import source_fingerprint
+
+    source = req.data or req.preset.data["source"]
+    return {"adm.data_fingerprint": source_fingerprint(source, ingest_options(req.preset, source)),
+            "adm.code_version": code_version(), "adm.config_hash": config_hash(req.preset)}
+
+
+def _matches(version, state: dict) -> bool:
+    return version is not None and all(version.tags.get(k) == v for k, v in state.items())
+
+
+def decide_skip(tracker: Tracker, req: RunRequest, state: dict) -> tuple[str | None, list[str]]:
+    """(reason to skip or None, what changed relative to the champion)."""
+    name = f"{req.prefix}-diffusion"
+    champion = tracker.alias_version(name, CHAMPION)
+    if champion is None:
+        return None, ["no champion yet"]
+    changed = [k.removeprefix("adm.") for k in WATCHED if champion.tags.get(k) != state[k]]
+    if not changed:
+        return f"data, code and config unchanged since champion {name} v{champion.version}", []
+    tried = [v for v in tracker.model_versions(name) if _matches(v, state)]
+    if tried:
+        return (f"this data, code and config were already tried as {name} v{tried[0].version}, which did not beat "
+                f"champion v{champion.version}"), changed
+    return None, changed
+
+
+def retrain(req: RunRequest, log=print) -> dict:
+    """One cycle; returns {"cycle_run_id", "decision", "reason", and for a pipeline run "run_id", "registered"}."""
+    check_request(req)
+    tracker = Tracker(req.tracking_uri)
+    check_tracking(tracker.uri)
+    state = current_state(req)
+    cycle = tracker.start_run(req.experiment, f"retrain-{req.preset.name}",
+                              tags={"adm.retrain_cycle": req.preset.name, **state})
+    skip, changed = (None, ["--force"]) if req.force else decide_skip(tracker, req, state)
+    if skip:
+        return _finish(tracker, cycle, "skipped", skip, log)
+    reason = "; ".join(changed) if changed == ["no champion yet"] else "changed: " + ", ".join(changed)
+    log(f"[retrain] cycle {cycle}: {reason}; running the pipeline")
+    run_req = dataclasses.replace(req, parent_run_id=cycle, source_fingerprint=state["adm.data_fingerprint"],
+                                  force=req.force or "code_version" in changed, resume=None, register=True)
+    try:
+        result = Pipeline(run_req, log=log).execute()
+    except BaseException as e:
+        tracker.set_tags(cycle, {"adm.decision": "failed", "adm.reason": f"{type(e).__name__}: {e}"[:5000]})
+        tracker.end_run(cycle, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        log(f"[retrain] cycle {cycle} failed; the champion is untouched")
+        raise
+    reg = result["registered"]["diffusion"]
+    previous = "none" if reg["previous"] is None else f"{reg['previous']:.4g}"
+    reason += f"; {reg['metric']} new {reg['value']:.4g} vs champion {previous}"
+    out = _finish(tracker, cycle, "promoted" if reg["champion"] else "kept", reason, log,
+                  pipeline_run=result["run_id"])
+    return {**out, "run_id": result["run_id"], "registered": result["registered"]}
+
+
+def _finish(tracker: Tracker, cycle: str, decision: str, reason: str, log, **tags) -> dict:
+    tracker.set_tags(cycle, {"adm.decision": decision, "adm.reason": reason[:5000],
+                             **{f"adm.{k}": v for k, v in tags.items()}})
+    tracker.end_run(cycle)
+    log(f"[retrain] cycle {cycle}: {decision} ({reason})")
+    return {"cycle_run_id": cycle, "decision": decision, "reason": reason}

@@ -1,0 +1,152 @@
+"""`adm schedule`: install periodic retraining where the user runs it — no scheduler daemon of our own.
+
+* kubernetes: the RayCronJob of cluster/kuberay/raycronjob.yaml with the given schedule and `adm retrain ...` command,
+  printed, or applied with `kubectl apply -f -`;
+* crontab: one crontab line that calls `adm submit --wait ... retrain ...` (printed, or installed with `crontab`);
+* systemd: a user service + timer (OnCalendar from the cron expression) that run the same command.
+"""
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from components.config import UserError
+
+FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
+DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+MARKER = "# adm-pipeline schedule"
+
+
+class ScheduleError(UserError):
+    pass
+
+
+# --- cron expressions -------------------------------------------------------------------------------------------------
+def _check_part(part: str, name: str, low: int, high: int) -> None:
+    base, _, step = part.partition("/")
+    if step and (not step.isdigit() or int(step) == 0):
+        raise ScheduleError(f"cron {name} field {part!r}: the step after '/' must be a positive number")
+    if base == "*":
+        return
+    ends = base.split("-")
+    if len(ends) > 2 or not all(e.isdigit() for e in ends):
+        raise ScheduleError(f"cron {name} field {part!r}: use *, N, N-M, */S or lists of those (numbers only)")
+    values = [int(e) for e in ends]
+    if not all(low <= v <= high for v in values) or values != sorted(values):
+        raise ScheduleError(f"cron {name} field {part!r}: values must lie in {low}-{high}, ranges low-high")
+
+
+def parse_cron(expr: str) -> list[str]:
+    """The five fields of a standard cron expression, validated; a clear error otherwise."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ScheduleError(f"--cron {expr!r}: give five fields 'minute hour day-of-month month day-of-week', "
+                            "e.g. '0 3 * * 0' (Sundays at 03:00)")
+    for field, (name, low, high) in zip(fields, FIELDS):
+        for part in field.split(","):
+            _check_part(part, name, low, high)
+    return fields
+
+
+def _calendar_part(part: str, first: int, day_names: bool = False) -> str:
+    base, _, step = part.partition("/")
+    if day_names:
+        if step:
+            raise ScheduleError(f"day of week {part!r} with a step has no systemd form; use --target crontab")
+        ends = [DAYS[int(e)] for e in base.split("-")]
+        return "..".join(ends)
+    if base == "*":
+        return f"{first}/{step}" if step else "*"
+    if "-" in base:
+        if step:
+            raise ScheduleError(f"{part!r}: a range with a step has no systemd form; use --target crontab")
+        return base.replace("-", "..")
+    return f"{int(base):02d}/{step}" if step else f"{int(base):02d}"
+
+
+def on_calendar(expr: str) -> str:
+    """systemd OnCalendar= for a cron expression, e.g. '0 3 * * 0' -> 'Sun *-*-* 03:00:00'."""
+    minute, hour, dom, month, dow = parse_cron(expr)
+
+    def conv(field, first, names=False):
+        return ",".join(_calendar_part(p, first, names) for p in field.split(","))
+
+    if dom != "*" and dow != "*":
+        raise ScheduleError("cron with both day-of-month and day-of-week set (either matches) has no systemd form; "
+                            "use --target crontab")
+    days = "" if dow == "*" else conv(dow, 0, names=True) + " "
+    return f"{days}*-{conv(month, 1)}-{conv(dom, 1)} {conv(hour, 0)}:{conv(minute, 0)}:00"
+
+
+# --- the command each cycle runs --------------------------------------------------------------------------------------
+def retrain_command(retrain_args: list[str]) -> list[str]:
+    args = list(retrain_args)
+    if args and args[0] == "retrain":
+        args = args[1:]
+    return ["retrain", *args]
+
+
+def submit_command(retrain_args: list[str], address: str | None) -> list[str]:
+    """What a plain host's timer runs: adm submit --wait [--address A] retrain ... (absolute path to adm)."""
+    adm = shutil.which("adm")
+    head = [adm] if adm else [sys.executable, "-m", "pipelines.cli"]
+    import os
+
+    options = ["--address", address] if address else []
+    if os.environ.get("MLFLOW_TRACKING_URI") and "--tracking-uri" not in retrain_args:  # cron's env is bare
+        options += ["--tracking-uri", os.environ["MLFLOW_TRACKING_URI"]]
+    return [*head, "submit", "--wait", *options, *retrain_command(retrain_args)]
+
+
+# --- targets ----------------------------------------------------------------------------------------------------------
+def kubernetes_manifest(cron: str, retrain_args: list[str], template: Path, name: str | None = None) -> str:
+    import yaml
+
+    parse_cron(cron)
+    if not template.is_file():
+        raise ScheduleError(f"--template {template}: no such file (it ships in the repository as "
+                            "cluster/kuberay/raycronjob.yaml)")
+    manifest = yaml.safe_load(template.read_text())
+    manifest["spec"]["schedule"] = cron
+    manifest["spec"]["jobTemplate"]["entrypoint"] = shlex.join(["adm", *retrain_command(retrain_args)])
+    if name:
+        manifest["metadata"]["name"] = name
+    return yaml.safe_dump(manifest, sort_keys=False)
+
+
+def crontab_line(cron: str, retrain_args: list[str], address: str | None, log: Path, name: str) -> str:
+    parse_cron(cron)
+    command = shlex.join(submit_command(retrain_args, address))
+    return f"{cron} {command} >> {shlex.quote(str(log))} 2>&1 {MARKER} {name}"
+
+
+def install_crontab(line: str, name: str) -> None:
+    if shutil.which("crontab") is None:
+        raise ScheduleError("no `crontab` on this machine; install cron, or use --target systemd")
+    current = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+    kept = [x for x in (current.stdout.splitlines() if current.returncode == 0 else [])
+            if not x.endswith(f"{MARKER} {name}")]
+    subprocess.run(["crontab", "-"], input="\n".join([*kept, line]) + "\n", text=True, check=True)
+
+
+def systemd_units(cron: str, retrain_args: list[str], address: str | None, name: str) -> dict[str, str]:
+    calendar = on_calendar(cron)
+    command = shlex.join(submit_command(retrain_args, address))
+    service = (f"[Unit]\nDescription=adm-pipeline retraining cycle ({name})\n\n[Service]\nType=oneshot\n"
+               f"WorkingDirectory={Path.cwd()}\nExecStart={command}\n")
+    timer = (f"[Unit]\nDescription=adm-pipeline retraining schedule ({name}: cron {cron})\n\n[Timer]\n"
+             f"OnCalendar={calendar}\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n")
+    return {f"adm-retrain-{name}.service": service, f"adm-retrain-{name}.timer": timer}
+
+
+def write_units(units: dict[str, str], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, text in units.items():
+        tmp = folder / f".{filename}.tmp"
+        tmp.write_text(text)
+        tmp.replace(folder / filename)
+        written.append(folder / filename)
+    return written
