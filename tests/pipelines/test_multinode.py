@@ -1,0 +1,117 @@
+"""A real two-node Ray cluster on this machine (cluster/local scripts: a head and a worker node, token auth on):
+`adm submit` runs the smoke pipeline as a Ray job, its runs land on the MLflow server, and killing the worker node
+while one of the trainers runs on it is survived: that trainer resumes from its checkpoint on the head."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.jobs import connect
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL = ROOT / "cluster" / "local"
+STEPS = 40
+STEP_LINE = re.compile(r"RayTrainWorker pid=(\d+).*?\[(diffusion|classifier|evaluator)\] step (\d+)/")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            break
+        pid = int(fields[1])
+        chain.append(pid)
+    return chain
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.fixture
+def two_nodes():
+    tag = uuid.uuid4().hex[:6]  # short temp dirs: Ray's socket paths must stay under ~100 characters
+    head_dir, worker_dir = f"/tmp/admt-{tag}-head", f"/tmp/admt-{tag}-w1"
+    port, dashboard = _free_port(), _free_port()
+    env = {**os.environ, "RAY_PORT": str(port), "DASHBOARD_PORT": str(dashboard), "NUM_CPUS": "2"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        subprocess.run([str(LOCAL / "start-head.sh")], env={**env, "RAY_TEMP_DIR": head_dir}, check=True,
+                       capture_output=True, timeout=180)
+        subprocess.run([str(LOCAL / "start-worker.sh")], env={**env, "RAY_TEMP_DIR": worker_dir}, check=True,
+                       capture_output=True, timeout=180)
+        yield {"address": f"http://127.0.0.1:{dashboard}", "worker_dir": worker_dir}
+    finally:
+        subprocess.run([str(LOCAL / "stop.sh"), head_dir, worker_dir], env={**env, "SIGNAL": "KILL"},
+                       capture_output=True, timeout=60)
+        for d in (head_dir, worker_dir):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _on_worker_node(pid: int, worker_dir: str) -> bool:
+    return any(worker_dir in _cmdline(p) and "raylet" in _cmdline(p) for p in _ancestors(pid))
+
+
+def test_submit_smoke_and_survive_worker_node_loss(tmp_path, two_nodes, mlflow_server):
+    steps = [f"train_{k}.{f}" for k in ("diffusion", "classifier", "evaluator") for f in (f"steps={STEPS}",)]
+    cmd = [sys.executable, "-m", "pipelines.cli", "submit", "--address", two_nodes["address"], "--preset", "smoke",
+           "--workdir", str(tmp_path / "work"), "--tracking-uri", mlflow_server, "--experiment", "multinode",
+           *[x for s in steps for x in ("--override", s)]]
+    submitted = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
+    client = connect(two_nodes["address"])
+
+    killed = None
+    deadline = time.time() + 600
+    while killed is None and time.time() < deadline:
+        assert str(client.get_job_status(job_id).value) not in ("FAILED", "STOPPED"), client.get_job_logs(job_id)
+        for pid, kind, step in STEP_LINE.findall(client.get_job_logs(job_id)):
+            if 15 <= int(step) < STEPS and _on_worker_node(int(pid), two_nodes["worker_dir"]):
+                killed = (kind, int(step))  # it has passed its step-10 checkpoint and is still training
+                break
+        time.sleep(1)
+    assert killed, "no trainer was seen training on the worker node"
+    subprocess.run([str(LOCAL / "stop.sh"), two_nodes["worker_dir"]], env={**os.environ, "SIGNAL": "KILL"},
+                   check=True, capture_output=True, timeout=60)
+
+    deadline = time.time() + 900
+    while str(client.get_job_status(job_id).value) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.time() < deadline, "the job did not finish after the node was killed"
+        time.sleep(3)
+    logs = client.get_job_logs(job_id)
+    assert str(client.get_job_status(job_id).value) == "SUCCEEDED", logs[-5000:]
+    assert f"[{killed[0]}] resumed from the checkpoint at step" in logs
+
+    mlflow = MlflowClient(mlflow_server)
+    experiment = mlflow.get_experiment_by_name("multinode").experiment_id
+    (pipeline,) = mlflow.search_runs([experiment], "tags.`adm.pipeline` = 'smoke'")
+    assert pipeline.info.status == "FINISHED"
+    trainers = {r.data.tags["adm.network"]: r for r in mlflow.search_runs([experiment], "tags.`adm.stage` = 'train'")
+                if "adm.network" in r.data.tags}
+    assert set(trainers) == {"diffusion", "classifier", "evaluator"}
+    run = trainers[killed[0]]
+    resumed = [m.value for m in mlflow.get_metric_history(run.info.run_id, "resumed_from_step")]
+    assert resumed and 10 <= resumed[-1] <= killed[1]
+    assert max(m.step for m in mlflow.get_metric_history(run.info.run_id, "loss")) == STEPS
+    assert all(r.info.status == "FINISHED" for r in trainers.values())

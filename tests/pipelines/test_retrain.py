@@ -1,0 +1,89 @@
+"""`adm retrain` cycles against a real MLflow server and a local Ray instance: skip, promote and keep."""
+
+from pathlib import Path
+
+import numpy as np
+from mlflow import MlflowClient
+from PIL import Image
+
+from components.config import apply_overrides
+from components.data import make_shapes
+from components.presets import get_preset
+from pipelines.retrain import retrain
+from pipelines.run import RunRequest
+
+# Inception features: one fixed extractor, so FID is comparable between cycles (the evaluator is retrained each
+# time). The networks train for one step: their samples are noise-like whatever the data, so which candidate wins is
+# decided by the data each cycle's FID is measured against (the first rows of the train split are the reference).
+OVERRIDES = ["evaluate.features=inception", "evaluate.champion_metric=fid",
+             *[f"train_{k}.steps=1" for k in ("diffusion", "classifier", "evaluator")]]
+
+
+def add_shapes(folder: Path, count: int, seed: int) -> None:
+    """`count` shape images in class sub-folders (an image-folder source that grows between cycles)."""
+    images, labels, names = make_shapes(count, 16, 4, seed)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        target = folder / names[label]
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(target / f"s{seed}-{i:04d}.png")
+
+
+def add_first(folder: Path, prefix: str, images: np.ndarray) -> None:
+    """Images that sort first in the first class folder, so they become the evaluation reference."""
+    target = sorted(p for p in folder.iterdir() if p.is_dir())[0]
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(target / f"{prefix}-{i:04d}.png")
+
+
+def cycle(tmp_path, server, folder):
+    preset = apply_overrides(get_preset("smoke"), OVERRIDES)
+    req = RunRequest(preset, data=str(folder), workdir=str(tmp_path / "work"), tracking_uri=server,
+                     experiment="retrain", model_prefix="rt")
+    return retrain(req, log=lambda *_: None)
+
+
+def champion(client):
+    return client.get_model_version_by_alias("rt-diffusion", "champion").version
+
+
+def test_retrain_cycles_skip_promote_and_keep(tmp_path, ray_cluster, mlflow_server):
+    client = MlflowClient(mlflow_server)
+    folder = tmp_path / "images"
+    add_shapes(folder, 128, seed=1)
+    rng = np.random.default_rng(0)
+
+    first = cycle(tmp_path, mlflow_server, folder)  # nothing to compare with: promoted
+    assert first["decision"] == "promoted" and "no champion yet" in first["reason"]
+    assert champion(client) == first["registered"]["diffusion"]["version"]
+    assert client.get_model_version_by_alias("rt-classifier", "champion").version == \
+        first["registered"]["classifier"]["version"]
+
+    again = cycle(tmp_path, mlflow_server, folder)  # same data, code and config: skipped, nothing trained
+    assert again["decision"] == "skipped" and "run_id" not in again
+    assert len(client.search_model_versions("name = 'rt-diffusion'")) == 1
+
+    # new data: noise images become the reference, close to the noise-like samples -> lower FID -> promoted
+    add_first(folder, "b-noise", rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8))
+    better = cycle(tmp_path, mlflow_server, folder)
+    reg = better["registered"]["diffusion"]
+    assert "changed: data_fingerprint" in better["reason"]
+    assert reg["value"] < reg["previous"], better["reason"]
+    assert better["decision"] == "promoted" and champion(client) == reg["version"]
+
+    # new data again: flat grey images become the reference, far from the samples -> higher FID -> champion kept
+    add_first(folder, "a-flat", np.full((40, 16, 16, 3), 128, dtype=np.uint8))
+    worse = cycle(tmp_path, mlflow_server, folder)
+    reg = worse["registered"]["diffusion"]
+    assert reg["value"] > reg["previous"], worse["reason"]
+    assert worse["decision"] == "kept" and champion(client) == better["registered"]["diffusion"]["version"]
+    assert client.get_model_version_by_alias("rt-classifier", "champion").version == \
+        better["registered"]["classifier"]["version"]
+    tried = cycle(tmp_path, mlflow_server, folder)  # this exact candidate was already tried: skipped
+    assert tried["decision"] == "skipped" and "already tried" in tried["reason"]
+
+    runs = client.search_runs([client.get_experiment_by_name("retrain").experiment_id],
+                              "tags.`adm.retrain_cycle` = 'smoke'", order_by=["attributes.start_time ASC"])
+    assert [r.data.tags["adm.decision"] for r in runs] == ["promoted", "skipped", "promoted", "kept", "skipped"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["adm.reason"] for r in runs)
+    assert client.get_run(better["run_id"]).data.tags["mlflow.parentRunId"] == better["cycle_run_id"]
+    assert len({r.data.tags["adm.data_fingerprint"] for r in runs}) == 3
