@@ -26,6 +26,7 @@ PIPELINE_COMMANDS = ("run", "retrain")
 EXCLUDES = [".git", "tests", "bench", "adm-work", "mlruns", "mlflow.db", "*.egg-info", "__pycache__", ".pytest_cache",
             ".ruff_cache", ".whl", ".gl", "*.log", "cluster"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 120  # a freshly started head answers "No available agent to submit job" for a while
 
 
 class JobError(UserError):
@@ -71,12 +72,12 @@ def connect(address: str | None = None, token_file: str | None = None):
         return JobSubmissionClient(url, headers=headers)
     except Exception as e:  # ConnectionError, or an authentication failure from the version check
         text = str(e)
-        if "401" in text or "Authentication required" in text or "Missing authentication" in text:
-            raise JobError(f"the Ray cluster at {url} requires a token: pass --token-file FILE or set RAY_AUTH_TOKEN "
-                           "(on the head, `ray get-auth-token` prints it)") from None
-        if "403" in text or "Invalid authentication" in text or "token is invalid" in text:
+        if "403" in text or "invalid or incorrect" in text or "Invalid authentication" in text:
             raise JobError(f"the Ray cluster at {url} rejected the token; check --token-file / RAY_AUTH_TOKEN") \
                 from None
+        if "401" in text or "no authentication token" in text or type(e).__name__ == "AuthenticationError":
+            raise JobError(f"the Ray cluster at {url} requires a token: pass --token-file FILE or set RAY_AUTH_TOKEN "
+                           "(on the head, `ray get-auth-token` prints it)") from None
         raise JobError(f"cannot reach the Ray cluster at {url} ({type(e).__name__}: {text[:300]}); start one "
                        "(cluster/local/start-head.sh, or `ray start --head`) or pass --address http://HEAD:8265") \
             from None
@@ -149,12 +150,17 @@ def submit(command: list[str], address: str | None = None, token_file: str | Non
     client = connect(address, token_file)
     job_id = job_id or f"adm-{command[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     entrypoint = f"python -m pipelines.cli {shlex.join(command)}"
-    try:
-        submitted = client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env(
-            env_vars, pip), entrypoint_num_cpus=num_cpus, metadata={"adm.command": command[0]})
-    except Exception as e:
-        raise JobError(f"the cluster refused the job ({type(e).__name__}: {str(e)[:500]})") from None
-    return client, submitted
+    deadline = time.time() + AGENT_WAIT_S
+    while True:
+        try:
+            submitted = client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env(
+                env_vars, pip), entrypoint_num_cpus=num_cpus, metadata={"adm.command": command[0]})
+            return client, submitted
+        except Exception as e:
+            if "No available agent" in str(e) and time.time() < deadline:  # a cluster that has just started
+                time.sleep(2)
+                continue
+            raise JobError(f"the cluster refused the job ({type(e).__name__}: {str(e)[:500]})") from None
 
 
 def follow(client, job_id: str, out=sys.stdout) -> str:

@@ -52,9 +52,19 @@ def retrain(req: RunRequest, log=print) -> dict:
     check_request(req)
     tracker = Tracker(req.tracking_uri)
     check_tracking(tracker.uri)
+    cycle = tracker.start_run(req.experiment, f"retrain-{req.preset.name}", tags={"adm.retrain_cycle": req.preset.name})
+    try:
+        return _cycle(tracker, cycle, req, log)
+    except BaseException as e:
+        tracker.set_tags(cycle, {"adm.decision": "failed", "adm.reason": f"{type(e).__name__}: {e}"[:5000]})
+        tracker.end_run(cycle, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        log(f"[retrain] cycle {cycle} failed; the champion is untouched")
+        raise
+
+
+def _cycle(tracker: Tracker, cycle: str, req: RunRequest, log) -> dict:
     state = current_state(req)
-    cycle = tracker.start_run(req.experiment, f"retrain-{req.preset.name}",
-                              tags={"adm.retrain_cycle": req.preset.name, **state})
+    tracker.set_tags(cycle, state)
     skip, changed = (None, ["--force"]) if req.force else decide_skip(tracker, req, state)
     if skip:
         return _finish(tracker, cycle, "skipped", skip, log)
@@ -62,13 +72,7 @@ def retrain(req: RunRequest, log=print) -> dict:
     log(f"[retrain] cycle {cycle}: {reason}; running the pipeline")
     run_req = dataclasses.replace(req, parent_run_id=cycle, source_fingerprint=state["adm.data_fingerprint"],
                                   force=req.force or "code_version" in changed, resume=None, register=True)
-    try:
-        result = Pipeline(run_req, log=log).execute()
-    except BaseException as e:
-        tracker.set_tags(cycle, {"adm.decision": "failed", "adm.reason": f"{type(e).__name__}: {e}"[:5000]})
-        tracker.end_run(cycle, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        log(f"[retrain] cycle {cycle} failed; the champion is untouched")
-        raise
+    result = Pipeline(run_req, log=log).execute()
     reg = result["registered"]["diffusion"]
     previous = "none" if reg["previous"] is None else f"{reg['previous']:.4g}"
     reason += f"; {reg['metric']} new {reg['value']:.4g} vs champion {previous}"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.jobs import connect
+from pipelines.jobs import JobError, connect
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "cluster" / "local"
@@ -56,10 +56,10 @@ def two_nodes():
     env = {**os.environ, "RAY_PORT": str(port), "DASHBOARD_PORT": str(dashboard), "NUM_CPUS": "2"}
     env.pop("RAY_ADDRESS", None)
     try:
-        subprocess.run([str(LOCAL / "start-head.sh")], env={**env, "RAY_TEMP_DIR": head_dir}, check=True,
-                       capture_output=True, timeout=180)
-        subprocess.run([str(LOCAL / "start-worker.sh")], env={**env, "RAY_TEMP_DIR": worker_dir}, check=True,
-                       capture_output=True, timeout=180)
+        for script, temp_dir in (("start-head.sh", head_dir), ("start-worker.sh", worker_dir)):
+            # each node's dashboard agent on its own free port: a local ray.init() of other tests may hold 52365
+            subprocess.run([str(LOCAL / script)], env={**env, "RAY_TEMP_DIR": temp_dir, "DASHBOARD_AGENT_PORT":
+                                                       str(_free_port())}, check=True, capture_output=True, timeout=180)
         yield {"address": f"http://127.0.0.1:{dashboard}", "worker_dir": worker_dir}
     finally:
         subprocess.run([str(LOCAL / "stop.sh"), head_dir, worker_dir], env={**env, "SIGNAL": "KILL"},
@@ -115,3 +115,25 @@ def test_submit_smoke_and_survive_worker_node_loss(tmp_path, two_nodes, mlflow_s
     assert resumed and 10 <= resumed[-1] <= killed[1]
     assert max(m.step for m in mlflow.get_metric_history(run.info.run_id, "loss")) == STEPS
     assert all(r.info.status == "FINISHED" for r in trainers.values())
+
+
+def test_failed_job_and_token_errors(tmp_path, two_nodes, mlflow_server):
+    """A job that fails on the cluster names its id and the logs command; a missing or wrong token is explained."""
+    cmd = [sys.executable, "-m", "pipelines.cli", "submit", "--address", two_nodes["address"], "--wait",
+           "--preset", "smoke", "--data", str(tmp_path / "no-such-folder"), "--workdir", str(tmp_path / "work"),
+           "--tracking-uri", mlflow_server, "--experiment", "multinode-fail"]
+    failed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+    job_id = re.search(r"submitted job (\S+)", failed.stdout).group(1)
+    assert f"job {job_id} failed" in failed.stderr
+    assert f"adm jobs logs {job_id} --address {two_nodes['address']}" in failed.stderr
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
+    no_token = subprocess.run([sys.executable, "-m", "pipelines.cli", "jobs", "list", "--address",
+                               two_nodes["address"]], capture_output=True, text=True, timeout=120,
+                              env={**env, "HOME": str(tmp_path)}, cwd=tmp_path)
+    assert no_token.returncode == 2 and "requires a token" in no_token.stderr, no_token.stderr[-2000:]
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("0" * 32)
+    with pytest.raises(JobError, match="rejected the token"):
+        connect(two_nodes["address"], token_file=str(wrong))

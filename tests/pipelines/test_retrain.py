@@ -3,11 +3,12 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
 from components.config import apply_overrides
-from components.data import make_shapes
+from components.data import DataError, make_shapes
 from components.presets import get_preset
 from pipelines.retrain import retrain
 from pipelines.run import RunRequest
@@ -81,9 +82,18 @@ def test_retrain_cycles_skip_promote_and_keep(tmp_path, ray_cluster, mlflow_serv
     tried = cycle(tmp_path, mlflow_server, folder)  # this exact candidate was already tried: skipped
     assert tried["decision"] == "skipped" and "already tried" in tried["reason"]
 
+    # a cycle that fails leaves the champion alone
+    (sorted(p for p in folder.iterdir() if p.is_dir())[-1] / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        cycle(tmp_path, mlflow_server, folder)
+    assert champion(client) == better["registered"]["diffusion"]["version"]
+
     runs = client.search_runs([client.get_experiment_by_name("retrain").experiment_id],
                               "tags.`adm.retrain_cycle` = 'smoke'", order_by=["attributes.start_time ASC"])
-    assert [r.data.tags["adm.decision"] for r in runs] == ["promoted", "skipped", "promoted", "kept", "skipped"]
-    assert all(r.info.status == "FINISHED" and r.data.tags["adm.reason"] for r in runs)
+    decisions = [r.data.tags["adm.decision"] for r in runs]
+    assert decisions == ["promoted", "skipped", "promoted", "kept", "skipped", "failed"]
+    assert [r.info.status for r in runs] == ["FINISHED"] * 5 + ["FAILED"]
+    assert all(r.data.tags["adm.reason"] for r in runs)
+    runs = runs[:5]
     assert client.get_run(better["run_id"]).data.tags["mlflow.parentRunId"] == better["cycle_run_id"]
     assert len({r.data.tags["adm.data_fingerprint"] for r in runs}) == 3
