@@ -76,7 +76,7 @@ def test_submit_smoke_and_survive_worker_node_loss(tmp_path, two_nodes, mlflow_s
     steps = [f"train_{k}.{f}" for k in ("diffusion", "classifier", "evaluator") for f in (f"steps={STEPS}",)]
     cmd = [sys.executable, "-m", "pipelines.cli", "submit", "--address", two_nodes["address"], "--preset", "smoke",
            "--workdir", str(tmp_path / "work"), "--tracking-uri", mlflow_server, "--experiment", "multinode",
-           *[x for s in steps for x in ("--override", s)]]
+           "--model-prefix", "multinode", *[x for s in steps for x in ("--override", s)]]
     submitted = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
