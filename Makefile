@@ -11,7 +11,7 @@ run: setup
 	adm run --preset $(PRESET)
 
 test: setup
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=15 tests
 
 lint:
 	ruff check components pipelines tests bench

@@ -2,9 +2,15 @@
 cost of guidance (guided vs unguided step time).
 
 Networks: the preset's diffusion model and noisy classifier with random weights (throughput does not depend on the
-weights). The Ray number is the wall time of run_sampling after ray.init, actor start-up and model loading included.
+weights). The Ray number is the wall time of run_sampling after ray.init, actor start-up and model loading included; the
+"inside the actors" number divides the images by the time the actors spent in their shards (sampling + NPZ write),
+which separates Ray's fixed cost from a slowdown of the sampling itself.
 
     python bench/bench_sample.py [--preset fashion-mnist] [--num-samples 64] [--batch-size 32] [--sampler ddim10]
+                                 [--threads N]
+
+With --threads below the machine's core count the actor asks for exactly that many CPUs (--actor-cpus), so both
+sides run the same number of torch threads and the rest of the machine is left to Ray's own processes.
 """
 
 import argparse
@@ -44,28 +50,37 @@ def main():
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--sampler", default="ddim10")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of the one-process sampler and of the (single) Ray Data actor")
     args = parser.parse_args()
     preset = get_preset(args.preset)
-    threads = os.cpu_count() or 1
+    threads = args.threads
     with tempfile.TemporaryDirectory() as tmp:
         job = SampleJob(diffusion=save_random("diffusion", preset, f"{tmp}/d"),
                         classifier=save_random("classifier", preset, f"{tmp}/c"), out=f"{tmp}/out",
                         scales=(2.0,), num_samples=args.num_samples, sampler=args.sampler,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, actors=1,
+                        actor_cpus=threads if threads < (os.cpu_count() or 1) else None)
         guided = in_process(job, threads)
         unguided = in_process(dataclasses.replace(job, scales=(0.0,)), threads)
         import ray
 
-        ray.init(num_cpus=threads, log_to_driver=False)
+        ray.init(num_cpus=os.cpu_count() or 1, log_to_driver=False)
         start = time.perf_counter()
-        run_sampling(job, log=lambda *_: None)
-        through_ray = args.num_samples / (time.perf_counter() - start)
+        result = run_sampling(job, log=lambda *_: None)
+        wall = time.perf_counter() - start
+        through_ray = args.num_samples / wall
+        in_actors = args.num_samples / result.busy_seconds
         ray.shutdown()
     print(f"preset={args.preset} sampler={args.sampler} samples={args.num_samples} batch={args.batch_size} "
           f"threads={threads}")
     print(f"unguided, one process   {unguided:8.2f} images/s")
     print(f"guided, one process     {guided:8.2f} images/s  (guidance costs x{unguided / guided:.2f} time per step)")
-    print(f"guided, Ray Data        {through_ray:8.2f} images/s  x{through_ray / guided:.2f} of one process")
+    print(f"guided, Ray Data        {through_ray:8.2f} images/s  x{through_ray / guided:.2f} of one process "
+          f"(wall {wall:.1f} s)")
+    print(f"  inside the actors     {in_actors:8.2f} images/s  x{in_actors / guided:.2f} of one process "
+          f"(shard sampling + write time {result.busy_seconds:.1f} s; the rest of the wall time is start-up and "
+          "scheduling)")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ class SampleConfig:
     num_samples: int = 100  # per scale
     batch_size: int = 64
     seed: int = 0
+    compile: str = "auto"  # torch.compile the networks: auto (on CUDA) | on | off
+    channels_last: str = "auto"  # channels_last memory format: auto (on CUDA) | on | off
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,18 @@ class EvaluateConfig:
 
 HIGHER_IS_BETTER = ("precision", "recall", "evaluator_precision", "evaluator_recall", "score", "accuracy")
 LOWER_IS_BETTER = ("fid", "sfid", "evaluator_fid")
+
+
+SPEED_SETTINGS = ("auto", "on", "off")
+
+
+def validate_speed(preset) -> None:
+    """compile / channels_last of every training section and of sampling are auto, on or off."""
+    for section in ("train_diffusion", "train_classifier", "train_evaluator", "sample"):
+        for name in ("compile", "channels_last"):
+            value = getattr(getattr(preset, section), name)
+            if value not in SPEED_SETTINGS:
+                raise ConfigError(f"{section}.{name}={value!r} must be auto (on for CUDA only), on or off")
 
 
 def validate_evaluate(preset) -> None:
@@ -133,6 +147,8 @@ class TrainConfig:
     max_failures: int = 2  # worker-group restarts from the last checkpoint
     num_workers: int = 1
     use_gpu: bool = False
+    compile: str = "auto"  # torch.compile the training forward/backward: auto (on CUDA) | on | off
+    channels_last: str = "auto"  # channels_last memory format: auto (on CUDA) | on | off
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Mixed precision policy: bf16 autocast where the hardware runs it natively, float32 master weights elsewhere."""
+"""Mixed precision and speed policy: bf16 autocast where the hardware runs it natively (float32 master weights
+elsewhere), channels_last and torch.compile where they pay."""
 
 import contextlib
 
@@ -19,3 +20,20 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cpu":
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def wanted(setting: str, device: torch.device | str) -> bool:
+    """A speed setting ("auto" | "on" | "off") for this device: auto means on for CUDA, where channels_last and
+    torch.compile were measured to pay (bench/RESULTS.md), and off on CPUs, where they did not."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"speed setting {setting!r} must be auto, on or off")
+    return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
+
+
+def speed_up(net: torch.nn.Module, device, channels_last: str = "auto", compile: str = "auto"):
+    """The callable to use in hot loops. channels_last converts `net`'s parameters in place (convolutions then run
+    NHWC); compile returns a torch.compile wrapper. `net` itself stays the module whose state_dict is saved, so
+    checkpoint keys never carry the wrapper's prefix."""
+    if wanted(channels_last, device):
+        net.to(memory_format=torch.channels_last)
+    return torch.compile(net) if wanted(compile, device) else net

@@ -21,7 +21,7 @@ from .config import ConfigError, Preset, TrainConfig
 from .diffusion import create_diffusion
 from .losses import classifier_losses, topk_correct, training_losses
 from .models import build_classifier, build_unet
-from .precision import autocast_context
+from .precision import autocast_context, speed_up, wanted
 from .sampling import SampleNoise, ddim_sample
 
 KINDS = ("diffusion", "classifier", "evaluator")
@@ -51,8 +51,12 @@ class Learner:
         self.cfg = train_config(preset, kind)
         torch.manual_seed(seed)
         self.net = build_network(preset, kind).to(self.device)
+        # what train_step calls: channels_last / torch.compile where they pay (on CUDA by default)
+        self.fast = speed_up(self.net, self.device, self.cfg.channels_last, self.cfg.compile)
         self.diffusion = create_diffusion(preset.diffusion, "")
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        fused = True if self.device.type == "cuda" else None  # one kernel for the whole AdamW update on GPUs
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                     fused=fused)
         self.ema = {rate: [p.detach().clone() for p in self.net.parameters()] for rate in self.cfg.ema_rate}
         self.sampler = create_timestep_sampler(self.cfg.schedule_sampler, self.diffusion.num_timesteps, seed)
         self.step = 0
@@ -72,9 +76,13 @@ class Learner:
         logits = model(x0, torch.zeros_like(t)).float()
         return {"loss": torch.nn.functional.cross_entropy(logits, y, reduction="none"), **topk_correct(logits, y)}
 
+    def hot(self, module):
+        """`module` (e.g. the DDP wrapper of self.net) compiled when this trainer compiles."""
+        return torch.compile(module) if wanted(self.cfg.compile, self.device) else module
+
     def train_step(self, x0: torch.Tensor, y: torch.Tensor, model=None, gather=None) -> dict:
         """One step on a batch (split in microbatches); returns scalar metrics. `model` may be a DDP wrapper."""
-        model = model or self.net
+        model = model or self.fast
         self.net.train()
         for group in self.opt.param_groups:
             group["lr"] = self.lr()

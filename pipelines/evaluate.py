@@ -46,7 +46,7 @@ class EvaluateJob:
     samples: str  # folder written by `adm sample`, or one samples NPZ
     reference: str  # ingested dataset URL, or a reference-batch NPZ
     features: str = "both"  # inception | evaluator | both
-    evaluator: str | None = None  # evaluator network: checkpoint folder or runs:/RUN_ID
+    evaluator: str | None = None  # evaluator network: checkpoint folder, runs:/RUN_ID or models:/...
     num_reference: int = 10_000
     reference_split: str = "train"
     batch_size: int = 64
@@ -256,7 +256,8 @@ def compute_features(job: EvaluateJob, names: tuple, sources: list, log=print) -
     log(f"featurizing {total} images with {'+'.join(names)} on {n} actor(s)")
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(FeatureWorker, fn_constructor_args=(names, job, round(resources["num_cpus"])),
-                        batch_size=1, concurrency=n, batch_format="numpy", **resources)
+                        batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), batch_format="numpy",
+                        **resources)
     batches = []
     done = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
                    help="ingested dataset URL, or a reference-batch NPZ (arr_0 images, or mu/sigma/mu_s/sigma_s)")
     p.add_argument("--features", choices=("inception", "evaluator", "both"), default=None,
                    help="feature extractors (default: both with --evaluator, else inception)")
-    p.add_argument("--evaluator", default=None, help="evaluator network: checkpoint folder or runs:/RUN_ID")
+    p.add_argument("--evaluator", default=None,
+                   help="evaluator network: checkpoint folder, runs:/RUN_ID or models:/NAME@ALIAS")
     p.add_argument("--num-reference", type=int, default=10_000, help="reference images taken from the dataset split")
     p.add_argument("--split", default="train", help="dataset split the reference images come from")
     p.add_argument("--batch-size", type=int, default=64, help="images per feature batch")

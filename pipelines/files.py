@@ -7,6 +7,8 @@ import uuid
 import fsspec
 import numpy as np
 
+from components.config import UserError
+
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
     """Write to a temporary name beside `url`, then rename: readers never see a half-written file."""
@@ -29,9 +31,10 @@ def read_npz(url: str) -> dict:
         return {name: data[name] for name in data.files}
 
 
-def actor_plan(requested: int | None, pending: int) -> tuple[int, dict]:
+def actor_plan(requested: int | None, pending: int, cpus_per_actor: float | None = None) -> tuple[int, dict]:
     """How many Ray Data actors and what each asks for: one GPU each on GPU clusters, else the CPUs shared out with
-    half a CPU left for the driver and Ray Data (one actor per 2 CPUs unless `requested`), at most one node's CPUs."""
+    half a CPU left for the driver and Ray Data (one actor per 2 CPUs unless `requested`), at most one node's CPUs;
+    `cpus_per_actor` fixes each CPU actor's share (and its torch threads) instead."""
     import ray
 
     from .cluster import cluster_cpus, largest_node_cpus
@@ -40,5 +43,11 @@ def actor_plan(requested: int | None, pending: int) -> tuple[int, dict]:
     if gpus:
         return max(1, min(requested or gpus, pending)), {"num_gpus": 1, "num_cpus": 1}
     cpus = cluster_cpus()
+    if cpus_per_actor:
+        if cpus_per_actor > largest_node_cpus():
+            raise UserError(f"{cpus_per_actor:g} CPUs per actor fit no node of this Ray cluster (the largest has "
+                            f"{largest_node_cpus():g}); lower --actor-cpus")
+        fit = max(1, int(cpus // cpus_per_actor))
+        return max(1, min(requested or fit, pending)), {"num_cpus": cpus_per_actor}
     n = max(1, min(requested or int(cpus // 2) or 1, pending))
     return n, {"num_cpus": min(max(0.5, (cpus - 0.5) / n), largest_node_cpus())}

@@ -4,6 +4,9 @@ Accepted forms:
 * a checkpoint folder on any fsspec filesystem (what the training stage writes: model.safetensors, ema_*.safetensors,
   model.json with the resolved preset) — EMA weights are used when present;
 * ``runs:/RUN_ID`` — the "checkpoint" artifacts of a training run in the MLflow tracking server;
+* ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` (e.g. ``models:/adm-fashion-mnist-diffusion@champion``),
+  ``models:/NAME/latest`` or ``models:/m-ID`` — a registered or logged model; the checkpoint of the training run
+  that logged it is used (it carries the resolved preset beside the weights);
 * a weights file (.safetensors, or a released ADM .pt read with weights_only=True) together with a preset name.
 """
 
@@ -37,18 +40,20 @@ class NetworkRef:
 
 
 def _local_folder(uri: str, tracking_uri: str | None, workdir: Path) -> Path:
-    if uri.startswith("runs:/"):
+    if uri.startswith(("runs:/", "models:/")):
         from .tracking import Tracker
 
-        run_id = uri[len("runs:/"):].split("/")[0]
+        tracker = Tracker(tracking_uri)
+        run_id = tracker.model_source_run(uri) if uri.startswith("models:/") else uri[len("runs:/"):].split("/")[0]
         try:
-            return Path(Tracker(tracking_uri).download_artifacts(run_id, "checkpoint", workdir))
+            return Path(tracker.download_artifacts(run_id, "checkpoint", workdir))
         except Exception as e:
             raise UserError(f"cannot fetch the checkpoint of MLflow run {run_id} ({type(e).__name__}: {e}); "
                             "check the run id and MLFLOW_TRACKING_URI") from None
     fs, path = fsspec.core.url_to_fs(uri)
     if not fs.exists(path):
-        raise UserError(f"checkpoint {uri} does not exist; pass a checkpoint folder, runs:/RUN_ID or a weights file")
+        raise UserError(f"checkpoint {uri} does not exist; pass a checkpoint folder, runs:/RUN_ID, "
+                        "models:/NAME@ALIAS or a weights file")
     if "file" in fs.protocol or "local" in fs.protocol:
         return Path(path)
     fs.get(path.rstrip("/") + "/", str(workdir), recursive=True)

@@ -91,9 +91,10 @@ def ingest_options(preset: Preset, source: str):
 
 def check_request(req: RunRequest) -> None:
     """Every config error before the first stage starts."""
-    from components.config import validate_classifier, validate_unet
+    from components.config import validate_classifier, validate_speed, validate_unet
     from components.training import train_config
 
+    validate_speed(req.preset)
     validate_unet(req.preset.unet)
     validate_classifier(req.preset.classifier)
     validate_classifier(req.preset.evaluator)
@@ -292,6 +293,7 @@ class Pipeline:
                         classifier=f"runs:/{trained['classifier']['run_id']}", out=self.path("runs", self.run_id,
                         "samples"), scales=cfg.guidance_scales, num_samples=cfg.num_samples, sampler=cfg.sampler,
                         eta=cfg.eta, clip_denoised=cfg.clip_denoised, batch_size=cfg.batch_size, seed=cfg.seed,
+                        compile=cfg.compile, channels_last=cfg.channels_last,
                         tracking_uri=self.tracker.uri, experiment=self.req.experiment, parent_run_id=run_id)
         result = log_to_mlflow(job, run_sampling(job, log=self.log), log=self.log)
         return {"out": job.out, "npz": {f"{s:g}": u for s, u in result.npz.items()},

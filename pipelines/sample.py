@@ -10,20 +10,22 @@ Output at OUT: shards/part-NNNNN.npz, then per scale scale_<s>/samples_NxHxWxC.n
 layout (arr_0 uint8 NHWC, arr_1 int64 labels) and scale_<s>/grid.png (rows = classes, columns = samples).
 """
 
+import functools
 import math
 import posixpath
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
 import torch
 
-from components.config import UserError
+from components.config import SPEED_SETTINGS, UserError
 from components.data import class_grid, encode_png, to_uint8
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierGuidance
-from components.precision import autocast_context
+from components.precision import autocast_context, speed_up
 from components.sampling import SampleNoise, class_conditional, parse_sampler, sample_label, sample_seed
 
 from .files import actor_plan, npz_bytes, read_npz, write_bytes_atomic
@@ -32,7 +34,7 @@ from .networks import NetworkRef, resolve
 
 @dataclass
 class SampleJob:
-    diffusion: str  # checkpoint folder, runs:/RUN_ID, or weights file (+ preset)
+    diffusion: str  # checkpoint folder, runs:/RUN_ID, models:/NAME@ALIAS or /VERSION, or weights file (+ preset)
     out: str  # output folder or fsspec URL
     classifier: str | None = None
     scales: tuple[float, ...] = (0.0, 1.0)
@@ -45,6 +47,9 @@ class SampleJob:
     label: int | None = None  # a fixed class for every sample; None: uniform at random per sample
     preset: str | None = None  # for bare weights files
     actors: int | None = None  # None: one per GPU, else one per 2 CPUs (at least 1)
+    actor_cpus: float | None = None  # CPUs (and torch threads) per CPU actor; None: the cluster's CPUs shared out
+    compile: str = "auto"  # torch.compile both networks: auto (on CUDA) | on | off
+    channels_last: str = "auto"  # auto (on CUDA) | on | off
     tracking_uri: str | None = None
     experiment: str = "adm"
     parent_run_id: str | None = None
@@ -58,6 +63,7 @@ class SampleResult:
     computed_shards: int
     skipped_shards: int
     run_ids: dict = field(default_factory=dict)  # scale -> MLflow child run id
+    busy_seconds: float = 0.0  # actor time spent sampling and writing shards (all actors together)
 
 
 def scale_key(scale: float) -> str:
@@ -83,6 +89,13 @@ def validate(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
         raise UserError(f"guidance scales {scales} must be finite and >= 0 (0 = unguided)")
     if job.num_samples <= 0 or job.batch_size <= 0:
         raise UserError(f"--num-samples ({job.num_samples}) and --batch-size ({job.batch_size}) must be positive")
+    if job.actor_cpus is not None and not job.actor_cpus > 0:
+        raise UserError(f"--actor-cpus ({job.actor_cpus}) must be positive, e.g. 1 or 2")
+    if job.actors is not None and job.actors <= 0:
+        raise UserError(f"--actors ({job.actors}) must be positive")
+    for name in ("compile", "channels_last"):
+        if getattr(job, name) not in SPEED_SETTINGS:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(job, name)!r} must be auto (on for CUDA), on or off")
     parse_sampler(job.sampler)
     diffusion = resolve(job.diffusion, "diffusion", job.preset, job.tracking_uri)
     if job.classifier is None:
@@ -109,8 +122,10 @@ class GuidedSampler:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         diffusion_ref, classifier_ref = validate(job)
         self.unet_cfg = diffusion_ref.config
-        self.model = class_conditional(diffusion_ref.build().to(self.device), self.unet_cfg.num_classes is not None)
-        self.classifier = classifier_ref.build().to(self.device) if classifier_ref else None
+        fast = functools.partial(speed_up, device=self.device, channels_last=job.channels_last, compile=job.compile)
+        self.model = class_conditional(fast(diffusion_ref.build().to(self.device)),
+                                       self.unet_cfg.num_classes is not None)
+        self.classifier = fast(classifier_ref.build().to(self.device)) if classifier_ref else None
         self.num_classes = self.unet_cfg.num_classes or (classifier_ref.config.num_classes if classifier_ref else 1)
         self.loop, respacing = parse_sampler(job.sampler)
         self.diffusion = create_diffusion(diffusion_ref.preset.diffusion, respacing)
@@ -134,11 +149,14 @@ class GuidedSampler:
                 "scales": scales.cpu().numpy(), "indices": indices}
 
     def __call__(self, batch: dict) -> dict:
-        done = []
+        done, seconds = [], []
         for k in batch["shard"]:
+            start = time.perf_counter()
             write_bytes_atomic(shard_url(self.job.out, int(k)), npz_bytes(**self.sample_shard(int(k))))
             done.append(len(self.shards[int(k)]))
-        return {"shard": np.asarray(batch["shard"]), "images": np.array(done, dtype=np.int64)}
+            seconds.append(time.perf_counter() - start)
+        return {"shard": np.asarray(batch["shard"]), "images": np.array(done, dtype=np.int64),
+                "seconds": np.array(seconds)}
 
 
 # --- the driver --------------------------------------------------------------------------------------------------
@@ -151,19 +169,21 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
     pending = [k for k in range(len(shards)) if not fs.exists(fsspec.core.url_to_fs(shard_url(job.out, k))[1])]
     total = sum(len(shards[k]) for k in pending)
     log(f"sampling {total} images in {len(pending)} shards ({len(shards) - len(pending)} already done) -> {job.out}")
+    busy = 0.0
     if pending:
         if not ray.is_initialized():
             ray.init()
-        n, resources = actor_plan(job.actors, len(pending))
+        n, resources = actor_plan(job.actors, len(pending), job.actor_cpus)
         ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(GuidedSampler, fn_constructor_args=(job, round(resources["num_cpus"])),
-                            batch_size=1, concurrency=n, batch_format="numpy", **resources)
+        ds = ds.map_batches(GuidedSampler, fn_constructor_args=(job, max(1, round(resources["num_cpus"]))),
+                            batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), batch_format="numpy",
+                            **resources)
         made = 0
         for row in ds.iter_rows():
-            made += int(row["images"])
+            made, busy = made + int(row["images"]), busy + float(row["seconds"])
             log(f"sampled {made}/{total} images")
     npz, grids = assemble(job, shards)
-    return SampleResult(job.out, npz, grids, len(pending), len(shards) - len(pending))
+    return SampleResult(job.out, npz, grids, len(pending), len(shards) - len(pending), busy_seconds=busy)
 
 
 def assemble(job: SampleJob, shards) -> tuple[dict, dict]:

@@ -16,6 +16,7 @@ def cmd_sample(args) -> int:
     job = SampleJob(diffusion=args.diffusion, classifier=args.classifier, out=args.out, scales=_scales(args.scales),
                     num_samples=args.num_samples, sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
                     seed=args.seed, label=args.label, preset=args.preset, actors=args.actors,
+                    actor_cpus=args.actor_cpus, compile=args.compile, channels_last=args.channels_last,
                     tracking_uri=args.tracking_uri, experiment=args.experiment)
     result = run_sampling(job)
     if not args.no_track:
@@ -27,7 +28,8 @@ def cmd_sample(args) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="classifier-guided sampling over a grid of scales (Ray Data)")
-    p.add_argument("--diffusion", required=True, help="checkpoint folder, runs:/RUN_ID, or weights file (+ --preset)")
+    p.add_argument("--diffusion", required=True, help="checkpoint folder, runs:/RUN_ID, models:/NAME@ALIAS, "
+                   "models:/NAME/VERSION, or weights file (+ --preset)")
     p.add_argument("--classifier", default=None, help="noisy classifier: same forms; needed for scales above 0")
     p.add_argument("--scales", default="0,1,2,4", help="comma-separated guidance scales (0 = unguided)")
     p.add_argument("--num-samples", type=int, default=64, help="samples per scale")
@@ -38,6 +40,12 @@ def add_parser(sub) -> None:
     p.add_argument("--label", type=int, default=None, help="one class for all samples (default: uniform at random)")
     p.add_argument("--preset", default=None, help="preset of bare weights files (e.g. imagenet256 for released .pt)")
     p.add_argument("--actors", type=int, default=None, help="sampler actors (default: per GPU, or per 2 CPUs)")
+    p.add_argument("--actor-cpus", type=float, default=None,
+                   help="CPUs (and torch threads) per CPU actor (default: the cluster's CPUs shared out)")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the diffusion model and classifier in each actor (auto: on GPUs only)")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="channels_last memory format for both networks (auto: on GPUs only)")
     p.add_argument("--out", default="adm-samples", help="output folder or fsspec URL")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
     p.add_argument("--experiment", default="adm", help="MLflow experiment name")

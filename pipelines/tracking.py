@@ -49,6 +49,26 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"cannot write the MLflow store {uri}: {folder} is not writable")
 
 
+def _open_sqlite_store(uri: str):
+    """An MlflowClient for a sqlite store, opened under a file lock: opening creates and migrates the schema, and two
+    `adm run`s started at once in one folder would otherwise both migrate the new file and one would fail."""
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    db = Path(uri[len("sqlite:///"):])
+    if not db.parent.is_dir():
+        return MlflowClient(tracking_uri=uri)  # check_tracking reports the folder
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)  # the tracking store: tables created and migrated here
+            client.search_registered_models(max_results=1)  # the registry store on the same file
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
+
+
 def flatten(values: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in values.items():
@@ -67,7 +87,10 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.uri = resolve_tracking_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        if self.uri.startswith("sqlite:///"):
+            self.client = _open_sqlite_store(self.uri)
+        else:
+            self.client = MlflowClient(tracking_uri=self.uri)
 
     # --- runs ---------------------------------------------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -182,6 +205,33 @@ class Tracker:
                     pip_requirements=["adm-pipeline"],
                 )
         return info.model_uri
+
+    def model_source_run(self, model_uri: str) -> str:
+        """The id of the run that logged the model behind ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``,
+        ``models:/NAME/latest`` or ``models:/m-ID`` (raises UserError naming the URI when there is none)."""
+        ref = model_uri[len("models:/"):].strip("/")
+        try:
+            if ref.startswith("m-") and "/" not in ref and "@" not in ref:
+                return self.client.get_logged_model(ref).source_run_id
+            if "@" in ref:
+                name, alias = ref.split("@", 1)
+                return self.client.get_model_version_by_alias(name, alias).run_id
+            name, _, version = ref.rpartition("/")
+            if not name:
+                raise UserError(f"{model_uri}: expected models:/NAME/VERSION, models:/NAME@ALIAS or models:/m-ID")
+            if version == "latest":
+                versions = self.model_versions(name)
+                if not versions:
+                    raise UserError(f"{model_uri}: registered model {name!r} has no versions")
+                return max(versions, key=lambda v: int(v.version)).run_id
+            return self.client.get_model_version(name, version).run_id
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"cannot find model {model_uri} in the MLflow registry at {self.uri} "
+                            f"({type(e).__name__}: {str(e)[:200]}); check the name, version or alias "
+                            "(`adm` registers <prefix>-diffusion and <prefix>-classifier) and MLFLOW_TRACKING_URI"
+                            ) from None
 
     # --- registry -----------------------------------------------------------------------------------------------------
     def register(self, model_uri: str, name: str, run_id: str, tags: dict) -> str:

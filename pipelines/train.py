@@ -19,7 +19,7 @@ from pathlib import Path
 import fsspec
 import torch
 
-from components.config import ConfigError, Preset, UserError, to_dict
+from components.config import ConfigError, Preset, UserError, to_dict, validate_speed
 from components.training import KINDS, build_network, network_config, train_config
 
 from .cluster import cluster_cpus, largest_node_cpus
@@ -59,6 +59,7 @@ class TrainOutcome:
 
 # --- checks before any worker starts -----------------------------------------------------------------------------
 def validate(preset: Preset, kinds, manifest: dict) -> None:
+    validate_speed(preset)
     for kind in kinds:
         train_config(preset, kind)
         with torch.device("meta"):

@@ -78,7 +78,7 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             learner.load(folder)
-    model = ray.train.torch.prepare_model(learner.net) if world > 1 else learner.net
+    model = learner.hot(ray.train.torch.prepare_model(learner.net)) if world > 1 else learner.fast
     tracker = Tracker(config["tracking_uri"]) if rank == 0 else None
     run_id, cfg = config["run_id"], learner.cfg
     if checkpoint and rank == 0:

@@ -65,3 +65,26 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(a, b)
     for a, b in zip(straight.ema[0.99], resumed.ema[0.99]):
         assert torch.equal(a, b)
+
+
+def test_channels_last_and_compile_train_like_eager(tmp_path):
+    """The speed options (on by default on CUDA only) change the memory format and the kernels, not the maths, and
+    never the checkpoint: same first-step loss and updated weights as eager, same state_dict keys."""
+    x, y = _batch(8)
+    results = []
+    for setting in ("off", "on"):
+        preset = apply_overrides(get_preset("smoke"), [f"train_diffusion.compile={setting}",
+                                                       f"train_diffusion.channels_last={setting}"])
+        learner = Learner("diffusion", preset, torch.device("cpu"), seed=0)
+        metrics = learner.train_step(x, y)
+        learner.save(tmp_path / setting, config={})
+        results.append((metrics["loss"], learner.net.state_dict()))
+    (loss_eager, eager), (loss_fast, fast) = results
+    assert list(fast) == list(eager)
+    assert abs(loss_fast - loss_eager) < 1e-4 * max(1.0, abs(loss_eager))
+    for key in eager:
+        assert torch.allclose(fast[key], eager[key], atol=1e-5), key
+    assert fast["input_blocks.0.0.weight"].is_contiguous(memory_format=torch.channels_last)
+    reloaded = Learner("diffusion", get_preset("smoke"), torch.device("cpu"))
+    reloaded.load(tmp_path / "on")
+    assert torch.equal(reloaded.net.state_dict()["out.2.weight"], fast["out.2.weight"])

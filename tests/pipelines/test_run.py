@@ -7,11 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from components.config import ConfigError, apply_overrides
+from components.config import ConfigError, UserError, apply_overrides
 from components.presets import get_preset
+from pipelines.networks import resolve
 from pipelines.run import STAGES, Pipeline, RunRequest, check_request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +59,7 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     for kind in ("diffusion", "classifier"):
         champion = client.get_model_version_by_alias(f"adm-smoke-{kind}", "champion")
         assert champion.version == first["registered"][kind]["version"]
+    check_model_uris(tmp_path, mlflow_server, first["train"])
 
     lines = []
     second = Pipeline(req, log=lines.append).execute()
@@ -82,6 +85,25 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "3"
 
 
+def check_model_uris(tmp_path, tracking_uri, trained):
+    """models:/ URIs (alias, version, latest, logged model id) resolve to the weights of the training run."""
+    def weights(uri, kind):
+        ref = resolve(uri, kind, tracking_uri=tracking_uri, workdir=tmp_path / f"net-{len(list(tmp_path.iterdir()))}")
+        return Path(ref.weights).read_bytes()
+
+    for kind in ("diffusion", "classifier"):
+        expected = weights(f"runs:/{trained[kind]['run_id']}", kind)
+        for uri in (f"models:/adm-smoke-{kind}@champion", f"models:/adm-smoke-{kind}/1",
+                    f"models:/adm-smoke-{kind}/latest", trained[kind]["model_uri"]):
+            assert weights(uri, kind) == expected, uri
+    for bad in ("models:/adm-smoke-diffusion@nobody", "models:/no-such-model/1", "models:/adm-smoke-diffusion"):
+        with pytest.raises(UserError, match="models:/"):
+            resolve(bad, "diffusion", tracking_uri=tracking_uri, workdir=tmp_path / "bad")
+    with pytest.raises(UserError, match="is a classifier checkpoint"):
+        resolve("models:/adm-smoke-classifier@champion", "diffusion", tracking_uri=tracking_uri,
+                workdir=tmp_path / "wrong-kind")
+
+
 def _wait(predicate, timeout, what):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -92,38 +114,112 @@ def _wait(predicate, timeout, what):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_resume_after_killed_driver(tmp_path, mlflow_server):
+def _adm(*args) -> list:
+    return [sys.executable, "-m", "pipelines.cli", *args]
+
+
+def _env() -> dict:
+    """The driver's environment: this checkout importable, no cluster or tracking server from the outside."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    return {**env, "PYTHONPATH": str(ROOT)}
+
+
+def test_interrupt_kill_and_resume(tmp_path, mlflow_server):
+    """Ctrl-C during training, then SIGKILL after training: runs end KILLED, and --resume continues training from
+    its last checkpoint, then finishes the run without redoing the finished stages."""
     client = MlflowClient(mlflow_server)
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--preset", "smoke", "--workdir", str(tmp_path / "work"),
-           "--tracking-uri", mlflow_server, "--experiment", "run-resume", "--no-register"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    where = ["--tracking-uri", mlflow_server, "--experiment", "run-resume", "--no-register"]
+    # 200 diffusion steps, a checkpoint every 10: long enough to be interrupted between checkpoints
+    first = subprocess.Popen(_adm("run", "--preset", "smoke", "--workdir", str(tmp_path / "work"), *where,
+                                  "--override", "train_diffusion.steps=200"),
+                             env=_env(), stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT,
+                             cwd=tmp_path)
+
+    def trainer(kind):
+        exp = client.get_experiment_by_name("run-resume")
+        found = exp and client.search_runs([exp.experiment_id], f"tags.`adm.network` = '{kind}'")
+        return found[0] if found else None
+
+    def past_first_checkpoint():
+        run = trainer("diffusion")
+        return run if run and run.data.metrics.get("loss") is not None and \
+            client.get_metric_history(run.info.run_id, "loss")[-1].step >= 15 else None
+
+    try:
+        diffusion = _wait(past_first_checkpoint, 600, "the diffusion trainer to pass its first checkpoint")
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=120) != 0
+    finally:
+        first.kill()
+    parent_id = client.get_run(diffusion.data.tags["mlflow.parentRunId"]).data.tags["mlflow.parentRunId"]
+    assert "interrupted: stopping the trainers" in (tmp_path / "first.log").read_text()
+    assert client.get_run(parent_id).info.status == "KILLED"
+    assert stage_runs(client, parent_id)["train"].info.status == "KILLED"
+    assert client.get_run(diffusion.info.run_id).info.status == "KILLED"
+    assert not list((tmp_path / "work").rglob("*.tmp*")), "half-written files left behind"
+
+    resume = _adm("run", "--resume", parent_id, *where)
+    second = subprocess.Popen(resume, env=_env(), stdout=open(tmp_path / "second.log", "w"),
+                              stderr=subprocess.STDOUT, cwd=tmp_path)
 
     def train_finished():
-        exp = client.get_experiment_by_name("run-resume")
-        found = exp and client.search_runs([exp.experiment_id], "tags.`adm.pipeline` = 'smoke'")
-        train = found and stage_runs(client, found[0].info.run_id).get("train")
+        train = stage_runs(client, parent_id).get("train")
         return train if train and train.info.status == "FINISHED" else None
 
     try:
-        train = _wait(train_finished, 600, "the train stage to finish")
+        train = _wait(train_finished, 600, "the resumed train stage to finish")
     finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-    parent_id = train.data.tags["mlflow.parentRunId"]
+        second.send_signal(signal.SIGKILL)
+        second.wait()
+    resumed = client.get_run(diffusion.info.run_id)  # the same MLflow run, continued
+    assert resumed.info.status == "FINISHED"
+    assert 10 <= resumed.data.metrics["resumed_from_step"] < 200
+    assert client.get_metric_history(diffusion.info.run_id, "loss")[-1].step == 200
+    assert len([r for r in children(client, train.info.experiment_id, train.info.run_id)
+                if r.data.tags["adm.network"] == "diffusion"]) == 1
     _wait(lambda: client.get_run(parent_id).info.status == "KILLED", 60, "the sentinel to mark the run KILLED")
 
-    resumed = subprocess.run(cmd[:4] + ["--resume", parent_id, "--tracking-uri", mlflow_server, "--experiment",
-                                        "run-resume", "--no-register"], env=env, cwd=tmp_path, capture_output=True,
-                             text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "[train] finished earlier in this run" in resumed.stdout
+    third = subprocess.run(resume, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "[train] finished earlier in this run" in third.stdout
     assert stage_runs(client, parent_id)["train"].info.run_id == train.info.run_id
     assert client.get_run(parent_id).info.status == "FINISHED"
-    stages = [r for r in children(client, train.info.experiment_id, parent_id)]
+    stages = children(client, train.info.experiment_id, parent_id)
     assert sorted(r.data.tags["adm.stage"] for r in stages) == ["evaluate", "ingest", "sample", "train"]
     assert all(r.info.status == "FINISHED" for r in stages)
+
+
+def test_two_runs_at_once_in_one_folder(tmp_path):
+    """Two `adm run`s started together in the same folder with the embedded defaults (local Ray, ./mlflow.db,
+    ./adm-work) both finish, each with its own checkpoints and samples."""
+    # configs differ in training and sampling, so neither run can reuse the other's stages
+    # (the evaluator network's features only: Inception on CPU would double the time and adds nothing here)
+    runs = [subprocess.Popen(_adm("run", "--preset", "smoke", "--override", f"sample.seed={seed}",
+                                  "--override", f"train_diffusion.steps={20 + seed}",
+                                  "--override", "evaluate.features=evaluator",
+                                  "--override", "evaluate.champion_metric=evaluator_fid"),
+                             env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for seed in (1, 2)]
+    outputs = [run.communicate(timeout=1200)[0] for run in runs]
+    for run, output in zip(runs, outputs):
+        assert run.returncode == 0, output[-4000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents = client.search_runs([client.get_experiment_by_name("adm").experiment_id], "tags.`adm.pipeline` = 'smoke'")
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    samples = []
+    for parent in parents:
+        stages = stage_runs(client, parent.info.run_id)
+        scale_runs = children(client, parent.info.experiment_id, stages["sample"].info.run_id)
+        npz = sorted(r.data.tags["adm.samples_npz"] for r in scale_runs)
+        assert all(f"/runs/{parent.info.run_id}/" in url for url in npz)
+        samples.append([np.load(tmp_path / url)["arr_0"] for url in npz])
+    assert any(not np.array_equal(a, b) for a, b in zip(*samples)), "the two runs' samples are the same files"
+    trainers = [r for p in parents for r in children(client, p.info.experiment_id,
+                                                     stage_runs(client, p.info.run_id)["train"].info.run_id)]
+    assert len({r.info.run_id for r in trainers}) == 6
+    versions = client.search_model_versions("name = 'adm-smoke-diffusion'")
+    assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in trainers
+                                                        if r.data.tags["adm.network"] == "diffusion")
 
 
 def test_mlflow_project_entry_point(tmp_path, mlflow_server):

@@ -52,7 +52,8 @@ def _load(url):
 
 def test_fan_out_layout_determinism_and_resume(tmp_path, nets, ray_cluster):
     one = run_sampling(_job(nets, tmp_path / "one", actors=1), log=lambda *_: None)
-    two = run_sampling(_job(nets, tmp_path / "two", actors=2), log=lambda *_: None)
+    two = run_sampling(_job(nets, tmp_path / "two", actors=2, actor_cpus=1), log=lambda *_: None)
+    assert one.busy_seconds > 0 and two.busy_seconds > 0
     assert len(plan_shards((0.0, 2.0), 6, 4)[1]) == 4  # the middle shard mixes both scales
     for scale in (0.0, 2.0):
         images, labels = _load(one.npz[scale])
@@ -100,6 +101,10 @@ def test_bad_input_is_refused_before_actors(tmp_path, nets):
         validate(_job(nets, tmp_path, scales=("a",)))
     with pytest.raises(UserError, match="must be positive"):
         validate(_job(nets, tmp_path, num_samples=0))
+    with pytest.raises(UserError, match="--actor-cpus"):
+        validate(_job(nets, tmp_path, actor_cpus=0))
+    with pytest.raises(UserError, match="--actors"):
+        validate(_job(nets, tmp_path, actors=-1))
     with pytest.raises(UserError, match="need a noisy classifier"):
         validate(_job(nets, tmp_path, classifier=None))
     with pytest.raises(UserError, match="7 classes"):
