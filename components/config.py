@@ -147,6 +147,7 @@ class TrainConfig:
     max_failures: int = 2  # worker-group restarts from the last checkpoint
     num_workers: int = 1
     use_gpu: bool = False
+    cpus_per_worker: float = 0.0  # 0: the cluster's CPUs shared out among all trainers' workers (1 with a GPU)
     compile: str = "auto"  # torch.compile the training forward/backward: auto (on CUDA) | on | off
     channels_last: str = "auto"  # channels_last memory format: auto (on CUDA) | on | off
 

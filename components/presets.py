@@ -103,8 +103,9 @@ def _fashion_mnist() -> Preset:
         unet=_small_unet(16, 1, 10, model_channels=32, num_res_blocks=1, attention_resolutions=(4,), dropout=0.0),
         classifier=_small_classifier(16, 1, 10, attention_resolutions=(4,)),
         diffusion=DiffusionConfig(steps=1000, noise_schedule="cosine", learn_sigma=True),
-        sample=SampleConfig(sampler="ddim25", guidance_scales=(0.0, 1.0, 2.0, 4.0, 8.0, 16.0), num_samples=100,
-                            batch_size=50),
+        # the grid reaches past the fidelity gains: a model this small needs large scales before diversity loss wins
+        sample=SampleConfig(sampler="ddim25", guidance_scales=(0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0),
+                            num_samples=100, batch_size=50),
         train_diffusion=TrainConfig(steps=450, batch_size=64, lr=5e-4, ema_rate=(0.995,), save_interval=150,
                                     sample_interval=0, log_interval=20),
         train_classifier=TrainConfig(steps=500, batch_size=64, lr=1e-3, weight_decay=0.05, anneal_lr=True,

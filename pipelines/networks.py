@@ -8,11 +8,18 @@ Accepted forms:
   ``models:/NAME/latest`` or ``models:/m-ID`` — a registered or logged model; the checkpoint of the training run
   that logged it is used (it carries the resolved preset beside the weights);
 * a weights file (.safetensors, or a released ADM .pt read with weights_only=True) together with a preset name.
+
+Remote files are downloaded once into ``$ADM_CACHE_DIR/networks/<digest of the URI>`` (default
+``~/.cache/adm-pipeline``), under a temporary name renamed into place, so concurrent actors share one copy and an
+interrupted download never looks complete.
 """
 
+import hashlib
 import json
+import os
 import posixpath
-import tempfile
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +46,41 @@ class NetworkRef:
         return load_into(build_network(self.preset, self.kind), self.weights, source=self.weights).eval()
 
 
-def _local_folder(uri: str, tracking_uri: str | None, workdir: Path) -> Path:
+def cache_folder(key: str) -> Path:
+    root = Path(os.environ.get("ADM_CACHE_DIR") or Path.home() / ".cache" / "adm-pipeline")
+    return root / "networks" / hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def _fetch_once(target: Path, download) -> Path:
+    """`download(folder)` into a temporary sibling of `target`, renamed into place; skipped when `target` exists."""
+    if target.exists():
+        return target
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        download(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process put it there first
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _local_folder(uri: str, tracking_uri: str | None, workdir: Path | None) -> Path:
     if uri.startswith(("runs:/", "models:/")):
         from .tracking import Tracker
 
         tracker = Tracker(tracking_uri)
         run_id = tracker.model_source_run(uri) if uri.startswith("models:/") else uri[len("runs:/"):].split("/")[0]
         try:
-            return Path(tracker.download_artifacts(run_id, "checkpoint", workdir))
+            if workdir is not None:
+                return Path(tracker.download_artifacts(run_id, "checkpoint", workdir))
+            fetch = _fetch_once(cache_folder(f"{tracker.uri} {run_id}"),
+                                lambda d: tracker.download_artifacts(run_id, "checkpoint", d))
+            return fetch / "checkpoint"
         except Exception as e:
             raise UserError(f"cannot fetch the checkpoint of MLflow run {run_id} ({type(e).__name__}: {e}); "
                             "check the run id and MLFLOW_TRACKING_URI") from None
@@ -56,14 +90,16 @@ def _local_folder(uri: str, tracking_uri: str | None, workdir: Path) -> Path:
                         "models:/NAME@ALIAS or a weights file")
     if "file" in fs.protocol or "local" in fs.protocol:
         return Path(path)
-    fs.get(path.rstrip("/") + "/", str(workdir), recursive=True)
-    return workdir
+    if workdir is not None:
+        fs.get(path.rstrip("/") + "/", str(workdir), recursive=True)
+        return workdir
+    return _fetch_once(cache_folder(uri), lambda d: fs.get(path.rstrip("/") + "/", str(d), recursive=True))
 
 
 def resolve(uri: str, kind: str, preset_name: str | None = None, tracking_uri: str | None = None,
             workdir: str | Path | None = None) -> NetworkRef:
     """A NetworkRef for `uri`; raises UserError naming the URI when it cannot be used."""
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="adm-net-"))
+    workdir = Path(workdir) if workdir else None
     if uri.endswith((".pt", ".pth", ".safetensors")):
         if not preset_name:
             raise UserError(f"{uri} is a bare weights file; also pass the preset it belongs to (e.g. --preset "
@@ -71,10 +107,14 @@ def resolve(uri: str, kind: str, preset_name: str | None = None, tracking_uri: s
         fs, path = fsspec.core.url_to_fs(uri)
         if not fs.exists(path):
             raise UserError(f"weights file {uri} does not exist")
-        local = path if "file" in fs.protocol or "local" in fs.protocol else str(workdir / posixpath.basename(path))
-        if local != path:
-            fs.get(path, local)
-        return NetworkRef(kind, get_preset(preset_name), local)
+        if "file" in fs.protocol or "local" in fs.protocol:
+            return NetworkRef(kind, get_preset(preset_name), path)
+        name = posixpath.basename(path)
+        if workdir is not None:
+            fs.get(path, str(workdir / name))
+            return NetworkRef(kind, get_preset(preset_name), str(workdir / name))
+        folder = _fetch_once(cache_folder(uri), lambda d: fs.get(path, str(d / name)))
+        return NetworkRef(kind, get_preset(preset_name), str(folder / name))
     folder = _local_folder(uri, tracking_uri, workdir)
     meta_path = folder / "model.json"
     if not meta_path.exists():

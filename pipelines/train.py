@@ -61,7 +61,8 @@ class TrainOutcome:
 def validate(preset: Preset, kinds, manifest: dict) -> None:
     validate_speed(preset)
     for kind in kinds:
-        train_config(preset, kind)
+        if train_config(preset, kind).cpus_per_worker < 0:
+            raise ConfigError(f"train_{kind}.cpus_per_worker must be >= 0 (0: share the cluster's CPUs out)")
         with torch.device("meta"):
             build_network(preset, kind)
         cfg = network_config(preset, kind)
@@ -91,13 +92,15 @@ def check_storage(storage: str) -> None:
 
 
 def worker_resources(preset: Preset, kinds, cluster_cpus: float, node_cpus: float | None = None) -> dict:
-    """CPUs per CPU worker so that all trainers fit at once and Ray Data keeps half a CPU (2 cores, 3 trainers: 0.5);
-    never more than the largest node has, since a worker runs on one node."""
-    workers = sum(train_config(preset, k).num_workers for k in kinds if not train_config(preset, k).use_gpu)
-    if workers == 0:
-        return {k: 1.0 for k in kinds}
-    per_worker = min(max(0.1, (cluster_cpus - 0.5) / workers), node_cpus or cluster_cpus)
-    return {k: (1.0 if train_config(preset, k).use_gpu else round(per_worker, 2)) for k in kinds}
+    """CPUs per worker: `cpus_per_worker` where set; otherwise, for CPU workers, the cluster's CPUs shared out so
+    that all trainers fit at once and Ray Data keeps half a CPU (2 cores, 3 trainers: 0.5), never more than the largest
+    node has, since a worker runs on one node; GPU workers take 1 CPU."""
+    fixed = {k: train_config(preset, k).cpus_per_worker for k in kinds if train_config(preset, k).cpus_per_worker > 0}
+    shared = [k for k in kinds if k not in fixed and not train_config(preset, k).use_gpu]
+    left = cluster_cpus - sum(fixed[k] * train_config(preset, k).num_workers for k in fixed)
+    workers = sum(train_config(preset, k).num_workers for k in shared)
+    per_worker = min(max(0.1, (left - 0.5) / workers), node_cpus or cluster_cpus) if workers else 1.0
+    return {k: fixed.get(k, 1.0 if train_config(preset, k).use_gpu else round(per_worker, 2)) for k in kinds}
 
 
 def plan(preset: Preset, kinds, cluster_cpus: float) -> dict:
@@ -246,6 +249,10 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=KINDS, log=pr
     if not ray.is_initialized():
         ray.init()
     cpus = worker_resources(preset, kinds, cluster_cpus(), largest_node_cpus())
+    for kind in kinds:
+        if cpus[kind] > largest_node_cpus():
+            raise ConfigError(f"train_{kind}.cpus_per_worker={cpus[kind]:g} fits no node of this Ray cluster (the "
+                              f"largest has {largest_node_cpus():g} CPUs); lower it or 0 to share the CPUs out")
     run_ids = {}
     for kind in kinds:
         if kind in opts.run_ids:  # same run => same Ray Train run name => fit() restores its latest checkpoint

@@ -41,10 +41,18 @@ class Progress:
     def __init__(self, kind: str, total: int, start_step: int, images_per_step: int):
         self.kind, self.total, self.images_per_step = kind, total, images_per_step
         self.t0, self.s0 = time.perf_counter(), start_step
+        self.window = (self.t0, start_step)
 
     def rate(self, step: int) -> float:
+        """images/s since this worker started (data pipeline start-up included)."""
         elapsed = time.perf_counter() - self.t0
         return (step - self.s0) * self.images_per_step / elapsed if elapsed > 0 else 0.0
+
+    def window_rate(self, step: int) -> float:
+        """images/s since the previous call: the current throughput."""
+        now = time.perf_counter()
+        (then, before), self.window = self.window, (now, step)
+        return (step - before) * self.images_per_step / (now - then) if now > then else 0.0
 
     def line(self, step: int, loss: float) -> str:
         rate = self.rate(step)
@@ -125,7 +133,8 @@ def _write_marker(url: str, values: dict) -> None:
 def _log_step(tracker, run_id: str, learner: Learner, metrics: dict, progress: Progress, config: dict) -> None:
     step, cfg = learner.step, learner.cfg
     if step % cfg.log_interval == 0 or step == cfg.steps:
-        tracker.log_metrics(run_id, {**metrics, "images_per_s": progress.rate(step)}, step)
+        tracker.log_metrics(run_id, {**metrics, "images_per_s": progress.window_rate(step),
+                                     "images_per_s_overall": progress.rate(step)}, step)
         print(progress.line(step, metrics["loss"]), flush=True)
     every = config.get("sample_interval", 0)
     if learner.kind == "diffusion" and every and (step % every == 0 or step == cfg.steps):

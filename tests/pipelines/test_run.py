@@ -35,7 +35,7 @@ def test_config_errors_before_any_stage(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_server):
+def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_server, monkeypatch):
     req = RunRequest(get_preset("smoke"), workdir=str(tmp_path / "work"), tracking_uri=mlflow_server,
                      experiment="e2e")
     first = Pipeline(req, log=lambda *_: None).execute()
@@ -60,6 +60,10 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
         champion = client.get_model_version_by_alias(f"adm-smoke-{kind}", "champion")
         assert champion.version == first["registered"][kind]["version"]
     check_model_uris(tmp_path, mlflow_server, first["train"])
+    monkeypatch.setenv("ADM_CACHE_DIR", str(tmp_path / "cache"))  # without a workdir: downloaded once, then reused
+    refs = [resolve("models:/adm-smoke-diffusion@champion", "diffusion", tracking_uri=mlflow_server) for _ in "ab"]
+    assert refs[0].weights == refs[1].weights and refs[0].weights.startswith(str(tmp_path / "cache"))
+    assert [p.name.startswith(".") for p in (tmp_path / "cache" / "networks").iterdir()] == [False]
 
     lines = []
     second = Pipeline(req, log=lines.append).execute()

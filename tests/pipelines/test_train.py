@@ -19,7 +19,7 @@ from components.presets import get_preset
 from components.training import Learner
 from pipelines.ingest import IngestOptions, ingest
 from pipelines.tracking import TrackingError
-from pipelines.train import TrainingError, TrainOptions, train
+from pipelines.train import TrainingError, TrainOptions, train, worker_resources
 
 TINY = ["train_diffusion.steps=20", "train_diffusion.log_interval=5", "train_diffusion.save_interval=10",
         "train_diffusion.sample_interval=10", "train_classifier.steps=20", "train_classifier.log_interval=5",
@@ -153,3 +153,17 @@ def test_bad_input_fails_before_workers_start(tmp_path, shapes, mlflow_server):
     blocker.write_text("x")
     with pytest.raises(UserError, match="not writable"):
         train(preset, shapes, TrainOptions(storage=str(blocker / "sub"), tracking_uri=mlflow_server))
+    with pytest.raises(ConfigError, match="train_diffusion.compile='fast'"):
+        train(apply_overrides(preset, ["train_diffusion.compile=fast"]), shapes, _opts(tmp_path, mlflow_server, "bad"))
+    with pytest.raises(ConfigError, match="cpus_per_worker must be >= 0"):
+        train(apply_overrides(preset, ["train_classifier.cpus_per_worker=-1"]), shapes,
+              _opts(tmp_path, mlflow_server, "bad"))
+
+
+def test_worker_resources_share_the_cluster_or_take_what_is_set():
+    preset = get_preset("smoke")
+    kinds = ("diffusion", "classifier", "evaluator")
+    assert worker_resources(preset, kinds, 2.0, 2.0) == {k: 0.5 for k in kinds}
+    fixed = apply_overrides(preset, ["train_diffusion.cpus_per_worker=1"])
+    assert worker_resources(fixed, kinds, 8.0, 4.0) == {"diffusion": 1.0, "classifier": 3.25, "evaluator": 3.25}
+    assert worker_resources(fixed, ("diffusion",), 8.0, 4.0) == {"diffusion": 1.0}
