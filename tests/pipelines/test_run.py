@@ -133,9 +133,10 @@ def test_interrupt_kill_and_resume(tmp_path, mlflow_server):
     its last checkpoint, then finishes the run without redoing the finished stages."""
     client = MlflowClient(mlflow_server)
     where = ["--tracking-uri", mlflow_server, "--experiment", "run-resume", "--no-register"]
+    fast = ["--override", "evaluate.features=evaluator", "--override", "evaluate.champion_metric=evaluator_fid"]
     # 200 diffusion steps, a checkpoint every 10: long enough to be interrupted between checkpoints
     first = subprocess.Popen(_adm("run", "--preset", "smoke", "--workdir", str(tmp_path / "work"), *where,
-                                  "--override", "train_diffusion.steps=200"),
+                                  "--override", "train_diffusion.steps=200", *fast),
                              env=_env(), stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT,
                              cwd=tmp_path)
 
