@@ -4,7 +4,8 @@ cost of guidance (guided vs unguided step time).
 Networks: the preset's diffusion model and noisy classifier with random weights (throughput does not depend on the
 weights). The Ray number is the wall time of run_sampling after ray.init, actor start-up and model loading included; the
 "inside the actors" number divides the images by the time the actors spent in their shards (sampling + NPZ write),
-which separates Ray's fixed cost from a slowdown of the sampling itself.
+which separates Ray's fixed cost from a slowdown of the sampling itself. The one-process guided rate is measured before
+and after the Ray run and the ratios use their mean, so drift of a shared machine does not land on one side.
 
     python bench/bench_sample.py [--preset fashion-mnist] [--num-samples 64] [--batch-size 32] [--sampler ddim10]
                                  [--threads N]
@@ -72,10 +73,13 @@ def main():
         through_ray = args.num_samples / wall
         in_actors = args.num_samples / result.busy_seconds
         ray.shutdown()
+        guided_after = in_process(job, threads)  # again after Ray: the baseline is the mean of before and after
     print(f"preset={args.preset} sampler={args.sampler} samples={args.num_samples} batch={args.batch_size} "
           f"threads={threads}")
     print(f"unguided, one process   {unguided:8.2f} images/s")
-    print(f"guided, one process     {guided:8.2f} images/s  (guidance costs x{unguided / guided:.2f} time per step)")
+    print(f"guided, one process     {guided:8.2f} images/s before Ray, {guided_after:.2f} after "
+          f"(guidance costs x{unguided / guided:.2f} time per step)")
+    guided = (guided + guided_after) / 2
     print(f"guided, Ray Data        {through_ray:8.2f} images/s  x{through_ray / guided:.2f} of one process "
           f"(wall {wall:.1f} s)")
     print(f"  inside the actors     {in_actors:8.2f} images/s  x{in_actors / guided:.2f} of one process "
