@@ -21,7 +21,7 @@ from .config import ConfigError, Preset, TrainConfig
 from .diffusion import create_diffusion
 from .losses import classifier_losses, topk_correct, training_losses
 from .models import build_classifier, build_unet
-from .precision import autocast_context, speed_up, wanted
+from .precision import autocast_context, speed_up
 from .sampling import SampleNoise, ddim_sample
 
 KINDS = ("diffusion", "classifier", "evaluator")
@@ -78,7 +78,7 @@ class Learner:
 
     def hot(self, module):
         """`module` (e.g. the DDP wrapper of self.net) compiled when this trainer compiles."""
-        return torch.compile(module) if wanted(self.cfg.compile, self.device) else module
+        return speed_up(module, self.device, channels_last="off", compile=self.cfg.compile)
 
     def train_step(self, x0: torch.Tensor, y: torch.Tensor, model=None, gather=None) -> dict:
         """One step on a batch (split in microbatches); returns scalar metrics. `model` may be a DDP wrapper."""

@@ -91,8 +91,6 @@ def test_feature_input_errors_name_the_layout():
         InceptionFeatures("/nonexistent/default_1.pt")
 
 
-@pytest.mark.skipif(not os.path.exists(FASHION_MNIST_DIR),
-                    reason="real Fashion-MNIST absent: apt-get install dataset-fashion-mnist (CI installs it)")
 def test_inception_features_put_uniform_noise_outside_fashion_mnist():
     raw = gzip.decompress(open(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz"), "rb").read())
     real = parse_idx(raw, "images", "t10k-images")[:48, :, :, None]
