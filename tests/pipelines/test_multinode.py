@@ -48,8 +48,10 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_nodes():
+    """One cluster for this module (starting it costs ~20 s): the node-loss test kills the worker node, the next test
+    needs only the head."""
     tag = uuid.uuid4().hex[:6]  # short temp dirs: Ray's socket paths must stay under ~100 characters
     head_dir, worker_dir = f"/tmp/admt-{tag}-head", f"/tmp/admt-{tag}-w1"
     port, dashboard = _free_port(), _free_port()

@@ -128,47 +128,58 @@ def _env() -> dict:
     return {**env, "PYTHONPATH": str(ROOT)}
 
 
-def test_interrupt_kill_and_resume(tmp_path, mlflow_server):
-    """Ctrl-C during training, then SIGKILL after training: runs end KILLED, and --resume continues training from
-    its last checkpoint, then finishes the run without redoing the finished stages."""
-    client = MlflowClient(mlflow_server)
-    where = ["--tracking-uri", mlflow_server, "--experiment", "run-resume", "--no-register"]
+def _started(log: Path) -> bool:
+    """The driver has opened the tracking store (so its schema exists) and created its pipeline run."""
+    return log.exists() and "pipeline run " in log.read_text()
+
+
+def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
+    """Two `adm run`s start together in one folder with the embedded defaults (each its own local Ray, one
+    ./mlflow.db, one ./adm-work). The first gets Ctrl-C during training: its runs end KILLED, nothing half-written is
+    left; `--resume` continues training from the last checkpoint, a SIGKILL after training leaves the run KILLED, and
+    a second `--resume` finishes it without redoing finished stages. The second run finishes with its own outputs."""
+    # configs differ in training and sampling, so neither run can reuse the other's stages; the evaluator network's
+    # features only (Inception on CPU would double the time and adds nothing here); 100 diffusion steps with a
+    # checkpoint every 10 give the first run time to be interrupted between checkpoints
     fast = ["--override", "evaluate.features=evaluator", "--override", "evaluate.champion_metric=evaluator_fid"]
-    # 200 diffusion steps, a checkpoint every 10: long enough to be interrupted between checkpoints
-    first = subprocess.Popen(_adm("run", "--preset", "smoke", "--workdir", str(tmp_path / "work"), *where,
-                                  "--override", "train_diffusion.steps=200", *fast),
-                             env=_env(), stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT,
-                             cwd=tmp_path)
-
-    def trainer(kind):
-        exp = client.get_experiment_by_name("run-resume")
-        found = exp and client.search_runs([exp.experiment_id], f"tags.`adm.network` = '{kind}'")
-        return found[0] if found else None
-
-    def past_first_checkpoint():
-        run = trainer("diffusion")
-        return run if run and run.data.metrics.get("loss") is not None and \
-            client.get_metric_history(run.info.run_id, "loss")[-1].step >= 15 else None
-
+    args = {1: ["--override", "sample.seed=1", "--override", "train_diffusion.steps=100", *fast],
+            2: ["--override", "sample.seed=2", "--override", "train_diffusion.steps=22", *fast]}
+    logs = {n: tmp_path / f"run{n}.log" for n in args}
+    runs = {n: subprocess.Popen(_adm("run", "--preset", "smoke", *args[n]), env=_env(), cwd=tmp_path,
+                                stdout=open(logs[n], "w"), stderr=subprocess.STDOUT) for n in args}
+    request.addfinalizer(lambda: [run.kill() for run in runs.values()])
     try:
-        diffusion = _wait(past_first_checkpoint, 600, "the diffusion trainer to pass its first checkpoint")
-        first.send_signal(signal.SIGINT)
-        assert first.wait(timeout=120) != 0
-    finally:
-        first.kill()
-    parent_id = client.get_run(diffusion.data.tags["mlflow.parentRunId"]).data.tags["mlflow.parentRunId"]
-    assert "interrupted: stopping the trainers" in (tmp_path / "first.log").read_text()
-    assert client.get_run(parent_id).info.status == "KILLED"
-    assert stage_runs(client, parent_id)["train"].info.status == "KILLED"
-    assert client.get_run(diffusion.info.run_id).info.status == "KILLED"
-    assert not list((tmp_path / "work").rglob("*.tmp*")), "half-written files left behind"
+        _wait(lambda: all(_started(log) for log in logs.values()), 300, "both drivers to create their runs")
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        first_id = logs[1].read_text().split("pipeline run ", 1)[1].split()[0]
 
-    resume = _adm("run", "--resume", parent_id, *where)
-    second = subprocess.Popen(resume, env=_env(), stdout=open(tmp_path / "second.log", "w"),
+        def past_first_checkpoint():
+            train = stage_runs(client, first_id).get("train")
+            found = train and [r for r in children(client, train.info.experiment_id, train.info.run_id)
+                               if r.data.tags["adm.network"] == "diffusion"]
+            history = found and client.get_metric_history(found[0].info.run_id, "loss")
+            return found[0] if history and history[-1].step >= 15 else None
+
+        diffusion = _wait(past_first_checkpoint, 600, "the first run's diffusion trainer to pass its first checkpoint")
+        runs[1].send_signal(signal.SIGINT)
+        assert runs[1].wait(timeout=120) != 0
+    finally:
+        runs[1].kill()
+    assert "interrupted: stopping the trainers" in logs[1].read_text()
+    assert client.get_run(first_id).info.status == "KILLED"
+    train = stage_runs(client, first_id)["train"]
+    assert train.info.status == "KILLED"
+    assert client.get_run(diffusion.info.run_id).info.status == "KILLED"
+    first_ids = [first_id] + [r.info.run_id for r in children(client, train.info.experiment_id, train.info.run_id)]
+    left = [p for p in (tmp_path / "adm-work").rglob("*.tmp*") if any(i in str(p) for i in first_ids)]
+    assert not left, f"half-written files left behind: {left}"
+
+    resume = _adm("run", "--resume", first_id)
+    second = subprocess.Popen(resume, env=_env(), stdout=open(tmp_path / "resume1.log", "w"),
                               stderr=subprocess.STDOUT, cwd=tmp_path)
 
     def train_finished():
-        train = stage_runs(client, parent_id).get("train")
+        train = stage_runs(client, first_id).get("train")
         return train if train and train.info.status == "FINISHED" else None
 
     try:
@@ -178,37 +189,22 @@ def test_interrupt_kill_and_resume(tmp_path, mlflow_server):
         second.wait()
     resumed = client.get_run(diffusion.info.run_id)  # the same MLflow run, continued
     assert resumed.info.status == "FINISHED"
-    assert 10 <= resumed.data.metrics["resumed_from_step"] < 200
-    assert client.get_metric_history(diffusion.info.run_id, "loss")[-1].step == 200
+    assert 10 <= resumed.data.metrics["resumed_from_step"] < 100
+    assert client.get_metric_history(diffusion.info.run_id, "loss")[-1].step == 100
     assert len([r for r in children(client, train.info.experiment_id, train.info.run_id)
                 if r.data.tags["adm.network"] == "diffusion"]) == 1
-    _wait(lambda: client.get_run(parent_id).info.status == "KILLED", 60, "the sentinel to mark the run KILLED")
+    _wait(lambda: client.get_run(first_id).info.status == "KILLED", 60, "the sentinel to mark the run KILLED")
 
     third = subprocess.run(resume, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert "[train] finished earlier in this run" in third.stdout
-    assert stage_runs(client, parent_id)["train"].info.run_id == train.info.run_id
-    assert client.get_run(parent_id).info.status == "FINISHED"
-    stages = children(client, train.info.experiment_id, parent_id)
-    assert sorted(r.data.tags["adm.stage"] for r in stages) == ["evaluate", "ingest", "sample", "train"]
+    assert stage_runs(client, first_id)["train"].info.run_id == train.info.run_id
+    assert client.get_run(first_id).info.status == "FINISHED"
+    stages = children(client, train.info.experiment_id, first_id)
+    assert sorted(r.data.tags["adm.stage"] for r in stages) == ["evaluate", "ingest", "register", "sample", "train"]
     assert all(r.info.status == "FINISHED" for r in stages)
 
-
-def test_two_runs_at_once_in_one_folder(tmp_path):
-    """Two `adm run`s started together in the same folder with the embedded defaults (local Ray, ./mlflow.db,
-    ./adm-work) both finish, each with its own checkpoints and samples."""
-    # configs differ in training and sampling, so neither run can reuse the other's stages
-    # (the evaluator network's features only: Inception on CPU would double the time and adds nothing here)
-    runs = [subprocess.Popen(_adm("run", "--preset", "smoke", "--override", f"sample.seed={seed}",
-                                  "--override", f"train_diffusion.steps={20 + seed}",
-                                  "--override", "evaluate.features=evaluator",
-                                  "--override", "evaluate.champion_metric=evaluator_fid"),
-                             env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for seed in (1, 2)]
-    outputs = [run.communicate(timeout=1200)[0] for run in runs]
-    for run, output in zip(runs, outputs):
-        assert run.returncode == 0, output[-4000:]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert runs[2].wait(timeout=900) == 0, logs[2].read_text()[-4000:]
     parents = client.search_runs([client.get_experiment_by_name("adm").experiment_id], "tags.`adm.pipeline` = 'smoke'")
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
     samples = []
