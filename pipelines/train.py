@@ -19,6 +19,7 @@ from pathlib import Path
 import fsspec
 import torch
 
+from components.checkpoint import ema_init_share
 from components.config import ConfigError, Preset, UserError, to_dict, validate_speed
 from components.training import KINDS, build_network, network_config, train_config
 
@@ -111,7 +112,9 @@ def plan(preset: Preset, kinds, cluster_cpus: float) -> dict:
         cfg = train_config(preset, kind)
         per_worker = {"CPU": cpus[kind], **({"GPU": 1} if cfg.use_gpu else {})}
         out[kind] = {"num_workers": cfg.num_workers, "resources_per_worker": per_worker, "steps": cfg.steps,
-                     "batch_size_per_worker": cfg.batch_size}
+                     "batch_size_per_worker": cfg.batch_size,
+                     **({"ema_init_share": {f"{r:g}": round(ema_init_share(r, cfg.steps), 4) for r in cfg.ema_rate}}
+                        if cfg.ema_rate else {})}
     return out
 
 
@@ -264,8 +267,10 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=KINDS, log=pr
                                           tags={"adm.stage": "train", "adm.network": kind,
                                                 "adm.data_fingerprint": manifest["fingerprint"]})
         tracker.log_params(run_ids[kind], {"network": kind, "data_url": data_url, **to_dict(preset)})
-        log(f"[{kind}] MLflow run {run_ids[kind]}; {train_config(preset, kind).num_workers} worker(s) x "
-            f"{cpus[kind]} CPU")
+        cfg = train_config(preset, kind)
+        ema = "".join(f"; EMA {rate:g} ends with {ema_init_share(rate, cfg.steps):.1%} of the initial weights"
+                      for rate in cfg.ema_rate)
+        log(f"[{kind}] MLflow run {run_ids[kind]}; {cfg.num_workers} worker(s) x {cpus[kind]} CPU{ema}")
     futures = {k: _in_daemon_thread(_fit, k, preset, data_url, run_ids[k], opts, cpus[k], tracker) for k in kinds}
     outcomes, errors = {}, []
     try:

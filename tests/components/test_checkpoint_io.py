@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from components import build_unet
-from components.checkpoint import load_into, load_state_dict, save_weights, update_ema
+from components.checkpoint import ema_init_share, load_into, load_state_dict, save_weights, update_ema
 from components.config import UNetConfig
 
 CFG = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), attention_resolutions=(8,), num_classes=3)
@@ -47,3 +47,11 @@ def test_ema_update():
     ema, src = [torch.zeros(3)], [torch.ones(3)]
     update_ema(ema, src, 0.9)
     assert torch.allclose(ema[0], torch.full((3,), 0.1))
+
+
+def test_ema_init_share_is_what_remains_of_the_initial_weights():
+    ema, src = [torch.ones(4, dtype=torch.float64)], [torch.zeros(4, dtype=torch.float64)]
+    for _ in range(450):
+        update_ema(ema, src, 0.995)  # the initial weights are 1, every later value 0
+    assert torch.allclose(ema[0], torch.full((4,), ema_init_share(0.995, 450), dtype=torch.float64))
+    assert 0.10 < ema_init_share(0.995, 450) < 0.11 and ema_init_share(0.99, 450) < 0.011

@@ -1,5 +1,6 @@
 """`adm run` end to end (smoke preset) on a local Ray instance against a real MLflow tracking server."""
 
+import json
 import os
 import signal
 import subprocess
@@ -33,6 +34,22 @@ def test_config_errors_before_any_stage(tmp_path):
     with pytest.raises(ConfigError, match="champion_scale"):
         check_request(RunRequest(bad, workdir=str(tmp_path)))
     assert not any(tmp_path.iterdir())
+
+
+def test_dry_run_prints_config_and_resources_and_writes_nothing(tmp_path):
+    overrides = ["--override", "train_diffusion.steps=450", "--override", "train_diffusion.ema_rate=0.995"]
+    done = subprocess.run(_adm("run", "--preset", "smoke", "--dry-run", "--assume-cpus", "8", *overrides),
+                          env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = json.loads(done.stdout)
+    assert plan["preset"]["name"] == "smoke" and plan["preset"]["train_diffusion"]["steps"] == 450
+    train = plan["resources"]["train"]
+    assert set(train) == {"diffusion", "classifier", "evaluator"}
+    assert all(t["resources_per_worker"]["CPU"] == 2.5 for t in train.values())  # (8 - 0.5) shared by 3 trainers
+    assert train["diffusion"]["ema_init_share"] == {"0.995": round(0.995 ** 450, 4)}
+    assert "ema_init_share" not in train["classifier"]
+    assert set(plan["resources"]) == set(STAGES)
+    assert list(tmp_path.iterdir()) == [], "a dry run must not create files"
 
 
 def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_server, monkeypatch):
