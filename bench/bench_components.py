@@ -7,7 +7,10 @@ baseline : fp32, einsum attention (the released code's form), NCHW, eager.
 fast     : SDPA attention, channels_last, bf16 autocast where the hardware has native bf16, torch.compile.
 Both are measured in the same process on the same machine; the ratio is what counts.
 
+On CUDA two more training variants: + fused AdamW, + CUDA graphs (torch.compile mode="reduce-overhead").
+
     python bench/bench_components.py [--batch 32] [--iters 10] [--device cpu|cuda] [--no-compile]
+                                     [--only train|guided] [--variants 3,4] [--profile]
 """
 
 import argparse
@@ -40,6 +43,8 @@ class Variant:
     channels_last: bool
     autocast: bool
     compile: bool
+    fused_adamw: bool = False  # one kernel for the whole AdamW update (CUDA)
+    cuda_graphs: bool = False  # torch.compile mode="reduce-overhead": replay the step's kernels as CUDA graphs
 
 
 def prepare(net, v: Variant, device):
@@ -56,9 +61,10 @@ def _input(x, v: Variant):
 def train_step_fn(v: Variant, device, batch):
     torch.manual_seed(0)
     model = prepare(build_unet(UNET), v, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=v.fused_adamw or None)
     diffusion = create_diffusion(DIFFUSION)
-    fwd = torch.compile(model) if v.compile else model
+    mode = "reduce-overhead" if v.cuda_graphs else None
+    fwd = torch.compile(model, mode=mode) if v.compile else model
     x0 = _input(torch.rand(batch, 3, 32, 32, device=device) * 2 - 1, v)
     y = torch.randint(0, 10, (batch,), device=device)
 
@@ -117,6 +123,11 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--only", choices=("train", "guided"), help="measure one of the two steps")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, profile 5 steps of the last variant and print its costliest kernels")
+    parser.add_argument("--variants", help="comma list of variant numbers to run (0 = baseline, always run); "
+                                           "default: all")
     args = parser.parse_args()
     device = torch.device(args.device)
     variants = [
@@ -126,16 +137,41 @@ def main():
     ]
     if not args.no_compile:
         variants.append(Variant("sdpa + channels_last + compile", "sdpa", True, True, True))
+    if not args.no_compile and device.type == "cuda":
+        variants += [Variant("sdpa + cl + compile + fused AdamW", "sdpa", True, True, True, fused_adamw=True),
+                     Variant("sdpa + cl + compile + fused + CUDA graphs", "sdpa", True, True, True, True, True)]
+    if args.variants:
+        keep = {0, *map(int, args.variants.split(","))}
+        variants = [v for i, v in enumerate(variants) if i in keep]
     print(f"device={device} torch={torch.__version__} cpu={platform.processor() or platform.machine()} "
           f"threads={torch.get_num_threads()} native_bf16={bf16_supported(device)} batch={args.batch}")
-    for what, make in (("train step", train_step_fn), ("guided DDIM step", guided_step_fn)):
+    steps = (("train step", train_step_fn), ("guided DDIM step", guided_step_fn))
+    for what, make in [s for s in steps if args.only is None or s[0].startswith(args.only)]:
         base = None
         for v in variants:
-            seconds = measure(make(v, device, args.batch), args.iters, args.warmup + (2 if v.compile else 0), device)
+            if what.startswith("guided") and v.fused_adamw:
+                continue  # training-only variants
+            step = make(v, device, args.batch)
+            seconds = measure(step, args.iters, args.warmup + (2 if v.compile else 0), device)
             rate = args.batch / seconds
             base = base or rate
             name = v.name + (" + bf16" if v.autocast and bf16_supported(device) else "")
             print(f"{what:17s} {name:41s} {rate:9.1f} images/s  x{rate / base:.2f}", flush=True)
+        if args.profile:
+            profile(step, device)
+
+
+def profile(step, device):
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(5):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60), flush=True)
 
 
 if __name__ == "__main__":

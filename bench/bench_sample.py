@@ -38,6 +38,7 @@ def save_random(kind: str, preset, folder: str) -> str:
 
 def in_process(job: SampleJob, threads: int) -> float:
     sampler = GuidedSampler(job, threads)
+    sampler.sample_shard(0)  # warm-up (CUDA context, cuDNN plans, compile) out of the timed loop
     start = time.perf_counter()
     n = 0
     for k in range(len(plan_shards(job.scales, job.num_samples, job.batch_size))):
@@ -53,6 +54,8 @@ def main():
     parser.add_argument("--sampler", default="ddim10")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads of the one-process sampler and of the (single) Ray Data actor")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="torch.compile in both samplers (auto: on CUDA only)")
     args = parser.parse_args()
     preset = get_preset(args.preset)
     threads = args.threads
@@ -60,7 +63,7 @@ def main():
         job = SampleJob(diffusion=save_random("diffusion", preset, f"{tmp}/d"),
                         classifier=save_random("classifier", preset, f"{tmp}/c"), out=f"{tmp}/out",
                         scales=(2.0,), num_samples=args.num_samples, sampler=args.sampler,
-                        batch_size=args.batch_size, actors=1,
+                        batch_size=args.batch_size, actors=1, compile=args.compile,
                         actor_cpus=threads if threads < (os.cpu_count() or 1) else None)
         guided = in_process(job, threads)
         unguided = in_process(dataclasses.replace(job, scales=(0.0,)), threads)
@@ -75,7 +78,7 @@ def main():
         ray.shutdown()
         guided_after = in_process(job, threads)  # again after Ray: the baseline is the mean of before and after
     print(f"preset={args.preset} sampler={args.sampler} samples={args.num_samples} batch={args.batch_size} "
-          f"threads={threads}")
+          f"threads={threads} compile={args.compile} device={'cuda' if torch.cuda.is_available() else 'cpu'}")
     print(f"unguided, one process   {unguided:8.2f} images/s")
     print(f"guided, one process     {guided:8.2f} images/s before Ray, {guided_after:.2f} after "
           f"(guidance costs x{unguided / guided:.2f} time per step)")

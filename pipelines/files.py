@@ -32,16 +32,19 @@ def read_npz(url: str) -> dict:
 
 
 def actor_plan(requested: int | None, pending: int, cpus_per_actor: float | None = None) -> tuple[int, dict]:
-    """How many Ray Data actors and what each asks for: one GPU each on GPU clusters, else the CPUs shared out with
-    half a CPU left for the driver and Ray Data (one actor per 2 CPUs unless `requested`), at most one node's CPUs;
-    `cpus_per_actor` fixes each CPU actor's share (and its torch threads) instead."""
+    """How many Ray Data actors and what each asks for: one GPU each on GPU clusters (more actors than GPUs
+    share them: 1/k GPU each, k actors per GPU), else the CPUs shared out with half a CPU left for the driver and
+    Ray Data (one actor per 2 CPUs unless `requested`), at most one node's CPUs; `cpus_per_actor` fixes each CPU
+    actor's share (and its torch threads) instead."""
     import ray
 
     from .cluster import cluster_cpus, largest_node_cpus
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus:
-        return max(1, min(requested or gpus, pending)), {"num_gpus": 1, "num_cpus": 1}
+        n = max(1, min(requested or gpus, pending))
+        per_gpu = -(-n // gpus)  # ceil: an actor asking 1/k GPU packs k to a GPU, so every actor gets placed
+        return n, {"num_gpus": 1 / per_gpu, "num_cpus": 1}
     cpus = cluster_cpus()
     if cpus_per_actor:
         if cpus_per_actor > largest_node_cpus():

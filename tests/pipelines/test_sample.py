@@ -5,6 +5,7 @@ import io
 import fsspec
 import numpy as np
 import pytest
+import ray
 import torch
 from mlflow import MlflowClient
 
@@ -114,3 +115,16 @@ def test_bad_input_is_refused_before_actors(tmp_path, nets):
     with pytest.raises(UserError, match="is a diffusion checkpoint"):
         validate(_job(nets, tmp_path, classifier=nets["diffusion"]))
     validate(_job(nets, tmp_path, classifier=None, scales=(0.0,)))  # unguided needs no classifier
+
+
+@pytest.mark.parametrize("gpus, requested, pending, actors, share", [
+    (1, None, 5, 1, 1.0), (1, 2, 5, 2, 0.5), (2, 3, 5, 3, 0.5), (4, None, 2, 2, 1.0), (1, 4, 3, 3, 1 / 3)])
+def test_actor_plan_places_every_actor_on_gpu_clusters(monkeypatch, gpus, requested, pending, actors, share):
+    """More sampler actors than GPUs share the GPUs (1/k each) instead of asking for GPUs that never come."""
+    from pipelines.files import actor_plan
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": float(gpus)})
+    n, resources = actor_plan(requested, pending)
+    assert (n, resources["num_gpus"]) == (actors, pytest.approx(share))
+    per_gpu = round(1 / resources["num_gpus"])
+    assert per_gpu * gpus >= n and resources["num_cpus"] == 1
