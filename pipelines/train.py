@@ -119,7 +119,8 @@ def plan(preset: Preset, kinds, cluster_cpus: float) -> dict:
 
 
 # --- trainers ---------------------------------------------------------------------------------------------------------
-def make_trainer(kind: str, preset: Preset, data_url: str, run_id: str, opts: TrainOptions, cpus: float):
+def make_trainer(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOptions, cpus: float):
+    """The TorchTrainer of one network; `dataset` is the training split (training_dataset), shared by the trainers."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -140,7 +141,7 @@ def make_trainer(kind: str, preset: Preset, data_url: str, run_id: str, opts: Tr
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
-        datasets={"train": training_dataset(data_url, opts)},
+        datasets={"train": dataset},
     )
 
 
@@ -166,11 +167,11 @@ def training_dataset(data_url: str, opts: TrainOptions):
     return ds.materialize() if decoded <= opts.materialize_bytes else ds
 
 
-def _fit(kind: str, preset: Preset, data_url: str, run_id: str, opts: TrainOptions, cpus: float,
+def _fit(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOptions, cpus: float,
          tracker: Tracker) -> TrainOutcome:
     started = time.time()
     try:
-        result = make_trainer(kind, preset, data_url, run_id, opts, cpus).fit()
+        result = make_trainer(kind, preset, dataset, run_id, opts, cpus).fit()
         metrics = dict(result.metrics or {})
         bad_step = _nonfinite_step(opts, kind, run_id)
         if bad_step is not None:
@@ -182,7 +183,9 @@ def _fit(kind: str, preset: Preset, data_url: str, run_id: str, opts: TrainOptio
         outcome = TrainOutcome(kind, run_id, result.checkpoint.path, int(metrics.get("step", 0)), metrics=metrics,
                                started=started, finished=time.time())
         outcome.model_uri = _log_final(tracker, outcome, result.checkpoint, preset)
-        tracker.set_tags(run_id, {"adm.model_uri": outcome.model_uri, "adm.checkpoint": outcome.checkpoint})
+        tracker.set_tags(run_id, {"adm.model_uri": outcome.model_uri, "adm.checkpoint": outcome.checkpoint,
+                                  # when this trainer's Ray Train fit() ran (unix seconds): concurrent trainers overlap
+                                  "adm.fit_started": f"{started:.3f}", "adm.fit_finished": f"{outcome.finished:.3f}"})
         tracker.end_run(run_id, "FINISHED")
         return outcome
     except BaseException as e:
@@ -210,6 +213,18 @@ def _log_final(tracker: Tracker, outcome: TrainOutcome, checkpoint, preset: Pres
             return tracker.log_network(outcome.run_id, f"{outcome.kind}_model", weights, config)
 
 
+def _shared_dataset(data_url: str, opts: TrainOptions, run_ids: dict, tracker: Tracker):
+    """The training split, read and decoded once for all trainers (each streams its own pass over it); a failure
+    here fails every training run."""
+    try:
+        return training_dataset(data_url, opts)
+    except Exception as e:
+        for run_id in run_ids.values():
+            tracker.set_tags(run_id, {"error": f"{type(e).__name__}: {e}"[:5000]})
+            tracker.end_run(run_id, "FAILED")
+        raise TrainingError(f"reading the training split of {data_url} failed: {type(e).__name__}: {e}") from e
+
+
 def _in_daemon_thread(fn, *args) -> Future:
     """Run fn(*args) in a daemon thread (so an interrupted driver can exit without waiting for fit() to return)."""
     future = Future()
@@ -234,9 +249,10 @@ def _interrupt(futures: dict, run_ids: dict, tracker: Tracker, log) -> None:
     log("interrupted: stopping the trainers")
     ray.shutdown()
     concurrent.futures.wait(list(futures.values()), timeout=10)
-    for kind, future in futures.items():
-        if not (future.done() and future.exception() is None):
-            tracker.end_run(run_ids[kind], "KILLED")
+    for kind, run_id in run_ids.items():
+        future = futures.get(kind)
+        if not (future and future.done() and future.exception() is None):
+            tracker.end_run(run_id, "KILLED")
 
 
 def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=KINDS, log=print) -> dict[str, TrainOutcome]:
@@ -271,9 +287,11 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=KINDS, log=pr
         ema = "".join(f"; EMA {rate:g} ends with {ema_init_share(rate, cfg.steps):.1%} of the initial weights"
                       for rate in cfg.ema_rate)
         log(f"[{kind}] MLflow run {run_ids[kind]}; {cfg.num_workers} worker(s) x {cpus[kind]} CPU{ema}")
-    futures = {k: _in_daemon_thread(_fit, k, preset, data_url, run_ids[k], opts, cpus[k], tracker) for k in kinds}
-    outcomes, errors = {}, []
+    futures, outcomes, errors = {}, {}, []
     try:
+        dataset = _shared_dataset(data_url, opts, run_ids, tracker)
+        for k in kinds:
+            futures[k] = _in_daemon_thread(_fit, k, preset, dataset, run_ids[k], opts, cpus[k], tracker)
         for kind, future in futures.items():
             try:
                 outcomes[kind] = future.result()

@@ -8,12 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
+from safetensors.torch import load_file
 
 from components.config import ConfigError, UserError, apply_overrides
 from components.presets import get_preset
+from components.training import Learner
 from pipelines.networks import resolve
 from pipelines.run import STAGES, Pipeline, RunRequest, check_request
 
@@ -53,10 +57,11 @@ def test_dry_run_prints_config_and_resources_and_writes_nothing(tmp_path):
 
 
 def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_server, monkeypatch):
-    req = RunRequest(get_preset("smoke"), workdir=str(tmp_path / "work"), tracking_uri=mlflow_server,
-                     experiment="e2e")
+    preset = apply_overrides(get_preset("smoke"), ["train_diffusion.sample_interval=10"])
+    req = RunRequest(preset, workdir=str(tmp_path / "work"), tracking_uri=mlflow_server, experiment="e2e")
     first = Pipeline(req, log=lambda *_: None).execute()
     client = MlflowClient(mlflow_server)
+    check_trainers(client, tmp_path, preset, first["train"])
     parent = client.get_run(first["run_id"])
     assert parent.info.status == "FINISHED"
     stages = stage_runs(client, first["run_id"])
@@ -91,7 +96,7 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert len(client.search_model_versions("name = 'adm-smoke-diffusion'")) == 1
 
     # the champion alias moves only when the chosen metric (FID at scale 2) improves
-    pipeline = Pipeline(RunRequest(get_preset("smoke"), tracking_uri=mlflow_server, experiment="e2e",
+    pipeline = Pipeline(RunRequest(preset, tracking_uri=mlflow_server, experiment="e2e",
                                    model_prefix="champ"), log=lambda *_: None)
     pipeline.run_id = first["run_id"]
     scratch = client.create_run(parent.info.experiment_id).info.run_id
@@ -104,6 +109,52 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     improved = {"diffusion": trained["evaluator"], "classifier": trained["diffusion"]}
     assert pipeline.register(scratch, improved, [{"guidance_scale": 2.0, "fid": 40.0}])["diffusion"]["champion"]
     assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "3"
+
+
+def check_trainers(client, tmp_path, preset, trained):
+    """The train stage's three Ray Train runs: tracked, concurrent, checkpointed; the logged model predicts."""
+    runs = {kind: client.get_run(trained[kind]["run_id"]) for kind in ("diffusion", "classifier", "evaluator")}
+    history = {kind: client.get_metric_history(run.info.run_id, "loss") for kind, run in runs.items()}
+    for kind, run in runs.items():
+        assert run.info.status == "FINISHED" and run.data.params["train_diffusion.steps"] == "20"
+        assert [m.step for m in history[kind]] == [5, 10, 15, 20]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+        assert "checkpoint/model.safetensors" in artifacts and "checkpoint/optimizer.pt" in artifacts
+    # the three fit() calls overlap in time (run serially, each would start after the previous one ended)
+    window = {kind: (float(r.data.tags["adm.fit_started"]), float(r.data.tags["adm.fit_finished"]))
+              for kind, r in runs.items()}
+    assert max(w[0] for w in window.values()) < min(w[1] for w in window.values())
+    losses = [m.value for m in history["diffusion"]]  # hybrid loss on shapes, 20 steps at lr 1e-3
+    assert losses[-1] < losses[0]
+    assert {a.path for a in client.list_artifacts(runs["diffusion"].info.run_id, "samples")} == {
+        "samples/step_0000010.png", "samples/step_0000020.png"}
+    assert any(k.startswith("top1_q") for k in runs["classifier"].data.metrics)  # per timestep quartile
+
+    # the final checkpoint round-trips bit-exactly: storage -> Learner -> files equal to the MLflow artifact
+    checkpoint = runs["diffusion"].data.tags["adm.checkpoint"]
+    learner = Learner("diffusion", preset, torch.device("cpu"))
+    learner.load(checkpoint)
+    assert learner.step == 20
+    logged = Path(client.download_artifacts(runs["diffusion"].info.run_id, "checkpoint", str(tmp_path / "dl")))
+    for name in ("model.safetensors", "ema_0.99.safetensors"):
+        a, b = load_file(str(logged / name)), load_file(str(Path(checkpoint) / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    learner.save(tmp_path / "again", config={})
+    again = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert all(torch.equal(again[k], v) for k, v in load_file(str(logged / "model.safetensors")).items())
+
+    # the logged MLflow model (from code, safetensors inside) predicts with the EMA weights
+    mlflow.set_tracking_uri(client.tracking_uri)
+    model = mlflow.pyfunc.load_model(trained["diffusion"]["model_uri"])
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    t, y = np.array([3, 700]), np.array([0, 1])
+    got = model.predict({"x_t": x, "t": t, "y": y})
+    net = learner.net.eval()
+    for p, e in zip(net.parameters(), learner.ema[0.99]):
+        p.data.copy_(e)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
+    assert np.allclose(got, want, atol=1e-5)
 
 
 def check_model_uris(tmp_path, tracking_uri, trained):

@@ -1,22 +1,17 @@
-"""Ray Train stages on a real local Ray instance (2 CPUs) against a real MLflow tracking server."""
+"""Ray Train stages on a real local Ray instance (2 CPUs) against a real MLflow tracking server (the three trainers
+of a whole pipeline, concurrently, are checked in test_run.py::test_smoke_pipeline_tree_cache_and_registry)."""
 
 import json
 import os
 import signal
 import threading
 import time
-from pathlib import Path
 
-import mlflow
-import numpy as np
 import pytest
-import torch
 from mlflow import MlflowClient
-from safetensors.torch import load_file
 
 from components.config import ConfigError, UserError, apply_overrides
 from components.presets import get_preset
-from components.training import Learner
 from pipelines.ingest import IngestOptions, ingest
 from pipelines.tracking import TrackingError
 from pipelines.train import TrainingError, TrainOptions, train, worker_resources
@@ -36,57 +31,6 @@ def shapes(tmp_path_factory):
 
 def _opts(tmp_path, uri, experiment, **kw):
     return TrainOptions(storage=str(tmp_path / "storage"), tracking_uri=uri, experiment=experiment, **kw)
-
-
-def test_three_trainers_run_concurrently_and_track(tmp_path, shapes, ray_cluster, mlflow_server):
-    preset = apply_overrides(get_preset("smoke"), TINY)
-    outcomes = train(preset, shapes, _opts(tmp_path, mlflow_server, "concurrent"), log=lambda *_: None)
-    client = MlflowClient(mlflow_server)
-    assert set(outcomes) == {"diffusion", "classifier", "evaluator"}
-    for outcome in outcomes.values():
-        run = client.get_run(outcome.run_id)
-        assert run.info.status == "FINISHED" and outcome.steps == 20
-        assert run.data.params["train_diffusion.steps"] == "20"
-        history = client.get_metric_history(outcome.run_id, "loss")
-        assert [m.step for m in history] == [5, 10, 15, 20]
-        artifacts = {a.path for a in client.list_artifacts(outcome.run_id, "checkpoint")}
-        assert "checkpoint/model.safetensors" in artifacts and "checkpoint/optimizer.pt" in artifacts
-    # the three fit() calls overlap in time (run serially, each would start after the previous one ended)
-    assert max(o.started for o in outcomes.values()) < min(o.finished for o in outcomes.values())
-    # the diffusion loss goes down (hybrid loss on shapes, 20 steps at lr 1e-3)
-    losses = [m.value for m in client.get_metric_history(outcomes["diffusion"].run_id, "loss")]
-    assert losses[-1] < losses[0]
-    assert {a.path for a in client.list_artifacts(outcomes["diffusion"].run_id, "samples")} == {
-        "samples/step_0000010.png", "samples/step_0000020.png"}
-    # the classifier logs top-1/top-k per timestep quartile
-    assert any(k.startswith("top1_q") for k in client.get_run(outcomes["classifier"].run_id).data.metrics)
-
-    # the final checkpoint round-trips bit-exactly: storage -> Learner -> files equal to the MLflow artifact
-    outcome = outcomes["diffusion"]
-    learner = Learner("diffusion", preset, torch.device("cpu"))
-    learner.load(outcome.checkpoint)
-    assert learner.step == 20
-    logged = Path(client.download_artifacts(outcome.run_id, "checkpoint", str(tmp_path / "dl")))
-    for name in ("model.safetensors", "ema_0.99.safetensors"):
-        a, b = load_file(str(logged / name)), load_file(str(Path(outcome.checkpoint) / name))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    saved = tmp_path / "again"
-    learner.save(saved, config={})
-    again = load_file(str(saved / "model.safetensors"))
-    assert all(torch.equal(again[k], v) for k, v in load_file(str(logged / "model.safetensors")).items())
-
-    # the logged MLflow model (from code, safetensors inside) predicts with the EMA weights
-    mlflow.set_tracking_uri(mlflow_server)
-    model = mlflow.pyfunc.load_model(outcome.model_uri)
-    x, t, y = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32), np.array([3, 700]), \
-        np.array([0, 1])
-    got = model.predict({"x_t": x, "t": t, "y": y})
-    net = learner.net.eval()
-    for p, e in zip(net.parameters(), learner.ema[0.99]):
-        p.data.copy_(e)
-    with torch.no_grad():
-        want = net(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
-    assert np.allclose(got, want, atol=1e-5)
 
 
 def test_killed_worker_resumes_from_checkpoint(tmp_path, shapes, ray_cluster, mlflow_server):
