@@ -311,22 +311,30 @@ def load_cached(url: str) -> dict | None:
 
 
 # --- metrics per scale ------------------------------------------------------------------------------------------------
-def score(feats: dict, ref: dict, labels: np.ndarray | None, fid_method: str = "eigh") -> dict:
-    """Metrics of one scale's samples against the reference statistics."""
+def score(feats: dict, ref: dict, labels: np.ndarray | None, fid_method: str = "eigh", roots: dict | None = None
+          ) -> dict:
+    """Metrics of one scale's samples against the reference statistics. With "eigh", the reference covariances'
+    roots are computed once into `roots` (pass the same dict for every scale) instead of once per scale."""
     row = {}
+    roots = {} if roots is None else roots
 
-    def fid(values, mu, sigma):
-        return metrics.frechet_distance(*metrics.feature_statistics(values), mu, sigma, method=fid_method)
+    def fid(values, mu, sigma_key):
+        sigma = ref[sigma_key]
+        if fid_method != "eigh":
+            return metrics.frechet_distance(*metrics.feature_statistics(values), mu, sigma, method=fid_method)
+        if sigma_key not in roots:
+            roots[sigma_key] = metrics.covariance_root(sigma)
+        return metrics.frechet_distance_to_reference(values, mu, sigma, roots[sigma_key])
 
     if "inception.pool" in feats:
-        row["fid"] = fid(feats["inception.pool"], ref["inception.mu"], ref["inception.sigma"])
-        row["sfid"] = fid(feats["inception.spatial"], ref["inception.mu_s"], ref["inception.sigma_s"])
+        row["fid"] = fid(feats["inception.pool"], ref["inception.mu"], "inception.sigma")
+        row["sfid"] = fid(feats["inception.spatial"], ref["inception.mu_s"], "inception.sigma_s")
         if "inception.features" in ref:
             row["precision"], row["recall"] = metrics.precision_recall(ref["inception.features"],
                                                                        feats["inception.pool"])
     if "evaluator.pool" in feats:
         pool, probs = feats["evaluator.pool"], feats["evaluator.probs"]
-        row["evaluator_fid"] = fid(pool, ref["evaluator.mu"], ref["evaluator.sigma"])
+        row["evaluator_fid"] = fid(pool, ref["evaluator.mu"], "evaluator.sigma")
         row["evaluator_precision"], row["evaluator_recall"] = metrics.precision_recall(ref["evaluator.features"], pool)
         row["score"] = metrics.inception_score(probs, splits=max(1, len(probs) // SCORE_SPLIT))
         if labels is not None:
@@ -366,9 +374,9 @@ def run_evaluation(job: EvaluateJob, log=print) -> EvaluationResult:
             part = {k: v for k, v in fresh.items() if k.startswith(f"{n}.")}
             write_bytes_atomic(urls[n], npz_bytes(**part))
             ref_stats.update(part)
-    rows = []
+    rows, roots = [], {}
     for scale, source in samples.items():
         row = {"guidance_scale": scale if scale is not None else math.nan, "num_samples": source.total}
-        row.update(score(features[source.key], ref_stats, source.labels, job.fid_method))
+        row.update(score(features[source.key], ref_stats, source.labels, job.fid_method, roots))
         rows.append(row)
     return EvaluationResult(rows, job.reference, names)

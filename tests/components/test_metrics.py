@@ -7,7 +7,14 @@ import pytest
 from components import metrics
 from components.data import parse_idx
 from components.features import FeatureError, InceptionFeatures, check_images
-from components.metrics import feature_statistics, frechet_distance, inception_score, precision_recall
+from components.metrics import (
+    covariance_root,
+    feature_statistics,
+    frechet_distance,
+    frechet_distance_to_reference,
+    inception_score,
+    precision_recall,
+)
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -36,6 +43,9 @@ def test_fid_methods_agree(n):
     a, b = rng.normal(size=(n, 64)), rng.normal(size=(n, 64)) * 1.3 + 0.2
     stats = (*feature_statistics(a), *feature_statistics(b))
     assert frechet_distance(*stats, method="eigh") == pytest.approx(frechet_distance(*stats), rel=1e-6)
+    # from the samples' features and the reference's covariance root (N x N eigenproblem when n < d)
+    got = frechet_distance_to_reference(a, *stats[2:], covariance_root(stats[3]))
+    assert got == pytest.approx(frechet_distance(*stats), rel=1e-6)
 
 
 def test_fid_survives_singular_covariances_and_rejects_mismatched_dimensions():
