@@ -207,10 +207,10 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
     left; `--resume` continues training from the last checkpoint, a SIGKILL after training leaves the run KILLED, and
     a second `--resume` finishes it without redoing finished stages. The second run finishes with its own outputs."""
     # configs differ in training and sampling, so neither run can reuse the other's stages; the evaluator network's
-    # features only (Inception on CPU would double the time and adds nothing here); 100 diffusion steps with a
+    # features only (Inception on CPU would double the time and adds nothing here); 60 diffusion steps with a
     # checkpoint every 10 give the first run time to be interrupted between checkpoints
     fast = ["--override", "evaluate.features=evaluator", "--override", "evaluate.champion_metric=evaluator_fid"]
-    args = {1: ["--override", "sample.seed=1", "--override", "train_diffusion.steps=100", *fast],
+    args = {1: ["--override", "sample.seed=1", "--override", "train_diffusion.steps=60", *fast],
             2: ["--override", "sample.seed=2", "--override", "train_diffusion.steps=22", *fast]}
     logs = {n: tmp_path / f"run{n}.log" for n in args}
     runs = {n: subprocess.Popen(_adm("run", "--preset", "smoke", *args[n]), env=_env(), cwd=tmp_path,
@@ -257,8 +257,8 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
         second.wait()
     resumed = client.get_run(diffusion.info.run_id)  # the same MLflow run, continued
     assert resumed.info.status == "FINISHED"
-    assert 10 <= resumed.data.metrics["resumed_from_step"] < 100
-    assert client.get_metric_history(diffusion.info.run_id, "loss")[-1].step == 100
+    assert 10 <= resumed.data.metrics["resumed_from_step"] < 60
+    assert client.get_metric_history(diffusion.info.run_id, "loss")[-1].step == 60
     assert len([r for r in children(client, train.info.experiment_id, train.info.run_id)
                 if r.data.tags["adm.network"] == "diffusion"]) == 1
     _wait(lambda: client.get_run(first_id).info.status == "KILLED", 60, "the sentinel to mark the run KILLED")
