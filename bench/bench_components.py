@@ -7,7 +7,8 @@ baseline : fp32, einsum attention (the released code's form), NCHW, eager.
 fast     : SDPA attention, channels_last, bf16 autocast where the hardware has native bf16, torch.compile.
 Both are measured in the same process on the same machine; the ratio is what counts.
 
-On CUDA two more training variants: + fused AdamW, + CUDA graphs (torch.compile mode="reduce-overhead").
+On CUDA more variants: + fused AdamW, + CUDA graphs (torch.compile mode="reduce-overhead"), + cudnn.benchmark
+(cuDNN times its convolution algorithms once per shape and keeps the fastest).
 
     python bench/bench_components.py [--batch 32] [--iters 10] [--device cpu|cuda] [--no-compile]
                                      [--only train|guided] [--variants 3,4] [--profile]
@@ -45,6 +46,7 @@ class Variant:
     compile: bool
     fused_adamw: bool = False  # one kernel for the whole AdamW update (CUDA)
     cuda_graphs: bool = False  # torch.compile mode="reduce-overhead": replay the step's kernels as CUDA graphs
+    cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms for these shapes and pick the fastest
 
 
 def prepare(net, v: Variant, device):
@@ -139,7 +141,9 @@ def main():
         variants.append(Variant("sdpa + channels_last + compile", "sdpa", True, True, True))
     if not args.no_compile and device.type == "cuda":
         variants += [Variant("sdpa + cl + compile + fused AdamW", "sdpa", True, True, True, fused_adamw=True),
-                     Variant("sdpa + cl + compile + fused + CUDA graphs", "sdpa", True, True, True, True, True)]
+                     Variant("sdpa + cl + compile + fused + CUDA graphs", "sdpa", True, True, True, True, True),
+                     Variant("sdpa + cl + compile + cudnn.benchmark", "sdpa", True, True, True, cudnn_benchmark=True),
+                     Variant("sdpa + cl + compile + graphs + cudnn.bm", "sdpa", True, True, True, True, True, True)]
     if args.variants:
         keep = {0, *map(int, args.variants.split(","))}
         variants = [v for i, v in enumerate(variants) if i in keep]
@@ -151,6 +155,7 @@ def main():
         for v in variants:
             if what.startswith("guided") and v.fused_adamw:
                 continue  # training-only variants
+            torch.backends.cudnn.benchmark = v.cudnn_benchmark
             step = make(v, device, args.batch)
             seconds = measure(step, args.iters, args.warmup + (2 if v.compile else 0), device)
             rate = args.batch / seconds

@@ -105,9 +105,10 @@ SPEED_SETTINGS = ("auto", "on", "off")
 
 
 def validate_speed(preset) -> None:
-    """compile / channels_last of every training section and of sampling are auto, on or off."""
+    """compile / channels_last of every training section and of sampling, cuda_graphs of training: auto, on or off."""
+    names = {"sample": ("compile", "channels_last")}
     for section in ("train_diffusion", "train_classifier", "train_evaluator", "sample"):
-        for name in ("compile", "channels_last"):
+        for name in names.get(section, ("compile", "channels_last", "cuda_graphs")):
             value = getattr(getattr(preset, section), name)
             if value not in SPEED_SETTINGS:
                 raise ConfigError(f"{section}.{name}={value!r} must be auto (on for CUDA only), on or off")
@@ -150,6 +151,9 @@ class TrainConfig:
     cpus_per_worker: float = 0.0  # 0: the cluster's CPUs shared out among all trainers' workers (1 with a GPU)
     compile: str = "auto"  # torch.compile the training forward/backward: auto (on CUDA) | on | off
     channels_last: str = "auto"  # channels_last memory format: auto (on CUDA) | on | off
+    # compiled with CUDA graphs (torch.compile mode="reduce-overhead": a step's kernels replayed as one graph):
+    # auto (on CUDA when compiled; one-worker trainers, DDP keeps plain compile) | on | off
+    cuda_graphs: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,15 @@ def wanted(setting: str, device: torch.device | str) -> bool:
     return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
 
 
-def speed_up(net: torch.nn.Module, device, channels_last: str = "auto", compile: str = "auto"):
+def speed_up(net: torch.nn.Module, device, channels_last: str = "auto", compile: str = "auto",
+             cuda_graphs: str = "off"):
     """The callable to use in hot loops. channels_last converts `net`'s parameters in place (convolutions then run
-    NHWC); compile returns a torch.compile wrapper. `net` itself stays the module whose state_dict is saved, so
-    checkpoint keys never carry the wrapper's prefix."""
+    NHWC); compile returns a torch.compile wrapper, replaying its kernels as CUDA graphs where `cuda_graphs` is
+    wanted on a CUDA device (the training step is launch-bound without them: bench/RESULTS.md). `net` itself stays
+    the module whose state_dict is saved, so checkpoint keys never carry the wrapper's prefix."""
     if wanted(channels_last, device):
         net.to(memory_format=torch.channels_last)
-    return torch.compile(net) if wanted(compile, device) else net
+    if not wanted(compile, device):
+        return net
+    graphs = torch.device(device).type == "cuda" and wanted(cuda_graphs, device)
+    return torch.compile(net, mode="reduce-overhead" if graphs else None)

@@ -21,7 +21,7 @@ from .config import ConfigError, Preset, TrainConfig
 from .diffusion import create_diffusion
 from .losses import classifier_losses, topk_correct, training_losses
 from .models import build_classifier, build_unet
-from .precision import autocast_context, speed_up
+from .precision import autocast_context, speed_up, wanted
 from .sampling import SampleNoise, ddim_sample
 
 KINDS = ("diffusion", "classifier", "evaluator")
@@ -52,7 +52,9 @@ class Learner:
         torch.manual_seed(seed)
         self.net = build_network(preset, kind).to(self.device)
         # what train_step calls: channels_last / torch.compile where they pay (on CUDA by default)
-        self.fast = speed_up(self.net, self.device, self.cfg.channels_last, self.cfg.compile)
+        self.fast = speed_up(self.net, self.device, self.cfg.channels_last, self.cfg.compile, self.cfg.cuda_graphs)
+        self.graphs = self.fast is not self.net and self.device.type == "cuda" and wanted(self.cfg.cuda_graphs,
+                                                                                           self.device)
         self.diffusion = create_diffusion(preset.diffusion, "")
         fused = True if self.device.type == "cuda" else None  # one kernel for the whole AdamW update on GPUs
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -77,11 +79,13 @@ class Learner:
         return {"loss": torch.nn.functional.cross_entropy(logits, y, reduction="none"), **topk_correct(logits, y)}
 
     def hot(self, module):
-        """`module` (e.g. the DDP wrapper of self.net) compiled when this trainer compiles."""
+        """`module` (e.g. the DDP wrapper of self.net) compiled when this trainer compiles (without CUDA graphs)."""
         return speed_up(module, self.device, channels_last="off", compile=self.cfg.compile)
 
     def train_step(self, x0: torch.Tensor, y: torch.Tensor, model=None, gather=None) -> dict:
         """One step on a batch (split in microbatches); returns scalar metrics. `model` may be a DDP wrapper."""
+        if model is None and self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs are done
         model = model or self.fast
         self.net.train()
         for group in self.opt.param_groups:

@@ -1,7 +1,7 @@
 import pytest
 
 from components import build_unet
-from components.config import ConfigError, UNetConfig, apply_overrides
+from components.config import ConfigError, UNetConfig, apply_overrides, validate_speed
 from components.presets import PRESET_BUILDERS, get_preset
 
 
@@ -31,6 +31,14 @@ def test_overrides_coerce_and_reject():
         apply_overrides(p, ["model.width=3"])
     with pytest.raises(ConfigError, match="bad value"):
         apply_overrides(p, ["unet.model_channels=abc"])
+
+
+def test_speed_settings_are_auto_on_or_off():
+    validate_speed(apply_overrides(get_preset("smoke"), ["train_classifier.cuda_graphs=on", "sample.compile=off"]))
+    with pytest.raises(ConfigError, match="train_diffusion.cuda_graphs='yes' must be auto"):
+        validate_speed(apply_overrides(get_preset("smoke"), ["train_diffusion.cuda_graphs=yes"]))
+    with pytest.raises(ConfigError, match="sample.channels_last='fast' must be auto"):
+        validate_speed(apply_overrides(get_preset("smoke"), ["sample.channels_last=fast"]))
 
 
 @pytest.mark.parametrize("name", sorted(PRESET_BUILDERS))
