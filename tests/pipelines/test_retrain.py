@@ -10,12 +10,14 @@ from PIL import Image
 from components.config import apply_overrides
 from components.data import DataError, make_shapes
 from components.presets import get_preset
-from pipelines.retrain import retrain
+from pipelines.retrain import WATCHED, decide_skip, retrain
 from pipelines.run import RunRequest
+from pipelines.tracking import Tracker
 
 # Inception features: one fixed extractor, so FID is comparable between cycles (the evaluator is retrained each
 # time). The networks train for one step: their samples are noise-like whatever the data, so which candidate wins is
 # decided by the data each cycle's FID is measured against (the first rows of the train split are the reference).
+# Two cycles train: the first against a champion registered before it (seed_champion), the second against the first.
 OVERRIDES = ["evaluate.features=inception", "evaluate.champion_metric=fid",
              *[f"train_{k}.steps=1" for k in ("diffusion", "classifier", "evaluator")]]
 
@@ -47,38 +49,54 @@ def champion(client):
     return client.get_model_version_by_alias("rt-diffusion", "champion").version
 
 
+def seed_champion(client, fid: float) -> str:
+    """A champion registered before any cycle ran (by hand, or by an older pipeline), with the FID it was chosen for;
+    returns its diffusion version."""
+    run = client.create_run(client.create_experiment("retrain-seed"))
+    tags = {"adm.fid_scale_2": str(fid), **{key: "seeded" for key in WATCHED}}
+    for kind in ("diffusion", "classifier"):
+        client.create_registered_model(f"rt-{kind}")
+        version = client.create_model_version(f"rt-{kind}", f"{run.info.artifact_uri}/{kind}_model", run.info.run_id,
+                                              tags=tags).version
+        client.set_registered_model_alias(f"rt-{kind}", "champion", version)
+    return champion(client)
+
+
+def test_no_champion_yet_means_run(tmp_path, mlflow_server):
+    req = RunRequest(get_preset("smoke"), data=str(tmp_path), tracking_uri=mlflow_server, model_prefix="none-yet")
+    assert decide_skip(Tracker(mlflow_server), req, {k: "x" for k in WATCHED}) == (None, ["no champion yet"])
+
+
 def test_retrain_cycles_skip_promote_and_keep(tmp_path, ray_cluster, mlflow_server):
     client = MlflowClient(mlflow_server)
     folder = tmp_path / "images"
     add_shapes(folder, 128, seed=1)
     rng = np.random.default_rng(0)
+    # noise images are the reference, close to the noise-like samples: the first cycle beats the seeded champion
+    add_first(folder, "b-noise", rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8))
+    seeded = seed_champion(client, 1e6)
 
-    first = cycle(tmp_path, mlflow_server, folder)  # nothing to compare with: promoted
-    assert first["decision"] == "promoted" and "no champion yet" in first["reason"]
-    assert champion(client) == first["registered"]["diffusion"]["version"]
+    first = cycle(tmp_path, mlflow_server, folder)
+    reg = first["registered"]["diffusion"]
+    assert "changed: data_fingerprint, code_version, config_hash" in first["reason"]
+    assert reg["previous"] == 1e6 and reg["value"] < reg["previous"], first["reason"]
+    assert first["decision"] == "promoted" and champion(client) == reg["version"] != seeded
     assert client.get_model_version_by_alias("rt-classifier", "champion").version == \
         first["registered"]["classifier"]["version"]
 
     again = cycle(tmp_path, mlflow_server, folder)  # same data, code and config: skipped, nothing trained
     assert again["decision"] == "skipped" and "run_id" not in again
-    assert len(client.search_model_versions("name = 'rt-diffusion'")) == 1
+    assert len(client.search_model_versions("name = 'rt-diffusion'")) == 2
 
-    # new data: noise images become the reference, close to the noise-like samples -> lower FID -> promoted
-    add_first(folder, "b-noise", rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8))
-    better = cycle(tmp_path, mlflow_server, folder)
-    reg = better["registered"]["diffusion"]
-    assert "changed: data_fingerprint" in better["reason"]
-    assert reg["value"] < reg["previous"], better["reason"]
-    assert better["decision"] == "promoted" and champion(client) == reg["version"]
-
-    # new data again: flat grey images become the reference, far from the samples -> higher FID -> champion kept
+    # new data: flat grey images become the reference, far from the samples -> higher FID -> champion kept
     add_first(folder, "a-flat", np.full((40, 16, 16, 3), 128, dtype=np.uint8))
     worse = cycle(tmp_path, mlflow_server, folder)
     reg = worse["registered"]["diffusion"]
+    assert "changed: data_fingerprint" in worse["reason"]
     assert reg["value"] > reg["previous"], worse["reason"]
-    assert worse["decision"] == "kept" and champion(client) == better["registered"]["diffusion"]["version"]
+    assert worse["decision"] == "kept" and champion(client) == first["registered"]["diffusion"]["version"]
     assert client.get_model_version_by_alias("rt-classifier", "champion").version == \
-        better["registered"]["classifier"]["version"]
+        first["registered"]["classifier"]["version"]
     tried = cycle(tmp_path, mlflow_server, folder)  # this exact candidate was already tried: skipped
     assert tried["decision"] == "skipped" and "already tried" in tried["reason"]
 
@@ -86,14 +104,14 @@ def test_retrain_cycles_skip_promote_and_keep(tmp_path, ray_cluster, mlflow_serv
     (sorted(p for p in folder.iterdir() if p.is_dir())[-1] / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png"):
         cycle(tmp_path, mlflow_server, folder)
-    assert champion(client) == better["registered"]["diffusion"]["version"]
+    assert champion(client) == first["registered"]["diffusion"]["version"]
 
     runs = client.search_runs([client.get_experiment_by_name("retrain").experiment_id],
                               "tags.`adm.retrain_cycle` = 'smoke'", order_by=["attributes.start_time ASC"])
     decisions = [r.data.tags["adm.decision"] for r in runs]
-    assert decisions == ["promoted", "skipped", "promoted", "kept", "skipped", "failed"]
-    assert [r.info.status for r in runs] == ["FINISHED"] * 5 + ["FAILED"]
+    assert decisions == ["promoted", "skipped", "kept", "skipped", "failed"]
+    assert [r.info.status for r in runs] == ["FINISHED"] * 4 + ["FAILED"]
     assert all(r.data.tags["adm.reason"] for r in runs)
-    runs = runs[:5]
-    assert client.get_run(better["run_id"]).data.tags["mlflow.parentRunId"] == better["cycle_run_id"]
-    assert len({r.data.tags["adm.data_fingerprint"] for r in runs}) == 3
+    runs = runs[:4]
+    assert client.get_run(first["run_id"]).data.tags["mlflow.parentRunId"] == first["cycle_run_id"]
+    assert len({r.data.tags["adm.data_fingerprint"] for r in runs}) == 2

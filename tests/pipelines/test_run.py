@@ -205,7 +205,8 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
     """Two `adm run`s start together in one folder with the embedded defaults (each its own local Ray, one
     ./mlflow.db, one ./adm-work). The first gets Ctrl-C during training: its runs end KILLED, nothing half-written is
     left; `--resume` continues training from the last checkpoint, a SIGKILL after training leaves the run KILLED, and
-    a second `--resume` finishes it without redoing finished stages. The second run finishes with its own outputs."""
+    a second `--resume` finishes it without redoing finished stages. The second run finishes with its own outputs.
+    The interrupt comes after the classifier and evaluator have finished: the resume retrains neither."""
     # configs differ in training and sampling, so neither run can reuse the other's stages; the evaluator network's
     # features only (Inception on CPU would double the time and adds nothing here); 60 diffusion steps with a
     # checkpoint every 10 give the first run time to be interrupted between checkpoints
@@ -221,14 +222,19 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         first_id = logs[1].read_text().split("pipeline run ", 1)[1].split()[0]
 
-        def past_first_checkpoint():
+        def others_done_diffusion_past_first_checkpoint():
             train = stage_runs(client, first_id).get("train")
-            found = train and [r for r in children(client, train.info.experiment_id, train.info.run_id)
-                               if r.data.tags["adm.network"] == "diffusion"]
-            history = found and client.get_metric_history(found[0].info.run_id, "loss")
-            return found[0] if history and history[-1].step >= 15 else None
+            found = {r.data.tags["adm.network"]: r for r in (children(client, train.info.experiment_id,
+                                                                           train.info.run_id) if train else [])}
+            if len(found) < 3 or any(found[k].info.status != "FINISHED" for k in ("classifier", "evaluator")):
+                return None
+            history = client.get_metric_history(found["diffusion"].info.run_id, "loss")
+            return found if history and history[-1].step >= 15 else None
 
-        diffusion = _wait(past_first_checkpoint, 600, "the first run's diffusion trainer to pass its first checkpoint")
+        first_trainers = _wait(others_done_diffusion_past_first_checkpoint, 600,
+                               "the first run's classifier and evaluator to finish and its diffusion trainer to pass "
+                               "its first checkpoint")
+        diffusion = first_trainers["diffusion"]
         runs[1].send_signal(signal.SIGINT)
         assert runs[1].wait(timeout=120) != 0
     finally:
@@ -259,8 +265,11 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
     assert resumed.info.status == "FINISHED"
     assert 10 <= resumed.data.metrics["resumed_from_step"] < 60
     assert client.get_metric_history(diffusion.info.run_id, "loss")[-1].step == 60
-    assert len([r for r in children(client, train.info.experiment_id, train.info.run_id)
-                if r.data.tags["adm.network"] == "diffusion"]) == 1
+    # one run per network: the diffusion run continued, the two trainers that had finished reused, not retrained
+    after = {r.data.tags["adm.network"]: r.info.run_id for r in children(client, train.info.experiment_id,
+                                                                         train.info.run_id)}
+    assert after == {k: r.info.run_id for k, r in first_trainers.items()}
+    assert "[classifier]" not in (tmp_path / "resume1.log").read_text()
     _wait(lambda: client.get_run(first_id).info.status == "KILLED", 60, "the sentinel to mark the run KILLED")
 
     third = subprocess.run(resume, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=900)
