@@ -33,10 +33,15 @@ def _opts(tmp_path, uri, experiment, **kw):
     return TrainOptions(storage=str(tmp_path / "storage"), tracking_uri=uri, experiment=experiment, **kw)
 
 
-def test_killed_worker_resumes_from_checkpoint(tmp_path, shapes, ray_cluster, mlflow_server):
+def test_killed_worker_resumes_while_a_nonfinite_trainer_stops(tmp_path, shapes, ray_cluster, mlflow_server):
+    """Two trainers side by side, each meeting a fault: the diffusion trainer's worker process is killed (it restarts
+    from its last checkpoint and finishes in the same MLflow run); the evaluator's loss becomes inf/NaN (it stops at
+    that step and fails, keeping its last good checkpoint). Neither fault stops the other trainer."""
     preset = apply_overrides(get_preset("smoke"), ["train_diffusion.steps=60", "train_diffusion.save_interval=10",
                                                    "train_diffusion.log_interval=5",
-                                                   "train_diffusion.sample_interval=0"])
+                                                   "train_diffusion.sample_interval=0",
+                                                   "train_evaluator.lr=1e30", "train_evaluator.save_interval=1",
+                                                   "train_evaluator.max_failures=0"])
     heartbeat = tmp_path / "heartbeat.json"
     killed = {}
 
@@ -58,30 +63,25 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, shapes, ray_cluster, ml
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    opts = _opts(tmp_path, mlflow_server, "resume", heartbeat_files={"diffusion": str(heartbeat)})
-    outcome = train(preset, shapes, opts, kinds=("diffusion",), log=lambda *_: None)["diffusion"]
+    opts = _opts(tmp_path, mlflow_server, "faults", heartbeat_files={"diffusion": str(heartbeat)})
+    with pytest.raises(TrainingError, match=r"evaluator: the loss became NaN/inf at step \d+") as failed:
+        train(preset, shapes, opts, kinds=("diffusion", "evaluator"), log=lambda *_: None)
+    assert "diffusion" not in str(failed.value)
     thread.join(timeout=5)
     assert killed, "the worker was never killed"
-    assert outcome.steps == 60
     assert json.loads(heartbeat.read_text())["pid"] != killed["pid"]
     client = MlflowClient(mlflow_server)
-    resumed = [m.value for m in client.get_metric_history(outcome.run_id, "resumed_from_step")]
+    runs = {r.data.tags["adm.network"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("faults").experiment_id])}
+    assert set(runs) == {"diffusion", "evaluator"}  # one run each: the restart continued the diffusion run
+    diffusion = runs["diffusion"].info.run_id
+    resumed = [m.value for m in client.get_metric_history(diffusion, "resumed_from_step")]
     assert len(resumed) == 1 and resumed[0] % 10 == 0 and 10 <= resumed[0] <= killed["step"]
-    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert max(m.step for m in client.get_metric_history(outcome.run_id, "loss")) == 60
-
-
-def test_nonfinite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, shapes, ray_cluster, mlflow_server):
-    preset = apply_overrides(get_preset("smoke"), ["train_evaluator.lr=1e30", "train_evaluator.save_interval=1",
-                                                   "train_evaluator.max_failures=0"])
-    with pytest.raises(TrainingError, match=r"NaN/inf at step \d+"):
-        train(preset, shapes, _opts(tmp_path, mlflow_server, "nan"), kinds=("evaluator",), log=lambda *_: None)
-    client = MlflowClient(mlflow_server)
-    runs = client.search_runs([client.get_experiment_by_name("nan").experiment_id])
-    assert runs[0].info.status == "FAILED"
+    assert runs["diffusion"].info.status == "FINISHED"
+    assert max(m.step for m in client.get_metric_history(diffusion, "loss")) == 60
+    assert runs["evaluator"].info.status == "FAILED"
     kept = list((tmp_path / "storage").glob("evaluator-*/checkpoint_*/model.safetensors"))
-    assert kept, "the last good checkpoint must stay in storage"
+    assert kept, "the evaluator's last good checkpoint must stay in storage"
 
 
 def test_bad_input_fails_before_workers_start(tmp_path, shapes, mlflow_server):
