@@ -201,24 +201,51 @@ def _started(log: Path) -> bool:
     return log.exists() and "pipeline run " in log.read_text()
 
 
+OPEN_AT_ONCE = """
+import os, sys, time
+import mlflow  # imported before the barrier, so that the processes open the store together
+open(sys.argv[2] + "." + str(os.getpid()), "w").close()
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
+from pipelines.tracking import Tracker
+print(Tracker(sys.argv[1]).start_run("adm", "at-once"))
+"""
+
+
+def test_new_sqlite_store_opened_by_three_drivers_at_once(tmp_path):
+    """`adm run`s started together in one folder all create and migrate the same new ./mlflow.db: none may fail
+    (without the store's file lock, the migrations raced and one driver died)."""
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, f"sqlite:///{tmp_path / 'mlflow.db'}", str(go)],
+                              env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    _wait(lambda: len(list(tmp_path.glob("go.*"))) == 3, 120, "the three processes to import mlflow")
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("adm").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(out.strip() for out, _ in outs)
+
+
 def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
-    """Two `adm run`s start together in one folder with the embedded defaults (each its own local Ray, one
-    ./mlflow.db, one ./adm-work). The first gets Ctrl-C during training: its runs end KILLED, nothing half-written is
-    left; `--resume` continues training from the last checkpoint, a SIGKILL after training leaves the run KILLED, and
-    a second `--resume` finishes it without redoing finished stages. The second run finishes with its own outputs.
-    The interrupt comes after the classifier and evaluator have finished: the resume retrains neither."""
-    # configs differ in training and sampling, so neither run can reuse the other's stages; the evaluator network's
-    # features only (Inception on CPU would double the time and adds nothing here); 60 diffusion steps with a
-    # checkpoint every 10 give the first run time to be interrupted between checkpoints
-    fast = ["--override", "evaluate.features=evaluator", "--override", "evaluate.champion_metric=evaluator_fid"]
-    args = {1: ["--override", "sample.seed=1", "--override", "train_diffusion.steps=60", *fast],
-            2: ["--override", "sample.seed=2", "--override", "train_diffusion.steps=22", *fast]}
+    """`adm run` with the embedded defaults (its own local Ray, ./mlflow.db, ./adm-work) gets Ctrl-C during training
+    (after the classifier and evaluator finished): its runs end KILLED, nothing half-written is left; `--resume`
+    continues the diffusion trainer from its last checkpoint and retrains neither finished one; a SIGKILL after
+    training leaves the run KILLED. Then a second `--resume` and a second `adm run` go at once in the same folder:
+    the resume finishes without redoing finished stages, the second run (other sampling seed) reuses the first's
+    training (and so its registered versions) and writes its own samples, metrics and report."""
+    # the evaluator network's features only (Inception on CPU would double the time and adds nothing here); 60
+    # diffusion steps with a checkpoint every 10 give the run time to be interrupted between checkpoints
+    fast = ["--override", "evaluate.features=evaluator", "--override", "evaluate.champion_metric=evaluator_fid",
+            "--override", "train_diffusion.steps=60"]
+    args = {1: ["--override", "sample.seed=1", *fast], 2: ["--override", "sample.seed=2", *fast]}
     logs = {n: tmp_path / f"run{n}.log" for n in args}
-    runs = {n: subprocess.Popen(_adm("run", "--preset", "smoke", *args[n]), env=_env(), cwd=tmp_path,
-                                stdout=open(logs[n], "w"), stderr=subprocess.STDOUT) for n in args}
+    runs = {1: subprocess.Popen(_adm("run", "--preset", "smoke", *args[1]), env=_env(), cwd=tmp_path,
+                                stdout=open(logs[1], "w"), stderr=subprocess.STDOUT)}
     request.addfinalizer(lambda: [run.kill() for run in runs.values()])
     try:
-        _wait(lambda: all(_started(log) for log in logs.values()), 300, "both drivers to create their runs")
+        _wait(lambda: _started(logs[1]), 300, "the driver to create its run")
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         first_id = logs[1].read_text().split("pipeline run ", 1)[1].split()[0]
 
@@ -232,8 +259,8 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
             return found if history and history[-1].step >= 15 else None
 
         first_trainers = _wait(others_done_diffusion_past_first_checkpoint, 600,
-                               "the first run's classifier and evaluator to finish and its diffusion trainer to pass "
-                               "its first checkpoint")
+                               "the classifier and evaluator to finish and the diffusion trainer to pass its first "
+                               "checkpoint")
         diffusion = first_trainers["diffusion"]
         runs[1].send_signal(signal.SIGINT)
         assert runs[1].wait(timeout=120) != 0
@@ -272,9 +299,14 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
     assert "[classifier]" not in (tmp_path / "resume1.log").read_text()
     _wait(lambda: client.get_run(first_id).info.status == "KILLED", 60, "the sentinel to mark the run KILLED")
 
-    third = subprocess.run(resume, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    assert "[train] finished earlier in this run" in third.stdout
+    # the second resume and a second run, at once in this folder (each starts its own local Ray)
+    third = subprocess.Popen(resume, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    runs[2] = subprocess.Popen(_adm("run", "--preset", "smoke", *args[2]), env=_env(), cwd=tmp_path,
+                               stdout=open(logs[2], "w"), stderr=subprocess.STDOUT)
+    out = third.communicate(timeout=900)[0]
+    assert third.returncode == 0, out[-4000:]
+    assert "[train] finished earlier in this run" in out
     assert stage_runs(client, first_id)["train"].info.run_id == train.info.run_id
     assert client.get_run(first_id).info.status == "FINISHED"
     stages = children(client, train.info.experiment_id, first_id)
@@ -282,6 +314,7 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
     assert all(r.info.status == "FINISHED" for r in stages)
 
     assert runs[2].wait(timeout=900) == 0, logs[2].read_text()[-4000:]
+    assert "[train] reused: same config and inputs as run " + train.info.run_id in logs[2].read_text()
     parents = client.search_runs([client.get_experiment_by_name("adm").experiment_id], "tags.`adm.pipeline` = 'smoke'")
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
     samples = []
@@ -291,13 +324,13 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
         npz = sorted(r.data.tags["adm.samples_npz"] for r in scale_runs)
         assert all(f"/runs/{parent.info.run_id}/" in url for url in npz)
         samples.append([np.load(tmp_path / url)["arr_0"] for url in npz])
+        assert (tmp_path / "adm-work" / "runs" / parent.info.run_id / "report.md").exists()
     assert any(not np.array_equal(a, b) for a, b in zip(*samples)), "the two runs' samples are the same files"
-    trainers = [r for p in parents for r in children(client, p.info.experiment_id,
-                                                     stage_runs(client, p.info.run_id)["train"].info.run_id)]
-    assert len({r.info.run_id for r in trainers}) == 6
-    versions = client.search_model_versions("name = 'adm-smoke-diffusion'")
-    assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in trainers
-                                                        if r.data.tags["adm.network"] == "diffusion")
+    # one trained network, one version: both runs' register stages name it
+    (version,) = client.search_model_versions("name = 'adm-smoke-diffusion'")
+    assert version.run_id == diffusion.info.run_id
+    registered = [json.loads(stage_runs(client, p.info.run_id)["register"].data.tags["adm.outputs"]) for p in parents]
+    assert [r["diffusion"]["version"] for r in registered] == [version.version] * 2
 
 
 def test_mlflow_project_entry_point(tmp_path, mlflow_server):
