@@ -17,8 +17,9 @@ from pipelines.tracking import Tracker
 # Inception features: one fixed extractor, so FID is comparable between cycles (the evaluator is retrained each
 # time). The networks train for one step: their samples are noise-like whatever the data, so which candidate wins is
 # decided by the data each cycle's FID is measured against (the first rows of the train split are the reference).
-# Two cycles train: the first against a champion registered before it (seed_champion), the second against the first.
-OVERRIDES = ["evaluate.features=inception", "evaluate.champion_metric=fid",
+# Two cycles train: the first against a champion registered before it (seed_champion), the second against the first;
+# each samples only the champion's scale (2).
+OVERRIDES = ["evaluate.features=inception", "evaluate.champion_metric=fid", "sample.guidance_scales=2",
              *[f"train_{k}.steps=1" for k in ("diffusion", "classifier", "evaluator")]]
 
 
