@@ -2,29 +2,38 @@
 cost of guidance (guided vs unguided step time).
 
 Networks: the preset's diffusion model and noisy classifier with random weights (throughput does not depend on the
-weights). The Ray number is the wall time of run_sampling after ray.init, actor start-up and model loading included; the
-"inside the actors" number divides the images by the time the actors spent in their shards (sampling + NPZ write),
-which separates Ray's fixed cost from a slowdown of the sampling itself. The one-process guided rate is measured before
-and after the Ray run and the ratios use their mean, so drift of a shared machine does not land on one side.
+weights). Two comparisons, each with the same accounting on both sides:
+
+- whole job: `run_sampling` (after ray.init: Ray Data planning, actor start-up, model loading, sampling, shard writes,
+  per-scale NPZ and grid) against the same job done by one fresh Python process (interpreter and imports, model
+  loading, the same GuidedSampler over every shard, the same writes), timed from outside that process;
+- steady state: images per second of shard work after each side's first shard (CUDA / cuDNN / compile warm-up left
+  out on both sides), inside the actors vs in one process. The one-process rate is measured before and after the Ray
+  job and the ratios use their mean, so drift of a shared machine does not land on one side.
 
     python bench/bench_sample.py [--preset fashion-mnist] [--num-samples 64] [--batch-size 32] [--sampler ddim10]
-                                 [--threads N]
+                                 [--scales 2] [--preset-job] [--actors 1] [--threads N] [--compile auto]
 
-With --threads below the machine's core count the actor asks for exactly that many CPUs (--actor-cpus), so both
+--preset-job samples the preset's own sampling job (its scale grid, samples per scale, batch size and sampler).
+With --threads below the machine's core count each CPU actor asks for exactly that many CPUs (--actor-cpus), so both
 sides run the same number of torch threads and the rest of the machine is left to Ray's own processes.
 """
 
 import argparse
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from components.presets import get_preset
 from components.training import Learner
-from pipelines.sample import GuidedSampler, SampleJob, plan_shards, run_sampling
+from pipelines.sample import GuidedSampler, SampleJob, assemble, plan_shards, run_sampling
 
 
 def save_random(kind: str, preset, folder: str) -> str:
@@ -36,58 +45,107 @@ def save_random(kind: str, preset, folder: str) -> str:
     return folder
 
 
-def in_process(job: SampleJob, threads: int) -> float:
+def steady_rate(job: SampleJob, threads: int) -> float:
+    """Images/s of one process over every shard but the first, a warm-up (CUDA context, cuDNN plans, compile), as
+    the actors' rate leaves out each actor's first shard."""
     sampler = GuidedSampler(job, threads)
-    sampler.sample_shard(0)  # warm-up (CUDA context, cuDNN plans, compile) out of the timed loop
+    shards = plan_shards(job.scales, job.num_samples, job.batch_size)
+    sampler.sample_shard(0)
     start = time.perf_counter()
-    n = 0
-    for k in range(len(plan_shards(job.scales, job.num_samples, job.batch_size))):
-        n += len(sampler.sample_shard(k)["labels"])
+    n = sum(len(sampler.sample_shard(k)["labels"]) for k in range(1, len(shards)))
     return n / (time.perf_counter() - start)
 
 
-def main():
+def whole_job_in_one_process(job: SampleJob, threads: int) -> float:
+    """Wall seconds of a fresh Python process doing the whole job without Ray (see --one-process-job)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"job": dataclasses.asdict(job), "threads": threads}, f)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, __file__, "--one-process-job", f.name], check=True)
+    wall = time.perf_counter() - start
+    os.unlink(f.name)
+    return wall
+
+
+def one_process_job(spec_file: str) -> None:
+    with open(spec_file) as f:
+        spec = json.load(f)
+    job = SampleJob(**{**spec["job"], "scales": tuple(spec["job"]["scales"])})
+    shards = plan_shards(job.scales, job.num_samples, job.batch_size)
+    GuidedSampler(job, spec["threads"])({"shard": np.arange(len(shards))})
+    assemble(job, shards)
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="fashion-mnist")
-    parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--num-samples", type=int, default=64, help="samples per scale")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--sampler", default="ddim10")
+    parser.add_argument("--scales", default="2", help="comma-separated guidance scales")
+    parser.add_argument("--preset-job", action="store_true",
+                        help="use the preset's sampling job (scales, samples, batch, sampler) instead of the above")
+    parser.add_argument("--actors", type=int, default=1, help="Ray Data actors (on one GPU they share it)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads of the one-process sampler and of the (single) Ray Data actor")
+                        help="torch threads of the one-process sampler and of each CPU actor")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="torch.compile in both samplers (auto: on CUDA only)")
-    args = parser.parse_args()
+    parser.add_argument("--one-process-job", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if args.one_process_job:
+        return one_process_job(args.one_process_job)
     preset = get_preset(args.preset)
+    size = dict(scales=tuple(float(s) for s in args.scales.split(",")), num_samples=args.num_samples,
+                sampler=args.sampler, batch_size=args.batch_size)
+    if args.preset_job:
+        s = preset.sample
+        size = dict(scales=tuple(s.guidance_scales), num_samples=s.num_samples, sampler=s.sampler,
+                    batch_size=s.batch_size)
+    images = len(size["scales"]) * size["num_samples"]
     threads = args.threads
     with tempfile.TemporaryDirectory() as tmp:
         job = SampleJob(diffusion=save_random("diffusion", preset, f"{tmp}/d"),
-                        classifier=save_random("classifier", preset, f"{tmp}/c"), out=f"{tmp}/out",
-                        scales=(2.0,), num_samples=args.num_samples, sampler=args.sampler,
-                        batch_size=args.batch_size, actors=1, compile=args.compile,
+                        classifier=save_random("classifier", preset, f"{tmp}/c"), out=f"{tmp}/ray", **size,
+                        actors=args.actors, compile=args.compile,
                         actor_cpus=threads if threads < (os.cpu_count() or 1) else None)
-        guided = in_process(job, threads)
-        unguided = in_process(dataclasses.replace(job, scales=(0.0,)), threads)
+        guided = steady_rate(job, threads)
+        unguided = steady_rate(dataclasses.replace(job, classifier=None, scales=(0.0,)), threads)
+        alone = whole_job_in_one_process(dataclasses.replace(job, out=f"{tmp}/alone"), threads)
         import ray
 
         ray.init(num_cpus=os.cpu_count() or 1, log_to_driver=False)
         start = time.perf_counter()
         result = run_sampling(job, log=lambda *_: None)
         wall = time.perf_counter() - start
-        through_ray = args.num_samples / wall
-        in_actors = args.num_samples / result.busy_seconds
         ray.shutdown()
-        guided_after = in_process(job, threads)  # again after Ray: the baseline is the mean of before and after
-    print(f"preset={args.preset} sampler={args.sampler} samples={args.num_samples} batch={args.batch_size} "
-          f"threads={threads} compile={args.compile} device={'cuda' if torch.cuda.is_available() else 'cpu'}")
-    print(f"unguided, one process   {unguided:8.2f} images/s")
-    print(f"guided, one process     {guided:8.2f} images/s before Ray, {guided_after:.2f} after "
-          f"(guidance costs x{unguided / guided:.2f} time per step)")
-    guided = (guided + guided_after) / 2
-    print(f"guided, Ray Data        {through_ray:8.2f} images/s  x{through_ray / guided:.2f} of one process "
-          f"(wall {wall:.1f} s)")
-    print(f"  inside the actors     {in_actors:8.2f} images/s  x{in_actors / guided:.2f} of one process "
-          f"(shard sampling + write time {result.busy_seconds:.1f} s; the rest of the wall time is start-up and "
-          "scheduling)")
+        guided_after = steady_rate(job, threads)
+        alone_after = whole_job_in_one_process(dataclasses.replace(job, out=f"{tmp}/alone2"), threads)
+    report(args, size, images, threads, unguided, (guided, guided_after), (alone, alone_after), wall, result)
+
+
+def report(args, size, images, threads, unguided, guided_runs, alone_runs, wall, result):
+    guided, alone = sum(guided_runs) / 2, sum(alone_runs) / 2
+    print(f"preset={args.preset} scales={','.join(f'{s:g}' for s in size['scales'])} samples/scale="
+          f"{size['num_samples']} ({images} images) batch={size['batch_size']} sampler={size['sampler']} "
+          f"actors={args.actors} threads={threads} compile={args.compile} "
+          f"device={'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print("steady state (first shard of each side left out):")
+    print(f"  unguided, one process   {unguided:9.2f} images/s")
+    print(f"  guided, one process     {guided:9.2f} images/s (before Ray {guided_runs[0]:.2f}, after "
+          f"{guided_runs[1]:.2f}; guidance costs x{unguided / guided:.2f} time per step)")
+    if result.warm_images:
+        inside = result.warm_images / result.warm_seconds * args.actors
+        print(f"  guided, in {args.actors} actor(s)    {inside:9.2f} images/s  x{inside / guided:.2f} of one "
+              f"process (per-actor rate x actors; {result.warm_seconds:.1f} s of warm shard work)")
+    print("whole job (start-up, sampling and writes on both sides):")
+    print(f"  one fresh process       {images / alone:9.2f} images/s ({alone_runs[0]:.1f} s before Ray, "
+          f"{alone_runs[1]:.1f} s after)")
+    print(f"  Ray Data                {images / wall:9.2f} images/s  x{alone / wall:.2f} of one process "
+          f"(wall {wall:.1f} s; shard work {result.busy_seconds:.1f} s over all actors)")
 
 
 if __name__ == "__main__":

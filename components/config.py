@@ -84,6 +84,7 @@ class SampleConfig:
     seed: int = 0
     compile: str = "auto"  # torch.compile the networks: auto (on CUDA) | on | off
     channels_last: str = "auto"  # channels_last memory format: auto (on CUDA) | on | off
+    actors_per_gpu: int = 1  # sampler actors sharing each GPU: 2 overlap the kernel launches of small networks
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,10 @@ def validate_speed(preset) -> None:
             value = getattr(getattr(preset, section), name)
             if value not in SPEED_SETTINGS:
                 raise ConfigError(f"{section}.{name}={value!r} must be auto (on for CUDA only), on or off")
+    per_gpu = preset.sample.actors_per_gpu
+    if not isinstance(per_gpu, int) or per_gpu < 1:
+        raise ConfigError(f"sample.actors_per_gpu={per_gpu!r} must be a whole number >= 1 (1 for large networks, "
+                          "2 for small launch-bound ones)")
 
 
 def validate_evaluate(preset) -> None:

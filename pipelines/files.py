@@ -31,9 +31,10 @@ def read_npz(url: str) -> dict:
         return {name: data[name] for name in data.files}
 
 
-def actor_plan(requested: int | None, pending: int, cpus_per_actor: float | None = None) -> tuple[int, dict]:
-    """How many Ray Data actors and what each asks for: one GPU each on GPU clusters (more actors than GPUs
-    share them: 1/k GPU each, k actors per GPU), else the CPUs shared out with half a CPU left for the driver and
+def actor_plan(requested: int | None, pending: int, cpus_per_actor: float | None = None,
+               per_gpu: int = 1) -> tuple[int, dict]:
+    """How many Ray Data actors and what each asks for: `per_gpu` actors per GPU on GPU clusters unless `requested`
+    (more actors than GPUs share them: 1/k GPU each, k actors per GPU), else the CPUs shared out with half a CPU left for the driver and
     Ray Data (one actor per 2 CPUs unless `requested`), at most one node's CPUs; `cpus_per_actor` fixes each CPU
     actor's share (and its torch threads) instead."""
     import ray
@@ -42,7 +43,7 @@ def actor_plan(requested: int | None, pending: int, cpus_per_actor: float | None
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus:
-        n = max(1, min(requested or gpus, pending))
+        n = max(1, min(requested or gpus * per_gpu, pending))
         per_gpu = -(-n // gpus)  # ceil: an actor asking 1/k GPU packs k to a GPU, so every actor gets placed
         return n, {"num_gpus": 1 / per_gpu, "num_cpus": 1}
     cpus = cluster_cpus()

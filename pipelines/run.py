@@ -113,7 +113,8 @@ def resources(preset: Preset, cluster_cpus: float) -> dict:
 
     per_actor = {"CPU": max(0.5, cluster_cpus - 0.5)}
     return {"ingest": {"driver": "local threads"}, "train": plan(preset, KINDS, cluster_cpus),
-            "sample": {"actors": "one per GPU, else one per 2 CPUs", "per_actor_on_cpu": per_actor},
+            "sample": {"actors": f"{preset.sample.actors_per_gpu} per GPU, else one per 2 CPUs",
+                       "per_actor_on_cpu": per_actor},
             "evaluate": {"actors": "one per GPU, else one per 2 CPUs", "per_actor_on_cpu": per_actor},
             "register": {"driver": "MLflow registry calls"}}
 
@@ -293,7 +294,7 @@ class Pipeline:
                         classifier=f"runs:/{trained['classifier']['run_id']}", out=self.path("runs", self.run_id,
                         "samples"), scales=cfg.guidance_scales, num_samples=cfg.num_samples, sampler=cfg.sampler,
                         eta=cfg.eta, clip_denoised=cfg.clip_denoised, batch_size=cfg.batch_size, seed=cfg.seed,
-                        compile=cfg.compile, channels_last=cfg.channels_last,
+                        compile=cfg.compile, channels_last=cfg.channels_last, actors_per_gpu=cfg.actors_per_gpu,
                         tracking_uri=self.tracker.uri, experiment=self.req.experiment, parent_run_id=run_id)
         result = log_to_mlflow(job, run_sampling(job, log=self.log), log=self.log)
         return {"out": job.out, "npz": {f"{s:g}": u for s, u in result.npz.items()},

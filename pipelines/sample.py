@@ -46,7 +46,8 @@ class SampleJob:
     seed: int = 0
     label: int | None = None  # a fixed class for every sample; None: uniform at random per sample
     preset: str | None = None  # for bare weights files
-    actors: int | None = None  # None: one per GPU, else one per 2 CPUs (at least 1)
+    actors: int | None = None  # None: actors_per_gpu per GPU, else one per 2 CPUs (at least 1)
+    actors_per_gpu: int = 1  # actors sharing each GPU when `actors` is None (2 suit small, launch-bound networks)
     actor_cpus: float | None = None  # CPUs (and torch threads) per CPU actor; None: the cluster's CPUs shared out
     compile: str = "auto"  # torch.compile both networks: auto (on CUDA) | on | off
     channels_last: str = "auto"  # auto (on CUDA) | on | off
@@ -64,6 +65,8 @@ class SampleResult:
     skipped_shards: int
     run_ids: dict = field(default_factory=dict)  # scale -> MLflow child run id
     busy_seconds: float = 0.0  # actor time spent sampling and writing shards (all actors together)
+    warm_images: int = 0  # images of the shards that were not their actor's first (no CUDA / compile warm-up)
+    warm_seconds: float = 0.0  # actor time spent on those shards
 
 
 def scale_key(scale: float) -> str:
@@ -93,6 +96,8 @@ def validate(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
         raise UserError(f"--actor-cpus ({job.actor_cpus}) must be positive, e.g. 1 or 2")
     if job.actors is not None and job.actors <= 0:
         raise UserError(f"--actors ({job.actors}) must be positive")
+    if job.actors_per_gpu < 1:
+        raise UserError(f"--actors-per-gpu ({job.actors_per_gpu}) must be at least 1")
     for name in ("compile", "channels_last"):
         if getattr(job, name) not in SPEED_SETTINGS:
             raise UserError(f"--{name.replace('_', '-')} {getattr(job, name)!r} must be auto (on for CUDA), on or off")
@@ -130,6 +135,7 @@ class GuidedSampler:
         self.loop, respacing = parse_sampler(job.sampler)
         self.diffusion = create_diffusion(diffusion_ref.preset.diffusion, respacing)
         self.shards = plan_shards(job.scales, job.num_samples, job.batch_size)
+        self.shards_done = 0
 
     def sample_shard(self, k: int) -> dict:
         pairs = self.shards[k]
@@ -149,14 +155,16 @@ class GuidedSampler:
                 "scales": scales.cpu().numpy(), "indices": indices}
 
     def __call__(self, batch: dict) -> dict:
-        done, seconds = [], []
+        done, seconds, first = [], [], []
         for k in batch["shard"]:
             start = time.perf_counter()
             write_bytes_atomic(shard_url(self.job.out, int(k)), npz_bytes(**self.sample_shard(int(k))))
             done.append(len(self.shards[int(k)]))
             seconds.append(time.perf_counter() - start)
+            first.append(self.shards_done == 0)
+            self.shards_done += 1
         return {"shard": np.asarray(batch["shard"]), "images": np.array(done, dtype=np.int64),
-                "seconds": np.array(seconds)}
+                "seconds": np.array(seconds), "first": np.array(first)}
 
 
 # --- the driver --------------------------------------------------------------------------------------------------
@@ -169,11 +177,12 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
     pending = [k for k in range(len(shards)) if not fs.exists(fsspec.core.url_to_fs(shard_url(job.out, k))[1])]
     total = sum(len(shards[k]) for k in pending)
     log(f"sampling {total} images in {len(pending)} shards ({len(shards) - len(pending)} already done) -> {job.out}")
-    busy = 0.0
+    busy = warm_seconds = 0.0
+    warm_images = 0
     if pending:
         if not ray.is_initialized():
             ray.init()
-        n, resources = actor_plan(job.actors, len(pending), job.actor_cpus)
+        n, resources = actor_plan(job.actors, len(pending), job.actor_cpus, job.actors_per_gpu)
         ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
         ds = ds.map_batches(GuidedSampler, fn_constructor_args=(job, max(1, round(resources["num_cpus"]))),
                             batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), batch_format="numpy",
@@ -181,9 +190,12 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
         made = 0
         for row in ds.iter_rows():
             made, busy = made + int(row["images"]), busy + float(row["seconds"])
+            if not row["first"]:
+                warm_images, warm_seconds = warm_images + int(row["images"]), warm_seconds + float(row["seconds"])
             log(f"sampled {made}/{total} images")
     npz, grids = assemble(job, shards)
-    return SampleResult(job.out, npz, grids, len(pending), len(shards) - len(pending), busy_seconds=busy)
+    return SampleResult(job.out, npz, grids, len(pending), len(shards) - len(pending), busy_seconds=busy,
+                        warm_images=warm_images, warm_seconds=warm_seconds)
 
 
 def assemble(job: SampleJob, shards) -> tuple[dict, dict]:

@@ -39,6 +39,9 @@ def test_speed_settings_are_auto_on_or_off():
         validate_speed(apply_overrides(get_preset("smoke"), ["train_diffusion.cuda_graphs=yes"]))
     with pytest.raises(ConfigError, match="sample.channels_last='fast' must be auto"):
         validate_speed(apply_overrides(get_preset("smoke"), ["sample.channels_last=fast"]))
+    validate_speed(apply_overrides(get_preset("smoke"), ["sample.actors_per_gpu=3"]))
+    with pytest.raises(ConfigError, match="sample.actors_per_gpu=0 must be a whole number >= 1"):
+        validate_speed(apply_overrides(get_preset("smoke"), ["sample.actors_per_gpu=0"]))
 
 
 @pytest.mark.parametrize("name", sorted(PRESET_BUILDERS))

@@ -55,6 +55,7 @@ def test_fan_out_layout_determinism_and_resume(tmp_path, nets, ray_cluster):
     one = run_sampling(_job(nets, tmp_path / "one", actors=1), log=lambda *_: None)
     two = run_sampling(_job(nets, tmp_path / "two", actors=2, actor_cpus=1), log=lambda *_: None)
     assert one.busy_seconds > 0 and two.busy_seconds > 0
+    assert one.warm_images == 8 and 0 < one.warm_seconds < one.busy_seconds  # 3 shards of 4, the actor's first left out
     assert len(plan_shards((0.0, 2.0), 6, 4)[1]) == 4  # the middle shard mixes both scales
     for scale in (0.0, 2.0):
         images, labels = _load(one.npz[scale])
@@ -117,14 +118,16 @@ def test_bad_input_is_refused_before_actors(tmp_path, nets):
     validate(_job(nets, tmp_path, classifier=None, scales=(0.0,)))  # unguided needs no classifier
 
 
-@pytest.mark.parametrize("gpus, requested, pending, actors, share", [
-    (1, None, 5, 1, 1.0), (1, 2, 5, 2, 0.5), (2, 3, 5, 3, 0.5), (4, None, 2, 2, 1.0), (1, 4, 3, 3, 1 / 3)])
-def test_actor_plan_places_every_actor_on_gpu_clusters(monkeypatch, gpus, requested, pending, actors, share):
-    """More sampler actors than GPUs share the GPUs (1/k each) instead of asking for GPUs that never come."""
+@pytest.mark.parametrize("gpus, requested, per_gpu, pending, actors, share", [
+    (1, None, 1, 5, 1, 1.0), (1, 2, 1, 5, 2, 0.5), (2, 3, 1, 5, 3, 0.5), (4, None, 1, 2, 2, 1.0),
+    (1, 4, 1, 3, 3, 1 / 3), (2, None, 2, 9, 4, 0.5), (2, 3, 2, 9, 3, 0.5), (1, None, 2, 1, 1, 1.0)])
+def test_actor_plan_places_every_actor_on_gpu_clusters(monkeypatch, gpus, requested, per_gpu, pending, actors, share):
+    """More sampler actors than GPUs share the GPUs (1/k each) instead of asking for GPUs that never come;
+    `per_gpu` actors per GPU by default (two overlap a small network's kernel launches)."""
     from pipelines.files import actor_plan
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": float(gpus)})
-    n, resources = actor_plan(requested, pending)
+    n, resources = actor_plan(requested, pending, per_gpu=per_gpu)
     assert (n, resources["num_gpus"]) == (actors, pytest.approx(share))
     per_gpu = round(1 / resources["num_gpus"])
     assert per_gpu * gpus >= n and resources["num_cpus"] == 1
