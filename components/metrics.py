@@ -21,10 +21,15 @@ BLOCK_ROWS = 2048
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of [N, D] features (float64)."""
+    features = _as_features(features)
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _as_features(features) -> np.ndarray:
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or len(features) < 2:
         raise ValueError(f"features must be [N >= 2, D], got shape {features.shape}")
-    return features.mean(axis=0), np.cov(features, rowvar=False)
+    return features
 
 
 def _sqrtm(a: np.ndarray) -> np.ndarray:
@@ -72,13 +77,15 @@ def frechet_distance_to_reference(features: np.ndarray, mu_ref, sigma_ref, root_
     """FID of [N, D] sample features to reference statistics whose covariance root sigma_ref^(1/2) is already known
     (computed once per reference, not once per guidance scale). With X the centred features, the trace term's
     sigma_ref^(1/2) sigma sigma_ref^(1/2) = M^T M for M = X sigma_ref^(1/2) / sqrt(N - 1), whose nonzero eigenvalues
-    are those of the N x N matrix M M^T: one small symmetric eigenproblem when N < D, the same value as "eigh"."""
-    features = np.asarray(features, dtype=np.float64)
-    mu, sigma = feature_statistics(features)
-    m = (features - mu) @ root_ref / np.sqrt(len(features) - 1)
+    are those of the N x N matrix M M^T: one small symmetric eigenproblem when N < D, the same value as "eigh".
+    Tr(sigma) is the centred features' squared norm / (N - 1): the D x D sample covariance is never formed."""
+    features = _as_features(features)
+    mu = features.mean(axis=0)
+    centred = (features - mu) / np.sqrt(len(features) - 1)
+    m = centred @ root_ref
     trace_sqrt = _trace_sqrt_psd(m @ m.T if len(m) < m.shape[1] else m.T @ m)
     diff = mu - np.asarray(mu_ref, dtype=np.float64)
-    return float(diff.dot(diff) + np.trace(sigma) + np.trace(sigma_ref) - 2 * trace_sqrt)
+    return float(diff.dot(diff) + np.sum(centred ** 2) + np.trace(sigma_ref) - 2 * trace_sqrt)
 
 
 FID_METHODS = {"sqrtm": trace_sqrt_product, "eigh": trace_sqrt_product_eigh}

@@ -40,5 +40,9 @@ def speed_up(net: torch.nn.Module, device, channels_last: str = "auto", compile:
         net.to(memory_format=torch.channels_last)
     if not wanted(compile, device):
         return net
-    graphs = torch.device(device).type == "cuda" and wanted(cuda_graphs, device)
-    return torch.compile(net, mode="reduce-overhead" if graphs else None)
+    return torch.compile(net, mode="reduce-overhead" if graphed(device, compile, cuda_graphs) else None)
+
+
+def graphed(device, compile: str, cuda_graphs: str) -> bool:
+    """Whether speed_up with these settings replays CUDA graphs: compiled, on CUDA, with cuda_graphs wanted."""
+    return torch.device(device).type == "cuda" and wanted(compile, device) and wanted(cuda_graphs, device)

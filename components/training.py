@@ -21,7 +21,7 @@ from .config import ConfigError, Preset, TrainConfig
 from .diffusion import create_diffusion
 from .losses import classifier_losses, topk_correct, training_losses
 from .models import build_classifier, build_unet
-from .precision import autocast_context, speed_up, wanted
+from .precision import autocast_context, graphed, speed_up
 from .sampling import SampleNoise, ddim_sample
 
 KINDS = ("diffusion", "classifier", "evaluator")
@@ -53,8 +53,7 @@ class Learner:
         self.net = build_network(preset, kind).to(self.device)
         # what train_step calls: channels_last / torch.compile where they pay (on CUDA by default)
         self.fast = speed_up(self.net, self.device, self.cfg.channels_last, self.cfg.compile, self.cfg.cuda_graphs)
-        self.graphs = self.fast is not self.net and self.device.type == "cuda" and wanted(self.cfg.cuda_graphs,
-                                                                                           self.device)
+        self.graphs = graphed(self.device, self.cfg.compile, self.cfg.cuda_graphs)
         self.diffusion = create_diffusion(preset.diffusion, "")
         fused = True if self.device.type == "cuda" else None  # one kernel for the whole AdamW update on GPUs
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,

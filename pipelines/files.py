@@ -33,10 +33,10 @@ def read_npz(url: str) -> dict:
 
 def actor_plan(requested: int | None, pending: int, cpus_per_actor: float | None = None,
                per_gpu: int = 1) -> tuple[int, dict]:
-    """How many Ray Data actors and what each asks for: `per_gpu` actors per GPU on GPU clusters unless `requested`
-    (more actors than GPUs share them: 1/k GPU each, k actors per GPU), else the CPUs shared out with half a CPU left for the driver and
-    Ray Data (one actor per 2 CPUs unless `requested`), at most one node's CPUs; `cpus_per_actor` fixes each CPU
-    actor's share (and its torch threads) instead."""
+    """How many Ray Data actors and what each asks for: `per_gpu` actors per GPU on GPU clusters unless
+    `requested` (more actors than GPUs share them: 1/k GPU each, k actors per GPU), else the CPUs shared out with half
+    a CPU left for the driver and Ray Data (one actor per 2 CPUs unless `requested`), at most one node's CPUs;
+    `cpus_per_actor` fixes each CPU actor's share (and its torch threads) instead."""
     import ray
 
     from .cluster import cluster_cpus, largest_node_cpus

@@ -167,8 +167,7 @@ class Pipeline:
         try:
             outputs = body(run_id)
         except BaseException as e:
-            self.tracker.set_tags(run_id, {"error": f"{type(e).__name__}: {e}"[:5000]})
-            self.tracker.end_run(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            self.tracker.end_failed(run_id, e)
             raise
         self.tracker.set_tags(run_id, {"adm.outputs": json.dumps(outputs)})
         self.tracker.end_run(run_id)
@@ -222,8 +221,7 @@ class Pipeline:
                 registered = self.stage("register", {"train": trained, "evaluate": evaluated},
                                         lambda run_id: self.register(run_id, trained, evaluated["rows"], data))
         except BaseException as e:
-            self.tracker.set_tags(self.run_id, {"error": f"{type(e).__name__}: {e}"[:5000]})
-            self.tracker.end_run(self.run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            self.tracker.end_failed(self.run_id, e)
             raise
         self.report(evaluated["rows"])
         self.tracker.end_run(self.run_id)

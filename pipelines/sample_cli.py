@@ -43,8 +43,8 @@ def add_parser(sub) -> None:
     p.add_argument("--actors", type=int, default=None,
                    help="sampler actors (default: --actors-per-gpu per GPU, or one per 2 CPUs)")
     p.add_argument("--actors-per-gpu", type=int, default=1,
-                   help="actors sharing each GPU when --actors is not given: 2 overlap the kernel launches of small "
-                        "networks (the fashion-mnist preset's sampling job ran x1.3 faster on an H200), 1 for large ones")
+                   help="actors sharing each GPU when --actors is not given: 2 overlap the kernel launches of "
+                        "small networks (the fashion-mnist preset's sampling job: x1.3 on an H200), 1 for large ones")
     p.add_argument("--actor-cpus", type=float, default=None,
                    help="CPUs (and torch threads) per CPU actor (default: the cluster's CPUs shared out)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",

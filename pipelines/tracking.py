@@ -113,6 +113,11 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
+    def end_failed(self, run_id: str, error: BaseException) -> None:
+        """End a run that `error` stopped: KILLED for Ctrl-C, else FAILED, with the error as its `error` tag."""
+        self.set_tags(run_id, {"error": f"{type(error).__name__}: {error}"[:5000]})
+        self.end_run(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+
     def run(self, run_id: str):
         return self.client.get_run(run_id)
 

@@ -192,8 +192,7 @@ def _fit(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOptions, cp
         tracker.end_run(run_id, "FINISHED")
         return outcome
     except BaseException as e:
-        tracker.set_tags(run_id, {"error": f"{type(e).__name__}: {e}"[:5000]})
-        tracker.end_run(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        tracker.end_failed(run_id, e)
         if isinstance(e, (TrainingError, KeyboardInterrupt)):
             raise
         raise TrainingError(f"{kind} training failed (MLflow run {run_id}): {type(e).__name__}: {e}\n"
@@ -223,8 +222,7 @@ def _shared_dataset(data_url: str, opts: TrainOptions, run_ids: dict, tracker: T
         return training_dataset(data_url, opts)
     except Exception as e:
         for run_id in run_ids.values():
-            tracker.set_tags(run_id, {"error": f"{type(e).__name__}: {e}"[:5000]})
-            tracker.end_run(run_id, "FAILED")
+            tracker.end_failed(run_id, e)
         raise TrainingError(f"reading the training split of {data_url} failed: {type(e).__name__}: {e}") from e
 
 

@@ -88,3 +88,15 @@ def test_channels_last_and_compile_train_like_eager(tmp_path):
     reloaded = Learner("diffusion", get_preset("smoke"), torch.device("cpu"))
     reloaded.load(tmp_path / "on")
     assert torch.equal(reloaded.net.state_dict()["out.2.weight"], fast["out.2.weight"])
+
+
+def test_cuda_graphs_only_where_compiled_on_cuda():
+    """`graphed` is the one place that decides whether the trainer replays CUDA graphs (and marks each step)."""
+    from components.precision import graphed
+
+    assert graphed("cuda", "auto", "auto") and graphed("cuda", "on", "on")
+    assert not graphed("cuda", "off", "on")  # graphs come from the compiled step: no compile, no graphs
+    assert not graphed("cuda", "auto", "off")
+    assert not graphed("cpu", "on", "on") and not graphed("cpu", "auto", "auto")
+    preset = apply_overrides(get_preset("smoke"), ["train_diffusion.compile=on", "train_diffusion.cuda_graphs=on"])
+    assert not Learner("diffusion", preset, torch.device("cpu")).graphs

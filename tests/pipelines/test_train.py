@@ -71,9 +71,9 @@ def test_killed_worker_resumes_while_a_nonfinite_trainer_stops(tmp_path, shapes,
     assert killed, "the worker was never killed"
     assert json.loads(heartbeat.read_text())["pid"] != killed["pid"]
     client = MlflowClient(mlflow_server)
-    runs = {r.data.tags["adm.network"]: r for r in client.search_runs(
-        [client.get_experiment_by_name("faults").experiment_id])}
-    assert set(runs) == {"diffusion", "evaluator"}  # one run each: the restart continued the diffusion run
+    found = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    runs = {r.data.tags["adm.network"]: r for r in found}
+    assert len(found) == 2 and set(runs) == {"diffusion", "evaluator"}  # one each: the restart continued its run
     diffusion = runs["diffusion"].info.run_id
     resumed = [m.value for m in client.get_metric_history(diffusion, "resumed_from_step")]
     assert len(resumed) == 1 and resumed[0] % 10 == 0 and 10 <= resumed[0] <= killed["step"]
