@@ -16,7 +16,8 @@ weights). Two comparisons, each with the same accounting on both sides:
 
 --preset-job samples the preset's own sampling job (its scale grid, samples per scale, batch size and sampler).
 With --threads below the machine's core count each CPU actor asks for exactly that many CPUs (--actor-cpus), so both
-sides run the same number of torch threads and the rest of the machine is left to Ray's own processes.
+sides run the same number of torch threads and the rest of the machine is left to Ray's own processes;
+`--actors 2 --actor-cpus 1 --threads 2` compares two one-thread actors with one two-thread process.
 """
 
 import argparse
@@ -87,7 +88,10 @@ def parse_args():
                         help="use the preset's sampling job (scales, samples, batch, sampler) instead of the above")
     parser.add_argument("--actors", type=int, default=1, help="Ray Data actors (on one GPU they share it)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads of the one-process sampler and of each CPU actor")
+                        help="torch threads of the one-process sampler (and of each CPU actor unless --actor-cpus)")
+    parser.add_argument("--actor-cpus", type=float, default=None,
+                        help="CPUs and torch threads of each CPU actor (default: --threads when below the core "
+                             "count, else the product's plan)")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="torch.compile in both samplers (auto: on CUDA only)")
     parser.add_argument("--one-process-job", help=argparse.SUPPRESS)
@@ -111,9 +115,9 @@ def main():
         job = SampleJob(diffusion=save_random("diffusion", preset, f"{tmp}/d"),
                         classifier=save_random("classifier", preset, f"{tmp}/c"), out=f"{tmp}/ray", **size,
                         actors=args.actors, compile=args.compile,
-                        actor_cpus=threads if threads < (os.cpu_count() or 1) else None)
+                        actor_cpus=args.actor_cpus or (threads if threads < (os.cpu_count() or 1) else None))
         guided = steady_rate(job, threads)
-        unguided = steady_rate(dataclasses.replace(job, classifier=None, scales=(0.0,)), threads)
+        unguided = steady_rate(dataclasses.replace(job, classifier=None, scales=(0.0,), num_samples=images), threads)
         alone = whole_job_in_one_process(dataclasses.replace(job, out=f"{tmp}/alone"), threads)
         import ray
 
@@ -131,7 +135,7 @@ def report(args, size, images, threads, unguided, guided_runs, alone_runs, wall,
     guided, alone = sum(guided_runs) / 2, sum(alone_runs) / 2
     print(f"preset={args.preset} scales={','.join(f'{s:g}' for s in size['scales'])} samples/scale="
           f"{size['num_samples']} ({images} images) batch={size['batch_size']} sampler={size['sampler']} "
-          f"actors={args.actors} threads={threads} compile={args.compile} "
+          f"actors={args.actors} actor_cpus={args.actor_cpus} threads={threads} compile={args.compile} "
           f"device={'cuda' if torch.cuda.is_available() else 'cpu'}")
     print("steady state (first shard of each side left out):")
     print(f"  unguided, one process   {unguided:9.2f} images/s")

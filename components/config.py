@@ -85,6 +85,7 @@ class SampleConfig:
     compile: str = "auto"  # torch.compile the networks: auto (on CUDA) | on | off
     channels_last: str = "auto"  # channels_last memory format: auto (on CUDA) | on | off
     actors_per_gpu: int = 1  # sampler actors sharing each GPU: 2 overlap the kernel launches of small networks
+    actor_cpus: float | None = None  # CPUs and torch threads per CPU actor; None: one actor per 2 CPUs
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ SPEED_SETTINGS = ("auto", "on", "off")
 
 
 def validate_speed(preset) -> None:
-    """compile / channels_last of every training section and of sampling, cuda_graphs of training: auto, on or off."""
+    """compile / channels_last of every training section and of sampling, cuda_graphs of training: auto, on or off;
+    the sampler actors' placement (actors_per_gpu, actor_cpus)."""
     names = {"sample": ("compile", "channels_last")}
     for section in ("train_diffusion", "train_classifier", "train_evaluator", "sample"):
         for name in names.get(section, ("compile", "channels_last", "cuda_graphs")):
@@ -117,6 +119,9 @@ def validate_speed(preset) -> None:
     if not isinstance(per_gpu, int) or per_gpu < 1:
         raise ConfigError(f"sample.actors_per_gpu={per_gpu!r} must be a whole number >= 1 (1 for large networks, "
                           "2 for small launch-bound ones)")
+    cpus = preset.sample.actor_cpus
+    if cpus is not None and not (isinstance(cpus, (int, float)) and cpus > 0):
+        raise ConfigError(f"sample.actor_cpus={cpus!r} must be a number of CPUs > 0 (e.g. 1) or none")
 
 
 def validate_evaluate(preset) -> None:
@@ -325,6 +330,8 @@ def _coerce(value: str, current):
     if isinstance(current, tuple):
         items = [x for x in value.split(",") if x.strip()]
         return tuple(float(x) if "." in x or "e" in x.lower() else int(x) for x in items)
+    if current is None and value.lower() != "none" and not value.strip().lstrip("-").isdigit():
+        return float(value)  # an unset number (e.g. sample.actor_cpus=1.5)
     if current is None or isinstance(current, int) and not isinstance(current, bool):
         return None if value.lower() == "none" else int(value)
     if isinstance(current, float):
@@ -346,8 +353,10 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
         names = [f.name for f in dataclasses.fields(sub)]
         if name not in names:
             raise ConfigError(f"override {item!r}: {section} has no field {name!r}; fields are {names}")
+        optional = "None" in str(next(f.type for f in dataclasses.fields(sub) if f.name == name))
         try:
-            new_value = _coerce(value.strip(), getattr(sub, name))
+            new_value = None if optional and value.strip().lower() == "none" else _coerce(value.strip(),
+                                                                                          getattr(sub, name))
         except ValueError as e:
             raise ConfigError(f"override {item!r}: bad value for {section}.{name} ({e})") from None
         preset = dataclasses.replace(preset, **{section: dataclasses.replace(sub, **{name: new_value})})

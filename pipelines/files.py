@@ -46,12 +46,18 @@ def actor_plan(requested: int | None, pending: int, cpus_per_actor: float | None
         n = max(1, min(requested or gpus * per_gpu, pending))
         per_gpu = -(-n // gpus)  # ceil: an actor asking 1/k GPU packs k to a GPU, so every actor gets placed
         return n, {"num_gpus": 1 / per_gpu, "num_cpus": 1}
-    cpus = cluster_cpus()
+    n, each = cpu_plan(cluster_cpus(), largest_node_cpus(), requested, pending, cpus_per_actor)
+    return n, {"num_cpus": each}
+
+
+def cpu_plan(cpus: float, node_cpus: float, requested: int | None, pending: int,
+             cpus_per_actor: float | None = None) -> tuple[int, float]:
+    """CPU actors and the CPUs of each: `cpus_per_actor` each, as many as fit, else one actor per 2 CPUs sharing the
+    cluster's CPUs with half a CPU left for the driver and Ray Data; never more than one node's CPUs per actor."""
     if cpus_per_actor:
-        if cpus_per_actor > largest_node_cpus():
+        if cpus_per_actor > node_cpus:
             raise UserError(f"{cpus_per_actor:g} CPUs per actor fit no node of this Ray cluster (the largest has "
-                            f"{largest_node_cpus():g}); lower --actor-cpus")
-        fit = max(1, int(cpus // cpus_per_actor))
-        return max(1, min(requested or fit, pending)), {"num_cpus": cpus_per_actor}
+                            f"{node_cpus:g}); lower --actor-cpus")
+        return max(1, min(requested or max(1, int(cpus // cpus_per_actor)), pending)), cpus_per_actor
     n = max(1, min(requested or int(cpus // 2) or 1, pending))
-    return n, {"num_cpus": min(max(0.5, (cpus - 0.5) / n), largest_node_cpus())}
+    return n, min(max(0.5, (cpus - 0.5) / n), node_cpus)

@@ -23,6 +23,7 @@ import fsspec
 from components.config import HIGHER_IS_BETTER, ConfigError, Preset, to_dict, validate_evaluate
 from components.training import KINDS
 
+from .files import cpu_plan
 from .tracking import Tracker, check_tracking
 
 STAGES = ("ingest", "train", "sample", "evaluate", "register")
@@ -111,11 +112,13 @@ def resources(preset: Preset, cluster_cpus: float) -> dict:
     """What each stage asks Ray for (for --dry-run)."""
     from .train import plan
 
-    per_actor = {"CPU": max(0.5, cluster_cpus - 0.5)}
+    s = preset.sample
+    shards = -(-len(s.guidance_scales) * s.num_samples // s.batch_size)
+    on_cpu = cpu_plan(cluster_cpus, cluster_cpus, None, shards, s.actor_cpus)
+    at_most = cpu_plan(cluster_cpus, cluster_cpus, None, 2**31)
     return {"ingest": {"driver": "local threads"}, "train": plan(preset, KINDS, cluster_cpus),
-            "sample": {"actors": f"{preset.sample.actors_per_gpu} per GPU, else one per 2 CPUs",
-                       "per_actor_on_cpu": per_actor},
-            "evaluate": {"actors": "one per GPU, else one per 2 CPUs", "per_actor_on_cpu": per_actor},
+            "sample": {"actors_per_gpu": s.actors_per_gpu, "on_cpu": {"actors": on_cpu[0], "CPU_each": on_cpu[1]}},
+            "evaluate": {"actors_per_gpu": 1, "on_cpu": {"actors_at_most": at_most[0], "CPU_each": at_most[1]}},
             "register": {"driver": "MLflow registry calls"}}
 
 
@@ -293,6 +296,7 @@ class Pipeline:
                         "samples"), scales=cfg.guidance_scales, num_samples=cfg.num_samples, sampler=cfg.sampler,
                         eta=cfg.eta, clip_denoised=cfg.clip_denoised, batch_size=cfg.batch_size, seed=cfg.seed,
                         compile=cfg.compile, channels_last=cfg.channels_last, actors_per_gpu=cfg.actors_per_gpu,
+                        actor_cpus=cfg.actor_cpus,
                         tracking_uri=self.tracker.uri, experiment=self.req.experiment, parent_run_id=run_id)
         result = log_to_mlflow(job, run_sampling(job, log=self.log), log=self.log)
         return {"out": job.out, "npz": {f"{s:g}": u for s, u in result.npz.items()},

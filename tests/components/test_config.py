@@ -39,7 +39,10 @@ def test_speed_settings_are_auto_on_or_off():
         validate_speed(apply_overrides(get_preset("smoke"), ["train_diffusion.cuda_graphs=yes"]))
     with pytest.raises(ConfigError, match="sample.channels_last='fast' must be auto"):
         validate_speed(apply_overrides(get_preset("smoke"), ["sample.channels_last=fast"]))
-    validate_speed(apply_overrides(get_preset("smoke"), ["sample.actors_per_gpu=3"]))
+    validate_speed(apply_overrides(get_preset("smoke"), ["sample.actors_per_gpu=3", "sample.actor_cpus=1.5"]))
+    assert apply_overrides(get_preset("fashion-mnist"), ["sample.actor_cpus=none"]).sample.actor_cpus is None
+    with pytest.raises(ConfigError, match="sample.actor_cpus=-1 must be a number of CPUs > 0"):
+        validate_speed(apply_overrides(get_preset("smoke"), ["sample.actor_cpus=-1"]))
     with pytest.raises(ConfigError, match="sample.actors_per_gpu=0 must be a whole number >= 1"):
         validate_speed(apply_overrides(get_preset("smoke"), ["sample.actors_per_gpu=0"]))
 

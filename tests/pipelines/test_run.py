@@ -41,7 +41,8 @@ def test_config_errors_before_any_stage(tmp_path):
 
 
 def test_dry_run_prints_config_and_resources_and_writes_nothing(tmp_path):
-    overrides = ["--override", "train_diffusion.steps=450", "--override", "train_diffusion.ema_rate=0.995"]
+    overrides = ["--override", "train_diffusion.steps=450", "--override", "train_diffusion.ema_rate=0.995",
+                 "--override", "sample.actor_cpus=1.5"]
     done = subprocess.run(_adm("run", "--preset", "smoke", "--dry-run", "--assume-cpus", "8", *overrides),
                           env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -52,6 +53,9 @@ def test_dry_run_prints_config_and_resources_and_writes_nothing(tmp_path):
     assert all(t["resources_per_worker"]["CPU"] == 2.5 for t in train.values())  # (8 - 0.5) shared by 3 trainers
     assert train["diffusion"]["ema_init_share"] == {"0.995": round(0.995 ** 450, 4)}
     assert "ema_init_share" not in train["classifier"]
+    # smoke samples 2 shards: two actors of 1.5 CPUs (as overridden), 2 per GPU on GPU clusters
+    assert plan["resources"]["sample"] == {"actors_per_gpu": 2, "on_cpu": {"actors": 2, "CPU_each": 1.5}}
+    assert plan["resources"]["evaluate"]["on_cpu"] == {"actors_at_most": 4, "CPU_each": 1.875}  # (8 - 0.5) / 4
     assert set(plan["resources"]) == set(STAGES)
     assert list(tmp_path.iterdir()) == [], "a dry run must not create files"
 
