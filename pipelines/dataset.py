@@ -93,6 +93,21 @@ def ray_dataset(url: str, split: str = "train", num_cpus: float | None = None):
     return ds.map_batches(ReadShards(manifest["channels"]), batch_size=1, batch_format="numpy", **remote)
 
 
+def driver_dataset(url: str, split: str = "train"):
+    """The same decoded rows as `ray_dataset`, read and decoded by this process and put in the object store as blocks
+    of 2048 rows, in shard order. Blocks put by the driver have no lineage: losing a worker node cannot lose them (a
+    lost task output would be recomputed by a read task that may not fit beside the trainers holding the CPUs), and
+    every run sees the same block order."""
+    import pyarrow as pa
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    manifest = load_manifest(url)
+    blocks = ReadShards(manifest["channels"], rows=2048)({"path": shard_urls(url, split, manifest)})
+    return ray.data.from_arrow([pa.table({"image": ArrowTensorArray.from_numpy(b["image"]), "label": b["label"]})
+                                for b in blocks])
+
+
 def describe(url: str, per_class: int = 8) -> dict:
     """Counts, classes and fingerprint of a dataset; writes grid.png (rows = classes) next to the manifest."""
     from components.data import encode_png

@@ -44,8 +44,8 @@ def actor_plan(requested: int | None, pending: int, cpus_per_actor: float | None
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus:
         n = max(1, min(requested or gpus * per_gpu, pending))
-        per_gpu = -(-n // gpus)  # ceil: an actor asking 1/k GPU packs k to a GPU, so every actor gets placed
-        return n, {"num_gpus": 1 / per_gpu, "num_cpus": 1}
+        packed = -(-n // gpus)  # actors placed per GPU (ceil): one asking 1/k GPU packs k to a GPU, so all get placed
+        return n, {"num_gpus": 1 / packed, "num_cpus": 1}
     n, each = cpu_plan(cluster_cpus(), largest_node_cpus(), requested, pending, cpus_per_actor)
     return n, {"num_cpus": each}
 

@@ -101,7 +101,8 @@ def test_submit_smoke_and_survive_worker_node_loss(tmp_path, two_nodes, mlflow_s
 
     deadline = time.time() + 900
     while str(client.get_job_status(job_id).value) not in ("SUCCEEDED", "FAILED", "STOPPED"):
-        assert time.time() < deadline, "the job did not finish after the node was killed"
+        assert time.time() < deadline, ("the job did not finish after the node was killed; its log ends:\n"
+                                        + client.get_job_logs(job_id)[-8000:])
         time.sleep(3)
     logs = client.get_job_logs(job_id)
     assert str(client.get_job_status(job_id).value) == "SUCCEEDED", logs[-5000:]

@@ -23,3 +23,18 @@ def test_ray_dataset_yields_decoded_batches(tmp_path, ray_cluster):
     got = {(int(lab), np.round((im + 1) * 127.5).astype(np.uint8).tobytes()) for lab, im in zip(labels, images)}
     want = {(int(lab), im.transpose(2, 0, 1).tobytes()) for lab, im in zip(expected_labels, expected)}
     assert got == want
+
+
+def test_driver_dataset_holds_the_same_rows_in_shard_order(tmp_path, ray_cluster):
+    from components.data import to_model_input
+    from pipelines.dataset import driver_dataset, read_split
+
+    ingest("shapes", str(tmp_path / "ds"), IngestOptions(resolution=16, num_images=64, rows_per_shard=16),
+           log=lambda *_: None)
+    images, labels = read_split(str(tmp_path / "ds"))
+    for _ in range(2):  # the same order every time: shard order, then row order
+        batches = list(driver_dataset(str(tmp_path / "ds")).iter_batches(batch_size=None, batch_format="numpy"))
+        got = np.concatenate([b["image"] for b in batches])
+        assert got.dtype == np.float32 and got.shape == (64, 3, 16, 16)
+        np.testing.assert_array_equal(got, to_model_input(images).numpy())
+        np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches]), labels)
