@@ -155,6 +155,9 @@ class TrainConfig:
     save_interval: int = 500
     sample_interval: int = 500  # diffusion: a grid of EMA samples to MLflow every N steps (0: at the end only)
     keep_checkpoints: int = 2
+    # each epoch reads the rows through a shuffle buffer of this many rows, seeded by (seed, rank, step), so epochs
+    # differ as with the released code's shuffling DataLoader and runs repeat; 0: in shard order
+    shuffle_rows: int = 1024
     max_failures: int = 2  # worker-group restarts from the last checkpoint
     num_workers: int = 1
     use_gpu: bool = False

@@ -96,7 +96,7 @@ def train_loop_per_worker(config: dict) -> None:
     progress = Progress(kind, cfg.steps, learner.step, cfg.batch_size * world)
     gather = _gather_fn(world)
     while learner.step < cfg.steps:
-        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True):
+        for batch in _epoch(shard, cfg, config.get("seed", 0), rank, learner.step):
             metrics = learner.train_step(batch["image"].to(device), batch["label"].to(device), model, gather)
             step = learner.step
             if not math.isfinite(_global_loss(metrics["loss"], world)):
@@ -111,6 +111,14 @@ def train_loop_per_worker(config: dict) -> None:
                 _report_checkpoint(learner, metrics, rank, config)
             if step >= cfg.steps:
                 break
+
+
+def _epoch(shard, cfg, seed: int, rank: int, step: int):
+    """One pass over this worker's shard in batches, shuffled through cfg.shuffle_rows rows with a seed that differs
+    per epoch and per rank and repeats from run to run (the epoch is named by the step it starts at)."""
+    shuffle = {"local_shuffle_buffer_size": cfg.shuffle_rows,
+               "local_shuffle_seed": (seed * 1009 + rank) * 1_000_003 + step} if cfg.shuffle_rows else {}
+    return shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, **shuffle)
 
 
 def _global_loss(loss: float, world: int) -> float:

@@ -38,3 +38,25 @@ def test_driver_dataset_holds_the_same_rows_in_shard_order(tmp_path, ray_cluster
         assert got.dtype == np.float32 and got.shape == (64, 3, 16, 16)
         np.testing.assert_array_equal(got, to_model_input(images).numpy())
         np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches]), labels)
+
+
+def test_epochs_are_shuffled_differently_and_repeat_from_run_to_run(tmp_path, ray_cluster):
+    from components.config import TrainConfig
+    from pipelines.dataset import driver_dataset
+    from pipelines.train_worker import _epoch
+
+    ingest("shapes", str(tmp_path / "ds"), IngestOptions(resolution=16, num_images=64, rows_per_shard=16),
+           log=lambda *_: None)
+    ds = driver_dataset(str(tmp_path / "ds"))
+    in_order = np.concatenate([b["label"] for b in ds.iter_batches(batch_size=None)])
+
+    def labels(shuffle_rows: int, rank: int, step: int) -> np.ndarray:
+        cfg = TrainConfig(batch_size=8, shuffle_rows=shuffle_rows)
+        return np.concatenate([b["label"].numpy() for b in _epoch(ds.iterator(), cfg, 0, rank, step)])
+
+    first = labels(32, 0, 0)
+    assert sorted(first.tolist()) == sorted(in_order.tolist()) and len(first) == 64  # a permutation, all rows
+    np.testing.assert_array_equal(first, labels(32, 0, 0))  # the same epoch in another run
+    assert not np.array_equal(first, labels(32, 0, 8))  # the next epoch (it starts at step 8)
+    assert not np.array_equal(first, labels(32, 1, 0))  # another rank
+    np.testing.assert_array_equal(labels(0, 0, 0), in_order)  # shuffle_rows=0: shard order
