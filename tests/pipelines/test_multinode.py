@@ -2,6 +2,7 @@
 `adm submit` runs the smoke pipeline as a Ray job, its runs land on the MLflow server, and killing the worker node
 while one of the trainers runs on it is survived: that trainer resumes from its checkpoint on the head."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from pipelines.ingest import IngestOptions, ingest
 from pipelines.jobs import JobError, connect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,10 +50,9 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-@pytest.fixture(scope="module")
-def two_nodes():
-    """One cluster for this module (starting it costs ~20 s): the node-loss test kills the worker node, the next test
-    needs only the head."""
+@contextlib.contextmanager
+def _two_node_cluster():
+    """A head and a worker node of 2 CPUs each (starting them costs ~20 s), killed and removed on exit."""
     tag = uuid.uuid4().hex[:6]  # short temp dirs: Ray's socket paths must stay under ~100 characters
     head_dir, worker_dir = f"/tmp/admt-{tag}-head", f"/tmp/admt-{tag}-w1"
     port, dashboard = _free_port(), _free_port()
@@ -62,12 +63,33 @@ def two_nodes():
             # each node's dashboard agent on its own free port: a local ray.init() of other tests may hold 52365
             subprocess.run([str(LOCAL / script)], env={**env, "RAY_TEMP_DIR": temp_dir, "DASHBOARD_AGENT_PORT":
                                                        str(_free_port())}, check=True, capture_output=True, timeout=180)
-        yield {"address": f"http://127.0.0.1:{dashboard}", "worker_dir": worker_dir}
+        yield {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{port}", "worker_dir": worker_dir}
     finally:
         subprocess.run([str(LOCAL / "stop.sh"), head_dir, worker_dir], env={**env, "SIGNAL": "KILL"},
                        capture_output=True, timeout=60)
         for d in (head_dir, worker_dir):
             shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """One cluster for the job tests: the node-loss test kills the worker node, the next test needs only the head."""
+    with _two_node_cluster() as cluster:
+        yield cluster
+
+
+def test_training_split_outlives_the_worker_node(tmp_path):
+    """The train stage's split stays readable when a worker node dies while a reader holds most of the head's CPUs
+    (before session 9 its blocks were made by 1-CPU read tasks: those lost with the node were re-read by tasks that
+    never fit beside the reader, and the CI job hung)."""
+    ingest("shapes", str(tmp_path / "ds"), IngestOptions(resolution=16, num_images=1024, rows_per_shard=128),
+           log=lambda *_: None)
+    with _two_node_cluster() as cluster:
+        done = subprocess.run([sys.executable, str(Path(__file__).with_name("node_loss_reader.py")), cluster["gcs"],
+                               str(tmp_path / "ds"), str(LOCAL / "stop.sh")], capture_output=True, text=True,
+                              timeout=400, env={**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(ROOT),
+                                                "ADM_WORKER_DIR": cluster["worker_dir"]})
+    assert done.returncode == 0 and "rows 1024" in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
 
 
 def _on_worker_node(pid: int, worker_dir: str) -> bool:

@@ -103,7 +103,8 @@ def test_bad_input_fails_before_workers_start(tmp_path, shapes, mlflow_server):
         train(apply_overrides(preset, ["train_classifier.cpus_per_worker=-1"]), shapes,
               _opts(tmp_path, mlflow_server, "bad"))
     with pytest.raises(ConfigError, match="train_evaluator.shuffle_rows must be >= 0"):
-        train(apply_overrides(preset, ["train_evaluator.shuffle_rows=-5"]), shapes, _opts(tmp_path, mlflow_server, "bad"))
+        train(apply_overrides(preset, ["train_evaluator.shuffle_rows=-5"]), shapes,
+              _opts(tmp_path, mlflow_server, "bad"))
 
 
 def test_worker_resources_share_the_cluster_or_take_what_is_set():
