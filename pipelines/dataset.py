@@ -99,13 +99,15 @@ def driver_dataset(url: str, split: str = "train"):
     lost task output would be recomputed by a read task that may not fit beside the trainers holding the CPUs), and
     every run sees the same block order."""
     import pyarrow as pa
+    import ray
     import ray.data
     from ray.data.extensions import ArrowTensorArray
 
     manifest = load_manifest(url)
     blocks = ReadShards(manifest["channels"], rows=2048)({"path": shard_urls(url, split, manifest)})
-    return ray.data.from_arrow([pa.table({"image": ArrowTensorArray.from_numpy(b["image"]), "label": b["label"]})
-                                for b in blocks])
+    # each block goes to the object store as soon as it is decoded: the driver never holds the whole split twice
+    return ray.data.from_arrow_refs([ray.put(pa.table({"image": ArrowTensorArray.from_numpy(b["image"]),
+                                                       "label": b["label"]})) for b in blocks])
 
 
 def describe(url: str, per_class: int = 8) -> dict:

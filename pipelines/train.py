@@ -163,9 +163,9 @@ def _nonfinite_step(opts: TrainOptions, kind: str, run_id: str) -> int | None:
 def training_dataset(data_url: str, opts: TrainOptions):
     """The decoded training split, shared by the trainers. Small splits (decoded size under opts.materialize_bytes) are
     decoded by the driver and held in the object store before any trainer starts (driver_dataset: they survive the loss
-    of a worker node, and every run sees the same order; 60k Fashion-MNIST images at 16 px: 5.2 s on the 2-core VM,
-    6.1 s with read tasks); larger ones are streamed from the shards by read tasks asking opts.data_cpus each, to run
-    beside the trainers."""
+    of a worker node, and every run sees the same order; 60k Fashion-MNIST images at 16 px: 5.2 s on the 2-core Intel
+    VM, 6.1 s with read tasks); larger ones are streamed from the shards by read tasks asking opts.data_cpus each, to
+    run beside the trainers."""
     manifest = load_manifest(data_url)
     decoded = manifest["counts"]["train"] * manifest["channels"] * manifest["resolution"] ** 2 * 4
     if decoded <= opts.materialize_bytes:
