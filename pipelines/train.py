@@ -62,9 +62,10 @@ class TrainOutcome:
 def validate(preset: Preset, kinds, manifest: dict) -> None:
     validate_speed(preset)
     for kind in kinds:
-        if train_config(preset, kind).cpus_per_worker < 0:
+        training = train_config(preset, kind)
+        if training.cpus_per_worker < 0:
             raise ConfigError(f"train_{kind}.cpus_per_worker must be >= 0 (0: share the cluster's CPUs out)")
-        if train_config(preset, kind).shuffle_rows < 0:
+        if training.shuffle_rows < 0:
             raise ConfigError(f"train_{kind}.shuffle_rows must be >= 0 (0: read in shard order)")
         with torch.device("meta"):
             build_network(preset, kind)

@@ -1,17 +1,24 @@
 """Reading an ingested dataset through Ray Data on a real local Ray instance."""
 
 import numpy as np
+import pytest
 
 from components.data import make_shapes
 from pipelines.ingest import IngestOptions, ingest
 
 
-def test_ray_dataset_yields_decoded_batches(tmp_path, ray_cluster):
+@pytest.fixture
+def shapes_url(tmp_path) -> str:
+    """64 shapes images at 16 px in 4 shards of 16 rows."""
+    url = str(tmp_path / "ds")
+    ingest("shapes", url, IngestOptions(resolution=16, num_images=64, rows_per_shard=16), log=lambda *_: None)
+    return url
+
+
+def test_ray_dataset_yields_decoded_batches(shapes_url, ray_cluster):
     from pipelines.dataset import ray_dataset
 
-    ingest("shapes", str(tmp_path / "ds"), IngestOptions(resolution=16, num_images=64, rows_per_shard=16),
-           log=lambda *_: None)
-    ds = ray_dataset(str(tmp_path / "ds"))
+    ds = ray_dataset(shapes_url)
     rows = ds.take_all()
     assert len(rows) == 64
     images = np.stack([r["image"] for r in rows])
@@ -25,29 +32,25 @@ def test_ray_dataset_yields_decoded_batches(tmp_path, ray_cluster):
     assert got == want
 
 
-def test_driver_dataset_holds_the_same_rows_in_shard_order(tmp_path, ray_cluster):
+def test_driver_dataset_holds_the_same_rows_in_shard_order(shapes_url, ray_cluster):
     from components.data import to_model_input
     from pipelines.dataset import driver_dataset, read_split
 
-    ingest("shapes", str(tmp_path / "ds"), IngestOptions(resolution=16, num_images=64, rows_per_shard=16),
-           log=lambda *_: None)
-    images, labels = read_split(str(tmp_path / "ds"))
+    images, labels = read_split(shapes_url)
     for _ in range(2):  # the same order every time: shard order, then row order
-        batches = list(driver_dataset(str(tmp_path / "ds")).iter_batches(batch_size=None, batch_format="numpy"))
+        batches = list(driver_dataset(shapes_url).iter_batches(batch_size=None, batch_format="numpy"))
         got = np.concatenate([b["image"] for b in batches])
         assert got.dtype == np.float32 and got.shape == (64, 3, 16, 16)
         np.testing.assert_array_equal(got, to_model_input(images).numpy())
         np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches]), labels)
 
 
-def test_epochs_are_shuffled_differently_and_repeat_from_run_to_run(tmp_path, ray_cluster):
+def test_epochs_are_shuffled_differently_and_repeat_from_run_to_run(shapes_url, ray_cluster):
     from components.config import TrainConfig
     from pipelines.dataset import driver_dataset
     from pipelines.train_worker import _epoch
 
-    ingest("shapes", str(tmp_path / "ds"), IngestOptions(resolution=16, num_images=64, rows_per_shard=16),
-           log=lambda *_: None)
-    ds = driver_dataset(str(tmp_path / "ds"))
+    ds = driver_dataset(shapes_url)
     in_order = np.concatenate([b["label"] for b in ds.iter_batches(batch_size=None)])
 
     def labels(shuffle_rows: int, rank: int, step: int) -> np.ndarray:
