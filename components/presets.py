@@ -17,6 +17,7 @@ from .config import (
     TrainConfig,
     UNetConfig,
     classifier_config_from_flags,
+    diffusion_config_from_flags,
     unet_config_from_flags,
 )
 
@@ -63,7 +64,7 @@ def _imagenet_preset(name: str) -> Preset:
         description=f"ADM-G on ImageNet {unet.image_size}x{unet.image_size}, flags of the released {unet_key}.pt",
         unet=unet,
         classifier=classifier_config_from_flags(RELEASED_FLAGS[clf_key]),
-        diffusion=DiffusionConfig(steps=1000, noise_schedule=schedule, learn_sigma=True),
+        diffusion=diffusion_config_from_flags({**RELEASED_FLAGS[unet_key], "noise_schedule": schedule}),
         sample=SampleConfig(sampler="250", guidance_scales=(0.0, scale / 2, scale, scale * 2, scale * 4),
                             num_samples=50000, batch_size=64),
         train_diffusion=TrainConfig(steps=500_000, batch_size=batch // 8, lr=lr, ema_rate=(0.9999,),

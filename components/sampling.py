@@ -86,9 +86,6 @@ def ddim_sample(model, diffusion, noise: SampleNoise, model_kwargs=None, cond_fn
     return x
 
 
-SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample}
-
-
 def parse_sampler(name: str):
     """"ddim25" -> (ddim_sample, "ddim25"); "250" or "10,10,5" -> (ddpm_sample, same); "" -> full DDPM."""
     name = str(name).strip()

@@ -28,7 +28,13 @@ import torch
 
 from components import metrics
 from components.config import UserError
-from components.features import INCEPTION_SHA1, EvaluatorFeatures, InceptionFeatures, file_digest
+from components.features import (
+    INCEPTION_RESIZE,
+    INCEPTION_SHA1,
+    EvaluatorFeatures,
+    InceptionFeatures,
+    file_digest,
+)
 
 from .files import actor_plan, npz_bytes, read_npz, write_bytes_atomic
 
@@ -299,7 +305,7 @@ def cache_url(job: EvaluateJob, reference: Source, name: str, version: str) -> s
 
 
 def extractor_versions(job: EvaluateJob, names: tuple) -> dict:
-    versions = {"inception": INCEPTION_SHA1}
+    versions = {"inception": f"{INCEPTION_SHA1}:{INCEPTION_RESIZE}"}  # weights and input convention
     if "evaluator" in names:
         versions["evaluator"] = file_digest(resolve_evaluator(job).weights)
     return {n: versions[n] for n in names}
