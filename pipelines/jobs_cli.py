@@ -104,8 +104,9 @@ def cmd_schedule(args) -> int:
     if args.target == "crontab":
         line = sch.crontab_line(args.cron, retrain, args.address, Path(args.log).resolve(), name)
         if args.apply:
-            sch.install_crontab(line, name)
-            print(f"installed in your crontab: {line}")
+            file = Path(args.crontab_file).expanduser() if args.crontab_file else None
+            sch.install_crontab(line, name, file)
+            print(f"installed in {file or 'your crontab'}: {line}")
         else:
             print(line)
         return 0
@@ -117,6 +118,8 @@ def cmd_schedule(args) -> int:
         return 0
     for path in sch.write_units(units, folder):
         print(f"wrote {path}")
+    if args.no_enable:
+        return 0
     timer = next(f for f in units if f.endswith(".timer"))
     subprocess.run(["systemctl", "--user", "daemon-reload"], check=True)
     subprocess.run(["systemctl", "--user", "enable", "--now", timer], check=True)
@@ -140,5 +143,9 @@ def add_schedule_parser(sub) -> None:
     p.add_argument("--template", default=None, help="kubernetes: RayCronJob template (default: "
                    "cluster/kuberay/raycronjob.yaml)")
     p.add_argument("--log", default="adm-retrain.log", help="crontab: file the cycles' output is appended to")
+    p.add_argument("--crontab-file", default=None, metavar="FILE", help="crontab --apply: keep the line in FILE "
+                   "(a crontab to load with `crontab FILE`, or to copy to another host) instead of your crontab")
     p.add_argument("--unit-dir", default="~/.config/systemd/user", help="systemd: where the units are written")
+    p.add_argument("--no-enable", action="store_true", help="systemd --apply: write the units only, without "
+                   "`systemctl --user daemon-reload` and `enable --now` (e.g. for a system folder or another host)")
     p.set_defaults(func=cmd_schedule, command=[], takes_extra=True)

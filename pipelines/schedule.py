@@ -122,13 +122,24 @@ def crontab_line(cron: str, retrain_args: list[str], address: str | None, log: P
     return f"{cron} {command} >> {shlex.quote(str(log))} 2>&1 {MARKER} {name}"
 
 
-def install_crontab(line: str, name: str) -> None:
-    if shutil.which("crontab") is None:
+def install_crontab(line: str, name: str, file: Path | None = None) -> None:
+    """Put `line` into the user's crontab (or into `file`, a crontab kept elsewhere), replacing the line of an earlier
+    schedule of the same name and keeping every other line."""
+    if file is None and shutil.which("crontab") is None:
         raise ScheduleError("no `crontab` on this machine; install cron, or use --target systemd")
-    current = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
-    kept = [x for x in (current.stdout.splitlines() if current.returncode == 0 else [])
-            if not x.endswith(f"{MARKER} {name}")]
-    subprocess.run(["crontab", "-"], input="\n".join([*kept, line]) + "\n", text=True, check=True)
+    if file is None:
+        current = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+        lines = current.stdout.splitlines() if current.returncode == 0 else []
+    else:
+        lines = file.read_text().splitlines() if file.exists() else []
+    text = "\n".join([*(x for x in lines if not x.endswith(f"{MARKER} {name}")), line]) + "\n"
+    if file is None:
+        subprocess.run(["crontab", "-"], input=text, text=True, check=True)
+        return
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(file)
 
 
 def systemd_units(cron: str, retrain_args: list[str], address: str | None, name: str) -> dict[str, str]:
