@@ -84,8 +84,6 @@ class Source:
 @dataclass
 class EvaluationResult:
     rows: list  # one dict of metrics per scale, sorted by scale
-    reference: str
-    features: tuple
     run_ids: dict = field(default_factory=dict)  # scale -> run id
     parent_run_id: str | None = None
 
@@ -385,4 +383,4 @@ def run_evaluation(job: EvaluateJob, log=print) -> EvaluationResult:
         row = {"guidance_scale": scale if scale is not None else math.nan, "num_samples": source.total}
         row.update(score(features[source.key], ref_stats, source.labels, job.fid_method, roots))
         rows.append(row)
-    return EvaluationResult(rows, job.reference, names)
+    return EvaluationResult(rows)

@@ -267,7 +267,3 @@ class Tracker:
             return list(self.client.search_model_versions(f"name = '{name}'"))
         except Exception:
             return []
-
-    def set_version_tags(self, name: str, version: str, tags: dict) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(name, version, key, str(value))
