@@ -27,6 +27,16 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture
+def actor_count(ray_cluster):
+    """Counts the actors the test's Ray instance has ever had, dead ones included: equal counts before and after a
+    call show that it started none (no Ray Train controller, no Ray Data actor pool)."""
+    from ray.util.state import list_actors
+
+    address = ray_cluster.get_runtime_context().gcs_address  # this instance, not another one on the machine
+    return lambda: len(list_actors(address=address, limit=10_000))
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with a sqlite backend and proxied artifacts; yields its URI."""

@@ -34,15 +34,17 @@ def setup(tmp_path_factory):
     return {"root": root, "data": data, "evaluator": str(root / "evaluator"), "samples": str(samples)}
 
 
-def _job(setup, **kw):
+def _job(setup, cache, **kw):
+    """A job whose reference cache is `cache` (each test its own, so that no test finds another's cache file)."""
     base = dict(samples=setup["samples"], reference=setup["data"], evaluator=setup["evaluator"], num_reference=16,
-                batch_size=8, cache_dir=str(setup["root"] / "cache"))
+                batch_size=8, cache_dir=str(cache))
     return EvaluateJob(**{**base, **kw})
 
 
-def test_metrics_per_scale_cache_and_mlflow(setup, ray_cluster, mlflow_server):
+def test_metrics_per_scale_cache_and_mlflow(setup, tmp_path, ray_cluster, mlflow_server):
+    cache = tmp_path / "cache"
     lines = []
-    result = run_evaluation(_job(setup), log=lines.append)
+    result = run_evaluation(_job(setup, cache), log=lines.append)
     real, noise = result.rows
     assert (real["guidance_scale"], noise["guidance_scale"]) == (0.0, 2.0) and real["num_samples"] == 12
     for key in ("fid", "sfid", "precision", "recall", "evaluator_fid", "evaluator_precision", "score", "accuracy"):
@@ -50,14 +52,20 @@ def test_metrics_per_scale_cache_and_mlflow(setup, ray_cluster, mlflow_server):
     assert real["fid"] < noise["fid"] and real["precision"] > noise["precision"]
     assert any("featurizing 40 images" in line for line in lines)  # 2 x 12 samples + 16 references
 
+    assert sorted(p.name.split("-")[0] for p in (cache / "reference").iterdir()) == ["evaluator", "inception"]
+
     lines.clear()
-    again = run_evaluation(_job(setup), log=lines.append)
-    assert any("from cache" in line for line in lines) and any("featurizing 24 images" in line for line in lines)
+    again = run_evaluation(_job(setup, cache), log=lines.append)
+    assert sum("from cache" in line for line in lines) == 2 and any("featurizing 24 images" in line for line in lines)
     assert again.rows[0]["fid"] == pytest.approx(real["fid"], rel=1e-6)
 
-    job = _job(setup, tracking_uri=mlflow_server, experiment="evaluate-test")
+    job = _job(setup, cache, tracking_uri=mlflow_server, experiment="evaluate-test")
     log_evaluation(job, again, log=lambda *_: None)
     client = MlflowClient(mlflow_server)
+    assert sorted(again.run_ids) == [0.0, 2.0]
+    under = client.search_runs([client.get_experiment_by_name("evaluate-test").experiment_id],
+                               f"tags.`mlflow.parentRunId` = '{again.parent_run_id}'")
+    assert sorted(r.info.run_id for r in under) == sorted(again.run_ids.values())
     for scale, run_id in again.run_ids.items():
         run = client.get_run(run_id)
         assert run.data.tags["mlflow.parentRunId"] == again.parent_run_id
@@ -69,33 +77,31 @@ def test_metrics_per_scale_cache_and_mlflow(setup, ray_cluster, mlflow_server):
     assert "| guidance_scale | num_samples | fid |" in format_table(again.rows)
 
 
-def test_precomputed_reference_statistics(setup, ray_cluster):
+def test_precomputed_reference_statistics(setup, tmp_path, ray_cluster):
     from pipelines.evaluate import reference_stats
     from pipelines.files import read_npz
 
+    cache = tmp_path / "cache"
     images, _ = read_split(setup["data"], "train", limit=16)
-    ref = setup["root"] / "ref_images.npz"
+    ref = tmp_path / "ref_images.npz"
     write_bytes_atomic(str(ref), npz_bytes(arr_0=images))
-    from_images = run_evaluation(_job(setup, reference=str(ref), features="inception"), **QUIET)
-    cached = list((setup["root"] / "cache" / "reference").glob("inception-*.npz"))
-    stats = {}
-    for path in cached:
-        found = read_npz(str(path))
-        if len(found["inception.features"]) == 16:
-            stats = found
-    assert stats, "the NPZ reference was cached"
+    from_images = run_evaluation(_job(setup, cache, reference=str(ref), features="inception"), **QUIET)
+    cached = list((cache / "reference").iterdir())
+    assert len(cached) == 1 and cached[0].name.startswith("inception-"), "the NPZ reference was cached, only it"
+    stats = read_npz(str(cached[0]))
+    assert len(stats["inception.features"]) == 16
     assert set(reference_stats({"inception.pool": stats["inception.features"]})) >= {"inception.mu"}
-    only = setup["root"] / "ref_stats.npz"
+    only = tmp_path / "ref_stats.npz"
     write_bytes_atomic(str(only), npz_bytes(mu=stats["inception.mu"], sigma=stats["inception.sigma"],
                                             mu_s=stats["inception.mu_s"], sigma_s=stats["inception.sigma_s"]))
-    from_stats = run_evaluation(_job(setup, reference=str(only), features="inception"), **QUIET)
+    from_stats = run_evaluation(_job(setup, cache, reference=str(only), features="inception"), **QUIET)
     assert from_stats.rows[0]["fid"] == pytest.approx(from_images.rows[0]["fid"], rel=1e-6)
     assert "precision" not in from_stats.rows[0]  # needs reference images
     with pytest.raises(EvaluationError, match="only Inception statistics"):
-        run_evaluation(_job(setup, reference=str(only), features="both"), **QUIET)
+        run_evaluation(_job(setup, cache, reference=str(only), features="both"), **QUIET)
 
 
-def test_bad_inputs_fail_before_featurizing(setup, tmp_path):
+def test_bad_inputs_fail_before_featurizing(setup, tmp_path, actor_count):
     def folder(name, **arrays):
         write_bytes_atomic(str(tmp_path / name / "scale_1" / "samples_x.npz"), npz_bytes(**arrays))
         return str(tmp_path / name)
@@ -108,8 +114,11 @@ def test_bad_inputs_fail_before_featurizing(setup, tmp_path):
         (str(tmp_path / "empty"), "holds no scale_"),
     ]
     (tmp_path / "empty").mkdir()
+    cache, actors = tmp_path / "cache", actor_count()
     for samples, message in cases:
         with pytest.raises(EvaluationError, match=message):
-            run_evaluation(_job(setup, samples=samples), **QUIET)
+            run_evaluation(_job(setup, cache, samples=samples), **QUIET)
     with pytest.raises(EvaluationError, match="needs --evaluator"):
-        run_evaluation(_job(setup, evaluator=None), **QUIET)
+        run_evaluation(_job(setup, cache, evaluator=None), **QUIET)
+    # nothing featurized: no Ray actor ever started, no reference statistics cached
+    assert actor_count() == actors and not cache.exists()

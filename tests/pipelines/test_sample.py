@@ -98,6 +98,11 @@ def test_child_run_per_scale(tmp_path, nets, ray_cluster, mlflow_server):
                experiment="sampling")
     result = log_to_mlflow(job, run_sampling(job, log=lambda *_: None), log=lambda *_: None)
     client = MlflowClient(mlflow_server)
+    assert sorted(result.run_ids) == [0.0, 2.0]
+    parent = client.get_run(result.run_ids[0.0]).data.tags["mlflow.parentRunId"]
+    under = client.search_runs([client.get_experiment_by_name("sampling").experiment_id],
+                               f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(r.info.run_id for r in under) == sorted(result.run_ids.values())
     for scale, run_id in result.run_ids.items():
         run = client.get_run(run_id)
         assert float(run.data.params["guidance_scale"]) == scale
@@ -105,25 +110,19 @@ def test_child_run_per_scale(tmp_path, nets, ray_cluster, mlflow_server):
         assert [a.path for a in client.list_artifacts(run_id)] == ["grid.png"]
 
 
-def test_bad_input_is_refused_before_actors(tmp_path, nets):
-    with pytest.raises(UserError, match=">= 0"):
-        validate(_job(nets, tmp_path, scales=(-1.0,)))
-    with pytest.raises(UserError, match="must be numbers"):
-        validate(_job(nets, tmp_path, scales=("a",)))
-    with pytest.raises(UserError, match="must be positive"):
-        validate(_job(nets, tmp_path, num_samples=0))
-    with pytest.raises(UserError, match="--actor-cpus"):
-        validate(_job(nets, tmp_path, actor_cpus=0))
-    with pytest.raises(UserError, match="--actors"):
-        validate(_job(nets, tmp_path, actors=-1))
-    with pytest.raises(UserError, match="need a noisy classifier"):
-        validate(_job(nets, tmp_path, classifier=None))
-    with pytest.raises(UserError, match="7 classes"):
-        validate(_job(nets, tmp_path, classifier=nets["classifier7"]))
-    with pytest.raises(UserError, match="does not exist"):
-        validate(_job(nets, tmp_path, diffusion=str(tmp_path / "missing")))
-    with pytest.raises(UserError, match="is a diffusion checkpoint"):
-        validate(_job(nets, tmp_path, classifier=nets["diffusion"]))
+def test_bad_input_is_refused_before_actors(tmp_path, nets, actor_count):
+    out, actors = tmp_path / "out", actor_count()
+    cases = [({"scales": (-1.0,)}, ">= 0"), ({"scales": ("a",)}, "must be numbers"),
+             ({"num_samples": 0}, "must be positive"), ({"actor_cpus": 0}, "--actor-cpus"),
+             ({"actors": -1}, "--actors"), ({"classifier": None}, "need a noisy classifier"),
+             ({"classifier": nets["classifier7"]}, "7 classes"),
+             ({"diffusion": str(tmp_path / "missing")}, "does not exist"),
+             ({"classifier": nets["diffusion"]}, "is a diffusion checkpoint")]
+    for change, message in cases:
+        with pytest.raises(UserError, match=message):
+            run_sampling(_job(nets, out, **change), log=lambda *_: None)
+    # refused before the actor pool: no Ray actor ever started, nothing written
+    assert actor_count() == actors and not out.exists()
     validate(_job(nets, tmp_path, classifier=None, scales=(0.0,)))  # unguided needs no classifier
 
 

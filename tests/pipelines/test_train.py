@@ -84,8 +84,8 @@ def test_killed_worker_resumes_while_a_nonfinite_trainer_stops(tmp_path, shapes,
     assert kept, "the evaluator's last good checkpoint must stay in storage"
 
 
-def test_bad_input_fails_before_workers_start(tmp_path, shapes, mlflow_server):
-    preset = get_preset("smoke")
+def test_bad_input_fails_before_workers_start(tmp_path, shapes, mlflow_server, actor_count):
+    preset, actors = get_preset("smoke"), actor_count()
     with pytest.raises(ConfigError, match="image_size=32 but the dataset is 16px"):
         train(apply_overrides(preset, ["unet.image_size=32", "unet.attention_resolutions=16"]), shapes,
               _opts(tmp_path, mlflow_server, "bad"))
@@ -105,6 +105,12 @@ def test_bad_input_fails_before_workers_start(tmp_path, shapes, mlflow_server):
     with pytest.raises(ConfigError, match="train_evaluator.shuffle_rows must be >= 0"):
         train(apply_overrides(preset, ["train_evaluator.shuffle_rows=-5"]), shapes,
               _opts(tmp_path, mlflow_server, "bad"))
+    # no worker started: no Ray Train controller actor, no run folder or checkpoint in storage, no MLflow run
+    assert actor_count() == actors
+    storage = tmp_path / "storage"
+    assert not storage.exists() or not any(storage.iterdir())  # the tracking check comes after the writable check
+    experiment = MlflowClient(mlflow_server).get_experiment_by_name("bad")
+    assert experiment is None or not MlflowClient(mlflow_server).search_runs([experiment.experiment_id])
 
 
 def test_worker_resources_share_the_cluster_or_take_what_is_set():
