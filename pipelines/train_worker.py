@@ -97,9 +97,10 @@ def train_loop_per_worker(config: dict) -> None:
     gather = _gather_fn(world)
     while learner.step < cfg.steps:
         for batch in _epoch(shard, cfg, config.get("seed", 0), rank, learner.step):
-            metrics = learner.train_step(batch["image"].to(device), batch["label"].to(device), model, gather)
+            metrics = _global_means(learner.train_step(batch["image"].to(device), batch["label"].to(device), model,
+                                                       gather), world)
             step = learner.step
-            if not math.isfinite(_global_loss(metrics["loss"], world)):
+            if not math.isfinite(metrics["loss"]):
                 # every rank sees the same global loss, so all stop here together; no checkpoint of this state
                 if rank == 0:
                     _write_marker(config["nonfinite_marker"], {"step": step, "loss": str(metrics["loss"])})
@@ -121,14 +122,18 @@ def _epoch(shard, cfg, seed: int, rank: int, step: int):
     return shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, **shuffle)
 
 
-def _global_loss(loss: float, world: int) -> float:
+def _global_means(metrics: dict, world: int) -> dict:
+    """The step's metrics over the global batch: each rank's batch means averaged over the ranks (equal batches), as
+    the released code's logger averages over MPI ranks; grad_norm and lr are the same on every rank already. Per
+    quartile means stay this rank's (a quartile may be missing from a rank's batch)."""
     if world == 1:
-        return loss
+        return metrics
     import torch.distributed as dist
 
-    value = torch.tensor([loss], dtype=torch.float64)
-    dist.all_reduce(value)
-    return float(value) / world
+    keys = sorted(k for k in metrics if "_q" not in k and k not in ("grad_norm", "lr"))
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(values)
+    return {**metrics, **{k: float(v) / world for k, v in zip(keys, values)}}
 
 
 def _write_marker(url: str, values: dict) -> None:
