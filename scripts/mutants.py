@@ -1,0 +1,484 @@
+#!/usr/bin/env python
+"""Mutation testing of the fast tier (issue 18): plant one bug at a time in components/ and run tests/components.
+
+Each mutant below replaces one exact snippet of one file. The script never touches the checkout it lives in: it copies
+the tracked and untracked-but-not-ignored files into a temporary folder (one per job), mutates the copy, runs
+
+    python -m pytest -x -q -p no:cacheprovider <golden test files first> <the other tests/components files>
+
+there with ADM_SHARED pointing at the shared folder, restores the file, and deletes the copies at the end (also on
+Ctrl-C or SIGTERM). A mutant is "caught" when pytest fails (or errors, or runs past the per-mutant timeout) and
+"missed" when the fast tier stays green. Before any mutant runs, every original snippet must occur exactly once in its
+file and every mutated file must compile, so the table stays true as the code changes; then the unmutated tier must
+pass in the copy (the baseline), or no score would mean anything.
+
+    python scripts/mutants.py --list
+    python scripts/mutants.py --only guidance --no-baseline
+    python scripts/mutants.py --json mutants.json          # all of them, about 40-60 min on 2 busy cores
+
+Exit status: 0 when every mutant was caught, 1 when some were missed, 2 on a usage or table error.
+"""
+
+import argparse
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN_FIRST = ("test_golden_networks.py", "test_golden_diffusion.py", "test_golden_guidance.py",
+                "test_golden_inception.py")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    file: str  # under components/
+    original: str  # exact snippet, must occur once in the file
+    replacement: str
+    description: str
+
+
+M = Mutant
+MUTANTS = [
+    # --- diffusion.py: schedules, posterior, learned-range variance, respacing -------------------------------------
+    M("diffusion.linear_end", "diffusion.py", "scale * 0.0001, scale * 0.02,", "scale * 0.0001, scale * 0.01,",
+      "linear schedule ends at beta 0.01 instead of 0.02"),
+    M("diffusion.cosine_offset", "diffusion.py", "math.cos((t + 0.008) / 1.008 * math.pi / 2)",
+      "math.cos(t * math.pi / 2)",
+      "cosine schedule without the s = 0.008 offset"),
+    M("diffusion.max_beta", "diffusion.py", "max_beta: float = 0.999", "max_beta: float = 0.99",
+      "cosine betas clipped at 0.99 instead of 0.999"),
+    M("diffusion.posterior_variance", "diffusion.py",
+      "self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - ac)",
+      "self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev)",
+      "posterior variance without the / (1 - alpha_bar_t)"),
+    M("diffusion.logvar_clip", "diffusion.py",
+      "np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))",
+      "np.log(np.maximum(self.posterior_variance, 1e-20))",
+      "posterior log-variance not clipped at t = 0 (released: t = 0 takes the t = 1 value)"),
+    M("diffusion.mean_coef1", "diffusion.py", "betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - ac)",
+      "betas * np.sqrt(ac) / (1.0 - ac)", "posterior mean coef1 with sqrt(abar_t) instead of sqrt(abar_{t-1})"),
+    M("diffusion.mean_coef2", "diffusion.py", "(1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - ac)",
+      "(1.0 - self.alphas_cumprod_prev) * alphas / (1.0 - ac)", "posterior mean coef2 with alpha_t, not sqrt(alpha_t)"),
+    M("diffusion.q_sample_scale", "diffusion.py", "self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - ac)",
+      "self.sqrt_one_minus_alphas_cumprod = 1.0 - ac", "q_sample noise scaled by 1 - abar, not sqrt(1 - abar)"),
+    M("diffusion.xstart_from_eps", "diffusion.py", "- extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps",
+      "+ extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps", "x_0 from eps with the wrong sign"),
+    M("diffusion.learned_range_swap", "diffusion.py", "log_variance = frac * max_log + (1 - frac) * min_log",
+      "log_variance = frac * min_log + (1 - frac) * max_log", "learned range: v = 1 gives beta~_t instead of beta_t"),
+    M("diffusion.learned_range_frac", "diffusion.py", "frac = (var_values + 1) / 2", "frac = var_values",
+      "learned range: v used as the fraction (no (v + 1) / 2)"),
+    M("diffusion.fixed_large", "diffusion.py", "large = np.append(self.posterior_variance[1], self.betas[1:])",
+      "large = self.betas", "fixed-large variance: t = 0 takes beta_0, not the posterior variance at t = 1"),
+    M("diffusion.no_clip", "diffusion.py", "pred_xstart = pred_xstart.clamp(-1, 1)", "pred_xstart = pred_xstart",
+      "clip_denoised ignored"),
+    M("diffusion.respacing_round", "diffusion.py", "steps.append(start + round(position))",
+      "steps.append(start + int(position))", "respacing floors the fractional stride instead of rounding"),
+    M("diffusion.timestep_map", "diffusion.py",
+      "mapped = torch.as_tensor(self.timestep_map, device=t.device, dtype=t.dtype)[t]", "mapped = t",
+      "respaced process: the network sees respaced t, not the original timesteps"),
+    M("diffusion.respaced_betas", "diffusion.py", "new_betas.append(1 - alphas_cumprod[i] / last)",
+      "new_betas.append(betas[i])", "respaced betas taken from the full schedule, not 1 - abar_i / abar_prev"),
+    # --- losses.py: KL, discretized likelihood, hybrid loss ----------------------------------------------------------
+    M("losses.kl_ratio", "losses.py", "torch.exp(logvar1 - logvar2)", "torch.exp(logvar2 - logvar1)",
+      "KL: variance ratio inverted"),
+    M("losses.kl_mean_term", "losses.py", "(mean1 - mean2) ** 2 * torch.exp(-logvar2)",
+      "(mean1 - mean2) ** 2 * torch.exp(-logvar1)", "KL: mean term divided by the wrong variance"),
+    M("losses.edge_bins_swapped", "losses.py",
+      "torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))",
+      "torch.where(x < -0.999, log_one_minus_cdf_min, torch.where(x > 0.999, log_cdf_plus, log_cdf_delta))",
+      "discretized likelihood: the open bins at -1 and +1 swapped"),
+    M("losses.edge_bins_closed", "losses.py", "torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta)",
+      "log_cdf_delta", "discretized likelihood: no open bin at +1"),
+    M("losses.bin_width", "losses.py", "centered_x + 1.0 / 255.0", "centered_x + 2.0 / 255.0",
+      "discretized likelihood: upper bin edge at x + 2/255"),
+    M("losses.no_detach", "losses.py", "eps_out.detach()", "eps_out", "hybrid loss: L_vlb also trains the mean"),
+    M("losses.rescaled_kl", "losses.py", '"loss": vb * diffusion.num_timesteps', '"loss": vb',
+      "use_kl returns the unscaled bound, not RESCALED_KL (T x)"),
+    M("losses.mean_flat", "losses.py", "x.mean(dim=list(range(1, x.ndim)))", "x.sum(dim=list(range(1, x.ndim)))",
+      "mean_flat sums instead of averaging"),
+    M("losses.kl_nats", "losses.py", 'out["log_variance"])) / math.log(2.0)', 'out["log_variance"]))',
+      "KL term in nats, not bits"),
+    M("losses.vb_dropped", "losses.py", 'terms["mse"] + terms["vb"] if', 'terms["mse"] if',
+      "the L_vlb term left out of the hybrid loss"),
+    M("losses.decoder_t", "losses.py", "torch.where(t == 0, nll, kl)", "torch.where(t == 1, nll, kl)",
+      "decoder NLL used at t = 1 instead of t = 0"),
+    M("losses.vb_clipped", "losses.py", "x_t, t, clip_denoised=False)", "x_t, t, clip_denoised=True)",
+      "L_vlb computed with a clipped x_0 (released: unclipped)"),
+    M("losses.rescale_learned_sigmas", "losses.py", "(diffusion.num_timesteps / 1000.0)",
+      "(1000.0 / diffusion.num_timesteps)", "rescale_learned_sigmas scales L_vlb by 1000 / T, not T / 1000"),
+    M("losses.classifier_clean", "losses.py", "logits = classifier(x_t, diffusion.model_timesteps(t))",
+      "logits = classifier(x_start, diffusion.model_timesteps(t))",
+      "the noisy classifier is trained on clean x_0 instead of x_t"),
+    # --- sampling.py: DDPM and DDIM steps -----------------------------------------------------------------------------
+    M("sampling.ddpm_std", "sampling.py", 'torch.exp(0.5 * out["log_variance"]) * z',
+      'torch.exp(out["log_variance"]) * z',
+      "DDPM noise scaled by the variance, not the standard deviation"),
+    M("sampling.noise_at_t0", "sampling.py", "(t != 0).float()", "(t != -1).float()",
+      "noise added at the last step (t = 0) too"),
+    M("sampling.ddim_sigma", "sampling.py", "eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))", "eta * 1.0",
+      "DDIM sigma without the sqrt((1 - abar_prev) / (1 - abar)) factor"),
+    M("sampling.ddim_direction", "sampling.py", "torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps",
+      "torch.sqrt(1 - alpha_bar_prev) * eps", "DDIM direction term ignores sigma^2"),
+    M("sampling.ddim_xstart_coef", "sampling.py", 'out["pred_xstart"] * torch.sqrt(alpha_bar_prev)',
+      'out["pred_xstart"] * torch.sqrt(alpha_bar)', "DDIM scales x_0 by sqrt(abar_t), not sqrt(abar_{t-1})"),
+    # --- guidance.py: cond_fn, condition_mean, condition_score ----------------------------------------------------
+    M("guidance.ddim_sign", "guidance.py", "eps = eps - torch.sqrt(1 - alpha_bar) * gradient",
+      "eps = eps + torch.sqrt(1 - alpha_bar) * gradient", "DDIM guidance term with the wrong sign"),
+    M("guidance.ddim_sqrt", "guidance.py", "eps = eps - torch.sqrt(1 - alpha_bar) * gradient",
+      "eps = eps - (1 - alpha_bar) * gradient", "DDIM guidance scaled by 1 - abar, not sqrt(1 - abar)"),
+    M("guidance.mean_timesteps", "guidance.py", "cond_fn(x, diffusion.model_timesteps(t), **(model_kwargs or {}))\n",
+      "cond_fn(x, t, **(model_kwargs or {}))\n", "DDPM guidance: the classifier sees respaced t, not the original"),
+    M("guidance.score_timesteps", "guidance.py",
+      "cond_fn(x, diffusion.model_timesteps(t), **(model_kwargs or {})).float()",
+      "cond_fn(x, t, **(model_kwargs or {})).float()",
+      "DDIM guidance: the classifier sees respaced t, not the original"),
+    M("guidance.mean_std", "guidance.py", 'p_mean_var["variance"] * gradient.float()',
+      'torch.exp(0.5 * p_mean_var["log_variance"]) * gradient.float()',
+      "DDPM guidance shifts the mean by std * gradient, not variance * gradient"),
+    M("guidance.softmax", "guidance.py", "F.log_softmax(logits.float(), dim=-1)", "F.softmax(logits.float(), dim=-1)",
+      "gradient of p(y | x) instead of log p(y | x)"),
+    M("guidance.one_scale", "guidance.py", "g.float() * scales[active].view(-1, *([1] * (x.ndim - 1)))",
+      "g.float() * scales.max()", "one guidance scale (the largest) for the whole batch"),
+    M("guidance.scale0_roundtrip", "guidance.py",
+      'out["pred_xstart"] = torch.where(keep, p_mean_var["pred_xstart"], pred_xstart)',
+      'out["pred_xstart"] = pred_xstart', "scale-0 rows get a round-tripped x_0 (not exactly unguided)"),
+    M("guidance.score_clamped", "guidance.py", "pred_xstart = diffusion.predict_xstart_from_eps(x, t, eps)",
+      "pred_xstart = diffusion.predict_xstart_from_eps(x, t, eps).clamp(-1, 1)",
+      "DDIM guidance clips the guided x_0 (released: no clipping after condition_score)"),
+    # --- nn.py: embedding, norm, attention ------------------------------------------------------------------------
+    M("nn.embedding_order", "nn.py", "torch.cat([torch.cos(args), torch.sin(args)], dim=-1)",
+      "torch.cat([torch.sin(args), torch.cos(args)], dim=-1)", "timestep embedding: sin before cos"),
+    M("nn.max_period", "nn.py", "max_period: int = 10000", "max_period: int = 1000",
+      "timestep embedding max_period 1000 instead of 10000"),
+    M("nn.groupnorm_eps", "nn.py", "x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)",
+      "x.float(), self.num_groups, self.weight.float(), self.bias.float(), 1e-4)",
+      "GroupNorm eps 1e-4 instead of 1e-5"),
+    M("nn.groups", "nn.py", "GROUPS = 32", "GROUPS = 16", "GroupNorm with 16 groups instead of 32"),
+    M("nn.zero_module", "nn.py", "nn.init.zeros_(p)", "nn.init.constant_(p, 1e-3)",
+      "zero_module leaves small nonzero weights"),
+    M("nn.attention_scale", "nn.py", "return F.scaled_dot_product_attention(q, k, v)",
+      "return F.scaled_dot_product_attention(q, k, v, scale=1.0)", "attention logits not scaled by 1/sqrt(ch)"),
+    M("nn.einsum_scale", "nn.py", "scale = 1 / math.sqrt(math.sqrt(q.shape[-1]))", "scale = 1 / math.sqrt(q.shape[-1])",
+      "einsum attention baseline scaled by 1/ch instead of 1/sqrt(ch)"),
+    M("nn.attention_order", "nn.py", "if self.new_order:", "if not self.new_order:",
+      "legacy and new qkv attention orders swapped"),
+    M("nn.attention_residual", "nn.py", "return (x + h).reshape(b, c, *spatial)", "return h.reshape(b, c, *spatial)",
+      "attention block without its residual connection"),
+    M("nn.pool_mean_token", "nn.py", "x.mean(dim=-1, keepdim=True)", "x.amax(dim=-1, keepdim=True)",
+      "attention pool's query token is the max, not the mean"),
+    M("nn.pool_positional", "nn.py", "x = x + self.positional_embedding[None].to(x.dtype)", "x = x",
+      "attention pool without its positional embedding"),
+    # --- unet.py / classifier.py --------------------------------------------------------------------------------------
+    M("unet.adagn_scale", "unet.py", "h = self.out_layers[0](h) * (1 + scale) + shift",
+      "h = self.out_layers[0](h) * scale + shift", "AdaGN scales by s, not (1 + s)"),
+    M("unet.adagn_chunk", "unet.py", "scale, shift = emb_out.chunk(2, dim=1)", "shift, scale = emb_out.chunk(2, dim=1)",
+      "AdaGN scale and shift halves swapped"),
+    M("unet.no_scale_shift_emb", "unet.py", "h = self.out_layers(h + emb_out)", "h = self.out_layers(h)",
+      "without scale-shift norm, the ResBlock ignores the embedding"),
+    M("unet.resblock_skip", "unet.py", "return self.skip_connection(x) + h", "return h",
+      "ResBlock without its skip connection"),
+    M("unet.skip_concat_order", "unet.py", "torch.cat([h, hs.pop()], dim=1)", "torch.cat([hs.pop(), h], dim=1)",
+      "UNet skip features concatenated in the wrong order"),
+    M("unet.upsample_mode", "unet.py", 'mode="nearest"', 'mode="bilinear"', "upsampling bilinear, not nearest"),
+    M("unet.downsample_pool", "unet.py", "nn.AvgPool2d(kernel_size=2, stride=2)",
+      "nn.MaxPool2d(kernel_size=2, stride=2)",
+      "downsampling without conv uses max pooling, not average"),
+    M("unet.updown_order", "unet.py", "h = self.in_layers[-1](self.h_upd(h))", "h = self.h_upd(self.in_layers[-1](h))",
+      "BigGAN up/down block resamples after its conv, not before"),
+    M("unet.label_ignored", "unet.py", "emb = emb + self.label_emb(y)", "emb = emb + self.label_emb(y * 0)",
+      "class embedding ignores the label"),
+    M("classifier.no_middle", "classifier.py", "return self.middle_block(h, emb).type(x.dtype)",
+      "return h.type(x.dtype)", "noisy classifier skips its middle block"),
+    M("classifier.t_ignored", "classifier.py", "timestep_embedding(timesteps, self.model_channels)",
+      "timestep_embedding(timesteps * 0, self.model_channels)", "noisy classifier ignores t"),
+    M("classifier.adaptive_pool", "classifier.py", "nn.AdaptiveAvgPool2d((1, 1))", "nn.AdaptiveMaxPool2d((1, 1))",
+      "adaptive head (the evaluator's) max-pools instead of averaging"),
+    # --- features.py: Inception input convention ----------------------------------------------------------------------
+    M("features.input_scaling", "features.py", "x = (x - 128) / 128", "x = x / 127.5 - 1",
+      "Inception input (x - 127.5) / 127.5 instead of (x - 128) / 128"),
+    M("features.resize_offset", "features.py", "1.0 / w - 1.0 / size], [0.0, 1.0, 1.0 / h - 1.0 / size]",
+      "0.0], [0.0, 1.0, 0.0]", "half-pixel bilinear resize instead of TF1's legacy alignment"),
+    M("features.spatial_hwc", "features.py", "s.permute(0, 2, 3, 1).reshape(len(s), -1)", "s.reshape(len(s), -1)",
+      "sFID spatial features flattened CHW, not HWC"),
+    M("features.spatial_channels", "features.py", "SPATIAL_CHANNELS = 7", "SPATIAL_CHANNELS = 8",
+      "sFID spatial features from 8 channels, not 7"),
+    M("features.evaluator_t", "features.py", "t = torch.zeros(len(x), dtype=torch.long, device=self.device)",
+      "t = torch.full((len(x),), 999, dtype=torch.long, device=self.device)",
+      "evaluator network sees t = 999 instead of t = 0 (clean images)"),
+    # --- metrics.py: FID, precision/recall, Inception score -----------------------------------------------------------
+    M("metrics.fid_trace", "metrics.py", "- 2 * FID_METHODS[method](sigma1, sigma2))",
+      "- FID_METHODS[method](sigma1, sigma2))", "FID trace term without its factor 2"),
+    M("metrics.fid_ref_trace", "metrics.py", "- 2 * trace_sqrt)", "- trace_sqrt)",
+      "FID against a reference root without the factor 2"),
+    M("metrics.cov_ddof", "metrics.py", "np.cov(features, rowvar=False)", "np.cov(features, rowvar=False, bias=True)",
+      "feature covariance with 1/N, not 1/(N - 1)"),
+    M("metrics.k", "metrics.py", "K_NEAREST = 3", "K_NEAREST = 4", "precision/recall with k = 4, not 3"),
+    M("metrics.kth_index", "metrics.py", "np.partition(d, k, axis=1)[:, k]", "np.partition(d, k - 1, axis=1)[:, k - 1]",
+      "manifold radius counts the point itself as a neighbour"),
+    M("metrics.sqdist", "metrics.py", "- 2 * a @ b.T +", "- a @ b.T +",
+      "squared distances expanded without the factor 2"),
+    M("metrics.ball_strict", "metrics.py", "(d <= radii[None, :])", "(d < radii[None, :])",
+      "a point on a ball's boundary counts as outside (released: <=)"),
+    M("metrics.is_marginal", "metrics.py", "marginal = part.mean(axis=0, keepdims=True)",
+      "marginal = probs.mean(axis=0, keepdims=True)", "Inception score: marginal over all samples, not per split"),
+    M("metrics.is_mean", "metrics.py", "np.exp(kl.sum(axis=1).mean())", "np.exp(kl.mean(axis=1).mean())",
+      "Inception score averages the KL over classes instead of summing"),
+    # --- timestep_sampler.py: importance sampling of L_vlb -------------------------------------------------------
+    M("timestep_sampler.sqrt", "timestep_sampler.py", "w = np.sqrt(np.mean(self.loss_history**2, axis=-1))",
+      "w = np.mean(self.loss_history**2, axis=-1)", "p_t proportional to E[L_t^2], not sqrt(E[L_t^2])"),
+    M("timestep_sampler.history", "timestep_sampler.py", "self.loss_history[t, :-1] = self.loss_history[t, 1:]",
+      "pass", "a full loss history overwrites its newest entry instead of dropping the oldest"),
+    M("timestep_sampler.uniform_mix", "timestep_sampler.py",
+      "w * (1 - self.uniform_prob) + self.uniform_prob / len(w)", "w + self.uniform_prob / len(w)",
+      "uniform mixing without the (1 - uniform_prob) factor"),
+    M("timestep_sampler.importance_weight", "timestep_sampler.py", "weights = 1 / (len(p) * p[indices])",
+      "weights = 1 / p[indices]", "importance weights 1 / p_t instead of 1 / (T p_t)"),
+    # --- checkpoint.py / data.py ------------------------------------------------------------------------------------
+    M("checkpoint.ema_decay", "checkpoint.py", "torch._foreach_mul_(ema_params, rate)",
+      "torch._foreach_mul_(ema_params, 1 - rate)", "EMA keeps (1 - rate) of the average"),
+    M("checkpoint.ema_alpha", "checkpoint.py", "alpha=1 - rate", "alpha=rate", "EMA adds rate x the new parameters"),
+    M("data.model_input", "data.py", "return x / 127.5 - 1", "return x / 128 - 1",
+      "images scaled to [-1, 0.99], not [-1, 1]"),
+    M("data.to_uint8", "data.py", "((x.float() + 1) * 127.5)", "((x.float() + 1) * 127.5 + 0.5)",
+      "samples quantised by rounding, not the released truncation"),
+]
+
+
+def check_table(repo: Path, mutants: list[Mutant]) -> None:
+    """Every id unique, every original snippet exactly once in its file, every mutated file valid Python."""
+    problems, seen = [], set()
+    for m in mutants:
+        if m.id in seen:
+            problems.append(f"{m.id}: duplicate id")
+        seen.add(m.id)
+        path = repo / "components" / m.file
+        if not path.is_file():
+            problems.append(f"{m.id}: {path} does not exist")
+            continue
+        text = path.read_text()
+        count = text.count(m.original)
+        if count != 1:
+            problems.append(f"{m.id}: the original snippet occurs {count} times in components/{m.file}: "
+                            f"{m.original!r}")
+            continue
+        if m.original == m.replacement:
+            problems.append(f"{m.id}: replacement equals the original")
+        try:
+            compile(text.replace(m.original, m.replacement), str(path), "exec")
+        except SyntaxError as e:
+            problems.append(f"{m.id}: the mutated file does not compile: {e}")
+    if problems:
+        raise SystemExit("mutant table out of date with the code:\n  " + "\n  ".join(problems))
+
+
+def copy_checkout(repo: Path, dest: Path) -> None:
+    """Tracked files plus untracked files that git does not ignore, as they are in the working tree."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        src = repo / name
+        if src.is_file():  # a tracked file deleted in the working tree is left out
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def test_files(copy: Path) -> list[str]:
+    tests = sorted(p.name for p in (copy / "tests" / "components").glob("test_*.py"))
+    first = [name for name in GOLDEN_FIRST if name in tests]
+    return [f"tests/components/{name}" for name in first + [t for t in tests if t not in first]]
+
+
+class Runner:
+    """Runs the fast tier in copies of the checkout; kills what it started when interrupted."""
+
+    def __init__(self, env: dict, timeout: float):
+        self.env, self.timeout = env, timeout
+        self.live: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    def env_for(self, copy: Path) -> dict:
+        return {**self.env, "PYTHONPATH": str(copy)}  # the copy's components, never the editable install's
+
+    def pytest(self, copy: Path, timeout: float | None = None) -> tuple[str, float, str]:
+        """(outcome, seconds, output): outcome passed | failed | error | timeout."""
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *test_files(copy)]
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=copy, env=self.env_for(copy), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # own process group
+        with self.lock:
+            self.live.add(proc)
+        try:
+            out, _ = proc.communicate(timeout=timeout or self.timeout)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            out, _ = proc.communicate()
+            rc = None
+        finally:
+            with self.lock:
+                self.live.discard(proc)
+        text = out.decode(errors="replace")
+        outcome = "timeout" if rc is None else {0: "passed", 1: "failed"}.get(rc, "error")
+        return outcome, time.monotonic() - start, text
+
+    def check_imports(self, copy: Path) -> None:
+        """Mutants change nothing unless the copy's components shadow the editable install of the checkout."""
+        where = subprocess.run([sys.executable, "-c", "import components; print(components.__file__)"], cwd=copy,
+                               env=self.env_for(copy), check=True, capture_output=True, text=True).stdout.strip()
+        if not Path(where).resolve().is_relative_to(copy.resolve()):
+            raise SystemExit(f"in the copy, components is imported from {where}, not from {copy}")
+
+    def kill_all(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            for proc in list(self.live):
+                kill_group(proc)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def first_failure(output: str) -> str:
+    match = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.MULTILINE)
+    return match.group(1) if match else ""
+
+
+def run_mutant(runner: Runner, copy: Path, m: Mutant) -> dict:
+    path = copy / "components" / m.file
+    original = path.read_text()
+    path.write_text(original.replace(m.original, m.replacement, 1))
+    try:
+        outcome, seconds, output = runner.pytest(copy)
+    finally:
+        path.write_text(original)
+    caught = outcome != "passed"
+    label = {"failed": "caught", "passed": "missed"}.get(outcome, outcome)  # error / timeout count as caught
+    return {**asdict(m), "outcome": label, "caught": caught, "seconds": round(seconds, 1),
+            "killed_by": first_failure(output) if caught else "",
+            "tail": "" if outcome in ("failed", "passed") else output[-2000:]}
+
+
+def work(runner: Runner, copy: Path, todo: queue.Queue, results: list, total: int, done: threading.Event) -> None:
+    try:
+        while not runner.stopping.is_set():
+            try:
+                m = todo.get_nowait()
+            except queue.Empty:
+                return
+            result = run_mutant(runner, copy, m)
+            if runner.stopping.is_set():
+                return
+            with runner.lock:
+                results.append(result)
+                print(f"[{len(results):3d}/{total}] {result['outcome']:7s} {result['seconds']:6.1f}s  {m.id:28s} "
+                      f"{result['killed_by']}", flush=True)
+    finally:
+        done.set()  # an Event, not Thread.join: a join interrupted by Ctrl-C may later return while the thread runs
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", metavar="PATTERN", help="run the mutants whose id matches this regular expression")
+    p.add_argument("--list", action="store_true", help="print the mutant table and exit")
+    p.add_argument("--jobs", type=int, default=1, help="mutants run at once, each in its own copy (default 1)")
+    p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
+    p.add_argument("--timeout", type=float, help="seconds per mutant (default: 3 x the baseline run, at least 600)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the unmutated run (timeout then defaults to 900)")
+    p.add_argument("--shared", help="the shared folder (default: $ADM_SHARED, else ../shared beside the checkout)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    check_table(REPO, MUTANTS)
+    selected = [m for m in MUTANTS if not args.only or re.search(args.only, m.id)]
+    if args.list:
+        for m in selected:
+            print(f"{m.id:28s} components/{m.file:14s} {m.description}")
+        print(f"{len(selected)} mutants")
+        return 0
+    if not selected:
+        print(f"no mutant id matches {args.only!r}", file=sys.stderr)
+        return 2
+    shared = Path(args.shared or os.environ.get("ADM_SHARED") or REPO.parent / "shared").resolve()
+    jobs = max(1, min(args.jobs, len(selected)))
+    env = {**os.environ, "ADM_SHARED": str(shared), "PYTHONDONTWRITEBYTECODE": "1"}
+    if jobs > 1:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    runner, copies, finished, started = Runner(env, args.timeout or 900), [], [], time.monotonic()
+    results: list[dict] = []
+    baseline = None
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for _ in range(jobs):
+            copies.append(Path(tempfile.mkdtemp(prefix="adm-mutants-")))  # listed first: removed whatever happens
+            copy_checkout(REPO, copies[-1])
+            check_table(copies[-1], selected)  # the copy is what gets mutated: the snippets must hold there too
+            runner.check_imports(copies[-1])
+        if not args.no_baseline:
+            outcome, baseline, output = runner.pytest(copies[0], timeout=3600)
+            print(f"baseline (no mutant): {outcome} in {baseline:.1f}s", flush=True)
+            if outcome != "passed":
+                print(output[-4000:], file=sys.stderr)
+                print("the fast tier fails without any mutant: fix it first", file=sys.stderr)
+                return 2
+            runner.timeout = args.timeout or max(600.0, 3 * baseline)
+        todo: queue.Queue = queue.Queue()
+        for m in selected:
+            todo.put(m)
+        for copy in copies:
+            finished.append(threading.Event())
+            threading.Thread(target=work, args=(runner, copy, todo, results, len(selected), finished[-1])).start()
+        while not all(done.is_set() for done in finished):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("interrupted: removing the temporary copies", file=sys.stderr)
+        return 130
+    finally:
+        runner.kill_all()
+        for done in finished:
+            done.wait()  # each worker stops once its pytest is killed, after restoring its file
+        for copy in copies:
+            shutil.rmtree(copy, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+    if len(results) != len(selected):
+        print(f"only {len(results)} of {len(selected)} mutants have a result (see the errors above)", file=sys.stderr)
+        return 2
+    order = {m.id: i for i, m in enumerate(MUTANTS)}
+    results.sort(key=lambda r: order[r["id"]])
+    caught = sum(r["caught"] for r in results)
+    elapsed = time.monotonic() - started
+    print(f"\nmutation score: {caught}/{len(results)} caught in {elapsed / 60:.1f} min "
+          f"(baseline {baseline or 0:.1f}s, timeout {runner.timeout:.0f}s per mutant, {jobs} job(s))")
+    for r in results:
+        if not r["caught"]:
+            print(f"  missed: {r['id']} (components/{r['file']}): {r['description']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"caught": caught, "total": len(results), "seconds": round(elapsed, 1),
+                                               "baseline_seconds": baseline, "jobs": jobs, "mutants": results},
+                                              indent=2) + "\n")
+    return 0 if caught == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
