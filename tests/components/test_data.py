@@ -67,3 +67,11 @@ def test_idx_magic_and_truncation_are_named():
         parse_idx(_idx(2049, [3], bytes(3)), "images", "x.gz")
     with pytest.raises(DataError, match="truncated"):
         parse_idx(_idx(2051, [2, 28, 28], bytes(100)), "images", "x.gz")
+
+
+def test_model_input_is_the_released_scaling(golden):
+    """x0 of the golden files is the released loader's arr / 127.5 - 1 of x0_uint8: 0 -> -1 and 255 -> +1 exactly."""
+    z = golden.npz("grey16_diffusion")
+    x = to_model_input(z["x0_uint8"].transpose(0, 2, 3, 1))  # the golden uint8 images are NCHW
+    assert torch.allclose(x, torch.from_numpy(z["x0"]), rtol=0, atol=1e-7)
+    assert x.min() == -1 and x.max() == 1

@@ -73,3 +73,21 @@ def test_learned_range_variance_interpolates_between_bounds():
     var, log_var = d.model_variance(v, t, 4)
     assert log_var[0].item() == pytest.approx(d.posterior_log_variance_clipped[10], rel=1e-6)
     assert log_var[1].item() == pytest.approx(math.log(d.betas[10]), rel=1e-6)
+
+
+def test_fixed_variances_closed_form():
+    """learn_sigma=False as released: "fixed large" is beta_t, except at t = 0 where it is the posterior variance of
+    t = 1 (beta_0 would be ~0); "fixed small" is the posterior variance, its log clipped at t = 0 the same way."""
+    betas = get_named_beta_schedule("linear", 100)
+    ac = np.cumprod(1 - betas)
+    posterior_1 = betas[1] * (1 - ac[0]) / (1 - ac[1])  # beta~_1 = beta_1 (1 - abar_0) / (1 - abar_1)
+    t = torch.tensor([0, 1, 50, 99])
+    large, log_large = create_diffusion(DiffusionConfig(steps=100, learn_sigma=False)).model_variance(None, t, 2)
+    expected = np.array([posterior_1, betas[1], betas[50], betas[99]])
+    assert np.allclose(large.flatten().numpy(), expected, rtol=1e-6, atol=0)
+    assert np.allclose(log_large.flatten().numpy(), np.log(expected), rtol=1e-6, atol=0)
+    small, log_small = create_diffusion(DiffusionConfig(steps=100, learn_sigma=False, sigma_small=True)).model_variance(
+        None, t, 2)
+    beta_tilde = [0.0] + [betas[i] * (1 - ac[i - 1]) / (1 - ac[i]) for i in (1, 50, 99)]
+    assert np.allclose(small.flatten().numpy(), beta_tilde, rtol=1e-6, atol=0)
+    assert np.allclose(log_small.flatten().numpy(), np.log([posterior_1, *beta_tilde[1:]]), rtol=1e-6, atol=0)

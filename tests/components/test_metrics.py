@@ -116,3 +116,56 @@ def test_inception_features_put_uniform_noise_outside_fashion_mnist():
     mu_r, s_r = feature_statistics(ref["pool"])
     fid_noise = frechet_distance(mu_r, s_r, *feature_statistics(fake["pool"]), method="eigh")
     assert fid_noise > 2 * frechet_distance(mu_r, s_r, *feature_statistics(other["pool"]), method="eigh")
+
+
+def test_precision_recall_by_hand():
+    """1-D integer points, so every squared distance is exact and ties are real. With k = 3 the reference balls (radius
+    = distance to the 3rd nearest other reference point, as the released evaluator) are 0: 3, 1: 2, 2: 2, 3: 3,
+    10: 9, covering [-3, 19] with both ends inside (a point on a ball's boundary counts: <=). Of the samples, -3
+    (on the ball of 0), 5 and 19 (on the ball of 10) are inside, 20 and 30 are not. The sample balls cover [-26, 55]."""
+    ref = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]])
+    samples = np.array([[-3.0], [5.0], [19.0], [20.0], [30.0]])
+    assert precision_recall(ref, samples) == (0.6, 1.0)
+    assert precision_recall(samples, ref) == (1.0, 0.6)
+    assert metrics.manifold_radii(ref).tolist() == [9.0, 4.0, 4.0, 9.0, 81.0]  # squared
+
+
+def test_feature_statistics_closed_form():
+    mu, sigma = feature_statistics(np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 4.0]]))
+    assert mu.tolist() == [2.0, 2.0]
+    assert np.allclose(sigma, [[4.0, 3.0], [3.0, 3.0]])  # unbiased (1 / (N - 1)), as np.cov in the released evaluator
+
+
+def test_inception_score_marginal_is_per_split():
+    """Two splits, each confident in one class: within a split p(y|x) = p(y), so each split scores 1 (the released
+    evaluator's per-split marginal); one marginal over both splits would give 2."""
+    probs = np.eye(2)[[0, 0, 1, 1]]
+    assert inception_score(probs, splits=2) == pytest.approx(1.0)
+    assert inception_score(probs, splits=1) == pytest.approx(2.0)
+
+
+def test_evaluator_features_are_the_classifier_at_t0():
+    """The evaluator's features of clean images (t = 0, pixels x / 127.5 - 1): pool = its head's normalised
+    features averaged over positions, probs = softmax of the head's 1x1 conv applied to that average."""
+    import torch
+
+    from components import build_classifier
+    from components.config import ClassifierConfig
+    from components.features import EvaluatorFeatures
+
+    torch.manual_seed(0)
+    net = build_classifier(ClassifierConfig(image_size=8, model_channels=32, depth=1, channel_mult=(1, 2),
+                                            attention_resolutions=(), num_classes=3, pool="adaptive"))
+    for p in net.parameters():
+        p.data.normal_(0, 0.3)
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
+    feats = EvaluatorFeatures(net, image_size=8, in_channels=3)(images)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1)
+    with torch.no_grad():
+        h = {t: net.features(x, torch.full((4,), t)) for t in (0, 999)}
+        pool = torch.nn.functional.silu(net.out[0](h[0])).mean(dim=(2, 3))  # [4, C]
+        conv = net.out[3]
+        probs = torch.softmax(pool @ conv.weight[:, :, 0, 0].T + conv.bias, -1)
+    assert np.allclose(feats["pool"], pool.numpy(), atol=1e-6)
+    assert np.allclose(feats["probs"], probs.numpy(), atol=1e-6)
+    assert not torch.allclose(h[0], h[999], atol=1e-3)  # t matters: the checks above can tell t = 0 from others

@@ -94,3 +94,37 @@ def test_without_resblock_updown_uses_conv_resampling():
     keys = net.state_dict().keys()
     assert "input_blocks.3.0.op.weight" in keys and "output_blocks.2.1.conv.weight" in keys
     assert net(torch.randn(1, 3, 16, 16), torch.tensor([1])).shape == (1, 3, 16, 16)
+
+
+def _resblock_reference(block, x, emb, scale_shift: bool):
+    """The released ResBlock written out in functional ops: in_layers = norm, SiLU, conv; the embedding projection is
+    added to h (or, with scale-shift norm, modulates the second norm as norm(h) * (1 + scale) + shift); then SiLU,
+    conv, plus the (1x1 conv) skip."""
+    F = torch.nn.functional
+
+    def norm(h, gn):
+        return F.group_norm(h, 32, gn.weight, gn.bias, 1e-5)
+
+    n1, c1, n2, c2 = block.in_layers[0], block.in_layers[2], block.out_layers[0], block.out_layers[3]
+    h = F.conv2d(F.silu(norm(x, n1)), c1.weight, c1.bias, padding=1)
+    e = F.linear(F.silu(emb), block.emb_layers[1].weight, block.emb_layers[1].bias)[:, :, None, None]
+    if scale_shift:
+        scale, shift = e.chunk(2, dim=1)
+        h = norm(h, n2) * (1 + scale) + shift
+    else:
+        h = norm(h + e, n2)
+    h = F.conv2d(F.silu(h), c2.weight, c2.bias, padding=1)
+    skip = block.skip_connection
+    return F.conv2d(x, skip.weight, skip.bias) + h
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_resblock_matches_its_definition(scale_shift):
+    from components.unet import ResBlock
+
+    block = _randomize(ResBlock(32, 16, 0.0, 64, use_scale_shift_norm=scale_shift)).eval()
+    x, emb = torch.randn(2, 32, 4, 4), torch.randn(2, 16)
+    with torch.no_grad():
+        out = block(x, emb)
+        assert torch.allclose(out, _resblock_reference(block, x, emb, scale_shift), atol=1e-5)
+        assert not torch.allclose(out, block(x, emb * 0), atol=1e-3)  # the embedding matters
