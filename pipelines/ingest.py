@@ -66,7 +66,8 @@ class Source:
     resolution: int
     counts: dict[str, int]  # split -> images (before skipping bad files)
     batches: object  # callable () -> iterator of Batch
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # image files that failed to decode (--skip-bad)
+    ignored: list[str] = field(default_factory=list)  # files in class folders without an image extension
 
 
 # --- sources ----------------------------------------------------------------------------------------------------------
@@ -108,7 +109,8 @@ def shapes_source(opts: IngestOptions) -> Source:
                   {s: opts.num_images for s in opts.splits}, batches)
 
 
-def _list_class_folders(fs, root: str, where: str) -> dict[str, list[str]]:
+def _list_class_folders(fs, root: str, where: str) -> tuple[dict[str, list[str]], list[str]]:
+    """Image files per class folder, and the other files found there (notes, metadata), which are not images."""
     if not fs.isdir(root):
         raise DataError(f"image folder {where} does not exist or is not a folder")
     entries = sorted(fs.ls(root, detail=True), key=lambda e: e["name"])
@@ -116,12 +118,17 @@ def _list_class_folders(fs, root: str, where: str) -> dict[str, list[str]]:
     if len(classes) < 2:
         raise DataError(f"image folder {where} has {len(classes)} class folder(s); the ImageNet layout needs one "
                         "sub-folder per class and at least two classes")
-    files = {}
+    files, ignored = {}, []
     for name, path in classes.items():
-        files[name] = sorted(p for p in fs.find(path) if not posixpath.basename(p).startswith("."))
-        if not files[name]:
+        found = sorted(p for p in fs.find(path) if not posixpath.basename(p).startswith("."))
+        files[name] = [p for p in found if posixpath.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
+        ignored += [p for p in found if p not in files[name]]
+        if not found:
             raise DataError(f"class folder {path} is empty; remove it or add images")
-    return files
+        if not files[name]:
+            raise DataError(f"class folder {path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                            "remove it or add images")
+    return files, ignored
 
 
 def image_folder_source(location: str, opts: IngestOptions) -> Source:
@@ -130,10 +137,11 @@ def image_folder_source(location: str, opts: IngestOptions) -> Source:
         raise DataError("an image folder needs --resolution (e.g. --resolution 64)")
     if len(opts.splits) != 1:
         raise DataError(f"an image folder is ingested as one split; pass one --split name, not {list(opts.splits)}")
-    files = _list_class_folders(fs, root, location)
+    files, ignored = _list_class_folders(fs, root, location)
     class_names = sorted(files)
     items = [(path, label) for label, name in enumerate(class_names) for path in files[name]]
-    source = Source(f"folder:{location}", class_names, 3, opts.resolution, {opts.splits[0]: len(items)}, None)
+    source = Source(f"folder:{location}", class_names, 3, opts.resolution, {opts.splits[0]: len(items)}, None,
+                    ignored=ignored)
 
     def load(item):
         path, label = item
@@ -231,6 +239,9 @@ def ingest(spec: str, dest: str, opts: IngestOptions | None = None, log=print) -
     finally:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
+    if source.ignored:
+        log(f"note: {len(source.ignored)} file(s) in the class folders are not images and were left out, e.g. "
+            f"{source.ignored[0]} (listed under 'ignored' in {MANIFEST})")
     log(f"ingested {sum(manifest['counts'].values())} images into {dest} in {time.perf_counter() - started:.1f}s "
         f"(fingerprint {manifest['fingerprint'][:12]})")
     return manifest
@@ -265,6 +276,8 @@ def _write_all(fs, tmp: str, source: Source, opts: IngestOptions) -> dict:
         "fingerprint": fingerprint.hexdigest(),
         "fingerprint_of": "sha256 over class names, then per split in order uint8 HWC pixels (with shape) and labels",
         "skipped": {"count": len(source.skipped), "files": source.skipped},
+        "ignored": {"count": len(source.ignored), "files": source.ignored,
+                    "why": f"not an image file name ({', '.join(sorted(IMAGE_EXTENSIONS))})"},
         "preprocessing": "short side: BOX halvings while >= 2x, BICUBIC to size, centre crop; small sources: "
                          f"{opts.resize}",
     }

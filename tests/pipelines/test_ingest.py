@@ -58,13 +58,28 @@ def test_image_folder_on_memory_filesystem(tmp_path):
 def test_corrupt_image_fails_by_name_or_is_skipped(tmp_path):
     src = _folder(tmp_path / "src")
     (src / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    (src / "cat" / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match="broken.png|notes.txt"):
+    with pytest.raises(DataError, match="broken.png"):
         ingest(str(src), str(tmp_path / "out"), IngestOptions(resolution=16), **QUIET)
     assert not (tmp_path / "out").exists()
     manifest = ingest(str(src), str(tmp_path / "out"), IngestOptions(resolution=16, skip_bad=True), **QUIET)
-    assert manifest["skipped"]["count"] == 2 and manifest["counts"]["train"] == 6
-    assert any(f.endswith("broken.png") for f in manifest["skipped"]["files"])
+    assert manifest["skipped"]["count"] == 1 and manifest["counts"]["train"] == 6
+    assert manifest["skipped"]["files"][0].endswith("broken.png")
+
+
+def test_files_that_are_not_images_are_left_out_with_a_note(tmp_path):
+    src = _folder(tmp_path / "src")
+    (src / "cat" / "notes.txt").write_text("hello")
+    (src / "dog" / "LABELS.CSV").write_text("a,b")
+    lines = []
+    manifest = ingest(str(src), str(tmp_path / "out"), IngestOptions(resolution=16), log=lines.append)
+    assert manifest["counts"]["train"] == 6 and manifest["skipped"]["count"] == 0
+    assert sorted(Path(f).name for f in manifest["ignored"]["files"]) == ["LABELS.CSV", "notes.txt"]
+    assert any("are not images" in line and "notes.txt" in line for line in lines)
+    only_notes = _folder(tmp_path / "notes", classes=("a", "b"))
+    for png in (only_notes / "b").iterdir():
+        png.rename(png.with_suffix(".txt"))
+    with pytest.raises(DataError, match="holds no image files"):
+        ingest(str(only_notes), str(tmp_path / "out2"), IngestOptions(resolution=16), **QUIET)
 
 
 def test_folder_layout_errors(tmp_path):
