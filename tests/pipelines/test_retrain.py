@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from components.config import apply_overrides
-from components.data import DataError, make_shapes
+from components.data import make_shapes
 from components.presets import get_preset
 from pipelines.retrain import WATCHED, decide_skip, retrain
 from pipelines.run import RunRequest
@@ -39,11 +39,22 @@ def add_first(folder: Path, prefix: str, images: np.ndarray) -> None:
         Image.fromarray(image).save(target / f"{prefix}-{i:04d}.png")
 
 
-def cycle(tmp_path, server, folder):
+def cycle(tmp_path, server, folder, log=lambda *_: None):
     preset = apply_overrides(get_preset("smoke"), OVERRIDES)
     req = RunRequest(preset, data=str(folder), workdir=str(tmp_path / "work"), tracking_uri=server,
                      experiment="retrain", model_prefix="rt")
-    return retrain(req, log=lambda *_: None)
+    return retrain(req, log=log)
+
+
+def output_lost_at_register(line: str) -> None:
+    """The driver's log (print to a pipe that went away, or a Ctrl-C) fails just as the register stage begins: after
+    ingest, train, sample and evaluate, before any registry call."""
+    if line.startswith("[register]"):
+        raise BrokenPipeError("the driver's output went away")
+
+
+def versions(client) -> dict:
+    return {kind: len(client.search_model_versions(f"name = 'rt-{kind}'")) for kind in ("diffusion", "classifier")}
 
 
 def champion(client):
@@ -101,18 +112,30 @@ def test_retrain_cycles_skip_promote_and_keep(tmp_path, ray_cluster, mlflow_serv
     tried = cycle(tmp_path, mlflow_server, folder)  # this exact candidate was already tried: skipped
     assert tried["decision"] == "skipped" and "already tried" in tried["reason"]
 
-    # a cycle that fails leaves the champion alone
-    (sorted(p for p in folder.iterdir() if p.is_dir())[-1] / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="broken.png"):
-        cycle(tmp_path, mlflow_server, folder)
+    # a cycle that trains new networks on new data and fails before registering them leaves the champion alone
+    before = versions(client)
+    add_shapes(folder, 16, seed=3)
+    with pytest.raises(BrokenPipeError):
+        cycle(tmp_path, mlflow_server, folder, log=output_lost_at_register)
     assert champion(client) == first["registered"]["diffusion"]["version"]
+    assert client.get_model_version_by_alias("rt-classifier", "champion").version == \
+        first["registered"]["classifier"]["version"]
+    assert versions(client) == before
 
-    runs = client.search_runs([client.get_experiment_by_name("retrain").experiment_id],
-                              "tags.`adm.retrain_cycle` = 'smoke'", order_by=["attributes.start_time ASC"])
+    experiment = client.get_experiment_by_name("retrain").experiment_id
+    runs = client.search_runs([experiment], "tags.`adm.retrain_cycle` = 'smoke'",
+                              order_by=["attributes.start_time ASC"])
     decisions = [r.data.tags["adm.decision"] for r in runs]
     assert decisions == ["promoted", "skipped", "kept", "skipped", "failed"]
     assert [r.info.status for r in runs] == ["FINISHED"] * 4 + ["FAILED"]
     assert all(r.data.tags["adm.reason"] for r in runs)
+    # the failed cycle got as far as claimed: every stage before register finished, the networks freshly trained
+    (pipeline,) = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{runs[-1].info.run_id}'")
+    stages = {r.data.tags["adm.stage"]: r
+              for r in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{pipeline.info.run_id}'")}
+    assert [stages[s].info.status for s in ("ingest", "train", "sample", "evaluate")] == ["FINISHED"] * 4
+    assert "adm.reused_from" not in stages["train"].data.tags
+    assert stages["register"].info.status != "FINISHED" and pipeline.info.status == "FAILED"
     runs = runs[:4]
     assert client.get_run(first["run_id"]).data.tags["mlflow.parentRunId"] == first["cycle_run_id"]
     assert len({r.data.tags["adm.data_fingerprint"] for r in runs}) == 2

@@ -1,5 +1,6 @@
 """`adm run` end to end (smoke preset) on a local Ray instance against a real MLflow tracking server."""
 
+import itertools
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 
 from components.config import ConfigError, UserError, apply_overrides
 from components.presets import get_preset
-from components.training import Learner
+from components.training import KINDS, Learner
 from pipelines.networks import resolve
 from pipelines.run import STAGES, Pipeline, RunRequest, check_request
 
@@ -37,7 +38,12 @@ def test_config_errors_before_any_stage(tmp_path):
     bad = apply_overrides(get_preset("smoke"), ["evaluate.champion_scale=3"])
     with pytest.raises(ConfigError, match="champion_scale"):
         check_request(RunRequest(bad, workdir=str(tmp_path)))
-    assert not any(tmp_path.iterdir())
+    # `adm run` itself refuses before any stage: no Ray, no tracking store (the default ./mlflow.db), no workdir
+    done = subprocess.run(_adm("run", "--preset", "smoke", "--override", "evaluate.champion_scale=3", "--workdir",
+                               "work"), env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "champion_scale" in done.stderr, done.stderr[-3000:]
+    assert "Ray:" not in done.stdout and "MLflow tracking" not in done.stdout
+    assert list(tmp_path.iterdir()) == [], "a refused run must not create files"
 
 
 def test_dry_run_prints_config_and_resources_and_writes_nothing(tmp_path):
@@ -61,7 +67,9 @@ def test_dry_run_prints_config_and_resources_and_writes_nothing(tmp_path):
 
 
 def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_server, monkeypatch):
-    preset = apply_overrides(get_preset("smoke"), ["train_diffusion.sample_interval=10"])
+    # every step logged, so that the trainers' own records show when each trained
+    preset = apply_overrides(get_preset("smoke"), ["train_diffusion.sample_interval=10",
+                                                   *[f"train_{k}.log_interval=1" for k in KINDS]])
     req = RunRequest(preset, workdir=str(tmp_path / "work"), tracking_uri=mlflow_server, experiment="e2e")
     first = Pipeline(req, log=lambda *_: None).execute()
     client = MlflowClient(mlflow_server)
@@ -121,13 +129,14 @@ def check_trainers(client, tmp_path, preset, trained):
     history = {kind: client.get_metric_history(run.info.run_id, "loss") for kind, run in runs.items()}
     for kind, run in runs.items():
         assert run.info.status == "FINISHED" and run.data.params["train_diffusion.steps"] == "20"
-        assert [m.step for m in history[kind]] == [5, 10, 15, 20]
+        assert [m.step for m in history[kind]] == list(range(1, 21))
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
         assert "checkpoint/model.safetensors" in artifacts and "checkpoint/optimizer.pt" in artifacts
-    # the three fit() calls overlap in time (run serially, each would start after the previous one ended)
-    window = {kind: (float(r.data.tags["adm.fit_started"]), float(r.data.tags["adm.fit_finished"]))
-              for kind, r in runs.items()}
-    assert max(w[0] for w in window.values()) < min(w[1] for w in window.values())
+    # the three trainers train at the same time: each one's steps 1..20 (the timestamps its worker logged them with)
+    # overlap every other one's; run one after another, each would log its first step after the previous one's last
+    window = {kind: (min(m.timestamp for m in h), max(m.timestamp for m in h)) for kind, h in history.items()}
+    for a, b in itertools.combinations(window, 2):
+        assert window[a][0] < window[b][1] and window[b][0] < window[a][1], window
     losses = [m.value for m in history["diffusion"]]  # hybrid loss on shapes, 20 steps at lr 1e-3
     assert losses[-1] < losses[0]
     assert {a.path for a in client.list_artifacts(runs["diffusion"].info.run_id, "samples")} == {
