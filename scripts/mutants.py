@@ -464,21 +464,23 @@ def main(argv=None) -> int:
     if len(results) != len(selected):
         print(f"only {len(results)} of {len(selected)} mutants have a result (see the errors above)", file=sys.stderr)
         return 2
+    return report(results, args.json, time.monotonic() - started, baseline, runner.timeout, jobs)
+
+
+def report(results: list[dict], json_out: str | None, elapsed: float, baseline, timeout: float, jobs: int) -> int:
     order = {m.id: i for i, m in enumerate(MUTANTS)}
     results.sort(key=lambda r: order[r["id"]])
     caught = sum(r["caught"] for r in results)
-    elapsed = time.monotonic() - started
     print(f"\nmutation score: {caught}/{len(results)} caught in {elapsed / 60:.1f} min "
-          f"(baseline {baseline or 0:.1f}s, timeout {runner.timeout:.0f}s per mutant, {jobs} job(s))")
+          f"(baseline {baseline or 0:.1f}s, timeout {timeout:.0f}s per mutant, {jobs} job(s))")
     for r in results:
         if not r["caught"]:
             print(f"  missed: {r['id']} (components/{r['file']}): {r['description']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"caught": caught, "total": len(results), "seconds": round(elapsed, 1),
-                                               "baseline_seconds": baseline, "jobs": jobs, "mutants": results},
-                                              indent=2) + "\n")
+    if json_out:
+        Path(json_out).write_text(json.dumps({"caught": caught, "total": len(results), "seconds": round(elapsed, 1),
+                                              "baseline_seconds": baseline, "timeout_seconds": timeout, "jobs": jobs,
+                                              "mutants": results}, indent=2) + "\n")
     return 0 if caught == len(results) else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
