@@ -82,6 +82,10 @@ MUTANTS = [
       "large = self.betas", "fixed-large variance: t = 0 takes beta_0, not the posterior variance at t = 1"),
     M("diffusion.no_clip", "diffusion.py", "pred_xstart = pred_xstart.clamp(-1, 1)", "pred_xstart = pred_xstart",
       "clip_denoised ignored"),
+    M("diffusion.predict_xstart", "diffusion.py", "if self.config.predict_xstart:", "if False:",
+      "predict_xstart ignored: the output is always read as eps"),
+    M("diffusion.rescale_timesteps", "diffusion.py", "(1000.0 / self.original_num_steps)",
+      "(1000.0 / self.num_timesteps)", "rescale_timesteps scales by the respaced T, not the original"),
     M("diffusion.respacing_round", "diffusion.py", "steps.append(start + round(position))",
       "steps.append(start + int(position))", "respacing floors the fractional stride instead of rounding"),
     M("diffusion.timestep_map", "diffusion.py",
@@ -117,6 +121,8 @@ MUTANTS = [
       "L_vlb computed with a clipped x_0 (released: unclipped)"),
     M("losses.rescale_learned_sigmas", "losses.py", "(diffusion.num_timesteps / 1000.0)",
       "(1000.0 / diffusion.num_timesteps)", "rescale_learned_sigmas scales L_vlb by 1000 / T, not T / 1000"),
+    M("losses.top5", "losses.py", "hit.any(dim=-1).float()", "hit.all(dim=-1).float()",
+      "top-5 correctness needs the label at every rank"),
     M("losses.classifier_clean", "losses.py", "logits = classifier(x_t, diffusion.model_timesteps(t))",
       "logits = classifier(x_start, diffusion.model_timesteps(t))",
       "the noisy classifier is trained on clean x_0 instead of x_t"),
@@ -126,6 +132,16 @@ MUTANTS = [
       "DDPM noise scaled by the variance, not the standard deviation"),
     M("sampling.noise_at_t0", "sampling.py", "(t != 0).float()", "(t != -1).float()",
       "noise added at the last step (t = 0) too"),
+    M("sampling.ddpm_clip_ignored", "sampling.py",
+      "p_mean_variance(model, x, t, clip_denoised, model_kwargs)\n            if cond_fn is not None:\n"
+      "                out = condition_mean",
+      "p_mean_variance(model, x, t, True, model_kwargs)\n            if cond_fn is not None:\n"
+      "                out = condition_mean", "DDPM loop always clips x_0 (clip_denoised ignored)"),
+    M("sampling.ddim_clip_ignored", "sampling.py",
+      "p_mean_variance(model, x, t, clip_denoised, model_kwargs)\n            if cond_fn is not None:\n"
+      "                out = condition_score",
+      "p_mean_variance(model, x, t, True, model_kwargs)\n            if cond_fn is not None:\n"
+      "                out = condition_score", "DDIM loop always clips x_0 (clip_denoised ignored)"),
     M("sampling.ddim_sigma", "sampling.py", "eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))", "eta * 1.0",
       "DDIM sigma without the sqrt((1 - abar_prev) / (1 - abar)) factor"),
     M("sampling.ddim_direction", "sampling.py", "torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps",
@@ -326,6 +342,9 @@ class Runner:
             kill_group(proc)
             out, _ = proc.communicate()
             rc = None
+        except BaseException:  # Ctrl-C / SIGTERM in the main thread: it is no longer in self.live for kill_all
+            kill_group(proc)
+            raise
         finally:
             with self.lock:
                 self.live.discard(proc)

@@ -6,6 +6,7 @@ import torch
 
 from components.config import ConfigError, DiffusionConfig
 from components.diffusion import create_diffusion, get_named_beta_schedule, space_timesteps
+from components.losses import training_losses
 
 
 def test_linear_schedule_closed_form():
@@ -91,3 +92,27 @@ def test_fixed_variances_closed_form():
     beta_tilde = [0.0] + [betas[i] * (1 - ac[i - 1]) / (1 - ac[i]) for i in (1, 50, 99)]
     assert np.allclose(small.flatten().numpy(), beta_tilde, rtol=1e-6, atol=0)
     assert np.allclose(log_small.flatten().numpy(), np.log([posterior_1, *beta_tilde[1:]]), rtol=1e-6, atol=0)
+
+
+def test_rescale_timesteps_maps_to_the_original_scale():
+    """Released _WrappedModel: with rescale_timesteps the network sees timestep_map[t] * 1000 / (original T)."""
+    d = create_diffusion(DiffusionConfig(steps=500, rescale_timesteps=True), "ddim10")  # map: 0, 50, ..., 450
+    assert d.model_timesteps(torch.tensor([0, 1, 9])).tolist() == [0.0, 100.0, 900.0]
+
+
+def test_predict_xstart_reads_the_output_as_x0():
+    """With predict_xstart the network's output is x_0 itself: the posterior mean is coef1 x_0 + coef2 x_t, and the
+    loss target is x_start (an exact prediction has zero loss)."""
+    d = create_diffusion(DiffusionConfig(steps=100, learn_sigma=False, predict_xstart=True))
+    torch.manual_seed(0)
+    x_t, x0, t = torch.randn(2, 1, 4, 4), torch.rand(2, 1, 4, 4) - 0.5, torch.tensor([10, 60])
+    out = d.p_mean_variance(lambda x, ts: x0, x_t, t, clip_denoised=True)
+    betas = get_named_beta_schedule("linear", 100)
+    ac = np.cumprod(1 - betas)
+    i, j = t.numpy(), t.numpy() - 1
+    coef1 = torch.from_numpy(betas[i] * np.sqrt(ac[j]) / (1 - ac[i])).float().view(2, 1, 1, 1)
+    coef2 = torch.from_numpy((1 - ac[j]) * np.sqrt(1 - betas[i]) / (1 - ac[i])).float().view(2, 1, 1, 1)
+    expected = coef1 * x0 + coef2 * x_t
+    assert torch.equal(out["pred_xstart"], x0)
+    assert torch.allclose(out["mean"], expected, atol=1e-6)
+    assert training_losses(d, lambda x, ts: x0, x0, t)["mse"].abs().max() == 0

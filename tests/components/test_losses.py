@@ -65,6 +65,8 @@ def test_classifier_loss_is_cross_entropy_on_noised_x_t(golden):
     expected = -torch.log_softmax(logits, -1)[torch.arange(len(y)), y]
     assert torch.allclose(terms["loss"], expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(terms["top1"], (logits.argmax(-1) == y).float())
+    higher = (logits > logits[torch.arange(len(y)), y][:, None]).sum(-1)  # classes ranked above the label
+    assert torch.equal(terms["top5"], (higher < 5).float()) and 0 < terms["top5"].sum() < len(y)
 
 
 def test_rescale_learned_sigmas_scales_vb_by_t_over_1000():

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,45 @@ def test_parse_sampler():
     assert parse_sampler("250")[0] is ddpm_sample
     with pytest.raises(ValueError):
         parse_sampler("euler")
+
+
+def _zero_model(x, t, y=None):
+    return torch.zeros(x.shape[0], 2 * x.shape[1], *x.shape[2:])  # eps = 0 and v = 0 (the middle of the range)
+
+
+def _reference_zero_model_loop(loop, diffusion, seeds, clip: bool) -> np.ndarray:
+    """The released DDPM step and DDIM (eta 0) step written out in float64 for a network predicting eps = 0, v = 0:
+    x0 = x / sqrt(abar) (clipped or not), eps recomputed from x0; DDIM: x <- sqrt(abar_prev) x0 + sqrt(1 - abar_prev)
+    eps; DDPM: x <- coef1 x0 + coef2 x + [t > 0] exp(log_var / 2) z with log_var = (log beta + log beta~) / 2."""
+    noise = SampleNoise(seeds, (3, 8, 8))
+    x = noise.draw().double().numpy()
+    betas = diffusion.betas
+    abar = np.cumprod(1 - betas)
+    abar_prev = np.append(1.0, abar[:-1])
+    beta_tilde = betas * (1 - abar_prev) / (1 - abar)
+    for t in reversed(range(len(betas))):
+        x0 = x / np.sqrt(abar[t])
+        if clip:
+            x0 = np.clip(x0, -1, 1)
+        eps = (x / np.sqrt(abar[t]) - x0) / np.sqrt(1 / abar[t] - 1)
+        z = noise.draw().double().numpy()
+        if loop is ddim_sample:
+            x = np.sqrt(abar_prev[t]) * x0 + np.sqrt(1 - abar_prev[t]) * eps
+        else:
+            coef1 = betas[t] * np.sqrt(abar_prev[t]) / (1 - abar[t])
+            coef2 = (1 - abar_prev[t]) * np.sqrt(1 - betas[t]) / (1 - abar[t])
+            log_var = 0.5 * np.log(betas[t]) + 0.5 * np.log(beta_tilde[max(t, 1)])  # beta~_0 = 0: the t = 1 value
+            x = coef1 * x0 + coef2 * x + (t > 0) * np.exp(0.5 * log_var) * z
+    return x
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("loop,respacing", [(ddim_sample, "ddim10"), (ddpm_sample, "10")])
+def test_loops_match_a_float64_reference(loop, respacing, clip):
+    diffusion = create_diffusion(CFG, respacing)
+    x_0 = loop(_zero_model, diffusion, SampleNoise([4, 5], (3, 8, 8)), clip_denoised=clip)
+    expected = _reference_zero_model_loop(loop, diffusion, [4, 5], clip)
+    assert np.allclose(x_0.double().numpy(), expected, rtol=1e-4, atol=1e-5)
+    if loop is ddim_sample and not clip:  # eps = 0 throughout: x_0 = x_T / sqrt(abar_T)
+        x_T = SampleNoise([4, 5], (3, 8, 8)).draw()
+        assert torch.allclose(x_0, x_T / np.sqrt(diffusion.alphas_cumprod[-1]), rtol=1e-4)
