@@ -9,8 +9,8 @@ import platform
 import tempfile
 import time
 
-from pipelines.dataset import read_split
-from pipelines.ingest import IngestOptions, ingest
+from pipelines.infra.dataset import read_split
+from pipelines.stages.ingest import IngestOptions, ingest
 
 
 def main():

@@ -34,7 +34,7 @@ import torch
 
 from components.presets import get_preset
 from components.training import Learner
-from pipelines.sample import GuidedSampler, SampleJob, assemble, plan_shards, run_sampling
+from pipelines.stages.sample import GuidedSampler, SampleJob, assemble, plan_shards, run_sampling
 
 
 def save_random(kind: str, preset, folder: str) -> str:

@@ -19,8 +19,8 @@ from components.config import apply_overrides
 from components.data import to_model_input
 from components.presets import get_preset
 from components.training import Learner
-from pipelines.dataset import read_split
-from pipelines.train import TrainOptions, train
+from pipelines.infra.dataset import read_split
+from pipelines.stages.train import TrainOptions, train
 
 
 def plain(preset, data: str, steps: int) -> float:

@@ -18,13 +18,13 @@ import tempfile
 import numpy as np
 import torch
 
-from pipelines.files import read_npz
+from pipelines.infra.storage import read_npz
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_sample import save_random  # noqa: E402
 
 from components.presets import get_preset  # noqa: E402
-from pipelines.sample import SampleJob, run_sampling  # noqa: E402
+from pipelines.stages.sample import SampleJob, run_sampling  # noqa: E402
 
 
 def main():

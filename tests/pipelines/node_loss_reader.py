@@ -10,7 +10,7 @@ import time
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pipelines.train import TrainOptions, training_dataset
+from pipelines.stages.train import TrainOptions, training_dataset
 
 
 @ray.remote(num_cpus=1.5)

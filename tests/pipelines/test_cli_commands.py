@@ -21,9 +21,9 @@ from mlflow import MlflowClient
 from components.checkpoint import CheckpointError
 from components.config import UserError, apply_overrides
 from components.presets import PRESET_BUILDERS, get_preset
-from pipelines.cli import build_parser
-from pipelines.networks import resolve
-from pipelines.run import STAGES, Pipeline, RunRequest
+from pipelines.cli.main import build_parser
+from pipelines.infra.model_refs import resolve
+from pipelines.workflow.pipeline import STAGES, Pipeline, RunRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 # Two steps per network, evaluator features only, one scale of four samples: the cheapest complete pipeline. Its
@@ -284,7 +284,7 @@ def test_jobs_logs_list_stop_and_status(ray_cluster, env, tmp_path):
     """`adm jobs` against the session's Ray instance (its dashboard's Jobs API, with the token Ray wrote)."""
     from ray._private.worker import get_dashboard_url
 
-    from pipelines.jobs import connect
+    from pipelines.ops.jobs import connect
 
     address = f"http://{get_dashboard_url()}"
     client = connect(address)

@@ -7,9 +7,16 @@ import pytest
 import ray
 import yaml
 
-from pipelines.cli import build_parser, main
-from pipelines.jobs import JobError, connect, job_command
-from pipelines.schedule import ScheduleError, crontab_line, kubernetes_manifest, on_calendar, parse_cron, systemd_units
+from pipelines.cli.main import build_parser, main
+from pipelines.ops.jobs import JobError, connect, job_command
+from pipelines.ops.schedule import (
+    ScheduleError,
+    crontab_line,
+    kubernetes_manifest,
+    on_calendar,
+    parse_cron,
+    systemd_units,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
@@ -119,7 +126,9 @@ def test_bad_cron_is_rejected(bad):
         parse_cron(bad)
 
 
-def test_schedule_outputs(tmp_path):
+def test_schedule_outputs(tmp_path, monkeypatch):
+    # the units carry $MLFLOW_TRACKING_URI when set (mlflow.set_tracking_uri in an earlier test sets it)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     args = ["--preset", "smoke", "--workdir", "/shared/adm"]
     manifest = yaml.safe_load(kubernetes_manifest("0 4 * * 1", args, CLUSTER / "kuberay" / "raycronjob.yaml"))
     assert manifest["kind"] == "RayCronJob" and manifest["spec"]["schedule"] == "0 4 * * 1"
@@ -161,3 +170,20 @@ def test_unreachable_cluster_names_address_and_fix(tmp_path):
         connect("http://127.0.0.1:9")
     with pytest.raises(JobError, match="--token-file"):
         connect("http://127.0.0.1:9", token_file=str(tmp_path / "missing"))
+
+
+def test_submitted_jobs_keep_every_package_whatever_its_name():
+    """Ray applies the excludes as gitignore patterns: the top-level cluster/, tests/ and bench/ folders stay home,
+    a package folder of the same name inside pipelines/ travels."""
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    from pipelines import PROJECT_ROOT
+    from pipelines.ops.jobs import EXCLUDES
+
+    root = PROJECT_ROOT
+    excluded = _get_excludes(root, EXCLUDES)
+    for kept in ("pipelines/cluster/x.py", "pipelines/tests/x.py", "components/unet.py", "pipelines/cli/main.py"):
+        assert not excluded(root / kept), kept
+    for dropped in ("cluster/kuberay/raycluster.yaml", "tests/conftest.py", "bench/RESULTS.md", ".git/HEAD",
+                    "adm-work/runs/x", "pipelines/__pycache__/x.pyc"):
+        assert excluded(root / dropped), dropped

@@ -11,9 +11,9 @@ from components.config import apply_overrides
 from components.data import to_model_input
 from components.presets import get_preset
 from components.training import Learner
-from pipelines.dataset import read_split
-from pipelines.ingest import IngestOptions, ingest
-from pipelines.train import TrainOptions, train
+from pipelines.infra.dataset import read_split
+from pipelines.stages.ingest import IngestOptions, ingest
+from pipelines.stages.train import TrainOptions, train
 
 STEPS = 10  # per segment: two workers for STEPS steps, then one worker for STEPS more
 # Tolerances, from this test on the 2-core Intel AMX VM, where bf16 autocast runs in the workers and in the reference

@@ -9,11 +9,11 @@ from mlflow import MlflowClient
 
 from components.presets import get_preset
 from components.training import Learner
-from pipelines.dataset import read_split
-from pipelines.evaluate import EvaluateJob, EvaluationError, run_evaluation
-from pipelines.files import npz_bytes, write_bytes_atomic
-from pipelines.ingest import IngestOptions, ingest
-from pipelines.report import format_table, log_evaluation
+from pipelines.infra.dataset import read_split
+from pipelines.infra.storage import npz_bytes, write_bytes_atomic
+from pipelines.stages.evaluate import EvaluateJob, EvaluationError, run_evaluation
+from pipelines.stages.ingest import IngestOptions, ingest
+from pipelines.stages.report import format_table, log_evaluation
 
 QUIET = {"log": lambda *_: None}
 
@@ -78,8 +78,8 @@ def test_metrics_per_scale_cache_and_mlflow(setup, tmp_path, ray_cluster, mlflow
 
 
 def test_precomputed_reference_statistics(setup, tmp_path, ray_cluster):
-    from pipelines.evaluate import reference_stats
-    from pipelines.files import read_npz
+    from pipelines.infra.storage import read_npz
+    from pipelines.stages.evaluate import reference_stats
 
     cache = tmp_path / "cache"
     images, _ = read_split(setup["data"], "train", limit=16)

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from components.data import DataError, make_shapes
-from pipelines.dataset import DecodeBatch, describe, load_manifest, read_split
-from pipelines.ingest import FASHION_MNIST_DIR, IngestOptions, ingest
+from pipelines.infra.dataset import DecodeBatch, describe, load_manifest, read_split
+from pipelines.stages.ingest import FASHION_MNIST_DIR, IngestOptions, ingest
 
 QUIET = dict(log=lambda *_: None)
 
@@ -136,7 +136,7 @@ def test_decode_batch_scales_to_model_range():
 
 
 def test_interrupted_ingest_leaves_nothing_a_reader_accepts(tmp_path, monkeypatch):
-    import pipelines.ingest as ingest_module
+    import pipelines.stages.ingest as ingest_module
 
     real_write, calls = ingest_module._write_shard, []
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.ingest import IngestOptions, ingest
-from pipelines.jobs import JobError, connect
+from pipelines.ops.jobs import JobError, connect
+from pipelines.stages.ingest import IngestOptions, ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "cluster" / "local"

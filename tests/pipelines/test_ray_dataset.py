@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from components.data import make_shapes
-from pipelines.ingest import IngestOptions, ingest
+from pipelines.stages.ingest import IngestOptions, ingest
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def shapes_url(tmp_path) -> str:
 
 
 def test_ray_dataset_yields_decoded_batches(shapes_url, ray_cluster):
-    from pipelines.dataset import ray_dataset
+    from pipelines.infra.dataset import ray_dataset
 
     ds = ray_dataset(shapes_url)
     rows = ds.take_all()
@@ -34,7 +34,7 @@ def test_ray_dataset_yields_decoded_batches(shapes_url, ray_cluster):
 
 def test_driver_dataset_holds_the_same_rows_in_shard_order(shapes_url, ray_cluster):
     from components.data import to_model_input
-    from pipelines.dataset import driver_dataset, read_split
+    from pipelines.infra.dataset import driver_dataset, read_split
 
     images, labels = read_split(shapes_url)
     for _ in range(2):  # the same order every time: shard order, then row order
@@ -47,8 +47,8 @@ def test_driver_dataset_holds_the_same_rows_in_shard_order(shapes_url, ray_clust
 
 def test_epochs_are_shuffled_differently_and_repeat_from_run_to_run(shapes_url, ray_cluster):
     from components.config import TrainConfig
-    from pipelines.dataset import driver_dataset
-    from pipelines.train_worker import _epoch
+    from pipelines.infra.dataset import driver_dataset
+    from pipelines.stages.train_worker import _epoch
 
     ds = driver_dataset(shapes_url)
     in_order = np.concatenate([b["label"] for b in ds.iter_batches(batch_size=None)])

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from components.config import ConfigError, UserError, apply_overrides
 from components.presets import get_preset
 from components.training import KINDS, Learner
-from pipelines.networks import resolve
-from pipelines.run import STAGES, Pipeline, RunRequest, check_request
+from pipelines.infra.model_refs import resolve
+from pipelines.workflow.pipeline import STAGES, Pipeline, RunRequest, check_request
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -220,7 +220,7 @@ import mlflow  # imported before the barrier, so that the processes open the sto
 open(sys.argv[2] + "." + str(os.getpid()), "w").close()
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.01)
-from pipelines.tracking import Tracker
+from pipelines.infra.tracking import Tracker
 print(Tracker(sys.argv[1]).start_run("adm", "at-once"))
 """
 

@@ -16,8 +16,8 @@ from components.precision import autocast_context
 from components.presets import get_preset
 from components.sampling import SampleNoise, ddim_sample, sample_label, sample_seed
 from components.training import Learner
-from pipelines.networks import resolve
-from pipelines.sample import SampleJob, log_to_mlflow, plan_shards, run_sampling, shard_url, validate
+from pipelines.infra.model_refs import resolve
+from pipelines.stages.sample import SampleJob, log_to_mlflow, plan_shards, run_sampling, shard_url, validate
 
 
 def _save(kind, preset, folder):
@@ -132,7 +132,7 @@ def test_bad_input_is_refused_before_actors(tmp_path, nets, actor_count):
 def test_actor_plan_places_every_actor_on_gpu_clusters(monkeypatch, gpus, requested, per_gpu, pending, actors, share):
     """More sampler actors than GPUs share the GPUs (1/k each) instead of asking for GPUs that never come;
     `per_gpu` actors per GPU by default (two overlap a small network's kernel launches)."""
-    from pipelines.files import actor_plan
+    from pipelines.infra.resources import actor_plan
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": float(gpus)})
     n, resources = actor_plan(requested, pending, per_gpu=per_gpu)

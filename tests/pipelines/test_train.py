@@ -12,9 +12,9 @@ from mlflow import MlflowClient
 
 from components.config import ConfigError, UserError, apply_overrides
 from components.presets import get_preset
-from pipelines.ingest import IngestOptions, ingest
-from pipelines.tracking import TrackingError
-from pipelines.train import TrainingError, TrainOptions, train, worker_resources
+from pipelines.infra.tracking import TrackingError
+from pipelines.stages.ingest import IngestOptions, ingest
+from pipelines.stages.train import TrainingError, TrainOptions, train, worker_resources
 
 TINY = ["train_diffusion.steps=20", "train_diffusion.log_interval=5", "train_diffusion.save_interval=10",
         "train_diffusion.sample_interval=10", "train_classifier.steps=20", "train_classifier.log_interval=5",

@@ -1,8 +1,11 @@
-"""Reading ingested datasets: with Ray Data for training, or directly (NumPy) for tests and small jobs.
+"""The dataset format and its readers: with Ray Data for training, or directly (NumPy) for tests and small jobs.
 
-Both decode the PNG column to uint8 HWC; ``decode_batch`` also scales to float32 NCHW in [-1, 1] for the networks.
+A dataset is a folder (any fsspec URL) of ``manifest.json`` and ``<split>/part-NNNNN.parquet`` shards with columns
+``image`` (PNG bytes), ``label`` and ``class_name``; stages/ingest.py writes it. Both readers decode the PNG column
+to uint8 HWC; ``decode_batch`` also scales to float32 NCHW in [-1, 1] for the networks.
 """
 
+import json
 import posixpath
 
 import fsspec
@@ -11,7 +14,17 @@ import pyarrow.parquet as pq
 
 from components.data import DataError, class_grid, decode_png, to_model_input
 
-from .ingest import MANIFEST, read_manifest
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def read_manifest(url: str) -> dict | None:
+    """The manifest of the dataset at `url`, or None where there is none (yet)."""
+    fs, root = fsspec.core.url_to_fs(url)
+    path = posixpath.join(root, MANIFEST)
+    if not fs.exists(path):
+        return None
+    return json.loads(fs.cat_file(path))
 
 
 def load_manifest(url: str) -> dict:

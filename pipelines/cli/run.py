@@ -3,13 +3,13 @@
 import json
 import os
 
+from pipelines.cli.common import preset_args, resolved_preset
 
-def _request(args):
+
+def request_from_args(args):
     from components.config import preset_from_dict
-
-    from .cli import resolved_preset
-    from .run import RunRequest
-    from .tracking import Tracker
+    from pipelines.infra.tracking import Tracker
+    from pipelines.workflow.pipeline import RunRequest
 
     common = dict(tracking_uri=args.tracking_uri, experiment=args.experiment, force=args.force,
                   register=not args.no_register, model_prefix=args.model_prefix)
@@ -38,12 +38,11 @@ def _where(uri: str) -> str:
 
 def cmd_run(args) -> int:
     from components.config import to_dict
+    from pipelines.stages.report import format_table
+    from pipelines.workflow.pipeline import Pipeline, check_request, resources
+    from pipelines.workflow.sentinel import start
 
-    from .report import format_table
-    from .run import Pipeline, check_request, resources
-    from .sentinel import start
-
-    req = _request(args)
+    req = request_from_args(args)
     check_request(req)
     if args.dry_run:
         print(json.dumps({"preset": to_dict(req.preset),
@@ -66,14 +65,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_retrain(args) -> int:
-    from .retrain import retrain
+    from pipelines.workflow.retrain import retrain
 
-    result = retrain(_request(args))
+    result = retrain(request_from_args(args))
     print(f"retraining cycle {result['cycle_run_id']}: {result['decision']} ({result['reason']})")
     return 0
 
 
-def _pipeline_args(p, preset_args) -> None:
+def _pipeline_args(p) -> None:
     preset_args(p)
     p.add_argument("--data", default=None, help="ingest source (default: the preset's): fashion-mnist, shapes, "
                    "fashion-mnist:/dir, or an image folder URL with one sub-folder per class")
@@ -85,9 +84,9 @@ def _pipeline_args(p, preset_args) -> None:
                    help="registered model names are PREFIX-diffusion and PREFIX-classifier (default: adm-PRESET)")
 
 
-def add_parser(sub, preset_args) -> None:
+def add_parsers(sub) -> None:
     p = sub.add_parser("run", help="the whole pipeline: ingest, train, sample over the scale grid, evaluate, register")
-    _pipeline_args(p, preset_args)
+    _pipeline_args(p)
     p.add_argument("--force", action="store_true", help="recompute every stage even when a finished one matches")
     p.add_argument("--resume", default=None, metavar="RUN_ID",
                    help="continue a pipeline run that died, from its last finished stage (its config is reused)")
@@ -99,6 +98,6 @@ def add_parser(sub, preset_args) -> None:
 
     p = sub.add_parser("retrain", help="one idempotent retraining cycle: skip if data, code and config match the "
                        "champion's, else run the pipeline and promote only if the chosen metric improved")
-    _pipeline_args(p, preset_args)
+    _pipeline_args(p)
     p.add_argument("--force", action="store_true", help="run the pipeline (all stages) even if nothing changed")
     p.set_defaults(func=cmd_retrain, no_register=False, resume=None)

@@ -29,10 +29,9 @@ from components.data import (
     load_image_file,
     make_shapes,
 )
+from pipelines.infra.dataset import FORMAT_VERSION, MANIFEST, read_manifest
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
@@ -205,14 +204,6 @@ def _write_shard(fs, path: str, batch: Batch, class_names: list[str]) -> None:
 def _split_rows(batch: Batch, size: int):
     for start in range(0, len(batch.labels), size):
         yield Batch(batch.split, batch.images[start:start + size], batch.labels[start:start + size])
-
-
-def read_manifest(url: str) -> dict | None:
-    fs, root = fsspec.core.url_to_fs(url)
-    path = posixpath.join(root, MANIFEST)
-    if not fs.exists(path):
-        return None
-    return json.loads(fs.cat_file(path))
 
 
 def ingest(spec: str, dest: str, opts: IngestOptions | None = None, log=print) -> dict:

@@ -2,8 +2,8 @@
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import EvaluateJob, run_evaluation
-    from .report import format_table, log_evaluation
+    from pipelines.stages.evaluate import EvaluateJob, run_evaluation
+    from pipelines.stages.report import format_table, log_evaluation
 
     features = args.features or ("both" if args.evaluator else "inception")
     job = EvaluateJob(samples=args.samples, reference=args.reference, features=features, evaluator=args.evaluator,
@@ -18,7 +18,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="score samples per guidance scale against a reference (Ray Data features)")
     p.add_argument("--samples", required=True,
                    help="output folder of `adm sample` (scale_<s>/samples_*.npz) or one NPZ")

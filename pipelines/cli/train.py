@@ -2,11 +2,12 @@
 
 import json
 
+from pipelines.cli.common import preset_args, resolved_preset
+
 
 def cmd_train(args) -> int:
-    from .cli import resolved_preset
-    from .dataset import load_manifest
-    from .train import TrainOptions, plan, train, validate
+    from pipelines.infra.dataset import load_manifest
+    from pipelines.stages.train import TrainOptions, plan, train, validate
 
     preset = resolved_preset(args)
     kinds = ("diffusion", "classifier", "evaluator") if args.network == "all" else (args.network,)
@@ -23,7 +24,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def add_parser(sub, preset_args) -> None:
+def add_parsers(sub) -> None:
     p = sub.add_parser("train", help="train networks with Ray Train (concurrently with 'all')")
     p.add_argument("network", choices=("diffusion", "classifier", "evaluator", "all"))
     p.add_argument("--data", required=True, help="an ingested dataset's folder or URL (adm data ingest)")

@@ -1,4 +1,4 @@
-"""The `adm` command."""
+"""The `adm` command: the top-level parser, `adm presets` / `adm config`, and error reporting."""
 
 import argparse
 import json
@@ -6,19 +6,10 @@ import os
 import sys
 import traceback
 
-from components.config import UserError, apply_overrides, to_dict
-from components.presets import DEFAULT_PRESET, PRESET_BUILDERS, get_preset
-
-
-def _preset_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESET_BUILDERS),
-                        help=f"named configuration (default: {DEFAULT_PRESET})")
-    parser.add_argument("--override", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="change one preset field, e.g. unet.model_channels=64 (repeatable)")
-
-
-def resolved_preset(args):
-    return apply_overrides(get_preset(args.preset), args.override)
+from components.config import UserError, to_dict
+from components.presets import PRESET_BUILDERS, get_preset
+from pipelines.cli import data, evaluate, jobs, run, sample, train
+from pipelines.cli.common import preset_args, resolved_preset
 
 
 def cmd_presets(args) -> int:
@@ -38,17 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the named configurations")
     p.set_defaults(func=cmd_presets)
     p = sub.add_parser("config", help="print a preset's resolved configuration as JSON")
-    _preset_args(p)
+    preset_args(p)
     p.set_defaults(func=cmd_config)
-    from . import data_cli, evaluate_cli, jobs_cli, run_cli, sample_cli, train_cli
-
-    data_cli.add_parser(sub)
-    train_cli.add_parser(sub, _preset_args)
-    sample_cli.add_parser(sub)
-    evaluate_cli.add_parser(sub)
-    run_cli.add_parser(sub, _preset_args)
-    jobs_cli.add_parser(sub)
-    jobs_cli.add_schedule_parser(sub)
+    for command in (data, train, sample, evaluate, run, jobs):  # each adds its sub-commands
+        command.add_parsers(sub)
     return parser
 
 
@@ -57,6 +41,7 @@ def main(argv=None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.parser = parser  # adm submit / schedule check the command they wrap with this same parser
     if getattr(args, "takes_extra", False):
         args.command = extra  # adm submit: everything after the submit options is the adm command to run
     try:

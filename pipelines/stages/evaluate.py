@@ -35,8 +35,8 @@ from components.features import (
     InceptionFeatures,
     file_digest,
 )
-
-from .files import actor_plan, npz_bytes, read_npz, write_bytes_atomic
+from pipelines.infra.resources import actor_plan
+from pipelines.infra.storage import npz_bytes, read_npz, write_bytes_atomic
 
 FEATURES = ("inception", "evaluator", "both")
 SCORE_SPLIT = 5000  # the reference evaluator scores in splits of 5000 samples
@@ -150,7 +150,7 @@ def reference_source(job: EvaluateJob) -> Source | dict:
         if "arr_0" not in header and all(k in header for k in STATS_KEYS):
             return {k: v for k, v in read_npz(job.reference).items() if k in STATS_KEYS}
         return npz_source(job.reference, "reference", "reference")
-    from .dataset import load_manifest, shard_urls
+    from pipelines.infra.dataset import load_manifest, shard_urls
 
     manifest = load_manifest(job.reference)
     urls, counts = [], []
@@ -191,7 +191,7 @@ def check_inputs(job: EvaluateJob, samples: dict, reference) -> None:
 
 
 def resolve_evaluator(job: EvaluateJob, workdir=None):
-    from .networks import resolve
+    from pipelines.infra.model_refs import resolve
 
     return resolve(job.evaluator, "evaluator", tracking_uri=job.tracking_uri, workdir=workdir)
 
@@ -229,7 +229,7 @@ class FeatureWorker:
             if self._file[0] != item["url"]:
                 self._file = (item["url"], read_npz(item["url"])["arr_0"])
             return self._file[1][item["start"]:item["stop"]]
-        from .dataset import decode_images
+        from pipelines.infra.dataset import decode_images
 
         with fsspec.open(item["url"], "rb") as f:
             table = pq.read_table(f, columns=["image"]).slice(item["start"], item["stop"] - item["start"])

@@ -3,7 +3,7 @@ trade-off plots on the parent run)."""
 
 import math
 
-from .plots import close, tradeoff_figures
+from pipelines.stages.plots import close, tradeoff_figures
 
 COLUMNS = ("guidance_scale", "num_samples", "fid", "sfid", "precision", "recall", "evaluator_fid",
            "evaluator_precision", "evaluator_recall", "score", "accuracy")
@@ -30,7 +30,7 @@ def scale_label(scale: float) -> str:
 def log_evaluation(job, result, log=print):
     """Metrics into each scale's run (the sampling stage's child runs when given, else new child runs of an
     "evaluate" parent); the table and plots onto the parent run."""
-    from .tracking import Tracker
+    from pipelines.infra.tracking import Tracker
 
     tracker = Tracker(job.tracking_uri)
     parent = job.parent_run_id or tracker.start_run(job.experiment, "evaluate", tags={"adm.stage": "evaluate"})

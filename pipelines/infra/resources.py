@@ -1,34 +1,18 @@
-"""Small helpers shared by the stages: atomic writes on any fsspec filesystem, NPZ bytes, and actor counts."""
+"""What the Ray cluster offers and what each stage asks of it: a trainer worker or actor must fit on one node."""
 
-import io
-import posixpath
-import uuid
-
-import fsspec
-import numpy as np
+import ray
 
 from components.config import UserError
 
 
-def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write to a temporary name beside `url`, then rename: readers never see a half-written file."""
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.pipe_file(tmp, data)
-    fs.mv(tmp, path)
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 1))
 
 
-def npz_bytes(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def read_npz(url: str) -> dict:
-    with fsspec.open(url, "rb") as f:
-        data = np.load(io.BytesIO(f.read()), allow_pickle=False)
-        return {name: data[name] for name in data.files}
+def largest_node_cpus() -> float:
+    """CPUs of the biggest alive node (all CPUs on a one-node cluster)."""
+    sizes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    return float(max(sizes, default=0.0)) or cluster_cpus()
 
 
 def actor_plan(requested: int | None, pending: int, cpus_per_actor: float | None = None,
@@ -37,10 +21,6 @@ def actor_plan(requested: int | None, pending: int, cpus_per_actor: float | None
     `requested` (more actors than GPUs share them: 1/k GPU each, k actors per GPU), else the CPUs shared out with half
     a CPU left for the driver and Ray Data (one actor per 2 CPUs unless `requested`), at most one node's CPUs;
     `cpus_per_actor` fixes each CPU actor's share (and its torch threads) instead."""
-    import ray
-
-    from .cluster import cluster_cpus, largest_node_cpus
-
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus:
         n = max(1, min(requested or gpus * per_gpu, pending))

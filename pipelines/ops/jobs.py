@@ -19,22 +19,21 @@ import uuid
 from pathlib import Path
 
 from components.config import UserError
+from pipelines import PROJECT_ROOT
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 COMMANDS = ("run", "retrain", "train", "sample", "evaluate", "data")
 PIPELINE_COMMANDS = ("run", "retrain")
-EXCLUDES = [".git", "tests", "bench", "adm-work", "mlruns", "mlflow.db", "*.egg-info", "__pycache__", ".pytest_cache",
-            ".ruff_cache", ".whl", ".gl", "*.log", "cluster"]
+# gitignore-style patterns, anchored with a leading "/" where only the top-level folder is meant: a bare "cluster"
+# would also drop any pipelines/**/cluster/ package from every submitted job
+EXCLUDES = ["/.git", "/tests", "/bench", "/adm-work", "/mlruns", "mlflow.db", "*.egg-info", "__pycache__",
+            ".pytest_cache", ".ruff_cache", "*.whl", ".gl", "*.log", "/cluster"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 120  # a freshly started head answers "No available agent to submit job" for a while
 
 
 class JobError(UserError):
     pass
-
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parents[1]
 
 
 def dashboard_address(address: str | None) -> str:
@@ -119,34 +118,17 @@ def job_command(command: list[str], tracking_uri: str | None) -> tuple[list[str]
     return command, {"MLFLOW_TRACKING_URI": uri, **passed}
 
 
-def check_locally(command: list[str]) -> None:
-    """Parse the job's command with `adm`'s parser and check a pipeline's config: errors show before submitting."""
-    from .cli import build_parser
-
-    try:
-        args = build_parser().parse_args(command)
-    except SystemExit:
-        raise JobError(f"the job's command is not valid: adm {shlex.join(command)} (see adm {command[0]} --help)") \
-            from None
-    if command[0] in PIPELINE_COMMANDS and not getattr(args, "resume", None):
-        from .run import check_request
-        from .run_cli import _request
-
-        check_request(_request(args))
-
-
 def runtime_env(env_vars: dict, pip: list[str] | None = None, working_dir: str | None = None) -> dict:
-    env = {"working_dir": working_dir or str(project_root()), "excludes": EXCLUDES,
+    env = {"working_dir": working_dir or str(PROJECT_ROOT), "excludes": EXCLUDES,
            "env_vars": {**env_vars, "PYTHONUNBUFFERED": "1"}}
     if pip:
         env["pip"] = list(pip)
     return env
 
 
-def submit(command: list[str], address: str | None = None, token_file: str | None = None, pip=None,
-           tracking_uri: str | None = None, job_id: str | None = None, num_cpus: float = 0.0) -> tuple[object, str]:
-    command, env_vars = job_command(command, tracking_uri)
-    check_locally(command)
+def submit(command: list[str], env_vars: dict, address: str | None = None, token_file: str | None = None, pip=None,
+           job_id: str | None = None, num_cpus: float = 0.0) -> tuple[object, str]:
+    """Submit `adm COMMAND` (as prepared by job_command, and checked by the caller) as a Ray job."""
     client = connect(address, token_file)
     job_id = job_id or f"adm-{command[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     entrypoint = f"python -m pipelines.cli {shlex.join(command)}"

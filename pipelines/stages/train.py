@@ -22,11 +22,10 @@ import torch
 from components.checkpoint import ema_init_share
 from components.config import ConfigError, Preset, UserError, to_dict, validate_speed
 from components.training import KINDS, build_network, network_config, train_config
-
-from .cluster import cluster_cpus, largest_node_cpus
-from .dataset import driver_dataset, load_manifest, ray_dataset
-from .tracking import Tracker, check_tracking
-from .train_worker import train_loop_per_worker
+from pipelines.infra.dataset import driver_dataset, load_manifest, ray_dataset
+from pipelines.infra.resources import cluster_cpus, largest_node_cpus
+from pipelines.infra.tracking import Tracker, check_tracking
+from pipelines.stages.train_worker import train_loop_per_worker
 
 
 class TrainingError(UserError):

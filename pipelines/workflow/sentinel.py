@@ -4,7 +4,7 @@
 run of the pipeline tree (the pipeline run, its stage runs and their children) still RUNNING as KILLED. A driver that
 ends normally has already terminated its runs, so the sentinel then finds nothing to do.
 
-    python -m pipelines.sentinel PID RUN_ID EXPERIMENT TRACKING_URI
+    python -m pipelines.workflow.sentinel PID RUN_ID EXPERIMENT TRACKING_URI
 """
 
 import os
@@ -28,7 +28,7 @@ def alive(pid: int) -> bool:
 
 
 def mark_killed(run_id: str, experiment: str, tracking_uri: str) -> list:
-    from .tracking import Tracker
+    from pipelines.infra.tracking import Tracker
 
     tracker = Tracker(tracking_uri)
     killed, pending = [], [run_id]
@@ -44,7 +44,7 @@ def mark_killed(run_id: str, experiment: str, tracking_uri: str) -> list:
 
 
 def start(run_id: str, experiment: str, tracking_uri: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipelines.sentinel", str(os.getpid()), run_id, experiment,
+    return subprocess.Popen([sys.executable, "-m", "pipelines.workflow.sentinel", str(os.getpid()), run_id, experiment,
                              tracking_uri], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 

@@ -11,7 +11,7 @@ def _scales(text: str) -> tuple:
 
 
 def cmd_sample(args) -> int:
-    from .sample import SampleJob, log_to_mlflow, run_sampling
+    from pipelines.stages.sample import SampleJob, log_to_mlflow, run_sampling
 
     job = SampleJob(diffusion=args.diffusion, classifier=args.classifier, out=args.out, scales=_scales(args.scales),
                     num_samples=args.num_samples, sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
@@ -27,7 +27,7 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     p = sub.add_parser("sample", help="classifier-guided sampling over a grid of scales (Ray Data)")
     p.add_argument("--diffusion", required=True, help="checkpoint folder, runs:/RUN_ID, models:/NAME@ALIAS, "
                    "models:/NAME/VERSION, or weights file (+ --preset)")

@@ -22,9 +22,9 @@ import fsspec
 
 from components.config import HIGHER_IS_BETTER, ConfigError, Preset, to_dict, validate_evaluate
 from components.training import KINDS
-
-from .files import cpu_plan
-from .tracking import Tracker, check_tracking
+from pipelines import PROJECT_ROOT
+from pipelines.infra.resources import cpu_plan
+from pipelines.infra.tracking import Tracker, check_tracking
 
 STAGES = ("ingest", "train", "sample", "evaluate", "register")
 CHAMPION = "champion"
@@ -65,12 +65,10 @@ def config_hash(preset: Preset) -> str:
 
 def code_version() -> str:
     """adm-pipeline's version and a digest of its Python sources (components/ and pipelines/)."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
+    root = PROJECT_ROOT
     digest = hashlib.sha256()
-    for path in sorted(p for folder in ("components", "pipelines") for p in (root / folder).glob("*.py")):
-        digest.update(f"{path.parent.name}/{path.name}".encode() + b"\0" + path.read_bytes())
+    for path in sorted(p for folder in ("components", "pipelines") for p in (root / folder).rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     try:
         from importlib.metadata import version
 
@@ -81,7 +79,7 @@ def code_version() -> str:
 
 
 def ingest_options(preset: Preset, source: str):
-    from .ingest import IngestOptions
+    from pipelines.stages.ingest import IngestOptions
 
     data = preset.data
     num_classes = preset.unet.num_classes or preset.classifier.num_classes
@@ -110,7 +108,7 @@ def check_request(req: RunRequest) -> None:
 
 def resources(preset: Preset, cluster_cpus: float) -> dict:
     """What each stage asks Ray for (for --dry-run)."""
-    from .train import plan
+    from pipelines.stages.train import plan
 
     s = preset.sample
     shards = -(-len(s.guidance_scales) * s.num_samples // s.batch_size)
@@ -249,8 +247,8 @@ class Pipeline:
         return _exists(posixpath.join(outputs["data_url"], "manifest.json"))
 
     def ingest(self, run_id: str) -> dict:
-        from .dataset import load_manifest
-        from .ingest import ingest, read_manifest
+        from pipelines.infra.dataset import load_manifest, read_manifest
+        from pipelines.stages.ingest import ingest
 
         slug = re.sub(r"[^A-Za-z0-9]+", "-", self.source()).strip("-")[:40]
         url = self.path("data", f"{slug}-{stage_key('ingest', self.ingest_inputs())[:10]}")
@@ -267,7 +265,7 @@ class Pipeline:
         return {"data_url": url, "fingerprint": manifest["fingerprint"]}
 
     def train(self, run_id: str, data: dict) -> dict:
-        from .train import TrainOptions, train
+        from pipelines.stages.train import TrainOptions, train
 
         earlier = {r.data.tags.get("adm.network"): r for r in self.tracker.children(self.req.experiment, run_id)}
         done = {k: r for k, r in earlier.items() if r.info.status == "FINISHED" and "adm.model_uri" in r.data.tags}
@@ -288,7 +286,7 @@ class Pipeline:
         return all(_exists(url) for url in outputs["npz"].values())
 
     def sample(self, run_id: str, trained: dict) -> dict:
-        from .sample import SampleJob, log_to_mlflow, run_sampling
+        from pipelines.stages.sample import SampleJob, log_to_mlflow, run_sampling
 
         cfg = self.preset.sample
         job = SampleJob(diffusion=f"runs:/{trained['diffusion']['run_id']}",
@@ -303,8 +301,8 @@ class Pipeline:
                 "scale_runs": {f"{s:g}": r for s, r in result.run_ids.items()}}
 
     def evaluate(self, run_id: str, data: dict, trained: dict, sampled: dict) -> dict:
-        from .evaluate import EvaluateJob, run_evaluation
-        from .report import log_evaluation
+        from pipelines.stages.evaluate import EvaluateJob, run_evaluation
+        from pipelines.stages.report import log_evaluation
 
         cfg = self.preset.evaluate
         scale_runs = {float(s): r for s, r in sampled["scale_runs"].items()} if "sample" in self.fresh else {}
@@ -318,7 +316,7 @@ class Pipeline:
 
     def summarise(self, rows: list) -> None:
         """The trade-off at a glance on the pipeline run: table, plots and metric_at_scale values."""
-        from .report import log_tradeoff
+        from pipelines.stages.report import log_tradeoff
 
         log_tradeoff(self.tracker, self.run_id, rows)
         flat = {f"{k}_scale_{row['guidance_scale']:g}": v for row in rows for k, v in row.items()
@@ -329,8 +327,8 @@ class Pipeline:
         """report.md (machine, wall time, metrics table) beside the run's outputs and on the pipeline run."""
         import ray
 
-        from .files import write_bytes_atomic
-        from .report import run_report
+        from pipelines.infra.storage import write_bytes_atomic
+        from pipelines.stages.report import run_report
 
         cluster = os.environ.get("RAY_ADDRESS") or "local instance"
         if ray.is_initialized():

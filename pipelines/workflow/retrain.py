@@ -13,14 +13,22 @@ A cycle that fails never touches the aliases: they move only at the end of the r
 
 import dataclasses
 
-from .run import CHAMPION, Pipeline, RunRequest, check_request, code_version, config_hash, ingest_options
-from .tracking import Tracker, check_tracking
+from pipelines.infra.tracking import Tracker, check_tracking
+from pipelines.workflow.pipeline import (
+    CHAMPION,
+    Pipeline,
+    RunRequest,
+    check_request,
+    code_version,
+    config_hash,
+    ingest_options,
+)
 
 WATCHED = ("adm.data_fingerprint", "adm.code_version", "adm.config_hash")
 
 
 def current_state(req: RunRequest) -> dict:
-    from .ingest import source_fingerprint
+    from pipelines.stages.ingest import source_fingerprint
 
     source = req.data or req.preset.data["source"]
     return {"adm.data_fingerprint": source_fingerprint(source, ingest_options(req.preset, source)),

@@ -1,5 +1,6 @@
 """`adm submit` (an adm command as a Ray job) and `adm jobs status|logs|stop|list`."""
 
+import shlex
 import sys
 
 
@@ -10,11 +11,28 @@ def _cluster_args(p) -> None:
                    "$RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token if present)")
 
 
-def cmd_submit(args) -> int:
-    from .jobs import failure_message, follow, submit
+def check_locally(parser, command: list[str]) -> None:
+    """Parse a job's command with `adm`'s parser and check a pipeline's config: errors show before submitting."""
+    from pipelines.cli.run import request_from_args
+    from pipelines.ops.jobs import PIPELINE_COMMANDS, JobError
+    from pipelines.workflow.pipeline import check_request
 
-    client, job_id = submit(args.command, address=args.address, token_file=args.token_file, pip=args.pip,
-                            tracking_uri=args.tracking_uri, job_id=args.job_id, num_cpus=args.num_cpus)
+    try:
+        args = parser.parse_args(command)
+    except SystemExit:
+        raise JobError(f"the job's command is not valid: adm {shlex.join(command)} (see adm {command[0]} --help)") \
+            from None
+    if command[0] in PIPELINE_COMMANDS and not getattr(args, "resume", None):
+        check_request(request_from_args(args))
+
+
+def cmd_submit(args) -> int:
+    from pipelines.ops.jobs import failure_message, follow, job_command, submit
+
+    command, env_vars = job_command(args.command, args.tracking_uri)
+    check_locally(args.parser, command)
+    client, job_id = submit(command, env_vars, address=args.address, token_file=args.token_file, pip=args.pip,
+                            job_id=args.job_id, num_cpus=args.num_cpus)
     print(f"submitted job {job_id}")
     if not args.wait:
         print(f"follow it with: adm jobs logs {job_id} --follow" + (f" --address {args.address}" if args.address
@@ -29,7 +47,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-    from .jobs import connect, failure_message, follow, job_status
+    from pipelines.ops.jobs import connect, failure_message, follow, job_status
 
     client = connect(args.address, args.token_file)
     if args.action == "list":
@@ -55,7 +73,12 @@ def cmd_jobs(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
+    add_job_parsers(sub)
+    add_schedule_parser(sub)
+
+
+def add_job_parsers(sub) -> None:
     p = sub.add_parser("submit", usage="adm submit [submit options] [run|retrain|train|sample|evaluate] [options]",
                        help="run an adm command (default: run) as a Ray job on a cluster",
                        description="Submit `adm run ...` (or retrain/train/sample/evaluate) as a Ray job. Submit "
@@ -85,15 +108,16 @@ def cmd_schedule(args) -> int:
     import subprocess
     from pathlib import Path
 
-    from . import schedule as sch
-    from .jobs import check_locally, job_command, project_root
+    from pipelines import PROJECT_ROOT
+    from pipelines.ops import schedule as sch
+    from pipelines.ops.jobs import job_command
 
     retrain = args.command
-    check_locally(sch.retrain_command(retrain))  # a bad preset or option fails now, not at 3 am
+    check_locally(args.parser, sch.retrain_command(retrain))  # a bad preset or option fails now, not at 3 am
     if args.target != "kubernetes":
         job_command(sch.retrain_command(retrain), None)  # shared work dir and a tracking URI, as adm submit needs
     if args.target == "kubernetes":
-        text = sch.kubernetes_manifest(args.cron, retrain, Path(args.template or project_root() / "cluster" /
+        text = sch.kubernetes_manifest(args.cron, retrain, Path(args.template or PROJECT_ROOT / "cluster" /
                                                                 "kuberay" / "raycronjob.yaml"), args.name)
         if not args.apply:
             print(text, end="")

@@ -27,9 +27,9 @@ from components.diffusion import create_diffusion
 from components.guidance import ClassifierGuidance
 from components.precision import autocast_context, speed_up
 from components.sampling import SampleNoise, class_conditional, parse_sampler, sample_label, sample_seed
-
-from .files import actor_plan, npz_bytes, read_npz, write_bytes_atomic
-from .networks import NetworkRef, resolve
+from pipelines.infra.model_refs import NetworkRef, resolve
+from pipelines.infra.resources import actor_plan
+from pipelines.infra.storage import npz_bytes, read_npz, write_bytes_atomic
 
 
 @dataclass
@@ -220,7 +220,7 @@ def assemble(job: SampleJob, shards) -> tuple[dict, dict]:
 
 def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResult:
     """One child run per scale (param guidance_scale, the grid as an image artifact, the NPZ URL as a tag)."""
-    from .tracking import Tracker
+    from pipelines.infra.tracking import Tracker
 
     tracker = Tracker(job.tracking_uri)
     parent = job.parent_run_id or tracker.start_run(job.experiment, "sample", tags={"adm.stage": "sample"})

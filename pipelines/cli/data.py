@@ -4,7 +4,7 @@ import argparse
 
 
 def cmd_ingest(args) -> int:
-    from .ingest import IngestOptions, ingest
+    from pipelines.stages.ingest import IngestOptions, ingest
 
     opts = IngestOptions(resolution=args.resolution, splits=tuple(s for s in args.split.split(",") if s),
                          skip_bad=args.skip_bad, resize=args.resize, num_images=args.num_images,
@@ -16,7 +16,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_describe(args) -> int:
-    from .dataset import describe
+    from pipelines.infra.dataset import describe
 
     info = describe(args.url)
     print(f"dataset      {args.url}")
@@ -33,7 +33,7 @@ def cmd_describe(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     data = sub.add_parser("data", help="ingest and inspect datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = dsub.add_parser("ingest", help="write a dataset as Parquet shards + manifest to any fsspec URL",

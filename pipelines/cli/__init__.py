@@ -1,0 +1,1 @@
+"""The `adm` command: argument parsing only. Nothing imports this package."""

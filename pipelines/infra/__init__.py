@@ -1,0 +1,1 @@
+"""Plumbing the stages share: MLflow tracking, the dataset format, model references, storage, resources."""

@@ -1,0 +1,29 @@
+"""Storage on any fsspec filesystem: atomic writes and NPZ arrays."""
+
+import io
+import posixpath
+import uuid
+
+import fsspec
+import numpy as np
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Write to a temporary name beside `url`, then rename: readers never see a half-written file."""
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.pipe_file(tmp, data)
+    fs.mv(tmp, path)
+
+
+def npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def read_npz(url: str) -> dict:
+    with fsspec.open(url, "rb") as f:
+        data = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        return {name: data[name] for name in data.files}

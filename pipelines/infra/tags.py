@@ -1,0 +1,73 @@
+"""The MLflow tag protocol: every ``adm.*`` tag that caching, resume, retraining and the registry read back.
+
+These names are a contract with runs already in users' tracking stores: rename one and old runs stop being reused,
+resumed or compared. Write and read them only through this module.
+
+| tag | on | value |
+| --- | --- | --- |
+| adm.pipeline | pipeline run | preset name (marks an `adm run` parent run) |
+| adm.stage | stage run | ingest, train, sample, evaluate, register |
+| adm.stage_key | stage run | hash of the stage's config section and its inputs' fingerprints (the cache key) |
+| adm.outputs | stage run | JSON of what the stage produced: URLs and run ids (see the stage modules) |
+| adm.reused_from | stage run | the run whose outputs a cached stage reused |
+| adm.network | training run | diffusion, classifier or evaluator |
+| adm.model_uri | training run | the logged model (models:/m-...) |
+| adm.checkpoint | training run | the final checkpoint folder |
+| adm.data_fingerprint | training run, model version, retrain cycle | the dataset's content hash |
+| adm.code_version | model version, retrain cycle | package version + digest of components/ and pipelines/ |
+| adm.config_hash | model version, retrain cycle | hash of the resolved config |
+| adm.pipeline_run | model version | the pipeline run that registered it |
+| adm.<metric>_scale_<s> | model version | the champion metric at the champion scale |
+| adm.samples_npz | sampling run (one scale) | URL of that scale's samples |
+| adm.retrain_cycle | retrain cycle run | preset name |
+| adm.decision, adm.reason | retrain cycle run | skipped, promoted, kept or failed; why |
+| adm.ended_by | any run | who ended a run its driver left open (the sentinel) |
+"""
+
+import json
+
+PIPELINE = "adm.pipeline"
+STAGE = "adm.stage"
+STAGE_KEY = "adm.stage_key"
+OUTPUTS = "adm.outputs"
+REUSED_FROM = "adm.reused_from"
+NETWORK = "adm.network"
+MODEL_URI = "adm.model_uri"
+CHECKPOINT = "adm.checkpoint"
+DATA_FINGERPRINT = "adm.data_fingerprint"
+CODE_VERSION = "adm.code_version"
+CONFIG_HASH = "adm.config_hash"
+PIPELINE_RUN = "adm.pipeline_run"
+SAMPLES_NPZ = "adm.samples_npz"
+RETRAIN_CYCLE = "adm.retrain_cycle"
+DECISION = "adm.decision"
+REASON = "adm.reason"
+ENDED_BY = "adm.ended_by"
+JOB_COMMAND = "adm.command"  # Ray job metadata (not an MLflow tag): the adm sub-command a job runs
+
+# what a retraining cycle compares with the champion's model version to decide whether anything changed
+WATCHED = (DATA_FINGERPRINT, CODE_VERSION, CONFIG_HASH)
+
+
+def champion_metric(metric: str, scale: float) -> str:
+    """The model-version tag holding `metric` at guidance scale `scale`, e.g. adm.fid_scale_4."""
+    return f"adm.{metric}_scale_{scale:g}"
+
+
+def stage_of(run) -> str | None:
+    return run.data.tags.get(STAGE)
+
+
+def outputs_of(run) -> dict | None:
+    """The outputs a finished stage run recorded, or None where it recorded none."""
+    text = run.data.tags.get(OUTPUTS)
+    return None if text is None else json.loads(text)
+
+
+def outputs_tag(outputs: dict) -> dict:
+    return {OUTPUTS: json.dumps(outputs, sort_keys=True)}
+
+
+def short(name: str) -> str:
+    """adm.code_version -> code_version (how retraining names what changed)."""
+    return name.removeprefix("adm.")

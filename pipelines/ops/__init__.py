@@ -1,0 +1,1 @@
+"""Reaching a cluster from outside: job submission and retraining schedules."""

@@ -1,0 +1,1 @@
+"""One module per stage of `adm run`: ingest, train, sample, evaluate, register, report."""
