@@ -14,7 +14,8 @@ test: setup
 	$(PYTHON) -m pytest -q --durations=15 tests
 
 lint:
-	ruff check components pipelines tests bench
+	ruff check components pipelines tests bench scripts
+	lint-imports
 
 bench:
 	$(PYTHON) bench/bench_components.py

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from components.features import EvaluatorFeatures, InceptionFeatures
+from components.kinds import EVALUATOR
 from components.presets import get_preset
-from components.training import build_network
 
 
 def rate(fn, batches) -> float:
@@ -45,7 +45,7 @@ def main() -> None:
     print(f"inception  ours (channels_last, pool3 + spatial): {ours:.2f} images/s  ratio x{ours / baseline:.2f}")
     images = rng.integers(0, 256, size=(args.images * 8, cfg.image_size, cfg.image_size, cfg.in_channels),
                           dtype=np.uint8)
-    evaluator = EvaluatorFeatures(build_network(preset, "evaluator"), cfg.image_size, cfg.in_channels)
+    evaluator = EvaluatorFeatures(EVALUATOR.build(preset), cfg.image_size, cfg.in_channels)
     ebatches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
     print(f"evaluator  ({args.preset}, {cfg.image_size}px): {rate(evaluator, ebatches):.1f} images/s")
     print(f"threads: {torch.get_num_threads()}")

@@ -32,6 +32,7 @@ import time
 import numpy as np
 import torch
 
+from components.config import SampleConfig
 from components.presets import get_preset
 from components.training import Learner
 from pipelines.stages.sample import GuidedSampler, SampleJob, assemble, plan_shards, run_sampling
@@ -50,7 +51,7 @@ def steady_rate(job: SampleJob, threads: int) -> float:
     """Images/s of one process over every shard but the first, a warm-up (CUDA context, cuDNN plans, compile), as
     the actors' rate leaves out each actor's first shard."""
     sampler = GuidedSampler(job, threads)
-    shards = plan_shards(job.scales, job.num_samples, job.batch_size)
+    shards = plan_shards(job.scales, job.config.num_samples, job.config.batch_size)
     sampler.sample_shard(0)
     start = time.perf_counter()
     n = sum(len(sampler.sample_shard(k)["labels"]) for k in range(1, len(shards)))
@@ -60,7 +61,7 @@ def steady_rate(job: SampleJob, threads: int) -> float:
 def whole_job_in_one_process(job: SampleJob, threads: int) -> float:
     """Wall seconds of a fresh Python process doing the whole job without Ray (see --one-process-job)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"job": dataclasses.asdict(job), "threads": threads}, f)
+        json.dump({"job": dataclasses.asdict(job), "threads": threads}, f, default=list)
     start = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--one-process-job", f.name], check=True)
     wall = time.perf_counter() - start
@@ -71,8 +72,10 @@ def whole_job_in_one_process(job: SampleJob, threads: int) -> float:
 def one_process_job(spec_file: str) -> None:
     with open(spec_file) as f:
         spec = json.load(f)
-    job = SampleJob(**{**spec["job"], "scales": tuple(spec["job"]["scales"])})
-    shards = plan_shards(job.scales, job.num_samples, job.batch_size)
+    config = spec["job"].pop("config")
+    job = SampleJob(**spec["job"], config=SampleConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                          for k, v in config.items()}))
+    shards = plan_shards(job.scales, job.config.num_samples, job.config.batch_size)
     GuidedSampler(job, spec["threads"])({"shard": np.arange(len(shards))})
     assemble(job, shards)
 
@@ -103,21 +106,22 @@ def main():
     if args.one_process_job:
         return one_process_job(args.one_process_job)
     preset = get_preset(args.preset)
-    size = dict(scales=tuple(float(s) for s in args.scales.split(",")), num_samples=args.num_samples,
+    size = dict(guidance_scales=tuple(float(s) for s in args.scales.split(",")), num_samples=args.num_samples,
                 sampler=args.sampler, batch_size=args.batch_size)
     if args.preset_job:
         s = preset.sample
-        size = dict(scales=tuple(s.guidance_scales), num_samples=s.num_samples, sampler=s.sampler,
+        size = dict(guidance_scales=tuple(s.guidance_scales), num_samples=s.num_samples, sampler=s.sampler,
                     batch_size=s.batch_size)
-    images = len(size["scales"]) * size["num_samples"]
+    images = len(size["guidance_scales"]) * size["num_samples"]
     threads = args.threads
     with tempfile.TemporaryDirectory() as tmp:
         job = SampleJob(diffusion=save_random("diffusion", preset, f"{tmp}/d"),
-                        classifier=save_random("classifier", preset, f"{tmp}/c"), out=f"{tmp}/ray", **size,
-                        actors=args.actors, compile=args.compile,
-                        actor_cpus=args.actor_cpus or (threads if threads < (os.cpu_count() or 1) else None))
+                        classifier=save_random("classifier", preset, f"{tmp}/c"), out=f"{tmp}/ray", actors=args.actors,
+                        config=SampleConfig(**size, compile=args.compile, actor_cpus=args.actor_cpus or (
+                            threads if threads < (os.cpu_count() or 1) else None)))
         guided = steady_rate(job, threads)
-        unguided = steady_rate(dataclasses.replace(job, classifier=None, scales=(0.0,), num_samples=images), threads)
+        unguided_config = dataclasses.replace(job.config, guidance_scales=(0.0,), num_samples=images)
+        unguided = steady_rate(dataclasses.replace(job, classifier=None, config=unguided_config), threads)
         alone = whole_job_in_one_process(dataclasses.replace(job, out=f"{tmp}/alone"), threads)
         import ray
 
@@ -133,7 +137,7 @@ def main():
 
 def report(args, size, images, threads, unguided, guided_runs, alone_runs, wall, result):
     guided, alone = sum(guided_runs) / 2, sum(alone_runs) / 2
-    print(f"preset={args.preset} scales={','.join(f'{s:g}' for s in size['scales'])} samples/scale="
+    print(f"preset={args.preset} scales={','.join(f'{s:g}' for s in size['guidance_scales'])} samples/scale="
           f"{size['num_samples']} ({images} images) batch={size['batch_size']} sampler={size['sampler']} "
           f"actors={args.actors} actor_cpus={args.actor_cpus} threads={threads} compile={args.compile} "
           f"device={'cuda' if torch.cuda.is_available() else 'cpu'}")

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from bench_components import measure  # bench/ is on sys.path when this script runs
 
-from components.config import diffusion_config_from_flags, unet_config_from_flags
 from components.diffusion import create_diffusion
+from components.flags import diffusion_config_from_flags, unet_config_from_flags
 from components.losses import training_losses
 from components.precision import bf16_supported
 from components.presets import get_preset

@@ -23,6 +23,7 @@ from pipelines.infra.storage import read_npz
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_sample import save_random  # noqa: E402
 
+from components.config import SampleConfig  # noqa: E402
 from components.presets import get_preset  # noqa: E402
 from pipelines.stages.sample import SampleJob, run_sampling  # noqa: E402
 
@@ -41,11 +42,12 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         job = SampleJob(diffusion=save_random("diffusion", preset, f"{tmp}/d"),
                         classifier=save_random("classifier", preset, f"{tmp}/c"), out=f"{tmp}/one",
-                        scales=(0.0, 1.0, 4.0), num_samples=args.num_samples, sampler="ddim10",
-                        batch_size=args.batch_size, actors=1)
+                        config=SampleConfig(guidance_scales=(0.0, 1.0, 4.0), num_samples=args.num_samples,
+                                            sampler="ddim10", batch_size=args.batch_size), actors=1)
         one = run_sampling(job, log=lambda *_: None)
         two = run_sampling(dataclasses.replace(job, out=f"{tmp}/two", actors=2), log=lambda *_: None)
-        plain = run_sampling(dataclasses.replace(job, out=f"{tmp}/plain", classifier=None, scales=(0.0,)),
+        unguided = dataclasses.replace(job.config, guidance_scales=(0.0,))
+        plain = run_sampling(dataclasses.replace(job, out=f"{tmp}/plain", classifier=None, config=unguided),
                              log=lambda *_: None)
         for scale in job.scales:
             a, b = read_npz(one.npz[scale]), read_npz(two.npz[scale])

@@ -6,6 +6,7 @@ released ADM checkpoints (see shared/checkpoint_formats/*.json, "flags").
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 # channel_mult of the released code, by image size (used by both the UNet and the classifier)
@@ -99,6 +100,8 @@ class EvaluateConfig:
     champion_scale: float = 1.0  # ... at this guidance scale (one of sample.guidance_scales)
 
 
+FEATURE_SETS = ("inception", "evaluator", "both")  # evaluate.features
+FID_METHODS = ("eigh", "sqrtm")  # evaluate.fid_method: symmetric eigendecompositions, or the released sqrtm
 HIGHER_IS_BETTER = ("precision", "recall", "evaluator_precision", "evaluator_recall", "score", "accuracy")
 LOWER_IS_BETTER = ("fid", "sfid", "evaluator_fid")
 
@@ -107,35 +110,64 @@ SPEED_SETTINGS = ("auto", "on", "off")
 
 
 def validate_speed(preset) -> None:
-    """compile / channels_last of every training section and of sampling, cuda_graphs of training: auto, on or off;
-    the sampler actors' placement (actors_per_gpu, actor_cpus)."""
-    names = {"sample": ("compile", "channels_last")}
-    for section in ("train_diffusion", "train_classifier", "train_evaluator", "sample"):
-        for name in names.get(section, ("compile", "channels_last", "cuda_graphs")):
+    """compile / channels_last / cuda_graphs of every training section: auto, on or off."""
+    for section in ("train_diffusion", "train_classifier", "train_evaluator"):
+        for name in ("compile", "channels_last", "cuda_graphs"):
             value = getattr(getattr(preset, section), name)
             if value not in SPEED_SETTINGS:
                 raise ConfigError(f"{section}.{name}={value!r} must be auto (on for CUDA only), on or off")
-    per_gpu = preset.sample.actors_per_gpu
-    if not isinstance(per_gpu, int) or per_gpu < 1:
-        raise ConfigError(f"sample.actors_per_gpu={per_gpu!r} must be a whole number >= 1 (1 for large networks, "
-                          "2 for small launch-bound ones)")
-    cpus = preset.sample.actor_cpus
+
+
+def check_sample(cfg: SampleConfig) -> None:
+    """The sample section: the grid, sizes, speed settings and the sampler actors' placement. (The sampler string
+    is parsed by components.sampling.parse_sampler, which the callers run too.)"""
+    scales = cfg.guidance_scales
+    if not scales or not all(isinstance(s, (int, float)) and math.isfinite(s) and s >= 0 for s in scales):
+        raise ConfigError(f"sample.guidance_scales={scales!r} must be finite numbers >= 0 (0 = unguided), "
+                          "e.g. 0,1,2,4 (--scales)")
+    for name in ("num_samples", "batch_size"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"sample.{name}={getattr(cfg, name)!r} must be positive (--{name.replace('_', '-')})")
+    for name in ("compile", "channels_last"):
+        if getattr(cfg, name) not in SPEED_SETTINGS:
+            raise ConfigError(f"sample.{name}={getattr(cfg, name)!r} must be auto (on for CUDA only), on or off")
+    if not isinstance(cfg.actors_per_gpu, int) or cfg.actors_per_gpu < 1:
+        raise ConfigError(f"sample.actors_per_gpu={cfg.actors_per_gpu!r} must be a whole number >= 1 (1 for large "
+                          "networks, 2 for small launch-bound ones)")
+    cpus = cfg.actor_cpus
     if cpus is not None and not (isinstance(cpus, (int, float)) and cpus > 0):
         raise ConfigError(f"sample.actor_cpus={cpus!r} must be a number of CPUs > 0 (e.g. 1) or none")
 
 
+def validate_preset(preset) -> None:
+    """The one check of a whole resolved config: every section, before any stage or command does work."""
+    validate_unet(preset.unet)
+    validate_classifier(preset.classifier)
+    validate_classifier(preset.evaluator)
+    validate_speed(preset)
+    check_sample(preset.sample)
+    validate_evaluate(preset)
+    if preset.sample.num_samples < 4:
+        raise ConfigError(f"sample.num_samples={preset.sample.num_samples}: evaluation needs at least 4 per scale")
+
+
 def validate_evaluate(preset) -> None:
     cfg = preset.evaluate
-    if cfg.features not in ("inception", "evaluator", "both"):
-        raise ConfigError(f"evaluate.features={cfg.features!r} must be inception, evaluator or both")
-    if cfg.fid_method not in ("eigh", "sqrtm"):
-        raise ConfigError(f"evaluate.fid_method={cfg.fid_method!r} must be eigh or sqrtm")
-    if cfg.champion_metric not in HIGHER_IS_BETTER + LOWER_IS_BETTER:
-        raise ConfigError(f"evaluate.champion_metric={cfg.champion_metric!r} is not one of "
-                          f"{HIGHER_IS_BETTER + LOWER_IS_BETTER}")
+    check_evaluate(cfg)
     if float(cfg.champion_scale) not in [float(s) for s in preset.sample.guidance_scales]:
         raise ConfigError(f"evaluate.champion_scale={cfg.champion_scale} is not in sample.guidance_scales="
                           f"{preset.sample.guidance_scales}; pick one of them")
+
+
+def check_evaluate(cfg: EvaluateConfig) -> None:
+    """The evaluate section on its own (`adm evaluate` has no sampling section to check it against)."""
+    if cfg.features not in FEATURE_SETS:
+        raise ConfigError(f"evaluate.features={cfg.features!r} must be one of {', '.join(FEATURE_SETS)}")
+    if cfg.fid_method not in FID_METHODS:
+        raise ConfigError(f"evaluate.fid_method={cfg.fid_method!r} must be one of {', '.join(FID_METHODS)}")
+    if cfg.champion_metric not in HIGHER_IS_BETTER + LOWER_IS_BETTER:
+        raise ConfigError(f"evaluate.champion_metric={cfg.champion_metric!r} is not one of "
+                          f"{HIGHER_IS_BETTER + LOWER_IS_BETTER}")
     if cfg.num_reference < 4:
         raise ConfigError(f"evaluate.num_reference={cfg.num_reference} is too small; precision/recall need >= 4")
 
@@ -170,6 +202,16 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    source: str = ""  # fashion-mnist, shapes, imagenet-folder, an image folder URL; --data overrides it
+    resolution: int = 0  # ingest resolution; 0: the UNet's image size
+    channels: int = 3
+    resize: str = "pad"  # small sources (Fashion-MNIST): "pad" or "resize" to the resolution
+    num_images: int = 1024  # synthetic shapes only, per split
+    splits: tuple[str, ...] = ("train",)
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     description: str
@@ -183,10 +225,10 @@ class Preset:
     evaluator: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(pool="adaptive"))
     train_evaluator: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    data: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
 
 
-def _parse_ints(text: str | tuple | list, name: str) -> tuple[int, ...]:
+def parse_ints(text: str | tuple | list, name: str) -> tuple[int, ...]:
     if isinstance(text, (tuple, list)):
         return tuple(int(x) for x in text)
     try:
@@ -195,10 +237,10 @@ def _parse_ints(text: str | tuple | list, name: str) -> tuple[int, ...]:
         raise ConfigError(f"{name}={text!r} is not a comma-separated list of integers, e.g. '32,16,8'") from None
 
 
-def _parse_mult(text: str | tuple | list) -> tuple[float, ...]:
+def parse_mult(text: str | tuple | list) -> tuple[float, ...]:
     if isinstance(text, (tuple, list)):
         return tuple(float(x) if float(x) != int(float(x)) else int(float(x)) for x in text)
-    return _parse_mult([x for x in str(text).split(",") if x.strip()])
+    return parse_mult([x for x in str(text).split(",") if x.strip()])
 
 
 def resolve_channel_mult(image_size: int, channel_mult: tuple[float, ...]) -> tuple[float, ...]:
@@ -264,74 +306,15 @@ def validate_classifier(cfg: ClassifierConfig) -> None:
     _check_groups(cfg.model_channels, mult, "classifier")
 
 
-def _bool(v) -> bool:
-    if isinstance(v, str):
-        return v.lower() in ("1", "true", "yes")
-    return bool(v)
-
-
-def unet_config_from_flags(flags: dict, num_classes: int = 1000) -> UNetConfig:
-    """Released flags (image_size, num_channels, ..., class_cond, learn_sigma) -> UNetConfig."""
-    image_size = int(flags["image_size"])
-    return UNetConfig(
-        image_size=image_size,
-        in_channels=int(flags.get("in_channels", 3)),
-        model_channels=int(flags["num_channels"]),
-        num_res_blocks=int(flags["num_res_blocks"]),
-        attention_resolutions=_parse_ints(flags.get("attention_resolutions", "16,8"), "attention_resolutions"),
-        channel_mult=_parse_mult(flags.get("channel_mult", "")),
-        dropout=float(flags.get("dropout", 0.0)),
-        num_classes=num_classes if _bool(flags.get("class_cond", False)) else None,
-        num_heads=int(flags.get("num_heads", 4)),
-        num_head_channels=int(flags.get("num_head_channels", -1)),
-        num_heads_upsample=int(flags.get("num_heads_upsample", -1)),
-        use_scale_shift_norm=_bool(flags.get("use_scale_shift_norm", True)),
-        resblock_updown=_bool(flags.get("resblock_updown", False)),
-        use_new_attention_order=_bool(flags.get("use_new_attention_order", False)),
-        learn_sigma=_bool(flags.get("learn_sigma", False)),
-    )
-
-
-def classifier_config_from_flags(flags: dict, num_classes: int = 1000, classifier_channel_mult=None,
-                                 classifier_num_head_channels: int = 64) -> ClassifierConfig:
-    """Released classifier flags (classifier_width, classifier_depth, ...) -> ClassifierConfig."""
-    return ClassifierConfig(
-        image_size=int(flags["image_size"]),
-        in_channels=int(flags.get("in_channels", 3)),
-        model_channels=int(flags.get("classifier_width", 128)),
-        depth=int(flags.get("classifier_depth", 2)),
-        attention_resolutions=_parse_ints(flags.get("classifier_attention_resolutions", "32,16,8"),
-                                          "classifier_attention_resolutions"),
-        channel_mult=_parse_mult(classifier_channel_mult or ""),
-        num_head_channels=int(classifier_num_head_channels),
-        use_scale_shift_norm=_bool(flags.get("classifier_use_scale_shift_norm", True)),
-        resblock_updown=_bool(flags.get("classifier_resblock_updown", True)),
-        pool=str(flags.get("classifier_pool", "attention")),
-        num_classes=int(num_classes),
-    )
-
-
-def diffusion_config_from_flags(flags: dict) -> DiffusionConfig:
-    return DiffusionConfig(
-        steps=int(flags.get("diffusion_steps", 1000)),
-        noise_schedule=str(flags.get("noise_schedule", "linear")),
-        learn_sigma=_bool(flags.get("learn_sigma", False)),
-        sigma_small=_bool(flags.get("sigma_small", False)),
-        use_kl=_bool(flags.get("use_kl", False)),
-        predict_xstart=_bool(flags.get("predict_xstart", False)),
-        rescale_timesteps=_bool(flags.get("rescale_timesteps", False)),
-        rescale_learned_sigmas=_bool(flags.get("rescale_learned_sigmas", False)),
-        timestep_respacing=str(flags.get("timestep_respacing", "")),
-    )
-
-
 def _coerce(value: str, current):
     if isinstance(current, bool):
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError("expected true or false")
         return value.lower() in ("true", "1", "yes")
     if isinstance(current, tuple):
-        items = [x for x in value.split(",") if x.strip()]
+        items = [x.strip() for x in value.split(",") if x.strip()]
+        if current and all(isinstance(x, str) for x in current):
+            return tuple(items)  # e.g. data.splits=train,test
         return tuple(float(x) if "." in x or "e" in x.lower() else int(x) for x in items)
     if current is None and value.lower() != "none" and not value.strip().lstrip("-").isdigit():
         return float(value)  # an unset number (e.g. sample.actor_cpus=1.5)
@@ -352,18 +335,29 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
         sections = {f.name for f in dataclasses.fields(preset) if dataclasses.is_dataclass(getattr(preset, f.name))}
         if section not in sections:
             raise ConfigError(f"override {item!r}: unknown section {section!r}; sections are {sorted(sections)}")
-        sub = getattr(preset, section)
-        names = [f.name for f in dataclasses.fields(sub)]
-        if name not in names:
-            raise ConfigError(f"override {item!r}: {section} has no field {name!r}; fields are {names}")
-        optional = "None" in str(next(f.type for f in dataclasses.fields(sub) if f.name == name))
-        try:
-            new_value = None if optional and value.strip().lower() == "none" else _coerce(value.strip(),
-                                                                                          getattr(sub, name))
-        except ValueError as e:
-            raise ConfigError(f"override {item!r}: bad value for {section}.{name} ({e})") from None
-        preset = dataclasses.replace(preset, **{section: dataclasses.replace(sub, **{name: new_value})})
+        changed = override_field(section, getattr(preset, section), name, value, item)
+        preset = dataclasses.replace(preset, **{section: changed})
     return preset
+
+
+def override_section(section: str, sub, values: dict):
+    """`sub` (the config section called `section`) with fields set from text, as `--override section.field=value`
+    would set them: how CLI flags that are shortcuts for one config field apply (e.g. adm sample --num-samples)."""
+    for name, value in values.items():
+        sub = override_field(section, sub, name, str(value), f"{section}.{name}={value}")
+    return sub
+
+
+def override_field(section: str, sub, name: str, value: str, item: str):
+    names = [f.name for f in dataclasses.fields(sub)]
+    if name not in names:
+        raise ConfigError(f"override {item!r}: {section} has no field {name!r}; fields are {names}")
+    optional = "None" in str(next(f.type for f in dataclasses.fields(sub) if f.name == name))
+    try:
+        new_value = None if optional and value.strip().lower() == "none" else _coerce(value.strip(), getattr(sub, name))
+    except ValueError as e:
+        raise ConfigError(f"override {item!r}: bad value for {section}.{name} ({e})") from None
+    return dataclasses.replace(sub, **{name: new_value})
 
 
 def to_dict(obj) -> dict:
@@ -383,11 +377,10 @@ def _from_dict(cls, values: dict):
 SECTION_TYPES = {"unet": UNetConfig, "classifier": ClassifierConfig, "diffusion": DiffusionConfig,
                  "sample": SampleConfig, "train_diffusion": TrainConfig, "train_classifier": TrainConfig,
                  "evaluator": ClassifierConfig, "train_evaluator": TrainConfig,
-                 "evaluate": EvaluateConfig}
+                 "evaluate": EvaluateConfig, "data": DataConfig}
 
 
 def preset_from_dict(values: dict) -> Preset:
     """Inverse of to_dict(preset) (JSON round trip: lists become tuples again)."""
     sections = {name: _from_dict(cls, values[name]) for name, cls in SECTION_TYPES.items() if name in values}
-    return Preset(name=values["name"], description=values.get("description", ""), data=dict(values.get("data", {})),
-                  **sections)
+    return Preset(name=values["name"], description=values.get("description", ""), **sections)

@@ -11,12 +11,11 @@ from .config import (
     ClassifierConfig,
     UNetConfig,
     attention_ds,
-    classifier_config_from_flags,
     resolve_channel_mult,
-    unet_config_from_flags,
     validate_classifier,
     validate_unet,
 )
+from .flags import classifier_config_from_flags, unet_config_from_flags
 from .unet import EncoderSpec, UNetModel
 
 

@@ -38,6 +38,11 @@ class GroupNorm32(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
+            if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+                # the CPU kernel takes bf16 input with float32 weights and computes in float32 itself: the same
+                # numbers as the round trip through float32, without two full-size casts; in NCHW, since its
+                # channels_last kernels are far slower than the copy (bench/RESULTS.md)
+                return F.group_norm(x.contiguous(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
             out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
         return out.type(x.dtype)
 
@@ -59,6 +64,10 @@ ATTENTION_BACKENDS = ("sdpa", "einsum")
 
 def attention_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
     """q, k, v: [B, heads, T, ch] -> [B, heads, T, ch], softmax(q k^T / sqrt(ch)) v."""
+    if backend == "sdpa" and q.device.type == "cpu" and q.dtype != torch.float32:
+        # on CPUs SDPA's float32 kernels beat its bf16 ones, the backward most (bench/RESULTS.md)
+        with torch.autocast(device_type="cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).type(q.dtype)
     if backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
     if backend != "einsum":

@@ -24,10 +24,17 @@ def bf16_supported(device: torch.device) -> bool:
 
 def wanted(setting: str, device: torch.device | str) -> bool:
     """A speed setting ("auto" | "on" | "off") for this device: auto means on for CUDA, where channels_last and
-    torch.compile were measured to pay (bench/RESULTS.md), and off on CPUs, where they did not."""
+    torch.compile were measured to pay (bench/RESULTS.md), and off on CPUs."""
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"speed setting {setting!r} must be auto, on or off")
     return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
+
+
+def training_speed(device: torch.device | str, channels_last: str, compile: str) -> tuple[str, str]:
+    """("on" | "off", "on" | "off"): what a trainer's channels_last and compile settings mean on this device. auto:
+    on for CUDA, off on CPUs, where neither paid in the measured training steps once GroupNorm and attention take
+    their fast CPU kernels (bench/RESULTS.md, "Training step against the released code")."""
+    return tuple("on" if wanted(s, device) else "off" for s in (channels_last, compile))
 
 
 def speed_up(net: torch.nn.Module, device, channels_last: str = "auto", compile: str = "auto",

@@ -10,16 +10,15 @@ from dataclasses import replace
 from .config import (
     ClassifierConfig,
     ConfigError,
+    DataConfig,
     DiffusionConfig,
     EvaluateConfig,
     Preset,
     SampleConfig,
     TrainConfig,
     UNetConfig,
-    classifier_config_from_flags,
-    diffusion_config_from_flags,
-    unet_config_from_flags,
 )
+from .flags import classifier_config_from_flags, diffusion_config_from_flags, unet_config_from_flags
 
 _UNET_COMMON = dict(
     channel_mult="", use_checkpoint=False, num_heads=4, num_heads_upsample=-1, num_head_channels=64, dropout=0.0,
@@ -75,7 +74,7 @@ def _imagenet_preset(name: str) -> Preset:
         train_evaluator=TrainConfig(steps=100_000, batch_size=256 // 8, lr=3e-4, weight_decay=0.05, ema_rate=(),
                                     num_workers=8, use_gpu=True, save_interval=10_000),
         evaluate=EvaluateConfig(num_reference=10_000, champion_scale=scale),
-        data={"source": "imagenet-folder", "resolution": unet.image_size, "channels": 3},
+        data=DataConfig(source="imagenet-folder", resolution=unet.image_size, channels=3),
     )
 
 
@@ -117,7 +116,7 @@ def _fashion_mnist() -> Preset:
         train_evaluator=TrainConfig(steps=250, batch_size=64, lr=1e-3, weight_decay=0.05, ema_rate=(),
                                     save_interval=250, log_interval=20),
         evaluate=EvaluateConfig(num_reference=400, champion_scale=4.0),
-        data={"source": "fashion-mnist", "resolution": 16, "channels": 1, "resize": "resize"},
+        data=DataConfig(source="fashion-mnist", resolution=16, channels=1, resize="resize"),
     )
 
 
@@ -137,7 +136,7 @@ def _smoke() -> Preset:
         evaluator=_small_classifier(16, 3, 4, channel_mult=(1, 2), attention_resolutions=(8,), pool="adaptive"),
         train_evaluator=TrainConfig(steps=20, batch_size=16, lr=1e-3, ema_rate=(), save_interval=10, log_interval=5),
         evaluate=EvaluateConfig(num_reference=32, batch_size=16, champion_scale=2.0),
-        data={"source": "shapes", "resolution": 16, "channels": 3, "num_images": 256},
+        data=DataConfig(source="shapes", resolution=16, channels=3, num_images=256),
     )
 
 

@@ -17,28 +17,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import save_weights, update_ema
-from .config import ConfigError, Preset, TrainConfig
+from .config import Preset
 from .diffusion import create_diffusion
+from .kinds import kind as network_kind
 from .losses import classifier_losses, topk_correct, training_losses
-from .models import build_classifier, build_unet
-from .precision import autocast_context, graphed, speed_up
+from .precision import autocast_context, graphed, speed_up, training_speed
 from .sampling import SampleNoise, ddim_sample
-
-KINDS = ("diffusion", "classifier", "evaluator")
-
-
-def train_config(preset: Preset, kind: str) -> TrainConfig:
-    if kind not in KINDS:
-        raise ConfigError(f"unknown network {kind!r}; train one of {KINDS}")
-    return getattr(preset, f"train_{kind}")
-
-
-def network_config(preset: Preset, kind: str):
-    return {"diffusion": preset.unet, "classifier": preset.classifier, "evaluator": preset.evaluator}[kind]
-
-
-def build_network(preset: Preset, kind: str) -> torch.nn.Module:
-    return build_unet(preset.unet) if kind == "diffusion" else build_classifier(network_config(preset, kind))
 
 
 class Learner:
@@ -48,16 +32,18 @@ class Learner:
         from .timestep_sampler import create_timestep_sampler
 
         self.kind, self.preset, self.device = kind, preset, torch.device(device)
-        self.cfg = train_config(preset, kind)
+        self.network = network_kind(kind)
+        self.cfg = self.network.train_config(preset)
         torch.manual_seed(seed)
-        self.net = build_network(preset, kind).to(self.device)
-        # what train_step calls: channels_last / torch.compile where they pay (on CUDA by default)
-        self.fast = speed_up(self.net, self.device, self.cfg.channels_last, self.cfg.compile, self.cfg.cuda_graphs)
-        self.graphs = graphed(self.device, self.cfg.compile, self.cfg.cuda_graphs)
+        self.net = self.network.build(preset).to(self.device)
+        # what train_step calls: channels_last / torch.compile where they pay on this device
+        self.channels_last, self.compile = training_speed(self.device, self.cfg.channels_last, self.cfg.compile)
+        self.fast = speed_up(self.net, self.device, self.channels_last, self.compile, self.cfg.cuda_graphs)
+        self.graphs = graphed(self.device, self.compile, self.cfg.cuda_graphs)
         self.diffusion = create_diffusion(preset.diffusion, "")
-        fused = True if self.device.type == "cuda" else None  # one kernel for the whole AdamW update on GPUs
+        # one fused kernel for the whole AdamW update (CUDA and CPU) instead of a loop over ~200 tensors
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
-                                     fused=fused)
+                                     fused=self.device.type in ("cuda", "cpu"))
         self.ema = {rate: [p.detach().clone() for p in self.net.parameters()] for rate in self.cfg.ema_rate}
         self.sampler = create_timestep_sampler(self.cfg.schedule_sampler, self.diffusion.num_timesteps, seed)
         self.step = 0
@@ -69,17 +55,17 @@ class Learner:
         return self.cfg.lr * (1 - self.step / self.cfg.steps)
 
     def _terms(self, model, x0, y, t):
-        if self.kind == "diffusion":
+        if self.network.is_unet:
             kwargs = {"y": y} if self.preset.unet.num_classes is not None else {}
             return training_losses(self.diffusion, model, x0, t, kwargs)
-        if self.kind == "classifier":
+        if self.network.noised:
             return classifier_losses(self.diffusion, model, x0, y, t)
-        logits = model(x0, torch.zeros_like(t)).float()
+        logits = model(x0, torch.zeros_like(t)).float()  # a classifier of clean images
         return {"loss": torch.nn.functional.cross_entropy(logits, y, reduction="none"), **topk_correct(logits, y)}
 
     def hot(self, module):
         """`module` (e.g. the DDP wrapper of self.net) compiled when this trainer compiles (without CUDA graphs)."""
-        return speed_up(module, self.device, channels_last="off", compile=self.cfg.compile)
+        return speed_up(module, self.device, channels_last="off", compile=self.compile)
 
     def train_step(self, x0: torch.Tensor, y: torch.Tensor, model=None, gather=None) -> dict:
         """One step on a batch (split in microbatches); returns scalar metrics. `model` may be a DDP wrapper."""
@@ -96,7 +82,7 @@ class Learner:
         for start in range(0, batch, micro):
             xb, yb = x0[start:start + micro], y[start:start + micro]
             t, weights = self.sampler.sample(xb.shape[0], self.device)
-            if self.kind == "evaluator":
+            if not self.network.noised:
                 t = torch.zeros_like(t)
             with autocast_context(self.device):
                 terms = self._terms(model, xb, yb, t)
@@ -118,7 +104,7 @@ class Learner:
         for key in logs[0][1]:
             values = torch.cat([terms[key] for _, terms in logs]).float()
             out[key] = float(values.mean())
-            if self.kind == "evaluator":
+            if not self.network.noised:
                 continue
             quartile = (4 * t / self.diffusion.num_timesteps).long()
             for q in range(4):

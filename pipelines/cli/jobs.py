@@ -15,7 +15,7 @@ def check_locally(parser, command: list[str]) -> None:
     """Parse a job's command with `adm`'s parser and check a pipeline's config: errors show before submitting."""
     from pipelines.cli.run import request_from_args
     from pipelines.ops.jobs import PIPELINE_COMMANDS, JobError
-    from pipelines.workflow.pipeline import check_request
+    from pipelines.workflow.request import check_request
 
     try:
         args = parser.parse_args(command)

@@ -1,28 +1,27 @@
-"""`adm run`: the whole pipeline, data to registered models, as one MLflow run tree."""
+"""`adm run` (the whole pipeline, data to registered models, as one MLflow run tree) and `adm retrain`.
+
+Handlers import the workflow when they run: `adm --help` must not pay for torch, Ray and MLflow."""
 
 import json
 import os
+import tempfile
 
+from components.config import UserError, preset_from_dict, to_dict
 from pipelines.cli.common import preset_args, resolved_preset
 
 
 def request_from_args(args):
-    from components.config import preset_from_dict
     from pipelines.infra.tracking import Tracker
-    from pipelines.workflow.pipeline import RunRequest
+    from pipelines.workflow.request import RunRequest
 
     common = dict(tracking_uri=args.tracking_uri, experiment=args.experiment, force=args.force,
                   register=not args.no_register, model_prefix=args.model_prefix)
     if not args.resume:
         return RunRequest(preset=resolved_preset(args), data=args.data, workdir=args.workdir, **common)
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = Tracker(args.tracking_uri).download_artifacts(args.resume, "config/resolved.json", tmp)
         except Exception as e:
-            from components.config import UserError
-
             raise UserError(f"cannot read the config of run {args.resume} ({type(e).__name__}: {str(e)[:300]}); "
                             "check the run id and MLFLOW_TRACKING_URI") from None
         saved = json.loads(open(path).read())
@@ -37,20 +36,21 @@ def _where(uri: str) -> str:
 
 
 def cmd_run(args) -> int:
-    from components.config import to_dict
+    import ray
+
+    from pipelines.infra.resources import stage_resources
     from pipelines.stages.report import format_table
-    from pipelines.workflow.pipeline import Pipeline, check_request, resources
+    from pipelines.workflow.pipeline import Pipeline
+    from pipelines.workflow.request import check_request
     from pipelines.workflow.sentinel import start
 
     req = request_from_args(args)
     check_request(req)
     if args.dry_run:
         print(json.dumps({"preset": to_dict(req.preset),
-                          "data": req.data or req.preset.data.get("source"), "workdir": req.workdir,
-                          "resources": resources(req.preset, args.assume_cpus)}, indent=2, default=str))
+                          "data": req.source, "workdir": req.workdir,
+                          "resources": stage_resources(req.preset, args.assume_cpus)}, indent=2, default=str))
         return 0
-    import ray
-
     if not ray.is_initialized():
         ray.init()
     cluster = os.environ.get("RAY_ADDRESS") or "a local Ray instance"

@@ -2,19 +2,21 @@
 
 import json
 
+from components.kinds import KINDS
 from pipelines.cli.common import preset_args, resolved_preset
 
 
 def cmd_train(args) -> int:
     from pipelines.infra.dataset import load_manifest
-    from pipelines.stages.train import TrainOptions, plan, train, validate
+    from pipelines.infra.resources import train_plan
+    from pipelines.stages.train import TrainOptions, train, validate
 
     preset = resolved_preset(args)
-    kinds = ("diffusion", "classifier", "evaluator") if args.network == "all" else (args.network,)
+    kinds = tuple(KINDS) if args.network == "all" else (args.network,)
     validate(preset, kinds, load_manifest(args.data))
     if args.dry_run:
         print(json.dumps({"preset": preset.name, "data": args.data, "storage": args.storage,
-                          "resources": plan(preset, kinds, cluster_cpus=args.assume_cpus)}, indent=2))
+                          "resources": train_plan(preset, kinds, cluster_cpus=args.assume_cpus)}, indent=2))
         return 0
     opts = TrainOptions(storage=args.storage, tracking_uri=args.tracking_uri, experiment=args.experiment)
     outcomes = train(preset, args.data, opts, kinds)
@@ -26,7 +28,7 @@ def cmd_train(args) -> int:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("train", help="train networks with Ray Train (concurrently with 'all')")
-    p.add_argument("network", choices=("diffusion", "classifier", "evaluator", "all"))
+    p.add_argument("network", choices=(*KINDS, "all"))
     p.add_argument("--data", required=True, help="an ingested dataset's folder or URL (adm data ingest)")
     preset_args(p)
     p.add_argument("--storage", default="adm-storage", help="checkpoint storage path or URI (default: ./adm-storage)")

@@ -28,8 +28,8 @@ from torch import nn
 
 from components.checkpoint import load_into
 from components.config import Preset, UserError, preset_from_dict
+from components.kinds import kind as network_kind
 from components.presets import get_preset
-from components.training import build_network, network_config, train_config
 
 
 @dataclass
@@ -40,10 +40,10 @@ class NetworkRef:
 
     @property
     def config(self):
-        return network_config(self.preset, self.kind)
+        return network_kind(self.kind).network_config(self.preset)
 
     def build(self) -> nn.Module:
-        return load_into(build_network(self.preset, self.kind), self.weights, source=self.weights).eval()
+        return load_into(network_kind(self.kind).build(self.preset), self.weights, source=self.weights).eval()
 
 
 def cache_folder(key: str) -> Path:
@@ -123,7 +123,7 @@ def resolve(uri: str, kind: str, preset_name: str | None = None, tracking_uri: s
     if meta.get("kind") != kind:
         raise UserError(f"{uri} is a {meta.get('kind')} checkpoint, but a {kind} network is needed here")
     preset = preset_from_dict(meta["preset"])
-    rates = train_config(preset, kind).ema_rate
+    rates = network_kind(kind).train_config(preset).ema_rate
     ema = folder / f"ema_{rates[0]}.safetensors" if rates else None
     weights = ema if ema is not None and ema.exists() else folder / "model.safetensors"
     return NetworkRef(kind, preset, str(weights))

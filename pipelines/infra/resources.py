@@ -2,7 +2,10 @@
 
 import ray
 
+from components.checkpoint import ema_init_share
 from components.config import UserError
+from components.kinds import KINDS
+from components.kinds import kind as network_kind
 
 
 def cluster_cpus() -> float:
@@ -41,3 +44,44 @@ def cpu_plan(cpus: float, node_cpus: float, requested: int | None, pending: int,
         return max(1, min(requested or max(1, int(cpus // cpus_per_actor)), pending)), cpus_per_actor
     n = max(1, min(requested or int(cpus // 2) or 1, pending))
     return n, min(max(0.5, (cpus - 0.5) / n), node_cpus)
+
+
+# --- what each stage asks for ----------------------------------------------------------------------------------------
+def worker_resources(preset, kinds, cluster_cpus: float, node_cpus: float | None = None) -> dict:
+    """CPUs per trainer worker: `cpus_per_worker` where set; otherwise, for CPU workers, the cluster's CPUs shared
+    out so that all trainers fit at once and Ray Data keeps half a CPU (2 cores, 3 trainers: 0.5), never more than
+    the largest node has, since a worker runs on one node; GPU workers take 1 CPU."""
+    cfgs = {k: network_kind(k).train_config(preset) for k in kinds}
+    fixed = {k: c.cpus_per_worker for k, c in cfgs.items() if c.cpus_per_worker > 0}
+    shared = [k for k, c in cfgs.items() if k not in fixed and not c.use_gpu]
+    left = cluster_cpus - sum(fixed[k] * cfgs[k].num_workers for k in fixed)
+    workers = sum(cfgs[k].num_workers for k in shared)
+    per_worker = min(max(0.1, (left - 0.5) / workers), node_cpus or cluster_cpus) if workers else 1.0
+    return {k: fixed.get(k, 1.0 if cfgs[k].use_gpu else round(per_worker, 2)) for k in kinds}
+
+
+def train_plan(preset, kinds, cluster_cpus: float) -> dict:
+    """What each trainer will ask Ray for (for --dry-run and the logs)."""
+    cpus = worker_resources(preset, kinds, cluster_cpus)
+    out = {}
+    for k in kinds:
+        cfg = network_kind(k).train_config(preset)
+        per_worker = {"CPU": cpus[k], **({"GPU": 1} if cfg.use_gpu else {})}
+        out[k] = {"num_workers": cfg.num_workers, "resources_per_worker": per_worker, "steps": cfg.steps,
+                  "batch_size_per_worker": cfg.batch_size,
+                  **({"ema_init_share": {f"{r:g}": round(ema_init_share(r, cfg.steps), 4) for r in cfg.ema_rate}}
+                     if cfg.ema_rate else {})}
+    return out
+
+
+def stage_resources(preset, cluster_cpus: float) -> dict:
+    """What each stage of `adm run` asks Ray for (for --dry-run)."""
+    s = preset.sample
+    shards = -(-len(s.guidance_scales) * s.num_samples // s.batch_size)
+    on_cpu = cpu_plan(cluster_cpus, cluster_cpus, None, shards, s.actor_cpus)
+    at_most = cpu_plan(cluster_cpus, cluster_cpus, None, 2**31)
+    return {"ingest": {"driver": "local threads"}, "train": train_plan(preset, tuple(KINDS), cluster_cpus),
+            "sample": {"actors_per_gpu": s.actors_per_gpu, "on_cpu": {"actors": on_cpu[0], "CPU_each": on_cpu[1]}},
+            "evaluate": {"actors_per_gpu": 1, "on_cpu": {"actors_at_most": at_most[0], "CPU_each": at_most[1]}},
+            "register": {"driver": "MLflow registry calls"}}
+

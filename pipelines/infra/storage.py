@@ -1,6 +1,8 @@
 """Storage on any fsspec filesystem: atomic writes and NPZ arrays."""
 
+import hashlib
 import io
+import json
 import posixpath
 import uuid
 
@@ -27,3 +29,14 @@ def read_npz(url: str) -> dict:
     with fsspec.open(url, "rb") as f:
         data = np.load(io.BytesIO(f.read()), allow_pickle=False)
         return {name: data[name] for name in data.files}
+
+
+def exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
+def digest(value) -> str:
+    """sha256 of a JSON-able value (sorted keys): the stable content hash behind cache keys and cached file names."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from components.config import UserError
 from pipelines import PROJECT_ROOT
+from pipelines.infra import tags
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 COMMANDS = ("run", "retrain", "train", "sample", "evaluate", "data")
@@ -136,7 +137,7 @@ def submit(command: list[str], env_vars: dict, address: str | None = None, token
     while True:
         try:
             submitted = client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env(
-                env_vars, pip), entrypoint_num_cpus=num_cpus, metadata={"adm.command": command[0]})
+                env_vars, pip), entrypoint_num_cpus=num_cpus, metadata={tags.JOB_COMMAND: command[0]})
             return client, submitted
         except Exception as e:
             if "No available agent" in str(e) and time.time() < deadline:  # a cluster that has just started

@@ -16,8 +16,6 @@ import json
 import math
 import os
 import posixpath
-import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from components import metrics
-from components.config import UserError
+from components.config import EvaluateConfig, check_evaluate, to_dict
 from components.features import (
     INCEPTION_RESIZE,
     INCEPTION_SHA1,
@@ -37,48 +35,26 @@ from components.features import (
 )
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.storage import npz_bytes, read_npz, write_bytes_atomic
+from pipelines.stages.evaluate_inputs import EvaluationError, Source, discover_samples, reference_source
 
-FEATURES = ("inception", "evaluator", "both")
 SCORE_SPLIT = 5000  # the reference evaluator scores in splits of 5000 samples
-STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
-
-
-class EvaluationError(UserError):
-    """Samples or references that cannot be evaluated; the message names the input and the fix."""
 
 
 @dataclass
 class EvaluateJob:
+    """An evaluation: the evaluate section of the config (features, reference size, FID method, ...) plus its inputs,
+    outputs and tracking."""
+
     samples: str  # folder written by `adm sample`, or one samples NPZ
     reference: str  # ingested dataset URL, or a reference-batch NPZ
-    features: str = "both"  # inception | evaluator | both
+    config: EvaluateConfig = field(default_factory=EvaluateConfig)
     evaluator: str | None = None  # evaluator network: checkpoint folder, runs:/RUN_ID or models:/...
-    num_reference: int = 10_000
-    reference_split: str = "train"
-    batch_size: int = 64
-    fid_method: str = "eigh"  # "sqrtm": the released evaluator's general matrix square root (~10x slower at 2048-d)
     actors: int | None = None
     cache_dir: str | None = None  # default: $ADM_CACHE_DIR or ~/.cache/adm-pipeline
     tracking_uri: str | None = None
     experiment: str = "adm"
     parent_run_id: str | None = None
     scale_run_ids: dict = field(default_factory=dict)  # scale -> an existing run to log that scale's metrics into
-
-
-@dataclass
-class Source:
-    """Images to featurize: slices of NPZ files or Parquet shards."""
-    key: str
-    kind: str  # "npz" | "parquet"
-    urls: list
-    counts: list
-    shape: tuple  # H, W, C
-    labels: np.ndarray | None = None
-    identity: str = ""  # what the reference cache key hashes
-
-    @property
-    def total(self) -> int:
-        return int(sum(self.counts))
 
 
 @dataclass
@@ -92,88 +68,11 @@ def extractor_names(features: str) -> tuple:
     return ("inception", "evaluator") if features == "both" else (features,)
 
 
-# --- inputs -----------------------------------------------------------------------------------------------------------
-def npz_header(url: str) -> dict:
-    """{array name: (shape, dtype)} without reading the arrays."""
-    out = {}
-    try:
-        with fsspec.open(url, "rb") as f, zipfile.ZipFile(f) as z:
-            for name in z.namelist():
-                with z.open(name) as member:
-                    version = np.lib.format.read_magic(member)
-                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                        np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read(member)
-                    out[name.removesuffix(".npy")] = (tuple(shape), np.dtype(dtype))
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise EvaluationError(f"{url} is not a readable NPZ file ({e})") from None
-    return out
-
-
-def npz_source(url: str, key: str, what: str) -> Source:
-    header = npz_header(url)
-    if "arr_0" not in header:
-        raise EvaluationError(f"{what} {url} has no arr_0 (uint8 images [N, H, W, C]); it has {sorted(header)}")
-    shape, dtype = header["arr_0"]
-    if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3):
-        raise EvaluationError(f"{what} {url}: arr_0 is {dtype} {shape}; expected uint8 [N, H, W, C] with C = 1 or 3 "
-                              "(the reference layout written by `adm sample`)")
-    labels = read_npz(url).get("arr_1") if "arr_1" in header else None
-    fs, path = fsspec.core.url_to_fs(url)
-    size = fs.size(path)
-    return Source(key, "npz", [url], [shape[0]], tuple(shape[1:]), labels, identity=f"npz:{url}:{size}")
-
-
-def discover_samples(url: str) -> dict:
-    """{guidance scale (None when unknown): Source} for a sample folder or one NPZ."""
-    if url.endswith(".npz"):
-        found = re.search(r"scale_([^/]+)/[^/]+$", url)
-        scale = float(found.group(1)) if found else None
-        return {scale: npz_source(url, f"scale_{scale}", "samples")}
-    fs, path = fsspec.core.url_to_fs(url)
-    files = sorted(fs.glob(posixpath.join(path.rstrip("/"), "scale_*", "samples_*.npz")))
-    if not files:
-        raise EvaluationError(f"{url} holds no scale_<s>/samples_*.npz: pass the output folder of `adm sample` or one "
-                              "samples NPZ")
-    out = {}
-    for file in files:
-        scale = float(posixpath.basename(posixpath.dirname(file))[len("scale_"):])
-        full = fs.unstrip_protocol(file) if "file" not in fs.protocol else file
-        out[scale] = npz_source(full, f"scale_{scale:g}", "samples")
-    return dict(sorted(out.items()))
-
-
-def reference_source(job: EvaluateJob) -> Source | dict:
-    """A Source of reference images, or the precomputed statistics dict of a stats-only reference NPZ."""
-    if job.reference.endswith(".npz"):
-        header = npz_header(job.reference)
-        if "arr_0" not in header and all(k in header for k in STATS_KEYS):
-            return {k: v for k, v in read_npz(job.reference).items() if k in STATS_KEYS}
-        return npz_source(job.reference, "reference", "reference")
-    from pipelines.infra.dataset import load_manifest, shard_urls
-
-    manifest = load_manifest(job.reference)
-    urls, counts = [], []
-    for url in shard_urls(job.reference, job.reference_split, manifest):
-        if sum(counts) >= job.num_reference:
-            break
-        with fsspec.open(url, "rb") as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
-        urls.append(url)
-        counts.append(min(rows, job.num_reference - sum(counts)))
-    shape = (manifest["resolution"], manifest["resolution"], manifest["channels"])
-    identity = f"dataset:{manifest['fingerprint']}:{job.reference_split}:{sum(counts)}"
-    return Source("reference", "parquet", urls, counts, shape, identity=identity)
-
-
 def check_inputs(job: EvaluateJob, samples: dict, reference) -> None:
-    if job.fid_method not in metrics.FID_METHODS:
-        raise EvaluationError(f"--fid-method {job.fid_method!r} is not one of {sorted(metrics.FID_METHODS)}")
-    if job.features not in FEATURES:
-        raise EvaluationError(f"--features {job.features!r} is not one of {FEATURES}")
-    if "evaluator" in extractor_names(job.features) and not job.evaluator:
-        raise EvaluationError(f"--features {job.features} needs --evaluator CHECKPOINT (an evaluator network from "
-                              "`adm train evaluator`), or use --features inception")
+    check_evaluate(job.config)
+    if "evaluator" in extractor_names(job.config.features) and not job.evaluator:
+        raise EvaluationError(f"--features {job.config.features} needs --evaluator CHECKPOINT (an evaluator network "
+                              "from `adm train evaluator`), or use --features inception")
     for scale, source in samples.items():
         if source.total < metrics.K_NEAREST + 1:
             raise EvaluationError(f"samples at scale {scale}: {source.total} images, but precision/recall need at "
@@ -185,7 +84,7 @@ def check_inputs(job: EvaluateJob, samples: dict, reference) -> None:
     if isinstance(reference, Source) and reference.total < metrics.K_NEAREST + 1:
         raise EvaluationError(f"reference {job.reference}: {reference.total} images; need at least "
                               f"{metrics.K_NEAREST + 1}")
-    if isinstance(reference, dict) and job.features != "inception":
+    if isinstance(reference, dict) and job.config.features != "inception":
         raise EvaluationError(f"reference {job.reference} holds only Inception statistics (no arr_0 images); use "
                               "--features inception with it")
 
@@ -250,7 +149,7 @@ def compute_features(job: EvaluateJob, names: tuple, sources: list, log=print) -
     """{source key: {"<extractor>.<part>": [N, D] array in source order}}."""
     import ray
 
-    items = work_items(sources, job.batch_size)
+    items = work_items(sources, job.config.batch_size)
     if not items:
         return {}
     if not ray.is_initialized():
@@ -349,9 +248,9 @@ def score(feats: dict, ref: dict, labels: np.ndarray | None, fid_method: str = "
 def run_evaluation(job: EvaluateJob, log=print) -> EvaluationResult:
     """Check every input, featurize what the cache lacks, and score each scale."""
     samples = discover_samples(job.samples)
-    reference = reference_source(job)
+    reference = reference_source(job.reference, job.config.reference_split, job.config.num_reference)
     check_inputs(job, samples, reference)
-    names = extractor_names(job.features)
+    names = extractor_names(job.config.features)
     if "evaluator" in names:
         ref_net = resolve_evaluator(job).config
         first = next(iter(samples.values())).shape
@@ -381,6 +280,25 @@ def run_evaluation(job: EvaluateJob, log=print) -> EvaluationResult:
     rows, roots = [], {}
     for scale, source in samples.items():
         row = {"guidance_scale": scale if scale is not None else math.nan, "num_samples": source.total}
-        row.update(score(features[source.key], ref_stats, source.labels, job.fid_method, roots))
+        row.update(score(features[source.key], ref_stats, source.labels, job.config.fid_method, roots))
         rows.append(row)
     return EvaluationResult(rows)
+
+
+# --- as a stage of `adm run` -------------------------------------------------------------------------------------
+def cache_inputs(preset, data_fingerprint: str, sampled: dict) -> dict:
+    return {"data": data_fingerprint, "samples": sampled, "evaluate": to_dict(preset.evaluate)}
+
+
+def evaluate_stage(run_id: str, preset, data_url: str, evaluator_run_id: str, sampled: dict, cache: str,
+                   scale_runs: dict, tracking_uri: str, experiment: str, log=print) -> dict:
+    """Every scale of the sampling stage against the ingested dataset, with the trained evaluator. `scale_runs`:
+    the sampling stage's per-scale runs to log the metrics into (when that stage ran in this pipeline run)."""
+    from pipelines.stages.report import log_evaluation
+
+    job = EvaluateJob(samples=sampled["out"], reference=data_url, config=preset.evaluate,
+                      evaluator=f"runs:/{evaluator_run_id}", cache_dir=cache, tracking_uri=tracking_uri,
+                      experiment=experiment, parent_run_id=run_id, scale_run_ids=scale_runs)
+    result = log_evaluation(job, run_evaluation(job, log=log), log=log)
+    return {"rows": result.rows}
+

@@ -8,6 +8,7 @@ reader requires it, so an interrupted ingest never leaves a dataset that later s
 import json
 import math
 import posixpath
+import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from components.config import Preset, to_dict
 from components.data import (
     FASHION_MNIST_CLASSES,
     DataError,
@@ -29,7 +31,8 @@ from components.data import (
     load_image_file,
     make_shapes,
 )
-from pipelines.infra.dataset import FORMAT_VERSION, MANIFEST, read_manifest
+from pipelines.infra.dataset import FORMAT_VERSION, MANIFEST, load_manifest, read_manifest
+from pipelines.infra.tracking import Tracker
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -286,3 +289,41 @@ def _move_into_place(fs, tmp: str, root: str, manifest: dict) -> None:
             fs.makedirs(posixpath.dirname(posixpath.join(root, rel)), exist_ok=True)
             fs.mv(posixpath.join(tmp, rel), posixpath.join(root, rel))
     fs.mv(posixpath.join(tmp, MANIFEST), posixpath.join(root, MANIFEST))
+
+
+# --- as a stage of `adm run` -------------------------------------------------------------------------------------
+def ingest_options(preset: Preset) -> IngestOptions:
+    """The ingest settings of a preset's data section (resolution 0: the UNet's image size)."""
+    data, classes = preset.data, preset.unet.num_classes or preset.classifier.num_classes
+    return IngestOptions(resolution=data.resolution or preset.unet.image_size, resize=data.resize,
+                         num_images=data.num_images, num_classes=classes, splits=tuple(data.splits))
+
+
+def cache_inputs(preset: Preset, source: str, content: str | None = None) -> dict:
+    """The source, the ingest settings and, for retraining, the source's content fingerprint (new content, new key)."""
+    inputs = {"source": source, "options": to_dict(ingest_options(preset))}
+    return {**inputs, "content": content} if content else inputs
+
+
+def dataset_exists(outputs: dict) -> bool:
+    return read_manifest(outputs["data_url"]) is not None
+
+
+def ingest_stage(tracker: Tracker, run_id: str, pipeline_run_id: str, preset: Preset, source: str, data_root: str,
+                 key: str, log=print) -> dict:
+    """Ingest `source` into DATA_ROOT/<source slug>-<key> unless a finished dataset is already there (an earlier or a
+    concurrent run's); record the dataset as an input of the stage run and of the pipeline run."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", source).strip("-")[:40]
+    url = posixpath.join(data_root, f"{slug}-{key[:10]}")
+    if read_manifest(url) is None:
+        try:
+            ingest(source, url, ingest_options(preset), log=log)
+        except Exception:
+            if read_manifest(url) is None:  # not a concurrent run's ingest that finished first
+                raise
+    manifest = load_manifest(url)
+    tracker.log_params(run_id, {"source": source, "data_url": url})
+    for target in (run_id, pipeline_run_id):
+        tracker.log_dataset(target, url, slug, manifest["fingerprint"])
+    return {"data_url": url, "fingerprint": manifest["fingerprint"]}
+

@@ -3,6 +3,8 @@ trade-off plots on the parent run)."""
 
 import math
 
+from pipelines.infra import tags
+from pipelines.infra.tracking import Tracker
 from pipelines.stages.plots import close, tradeoff_figures
 
 COLUMNS = ("guidance_scale", "num_samples", "fid", "sfid", "precision", "recall", "evaluator_fid",
@@ -30,18 +32,16 @@ def scale_label(scale: float) -> str:
 def log_evaluation(job, result, log=print):
     """Metrics into each scale's run (the sampling stage's child runs when given, else new child runs of an
     "evaluate" parent); the table and plots onto the parent run."""
-    from pipelines.infra.tracking import Tracker
-
     tracker = Tracker(job.tracking_uri)
-    parent = job.parent_run_id or tracker.start_run(job.experiment, "evaluate", tags={"adm.stage": "evaluate"})
-    params = {"reference": job.reference, "features": job.features, "evaluator": job.evaluator or "",
-              "num_reference": job.num_reference, "samples": job.samples}
+    parent = job.parent_run_id or tracker.start_run(job.experiment, "evaluate", tags={tags.STAGE: "evaluate"})
+    params = {"reference": job.reference, "features": job.config.features, "evaluator": job.evaluator or "",
+              "num_reference": job.config.num_reference, "samples": job.samples}
     for row in result.rows:
         scale = row["guidance_scale"]
         run_id = job.scale_run_ids.get(scale)
         if run_id is None:
             run_id = tracker.start_run(job.experiment, f"evaluate-scale-{scale_label(scale)}", parent,
-                                       tags={"adm.stage": "evaluate"})
+                                       tags={tags.STAGE: "evaluate"})
             tracker.log_params(run_id, {"guidance_scale": scale_label(scale), **params})
             tracker.end_run(run_id)
         metrics = {k: v for k, v in row.items() if k != "guidance_scale"}
@@ -55,6 +55,14 @@ def log_evaluation(job, result, log=print):
     log(f"MLflow: metrics of {len(result.rows)} scales, table and {figures} plots under run {parent} at "
         f"{tracker.uri}")
     return result
+
+
+def log_summary(tracker, run_id: str, rows: list[dict]) -> None:
+    """The trade-off at a glance on the pipeline run: the table, the plots and each metric at each scale."""
+    log_tradeoff(tracker, run_id, rows)
+    flat = {f"{k}_scale_{row['guidance_scale']:g}": v for row in rows for k, v in row.items()
+            if k not in ("guidance_scale", "num_samples")}
+    tracker.log_metrics(run_id, flat, step=0)
 
 
 def log_tradeoff(tracker, run_id: str, rows: list[dict]) -> int:

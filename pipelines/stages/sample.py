@@ -11,7 +11,6 @@ layout (arr_0 uint8 NHWC, arr_1 int64 labels) and scale_<s>/grid.png (rows = cla
 """
 
 import functools
-import math
 import posixpath
 import tempfile
 import time
@@ -21,39 +20,38 @@ import fsspec
 import numpy as np
 import torch
 
-from components.config import SPEED_SETTINGS, UserError
+from components.config import SampleConfig, UserError, check_sample, to_dict
 from components.data import class_grid, encode_png, to_uint8
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierGuidance
 from components.precision import autocast_context, speed_up
 from components.sampling import SampleNoise, class_conditional, parse_sampler, sample_label, sample_seed
+from pipelines.infra import tags
 from pipelines.infra.model_refs import NetworkRef, resolve
 from pipelines.infra.resources import actor_plan
-from pipelines.infra.storage import npz_bytes, read_npz, write_bytes_atomic
+from pipelines.infra.storage import exists, npz_bytes, read_npz, write_bytes_atomic
+from pipelines.infra.tracking import Tracker
 
 
 @dataclass
 class SampleJob:
+    """A sampling job: the sample section of the config (grid, sampler, sizes, speed, placement) plus the networks,
+    where the samples go, and tracking."""
+
     diffusion: str  # checkpoint folder, runs:/RUN_ID, models:/NAME@ALIAS or /VERSION, or weights file (+ preset)
     out: str  # output folder or fsspec URL
+    config: SampleConfig = field(default_factory=SampleConfig)
     classifier: str | None = None
-    scales: tuple[float, ...] = (0.0, 1.0)
-    num_samples: int = 16  # per scale
-    sampler: str = "ddim25"
-    eta: float = 0.0
-    clip_denoised: bool = True
-    batch_size: int = 16
-    seed: int = 0
     label: int | None = None  # a fixed class for every sample; None: uniform at random per sample
     preset: str | None = None  # for bare weights files
     actors: int | None = None  # None: actors_per_gpu per GPU, else one per 2 CPUs (at least 1)
-    actors_per_gpu: int = 1  # actors sharing each GPU when `actors` is None (2 suit small, launch-bound networks)
-    actor_cpus: float | None = None  # CPUs (and torch threads) per CPU actor; None: the cluster's CPUs shared out
-    compile: str = "auto"  # torch.compile both networks: auto (on CUDA) | on | off
-    channels_last: str = "auto"  # auto (on CUDA) | on | off
     tracking_uri: str | None = None
     experiment: str = "adm"
     parent_run_id: str | None = None
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return tuple(float(s) for s in self.config.guidance_scales)
 
 
 @dataclass
@@ -84,27 +82,13 @@ def shard_url(out: str, k: int) -> str:
 
 # --- validation before any actor starts ---------------------------------------------------------------------------
 def validate(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
-    try:
-        scales = [float(s) for s in job.scales]
-    except (TypeError, ValueError):
-        raise UserError(f"guidance scales {job.scales!r} must be numbers, e.g. --scales 0,1,2,4") from None
-    if not scales or any(s < 0 or not math.isfinite(s) for s in scales):
-        raise UserError(f"guidance scales {scales} must be finite and >= 0 (0 = unguided)")
-    if job.num_samples <= 0 or job.batch_size <= 0:
-        raise UserError(f"--num-samples ({job.num_samples}) and --batch-size ({job.batch_size}) must be positive")
-    if job.actor_cpus is not None and not job.actor_cpus > 0:
-        raise UserError(f"--actor-cpus ({job.actor_cpus}) must be positive, e.g. 1 or 2")
+    check_sample(job.config)
     if job.actors is not None and job.actors <= 0:
         raise UserError(f"--actors ({job.actors}) must be positive")
-    if job.actors_per_gpu < 1:
-        raise UserError(f"--actors-per-gpu ({job.actors_per_gpu}) must be at least 1")
-    for name in ("compile", "channels_last"):
-        if getattr(job, name) not in SPEED_SETTINGS:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(job, name)!r} must be auto (on for CUDA), on or off")
-    parse_sampler(job.sampler)
+    parse_sampler(job.config.sampler)
     diffusion = resolve(job.diffusion, "diffusion", job.preset, job.tracking_uri)
     if job.classifier is None:
-        if any(s > 0 for s in scales):
+        if any(s > 0 for s in job.scales):
             raise UserError("guidance scales above 0 need a noisy classifier: pass --classifier URI")
         return diffusion, None
     classifier = resolve(job.classifier, "classifier", job.preset, job.tracking_uri)
@@ -127,21 +111,22 @@ class GuidedSampler:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         diffusion_ref, classifier_ref = validate(job)
         self.unet_cfg = diffusion_ref.config
-        fast = functools.partial(speed_up, device=self.device, channels_last=job.channels_last, compile=job.compile)
+        cfg = job.config
+        fast = functools.partial(speed_up, device=self.device, channels_last=cfg.channels_last, compile=cfg.compile)
         self.model = class_conditional(fast(diffusion_ref.build().to(self.device)),
                                        self.unet_cfg.num_classes is not None)
         self.classifier = fast(classifier_ref.build().to(self.device)) if classifier_ref else None
         self.num_classes = self.unet_cfg.num_classes or (classifier_ref.config.num_classes if classifier_ref else 1)
-        self.loop, respacing = parse_sampler(job.sampler)
+        self.loop, respacing = parse_sampler(job.config.sampler)
         self.diffusion = create_diffusion(diffusion_ref.preset.diffusion, respacing)
-        self.shards = plan_shards(job.scales, job.num_samples, job.batch_size)
+        self.shards = plan_shards(job.scales, job.config.num_samples, job.config.batch_size)
         self.shards_done = 0
 
     def sample_shard(self, k: int) -> dict:
         pairs = self.shards[k]
         scales = torch.tensor([s for s, _ in pairs], dtype=torch.float32, device=self.device)
         indices = np.array([i for _, i in pairs], dtype=np.int64)
-        seeds = [sample_seed(self.job.seed, i) for i in indices]
+        seeds = [sample_seed(self.job.config.seed, i) for i in indices]
         labels = [self.job.label if self.job.label is not None else sample_label(s, self.num_classes) for s in seeds]
         y = torch.tensor(labels, dtype=torch.long, device=self.device)
         cfg = self.unet_cfg
@@ -150,7 +135,7 @@ class GuidedSampler:
         cond_fn = ClassifierGuidance(self.classifier, scales) if guided else None
         with autocast_context(self.device):
             x0 = self.loop(self.model, self.diffusion, noise, {"y": y}, cond_fn=cond_fn,
-                           clip_denoised=self.job.clip_denoised, eta=self.job.eta)
+                           clip_denoised=self.job.config.clip_denoised, eta=self.job.config.eta)
         return {"images": to_uint8(x0), "labels": np.array(labels, dtype=np.int64),
                 "scales": scales.cpu().numpy(), "indices": indices}
 
@@ -172,7 +157,7 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
     import ray
 
     validate(job)
-    shards = plan_shards(job.scales, job.num_samples, job.batch_size)
+    shards = plan_shards(job.scales, job.config.num_samples, job.config.batch_size)
     fs, _ = fsspec.core.url_to_fs(job.out)
     pending = [k for k in range(len(shards)) if not fs.exists(fsspec.core.url_to_fs(shard_url(job.out, k))[1])]
     total = sum(len(shards[k]) for k in pending)
@@ -182,7 +167,7 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
     if pending:
         if not ray.is_initialized():
             ray.init()
-        n, resources = actor_plan(job.actors, len(pending), job.actor_cpus, job.actors_per_gpu)
+        n, resources = actor_plan(job.actors, len(pending), job.config.actor_cpus, job.config.actors_per_gpu)
         ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
         ds = ds.map_batches(GuidedSampler, fn_constructor_args=(job, max(1, round(resources["num_cpus"]))),
                             batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), batch_format="numpy",
@@ -220,15 +205,14 @@ def assemble(job: SampleJob, shards) -> tuple[dict, dict]:
 
 def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResult:
     """One child run per scale (param guidance_scale, the grid as an image artifact, the NPZ URL as a tag)."""
-    from pipelines.infra.tracking import Tracker
-
     tracker = Tracker(job.tracking_uri)
-    parent = job.parent_run_id or tracker.start_run(job.experiment, "sample", tags={"adm.stage": "sample"})
+    parent = job.parent_run_id or tracker.start_run(job.experiment, "sample", tags={tags.STAGE: "sample"})
+    cfg = job.config
     for scale in job.scales:
         run_id = tracker.start_run(job.experiment, f"sample-scale-{scale_key(scale)}", parent,
-                                   tags={"adm.stage": "sample", "adm.samples_npz": result.npz[scale]})
-        tracker.log_params(run_id, {"guidance_scale": scale, "sampler": job.sampler, "eta": job.eta,
-                                    "num_samples": job.num_samples, "seed": job.seed, "diffusion": job.diffusion,
+                                   tags={tags.STAGE: "sample", tags.SAMPLES_NPZ: result.npz[scale]})
+        tracker.log_params(run_id, {"guidance_scale": scale, "sampler": cfg.sampler, "eta": cfg.eta,
+                                    "num_samples": cfg.num_samples, "seed": cfg.seed, "diffusion": job.diffusion,
                                     "classifier": job.classifier or ""})
         with tempfile.TemporaryDirectory() as tmp:
             local = posixpath.join(tmp, "grid.png")
@@ -241,3 +225,23 @@ def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResu
         tracker.end_run(parent)
     log(f"MLflow: {len(job.scales)} child runs under {parent} at {tracker.uri}")
     return result
+
+
+# --- as a stage of `adm run` -------------------------------------------------------------------------------------
+def cache_inputs(preset, trained: dict) -> dict:
+    return {"train": trained, "sample": to_dict(preset.sample)}
+
+
+def samples_exist(outputs: dict) -> bool:
+    return all(exists(url) for url in outputs["npz"].values())
+
+
+def sample_stage(run_id: str, preset, trained: dict, out: str, tracking_uri: str, experiment: str, log=print) -> dict:
+    """The grid of the preset's sample section from the trained networks; one child run per scale under `run_id`."""
+    job = SampleJob(diffusion=f"runs:/{trained['diffusion']['run_id']}",
+                    classifier=f"runs:/{trained['classifier']['run_id']}", out=out, config=preset.sample,
+                    tracking_uri=tracking_uri, experiment=experiment, parent_run_id=run_id)
+    result = log_to_mlflow(job, run_sampling(job, log=log), log=log)
+    return {"out": job.out, "npz": {scale_key(s): u for s, u in result.npz.items()},
+            "scale_runs": {scale_key(s): r for s, r in result.run_ids.items()}}
+

@@ -7,6 +7,7 @@ trainer is created here, so a worker-group restart never creates a second run; r
 """
 
 import dataclasses
+import os
 import tempfile
 import threading
 import time
@@ -21,11 +22,13 @@ import torch
 
 from components.checkpoint import ema_init_share
 from components.config import ConfigError, Preset, UserError, to_dict, validate_speed
-from components.training import KINDS, build_network, network_config, train_config
+from components.kinds import KINDS
+from components.kinds import kind as network_kind
+from pipelines.infra import tags
 from pipelines.infra.dataset import driver_dataset, load_manifest, ray_dataset
-from pipelines.infra.resources import cluster_cpus, largest_node_cpus
+from pipelines.infra.resources import cluster_cpus, largest_node_cpus, worker_resources
 from pipelines.infra.tracking import Tracker, check_tracking
-from pipelines.stages.train_worker import train_loop_per_worker
+from pipelines.stages.train_worker import WorkerConfig, train_loop_per_worker
 
 
 class TrainingError(UserError):
@@ -60,16 +63,16 @@ class TrainOutcome:
 # --- checks before any worker starts -----------------------------------------------------------------------------
 def validate(preset: Preset, kinds, manifest: dict) -> None:
     validate_speed(preset)
-    for kind in kinds:
-        training = train_config(preset, kind)
+    for name in kinds:
+        kind = network_kind(name)
+        training = kind.train_config(preset)
         if training.cpus_per_worker < 0:
-            raise ConfigError(f"train_{kind}.cpus_per_worker must be >= 0 (0: share the cluster's CPUs out)")
+            raise ConfigError(f"{kind.train_section}.cpus_per_worker must be >= 0 (0: share the cluster's CPUs out)")
         if training.shuffle_rows < 0:
-            raise ConfigError(f"train_{kind}.shuffle_rows must be >= 0 (0: read in shard order)")
+            raise ConfigError(f"{kind.train_section}.shuffle_rows must be >= 0 (0: read in shard order)")
         with torch.device("meta"):
-            build_network(preset, kind)
-        cfg = network_config(preset, kind)
-        where = "unet" if kind == "diffusion" else kind
+            kind.build(preset)
+        cfg, where = kind.network_config(preset), kind.network_section
         if cfg.image_size != manifest["resolution"]:
             raise ConfigError(f"{where}.image_size={cfg.image_size} but the dataset is {manifest['resolution']}px; "
                               f"re-ingest with --resolution {cfg.image_size} or override {where}.image_size")
@@ -94,47 +97,20 @@ def check_storage(storage: str) -> None:
             from None
 
 
-def worker_resources(preset: Preset, kinds, cluster_cpus: float, node_cpus: float | None = None) -> dict:
-    """CPUs per worker: `cpus_per_worker` where set; otherwise, for CPU workers, the cluster's CPUs shared out so
-    that all trainers fit at once and Ray Data keeps half a CPU (2 cores, 3 trainers: 0.5), never more than the largest
-    node has, since a worker runs on one node; GPU workers take 1 CPU."""
-    fixed = {k: train_config(preset, k).cpus_per_worker for k in kinds if train_config(preset, k).cpus_per_worker > 0}
-    shared = [k for k in kinds if k not in fixed and not train_config(preset, k).use_gpu]
-    left = cluster_cpus - sum(fixed[k] * train_config(preset, k).num_workers for k in fixed)
-    workers = sum(train_config(preset, k).num_workers for k in shared)
-    per_worker = min(max(0.1, (left - 0.5) / workers), node_cpus or cluster_cpus) if workers else 1.0
-    return {k: fixed.get(k, 1.0 if train_config(preset, k).use_gpu else round(per_worker, 2)) for k in kinds}
-
-
-def plan(preset: Preset, kinds, cluster_cpus: float) -> dict:
-    """What each trainer will ask Ray for (for --dry-run and the logs)."""
-    cpus = worker_resources(preset, kinds, cluster_cpus)
-    out = {}
-    for kind in kinds:
-        cfg = train_config(preset, kind)
-        per_worker = {"CPU": cpus[kind], **({"GPU": 1} if cfg.use_gpu else {})}
-        out[kind] = {"num_workers": cfg.num_workers, "resources_per_worker": per_worker, "steps": cfg.steps,
-                     "batch_size_per_worker": cfg.batch_size,
-                     **({"ema_init_share": {f"{r:g}": round(ema_init_share(r, cfg.steps), 4) for r in cfg.ema_rate}}
-                        if cfg.ema_rate else {})}
-    return out
-
-
 # --- trainers ---------------------------------------------------------------------------------------------------------
 def make_trainer(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOptions, cpus: float):
     """The TorchTrainer of one network; `dataset` is the training split (training_dataset), shared by the trainers."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    cfg = train_config(preset, kind)
-    config = {"kind": kind, "preset": to_dict(preset), "run_id": run_id, "tracking_uri": opts.tracking_uri,
-              "seed": opts.seed, "threads": max(1, round(cpus)), "sample_interval": cfg.sample_interval,
-              "heartbeat_file": opts.heartbeat_files.get(kind),
-              "nonfinite_marker": nonfinite_marker(opts, kind, run_id)}
+    cfg = network_kind(kind).train_config(preset)
+    worker = WorkerConfig(kind=kind, preset=preset, run_id=run_id, tracking_uri=opts.tracking_uri, seed=opts.seed,
+                          threads=max(1, round(cpus)), nonfinite_marker=nonfinite_marker(opts, kind, run_id),
+                          heartbeat_file=opts.heartbeat_files.get(kind))
     resources = {"CPU": cpus, **({"GPU": 1} if cfg.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config,
+        train_loop_config={"worker": worker},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -189,9 +165,7 @@ def _fit(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOptions, cp
         outcome = TrainOutcome(kind, run_id, result.checkpoint.path, int(metrics.get("step", 0)), metrics=metrics,
                                started=started, finished=time.time())
         outcome.model_uri = _log_final(tracker, outcome, result.checkpoint, preset)
-        tracker.set_tags(run_id, {"adm.model_uri": outcome.model_uri, "adm.checkpoint": outcome.checkpoint,
-                                  # when this trainer's Ray Train fit() ran (unix seconds): concurrent trainers overlap
-                                  "adm.fit_started": f"{started:.3f}", "adm.fit_finished": f"{outcome.finished:.3f}"})
+        tracker.set_tags(run_id, {tags.MODEL_URI: outcome.model_uri, tags.CHECKPOINT: outcome.checkpoint})
         tracker.end_run(run_id, "FINISHED")
         return outcome
     except BaseException as e:
@@ -209,11 +183,11 @@ def _log_final(tracker: Tracker, outcome: TrainOutcome, checkpoint, preset: Pres
     with checkpoint.as_directory() as folder:
         folder = Path(folder)
         tracker.log_artifacts(outcome.run_id, folder, "checkpoint")
-        rates = train_config(preset, outcome.kind).ema_rate
+        rates = network_kind(outcome.kind).train_config(preset).ema_rate
         weights = folder / (f"ema_{rates[0]}.safetensors" if rates else "model.safetensors")
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "network.json"
-            network = dataclasses.asdict(network_config(preset, outcome.kind))
+            network = dataclasses.asdict(network_kind(outcome.kind).network_config(preset))
             config.write_text(json.dumps({"kind": outcome.kind, "network": network}))
             return tracker.log_network(outcome.run_id, f"{outcome.kind}_model", weights, config)
 
@@ -259,7 +233,7 @@ def _interrupt(futures: dict, run_ids: dict, tracker: Tracker, log) -> None:
             tracker.end_run(run_id, "KILLED")
 
 
-def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=KINDS, log=print) -> dict[str, TrainOutcome]:
+def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS), log=print) -> dict[str, TrainOutcome]:
     """Train `kinds` concurrently on the connected Ray cluster; returns one TrainOutcome per network."""
     import ray
 
@@ -284,10 +258,10 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=KINDS, log=pr
             log(f"[{kind}] continuing MLflow run {run_ids[kind]} from its last checkpoint")
             continue
         run_ids[kind] = tracker.start_run(opts.experiment, f"train-{kind}", opts.parent_run_id,
-                                          tags={"adm.stage": "train", "adm.network": kind,
-                                                "adm.data_fingerprint": manifest["fingerprint"]})
+                                          tags={tags.STAGE: "train", tags.NETWORK: kind,
+                                                tags.DATA_FINGERPRINT: manifest["fingerprint"]})
         tracker.log_params(run_ids[kind], {"network": kind, "data_url": data_url, **to_dict(preset)})
-        cfg = train_config(preset, kind)
+        cfg = network_kind(kind).train_config(preset)
         ema = "".join(f"; EMA {rate:g} ends with {ema_init_share(rate, cfg.steps):.1%} of the initial weights"
                       for rate in cfg.ema_rate)
         log(f"[{kind}] MLflow run {run_ids[kind]}; {cfg.num_workers} worker(s) x {cpus[kind]} CPU{ema}")
@@ -307,3 +281,29 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=KINDS, log=pr
     if errors:
         raise TrainingError("; ".join(errors))
     return outcomes
+
+
+# --- as a stage of `adm run` -------------------------------------------------------------------------------------
+def cache_inputs(preset: Preset, data_fingerprint: str) -> dict:
+    """The dataset, the diffusion process and every network's architecture and training section."""
+    sections = {"diffusion"} | {n for k in KINDS.values() for n in (k.network_section, k.train_section)}
+    return {"data": data_fingerprint, **{name: to_dict(getattr(preset, name)) for name in sorted(sections)}}
+
+
+def train_stage(tracker: Tracker, run_id: str, preset: Preset, data_url: str, storage: str, experiment: str,
+                log=print) -> dict:
+    """The three networks under the stage run `run_id`. Rerun in the same stage run (a resumed pipeline), a trainer
+    that finished is kept and one that did not continues its MLflow run from its last checkpoint."""
+    earlier = {r.data.tags.get(tags.NETWORK): r for r in tracker.children(experiment, run_id)}
+    done = {k: r for k, r in earlier.items() if r.info.status == "FINISHED" and tags.MODEL_URI in r.data.tags}
+    outputs = {k: {"run_id": r.info.run_id, "model_uri": r.data.tags[tags.MODEL_URI]} for k, r in done.items()}
+    kinds = tuple(k for k in KINDS if k not in done)
+    if kinds:
+        storage = storage if "://" in storage else os.path.abspath(storage)  # Ray Train wants absolute paths
+        resume = {k: r.info.run_id for k, r in earlier.items() if k in kinds}
+        opts = TrainOptions(storage=storage, tracking_uri=tracker.uri, experiment=experiment, parent_run_id=run_id,
+                            run_ids=resume)
+        for kind, outcome in train(preset, data_url, opts, kinds, log=log).items():
+            outputs[kind] = {"run_id": outcome.run_id, "model_uri": outcome.model_uri}
+    return outputs
+

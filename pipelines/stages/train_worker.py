@@ -11,12 +11,28 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 
 import torch
 
-from components.config import preset_from_dict
+from components.config import Preset, to_dict
 from components.data import image_grid, to_uint8
+from components.kinds import kind as network_kind
 from components.training import Learner
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every Ray Train worker of one trainer is handed (as train_loop_config["worker"])."""
+
+    kind: str  # diffusion | classifier | evaluator
+    preset: Preset
+    run_id: str  # the trainer's MLflow run, created by the driver; rank 0 logs into it
+    tracking_uri: str
+    seed: int
+    threads: int  # torch threads: the CPUs this worker asked for
+    nonfinite_marker: str  # where rank 0 records the step of a NaN/inf loss
+    heartbeat_file: str | None = None
 
 
 def _gather_fn(world: int):
@@ -60,9 +76,9 @@ class Progress:
         return f"[{self.kind}] step {step}/{self.total} loss {loss:.4f} {rate:.1f} img/s ETA {eta}"
 
 
-def _heartbeat(config: dict, step: int) -> None:
+def _heartbeat(job: WorkerConfig, step: int) -> None:
     """Test hook: where configured, rank 0 writes its pid and step so a test can kill this very process."""
-    path = config.get("heartbeat_file")
+    path = job.heartbeat_file
     if path:
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
@@ -76,40 +92,40 @@ def train_loop_per_worker(config: dict) -> None:
 
     from pipelines.infra.tracking import Tracker
 
+    job: WorkerConfig = config["worker"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    torch.set_num_threads(max(1, job.threads))
     device = ray.train.torch.get_device()
-    kind, preset = config["kind"], preset_from_dict(config["preset"])
-    learner = Learner(kind, preset, device, seed=config.get("seed", 0) + rank)
+    learner = Learner(job.kind, job.preset, device, seed=job.seed + rank)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             learner.load(folder)
     model = learner.hot(ray.train.torch.prepare_model(learner.net)) if world > 1 else learner.fast
-    tracker = Tracker(config["tracking_uri"]) if rank == 0 else None
-    run_id, cfg = config["run_id"], learner.cfg
+    tracker = Tracker(job.tracking_uri) if rank == 0 else None
+    cfg = learner.cfg
     if checkpoint and rank == 0:
-        tracker.log_metrics(run_id, {"resumed_from_step": learner.step}, learner.step)
-        print(f"[{kind}] resumed from the checkpoint at step {learner.step}", flush=True)
+        tracker.log_metrics(job.run_id, {"resumed_from_step": learner.step}, learner.step)
+        print(f"[{job.kind}] resumed from the checkpoint at step {learner.step}", flush=True)
     shard = ray.train.get_dataset_shard("train")
-    progress = Progress(kind, cfg.steps, learner.step, cfg.batch_size * world)
+    progress = Progress(job.kind, cfg.steps, learner.step, cfg.batch_size * world)
     gather = _gather_fn(world)
     while learner.step < cfg.steps:
-        for batch in _epoch(shard, cfg, config.get("seed", 0), rank, learner.step):
+        for batch in _epoch(shard, cfg, job.seed, rank, learner.step):
             metrics = _global_means(learner.train_step(batch["image"].to(device), batch["label"].to(device), model,
                                                        gather), world)
             step = learner.step
             if not math.isfinite(metrics["loss"]):
                 # every rank sees the same global loss, so all stop here together; no checkpoint of this state
                 if rank == 0:
-                    _write_marker(config["nonfinite_marker"], {"step": step, "loss": str(metrics["loss"])})
+                    _write_marker(job.nonfinite_marker, {"step": step, "loss": str(metrics["loss"])})
                 return
             if rank == 0:
-                _heartbeat(config, step)
-                _log_step(tracker, run_id, learner, metrics, progress, config)
+                _heartbeat(job, step)
+                _log_step(tracker, job.run_id, learner, metrics, progress)
             if step % cfg.save_interval == 0 or step == cfg.steps:
-                _report_checkpoint(learner, metrics, rank, config)
+                _report_checkpoint(learner, metrics, rank)
             if step >= cfg.steps:
                 break
 
@@ -143,24 +159,20 @@ def _write_marker(url: str, values: dict) -> None:
         f.write(json.dumps(values))
 
 
-def _log_step(tracker, run_id: str, learner: Learner, metrics: dict, progress: Progress, config: dict) -> None:
+def _log_step(tracker, run_id: str, learner: Learner, metrics: dict, progress: Progress) -> None:
     step, cfg = learner.step, learner.cfg
     if step % cfg.log_interval == 0 or step == cfg.steps:
         tracker.log_metrics(run_id, {**metrics, "images_per_s": progress.window_rate(step),
                                      "images_per_s_overall": progress.rate(step)}, step)
         print(progress.line(step, metrics["loss"]), flush=True)
-    every = config.get("sample_interval", 0)
-    if learner.kind == "diffusion" and every and (step % every == 0 or step == cfg.steps):
+    every = cfg.sample_interval
+    if network_kind(learner.kind).is_unet and every and (step % every == 0 or step == cfg.steps):
         grid = learner.sample_grid()
-        image = image_grid(to_uint8(grid), rows=preset_rows(learner))
+        image = image_grid(to_uint8(grid), rows=learner.preset.unet.num_classes or 1)
         tracker.log_image(run_id, image, f"samples/step_{step:07d}.png")
 
 
-def preset_rows(learner: Learner) -> int:
-    return learner.preset.unet.num_classes or 1
-
-
-def _report_checkpoint(learner: Learner, metrics: dict, rank: int, config: dict) -> None:
+def _report_checkpoint(learner: Learner, metrics: dict, rank: int) -> None:
     import ray.train
 
     report = {"step": learner.step, "loss": metrics["loss"]}
@@ -168,5 +180,6 @@ def _report_checkpoint(learner: Learner, metrics: dict, rank: int, config: dict)
         ray.train.report(report)  # every rank reports the same number of times; rank 0 writes the files
         return
     with tempfile.TemporaryDirectory() as folder:
-        learner.save(folder, config={"kind": learner.kind, "preset": config["preset"], "step": learner.step})
+        config = {"kind": learner.kind, "preset": to_dict(learner.preset), "step": learner.step}
+        learner.save(folder, config=config)
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))

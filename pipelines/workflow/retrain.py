@@ -13,26 +13,18 @@ A cycle that fails never touches the aliases: they move only at the end of the r
 
 import dataclasses
 
+from pipelines.infra import tags
 from pipelines.infra.tracking import Tracker, check_tracking
-from pipelines.workflow.pipeline import (
-    CHAMPION,
-    Pipeline,
-    RunRequest,
-    check_request,
-    code_version,
-    config_hash,
-    ingest_options,
-)
-
-WATCHED = ("adm.data_fingerprint", "adm.code_version", "adm.config_hash")
+from pipelines.stages.ingest import ingest_options, source_fingerprint
+from pipelines.stages.register import CHAMPION
+from pipelines.workflow.pipeline import Pipeline
+from pipelines.workflow.request import RunRequest, check_request, code_version, config_hash
 
 
 def current_state(req: RunRequest) -> dict:
-    from pipelines.stages.ingest import source_fingerprint
-
-    source = req.data or req.preset.data["source"]
-    return {"adm.data_fingerprint": source_fingerprint(source, ingest_options(req.preset, source)),
-            "adm.code_version": code_version(), "adm.config_hash": config_hash(req.preset)}
+    """What the pipeline would be built from now, as the tags a model version records."""
+    return {tags.DATA_FINGERPRINT: source_fingerprint(req.source, ingest_options(req.preset)),
+            tags.CODE_VERSION: code_version(), tags.CONFIG_HASH: config_hash(req.preset)}
 
 
 def _matches(version, state: dict) -> bool:
@@ -45,7 +37,7 @@ def decide_skip(tracker: Tracker, req: RunRequest, state: dict) -> tuple[str | N
     champion = tracker.alias_version(name, CHAMPION)
     if champion is None:
         return None, ["no champion yet"]
-    changed = [k.removeprefix("adm.") for k in WATCHED if champion.tags.get(k) != state[k]]
+    changed = [tags.short(k) for k in tags.WATCHED if champion.tags.get(k) != state[k]]
     if not changed:
         return f"data, code and config unchanged since champion {name} v{champion.version}", []
     tried = [v for v in tracker.model_versions(name) if _matches(v, state)]
@@ -60,11 +52,11 @@ def retrain(req: RunRequest, log=print) -> dict:
     check_request(req)
     tracker = Tracker(req.tracking_uri)
     check_tracking(tracker.uri)
-    cycle = tracker.start_run(req.experiment, f"retrain-{req.preset.name}", tags={"adm.retrain_cycle": req.preset.name})
+    cycle = tracker.start_run(req.experiment, f"retrain-{req.preset.name}", tags={tags.RETRAIN_CYCLE: req.preset.name})
     try:
         return _cycle(tracker, cycle, req, log)
     except BaseException as e:
-        tracker.set_tags(cycle, {"adm.decision": "failed", "adm.reason": f"{type(e).__name__}: {e}"[:5000]})
+        tracker.set_tags(cycle, {tags.DECISION: "failed", tags.REASON: f"{type(e).__name__}: {e}"[:5000]})
         tracker.end_run(cycle, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         log(f"[retrain] cycle {cycle} failed; the champion is untouched")
         raise
@@ -78,20 +70,19 @@ def _cycle(tracker: Tracker, cycle: str, req: RunRequest, log) -> dict:
         return _finish(tracker, cycle, "skipped", skip, log)
     reason = "; ".join(changed) if changed == ["no champion yet"] else "changed: " + ", ".join(changed)
     log(f"[retrain] cycle {cycle}: {reason}; running the pipeline")
-    run_req = dataclasses.replace(req, parent_run_id=cycle, source_fingerprint=state["adm.data_fingerprint"],
+    run_req = dataclasses.replace(req, parent_run_id=cycle, source_fingerprint=state[tags.DATA_FINGERPRINT],
                                   force=req.force or "code_version" in changed, resume=None, register=True)
     result = Pipeline(run_req, log=log).execute()
     reg = result["registered"]["diffusion"]
     previous = "none" if reg["previous"] is None else f"{reg['previous']:.4g}"
     reason += f"; {reg['metric']} new {reg['value']:.4g} vs champion {previous}"
     out = _finish(tracker, cycle, "promoted" if reg["champion"] else "kept", reason, log,
-                  pipeline_run=result["run_id"])
+                  {tags.PIPELINE_RUN: result["run_id"]})
     return {**out, "run_id": result["run_id"], "registered": result["registered"]}
 
 
-def _finish(tracker: Tracker, cycle: str, decision: str, reason: str, log, **tags) -> dict:
-    tracker.set_tags(cycle, {"adm.decision": decision, "adm.reason": reason[:5000],
-                             **{f"adm.{k}": v for k, v in tags.items()}})
+def _finish(tracker: Tracker, cycle: str, decision: str, reason: str, log, extra: dict | None = None) -> dict:
+    tracker.set_tags(cycle, {tags.DECISION: decision, tags.REASON: reason[:5000], **(extra or {})})
     tracker.end_run(cycle)
     log(f"[retrain] cycle {cycle}: {decision} ({reason})")
     return {"cycle_run_id": cycle, "decision": decision, "reason": reason}

@@ -12,6 +12,9 @@ import subprocess
 import sys
 import time
 
+from pipelines.infra import tags
+from pipelines.infra.tracking import Tracker
+
 
 def alive(pid: int) -> bool:
     try:
@@ -28,15 +31,13 @@ def alive(pid: int) -> bool:
 
 
 def mark_killed(run_id: str, experiment: str, tracking_uri: str) -> list:
-    from pipelines.infra.tracking import Tracker
-
     tracker = Tracker(tracking_uri)
     killed, pending = [], [run_id]
     while pending:
         current = pending.pop()
         run = tracker.run(current)
         if run.info.status == "RUNNING":
-            tracker.set_tags(current, {"adm.ended_by": "sentinel: the driver process disappeared"})
+            tracker.set_tags(current, {tags.ENDED_BY: "sentinel: the driver process disappeared"})
             tracker.end_run(current, "KILLED")
             killed.append(current)
         pending += [child.info.run_id for child in tracker.children(experiment, current)]

@@ -1,7 +1,7 @@
 import pytest
 
 from components import build_unet
-from components.config import ConfigError, UNetConfig, apply_overrides, validate_speed
+from components.config import ConfigError, UNetConfig, apply_overrides, validate_preset
 from components.presets import PRESET_BUILDERS, get_preset
 
 
@@ -34,17 +34,17 @@ def test_overrides_coerce_and_reject():
 
 
 def test_speed_settings_are_auto_on_or_off():
-    validate_speed(apply_overrides(get_preset("smoke"), ["train_classifier.cuda_graphs=on", "sample.compile=off"]))
+    validate_preset(apply_overrides(get_preset("smoke"), ["train_classifier.cuda_graphs=on", "sample.compile=off"]))
     with pytest.raises(ConfigError, match="train_diffusion.cuda_graphs='yes' must be auto"):
-        validate_speed(apply_overrides(get_preset("smoke"), ["train_diffusion.cuda_graphs=yes"]))
+        validate_preset(apply_overrides(get_preset("smoke"), ["train_diffusion.cuda_graphs=yes"]))
     with pytest.raises(ConfigError, match="sample.channels_last='fast' must be auto"):
-        validate_speed(apply_overrides(get_preset("smoke"), ["sample.channels_last=fast"]))
-    validate_speed(apply_overrides(get_preset("smoke"), ["sample.actors_per_gpu=3", "sample.actor_cpus=1.5"]))
+        validate_preset(apply_overrides(get_preset("smoke"), ["sample.channels_last=fast"]))
+    validate_preset(apply_overrides(get_preset("smoke"), ["sample.actors_per_gpu=3", "sample.actor_cpus=1.5"]))
     assert apply_overrides(get_preset("fashion-mnist"), ["sample.actor_cpus=none"]).sample.actor_cpus is None
     with pytest.raises(ConfigError, match="sample.actor_cpus=-1 must be a number of CPUs > 0"):
-        validate_speed(apply_overrides(get_preset("smoke"), ["sample.actor_cpus=-1"]))
+        validate_preset(apply_overrides(get_preset("smoke"), ["sample.actor_cpus=-1"]))
     with pytest.raises(ConfigError, match="sample.actors_per_gpu=0 must be a whole number >= 1"):
-        validate_speed(apply_overrides(get_preset("smoke"), ["sample.actors_per_gpu=0"]))
+        validate_preset(apply_overrides(get_preset("smoke"), ["sample.actors_per_gpu=0"]))
 
 
 @pytest.mark.parametrize("name", sorted(PRESET_BUILDERS))

@@ -10,6 +10,16 @@ import urllib.request
 import pytest
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_collection_modifyitems(items):
+    """Every test here is of the `services` tier (real Ray, MLflow servers): `pytest -m "not services"` skips them."""
+    for item in items:
+        if str(item.path).startswith(HERE):
+            item.add_marker(pytest.mark.services)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

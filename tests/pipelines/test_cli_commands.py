@@ -23,7 +23,10 @@ from components.config import UserError, apply_overrides
 from components.presets import PRESET_BUILDERS, get_preset
 from pipelines.cli.main import build_parser
 from pipelines.infra.model_refs import resolve
-from pipelines.workflow.pipeline import STAGES, Pipeline, RunRequest
+from pipelines.infra.tracking import Tracker
+from pipelines.stages.register import register
+from pipelines.workflow.pipeline import STAGES, Pipeline
+from pipelines.workflow.request import RunRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 # Two steps per network, evaluator features only, one scale of four samples: the cheapest complete pipeline. Its
@@ -203,9 +206,7 @@ def test_champion_metric_where_higher_is_better(tiny, mlflow_server):
     version = client.get_model_version(f"{PREFIX}-diffusion", registered["version"])
     assert float(version.tags["adm.accuracy_scale_2"]) == tiny["rows"][0]["accuracy"] == registered["value"]
 
-    pipeline = Pipeline(RunRequest(tiny["preset"], tracking_uri=mlflow_server, experiment=EXPERIMENT,
-                                   model_prefix="higher"), log=lambda *_: None)
-    pipeline.run_id = tiny["run_id"]
+    tracker = Tracker(mlflow_server)
     scratch = client.create_run(client.get_experiment_by_name(EXPERIMENT).experiment_id).info.run_id
     # three candidates with model URIs of their own (one network registered twice would be one version)
     trained = tiny["train"]
@@ -214,8 +215,9 @@ def test_champion_metric_where_higher_is_better(tiny, mlflow_server):
                   (0.75, trained["evaluator"], trained["diffusion"])]  # higher: champion
     promoted, champions = [], []
     for accuracy, diffusion, classifier in candidates:
-        out = pipeline.register(scratch, {"diffusion": diffusion, "classifier": classifier},
-                                [{"guidance_scale": 2.0, "accuracy": accuracy}])
+        out = register(tracker, scratch, tiny["preset"], "higher", {"diffusion": diffusion, "classifier": classifier},
+                       [{"guidance_scale": 2.0, "accuracy": accuracy}], {"adm.pipeline_run": tiny["run_id"]},
+                       log=lambda *_: None)
         assert out["diffusion"]["champion"] == out["classifier"]["champion"]
         promoted.append(out["diffusion"]["champion"])
         champions.append([client.get_model_version_by_alias(f"higher-{k}", "champion").version

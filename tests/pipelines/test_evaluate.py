@@ -7,6 +7,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from components.config import EvaluateConfig
 from components.presets import get_preset
 from components.training import Learner
 from pipelines.infra.dataset import read_split
@@ -36,9 +37,11 @@ def setup(tmp_path_factory):
 
 def _job(setup, cache, **kw):
     """A job whose reference cache is `cache` (each test its own, so that no test finds another's cache file)."""
-    base = dict(samples=setup["samples"], reference=setup["data"], evaluator=setup["evaluator"], num_reference=16,
-                batch_size=8, cache_dir=str(cache))
-    return EvaluateJob(**{**base, **kw})
+    fields = {f.name for f in dataclasses.fields(EvaluateConfig)}
+    settings = dict(num_reference=16, batch_size=8)
+    settings.update({k: kw.pop(k) for k in list(kw) if k in fields})
+    base = dict(samples=setup["samples"], reference=setup["data"], evaluator=setup["evaluator"], cache_dir=str(cache))
+    return EvaluateJob(**{**base, **kw}, config=EvaluateConfig(**settings))
 
 
 def test_metrics_per_scale_cache_and_mlflow(setup, tmp_path, ray_cluster, mlflow_server):

@@ -10,9 +10,10 @@ from PIL import Image
 from components.config import apply_overrides
 from components.data import make_shapes
 from components.presets import get_preset
+from pipelines.infra.tags import WATCHED
 from pipelines.infra.tracking import Tracker
-from pipelines.workflow.pipeline import RunRequest
-from pipelines.workflow.retrain import WATCHED, decide_skip, retrain
+from pipelines.workflow.request import RunRequest
+from pipelines.workflow.retrain import decide_skip, retrain
 
 # Inception features: one fixed extractor, so FID is comparable between cycles (the evaluator is retrained each
 # time). The networks train for one step: their samples are noise-like whatever the data, so which candidate wins is

@@ -17,10 +17,14 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from components.config import ConfigError, UserError, apply_overrides
+from components.kinds import KINDS
 from components.presets import get_preset
-from components.training import KINDS, Learner
+from components.training import Learner
 from pipelines.infra.model_refs import resolve
-from pipelines.workflow.pipeline import STAGES, Pipeline, RunRequest, check_request
+from pipelines.infra.tracking import Tracker
+from pipelines.stages.register import register
+from pipelines.workflow.pipeline import STAGES, Pipeline
+from pipelines.workflow.request import RunRequest, check_request
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,18 +112,20 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert len(client.search_model_versions("name = 'adm-smoke-diffusion'")) == 1
 
     # the champion alias moves only when the chosen metric (FID at scale 2) improves
-    pipeline = Pipeline(RunRequest(preset, tracking_uri=mlflow_server, experiment="e2e",
-                                   model_prefix="champ"), log=lambda *_: None)
-    pipeline.run_id = first["run_id"]
     scratch = client.create_run(parent.info.experiment_id).info.run_id
-    trained = first["train"]
+    tracker, trained = Tracker(mlflow_server), first["train"]
+
+    def register_as_champ(networks, rows):
+        return register(tracker, scratch, preset, "champ", networks, rows, {"adm.pipeline_run": first["run_id"]},
+                        log=lambda *_: None)
+
     swapped = {"diffusion": trained["classifier"], "classifier": trained["evaluator"]}
     rows = [{"guidance_scale": 2.0, "fid": 50.0}]
-    assert pipeline.register(scratch, trained, rows)["diffusion"]["champion"]
-    assert not pipeline.register(scratch, swapped, [{"guidance_scale": 2.0, "fid": 60.0}])["diffusion"]["champion"]
+    assert register_as_champ(trained, rows)["diffusion"]["champion"]
+    assert not register_as_champ(swapped, [{"guidance_scale": 2.0, "fid": 60.0}])["diffusion"]["champion"]
     assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "1"
     improved = {"diffusion": trained["evaluator"], "classifier": trained["diffusion"]}
-    assert pipeline.register(scratch, improved, [{"guidance_scale": 2.0, "fid": 40.0}])["diffusion"]["champion"]
+    assert register_as_champ(improved, [{"guidance_scale": 2.0, "fid": 40.0}])["diffusion"]["champion"]
     assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "3"
 
 

@@ -1,5 +1,6 @@
 """Guided sampling fan-out on a real local Ray instance, with tiny random-weight networks."""
 
+import dataclasses
 import io
 
 import fsspec
@@ -9,7 +10,7 @@ import ray
 import torch
 from mlflow import MlflowClient
 
-from components.config import UserError, apply_overrides
+from components.config import SampleConfig, UserError, apply_overrides
 from components.data import to_uint8
 from components.diffusion import create_diffusion
 from components.precision import autocast_context
@@ -41,9 +42,12 @@ def nets(tmp_path_factory):
 
 
 def _job(nets, out, **kw):
-    base = dict(diffusion=nets["diffusion"], classifier=nets["classifier"], out=str(out), scales=(0.0, 2.0),
-                num_samples=6, sampler="ddim5", batch_size=4, seed=11)
-    return SampleJob(**{**base, **kw})
+    """A job on the test networks; keyword arguments that name a SampleConfig field set the sample section."""
+    fields = {f.name for f in dataclasses.fields(SampleConfig)}
+    settings = dict(guidance_scales=(0.0, 2.0), num_samples=6, sampler="ddim5", batch_size=4, seed=11)
+    settings.update({k: kw.pop(k) for k in list(kw) if k in fields})
+    base = dict(diffusion=nets["diffusion"], classifier=nets["classifier"], out=str(out))
+    return SampleJob(**{**base, **kw}, config=SampleConfig(**settings))
 
 
 def _load(url):
@@ -112,8 +116,8 @@ def test_child_run_per_scale(tmp_path, nets, ray_cluster, mlflow_server):
 
 def test_bad_input_is_refused_before_actors(tmp_path, nets, actor_count):
     out, actors = tmp_path / "out", actor_count()
-    cases = [({"scales": (-1.0,)}, ">= 0"), ({"scales": ("a",)}, "must be numbers"),
-             ({"num_samples": 0}, "must be positive"), ({"actor_cpus": 0}, "--actor-cpus"),
+    cases = [({"guidance_scales": (-1.0,)}, ">= 0"), ({"guidance_scales": ("a",)}, "finite numbers"),
+             ({"num_samples": 0}, "must be positive"), ({"actor_cpus": 0}, "actor_cpus"),
              ({"actors": -1}, "--actors"), ({"classifier": None}, "need a noisy classifier"),
              ({"classifier": nets["classifier7"]}, "7 classes"),
              ({"diffusion": str(tmp_path / "missing")}, "does not exist"),
@@ -123,7 +127,7 @@ def test_bad_input_is_refused_before_actors(tmp_path, nets, actor_count):
             run_sampling(_job(nets, out, **change), log=lambda *_: None)
     # refused before the actor pool: no Ray actor ever started, nothing written
     assert actor_count() == actors and not out.exists()
-    validate(_job(nets, tmp_path, classifier=None, scales=(0.0,)))  # unguided needs no classifier
+    validate(_job(nets, tmp_path, classifier=None, guidance_scales=(0.0,)))  # unguided needs no classifier
 
 
 @pytest.mark.parametrize("gpus, requested, per_gpu, pending, actors, share", [

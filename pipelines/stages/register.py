@@ -1,0 +1,62 @@
+"""Register: the diffusion model and the noisy classifier become registered MLflow model versions
+(`<prefix>-diffusion`, `<prefix>-classifier`); the alias `champion` moves to the new pair only when the chosen metric
+(`evaluate.champion_metric`) at the chosen guidance scale (`evaluate.champion_scale`) beats the current champion's.
+Both aliases move together, after both versions exist, so a failure never leaves a mixed pair."""
+
+from components.config import HIGHER_IS_BETTER, ConfigError, Preset, to_dict
+from components.kinds import REGISTERED
+from pipelines.infra import tags
+from pipelines.infra.tracking import Tracker
+
+CHAMPION = "champion"
+
+
+def model_names(prefix: str) -> dict:
+    return {kind.name: f"{prefix}-{kind.name}" for kind in REGISTERED}
+
+
+def cache_inputs(preset: Preset, prefix: str, trained: dict, evaluated: dict) -> dict:
+    """What decides the register stage's outcome: the networks, their metrics, the champion policy and the names."""
+    policy = {k: v for k, v in to_dict(preset.evaluate).items() if k.startswith("champion_")}
+    return {"train": trained, "evaluate": evaluated, "policy": policy, "names": model_names(prefix)}
+
+
+def champion_row(preset: Preset, rows: list) -> dict:
+    cfg = preset.evaluate
+    row = next((r for r in rows if float(r["guidance_scale"]) == float(cfg.champion_scale)), None)
+    if row is None:
+        raise ConfigError(f"evaluate.champion_scale={cfg.champion_scale:g} is not one of the sampled scales "
+                          f"{[r['guidance_scale'] for r in rows]}")
+    if cfg.champion_metric not in row:
+        raise ConfigError(f"evaluate.champion_metric={cfg.champion_metric!r} was not computed "
+                          f"(evaluate.features={cfg.features})")
+    return row
+
+
+def beats(value: float, best: float | None, metric: str) -> bool:
+    return best is None or (value > best if metric in HIGHER_IS_BETTER else value < best)
+
+
+def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained: dict, rows: list, lineage: dict,
+             log=print) -> dict:
+    """Register both networks with `lineage` tags (data fingerprint, code version, config hash, pipeline run) and
+    the metric; move `champion` if the metric improved. Returns, per network, its version and the decision."""
+    cfg = preset.evaluate
+    metric = cfg.champion_metric
+    value = float(champion_row(preset, rows)[metric])
+    tag = tags.champion_metric(metric, cfg.champion_scale)
+    names = model_names(prefix)
+    versions = {kind: tracker.register(trained[kind]["model_uri"], name, trained[kind]["run_id"],
+                                       tags={tag: value, **lineage}) for kind, name in names.items()}
+    current = tracker.alias_version(names["diffusion"], CHAMPION)
+    best = None if current is None or tag not in current.tags else float(current.tags[tag])
+    better = beats(value, best, metric)
+    if better:
+        for kind, name in names.items():
+            tracker.set_alias(name, CHAMPION, versions[kind])
+    log("[register] " + ", ".join(f"{names[k]} v{versions[k]}" for k in names)
+        + f": {metric}@{cfg.champion_scale:g} = {value:.4g}"
+        + (" -> champion" if better else f" (champion keeps {best:.4g})"))
+    tracker.log_params(run_id, {"champion_metric": metric, "champion_scale": cfg.champion_scale})
+    return {kind: {"name": names[kind], "version": versions[kind], "champion": better, "metric": metric,
+                   "value": value, "previous": best} for kind in names}

@@ -1,0 +1,55 @@
+"""What `adm run` and `adm retrain` are asked to do, and every check that runs before the first stage."""
+
+import hashlib
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+from components.config import ConfigError, Preset, to_dict, validate_preset
+from pipelines import PROJECT_ROOT
+from pipelines.infra.storage import digest
+
+
+@dataclass
+class RunRequest:
+    preset: Preset
+    data: str | None = None  # ingest source (default: the preset's), e.g. fashion-mnist, shapes, a folder URL
+    workdir: str = "adm-work"
+    tracking_uri: str | None = None
+    experiment: str = "adm"
+    force: bool = False
+    resume: str | None = None  # pipeline run id to continue
+    register: bool = True
+    model_prefix: str | None = None  # registered model names: <prefix>-diffusion, <prefix>-classifier
+    parent_run_id: str | None = None  # e.g. the `adm retrain` cycle that runs this pipeline
+    source_fingerprint: str | None = None  # content of the source (retrain): new content => a new ingest
+
+    @property
+    def prefix(self) -> str:
+        return self.model_prefix or f"adm-{self.preset.name}"
+
+    @property
+    def source(self) -> str:
+        return self.data or self.preset.data.source
+
+
+def config_hash(preset: Preset) -> str:
+    return digest({"stage": "config", **to_dict(preset)})[:16]
+
+
+def code_version() -> str:
+    """adm-pipeline's version and a digest of its Python sources (components/ and pipelines/, every sub-package)."""
+    sources = hashlib.sha256()
+    for path in sorted(p for folder in ("components", "pipelines") for p in (PROJECT_ROOT / folder).rglob("*.py")):
+        sources.update(path.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    try:
+        release = version("adm-pipeline")
+    except PackageNotFoundError:
+        release = "unknown"
+    return f"{release}+{sources.hexdigest()[:12]}"
+
+
+def check_request(req: RunRequest) -> None:
+    """Every config error before the first stage starts."""
+    validate_preset(req.preset)
+    if not req.source:
+        raise ConfigError(f"preset {req.preset.name} names no data source; pass --data SOURCE")

@@ -1,0 +1,79 @@
+"""Stage runs as a cache, and resume.
+
+Each stage of a pipeline run is an MLflow child run tagged with its stage name and a key: a hash of the stage's
+config section and its inputs' fingerprints (each stage module's ``cache_inputs``). Before a stage runs:
+
+1. a finished run of that stage under this pipeline run with the same key (a resumed pipeline): its outputs;
+2. else a finished run with the same key anywhere in the experiment (unless ``force``): a new child run tagged
+   ``adm.reused_from`` records the link, and its outputs are used, if they still exist;
+3. else an unfinished run of that stage under this pipeline run with the same key: reopened and run again (training
+   continues from its checkpoint, sampling skips the shards it wrote);
+4. else a new run.
+
+Outputs are what the stage returns (URLs and run ids), recorded on its run when it finishes.
+"""
+
+from pipelines.infra import tags
+from pipelines.infra.storage import digest
+from pipelines.infra.tracking import Tracker
+
+
+def stage_key(name: str, inputs: dict) -> str:
+    return digest({"stage": name, **inputs})[:32]
+
+
+class StageCache:
+    def __init__(self, tracker: Tracker, experiment: str, pipeline_run_id: str, force: bool, log=print):
+        self.tracker, self.experiment, self.pipeline_run_id = tracker, experiment, pipeline_run_id
+        self.force, self.log = force, log
+        self.computed: set = set()  # stages computed (not reused) in this invocation
+
+    def run(self, name: str, inputs: dict, body, still_valid=lambda outputs: True) -> dict:
+        """The outputs of stage `name` for these inputs: from an earlier run where one fits, else body(run_id)."""
+        key = stage_key(name, inputs)
+        mine = [r for r in self.tracker.children(self.experiment, self.pipeline_run_id) if tags.stage_of(r) == name]
+        done = [r for r in mine if r.info.status == "FINISHED" and r.data.tags.get(tags.STAGE_KEY) == key]
+        if done:
+            self.log(f"[{name}] finished earlier in this run ({done[0].info.run_id})")
+            return tags.outputs_of(done[0])
+        cached = self._reusable(key)
+        if cached is not None and still_valid(tags.outputs_of(cached)):
+            return self._reuse(name, key, cached)
+        unfinished = [r for r in mine if r.info.status != "FINISHED" and r.data.tags.get(tags.STAGE_KEY) == key]
+        run_id, opened = self._open(name, key, unfinished)
+        try:  # from here on the run ends FINISHED or FAILED, whatever raises (the log line included)
+            self.log(f"[{name}] {opened} {run_id}")
+            outputs = body(run_id)
+            self.tracker.set_tags(run_id, tags.outputs_tag(outputs))
+        except BaseException as e:
+            self.tracker.end_failed(run_id, e)
+            raise
+        self.tracker.end_run(run_id)
+        self.computed.add(name)
+        return outputs
+
+    def _reusable(self, key: str):
+        if self.force:
+            return None
+        for run in self.tracker.search(self.experiment, f"tags.`{tags.STAGE_KEY}` = '{key}'", 20):
+            if run.info.status == "FINISHED" and tags.outputs_of(run) is not None:
+                return run
+        return None
+
+    def _reuse(self, name: str, key: str, cached) -> dict:
+        origin = cached.data.tags.get(tags.REUSED_FROM, cached.info.run_id)
+        outputs = tags.outputs_of(cached)
+        run_id = self.tracker.start_run(self.experiment, name, self.pipeline_run_id, tags={
+            tags.STAGE: name, tags.STAGE_KEY: key, tags.REUSED_FROM: origin, **tags.outputs_tag(outputs)})
+        self.tracker.end_run(run_id)
+        self.log(f"[{name}] reused: same config and inputs as run {origin}")
+        return outputs
+
+    def _open(self, name: str, key: str, unfinished: list) -> tuple[str, str]:
+        if unfinished:
+            run_id = unfinished[0].info.run_id
+            self.tracker.reopen(run_id)
+            return run_id, "resuming run"
+        run_id = self.tracker.start_run(self.experiment, name, self.pipeline_run_id,
+                                        tags={tags.STAGE: name, tags.STAGE_KEY: key})
+        return run_id, "MLflow run"

@@ -1,0 +1,45 @@
+"""The shape of the code: the package layers, light commands that stay light, and the size of files and functions
+(ARCHITECTURE.md). Fast: no services."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted(p for folder in ("components", "pipelines") for p in (ROOT / folder).rglob("*.py"))
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
+HEAVY = ("torch", "ray", "mlflow")
+
+
+def test_imports_follow_the_layers_and_form_no_cycle():
+    """import-linter's contracts of pyproject.toml: cli -> workflow | ops -> stages -> infra -> components, no Ray or
+    MLflow in components, no cycle among the modules of any package (function-level imports included)."""
+    lint = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(no_cache=True))"
+    done = subprocess.run([sys.executable, "-c", lint], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "0 broken" in done.stdout, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["presets"], ["config", "--preset", "smoke"], ["schedule", "--help"]])
+def test_light_commands_import_no_torch_ray_or_mlflow(argv):
+    code = ("import sys\nfrom pipelines.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", f"adm {' '.join(argv)} imported {done.stdout[-300:]}"
+
+
+def test_files_and_functions_stay_small():
+    too_long = []
+    for path in SOURCES:
+        text = path.read_text()
+        if text.count("\n") > MAX_FILE_LINES:
+            too_long.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}(): {length} lines")
+    assert not too_long, "split these (at most 400 lines a file, 60 a function):\n" + "\n".join(too_long)
