@@ -13,6 +13,7 @@ resumed or compared. Write and read them only through this module.
 | adm.network | training run | diffusion, classifier or evaluator |
 | adm.model_uri | training run | the logged model (models:/m-...) |
 | adm.checkpoint | training run | the final checkpoint folder |
+| adm.worker | training run | host and pid of its rank-0 Ray Train worker (updated when the worker group restarts) |
 | adm.data_fingerprint | training run, model version, retrain cycle | the dataset's content hash |
 | adm.code_version | model version, retrain cycle | package version + digest of components/ and pipelines/ |
 | adm.config_hash | model version, retrain cycle | hash of the resolved config |
@@ -34,6 +35,7 @@ REUSED_FROM = "adm.reused_from"
 NETWORK = "adm.network"
 MODEL_URI = "adm.model_uri"
 CHECKPOINT = "adm.checkpoint"
+WORKER = "adm.worker"
 DATA_FINGERPRINT = "adm.data_fingerprint"
 CODE_VERSION = "adm.code_version"
 CONFIG_HASH = "adm.config_hash"

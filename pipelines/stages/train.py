@@ -44,7 +44,6 @@ class TrainOptions:
     seed: int = 0
     data_cpus: float = 0.25  # CPUs per Ray Data read/decode task when the training split is streamed
     materialize_bytes: int = 1 << 30  # decoded training sets up to this size are held in the object store
-    heartbeat_files: dict = field(default_factory=dict)  # test hook: kind -> file with rank 0's pid and step
     run_ids: dict = field(default_factory=dict)  # kind -> an earlier MLflow run to continue (resume from checkpoint)
 
 
@@ -105,8 +104,7 @@ def make_trainer(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOpt
 
     cfg = network_kind(kind).train_config(preset)
     worker = WorkerConfig(kind=kind, preset=preset, run_id=run_id, tracking_uri=opts.tracking_uri, seed=opts.seed,
-                          threads=max(1, round(cpus)), nonfinite_marker=nonfinite_marker(opts, kind, run_id),
-                          heartbeat_file=opts.heartbeat_files.get(kind))
+                          threads=max(1, round(cpus)), nonfinite_marker=nonfinite_marker(opts, kind, run_id))
     resources = {"CPU": cpus, **({"GPU": 1} if cfg.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,

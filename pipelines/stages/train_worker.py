@@ -9,6 +9,7 @@ checkpoint stays the latest one.
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from components.config import Preset, to_dict
 from components.data import image_grid, to_uint8
 from components.kinds import kind as network_kind
 from components.training import Learner
+from pipelines.infra import tags
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,6 @@ class WorkerConfig:
     seed: int
     threads: int  # torch threads: the CPUs this worker asked for
     nonfinite_marker: str  # where rank 0 records the step of a NaN/inf loss
-    heartbeat_file: str | None = None
 
 
 def _gather_fn(world: int):
@@ -76,16 +77,6 @@ class Progress:
         return f"[{self.kind}] step {step}/{self.total} loss {loss:.4f} {rate:.1f} img/s ETA {eta}"
 
 
-def _heartbeat(job: WorkerConfig, step: int) -> None:
-    """Test hook: where configured, rank 0 writes its pid and step so a test can kill this very process."""
-    path = job.heartbeat_file
-    if path:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"pid": os.getpid(), "step": step}, f)
-        os.replace(tmp, path)
-
-
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -105,6 +96,8 @@ def train_loop_per_worker(config: dict) -> None:
     model = learner.hot(ray.train.torch.prepare_model(learner.net)) if world > 1 else learner.fast
     tracker = Tracker(job.tracking_uri) if rank == 0 else None
     cfg = learner.cfg
+    if rank == 0:  # where this trainer runs now: operators (and the fault tests) find the process by it
+        tracker.set_tags(job.run_id, {tags.WORKER: f"{socket.gethostname()} pid {os.getpid()}"})
     if checkpoint and rank == 0:
         tracker.log_metrics(job.run_id, {"resumed_from_step": learner.step}, learner.step)
         print(f"[{job.kind}] resumed from the checkpoint at step {learner.step}", flush=True)
@@ -122,7 +115,6 @@ def train_loop_per_worker(config: dict) -> None:
                     _write_marker(job.nonfinite_marker, {"step": step, "loss": str(metrics["loss"])})
                 return
             if rank == 0:
-                _heartbeat(job, step)
                 _log_step(tracker, job.run_id, learner, metrics, progress)
             if step % cfg.save_interval == 0 or step == cfg.steps:
                 _report_checkpoint(learner, metrics, rank)

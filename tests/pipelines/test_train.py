@@ -1,7 +1,6 @@
 """Ray Train stages on a real local Ray instance (2 CPUs) against a real MLflow tracking server (the three trainers
 of a whole pipeline, concurrently, are checked in test_run.py::test_smoke_pipeline_tree_cache_and_registry)."""
 
-import json
 import os
 import signal
 import threading
@@ -42,35 +41,38 @@ def test_killed_worker_resumes_while_a_nonfinite_trainer_stops(tmp_path, shapes,
                                                    "train_diffusion.sample_interval=0",
                                                    "train_evaluator.lr=1e30", "train_evaluator.save_interval=1",
                                                    "train_evaluator.max_failures=0"])
-    heartbeat = tmp_path / "heartbeat.json"
-    killed = {}
+    client, killed = MlflowClient(mlflow_server), {}
+
+    def rank0(run):
+        """(pid, last logged step) of the trainer's rank-0 worker, from what it tells MLflow."""
+        worker = client.get_run(run.info.run_id).data.tags.get("adm.worker", "")
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        return (int(worker.split(" pid ")[1]) if " pid " in worker else None), max(steps, default=0)
 
     def killer():
         deadline = time.time() + 400
         while time.time() < deadline:
-            try:
-                beat = json.loads(heartbeat.read_text())
-            except (OSError, ValueError):
-                beat = {}
+            experiment = client.get_experiment_by_name("faults")
+            found = client.search_runs([experiment.experiment_id], "tags.`adm.network` = 'diffusion'") \
+                if experiment else []
             saved = list((tmp_path / "storage").glob("diffusion-*/checkpoint_*/state.json"))
-            if beat.get("step", 0) >= 13 and saved:
+            if found and saved and rank0(found[0])[1] >= 15:
                 time.sleep(2)  # let Ray Train register the step-10 checkpoint before the worker dies
-                beat = json.loads(heartbeat.read_text())
-                os.kill(beat["pid"], signal.SIGKILL)  # a real kill of the training worker process
-                killed.update(beat)
+                pid, step = rank0(found[0])
+                os.kill(pid, signal.SIGKILL)  # a real kill of the training worker process
+                killed.update(pid=pid, step=step, run=found[0])
                 return
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    opts = _opts(tmp_path, mlflow_server, "faults", heartbeat_files={"diffusion": str(heartbeat)})
+    opts = _opts(tmp_path, mlflow_server, "faults")
     with pytest.raises(TrainingError, match=r"evaluator: the loss became NaN/inf at step \d+") as failed:
         train(preset, shapes, opts, kinds=("diffusion", "evaluator"), log=lambda *_: None)
     assert "diffusion" not in str(failed.value)
     thread.join(timeout=5)
     assert killed, "the worker was never killed"
-    assert json.loads(heartbeat.read_text())["pid"] != killed["pid"]
-    client = MlflowClient(mlflow_server)
+    assert rank0(killed["run"])[0] != killed["pid"]  # the restarted worker group's rank 0 recorded itself
     found = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
     runs = {r.data.tags["adm.network"]: r for r in found}
     assert len(found) == 2 and set(runs) == {"diffusion", "evaluator"}  # one each: the restart continued its run
