@@ -9,7 +9,6 @@ import urllib.request
 
 import pytest
 
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
