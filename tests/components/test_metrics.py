@@ -101,6 +101,7 @@ def test_feature_input_errors_name_the_layout():
         InceptionFeatures("/nonexistent/default_1.pt")
 
 
+@pytest.mark.usefixtures("one_thread")  # 20 s instead of 82 s on two threads while other processes share the cores
 def test_inception_features_put_uniform_noise_outside_fashion_mnist():
     raw = gzip.decompress(open(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz"), "rb").read())
     real = parse_idx(raw, "images", "t10k-images")[:48, :, :, None]

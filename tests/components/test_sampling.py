@@ -8,6 +8,8 @@ from components.diffusion import create_diffusion
 from components.guidance import ClassifierGuidance, condition_mean
 from components.sampling import SampleNoise, ddim_sample, ddpm_sample, parse_sampler
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 UNET = UNetConfig(image_size=8, model_channels=32, channel_mult=(1, 2), attention_resolutions=(4,), num_classes=4,
                   num_head_channels=32)
 CLF = ClassifierConfig(image_size=8, model_channels=32, depth=1, channel_mult=(1, 2), attention_resolutions=(4,),
