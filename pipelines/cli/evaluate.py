@@ -4,12 +4,12 @@ The settings are the config's `evaluate` section (components/config.py EvaluateC
 below sets one of its fields, as `--override evaluate.FIELD=VALUE` would, and has no default of its own.
 """
 
-from components.config import FEATURE_SETS, FID_METHODS, EvaluateConfig, override_section
+from components.config import FEATURE_SETS, FID_METHODS, INCEPTION_PRECISIONS, EvaluateConfig, override_section
 from components.presets import get_preset
 
 # flag -> field of the evaluate section it sets
 EVALUATE_FLAGS = {"features": "features", "num_reference": "num_reference", "split": "reference_split",
-                  "batch_size": "batch_size", "fid_method": "fid_method"}
+                  "batch_size": "batch_size", "fid_method": "fid_method", "inception_precision": "inception_precision"}
 
 
 def evaluate_config(args) -> EvaluateConfig:
@@ -56,6 +56,10 @@ def add_parsers(sub) -> None:
                    help="trace of the covariance square root: eigh (symmetric, fast) or sqrtm (as the released "
                         f"evaluator, ~10x slower at 2048-d); equal within 1e-6 (evaluate.fid_method; default "
                         f"{d.fid_method})")
+    p.add_argument("--inception-precision", choices=INCEPTION_PRECISIONS,
+                   help="Inception's arithmetic: fp32, or bf16 where the hardware runs it natively (faster; see "
+                        f"bench/RESULTS.md for its effect on the metrics) (evaluate.inception_precision; default "
+                        f"{d.inception_precision})")
     p.add_argument("--actors", type=int, default=None, help="feature actors (default: per GPU, or per 2 CPUs)")
     p.add_argument("--cache-dir", default=None,
                    help="reference-statistics cache (default: $ADM_CACHE_DIR or ~/.cache/adm-pipeline)")

@@ -116,7 +116,8 @@ class FeatureWorker:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.extractors = {}
         if "inception" in names:
-            self.extractors["inception"] = InceptionFeatures(device=device)
+            self.extractors["inception"] = InceptionFeatures(device=device,
+                                                             precision=job.config.inception_precision)
         if "evaluator" in names:
             ref = resolve_evaluator(job)
             cfg = ref.config
@@ -202,7 +203,8 @@ def cache_url(job: EvaluateJob, reference: Source, name: str, version: str) -> s
 
 
 def extractor_versions(job: EvaluateJob, names: tuple) -> dict:
-    versions = {"inception": f"{INCEPTION_SHA1}:{INCEPTION_RESIZE}"}  # weights and input convention
+    # weights, input convention and arithmetic: reference features made another way are never reused
+    versions = {"inception": f"{INCEPTION_SHA1}:{INCEPTION_RESIZE}:{job.config.inception_precision}"}
     if "evaluator" in names:
         versions["evaluator"] = file_digest(resolve_evaluator(job).weights)
     return {n: versions[n] for n in names}

@@ -35,7 +35,8 @@ def log_evaluation(job, result, log=print):
     tracker = Tracker(job.tracking_uri)
     parent = job.parent_run_id or tracker.start_run(job.experiment, "evaluate", tags={tags.STAGE: "evaluate"})
     params = {"reference": job.reference, "features": job.config.features, "evaluator": job.evaluator or "",
-              "num_reference": job.config.num_reference, "samples": job.samples}
+              "num_reference": job.config.num_reference, "samples": job.samples,
+              "inception_precision": job.config.inception_precision}
     for row in result.rows:
         scale = row["guidance_scale"]
         run_id = job.scale_run_ids.get(scale)
@@ -86,7 +87,15 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} CPUs, {accel}, torch {torch.__version__}"
 
 
-def run_report(run_id: str, preset_name: str, rows: list[dict], seconds: float, cluster: str) -> str:
+def run_report(run_id: str, preset_name: str, rows: list[dict], seconds: float, cluster: str,
+               stage_times: dict) -> str:
     """The Markdown summary `adm run` writes beside its outputs and logs on the pipeline run."""
     return (f"# adm run {run_id}\n\npreset `{preset_name}`; driver machine: {machine()}; Ray: {cluster}; "
-            f"wall time {seconds / 60:.1f} min\n\n{format_table(rows)}\n")
+            f"wall time {seconds / 60:.1f} min\n\n{format_table(rows)}\n\n{format_stage_times(stage_times)}\n")
+
+
+def format_stage_times(stage_times: dict) -> str:
+    """One line: where the pipeline's wall time went, stage by stage (reused stages cost only their lookup)."""
+    parts = [f"{name} {seconds:.0f} s" + ("" if how == "ran" else f" ({how})")
+             for name, (seconds, how) in stage_times.items()]
+    return "stage wall times: " + ", ".join(parts)

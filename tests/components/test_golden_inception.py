@@ -6,7 +6,13 @@ import pytest
 import torch
 from golden import assert_close, t_
 
-from components.features import INCEPTION_SIZE, InceptionFeatures, tf1_bilinear_resize
+from components.features import (
+    INCEPTION_SIZE,
+    FeatureError,
+    InceptionFeatures,
+    default_inception_path,
+    tf1_bilinear_resize,
+)
 
 IMAGES = ("grey16", "rgb32")
 
@@ -49,3 +55,25 @@ def test_pool3_and_spatial_features(golden, inception, name):
     assert_close(torch.from_numpy(feats["spatial"]), z[f"{name}.spatial"], atol=1e-4, what=f"{name} sFID spatial")
     # the other bilinear convention (half-pixel centres) is far off at this size: the check above can tell them apart
     assert np.abs(z[f"{name}.torch_halfpixel.pool"] - z[f"{name}.pool"]).max() > 0.5
+
+
+def test_rebuilt_network_matches_the_archive(golden, inception):
+    """The plain module (batch norm folded, one memory format) against the wheel's TorchScript forward itself."""
+    archive = torch.jit.load(str(default_inception_path())).eval()
+    images = golden.npz("inception")["images_rgb32"]
+    with torch.inference_mode():
+        x = inception.preprocess(images)
+        expected = archive(x.contiguous())
+        pool, _ = inception.net(x)
+    assert_close(pool, expected, atol=1e-4, what="rebuilt pool3 vs the TorchScript archive")
+
+
+def test_bf16_stays_near_fp32(golden, inception):
+    """bf16 is an opt-in speed setting: close to fp32 (within a few percent), never mistaken for it."""
+    images = golden.npz("inception")["images_rgb32"]
+    fp32, bf16 = inception(images), InceptionFeatures(precision="bf16")(images)
+    for part in ("pool", "spatial"):
+        rel = np.linalg.norm(bf16[part] - fp32[part]) / np.linalg.norm(fp32[part])
+        assert 0 < rel < 0.05, (part, rel)
+    with pytest.raises(FeatureError, match="fp32"):
+        InceptionFeatures(precision="fp16")
