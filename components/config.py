@@ -1,4 +1,4 @@
-"""Configuration as frozen dataclasses, conversion from the released code's flag names, and validation.
+"""Configuration as frozen dataclasses, the lists of allowed values, and overrides from text (rules: validation.py).
 
 A network is described by :class:`UNetConfig` or :class:`ClassifierConfig`; the diffusion process by
 :class:`DiffusionConfig`. ``unet_config_from_flags`` / ``classifier_config_from_flags`` take the flag dicts of the
@@ -7,6 +7,7 @@ released ADM checkpoints (see shared/checkpoint_formats/*.json, "flags").
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 
 # channel_mult of the released code, by image size (used by both the UNet and the classifier)
@@ -109,73 +110,8 @@ HIGHER_IS_BETTER = ("precision", "recall", "evaluator_precision", "evaluator_rec
 LOWER_IS_BETTER = ("fid", "sfid", "evaluator_fid")
 
 
-SPEED_SETTINGS = ("auto", "on", "off")
-
-
-def validate_speed(preset) -> None:
-    """compile / channels_last / cuda_graphs of every training section: auto, on or off."""
-    for section in ("train_diffusion", "train_classifier", "train_evaluator"):
-        for name in ("compile", "channels_last", "cuda_graphs"):
-            value = getattr(getattr(preset, section), name)
-            if value not in SPEED_SETTINGS:
-                raise ConfigError(f"{section}.{name}={value!r} must be auto (on for CUDA only), on or off")
-
-
-def check_sample(cfg: SampleConfig) -> None:
-    """The sample section: the grid, sizes, speed settings and the sampler actors' placement. (The sampler string
-    is parsed by components.sampling.parse_sampler, which the callers run too.)"""
-    scales = cfg.guidance_scales
-    if not scales or not all(isinstance(s, (int, float)) and math.isfinite(s) and s >= 0 for s in scales):
-        raise ConfigError(f"sample.guidance_scales={scales!r} must be finite numbers >= 0 (0 = unguided), "
-                          "e.g. 0,1,2,4 (--scales)")
-    for name in ("num_samples", "batch_size"):
-        if not getattr(cfg, name) > 0:
-            raise ConfigError(f"sample.{name}={getattr(cfg, name)!r} must be positive (--{name.replace('_', '-')})")
-    for name in ("compile", "channels_last"):
-        if getattr(cfg, name) not in SPEED_SETTINGS:
-            raise ConfigError(f"sample.{name}={getattr(cfg, name)!r} must be auto (on for CUDA only), on or off")
-    if not isinstance(cfg.actors_per_gpu, int) or cfg.actors_per_gpu < 1:
-        raise ConfigError(f"sample.actors_per_gpu={cfg.actors_per_gpu!r} must be a whole number >= 1 (1 for large "
-                          "networks, 2 for small launch-bound ones)")
-    cpus = cfg.actor_cpus
-    if cpus is not None and not (isinstance(cpus, (int, float)) and cpus > 0):
-        raise ConfigError(f"sample.actor_cpus={cpus!r} must be a number of CPUs > 0 (e.g. 1) or none")
-
-
-def validate_preset(preset) -> None:
-    """The one check of a whole resolved config: every section, before any stage or command does work."""
-    validate_unet(preset.unet)
-    validate_classifier(preset.classifier)
-    validate_classifier(preset.evaluator)
-    validate_speed(preset)
-    check_sample(preset.sample)
-    validate_evaluate(preset)
-    if preset.sample.num_samples < 4:
-        raise ConfigError(f"sample.num_samples={preset.sample.num_samples}: evaluation needs at least 4 per scale")
-
-
-def validate_evaluate(preset) -> None:
-    cfg = preset.evaluate
-    check_evaluate(cfg)
-    if float(cfg.champion_scale) not in [float(s) for s in preset.sample.guidance_scales]:
-        raise ConfigError(f"evaluate.champion_scale={cfg.champion_scale} is not in sample.guidance_scales="
-                          f"{preset.sample.guidance_scales}; pick one of them")
-
-
-def check_evaluate(cfg: EvaluateConfig) -> None:
-    """The evaluate section on its own (`adm evaluate` has no sampling section to check it against)."""
-    if cfg.features not in FEATURE_SETS:
-        raise ConfigError(f"evaluate.features={cfg.features!r} must be one of {', '.join(FEATURE_SETS)}")
-    if cfg.fid_method not in FID_METHODS:
-        raise ConfigError(f"evaluate.fid_method={cfg.fid_method!r} must be one of {', '.join(FID_METHODS)}")
-    if cfg.inception_precision not in INCEPTION_PRECISIONS:
-        raise ConfigError(f"evaluate.inception_precision={cfg.inception_precision!r} must be one of "
-                          f"{', '.join(INCEPTION_PRECISIONS)}")
-    if cfg.champion_metric not in HIGHER_IS_BETTER + LOWER_IS_BETTER:
-        raise ConfigError(f"evaluate.champion_metric={cfg.champion_metric!r} is not one of "
-                          f"{HIGHER_IS_BETTER + LOWER_IS_BETTER}")
-    if cfg.num_reference < 4:
-        raise ConfigError(f"evaluate.num_reference={cfg.num_reference} is too small; precision/recall need >= 4")
+SPEED_SETTINGS = ("auto", "on", "off")  # compile, channels_last, cuda_graphs
+RESIZE_MODES = ("pad", "resize")  # data.resize
 
 
 @dataclass(frozen=True)
@@ -262,10 +198,11 @@ def resolve_channel_mult(image_size: int, channel_mult: tuple[float, ...]) -> tu
 
 def attention_ds(image_size: int, resolutions: tuple[int, ...], channel_mult: tuple[float, ...]) -> tuple[int, ...]:
     """Resolutions in pixels -> downsampling factors, checking that the network reaches each of them."""
-    reachable = {image_size // 2**level: 2**level for level in range(len(channel_mult))}
+    # only exact halvings: 17px reaches 8 only by rounding down, and the upsampling path cannot undo that
+    reachable = {image_size // 2**level: 2**level for level in range(len(channel_mult)) if image_size % 2**level == 0}
     out = []
     for res in resolutions:
-        if res not in reachable or image_size % res:
+        if res not in reachable:
             raise ConfigError(
                 f"attention resolution {res} is not reached by a {image_size}px network with channel_mult="
                 f"{','.join(str(m) for m in channel_mult)}; reachable resolutions are {sorted(reachable, reverse=True)}"
@@ -274,42 +211,29 @@ def attention_ds(image_size: int, resolutions: tuple[int, ...], channel_mult: tu
     return tuple(out)
 
 
-def _check_heads(widths: set[int], num_head_channels: int, what: str) -> None:
-    if num_head_channels == -1:
-        return
-    for w in sorted(widths):
-        if w % num_head_channels:
-            raise ConfigError(
-                f"{what}: attention width {w} is not divisible by num_head_channels={num_head_channels}; "
-                "choose a num_head_channels that divides every attention level's channels"
-            )
+def _number(text: str, whole: bool):
+    """A whole or finite number from text; ValueError with a message that says which (not int()'s parse error)."""
+    if whole:
+        if not re.fullmatch(r"[+-]?\d+", text):
+            raise ValueError(f"{text!r} is not a whole number")
+        return int(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
 
 
-def _check_groups(model_channels: int, mult: tuple[float, ...], what: str) -> None:
-    for m in mult:
-        if int(m * model_channels) % 32:
-            raise ConfigError(f"{what}: level width {int(m * model_channels)} (model_channels={model_channels} x {m}) "
-                              "is not a multiple of 32, which GroupNorm's 32 groups need; change model_channels")
-
-
-def validate_unet(cfg: UNetConfig) -> None:
-    mult = resolve_channel_mult(cfg.image_size, cfg.channel_mult)
-    ds = attention_ds(cfg.image_size, cfg.attention_resolutions, mult)
-    widths = {int(mult[i] * cfg.model_channels) for i in range(len(mult)) if 2**i in ds}
-    widths.add(int(mult[-1] * cfg.model_channels))  # middle block
-    _check_heads(widths, cfg.num_head_channels, "unet")
-    _check_groups(cfg.model_channels, mult, "unet")
-
-
-def validate_classifier(cfg: ClassifierConfig) -> None:
-    if cfg.pool not in ("attention", "adaptive"):
-        raise ConfigError(f"classifier.pool={cfg.pool!r} must be 'attention' or 'adaptive'")
-    mult = resolve_channel_mult(cfg.image_size, cfg.channel_mult)
-    ds = attention_ds(cfg.image_size, cfg.attention_resolutions, mult)
-    widths = {int(mult[i] * cfg.model_channels) for i in range(len(mult)) if 2**i in ds}
-    widths.add(int(mult[-1] * cfg.model_channels))
-    _check_heads(widths, cfg.num_head_channels, "classifier")
-    _check_groups(cfg.model_channels, mult, "classifier")
+def _items(text: str) -> list[str]:
+    """Comma-separated items; '' is none, and an empty item (`1,,2`) is a mistake rather than something to drop."""
+    if not text.strip():
+        return []
+    items = [x.strip() for x in text.split(",")]
+    if not all(items):
+        raise ValueError(f"{text!r} has an empty item; separate values with single commas, e.g. 0,1,2")
+    return items
 
 
 def _coerce(value: str, current):
@@ -318,32 +242,44 @@ def _coerce(value: str, current):
             raise ValueError("expected true or false")
         return value.lower() in ("true", "1", "yes")
     if isinstance(current, tuple):
-        items = [x.strip() for x in value.split(",") if x.strip()]
+        items = _items(value)
         if current and all(isinstance(x, str) for x in current):
             return tuple(items)  # e.g. data.splits=train,test
-        return tuple(float(x) if "." in x or "e" in x.lower() else int(x) for x in items)
-    if current is None and value.lower() != "none" and not value.strip().lstrip("-").isdigit():
-        return float(value)  # an unset number (e.g. sample.actor_cpus=1.5)
-    if current is None or isinstance(current, int) and not isinstance(current, bool):
-        return None if value.lower() == "none" else int(value)
-    if isinstance(current, float):
-        return float(value)
+        return tuple(_number(x, whole=bool(re.fullmatch(r"[+-]?\d+", x))) for x in items)
+    if value.lower() == "none" and current is None:
+        return None
+    if current is None:  # an unset number (e.g. sample.actor_cpus=1.5)
+        return _number(value, whole=bool(re.fullmatch(r"[+-]?\d+", value)))
+    if isinstance(current, (int, float)):
+        return _number(value, whole=isinstance(current, int))
     return value
 
 
 def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
-    """Apply "section.field=value" overrides (e.g. unet.model_channels=64) to a preset, with clear errors."""
+    """Apply "section.field=value" overrides (e.g. unet.model_channels=64) to a preset; every bad one is reported."""
+    problems = []
     for item in overrides:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot:
-            raise ConfigError(f"override {item!r} must look like section.field=value, e.g. unet.model_channels=64")
-        sections = {f.name for f in dataclasses.fields(preset) if dataclasses.is_dataclass(getattr(preset, f.name))}
-        if section not in sections:
-            raise ConfigError(f"override {item!r}: unknown section {section!r}; sections are {sorted(sections)}")
-        changed = override_field(section, getattr(preset, section), name, value, item)
-        preset = dataclasses.replace(preset, **{section: changed})
+        try:
+            preset = _apply_override(preset, item)
+        except ConfigError as e:
+            problems.append(str(e))
+    if len(problems) > 1:
+        raise ConfigError(f"{len(problems)} overrides are invalid:\n  - " + "\n  - ".join(problems))
+    if problems:
+        raise ConfigError(problems[0])
     return preset
+
+
+def _apply_override(preset: Preset, item: str) -> Preset:
+    key, sep, value = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot:
+        raise ConfigError(f"override {item!r} must look like section.field=value, e.g. unet.model_channels=64")
+    sections = {f.name for f in dataclasses.fields(preset) if dataclasses.is_dataclass(getattr(preset, f.name))}
+    if section not in sections:
+        raise ConfigError(f"override {item!r}: unknown section {section!r}; sections are {sorted(sections)}")
+    changed = override_field(section, getattr(preset, section), name, value, item)
+    return dataclasses.replace(preset, **{section: changed})
 
 
 def override_section(section: str, sub, values: dict):

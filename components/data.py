@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import UserError
+from .config import RESIZE_MODES, UserError
 
 
 class DataError(UserError):
@@ -79,7 +79,7 @@ def fit_to(images: np.ndarray, resolution: int, mode: str = "pad") -> np.ndarray
         return np.stack([
             _as_hwc(center_crop_arr(Image.fromarray(im[..., 0] if c == 1 else im), resolution)) for im in images
         ])
-    raise DataError(f"resize mode {mode!r} is unknown; use 'pad' or 'resize'")
+    raise DataError(f"resize mode {mode!r} is unknown; use one of {', '.join(RESIZE_MODES)}")
 
 
 def _as_hwc(arr: np.ndarray) -> np.ndarray:

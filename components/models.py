@@ -7,16 +7,10 @@ released ADM checkpoints (shared/checkpoint_formats/), so those files load with 
 from torch import nn
 
 from .classifier import EncoderUNetModel
-from .config import (
-    ClassifierConfig,
-    UNetConfig,
-    attention_ds,
-    resolve_channel_mult,
-    validate_classifier,
-    validate_unet,
-)
+from .config import ClassifierConfig, UNetConfig, attention_ds, resolve_channel_mult
 from .flags import classifier_config_from_flags, unet_config_from_flags
 from .unet import EncoderSpec, UNetModel
+from .validation import validate_classifier, validate_unet
 
 
 def build_unet(cfg: UNetConfig) -> UNetModel:

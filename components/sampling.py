@@ -10,9 +10,11 @@ its own seed (and label and scale) only, never on which batch it was drawn in.
 
 import torch
 
+from . import samplers
 from .config import ConfigError
 from .diffusion import GaussianDiffusion, extract
 from .guidance import condition_mean, condition_score
+from .samplers import SamplerSpec
 
 
 class SampleNoise:
@@ -86,16 +88,19 @@ def ddim_sample(model, diffusion, noise: SampleNoise, model_kwargs=None, cond_fn
     return x
 
 
+def sampler_loop(spec: SamplerSpec):
+    """The loop of a parsed sampler string, with the signature of the module docstring."""
+    loops = {"ddpm": ddpm_sample, "ddim": ddim_sample}
+    if spec.kind not in loops:
+        raise ConfigError(f"sampler {spec.name!r}: {spec.kind} is not available in this version")
+    return loops[spec.kind]
+
+
 def parse_sampler(name: str):
-    """"ddim25" -> (ddim_sample, "ddim25"); "250" or "10,10,5" -> (ddpm_sample, same); "" -> full DDPM."""
-    name = str(name).strip()
-    if name.startswith("ddim"):
-        if not name[4:].isdigit():
-            raise ConfigError(f"sampler {name!r}: write DDIM as 'ddimN', e.g. 'ddim25'")
-        return ddim_sample, name
-    if name == "" or all(p.strip().isdigit() for p in name.split(",")):
-        return ddpm_sample, name
-    raise ConfigError(f"sampler {name!r} is unknown; use 'ddimN' (e.g. ddim25) or DDPM step counts (e.g. 250)")
+    """(loop, respacing) of a sampler string, as the sample stage unpacks it; the string is parsed by
+    samplers.parse_sampler (the one parser), and the loop runs on ``create_diffusion(cfg, respacing)``."""
+    spec = samplers.parse_sampler(name)
+    return sampler_loop(spec), spec.respacing
 
 
 def class_conditional(model, class_cond: bool):

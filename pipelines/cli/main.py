@@ -19,7 +19,11 @@ def cmd_presets(args) -> int:
 
 
 def cmd_config(args) -> int:
-    print(json.dumps(to_dict(resolved_preset(args)), indent=2))
+    from components.validation import validate_preset
+
+    preset = resolved_preset(args)
+    validate_preset(preset)
+    print(json.dumps(to_dict(preset), indent=2))
     return 0
 
 

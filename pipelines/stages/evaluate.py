@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from components import metrics
-from components.config import EvaluateConfig, check_evaluate, to_dict
+from components.config import EvaluateConfig, to_dict
 from components.features import (
     INCEPTION_RESIZE,
     INCEPTION_SHA1,
@@ -33,6 +33,7 @@ from components.features import (
     InceptionFeatures,
     file_digest,
 )
+from components.validation import check_evaluate
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.storage import npz_bytes, read_npz, write_bytes_atomic
 from pipelines.stages.evaluate_inputs import EvaluationError, Source, discover_samples, reference_source

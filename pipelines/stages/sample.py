@@ -20,12 +20,13 @@ import fsspec
 import numpy as np
 import torch
 
-from components.config import SampleConfig, UserError, check_sample, to_dict
+from components.config import SampleConfig, UserError, to_dict
 from components.data import class_grid, encode_png, to_uint8
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierGuidance
 from components.precision import autocast_context, speed_up
 from components.sampling import SampleNoise, class_conditional, parse_sampler, sample_label, sample_seed
+from components.validation import check_sample
 from pipelines.infra import tags
 from pipelines.infra.model_refs import NetworkRef, resolve
 from pipelines.infra.resources import actor_plan

@@ -21,9 +21,10 @@ import fsspec
 import torch
 
 from components.checkpoint import ema_init_share
-from components.config import ConfigError, Preset, UserError, to_dict, validate_speed
+from components.config import ConfigError, Preset, UserError, to_dict
 from components.kinds import KINDS
 from components.kinds import kind as network_kind
+from components.validation import raise_problems, train_problems
 from pipelines.infra import tags
 from pipelines.infra.dataset import driver_dataset, load_manifest, ray_dataset
 from pipelines.infra.resources import cluster_cpus, largest_node_cpus, worker_resources
@@ -61,14 +62,10 @@ class TrainOutcome:
 
 # --- checks before any worker starts -----------------------------------------------------------------------------
 def validate(preset: Preset, kinds, manifest: dict) -> None:
-    validate_speed(preset)
+    raise_problems([p for name in kinds for kind in [network_kind(name)]
+                    for p in train_problems(kind.train_section, kind.train_config(preset))])
     for name in kinds:
         kind = network_kind(name)
-        training = kind.train_config(preset)
-        if training.cpus_per_worker < 0:
-            raise ConfigError(f"{kind.train_section}.cpus_per_worker must be >= 0 (0: share the cluster's CPUs out)")
-        if training.shuffle_rows < 0:
-            raise ConfigError(f"{kind.train_section}.shuffle_rows must be >= 0 (0: read in shard order)")
         with torch.device("meta"):
             kind.build(preset)
         cfg, where = kind.network_config(preset), kind.network_section

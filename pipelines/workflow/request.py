@@ -4,7 +4,8 @@ import hashlib
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-from components.config import ConfigError, Preset, to_dict, validate_preset
+from components.config import ConfigError, Preset, to_dict
+from components.validation import validate_preset
 from pipelines import PROJECT_ROOT
 from pipelines.infra.storage import digest
 

@@ -1,8 +1,9 @@
 import pytest
 
 from components import build_unet
-from components.config import ConfigError, UNetConfig, apply_overrides, validate_preset
+from components.config import ConfigError, UNetConfig, apply_overrides
 from components.presets import PRESET_BUILDERS, get_preset
+from components.validation import validate_preset
 
 
 def test_unreachable_attention_resolution_is_named():
@@ -58,3 +59,35 @@ def test_every_preset_builds(name):
         build_unet(p.unet)
         build_classifier(p.classifier)
     assert p.unet.learn_sigma == p.diffusion.learn_sigma
+
+
+def test_every_problem_is_reported_at_once():
+    bad = apply_overrides(get_preset("smoke"), ["train_diffusion.lr=-1", "train_classifier.steps=0",
+                                                "train_evaluator.ema_rate=1.5", "sample.guidance_scales=0,-2"])
+    with pytest.raises(ConfigError) as e:
+        validate_preset(bad)
+    for field in ("train_diffusion.lr", "train_classifier.steps", "train_evaluator.ema_rate", "guidance_scales"):
+        assert field in str(e.value)
+    assert "champion_scale" not in str(e.value)  # a consequence of the bad scales, not a problem of its own
+
+
+def test_reachable_attention_resolutions_are_exact_halvings():
+    with pytest.raises(ConfigError, match=r"reachable resolutions are \[17\]") as e:
+        validate_preset(apply_overrides(get_preset("smoke"), ["unet.image_size=17", "unet.attention_resolutions=8"]))
+    assert "unet.image_size=17 is not a multiple of 2" in str(e.value)
+
+
+@pytest.mark.parametrize("override, says", [("sample.guidance_scales=1,,2", "empty item"),
+                                            ("train_diffusion.steps=nan", "'nan' is not a whole number"),
+                                            ("train_diffusion.lr=1e999", "'1e999' is not a finite number"),
+                                            ("sample.guidance_scales=0,inf", "'inf' is not a finite number")])
+def test_overrides_refuse_empty_items_and_non_finite_numbers(override, says):
+    with pytest.raises(ConfigError, match=says):
+        apply_overrides(get_preset("smoke"), [override])
+
+
+@pytest.mark.parametrize("sampler", ["ddim0", "abc", "0", "ddim999", "2000"])
+def test_sampler_strings_the_diffusion_cannot_run_are_refused(sampler):
+    # ddim999 and 2000 parse, but 1000 trained steps have no stride giving 999 and no 2000 steps to keep
+    with pytest.raises(ConfigError, match=f"sample.sampler.*{sampler}"):
+        validate_preset(apply_overrides(get_preset("smoke"), [f"sample.sampler={sampler}"]))

@@ -1,0 +1,85 @@
+"""Sampler strings and compute accounting: the one parser of ``sample.sampler`` and what a sampling call cost.
+
+Sampler strings (``parse_sampler``):
+
+* ``"250"``, ``"10,10,5"``, ``""``: ancestral DDPM (Ho et al. 2020) on the process respaced by that string (Nichol &
+  Dhariwal 2021, Sec. 4): 250 steps, sections of 10, 10 and 5 steps, or every trained timestep; one network
+  evaluation per step.
+* ``"ddim25"``: DDIM (Song et al. 2021) on 25 evenly strided trained timesteps; 25 network evaluations.
+* ``"dpm++2m-10"``: DPM-Solver++(2M) (Lu et al. 2022, Alg. 2, data prediction, multistep) on 10 trained timesteps
+  uniform in log-SNR; 10 network evaluations (the last step, to sigma = 0, reuses the last one).
+* ``"heun-18"``: EDM's Heun sampler (Karras et al. 2022, Alg. 2) on 18 noise levels (Karras spacing, rho = 7);
+  2 * 18 - 1 = 35 network evaluations (no second-order correction on the last step, to sigma = 0).
+
+Pure Python (no torch): reading a sampler string needs no network. The loops are in sampling.py (``sampler_loop``
+maps a spec to its loop).
+"""
+
+import re
+from dataclasses import dataclass
+
+from .config import ConfigError
+
+KINDS = ("ddpm", "ddim", "dpm++2m", "heun")
+_HELP = ("use DDPM step counts ('250' or sections '10,10,5'), 'ddimN' (e.g. ddim25), 'dpm++2m-N' (e.g. dpm++2m-10) "
+         "or 'heun-N' (e.g. heun-18), N >= 1")
+_SOLVER = re.compile(r"(dpm\+\+2m|heun)-(\d+)")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A parsed sampler string. ``respacing`` is the process the loop runs on (``create_diffusion(cfg, respacing)``):
+    DDPM and DDIM run on their respaced process; the ODE solvers get every trained timestep ("") and choose their own
+    ``steps`` among them. ``steps`` is None for DDPM on every trained timestep."""
+
+    name: str
+    kind: str  # one of KINDS
+    steps: int | None
+    respacing: str
+
+    def network_evals(self, num_timesteps: int) -> int:
+        """Diffusion-network evaluations per sample, for a network trained on ``num_timesteps`` timesteps."""
+        if self.steps is None:
+            return num_timesteps
+        return 2 * self.steps - 1 if self.kind == "heun" else self.steps
+
+
+def _positive(text: str, name: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"sampler {name!r}: the step count must be a whole number >= 1; {_HELP}")
+    return int(text)
+
+
+def parse_sampler(name: str) -> SamplerSpec:
+    """The sampler string of the module docstring -> SamplerSpec; ConfigError (naming the string) when malformed.
+    Whether a DDIM stride exists for N of T steps is checked where T is known (diffusion.space_timesteps)."""
+    name = str(name).strip().lower()
+    if name == "":
+        return SamplerSpec(name, "ddpm", None, "")
+    if name.startswith("ddim"):
+        return SamplerSpec(name, "ddim", _positive(name[4:], name), name)
+    solver = _SOLVER.fullmatch(name)
+    if solver:
+        return SamplerSpec(name, solver.group(1), _positive(solver.group(2), name), "")
+    parts = [p.strip() for p in name.split(",")]
+    if all(p.isdigit() for p in parts):
+        return SamplerSpec(name, "ddpm", sum(_positive(p, name) for p in parts), name)
+    raise ConfigError(f"sampler {name!r} is unknown; {_HELP}")
+
+
+class SampleCost:
+    """Compute of one sampling call, per sample: diffusion-network evaluations and classifier forward+backward passes.
+    The loops count the network (every row, every evaluation); ClassifierGuidance counts only the rows it ran the
+    classifier on (guided rows inside their guidance interval)."""
+
+    def __init__(self, num_samples: int):
+        self.network_evals = [0] * num_samples
+        self.classifier_passes = [0] * num_samples
+
+    def add_network_eval(self) -> None:
+        self.network_evals = [n + 1 for n in self.network_evals]
+
+    def add_classifier_passes(self, rows) -> None:
+        """rows: a bool sequence (or 1-D bool tensor) over the batch, True where the classifier ran."""
+        rows = rows.tolist() if hasattr(rows, "tolist") else list(rows)
+        self.classifier_passes = [n + int(bool(r)) for n, r in zip(self.classifier_passes, rows, strict=True)]

@@ -1,0 +1,294 @@
+"""Validation of a resolved configuration: each rule once, every problem of a config reported together.
+
+Each section has a function that returns its problems as messages naming the field, the value and the fix;
+``validate_preset`` joins them for a whole config with the rules between sections, ``check_sample`` /
+``check_evaluate`` check one section on its own (`adm sample` and `adm evaluate` have no whole preset). A value that
+would only fail inside a stage, after ingest and training spent their time (a sampler string the diffusion cannot
+respace, an image size the UNet cannot halve and double back, an EMA rate of 1.5), is refused here.
+"""
+
+import math
+
+from .classifier import POOLS
+from .config import (
+    FEATURE_SETS,
+    FID_METHODS,
+    HIGHER_IS_BETTER,
+    INCEPTION_PRECISIONS,
+    LOWER_IS_BETTER,
+    RESIZE_MODES,
+    SPEED_SETTINGS,
+    ClassifierConfig,
+    ConfigError,
+    DataConfig,
+    DiffusionConfig,
+    EvaluateConfig,
+    SampleConfig,
+    TrainConfig,
+    UNetConfig,
+    attention_ds,
+    resolve_channel_mult,
+)
+from .diffusion import create_diffusion
+from .sampling import parse_sampler
+from .timestep_sampler import create_timestep_sampler
+
+TRAIN_SECTIONS = ("train_diffusion", "train_classifier", "train_evaluator")
+
+
+def raise_problems(problems: list[str]) -> None:
+    """One ConfigError listing every problem (none: return)."""
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"the configuration has {len(problems)} problems:\n  - " + "\n  - ".join(problems))
+
+
+def _is_number(value, whole: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) if whole else math.isfinite(value)
+
+
+def _at_least(name: str, value, low, whole: bool = True, hint: str = "", above: bool = False) -> list[str]:
+    """[] if `value` is a number (whole if asked) >= low (> low with `above`), else the problem."""
+    ok = _is_number(value, whole) and (value > low if above else value >= low)
+    if ok:
+        return []
+    kind = "a whole number" if whole else "a finite number"
+    return [f"{name}={value!r} must be {kind} {'>' if above else '>='} {low:g}" + (f" ({hint})" if hint else "")]
+
+
+def _one_of(name: str, value, allowed) -> list[str]:
+    return [] if value in allowed else [f"{name}={value!r} must be one of {', '.join(map(str, allowed))}"]
+
+
+def _speed(section: str, cfg, names: tuple[str, ...]) -> list[str]:
+    return [f"{section}.{n}={getattr(cfg, n)!r} must be auto (on for CUDA only), on or off"
+            for n in names if getattr(cfg, n) not in SPEED_SETTINGS]
+
+
+# --- networks --------------------------------------------------------------------------------------------------------
+def _levels_problems(section: str, cfg, mult: tuple) -> list[str]:
+    """The network halves the resolution once per level after the first and doubles it back (UNet), so the image size
+    must divide exactly: 17px with 3 levels gives 17 -> 8 -> 4 and back 8 -> 16, which the skip connections refuse."""
+    factor = 2 ** (len(mult) - 1)
+    if cfg.image_size % factor:
+        down = cfg.image_size // factor * factor or factor
+        up = down + factor
+        return [f"{section}.image_size={cfg.image_size} is not a multiple of {factor}, but channel_mult has "
+                f"{len(mult)} levels, which halve the resolution {len(mult) - 1} time(s): use a multiple of {factor}, "
+                f"e.g. {down} or {up}, or fewer levels in channel_mult"]
+    return []
+
+
+def _width_problems(section: str, cfg, mult: tuple, ds: tuple, num_heads: int) -> list[str]:
+    widths = sorted({int(mult[i] * cfg.model_channels) for i in range(len(mult)) if 2**i in ds}
+                    | {int(mult[-1] * cfg.model_channels)})  # attention levels and the middle block
+    out = []
+    if cfg.num_head_channels != -1:
+        out += [f"{section}: attention width {w} is not divisible by num_head_channels={cfg.num_head_channels}; "
+                "choose a num_head_channels that divides every attention level's channels"
+                for w in widths if w % cfg.num_head_channels]
+    else:
+        out += [f"{section}: attention width {w} is not divisible by num_heads={num_heads}; choose a head count "
+                "that divides every attention level's channels" for w in widths if w % num_heads]
+    out += [f"{section}: level width {int(m * cfg.model_channels)} (model_channels={cfg.model_channels} x {m}) is not "
+            "a multiple of 32, which GroupNorm's 32 groups need; change model_channels" for m in dict.fromkeys(mult)
+            if int(m * cfg.model_channels) % 32]
+    return out
+
+
+def network_problems(section: str, cfg: UNetConfig | ClassifierConfig) -> list[str]:
+    """Sizes in range, then shapes the network can actually run: exact halvings, reachable attention resolutions,
+    widths that split into heads and GroupNorm groups."""
+    unet = isinstance(cfg, UNetConfig)
+    blocks = ("num_res_blocks", cfg.num_res_blocks) if unet else ("depth", cfg.depth)
+    out = [p for name, value in (("image_size", cfg.image_size), ("in_channels", cfg.in_channels),
+                                 ("model_channels", cfg.model_channels), blocks)
+           for p in _at_least(f"{section}.{name}", value, 1)]
+    if not (_is_number(cfg.dropout) and 0 <= cfg.dropout < 1):
+        out.append(f"{section}.dropout={cfg.dropout!r} must be in [0, 1)")
+    if not (cfg.num_classes is None and unet):
+        out += _at_least(f"{section}.num_classes", cfg.num_classes, 1, hint="none: unconditional" if unet else "")
+    if cfg.num_head_channels != -1:
+        out += _at_least(f"{section}.num_head_channels", cfg.num_head_channels, 1, hint="-1: use num_heads")
+    num_heads = cfg.num_heads if unet else 1
+    out += _at_least(f"{section}.num_heads", num_heads, 1)
+    if not unet:
+        out += _one_of(f"{section}.pool", cfg.pool, POOLS)
+        if cfg.pool == "attention" and cfg.num_head_channels == -1:
+            out.append(f"{section}.pool=attention needs num_head_channels (e.g. 64)")
+    if not all(_is_number(m) and m > 0 for m in cfg.channel_mult):
+        out.append(f"{section}.channel_mult={cfg.channel_mult!r} must be numbers > 0, e.g. 1,2,2")
+    if out:
+        return out  # the shape rules below need sane sizes
+    try:
+        mult = resolve_channel_mult(cfg.image_size, cfg.channel_mult)
+    except ConfigError as e:
+        return [f"{section}.{e}"]
+    out += _levels_problems(section, cfg, mult)
+    try:
+        ds = attention_ds(cfg.image_size, cfg.attention_resolutions, mult)
+    except ConfigError as e:
+        return out + [f"{section}: {e}"]
+    return out + _width_problems(section, cfg, mult, ds, num_heads)
+
+
+def validate_unet(cfg: UNetConfig) -> None:
+    raise_problems(network_problems("unet", cfg))
+
+
+def validate_classifier(cfg: ClassifierConfig) -> None:
+    raise_problems(network_problems("classifier", cfg))
+
+
+# --- diffusion, sampling, evaluation ---------------------------------------------------------------------------------
+def diffusion_problems(cfg: DiffusionConfig, sampler: str | None = None) -> list[str]:
+    """Steps in range; the schedule, the variance flags and the respacings (the config's and the sampler's) as
+    create_diffusion builds them, so the rule lives there once."""
+    out = _at_least("diffusion.steps", cfg.steps, 1, hint="e.g. 1000")
+    if out:
+        return out
+    try:
+        create_diffusion(cfg)
+    except ConfigError as e:
+        out.append(f"diffusion: {e}")
+    if sampler is not None and not out:
+        try:
+            respacing = parse_sampler(sampler)[1]
+        except ConfigError:
+            return out  # sample_problems reports the string itself
+        try:
+            create_diffusion(cfg, respacing)
+        except ConfigError as e:
+            out.append(f"sample.sampler={sampler!r} does not fit diffusion.steps={cfg.steps}: {e}")
+    return out
+
+
+def _scales_ok(scales) -> bool:
+    return bool(scales) and all(_is_number(s) and s >= 0 for s in scales)
+
+
+def sample_problems(cfg: SampleConfig) -> list[str]:
+    out = []
+    try:
+        parse_sampler(cfg.sampler)
+    except ConfigError as e:
+        out.append(f"sample.sampler: {e}")
+    scales = cfg.guidance_scales
+    if not _scales_ok(scales):
+        out.append(f"sample.guidance_scales={scales!r} must be finite numbers >= 0 (0 = unguided), e.g. 0,1,2,4 "
+                   "(--scales)")
+    if not (_is_number(cfg.eta) and cfg.eta >= 0):
+        out.append(f"sample.eta={cfg.eta!r} must be a finite number >= 0 (0: deterministic DDIM)")
+    for name in ("num_samples", "batch_size"):
+        out += _at_least(f"sample.{name}", getattr(cfg, name), 1, hint=f"--{name.replace('_', '-')}")
+    out += _at_least("sample.seed", cfg.seed, 0)
+    out += _speed("sample", cfg, ("compile", "channels_last"))
+    out += _at_least("sample.actors_per_gpu", cfg.actors_per_gpu, 1, hint="1 for large networks, 2 for small "
+                     "launch-bound ones")
+    if cfg.actor_cpus is not None and not (_is_number(cfg.actor_cpus) and cfg.actor_cpus > 0):
+        out.append(f"sample.actor_cpus={cfg.actor_cpus!r} must be a number of CPUs > 0 (e.g. 1) or none")
+    return out
+
+
+def check_sample(cfg: SampleConfig) -> None:
+    """The sample section on its own (`adm sample` takes the diffusion's steps from its checkpoint)."""
+    raise_problems(sample_problems(cfg))
+
+
+def evaluate_problems(cfg: EvaluateConfig) -> list[str]:
+    out = _one_of("evaluate.features", cfg.features, FEATURE_SETS)
+    out += _one_of("evaluate.fid_method", cfg.fid_method, FID_METHODS)
+    out += _one_of("evaluate.inception_precision", cfg.inception_precision, INCEPTION_PRECISIONS)
+    out += _one_of("evaluate.champion_metric", cfg.champion_metric, HIGHER_IS_BETTER + LOWER_IS_BETTER)
+    out += _at_least("evaluate.num_reference", cfg.num_reference, 4, hint="precision/recall need >= 4")
+    out += _at_least("evaluate.batch_size", cfg.batch_size, 1)
+    return out
+
+
+def check_evaluate(cfg: EvaluateConfig) -> None:
+    """The evaluate section on its own (`adm evaluate` has no sampling section to check it against)."""
+    raise_problems(evaluate_problems(cfg))
+
+
+# --- training and data -----------------------------------------------------------------------------------------------
+def train_problems(section: str, cfg: TrainConfig) -> list[str]:
+    out = []
+    for name, low in (("steps", 1), ("batch_size", 1), ("log_interval", 1), ("save_interval", 1),
+                      ("sample_interval", 0), ("keep_checkpoints", 1), ("shuffle_rows", 0), ("num_workers", 1)):
+        out += _at_least(f"{section}.{name}", getattr(cfg, name), low)
+    if cfg.microbatch != -1:
+        out += _at_least(f"{section}.microbatch", cfg.microbatch, 1, hint="-1: no gradient accumulation")
+    if cfg.max_failures != -1:
+        out += _at_least(f"{section}.max_failures", cfg.max_failures, 0, hint="-1: retry without limit")
+    out += _at_least(f"{section}.lr", cfg.lr, 0, whole=False, above=True, hint="e.g. 1e-4")
+    for name in ("weight_decay", "grad_clip", "cpus_per_worker"):
+        out += _at_least(f"{section}.{name}", getattr(cfg, name), 0, whole=False)
+    bad_rates = [r for r in cfg.ema_rate if not (_is_number(r) and 0 <= r < 1)]
+    if bad_rates:
+        out.append(f"{section}.ema_rate={cfg.ema_rate!r}: every rate must be in [0, 1) (e.g. 0.9999; none: "
+                   f"{section}.ema_rate=), not {', '.join(map(str, bad_rates))}")
+    try:
+        create_timestep_sampler(cfg.schedule_sampler, 1)
+    except ConfigError as e:
+        out.append(f"{section}.{e}")
+    if not isinstance(cfg.use_gpu, bool) or not isinstance(cfg.anneal_lr, bool):
+        out.append(f"{section}.use_gpu and anneal_lr must be true or false")
+    return out + _speed(section, cfg, ("compile", "channels_last", "cuda_graphs"))
+
+
+def data_problems(cfg: DataConfig) -> list[str]:
+    out = _at_least("data.resolution", cfg.resolution, 0, hint="0: the UNet's image size")
+    out += _at_least("data.channels", cfg.channels, 1)
+    out += _at_least("data.num_images", cfg.num_images, 1)
+    out += _one_of("data.resize", cfg.resize, RESIZE_MODES)
+    if not cfg.splits or not all(isinstance(s, str) and s.strip() for s in cfg.splits):
+        out.append(f"data.splits={cfg.splits!r} must name one or more splits, e.g. train or train,test")
+    return out
+
+
+# --- the whole config ------------------------------------------------------------------------------------------------
+def _between_sections(preset) -> list[str]:
+    """Rules that relate sections: the networks must fit each other and the sampling grid."""
+    out, unet = [], preset.unet
+    if unet.learn_sigma != preset.diffusion.learn_sigma:
+        out.append(f"unet.learn_sigma={unet.learn_sigma} but diffusion.learn_sigma={preset.diffusion.learn_sigma}: "
+                   "the UNet's outputs must match what the diffusion reads; set both alike")
+    for section in ("classifier", "evaluator"):
+        net = getattr(preset, section)
+        if (net.image_size, net.in_channels) != (unet.image_size, unet.in_channels):
+            out.append(f"{section} sees {net.image_size}px x {net.in_channels} channel(s) but the UNet makes "
+                       f"{unet.image_size}px x {unet.in_channels}; set {section}.image_size and in_channels alike")
+    data = preset.data
+    if data.resolution not in (0, unet.image_size):
+        out.append(f"data.resolution={data.resolution} but unet.image_size={unet.image_size}: training needs the "
+                   "data at the UNet's size; set data.resolution=0 (the UNet's size) or change both")
+    if data.channels != unet.in_channels:
+        out.append(f"data.channels={data.channels} but unet.in_channels={unet.in_channels}; set both alike")
+    if unet.num_classes is not None and preset.classifier.num_classes != unet.num_classes:
+        out.append(f"classifier.num_classes={preset.classifier.num_classes} but unet.num_classes={unet.num_classes}")
+    if _is_number(preset.sample.num_samples, whole=True) and 1 <= preset.sample.num_samples < 4:
+        out.append(f"sample.num_samples={preset.sample.num_samples}: evaluation needs at least 4 per scale")
+    scale = preset.evaluate.champion_scale
+    scales = [float(s) for s in preset.sample.guidance_scales]  # valid only: else sample_problems says so
+    if _scales_ok(scales) and not (_is_number(scale) and float(scale) in scales):
+        out.append(f"evaluate.champion_scale={scale} is not in sample.guidance_scales="
+                   f"{','.join(f'{s:g}' for s in scales)}; pick one of them")
+    return out
+
+
+def preset_problems(preset) -> list[str]:
+    out = network_problems("unet", preset.unet) + network_problems("classifier", preset.classifier)
+    out += network_problems("evaluator", preset.evaluator)
+    out += diffusion_problems(preset.diffusion, preset.sample.sampler)
+    out += sample_problems(preset.sample) + evaluate_problems(preset.evaluate)
+    for section in TRAIN_SECTIONS:
+        out += train_problems(section, getattr(preset, section))
+    return out + data_problems(preset.data) + _between_sections(preset)
+
+
+def validate_preset(preset) -> None:
+    """The one check of a whole resolved config, before any stage or command does work: every problem at once."""
+    raise_problems(preset_problems(preset))
