@@ -112,6 +112,9 @@ LOWER_IS_BETTER = ("fid", "sfid", "evaluator_fid")
 
 SPEED_SETTINGS = ("auto", "on", "off")  # compile, channels_last, cuda_graphs
 RESIZE_MODES = ("pad", "resize")  # data.resize
+POOLS = ("attention", "adaptive")  # classifier.pool
+NOISE_SCHEDULES = ("linear", "cosine")  # diffusion.noise_schedule
+SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")  # train_*.schedule_sampler
 
 
 @dataclass(frozen=True)

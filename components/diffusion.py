@@ -13,7 +13,9 @@ import math
 import numpy as np
 import torch
 
-from .config import ConfigError, DiffusionConfig
+from .config import NOISE_SCHEDULES, ConfigError, DiffusionConfig
+from .respacing import space_timesteps
+from .validation import check_diffusion
 
 
 def betas_for_alpha_bar(num_steps: int, alpha_bar, max_beta: float = 0.999) -> np.ndarray:
@@ -30,34 +32,7 @@ def get_named_beta_schedule(name: str, num_steps: int) -> np.ndarray:
         return np.linspace(scale * 0.0001, scale * 0.02, num_steps, dtype=np.float64)
     if name == "cosine":
         return betas_for_alpha_bar(num_steps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
-    raise ConfigError(f"noise_schedule={name!r} is unknown; use 'linear' or 'cosine'")
-
-
-def space_timesteps(num_steps: int, section_counts: str) -> list[int]:
-    """Timesteps kept by a respacing string: "ddimN" (even stride), or comma-separated counts per equal section."""
-    if section_counts.startswith("ddim"):
-        desired = int(section_counts[len("ddim"):])
-        for stride in range(1, num_steps):
-            if len(range(0, num_steps, stride)) == desired:
-                return list(range(0, num_steps, stride))
-        raise ConfigError(f"respacing {section_counts!r}: no integer stride gives {desired} of {num_steps} steps")
-    try:
-        counts = [int(x) for x in section_counts.split(",")]
-    except ValueError:
-        raise ConfigError(f"respacing {section_counts!r} must be 'ddimN' or comma-separated integers") from None
-    size_per, extra = divmod(num_steps, len(counts))
-    start, steps = 0, []
-    for i, count in enumerate(counts):
-        size = size_per + (1 if i < extra else 0)
-        if size < count or count < 1:
-            raise ConfigError(f"respacing {section_counts!r}: cannot take {count} steps from a section of {size}")
-        stride = 1 if count <= 1 else (size - 1) / (count - 1)
-        position = 0.0  # accumulated as the released code does, so rounding matches it exactly
-        for _ in range(count):
-            steps.append(start + round(position))
-            position += stride
-        start += size
-    return sorted(set(steps))
+    raise ConfigError(f"noise_schedule={name!r} is unknown; use one of {', '.join(NOISE_SCHEDULES)}")
 
 
 def extract(arr: np.ndarray, t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -154,8 +129,7 @@ class GaussianDiffusion:
 
 def create_diffusion(config: DiffusionConfig, timestep_respacing: str | None = None) -> GaussianDiffusion:
     """The process of `config`, respaced by `timestep_respacing` (default: config.timestep_respacing)."""
-    if config.learn_sigma and config.sigma_small:
-        raise ConfigError("diffusion: learn_sigma and sigma_small exclude each other; set one of them false")
+    check_diffusion(config)
     betas = get_named_beta_schedule(config.noise_schedule, config.steps)
     respacing = config.timestep_respacing if timestep_respacing is None else timestep_respacing
     if not respacing:

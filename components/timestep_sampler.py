@@ -7,7 +7,7 @@ losses seen at each t (uniform until every t has 10), mixed with 0.1% uniform, w
 import numpy as np
 import torch
 
-from .config import ConfigError
+from .config import SCHEDULE_SAMPLERS, ConfigError
 
 
 class UniformSampler:
@@ -78,4 +78,4 @@ def create_timestep_sampler(name: str, num_timesteps: int, seed: int = 0) -> Uni
         return UniformSampler(num_timesteps, seed)
     if name == "loss-second-moment":
         return LossSecondMomentResampler(num_timesteps, seed)
-    raise ConfigError(f"schedule_sampler={name!r} is unknown; use 'uniform' or 'loss-second-moment'")
+    raise ConfigError(f"schedule_sampler={name!r} is unknown; use one of {', '.join(SCHEDULE_SAMPLERS)}")

@@ -5,18 +5,22 @@ Each section has a function that returns its problems as messages naming the fie
 ``check_evaluate`` check one section on its own (`adm sample` and `adm evaluate` have no whole preset). A value that
 would only fail inside a stage, after ingest and training spent their time (a sampler string the diffusion cannot
 respace, an image size the UNet cannot halve and double back, an EMA rate of 1.5), is refused here.
+
+Pure Python, like everything it imports (no torch): `adm config` validates without loading torch.
 """
 
 import math
 
-from .classifier import POOLS
 from .config import (
     FEATURE_SETS,
     FID_METHODS,
     HIGHER_IS_BETTER,
     INCEPTION_PRECISIONS,
     LOWER_IS_BETTER,
+    NOISE_SCHEDULES,
+    POOLS,
     RESIZE_MODES,
+    SCHEDULE_SAMPLERS,
     SPEED_SETTINGS,
     ClassifierConfig,
     ConfigError,
@@ -29,9 +33,8 @@ from .config import (
     attention_ds,
     resolve_channel_mult,
 )
-from .diffusion import create_diffusion
-from .sampling import parse_sampler
-from .timestep_sampler import create_timestep_sampler
+from .respacing import space_timesteps
+from .samplers import parse_sampler
 
 TRAIN_SECTIONS = ("train_diffusion", "train_classifier", "train_evaluator")
 
@@ -145,25 +148,37 @@ def validate_classifier(cfg: ClassifierConfig) -> None:
 
 # --- diffusion, sampling, evaluation ---------------------------------------------------------------------------------
 def diffusion_problems(cfg: DiffusionConfig, sampler: str | None = None) -> list[str]:
-    """Steps in range; the schedule, the variance flags and the respacings (the config's and the sampler's) as
-    create_diffusion builds them, so the rule lives there once."""
+    """Steps, schedule and variance flags; the config's respacing and the sampler's, against the trained steps."""
     out = _at_least("diffusion.steps", cfg.steps, 1, hint="e.g. 1000")
-    if out:
-        return out
-    try:
-        create_diffusion(cfg)
-    except ConfigError as e:
-        out.append(f"diffusion: {e}")
-    if sampler is not None and not out:
+    out += _one_of("diffusion.noise_schedule", cfg.noise_schedule, NOISE_SCHEDULES)
+    if cfg.learn_sigma and cfg.sigma_small:
+        out.append("diffusion: learn_sigma and sigma_small exclude each other; set one of them false")
+    if not _is_number(cfg.steps, whole=True) or cfg.steps < 1:
+        return out  # the respacings below are counted in trained steps
+    if cfg.timestep_respacing:
         try:
-            respacing = parse_sampler(sampler)[1]
-        except ConfigError:
-            return out  # sample_problems reports the string itself
-        try:
-            create_diffusion(cfg, respacing)
+            space_timesteps(cfg.steps, cfg.timestep_respacing)
         except ConfigError as e:
-            out.append(f"sample.sampler={sampler!r} does not fit diffusion.steps={cfg.steps}: {e}")
+            out.append(f"diffusion.timestep_respacing: {e}")
+    try:
+        spec = parse_sampler(sampler) if sampler is not None else None
+    except ConfigError:
+        return out  # sample_problems reports the string itself
+    problem = None
+    if spec is not None and spec.steps is not None and spec.steps > cfg.steps:
+        problem = f"it takes {spec.steps} steps of the {cfg.steps} trained"
+    elif spec is not None and spec.respacing:
+        try:
+            space_timesteps(cfg.steps, spec.respacing)
+        except ConfigError as e:
+            problem = str(e)
+    if problem:
+        out.append(f"sample.sampler={sampler!r} does not fit diffusion.steps={cfg.steps}: {problem}")
     return out
+
+
+def check_diffusion(cfg: DiffusionConfig) -> None:
+    raise_problems(diffusion_problems(cfg))
 
 
 def _scales_ok(scales) -> bool:
@@ -230,10 +245,7 @@ def train_problems(section: str, cfg: TrainConfig) -> list[str]:
     if bad_rates:
         out.append(f"{section}.ema_rate={cfg.ema_rate!r}: every rate must be in [0, 1) (e.g. 0.9999; none: "
                    f"{section}.ema_rate=), not {', '.join(map(str, bad_rates))}")
-    try:
-        create_timestep_sampler(cfg.schedule_sampler, 1)
-    except ConfigError as e:
-        out.append(f"{section}.{e}")
+    out += _one_of(f"{section}.schedule_sampler", cfg.schedule_sampler, SCHEDULE_SAMPLERS)
     if not isinstance(cfg.use_gpu, bool) or not isinstance(cfg.anneal_lr, bool):
         out.append(f"{section}.use_gpu and anneal_lr must be true or false")
     return out + _speed(section, cfg, ("compile", "channels_last", "cuda_graphs"))
