@@ -7,9 +7,11 @@ beside them. Released ``.pt`` files are read with ``torch.load(weights_only=True
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -56,17 +58,56 @@ def save_weights(state_dict: dict, path: str | Path, config: dict | None = None)
         _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
 
 
+def _refused(path: Path, error: Exception) -> "CheckpointError":
+    """Our message for a weights file torch.load(weights_only=True) refuses. torch's own message suggests
+    weights_only=False, which would run whatever code the file holds: never repeat it."""
+    return CheckpointError(f"weights file {path} is not a plain state dict of tensors: it holds Python objects "
+                           f"besides tensors, or is no PyTorch file ({type(error).__name__}); adm never runs code "
+                           "from a weights file, so export the weights from a source you trust as safetensors or with "
+                           "torch.save(model.state_dict(), path)")
+
+
+def _torch_load(path: Path, map_location: str) -> dict:
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True,
+                           mmap=map_location == "meta" and zipfile.is_zipfile(path))
+    except Exception as e:  # UnpicklingError for objects and for random bytes, RuntimeError for a broken zip, ...
+        raise _refused(path, e) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"weights file {path} is not a plain state dict of tensors (it holds a "
+                              f"{type(state).__name__}); save model.state_dict() instead")
+    return state
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; check the path or URI")
+
+
 def load_state_dict(path: str | Path) -> dict:
     """Read weights from .safetensors, or from a .pt/.pth file without unpickling code (weights_only=True)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; check the path or URI")
+    _check_exists(path)
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a plain state_dict of tensors")
-    return state
+        try:
+            return load_file(str(path))
+        except SafetensorError as e:
+            raise CheckpointError(f"weights file {path} is not a readable safetensors file ({e})") from None
+    return _torch_load(path, "cpu")
+
+
+def read_shapes(path: str | Path) -> dict:
+    """The file's state dict as meta tensors (names and shapes, no data read): what the driver checks a weights file
+    with before any worker loads it."""
+    path = Path(path)
+    _check_exists(path)
+    if path.suffix != ".safetensors":
+        return _torch_load(path, "meta")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except SafetensorError as e:
+        raise CheckpointError(f"weights file {path} is not a readable safetensors file ({e})") from None
 
 
 def describe_mismatch(model: nn.Module, state: dict) -> str:
@@ -98,14 +139,20 @@ def matching_released_flags(state: dict) -> list[str]:
     return found
 
 
-def load_into(model: nn.Module, path_or_state, source: str = "checkpoint") -> nn.Module:
-    """Load weights strictly; on any mismatch raise CheckpointError naming the differences and matching flags."""
-    state = load_state_dict(path_or_state) if isinstance(path_or_state, (str, Path)) else path_or_state
+def check_fits(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
+    """CheckpointError naming the differences (and the released flags the weights match) unless `state` has exactly
+    the keys and shapes of `model`; both may be on the meta device."""
     mismatch = describe_mismatch(model, state)
     if mismatch:
         matches = matching_released_flags(state)
         hint = (f"the checkpoint matches the released flags of {', '.join(matches)} (components.presets.RELEASED_FLAGS)"
                 if matches else "no released flag set matches it; check num_channels, num_res_blocks and class_cond")
         raise CheckpointError(f"{source} does not fit the network: {mismatch}. {hint}")
+
+
+def load_into(model: nn.Module, path_or_state, source: str = "checkpoint") -> nn.Module:
+    """Load weights strictly; on any mismatch raise CheckpointError naming the differences and matching flags."""
+    state = load_state_dict(path_or_state) if isinstance(path_or_state, (str, Path)) else path_or_state
+    check_fits(model, state, source)
     model.load_state_dict(state, strict=True)
     return model

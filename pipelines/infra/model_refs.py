@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+import torch
 from torch import nn
 
-from components.checkpoint import load_into
+from components.checkpoint import check_fits, load_into, read_shapes
 from components.config import Preset, UserError, preset_from_dict
 from components.kinds import kind as network_kind
 from components.presets import get_preset
@@ -44,6 +45,15 @@ class NetworkRef:
 
     def build(self) -> nn.Module:
         return load_into(network_kind(self.kind).build(self.preset), self.weights, source=self.weights).eval()
+
+    def checked(self) -> "NetworkRef":
+        """Self, once the weights file has been opened safely and its names and shapes compared with the network the
+        config describes (on the meta device: no weights read into memory), so that the driver refuses a bad file
+        before any Ray actor or worker starts."""
+        with torch.device("meta"):
+            network = network_kind(self.kind).build(self.preset)
+        check_fits(network, read_shapes(self.weights), source=f"weights file {self.weights}")
+        return self
 
 
 def cache_folder(key: str) -> Path:
@@ -98,7 +108,13 @@ def _local_folder(uri: str, tracking_uri: str | None, workdir: Path | None) -> P
 
 def resolve(uri: str, kind: str, preset_name: str | None = None, tracking_uri: str | None = None,
             workdir: str | Path | None = None) -> NetworkRef:
-    """A NetworkRef for `uri`; raises UserError naming the URI when it cannot be used."""
+    """A NetworkRef for `uri`, its weights file checked against its config; UserError naming the URI when it cannot
+    be used."""
+    return _locate(uri, kind, preset_name, tracking_uri, workdir).checked()
+
+
+def _locate(uri: str, kind: str, preset_name: str | None, tracking_uri: str | None,
+            workdir: str | Path | None) -> NetworkRef:
     workdir = Path(workdir) if workdir else None
     if uri.endswith((".pt", ".pth", ".safetensors")):
         if not preset_name:
