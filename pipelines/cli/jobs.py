@@ -15,7 +15,7 @@ def check_locally(parser, command: list[str]) -> None:
     """Parse a job's command with `adm`'s parser and check a pipeline's config: errors show before submitting."""
     from pipelines.cli.run import request_from_args
     from pipelines.ops.jobs import PIPELINE_COMMANDS, JobError
-    from pipelines.workflow.request import check_request
+    from pipelines.workflow.request import check_config
 
     try:
         args = parser.parse_args(command)
@@ -23,7 +23,7 @@ def check_locally(parser, command: list[str]) -> None:
         raise JobError(f"the job's command is not valid: adm {shlex.join(command)} (see adm {command[0]} --help)") \
             from None
     if command[0] in PIPELINE_COMMANDS and not getattr(args, "resume", None):
-        check_request(request_from_args(args))
+        check_config(request_from_args(args))
 
 
 def cmd_submit(args) -> int:

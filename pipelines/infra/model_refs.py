@@ -86,6 +86,7 @@ def _local_folder(uri: str, tracking_uri: str | None, workdir: Path | None) -> P
         tracker = Tracker(tracking_uri)
         run_id = tracker.model_source_run(uri) if uri.startswith("models:/") else uri[len("runs:/"):].split("/")[0]
         try:
+            tracker.run(run_id)  # a run that is not there fails here, before a download folder is made
             if workdir is not None:
                 return Path(tracker.download_artifacts(run_id, "checkpoint", workdir))
             fetch = _fetch_once(cache_folder(f"{tracker.uri} {run_id}"),

@@ -31,22 +31,43 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+# what MLflow can track to: a server, a database (SQLAlchemy URL) or a local folder (a path without a scheme)
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")
+_REACHABLE: set[str] = set()  # servers probed once in this process
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
-    """Fail early when the tracking server is unreachable or the local store unwritable."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-                if response.status != 200:
-                    raise TrackingError(f"MLflow tracking server {uri} answered /health with {response.status}")
-        except (urllib.error.URLError, OSError) as e:
-            raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({e}); start one (mlflow server --host 127.0.0.1 "
-                "--port 5000) or unset MLFLOW_TRACKING_URI to track to a local sqlite file"
-            ) from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
-        if not os.access(folder, os.W_OK):
-            raise TrackingError(f"cannot write the MLflow store {uri}: {folder} is not writable")
+    """Fail in seconds, naming the URI and the fix, when the tracking server is unreachable (MLflow's own client
+    retries for minutes), the URI's scheme is unknown, or a sqlite store's folder is missing or unwritable."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme and scheme not in SCHEMES:
+        raise TrackingError(f"tracking URI {uri} has an unknown scheme {scheme!r}; use http://HOST:PORT (an MLflow "
+                            "server), sqlite:///PATH.db (a local file) or a database URL (postgresql://, mysql://)")
+    if uri.startswith(("http://", "https://")) and uri not in _REACHABLE:
+        _probe_server(uri, timeout)
+        _REACHABLE.add(uri)
+    elif db := sqlite_path(uri):
+        if not db.parent.is_dir():
+            raise TrackingError(f"cannot use the MLflow store {uri}: its folder {db.parent} does not exist; create "
+                                f"it (mkdir -p {db.parent}) or pass another --tracking-uri")
+        if not os.access(db.parent, os.W_OK):
+            raise TrackingError(f"cannot write the MLflow store {uri}: {db.parent} is not writable")
+
+
+def _probe_server(uri: str, timeout: float) -> None:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            if response.status != 200:
+                raise TrackingError(f"MLflow tracking server {uri} answered /health with {response.status}")
+    except (urllib.error.URLError, OSError) as e:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); start one (mlflow server "
+            "--host 127.0.0.1 --port 5000) or unset MLFLOW_TRACKING_URI to track to a local sqlite file"
+        ) from None
 
 
 def _open_sqlite_store(uri: str):
@@ -56,9 +77,7 @@ def _open_sqlite_store(uri: str):
 
     from mlflow import MlflowClient
 
-    db = Path(uri[len("sqlite:///"):])
-    if not db.parent.is_dir():
-        return MlflowClient(tracking_uri=uri)  # check_tracking reports the folder
+    db = sqlite_path(uri)
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -84,13 +103,29 @@ class Tracker:
     """A thin wrapper over MlflowClient for one tracking URI."""
 
     def __init__(self, uri: str | None = None):
-        from mlflow import MlflowClient
-
         self.uri = resolve_tracking_uri(uri)
-        if self.uri.startswith("sqlite:///"):
-            self.client = _open_sqlite_store(self.uri)
-        else:
-            self.client = MlflowClient(tracking_uri=self.uri)
+        check_tracking(self.uri)
+        self._client = None
+
+    @property
+    def client(self):
+        """The MlflowClient, opened on first use: opening a sqlite store creates it, which only a write may do."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = _open_sqlite_store(self.uri) if sqlite_path(self.uri) else MlflowClient(self.uri)
+        return self._client
+
+    def _store_missing(self) -> bool:
+        """True for a sqlite store that does not exist yet: it holds nothing, and a read must not create it."""
+        db = sqlite_path(self.uri)
+        return self._client is None and db is not None and not db.exists()
+
+    def _reader(self, what: str):
+        if self._store_missing():
+            raise TrackingError(f"{what} cannot be in the MLflow store {self.uri}: no such file; pass the "
+                                "--tracking-uri (or MLFLOW_TRACKING_URI) of the store that holds it")
+        return self.client
 
     # --- runs ---------------------------------------------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -98,9 +133,18 @@ class Tracker:
         if found is not None:
             return found.experiment_id
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, artifact_location=self._artifact_location(name))
         except Exception:  # created concurrently by another process
             return self.client.get_experiment_by_name(name).experiment_id
+
+    def _artifact_location(self, experiment: str) -> str | None:
+        """Beside a sqlite store's file (MLflow's default, ./mlruns of the current folder, mixes the artifacts of every
+        store started there); a server or database decides itself."""
+        db = sqlite_path(self.uri)
+        if db is None:
+            return None
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
+        return str(db.parent / f"{db.stem}-artifacts" / name)
 
     def start_run(self, experiment: str, run_name: str, parent_run_id: str | None = None,
                   tags: dict | None = None) -> str:
@@ -119,7 +163,7 @@ class Tracker:
         self.end_run(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
 
     def run(self, run_id: str):
-        return self.client.get_run(run_id)
+        return self._reader(f"run {run_id}").get_run(run_id)
 
     def reopen(self, run_id: str) -> None:
         """Mark a failed or killed run RUNNING again (resuming it)."""
@@ -127,6 +171,8 @@ class Tracker:
 
     def search(self, experiment: str, filter_string: str, max_results: int = 100) -> list:
         """Runs of `experiment` matching an MLflow filter string, newest first."""
+        if self._store_missing():
+            return []
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             return []
@@ -182,7 +228,7 @@ class Tracker:
         self.client.log_figure(run_id, figure, artifact_file)
 
     def download_artifacts(self, run_id: str, path: str, dst: str | Path) -> str:
-        return self.client.download_artifacts(run_id, path, str(dst))
+        return self._reader(f"run {run_id}").download_artifacts(run_id, path, str(dst))
 
     def log_dataset(self, run_id: str, url: str, name: str, fingerprint: str, context: str = "training") -> None:
         """Record an ingested dataset as the run's input (source URL, name, content fingerprint as digest)."""
@@ -215,6 +261,7 @@ class Tracker:
         """The id of the run that logged the model behind ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``,
         ``models:/NAME/latest`` or ``models:/m-ID`` (raises UserError naming the URI when there is none)."""
         ref = model_uri[len("models:/"):].strip("/")
+        self._reader(f"model {model_uri}")
         try:
             if ref.startswith("m-") and "/" not in ref and "@" not in ref:
                 return self.client.get_logged_model(ref).source_run_id
@@ -254,6 +301,8 @@ class Tracker:
 
     def alias_version(self, name: str, alias: str):
         """The model version behind `alias`, or None."""
+        if self._store_missing():
+            return None
         try:
             return self.client.get_model_version_by_alias(name, alias)
         except Exception:
@@ -263,6 +312,8 @@ class Tracker:
         self.client.set_registered_model_alias(name, alias, version)
 
     def model_versions(self, name: str) -> list:
+        if self._store_missing():
+            return []
         try:
             return list(self.client.search_model_versions(f"name = '{name}'"))
         except Exception:

@@ -35,6 +35,7 @@ from components.features import (
 )
 from components.validation import check_evaluate
 from pipelines.infra.resources import actor_plan
+from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import npz_bytes, read_npz, write_bytes_atomic
 from pipelines.stages.evaluate_inputs import EvaluationError, Source, discover_samples, reference_source
 
@@ -154,8 +155,7 @@ def compute_features(job: EvaluateJob, names: tuple, sources: list, log=print) -
     items = work_items(sources, job.config.batch_size)
     if not items:
         return {}
-    if not ray.is_initialized():
-        ray.init()
+    connect_ray()
     n, resources = actor_plan(job.actors, len(items))
     total = sum(s.total for s in sources)
     log(f"featurizing {total} images with {'+'.join(names)} on {n} actor(s)")

@@ -30,6 +30,7 @@ from components.validation import check_sample
 from pipelines.infra import tags
 from pipelines.infra.model_refs import NetworkRef, resolve
 from pipelines.infra.resources import actor_plan
+from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import exists, npz_bytes, read_npz, write_bytes_atomic
 from pipelines.infra.tracking import Tracker
 
@@ -166,8 +167,7 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
     busy = warm_seconds = 0.0
     warm_images = 0
     if pending:
-        if not ray.is_initialized():
-            ray.init()
+        connect_ray()
         n, resources = actor_plan(job.actors, len(pending), job.config.actor_cpus, job.config.actors_per_gpu)
         ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
         ds = ds.map_batches(GuidedSampler, fn_constructor_args=(job, max(1, round(resources["num_cpus"]))),

@@ -28,7 +28,8 @@ from components.validation import raise_problems, train_problems
 from pipelines.infra import tags
 from pipelines.infra.dataset import driver_dataset, load_manifest, ray_dataset
 from pipelines.infra.resources import cluster_cpus, largest_node_cpus, worker_resources
-from pipelines.infra.tracking import Tracker, check_tracking
+from pipelines.infra.services import connect_ray
+from pipelines.infra.tracking import Tracker
 from pipelines.stages.train_worker import WorkerConfig, train_loop_per_worker
 
 
@@ -230,16 +231,13 @@ def _interrupt(futures: dict, run_ids: dict, tracker: Tracker, log) -> None:
 
 def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS), log=print) -> dict[str, TrainOutcome]:
     """Train `kinds` concurrently on the connected Ray cluster; returns one TrainOutcome per network."""
-    import ray
 
     manifest = load_manifest(data_url)
     validate(preset, kinds, manifest)
     check_storage(opts.storage)
     tracker = Tracker(opts.tracking_uri)
     opts = dataclasses.replace(opts, tracking_uri=tracker.uri)
-    check_tracking(tracker.uri)
-    if not ray.is_initialized():
-        ray.init()
+    connect_ray()
     cpus = worker_resources(preset, kinds, cluster_cpus(), largest_node_cpus())
     for kind in kinds:
         if cpus[kind] > largest_node_cpus():

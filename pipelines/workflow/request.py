@@ -4,10 +4,12 @@ import hashlib
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-from components.config import ConfigError, Preset, to_dict
-from components.validation import validate_preset
+from components.config import Preset, to_dict
+from components.validation import preset_problems, raise_problems
 from pipelines import PROJECT_ROOT
+from pipelines.infra.services import check_ray_address, check_url
 from pipelines.infra.storage import digest
+from pipelines.infra.tracking import check_tracking, resolve_tracking_uri
 
 
 @dataclass
@@ -49,8 +51,19 @@ def code_version() -> str:
     return f"{release}+{sources.hexdigest()[:12]}"
 
 
-def check_request(req: RunRequest) -> None:
-    """Every config error before the first stage starts."""
-    validate_preset(req.preset)
+def check_config(req: RunRequest) -> None:
+    """Every config error, all at once (what `adm submit` checks locally: the services are the cluster's)."""
+    problems = preset_problems(req.preset)
     if not req.source:
-        raise ConfigError(f"preset {req.preset.name} names no data source; pass --data SOURCE")
+        problems.append(f"preset {req.preset.name} names no data source; pass --data SOURCE")
+    raise_problems(problems)
+
+
+def check_request(req: RunRequest) -> None:
+    """Everything a run here needs, before the first stage starts: the config, then bounded probes of the services
+    (the tracking store or server, the Ray cluster of RAY_ADDRESS, the work dir's and source's filesystems)."""
+    check_config(req)
+    check_tracking(resolve_tracking_uri(req.tracking_uri))
+    check_ray_address()
+    check_url(req.workdir, "--workdir")
+    check_url(req.source, "--data")
