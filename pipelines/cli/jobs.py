@@ -104,8 +104,24 @@ def add_job_parsers(sub) -> None:
     p.set_defaults(func=cmd_jobs)
 
 
-def cmd_schedule(args) -> int:
+def _run_tool(command: list[str], stdin: str | None = None) -> None:
+    """An external tool that installs a schedule (kubectl, systemctl): its failure is the user's to fix, so it is
+    reported with the command, after the tool's own output, without a traceback."""
     import subprocess
+
+    from components.config import UserError
+
+    try:
+        subprocess.run(command, input=stdin, text=True, check=True)
+    except FileNotFoundError:
+        raise UserError(f"{command[0]} is not installed here; install it, or leave out --apply to print the "
+                        "definition and install it elsewhere") from None
+    except subprocess.CalledProcessError as e:
+        raise UserError(f"`{shlex.join(command)}` failed with exit status {e.returncode} (its output is above); fix "
+                        "what it reports, or leave out --apply to print the definition") from None
+
+
+def cmd_schedule(args) -> int:
     from pathlib import Path
 
     from pipelines import PROJECT_ROOT
@@ -122,7 +138,7 @@ def cmd_schedule(args) -> int:
         if not args.apply:
             print(text, end="")
             return 0
-        subprocess.run(["kubectl", "apply", "-f", "-"], input=text, text=True, check=True)
+        _run_tool(["kubectl", "apply", "-f", "-"], text)
         return 0
     name = args.name or "default"
     if args.target == "crontab":
@@ -145,8 +161,8 @@ def cmd_schedule(args) -> int:
     if args.no_enable:
         return 0
     timer = next(f for f in units if f.endswith(".timer"))
-    subprocess.run(["systemctl", "--user", "daemon-reload"], check=True)
-    subprocess.run(["systemctl", "--user", "enable", "--now", timer], check=True)
+    _run_tool(["systemctl", "--user", "daemon-reload"])
+    _run_tool(["systemctl", "--user", "enable", "--now", timer])
     return 0
 
 

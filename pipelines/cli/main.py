@@ -29,6 +29,7 @@ def cmd_config(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adm", description="Classifier-guided diffusion (ADM-G) on Ray + MLflow")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also: ADM_TRACEBACK=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("presets", help="list the named configurations")
     p.set_defaults(func=cmd_presets)
@@ -50,8 +51,8 @@ def main(argv=None) -> int:
         args.command = extra  # adm submit: everything after the submit options is the adm command to run
     try:
         return args.func(args)
-    except (UserError, FileNotFoundError) as e:
-        if os.environ.get("ADM_TRACEBACK"):
+    except (UserError, OSError) as e:  # OSError: files, permissions, disks, the network: the user's to fix
+        if args.debug or os.environ.get("ADM_TRACEBACK"):
             traceback.print_exc()
         print(f"adm: error: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,11 @@ def read_manifest(url: str) -> dict | None:
     path = posixpath.join(root, MANIFEST)
     if not fs.exists(path):
         return None
-    return json.loads(fs.cat_file(path))
+    try:
+        return json.loads(fs.cat_file(path))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{posixpath.join(url, MANIFEST)} is damaged ({e}); ingest the dataset again into a new "
+                        "folder (adm data ingest SOURCE URL)") from None
 
 
 def load_manifest(url: str) -> dict:

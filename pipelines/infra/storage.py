@@ -9,14 +9,22 @@ import uuid
 import fsspec
 import numpy as np
 
+from components.config import UserError
+
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
     """Write to a temporary name beside `url`, then rename: readers never see a half-written file."""
     fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.pipe_file(tmp, data)
-    fs.mv(tmp, path)
+    try:
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    except OSError as e:  # named after the user's file: the temporary name means nothing to them
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise UserError(f"cannot write {url} ({e.strerror or type(e).__name__}); choose a folder you can write, with "
+                        "free space") from None
 
 
 def npz_bytes(**arrays) -> bytes:

@@ -32,6 +32,7 @@ from components.data import (
     make_shapes,
 )
 from pipelines.infra.dataset import FORMAT_VERSION, MANIFEST, load_manifest, read_manifest
+from pipelines.infra.services import check_url
 from pipelines.infra.tracking import Tracker
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -209,9 +210,23 @@ def _split_rows(batch: Batch, size: int):
         yield Batch(batch.split, batch.images[start:start + size], batch.labels[start:start + size])
 
 
+def check_options(opts: IngestOptions) -> None:
+    """Sizes in range before anything is read or written; None keeps the source's own (resolution, shards)."""
+    problems = []
+    for name, value, optional in (("resolution", opts.resolution, True), ("rows_per_shard", opts.rows_per_shard, True),
+                                  ("num_images", opts.num_images, False), ("workers", opts.workers, False)):
+        if not (value is None and optional) and not (isinstance(value, int) and value >= 1):
+            problems.append(f"--{name.replace('_', '-')} {value} must be a whole number >= 1"
+                            + (" (or left out)" if optional else ""))
+    if problems:
+        raise DataError("; ".join(problems))
+
+
 def ingest(spec: str, dest: str, opts: IngestOptions | None = None, log=print) -> dict:
     """Write the dataset at `spec` to `dest`; returns its manifest. Idempotent for the same content."""
     opts = opts or IngestOptions()
+    check_options(opts)
+    check_url(dest, "destination")
     started = time.perf_counter()
     source = open_source(spec, opts)
     fs, root = fsspec.core.url_to_fs(dest)
@@ -219,7 +234,11 @@ def ingest(spec: str, dest: str, opts: IngestOptions | None = None, log=print) -
     if existing is None and fs.exists(root) and fs.ls(root):
         raise DataError(f"destination {dest} exists and holds files but no {MANIFEST}; choose an empty or new URL")
     tmp = f"{root.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.makedirs(tmp, exist_ok=True)
+    try:
+        fs.makedirs(tmp, exist_ok=True)
+    except OSError as e:  # named after the user's destination: the temporary name means nothing to them
+        raise DataError(f"cannot write to the destination {dest} ({e.strerror or type(e).__name__}); choose a "
+                        "folder or URL you can write") from None
     try:
         manifest = _write_all(fs, tmp, source, opts)
         if existing is not None:
