@@ -7,6 +7,7 @@ beside them. Released ``.pt`` files are read with ``torch.load(weights_only=True
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -69,8 +70,10 @@ def _refused(path: Path, error: Exception) -> "CheckpointError":
 
 def _torch_load(path: Path, map_location: str) -> dict:
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True,
-                           mmap=map_location == "meta" and zipfile.is_zipfile(path))
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: our error below says what matters
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True,
+                               mmap=map_location == "meta" and zipfile.is_zipfile(path))
     except Exception as e:  # UnpicklingError for objects and for random bytes, RuntimeError for a broken zip, ...
         raise _refused(path, e) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

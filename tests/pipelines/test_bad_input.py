@@ -1,0 +1,275 @@
+"""Bad input is refused up front (issue 20): each case runs `adm` on one mistake a user can make and asserts exit
+status 2, a message naming the offending input, no traceback, nothing written (no tracking store, folder, temporary
+or cache file anywhere under the test's folder) and no Ray instance started (ray.is_initialized() stays false and
+Ray's session folder, pointed into the test's folder by RAY_TMPDIR, never appears).
+
+Most cases call `pipelines.cli.main.main` in this process (fast); a few run the `adm` command in a subprocess, where
+exit status and traceback printing are the process's own. Dead services are local ports with nothing listening; the
+per-test timeout catches a command that waits out network retries (the old code took minutes or never returned).
+"""
+
+import importlib.util
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import pytest
+import torch
+
+from components.models import build_classifier
+from components.presets import get_preset
+from pipelines.cli.main import main
+
+pytestmark = pytest.mark.timeout(60)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dead_port() -> int:
+    """A local port with nothing listening (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sandbox:
+    """A test's folder: the working directory `cwd`, Ray's temp dir and adm's network cache all inside `root`."""
+
+    def __init__(self, root: Path):
+        self.root, self.cwd = root, root / "cwd"
+        self.cwd.mkdir()
+
+    def files(self) -> set:
+        return {str(p.relative_to(self.root)) for p in self.root.rglob("*")}
+
+    def env(self) -> dict:
+        return {**os.environ, "RAY_TMPDIR": str(self.root / "ray"), "ADM_CACHE_DIR": str(self.root / "cache"),
+                "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture
+def box(tmp_path, monkeypatch):
+    box = Sandbox(tmp_path)
+    monkeypatch.chdir(box.cwd)
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "ADM_TRACEBACK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))
+    monkeypatch.setenv("ADM_CACHE_DIR", str(tmp_path / "cache"))
+    return box
+
+
+def ray_running() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def refused(box: Sandbox, capsys, argv: list[str], *names: str) -> str:
+    """Run `adm ARGV` in this process; assert the refusal (see the module docstring); return what it printed."""
+    before = box.files()
+    try:
+        status = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        status = e.code
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert status == 2, f"exit status {status}: {text[-3000:]}"
+    for name in names:
+        assert name in text, f"{name!r} is not named in: {text[-3000:]}"
+    assert "Traceback" not in text, text[-3000:]
+    assert box.files() == before, f"written: {sorted(box.files() - before)}"
+    assert not ray_running() and not (box.root / "ray").exists(), "a Ray instance was started"
+    return text
+
+
+def refused_in_subprocess(box: Sandbox, argv: list[str], *names: str, env: dict | None = None) -> str:
+    before = box.files()
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *argv], cwd=box.cwd, env=env or box.env(),
+                          capture_output=True, text=True, timeout=120)
+    text = done.stdout + done.stderr
+    assert done.returncode == 2, f"exit status {done.returncode}: {text[-3000:]}"
+    for name in names:
+        assert name in text, f"{name!r} is not named in: {text[-3000:]}"
+    assert "Traceback" not in text, text[-3000:]
+    assert box.files() == before and not (box.root / "ray").exists(), f"written: {sorted(box.files() - before)}"
+    return text
+
+
+SMOKE = ["--preset", "smoke"]
+
+
+# --- the resolved config: every section, every range, checked before any stage ----------------------------------------
+@pytest.mark.parametrize("command, override, names", [
+    (["run", "--dry-run"], "sample.guidance_scales=-1,1", ["sample.guidance_scales", "-1"]),
+    (["config"], "sample.guidance_scales=1,,2", ["'1,,2'", "empty item"]),
+    (["run", "--dry-run"], "sample.sampler=ddim0", ["ddim0"]),
+    (["config"], "sample.sampler=abc", ["'abc'"]),
+    (["run"], "sample.sampler=0", ["sample.sampler", "'0'"]),
+    (["run", "--dry-run"], "train_diffusion.ema_rate=1.5", ["train_diffusion.ema_rate", "1.5"]),
+    (["run", "--dry-run"], "train_diffusion.lr=-1", ["train_diffusion.lr=-1"]),
+    (["run"], "train_classifier.steps=0", ["train_classifier.steps=0"]),
+    (["config"], "train_evaluator.batch_size=-1", ["train_evaluator.batch_size=-1"]),
+    (["config"], "train_diffusion.lr=nan", ["train_diffusion.lr", "'nan' is not a finite number"]),
+    (["run", "--dry-run"], "train_diffusion.steps=nan", ["train_diffusion.steps", "'nan' is not a whole number"]),
+    (["config"], "train_diffusion.lr=1e999", ["'1e999' is not a finite number"]),
+    (["config"], "sample.actor_cpus=-1", ["sample.actor_cpus=-1"]),
+    (["run", "--dry-run"], "train_diffusion.num_workers=0", ["train_diffusion.num_workers=0"]),
+    (["retrain"], "evaluate.champion_scale=3", ["evaluate.champion_scale=3"]),
+])
+def test_config_value_out_of_range(box, capsys, command, override, names):
+    refused(box, capsys, [*command, *SMOKE, "--override", override], *names)
+
+
+def test_every_config_problem_is_reported_at_once(box, capsys):
+    overrides = ["train_diffusion.lr=-1", "train_classifier.steps=0", "sample.guidance_scales=0,-2",
+                 "sample.sampler=abc", "unet.dropout=1.5"]
+    text = refused(box, capsys, ["run", "--dry-run", *SMOKE, *(f"--override={o}" for o in overrides)],
+                   "5 problems", "train_diffusion.lr", "train_classifier.steps", "guidance_scales", "'abc'",
+                   "unet.dropout")
+    assert "champion_scale" not in text  # follows from the bad scales; not a problem of its own
+
+
+def test_network_that_cannot_run(box, capsys):
+    """17 px halves to 8 by rounding down, and the UNet's way back up cannot undo that: the size is refused, and only
+    the resolutions really reached are offered for attention."""
+    text = refused(box, capsys, ["config", *SMOKE, "--override", "unet.image_size=17", "--override",
+                                 "unet.attention_resolutions=17,8"], "unet.image_size=17", "not a multiple of 2")
+    assert "reachable resolutions are [17]" in text
+
+
+def test_empty_scale_list_is_a_scale_problem(box, capsys):
+    text = refused(box, capsys, ["config", *SMOKE, "--override", "sample.guidance_scales="], "sample.guidance_scales")
+    assert "champion_scale" not in text
+
+
+def test_submit_checks_the_config_before_reaching_the_cluster(box, capsys):
+    refused(box, capsys, ["submit", "--address", f"http://127.0.0.1:{dead_port()}", *SMOKE, "--workdir",
+                          "/shared/adm", "--tracking-uri", "http://mlflow:5000", "--override", "train_diffusion.lr=0"],
+            "train_diffusion.lr=0")
+
+
+def test_schedule_checks_the_retrain_config(box, capsys):
+    refused(box, capsys, ["schedule", "--cron", "0 3 * * 0", *SMOKE, "--workdir", "/shared/adm", "--tracking-uri",
+                          "http://mlflow:5000", "--override", "sample.sampler=abc"], "'abc'")
+
+
+def test_config_error_in_a_subprocess(box):
+    """The `adm` process itself: status 2, the message, no traceback, no Ray session folder."""
+    refused_in_subprocess(box, ["run", *SMOKE, "--override", "sample.sampler=ddim0"], "ddim0")
+
+
+def test_debug_shows_the_traceback(box):
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "--debug", "config", *SMOKE, "--override",
+                           "train_diffusion.lr=-1"], cwd=box.cwd, env=box.env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "Traceback" in done.stderr and "train_diffusion.lr=-1" in done.stderr
+
+
+# --- weights files: opened and checked on the driver, before any actor ------------------------------------------------
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("code from the weights file ran",))
+
+
+def _random_bytes(path: Path) -> None:
+    path.write_bytes(bytes(range(256)) * 8)
+
+
+def _pickled_code(path: Path) -> None:
+    with open(path, "wb") as f:
+        pickle.dump({"x": RunsCode()}, f)
+
+
+def _other_architecture(path: Path) -> None:
+    torch.save(build_classifier(get_preset("smoke").classifier).state_dict(), path)
+
+
+@pytest.mark.parametrize("name, write, says", [
+    ("random.pt", _random_bytes, "is not a plain state dict of tensors"),
+    ("code.pt", _pickled_code, "is not a plain state dict of tensors"),
+    ("random.safetensors", _random_bytes, "is not a readable safetensors file"),
+    ("classifier.pt", _other_architecture, "does not fit the network"),
+])
+def test_bad_weights_file(box, capsys, name, write, says):
+    write(box.cwd / name)
+    text = refused(box, capsys, ["sample", "--diffusion", name, *SMOKE, "--scales", "0", "--num-samples", "4",
+                                 "--out", "samples", "--no-track"], name, says)
+    assert "weights_only" not in text and "code from the weights file ran" not in text
+
+
+# --- tracking stores and services ----------------------------------------------------------------------------------
+def test_resume_never_creates_a_store(box, capsys):
+    refused(box, capsys, ["run", "--resume", "0123abcd"], "0123abcd", str(box.cwd / "mlflow.db"))
+
+
+def test_runs_uri_lookup_never_creates_a_store(box, capsys):
+    refused(box, capsys, ["sample", "--diffusion", "runs:/0123abcd", "--scales", "0", "--num-samples", "4", "--out",
+                          "samples", "--no-track"], "0123abcd", "mlflow.db")
+
+
+def test_sqlite_store_in_a_missing_folder(box, capsys):
+    refused(box, capsys, ["run", "--dry-run", *SMOKE, "--tracking-uri", f"sqlite:///{box.root}/missing/mlflow.db"],
+            f"{box.root}/missing", "does not exist")
+
+
+def test_unknown_tracking_scheme(box, capsys):
+    refused(box, capsys, ["run", *SMOKE, "--tracking-uri", "mlfow://127.0.0.1:5000"], "mlfow://127.0.0.1:5000",
+            "unknown scheme")
+
+
+@pytest.mark.parametrize("command", [["run", *SMOKE], ["run", "--resume", "0123abcd"], ["retrain", *SMOKE],
+                                     ["sample", "--diffusion", "runs:/0123abcd", "--scales", "0", "--out", "s"]])
+def test_mlflow_server_down(box, capsys, monkeypatch, command):
+    server = f"http://127.0.0.1:{dead_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    refused(box, capsys, command, server, "unreachable", "mlflow server")
+
+
+def test_ray_address_with_nothing_listening(box, capsys, monkeypatch):
+    address = f"127.0.0.1:{dead_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    refused(box, capsys, ["run", *SMOKE], f"RAY_ADDRESS={address}", "ray start --head")
+
+
+def test_ray_address_in_a_subprocess(box):
+    """Ray's own client waits without limit for a GCS that is not there; the probe answers in seconds."""
+    address = f"127.0.0.1:{dead_port()}"
+    refused_in_subprocess(box, ["run", *SMOKE], f"RAY_ADDRESS={address}", env={**box.env(), "RAY_ADDRESS": address})
+
+
+def test_work_dir_on_a_filesystem_without_its_driver(box, capsys):
+    if importlib.util.find_spec("s3fs") is None:
+        url = "s3://adm-bucket/work"
+    else:  # the same path through fsspec: a protocol whose driver package is not installed
+        fsspec.register_implementation("admtest", "adm_no_such_package.FileSystem", errtxt="Install the driver")
+        url = "admtest://bucket/work"
+    refused(box, capsys, ["run", "--dry-run", *SMOKE, "--workdir", url], url, "not installed")
+
+
+# --- files: the user's path, never a temporary name ------------------------------------------------------------------
+def test_unwritable_destination_is_named(box, capsys):
+    (box.cwd / "a-file").write_text("not a folder")
+    text = refused(box, capsys, ["data", "ingest", "shapes", "a-file/dataset", "--num-images", "8"], "a-file/dataset")
+    assert ".tmp-" not in text
+
+
+def test_damaged_manifest(box, capsys):
+    (box.cwd / "dataset").mkdir()
+    (box.cwd / "dataset" / "manifest.json").write_text('{"counts": ')
+    refused(box, capsys, ["data", "describe", "dataset"], "dataset/manifest.json", "damaged")
+
+
+@pytest.mark.parametrize("option, value", [("--resolution", "-5"), ("--rows-per-shard", "0"), ("--num-images", "0")])
+def test_ingest_sizes_out_of_range(box, capsys, option, value):
+    refused(box, capsys, ["data", "ingest", "shapes", "dataset", option, value], f"{option} {value}")
+
+
+def test_failed_kubectl_apply_names_the_command(box, capsys, monkeypatch):
+    tools = box.root / "bin"
+    tools.mkdir()
+    (tools / "kubectl").write_text("#!/bin/sh\necho 'error: no cluster' >&2\nexit 1\n")
+    (tools / "kubectl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    refused(box, capsys, ["schedule", "--cron", "0 3 * * 0", "--target", "kubernetes", "--apply", *SMOKE,
+                          "--workdir", "/shared/adm", "--tracking-uri", "http://mlflow:5000"], "kubectl apply")
