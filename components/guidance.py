@@ -7,28 +7,55 @@ batch may mix guidance scales. It is composed into a sampler through:
 * :func:`condition_score` (DDIM, Alg. 2): eps_hat = eps - sqrt(1 - alpha_bar_t) s grad log p(y | x_t), from which
   x_0 and the posterior mean are recomputed.
 
-Rows whose guidance term is exactly zero (scale 0) keep the unguided prediction, so scale 0 is exactly unguided.
+Rows whose guidance term is exactly zero (scale 0, or outside their guidance interval of noise levels) keep the
+unguided prediction, so scale 0 is exactly unguided; the classifier never runs on them.
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .diffusion import extract
+from .diffusion import extract, get_named_beta_schedule
+from .samplers import SampleCost
 
 
 class ClassifierGuidance:
-    """cond_fn(x_t, t, y) -> scale * d/dx_t log softmax(classifier(x_t, t))[y], per sample. t: original timesteps."""
+    """cond_fn(x_t, t, y) -> scale * d/dx_t log softmax(classifier(x_t, t))[y], per sample. t: original timesteps.
 
-    def __init__(self, classifier, scales):
+    ``interval`` = (sigma_lo, sigma_hi), numbers or one per row: a row is guided only while its noise level sigma_t =
+    sqrt((1 - abar_t) / abar_t) lies in [sigma_lo, sigma_hi] (Kynkaanniemi et al. 2024); None guides at every level.
+    ``sigmas`` gives sigma_t per trained timestep (trained_sigmas), needed with an interval. The classifier runs only
+    on the rows that are guided at this step (scale != 0, inside their interval); ``cost`` counts those passes."""
+
+    def __init__(self, classifier, scales, interval=None, sigmas=None, cost: SampleCost | None = None):
+        if interval is not None and sigmas is None:
+            raise ValueError("a guidance interval needs the trained noise levels: pass sigmas=trained_sigmas(config)")
         self.classifier = classifier
         self.scales = scales
+        self.interval = interval
+        self.sigmas = None if sigmas is None else torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
+        self.cost = cost
+
+    def guided_rows(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        """[n] bool: the rows guided at original timesteps t."""
+        scales = torch.as_tensor(self.scales, dtype=torch.float32, device=t.device).expand(n)
+        active = scales != 0
+        if self.interval is not None:
+            if t.is_floating_point():
+                raise ValueError("guidance intervals need integer timesteps (rescale_timesteps=False, as released)")
+            sigma = self.sigmas[t.cpu()].expand(n).to(t.device)
+            lo, hi = (torch.as_tensor(b, dtype=torch.float64, device=t.device).expand(n) for b in self.interval)
+            active = active & (lo <= sigma) & (sigma <= hi)
+        return active
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **_) -> torch.Tensor:
         if y is None:
             raise ValueError("classifier guidance needs target labels y")
         scales = torch.as_tensor(self.scales, dtype=torch.float32, device=x.device).expand(x.shape[0])
         grad = torch.zeros_like(x, dtype=torch.float32)
-        active = scales != 0
+        active = self.guided_rows(t, x.shape[0])
+        if self.cost is not None:
+            self.cost.add_classifier_passes(active)
         if not bool(active.any()):
             return grad
         with torch.enable_grad():
@@ -39,6 +66,12 @@ class ClassifierGuidance:
             (g,) = torch.autograd.grad(selected.sum(), x_in)
         grad[active] = g.float() * scales[active].view(-1, *([1] * (x.ndim - 1)))
         return grad
+
+
+def trained_sigmas(config) -> np.ndarray:
+    """sigma_t = sqrt((1 - abar_t) / abar_t) of every trained timestep t of a DiffusionConfig's schedule."""
+    alpha_bar = np.cumprod(1.0 - get_named_beta_schedule(config.noise_schedule, config.steps))
+    return np.sqrt((1 - alpha_bar) / alpha_bar)
 
 
 def _unguided_rows(gradient: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,11 @@
-"""Ancestral DDPM (Ho et al. 2020, Alg. 2) and DDIM (Song et al. 2021, Eq. 12) sampling loops.
+"""Sampling loops: ancestral DDPM (Ho et al. 2020, Alg. 2), DDIM (Song et al. 2021, Eq. 12), DPM-Solver++(2M) (Lu et
+al. 2022, Alg. 2) and EDM's Heun sampler (Karras et al. 2022, Alg. 2).
 
-Both are free functions with one signature: ``loop(model, diffusion, noise, model_kwargs=None, cond_fn=None,
-clip_denoised=True, eta=0.0, progress=None) -> x_0``. Guidance is composed in through ``cond_fn`` (see guidance.py):
-DDPM shifts the mean (Alg. 1 of Dhariwal & Nichol 2021), DDIM shifts the score (Alg. 2).
+All are free functions with one signature: ``loop(model, diffusion, noise, model_kwargs=None, cond_fn=None,
+clip_denoised=True, eta=0.0, progress=None, cost=None) -> x_0`` (the solvers add ``steps``; ``sampler_loop`` binds it
+from a sampler string). Guidance is composed in through ``cond_fn`` (see guidance.py): DDPM shifts the mean (Alg. 1
+of Dhariwal & Nichol 2021), DDIM and the solvers shift the score (Alg. 2). ``cost`` (samplers.SampleCost) counts the
+network evaluations per sample; ClassifierGuidance counts the classifier passes into the same object.
 
 Randomness comes from :class:`SampleNoise`: one generator per sample, seeded by the caller, so a sample depends on
 its own seed (and label and scale) only, never on which batch it was drawn in.

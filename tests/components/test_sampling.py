@@ -1,3 +1,6 @@
+import functools
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -5,8 +8,18 @@ import torch
 from components import build_classifier, build_unet
 from components.config import ClassifierConfig, DiffusionConfig, UNetConfig
 from components.diffusion import create_diffusion
-from components.guidance import ClassifierGuidance, condition_mean
-from components.sampling import SampleNoise, ddim_sample, ddpm_sample, parse_sampler
+from components.guidance import ClassifierGuidance, condition_mean, trained_sigmas
+from components.samplers import SampleCost
+from components.samplers import parse_sampler as parse_sampler_string
+from components.sampling import (
+    SampleNoise,
+    ddim_sample,
+    ddpm_sample,
+    dpm_solver_2m_sample,
+    heun_sample,
+    parse_sampler,
+    sampler_loop,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,15 +42,20 @@ def nets():
     return _random(build_unet(UNET), 0), _random(build_classifier(CLF), 1)
 
 
-def _sample(loop, nets, seeds, labels, scales, respacing, eta=0.0):
+def _sample(loop, nets, seeds, labels, scales, respacing, eta=0.0, **guidance):
+    """guidance: ClassifierGuidance's interval, sigmas and cost."""
     model, clf = nets
     diffusion = create_diffusion(CFG, respacing)
     noise = SampleNoise(seeds, (3, 8, 8))
-    cond_fn = None if scales is None else ClassifierGuidance(clf, torch.tensor(scales, dtype=torch.float32))
+    cond_fn = None if scales is None else ClassifierGuidance(clf, torch.tensor(scales, dtype=torch.float32), **guidance)
     return loop(model, diffusion, noise, {"y": torch.tensor(labels)}, cond_fn=cond_fn, eta=eta)
 
 
-@pytest.mark.parametrize("loop,respacing", [(ddim_sample, "ddim10"), (ddpm_sample, "10")])
+LOOPS = [(ddim_sample, "ddim10"), (ddpm_sample, "10"), (functools.partial(dpm_solver_2m_sample, steps=6), ""),
+         (functools.partial(heun_sample, steps=4), "")]
+
+
+@pytest.mark.parametrize("loop,respacing", LOOPS)
 def test_scale_zero_is_exactly_unguided(nets, loop, respacing):
     unguided = _sample(loop, nets, [1, 2, 3], [0, 1, 2], None, respacing)
     zero = _sample(loop, nets, [1, 2, 3], [0, 1, 2], [0.0, 0.0, 0.0], respacing)
@@ -47,7 +65,7 @@ def test_scale_zero_is_exactly_unguided(nets, loop, respacing):
     assert not torch.allclose(mixed[1], unguided[1])
 
 
-@pytest.mark.parametrize("loop,respacing", [(ddim_sample, "ddim10"), (ddpm_sample, "10")])
+@pytest.mark.parametrize("loop,respacing", LOOPS)
 def test_seeded_sample_does_not_depend_on_its_batch(nets, loop, respacing):
     batch = _sample(loop, nets, [11, 12, 13, 14], [0, 1, 2, 3], [1.0, 2.0, 3.0, 4.0], respacing)
     alone = _sample(loop, nets, [13], [2], [3.0], respacing)
@@ -105,8 +123,49 @@ def test_guided_ddpm_mean_raises_log_p_y(nets):
 def test_parse_sampler():
     assert parse_sampler("ddim25")[0] is ddim_sample
     assert parse_sampler("250")[0] is ddpm_sample
+    loop, respacing = parse_sampler("dpm++2m-10")  # the stage's form: the solvers run on the full process
+    assert (loop.func, loop.keywords, respacing) == (dpm_solver_2m_sample, {"steps": 10}, "")
     with pytest.raises(ValueError):
         parse_sampler("euler")
+
+
+SIGMAS = trained_sigmas(CFG)
+
+
+@pytest.mark.parametrize("loop,respacing", LOOPS)
+def test_guidance_interval_everywhere_is_plain_guidance_and_empty_is_none(nets, loop, respacing):
+    args = (loop, nets, [1, 2, 3], [0, 1, 2], [2.0, 4.0, 0.0], respacing)
+    plain = _sample(*args)
+    assert torch.equal(_sample(*args, interval=(0.0, math.inf), sigmas=SIGMAS), plain)
+    assert torch.equal(_sample(*args, interval=(SIGMAS[0], SIGMAS[-1]), sigmas=SIGMAS), plain)
+    unguided = _sample(loop, nets, [1, 2, 3], [0, 1, 2], None, respacing)
+    assert not torch.equal(plain, unguided)
+    assert torch.equal(_sample(*args, interval=(1.0, 0.5), sigmas=SIGMAS), unguided)
+    assert torch.equal(_sample(*args, interval=(1e6, 1e7), sigmas=SIGMAS), unguided)
+
+
+def test_classifier_runs_only_on_the_rows_inside_their_interval(nets):
+    model, clf = nets
+    seen = []  # the trained sigma of every row the classifier saw, call by call
+
+    def counting(x, t):
+        seen.append(SIGMAS[t.numpy()])
+        return clf(x, t)
+
+    lo, hi = 0.3, 3.0
+    cost = SampleCost(3)
+    interval = (torch.tensor([0.0, 1.0, lo]), torch.tensor([math.inf, 0.5, hi]))  # rows: everywhere, empty, [lo, hi]
+    cond_fn = ClassifierGuidance(counting, torch.tensor([2.0, 2.0, 2.0]), interval, SIGMAS, cost)
+    loop = sampler_loop(parse_sampler_string("dpm++2m-10"))
+    loop(model, create_diffusion(CFG, ""), SampleNoise([1, 2, 3], (3, 8, 8)), {"y": torch.tensor([0, 1, 2])},
+         cond_fn=cond_fn, cost=cost)
+    assert cost.network_evals == [10, 10, 10] and len(seen) == 10
+    assert cost.classifier_passes[:2] == [10, 0] and 0 < cost.classifier_passes[2] < 10
+    assert sum(len(s) for s in seen) == sum(cost.classifier_passes)
+    assert sum(len(s) == 2 for s in seen) == cost.classifier_passes[2]
+    assert all((lo <= s[0] <= hi) == (len(s) == 2) for s in seen)
+    with pytest.raises(ValueError, match="sigmas"):
+        ClassifierGuidance(clf, 1.0, interval=(lo, hi))
 
 
 def _zero_model(x, t, y=None):
