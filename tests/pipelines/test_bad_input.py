@@ -273,3 +273,16 @@ def test_failed_kubectl_apply_names_the_command(box, capsys, monkeypatch):
     monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
     refused(box, capsys, ["schedule", "--cron", "0 3 * * 0", "--target", "kubernetes", "--apply", *SMOKE,
                           "--workdir", "/shared/adm", "--tracking-uri", "http://mlflow:5000"], "kubectl apply")
+
+
+def test_sqlite_store_keeps_its_artifacts_beside_its_file(box):
+    """The companion of the store cases: a store that is written to keeps its artifacts next to its file, so two
+    stores started from one folder never share ./mlruns."""
+    from pipelines.infra.tracking import Tracker
+
+    (box.root / "stores").mkdir()
+    tracker = Tracker(f"sqlite:///{box.root}/stores/a.db")
+    run_id = tracker.start_run("adm", "artifacts")
+    tracker.log_text(run_id, "hello", "note.txt")
+    assert (box.root / "stores" / "a-artifacts" / "adm" / run_id / "artifacts" / "note.txt").read_text() == "hello"
+    assert not (box.cwd / "mlruns").exists()
