@@ -123,6 +123,9 @@ def _list_class_folders(fs, root: str, where: str) -> tuple[dict[str, list[str]]
                         "sub-folder per class and at least two classes")
     files, ignored = {}, []
     for name, path in classes.items():
+        if not name.isprintable():  # e.g. bytes that are not UTF-8, which Python holds as unprintable surrogates
+            raise DataError(f"class folder {name!r} in {where}: its name is not printable UTF-8, and class names go "
+                            "into the dataset and the MLflow runs as text; rename the folder")
         found = sorted(p for p in fs.find(path) if not posixpath.basename(p).startswith("."))
         files[name] = [p for p in found if posixpath.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
         ignored += [p for p in found if p not in files[name]]

@@ -254,6 +254,22 @@ def test_unwritable_destination_is_named(box, capsys):
     assert ".tmp-" not in text
 
 
+def test_class_folder_name_that_is_not_utf8(box, capsys):
+    from PIL import Image
+
+    for name in (b"cats", b"d\xe9gats"):  # Latin-1 bytes: no UTF-8 text
+        folder = os.path.join(bytes(box.cwd), b"images", name)
+        os.makedirs(folder)
+        Image.new("RGB", (8, 8)).save(os.path.join(folder, b"a.png"))
+    refused(box, capsys, ["data", "ingest", "images", "dataset", "--resolution", "8"], "class folder", "gats",
+            "rename the folder")
+
+
+def test_ray_dashboard_with_nothing_listening(box, capsys):
+    address = f"http://127.0.0.1:{dead_port()}"
+    refused(box, capsys, ["jobs", "list", "--address", address], address, "ray start --head")
+
+
 def test_damaged_manifest(box, capsys):
     (box.cwd / "dataset").mkdir()
     (box.cwd / "dataset" / "manifest.json").write_text('{"counts": ')
