@@ -27,6 +27,20 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
                         "free space") from None
 
 
+def check_writable(url: str, what: str, option: str) -> None:
+    """A probe file written and removed at `url` (created if missing): a folder that cannot be written fails here,
+    naming it, before any Ray worker or actor starts instead of when the first one writes."""
+    fs, root = fsspec.core.url_to_fs(url)
+    probe = f"{root.rstrip('/')}/.adm-write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.makedirs(root, exist_ok=True)
+        fs.pipe_file(probe, b"ok")
+        fs.rm(probe)
+    except Exception as e:  # OSError locally; each remote filesystem raises its own types
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+        raise UserError(f"{what} {url} is not writable ({reason}); choose another {option}") from None
+
+
 def npz_bytes(**arrays) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)

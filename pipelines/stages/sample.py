@@ -31,7 +31,7 @@ from pipelines.infra import tags
 from pipelines.infra.model_refs import NetworkRef, resolve
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
-from pipelines.infra.storage import exists, npz_bytes, read_npz, write_bytes_atomic
+from pipelines.infra.storage import check_writable, exists, npz_bytes, read_npz, write_bytes_atomic
 from pipelines.infra.tracking import Tracker
 
 
@@ -88,6 +88,13 @@ def validate(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
     if job.actors is not None and job.actors <= 0:
         raise UserError(f"--actors ({job.actors}) must be positive")
     parse_sampler(job.config.sampler)
+    networks = _networks(job)
+    check_writable(job.out, "output folder", "--out")  # last: it creates the folder, which only a go-ahead may
+    return networks
+
+
+def _networks(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
+    """The diffusion model and classifier, their weights checked, and checked against each other."""
     diffusion = resolve(job.diffusion, "diffusion", job.preset, job.tracking_uri)
     if job.classifier is None:
         if any(s > 0 for s in job.scales):

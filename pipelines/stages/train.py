@@ -12,7 +12,6 @@ import tempfile
 import threading
 import time
 import traceback
-import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from pipelines.infra import tags
 from pipelines.infra.dataset import driver_dataset, load_manifest, ray_dataset
 from pipelines.infra.resources import cluster_cpus, largest_node_cpus, worker_resources
 from pipelines.infra.services import connect_ray
+from pipelines.infra.storage import check_writable
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.train_worker import WorkerConfig, train_loop_per_worker
 
@@ -80,18 +80,6 @@ def validate(preset: Preset, kinds, manifest: dict) -> None:
         if classes is not None and classes != manifest["num_classes"]:
             raise ConfigError(f"{where}.num_classes={classes} but the dataset has {manifest['num_classes']} classes; "
                               f"override {where}.num_classes={manifest['num_classes']}")
-
-
-def check_storage(storage: str) -> None:
-    fs, root = fsspec.core.url_to_fs(storage)
-    probe = f"{root.rstrip('/')}/.adm-write-probe-{uuid.uuid4().hex[:8]}"
-    try:
-        fs.makedirs(root, exist_ok=True)
-        fs.pipe_file(probe, b"ok")
-        fs.rm(probe)
-    except Exception as e:
-        raise UserError(f"storage path {storage} is not writable ({type(e).__name__}: {e}); choose another --storage") \
-            from None
 
 
 # --- trainers ---------------------------------------------------------------------------------------------------------
@@ -234,7 +222,7 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
 
     manifest = load_manifest(data_url)
     validate(preset, kinds, manifest)
-    check_storage(opts.storage)
+    check_writable(opts.storage, "storage path", "--storage")
     tracker = Tracker(opts.tracking_uri)
     opts = dataclasses.replace(opts, tracking_uri=tracker.uri)
     connect_ray()

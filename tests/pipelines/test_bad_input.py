@@ -20,7 +20,7 @@ import fsspec
 import pytest
 import torch
 
-from components.models import build_classifier
+from components.models import build_classifier, build_unet
 from components.presets import get_preset
 from pipelines.cli.main import main
 
@@ -252,6 +252,14 @@ def test_unwritable_destination_is_named(box, capsys):
     (box.cwd / "a-file").write_text("not a folder")
     text = refused(box, capsys, ["data", "ingest", "shapes", "a-file/dataset", "--num-images", "8"], "a-file/dataset")
     assert ".tmp-" not in text
+
+
+def test_unwritable_sample_output_is_named_before_any_actor(box, capsys):
+    (box.cwd / "a-file").write_text("not a folder")
+    torch.save(build_unet(get_preset("smoke").unet).state_dict(), box.cwd / "unet.pt")
+    text = refused(box, capsys, ["sample", "--diffusion", "unet.pt", *SMOKE, "--scales", "0", "--out",
+                                 "a-file/samples", "--no-track"], "a-file/samples", "not writable")
+    assert "probe" not in text
 
 
 def test_class_folder_name_that_is_not_utf8(box, capsys):
