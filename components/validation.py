@@ -231,16 +231,19 @@ def check_evaluate(cfg: EvaluateConfig) -> None:
 # --- training and data -----------------------------------------------------------------------------------------------
 def train_problems(section: str, cfg: TrainConfig) -> list[str]:
     out = []
-    for name, low in (("steps", 1), ("batch_size", 1), ("log_interval", 1), ("save_interval", 1),
-                      ("sample_interval", 0), ("keep_checkpoints", 1), ("shuffle_rows", 0), ("num_workers", 1)):
-        out += _at_least(f"{section}.{name}", getattr(cfg, name), low)
+    for name, low, hint in (("steps", 1, ""), ("batch_size", 1, "per worker"), ("log_interval", 1, ""),
+                            ("save_interval", 1, ""), ("sample_interval", 0, "0: at the end only"),
+                            ("keep_checkpoints", 1, ""), ("shuffle_rows", 0, "0: read in shard order"),
+                            ("num_workers", 1, "")):
+        out += _at_least(f"{section}.{name}", getattr(cfg, name), low, hint=hint)
     if cfg.microbatch != -1:
         out += _at_least(f"{section}.microbatch", cfg.microbatch, 1, hint="-1: no gradient accumulation")
     if cfg.max_failures != -1:
         out += _at_least(f"{section}.max_failures", cfg.max_failures, 0, hint="-1: retry without limit")
     out += _at_least(f"{section}.lr", cfg.lr, 0, whole=False, above=True, hint="e.g. 1e-4")
-    for name in ("weight_decay", "grad_clip", "cpus_per_worker"):
-        out += _at_least(f"{section}.{name}", getattr(cfg, name), 0, whole=False)
+    share = "0: share the cluster's CPUs out"
+    for name, hint in (("weight_decay", ""), ("grad_clip", "0: off"), ("cpus_per_worker", share)):
+        out += _at_least(f"{section}.{name}", getattr(cfg, name), 0, whole=False, hint=hint)
     bad_rates = [r for r in cfg.ema_rate if not (_is_number(r) and 0 <= r < 1)]
     if bad_rates:
         out.append(f"{section}.ema_rate={cfg.ema_rate!r}: every rate must be in [0, 1) (e.g. 0.9999; none: "

@@ -117,7 +117,7 @@ def test_child_run_per_scale(tmp_path, nets, ray_cluster, mlflow_server):
 def test_bad_input_is_refused_before_actors(tmp_path, nets, actor_count):
     out, actors = tmp_path / "out", actor_count()
     cases = [({"guidance_scales": (-1.0,)}, ">= 0"), ({"guidance_scales": ("a",)}, "finite numbers"),
-             ({"num_samples": 0}, "must be positive"), ({"actor_cpus": 0}, "actor_cpus"),
+             ({"num_samples": 0}, "num_samples=0 must be a whole number >= 1"), ({"actor_cpus": 0}, "actor_cpus"),
              ({"actors": -1}, "--actors"), ({"classifier": None}, "need a noisy classifier"),
              ({"classifier": nets["classifier7"]}, "7 classes"),
              ({"diffusion": str(tmp_path / "missing")}, "does not exist"),

@@ -101,10 +101,10 @@ def test_bad_input_fails_before_workers_start(tmp_path, shapes, mlflow_server, a
         train(preset, shapes, TrainOptions(storage=str(blocker / "sub"), tracking_uri=mlflow_server))
     with pytest.raises(ConfigError, match="train_diffusion.compile='fast'"):
         train(apply_overrides(preset, ["train_diffusion.compile=fast"]), shapes, _opts(tmp_path, mlflow_server, "bad"))
-    with pytest.raises(ConfigError, match="cpus_per_worker must be >= 0"):
+    with pytest.raises(ConfigError, match="train_classifier.cpus_per_worker=-1.0 must be a finite number >= 0"):
         train(apply_overrides(preset, ["train_classifier.cpus_per_worker=-1"]), shapes,
               _opts(tmp_path, mlflow_server, "bad"))
-    with pytest.raises(ConfigError, match="train_evaluator.shuffle_rows must be >= 0"):
+    with pytest.raises(ConfigError, match="train_evaluator.shuffle_rows=-5 must be a whole number >= 0"):
         train(apply_overrides(preset, ["train_evaluator.shuffle_rows=-5"]), shapes,
               _opts(tmp_path, mlflow_server, "bad"))
     # no worker started: no Ray Train controller actor, no run folder or checkpoint in storage, no MLflow run
