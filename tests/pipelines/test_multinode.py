@@ -21,7 +21,10 @@ from pipelines.stages.ingest import IngestOptions, ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "cluster" / "local"
-STEPS = 40
+# long enough that a trainer seen early in the job's (lagging) log is still training when its node is killed:
+# the evaluator's tiny steps took ~20 ms, and at 40 steps it had finished before the kill landed
+STEPS = 200
+KILL_BEFORE = 50
 STEP_LINE = re.compile(r"RayTrainWorker pid=(\d+).*?\[(diffusion|classifier|evaluator)\] step (\d+)/")
 
 
@@ -113,7 +116,7 @@ def test_submit_smoke_and_survive_worker_node_loss(tmp_path, two_nodes, mlflow_s
     while killed is None and time.time() < deadline:
         assert str(client.get_job_status(job_id).value) not in ("FAILED", "STOPPED"), client.get_job_logs(job_id)
         for pid, kind, step in STEP_LINE.findall(client.get_job_logs(job_id)):
-            if 15 <= int(step) < STEPS and _on_worker_node(int(pid), two_nodes["worker_dir"]):
+            if 15 <= int(step) < KILL_BEFORE and _on_worker_node(int(pid), two_nodes["worker_dir"]):
                 killed = (kind, int(step))  # it has passed its step-10 checkpoint and is still training
                 break
         time.sleep(1)
