@@ -39,7 +39,7 @@ def cmd_run(args) -> int:
     import ray
 
     from pipelines.infra.resources import stage_resources
-    from pipelines.stages.report import format_table
+    from pipelines.stages.report import format_stage_times, format_table
     from pipelines.workflow.pipeline import Pipeline
     from pipelines.workflow.request import check_request
     from pipelines.workflow.sentinel import start
@@ -60,6 +60,7 @@ def cmd_run(args) -> int:
     print(f"MLflow tracking: {pipeline.tracker.uri}")
     result = pipeline.execute()
     print(format_table(result["rows"]))
+    print(format_stage_times(result["stage_times"]))
     print(f"pipeline run {result['run_id']} finished; {_where(pipeline.tracker.uri)}")
     return 0
 

@@ -101,7 +101,7 @@ class Pipeline:
                              lambda run_id: register.register(tracker, run_id, preset, req.prefix, trained,
                                                               evaluated["rows"], lineage, self.log))
         return {"data": data, "train": trained, "sample": sampled, "rows": evaluated["rows"],
-                "registered": registered}
+                "registered": registered, "stage_times": self.cache.times}
 
     def write_report(self, rows: list) -> None:
         """report.md (machine, wall time, metrics table) beside the run's outputs and on the pipeline run."""
@@ -109,7 +109,8 @@ class Pipeline:
         if ray.is_initialized():
             found = ray.cluster_resources()
             cluster += f" ({found.get('CPU', 0):g} CPUs, {found.get('GPU', 0):g} GPUs)"
-        text = report.run_report(self.run_id, self.preset.name, rows, time.time() - self.started, cluster)
+        text = report.run_report(self.run_id, self.preset.name, rows, time.time() - self.started, cluster,
+                                 self.cache.times)
         url = self.path("runs", self.run_id, "report.md")
         write_bytes_atomic(url, text.encode())
         self.tracker.log_text(self.run_id, text, "report.md")

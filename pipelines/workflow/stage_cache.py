@@ -13,6 +13,8 @@ config section and its inputs' fingerprints (each stage module's ``cache_inputs`
 Outputs are what the stage returns (URLs and run ids), recorded on its run when it finishes.
 """
 
+import time
+
 from pipelines.infra import tags
 from pipelines.infra.storage import digest
 from pipelines.infra.tracking import Tracker
@@ -27,18 +29,25 @@ class StageCache:
         self.tracker, self.experiment, self.pipeline_run_id = tracker, experiment, pipeline_run_id
         self.force, self.log = force, log
         self.computed: set = set()  # stages computed (not reused) in this invocation
+        self.times: dict = {}  # stage -> (wall seconds in this invocation, "ran" | "reused" | "done earlier")
 
     def run(self, name: str, inputs: dict, body, still_valid=lambda outputs: True) -> dict:
         """The outputs of stage `name` for these inputs: from an earlier run where one fits, else body(run_id)."""
+        started = time.perf_counter()
+        outputs, how = self._outputs(name, inputs, body, still_valid)
+        self.times[name] = (time.perf_counter() - started, how)
+        return outputs
+
+    def _outputs(self, name: str, inputs: dict, body, still_valid) -> tuple[dict, str]:
         key = stage_key(name, inputs)
         mine = [r for r in self.tracker.children(self.experiment, self.pipeline_run_id) if tags.stage_of(r) == name]
         done = [r for r in mine if r.info.status == "FINISHED" and r.data.tags.get(tags.STAGE_KEY) == key]
         if done:
             self.log(f"[{name}] finished earlier in this run ({done[0].info.run_id})")
-            return tags.outputs_of(done[0])
+            return tags.outputs_of(done[0]), "done earlier"
         cached = self._reusable(key)
         if cached is not None and still_valid(tags.outputs_of(cached)):
-            return self._reuse(name, key, cached)
+            return self._reuse(name, key, cached), "reused"
         unfinished = [r for r in mine if r.info.status != "FINISHED" and r.data.tags.get(tags.STAGE_KEY) == key]
         run_id, opened = self._open(name, key, unfinished)
         try:  # from here on the run ends FINISHED or FAILED, whatever raises (the log line included)
@@ -50,7 +59,7 @@ class StageCache:
             raise
         self.tracker.end_run(run_id)
         self.computed.add(name)
-        return outputs
+        return outputs, "ran"
 
     def _reusable(self, key: str):
         if self.force:

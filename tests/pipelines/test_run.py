@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -336,14 +337,18 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
     assert "[train] reused: same config and inputs as run " + train.info.run_id in logs[2].read_text()
     parents = client.search_runs([client.get_experiment_by_name("adm").experiment_id], "tags.`adm.pipeline` = 'smoke'")
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
-    samples = []
+    samples, reports = [], []
     for parent in parents:
         stages = stage_runs(client, parent.info.run_id)
         scale_runs = children(client, parent.info.experiment_id, stages["sample"].info.run_id)
         npz = sorted(r.data.tags["adm.samples_npz"] for r in scale_runs)
         assert all(f"/runs/{parent.info.run_id}/" in url for url in npz)
         samples.append([np.load(tmp_path / url)["arr_0"] for url in npz])
-        assert (tmp_path / "adm-work" / "runs" / parent.info.run_id / "report.md").exists()
+        report = (tmp_path / "adm-work" / "runs" / parent.info.run_id / "report.md").read_text()
+        timed = re.search(r"stage wall times: (.*)", report).group(1)
+        assert [part.split()[0] for part in timed.split(", ")] == ["ingest", "train", "sample", "evaluate", "register"]
+        reports.append(timed)
+    assert any("train" in t and re.search(r"train \d+ s \(reused\)", t) for t in reports), reports
     assert any(not np.array_equal(a, b) for a, b in zip(*samples)), "the two runs' samples are the same files"
     # one trained network, one version: both runs' register stages name it
     (version,) = client.search_model_versions("name = 'adm-smoke-diffusion'")
