@@ -107,6 +107,21 @@ def _log_snr(diffusion) -> np.ndarray:
     return 0.5 * (np.log(alpha_bar) - np.log1p(-alpha_bar))
 
 
+# The noisiest sigma the solvers start from: EDM's sigma_max for the iDDPM / ADM networks (Karras et al. 2022, Table
+# 1). x_T ~ N(0, I) is taken at the trained timestep nearest it. Why not T - 1: the cosine schedule's last timesteps
+# (beta clipped at 0.999, sigma up to ~1e4) hold the network's least trained predictions, and stepping through them
+# costs FID (for DDIM too, whose strides stop below them; see bench/bench_solvers.py).
+SIGMA_MAX = 80.0
+
+
+def _top_timestep(log_snr: np.ndarray, sigma_max: float) -> int:
+    """The noisiest timestep a solver uses: the trained sigma = exp(-lambda) nearest sigma_max in log sigma (T - 1
+    when sigma_max is above every trained sigma)."""
+    if sigma_max >= np.exp(-log_snr[-1]):
+        return len(log_snr) - 1
+    return int(np.argmin(np.abs(log_snr + np.log(sigma_max))))
+
+
 def solver_timesteps(log_snr: np.ndarray, targets) -> list[int]:
     """The process timesteps a solver evaluates the network at, noisiest first: each target log-SNR rounded to the
     timestep nearest in log-SNR, then kept strictly decreasing and inside [0, T-1]. Near t = 0 the trained log-SNRs
@@ -134,17 +149,19 @@ def _data_prediction(model, diffusion, x, t: int, model_kwargs, cond_fn, clip_de
 
 
 def dpm_solver_2m_sample(model, diffusion, noise: SampleNoise, model_kwargs=None, cond_fn=None, clip_denoised=True,
-                         eta=0.0, progress=None, steps: int | None = None,
+                         eta=0.0, progress=None, steps: int | None = None, sigma_max: float = SIGMA_MAX,
                          cost: SampleCost | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): ``steps`` network evaluations at timesteps uniform in log-SNR from
-    the noisiest to t = 0 (solver_timesteps), x_T taken at the noisiest. With h_i = lambda_i - lambda_{i-1} and
-    r = h_{i-1} / h_i: x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i (e^{-h_i} - 1) D_i, D_i = (1 + 1/(2r)) x0_{i-1}
-    - 1/(2r) x0_{i-2} (D_1 = x0_0: the first step is DDIM). The last step, from t = 0 to sigma = 0 (h infinite), is
-    first order: x_0 = x0 at t = 0, as DDIM's last step. Deterministic: ``eta`` is unused, x_T is the only draw."""
+    the trained sigma nearest ``sigma_max`` down to t = 0 (solver_timesteps), x_T taken at the first. With h_i =
+    lambda_i - lambda_{i-1} and r = h_{i-1} / h_i: x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i (e^{-h_i} - 1) D_i,
+    D_i = (1 + 1/(2r)) x0_{i-1} - 1/(2r) x0_{i-2} (D_1 = x0_0: the first step is DDIM). The last step, from t = 0 to
+    sigma = 0 (h infinite), is first order: x_0 = x0 at t = 0, as DDIM's last step. Deterministic: ``eta`` is unused,
+    x_T is the only draw."""
     del eta
     lam = _log_snr(diffusion)
     alpha, sigma = np.sqrt(diffusion.alphas_cumprod), np.sqrt(1 - diffusion.alphas_cumprod)
-    timesteps = solver_timesteps(lam, np.linspace(lam[-1], lam[0], steps or diffusion.num_timesteps))
+    top = _top_timestep(lam, sigma_max)
+    timesteps = solver_timesteps(lam[:top + 1], np.linspace(lam[top], lam[0], steps or top + 1))
     x, x0_prev, h_prev = noise.draw(), None, None
     with _grad_context(cond_fn):
         for i, t in enumerate(timesteps):
@@ -169,22 +186,23 @@ def karras_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) 
 
 
 def heun_sample(model, diffusion, noise: SampleNoise, model_kwargs=None, cond_fn=None, clip_denoised=True, eta=0.0,
-                progress=None, steps: int | None = None, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0,
-                cost: SampleCost | None = None) -> torch.Tensor:
+                progress=None, steps: int | None = None, sigma_max: float = SIGMA_MAX, s_churn=0.0, s_tmin=0.0,
+                s_tmax=float("inf"), s_noise=1.0, cost: SampleCost | None = None) -> torch.Tensor:
     """EDM's sampler (Karras et al. 2022, Alg. 2) on x / alpha_t, whose noise level is sigma_t = sqrt((1 - abar_t) /
-    abar_t): ``steps`` Karras noise levels (rho = 7) from the noisiest timestep's sigma to t = 0's, each moved to the
-    nearest trained sigma (solver_timesteps, in log sigma = -lambda), so the network always sees a trained timestep
-    with its exact input scaling (k-diffusion's DiscreteEpsDDPMDenoiser quantises t the same way). Heun steps, Euler
-    on the last one to sigma = 0: 2 steps - 1 network evaluations. S_churn > 0 raises sigma_i to the trained sigma
-    nearest sigma_i (1 + gamma), gamma = min(S_churn / steps, sqrt(2) - 1) within [S_tmin, S_tmax], adding fresh
-    noise from the sample's stream; S_churn = 0 (default) is deterministic given x_T."""
+    abar_t): ``steps`` Karras noise levels (rho = 7) from the trained sigma nearest ``sigma_max`` down to t = 0's, each
+    moved to the nearest trained sigma (solver_timesteps, in log sigma = -lambda), so the network always sees a trained
+    timestep with its exact input scaling (k-diffusion's DiscreteEpsDDPMDenoiser quantises t the same way). Heun
+    steps, Euler on the last one to sigma = 0: 2 steps - 1 network evaluations. S_churn > 0 raises sigma_i to the
+    trained sigma nearest sigma_i (1 + gamma), gamma = min(S_churn / steps, sqrt(2) - 1) within [S_tmin, S_tmax],
+    adding fresh noise from the sample's stream; S_churn = 0 (default) is deterministic given x_T."""
     del eta
     lam = _log_snr(diffusion)
     trained = np.exp(-lam)  # sigma_t of every process timestep
-    num = steps or diffusion.num_timesteps
-    timesteps = solver_timesteps(lam, -np.log(karras_sigmas(trained[-1], trained[0], num)))
+    top = _top_timestep(lam, sigma_max)
+    num = steps or top + 1
+    timesteps = solver_timesteps(lam[:top + 1], -np.log(karras_sigmas(trained[top], trained[0], num)))
     sigmas = [float(trained[t]) for t in timesteps] + [0.0]
-    x = noise.draw() * np.sqrt(1 + sigmas[0] ** 2)  # x_T / alpha_T: the same state as DDIM's x_T
+    x = noise.draw() * np.sqrt(1 + sigmas[0] ** 2)  # x_T / alpha_T: x_T ~ N(0, I) at the first timestep
     with _grad_context(cond_fn):
         for i, t in enumerate(timesteps):
             gamma = min(s_churn / num, np.sqrt(2) - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0

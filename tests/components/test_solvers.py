@@ -60,6 +60,8 @@ def exact_x0(x_T: torch.Tensor, alpha_bar_T: float, g: float = 0.0) -> torch.Ten
 
 FULL = create_diffusion(CFG, "")
 NET = GaussianEps(FULL.alphas_cumprod)
+SIGMAS = np.sqrt((1 - FULL.alphas_cumprod) / FULL.alphas_cumprod)
+TOP = int(np.argmin(np.abs(np.log(SIGMAS / 80.0))))  # the solvers start at the trained sigma nearest EDM's 80
 
 
 def _noise():
@@ -70,14 +72,16 @@ def _constant_gradient(g):
     return None if g == 0 else (lambda x, t, y=None: torch.full_like(x, g))
 
 
-def _error(loop, steps: int, g: float) -> float:
-    """Max |x_0 - exact| after `steps`: ODE solvers on the full process, DDIM on the process respaced to `steps`."""
+def _error(loop, steps: int, g: float, sigma_max: float = 80.0) -> float:
+    """Max |x_0 - exact| after `steps`: ODE solvers on the full process from the trained sigma nearest sigma_max,
+    DDIM on the process respaced to `steps` (from T - 1)."""
     if loop is ddim_sample:
-        diffusion, kwargs = create_diffusion(CFG, str(steps)), {}  # "N": N timesteps from T - 1 down to 0
+        diffusion, kwargs, start = create_diffusion(CFG, str(steps)), {}, -1  # "N": N timesteps from T - 1 down to 0
     else:
-        diffusion, kwargs = FULL, {"steps": steps}
+        diffusion, kwargs = FULL, {"steps": steps, "sigma_max": sigma_max}
+        start = TOP if sigma_max == 80.0 else -1
     x_0 = loop(NET, diffusion, _noise(), cond_fn=_constant_gradient(g), clip_denoised=False, **kwargs)
-    expected = exact_x0(_noise().draw(), diffusion.alphas_cumprod[-1], g)
+    expected = exact_x0(_noise().draw(), diffusion.alphas_cumprod[start], g)
     return float((x_0.double() - expected).abs().max())
 
 
@@ -90,13 +94,20 @@ def test_converges_to_the_exact_ode_solution_at_its_order(loop, order, g):
     assert errors[-1] < (2e-2 if order == 2 else 1e-1), errors
 
 
+@pytest.mark.parametrize("loop", [dpm_solver_2m_sample, heun_sample])
+def test_from_the_top_timestep_with_sigma_max_infinite(loop):
+    errors = [_error(loop, n, 0.0, sigma_max=math.inf) for n in (20, 40, 80)]
+    orders = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
+    assert all(1.7 < p < 2.6 for p in orders), (errors, orders)
+
+
 def test_dpm_solver_2m_converges_at_second_order_on_unequal_log_snr_steps():
     """On a process respaced uniformly in t, every timestep used: the log-SNR steps h_i are far from equal, so the
     multistep coefficients 1 + 1/(2r), r = h_{i-1} / h_i, matter (with equal steps r = 1 hides an inverted r)."""
     errors = []
     for n in (40, 80, 160):
         diffusion = create_diffusion(CFG, str(n))
-        x_0 = dpm_solver_2m_sample(NET, diffusion, _noise(), clip_denoised=False)
+        x_0 = dpm_solver_2m_sample(NET, diffusion, _noise(), clip_denoised=False, sigma_max=math.inf)
         errors.append(float((x_0.double() - exact_x0(_noise().draw(), diffusion.alphas_cumprod[-1])).abs().max()))
     orders = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
     assert all(1.7 < p < 2.6 for p in orders), (errors, orders)
@@ -158,13 +169,15 @@ def test_churned_heun_samples_the_data_distribution():
 def test_network_evaluations_per_sample_are_counted(name):
     spec = parse_sampler(name)
     cost = SampleCost(2)
-    calls = []
+    calls = []  # the timesteps of each network call
 
     def counting(x, t, y=None):
-        calls.append(len(x))
+        calls.append(t.tolist())
         return NET(x, t)
 
     x_0 = sampler_loop(spec)(counting, create_diffusion(CFG, spec.respacing), SampleNoise([1, 2], SHAPE), cost=cost)
     assert x_0.shape == (2, *SHAPE)
     assert cost.network_evals == [len(calls)] * 2 == [spec.network_evals(1000)] * 2
     assert cost.classifier_passes == [0, 0]
+    assert calls[0] == [TOP] * 2 if spec.kind in ("dpm++2m", "heun") else [999] * 2
+    assert calls[-1] == [0, 0]
