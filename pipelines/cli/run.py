@@ -38,6 +38,7 @@ def _where(uri: str) -> str:
 def cmd_run(args) -> int:
     import ray
 
+    from pipelines.infra.console import Console, quiet_ray_data, quiet_ray_init_kwargs, verbose_requested
     from pipelines.infra.resources import stage_resources
     from pipelines.stages.report import format_stage_times, format_table
     from pipelines.workflow.pipeline import Pipeline
@@ -51,12 +52,15 @@ def cmd_run(args) -> int:
                           "data": req.source, "workdir": req.workdir,
                           "resources": stage_resources(req.preset, args.assume_cpus)}, indent=2, default=str))
         return 0
+    verbose = verbose_requested(args.verbose)
     if not ray.is_initialized():
-        ray.init()
+        ray.init(**quiet_ray_init_kwargs(verbose))
+    if not verbose:
+        quiet_ray_data()
     cluster = os.environ.get("RAY_ADDRESS") or "a local Ray instance"
     print(f"Ray: {cluster} with {ray.cluster_resources().get('CPU', 0):g} CPUs, "
           f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
-    pipeline = Pipeline(req, on_start=lambda p: start(p.run_id, p.req.experiment, p.tracker.uri))
+    pipeline = Pipeline(req, log=Console(), on_start=lambda p: start(p.run_id, p.req.experiment, p.tracker.uri))
     print(f"MLflow tracking: {pipeline.tracker.uri}")
     result = pipeline.execute()
     print(format_table(result["rows"]))
@@ -95,6 +99,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and the Ray resources of each stage, then exit")
     p.add_argument("--assume-cpus", type=float, default=2.0, help="cluster CPUs assumed by --dry-run")
+    p.add_argument("--verbose", action="store_true", help="also show Ray's and MLflow's own logs (worker output, "
+                   "Ray Data progress, warnings); same as ADM_VERBOSE=1")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("retrain", help="one idempotent retraining cycle: skip if data, code and config match the "

@@ -99,6 +99,15 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return out
 
 
+def _reissue(caught: list) -> None:
+    """Warnings recorded around log_model, shown again but for MLflow's advice to type-hint predict(): its hints must
+    be list[...] of rows, and our model takes one dict of [B, ...] arrays, which no hint describes (MLflow's own
+    warnings filter inside log_model overrides any we set, hence record and re-issue)."""
+    for w in caught:
+        if "Add type hints to the `predict` method" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 class Tracker:
     """A thin wrapper over MlflowClient for one tracking URI."""
 
@@ -247,7 +256,7 @@ class Tracker:
         """Log a network as an MLflow pyfunc model defined from code (no pickled objects); returns its model URI."""
         import mlflow
 
-        with _LOG_MODEL_LOCK:  # the fluent API below keeps per-process state
+        with _LOG_MODEL_LOCK, warnings.catch_warnings(record=True) as caught:  # the fluent API keeps process state
             mlflow.set_tracking_uri(self.uri)
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
@@ -255,6 +264,7 @@ class Tracker:
                     artifacts={"weights": str(weights), "config": str(config)},
                     pip_requirements=["adm-pipeline"],
                 )
+        _reissue(caught)
         return info.model_uri
 
     def model_source_run(self, model_uri: str) -> str:

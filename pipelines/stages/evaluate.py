@@ -34,6 +34,7 @@ from components.features import (
     file_digest,
 )
 from components.validation import check_evaluate
+from pipelines.infra.console import progress
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import npz_bytes, read_npz, write_bytes_atomic
@@ -168,7 +169,7 @@ def compute_features(job: EvaluateJob, names: tuple, sources: list, log=print) -
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         batches.append(batch)
         done += len(batch["key"])
-        log(f"featurized {done}/{total} images")
+        progress(log, "[evaluate] featurized images", done, total)
     merged = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     keys, index = merged.pop("key").astype(str), merged.pop("index")
     out = {}

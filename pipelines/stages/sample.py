@@ -28,6 +28,7 @@ from components.precision import autocast_context, speed_up
 from components.sampling import SampleNoise, class_conditional, parse_sampler, sample_label, sample_seed
 from components.validation import check_sample
 from pipelines.infra import tags
+from pipelines.infra.console import progress
 from pipelines.infra.model_refs import NetworkRef, resolve
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
@@ -185,7 +186,7 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
             made, busy = made + int(row["images"]), busy + float(row["seconds"])
             if not row["first"]:
                 warm_images, warm_seconds = warm_images + int(row["images"]), warm_seconds + float(row["seconds"])
-            log(f"sampled {made}/{total} images")
+            progress(log, "[sample] images", made, total)
     npz, grids = assemble(job, shards)
     return SampleResult(job.out, npz, grids, len(pending), len(shards) - len(pending), busy_seconds=busy,
                         warm_images=warm_images, warm_seconds=warm_seconds)

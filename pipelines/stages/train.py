@@ -25,6 +25,7 @@ from components.kinds import KINDS
 from components.kinds import kind as network_kind
 from components.validation import raise_problems, train_problems
 from pipelines.infra import tags
+from pipelines.infra.console import Board
 from pipelines.infra.dataset import driver_dataset, load_manifest, ray_dataset
 from pipelines.infra.resources import cluster_cpus, largest_node_cpus, worker_resources
 from pipelines.infra.services import connect_ray
@@ -47,6 +48,7 @@ class TrainOptions:
     data_cpus: float = 0.25  # CPUs per Ray Data read/decode task when the training split is streamed
     materialize_bytes: int = 1 << 30  # decoded training sets up to this size are held in the object store
     run_ids: dict = field(default_factory=dict)  # kind -> an earlier MLflow run to continue (resume from checkpoint)
+    board: object = None  # the driver's ProgressBoard actor the workers report progress to (set by train())
 
 
 @dataclass
@@ -90,7 +92,8 @@ def make_trainer(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOpt
 
     cfg = network_kind(kind).train_config(preset)
     worker = WorkerConfig(kind=kind, preset=preset, run_id=run_id, tracking_uri=opts.tracking_uri, seed=opts.seed,
-                          threads=max(1, round(cpus)), nonfinite_marker=nonfinite_marker(opts, kind, run_id))
+                          threads=max(1, round(cpus)), nonfinite_marker=nonfinite_marker(opts, kind, run_id),
+                          board=opts.board)
     resources = {"CPU": cpus, **({"GPU": 1} if cfg.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
@@ -247,6 +250,8 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
                       for rate in cfg.ema_rate)
         log(f"[{kind}] MLflow run {run_ids[kind]}; {cfg.num_workers} worker(s) x {cpus[kind]} CPU{ema}")
     futures, outcomes, errors = {}, {}, []
+    board = Board(log)
+    opts = dataclasses.replace(opts, board=board.actor)
     try:
         dataset = _shared_dataset(data_url, opts, run_ids, tracker)
         for k in kinds:
@@ -259,6 +264,8 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
     except KeyboardInterrupt:
         _interrupt(futures, run_ids, tracker, log)
         raise
+    finally:
+        board.close()
     if errors:
         raise TrainingError("; ".join(errors))
     return outcomes

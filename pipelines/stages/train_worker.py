@@ -10,6 +10,7 @@ import json
 import math
 import os
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class WorkerConfig:
     seed: int
     threads: int  # torch threads: the CPUs this worker asked for
     nonfinite_marker: str  # where rank 0 records the step of a NaN/inf loss
+    board: object = None  # the driver's ProgressBoard actor (infra/console.py): progress reaches the driver once
 
 
 def _gather_fn(world: int):
@@ -71,10 +73,23 @@ class Progress:
         (then, before), self.window = self.window, (now, step)
         return (step - before) * self.images_per_step / (now - then) if now > then else 0.0
 
-    def line(self, step: int, loss: float) -> str:
+    def detail(self, step: int, loss: float) -> str:
         rate = self.rate(step)
         eta = f"{(self.total - step) * self.images_per_step / rate / 60:.1f} min" if rate > 0 else "?"
-        return f"[{self.kind}] step {step}/{self.total} loss {loss:.4f} {rate:.1f} img/s ETA {eta}"
+        return f"loss {loss:.4f} {rate:.1f} img/s ETA {eta}"
+
+    def line(self, step: int, loss: float) -> str:
+        return f"[{self.kind}] step {step}/{self.total} {self.detail(step, loss)}"
+
+
+def _say(job: WorkerConfig, line: str) -> None:
+    """A line for the operator: to the driver's board when there is one; always to this worker's stdout (Ray's log
+    file of the worker, and the driver's console with log_to_driver, i.e. `adm run --verbose`). Written, not print()ed:
+    Ray Train patches print() on its workers to log as well as print, which showed every line twice."""
+    if job.board is not None:
+        job.board.say.remote(line)
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -100,7 +115,7 @@ def train_loop_per_worker(config: dict) -> None:
         tracker.set_tags(job.run_id, {tags.WORKER: f"{socket.gethostname()} pid {os.getpid()}"})
     if checkpoint and rank == 0:
         tracker.log_metrics(job.run_id, {"resumed_from_step": learner.step}, learner.step)
-        print(f"[{job.kind}] resumed from the checkpoint at step {learner.step}", flush=True)
+        _say(job, f"[{job.kind}] resumed from the checkpoint at step {learner.step}")
     shard = ray.train.get_dataset_shard("train")
     progress = Progress(job.kind, cfg.steps, learner.step, cfg.batch_size * world)
     gather = _gather_fn(world)
@@ -115,7 +130,7 @@ def train_loop_per_worker(config: dict) -> None:
                     _write_marker(job.nonfinite_marker, {"step": step, "loss": str(metrics["loss"])})
                 return
             if rank == 0:
-                _log_step(tracker, job.run_id, learner, metrics, progress)
+                _log_step(tracker, job, learner, metrics, progress)
             if step % cfg.save_interval == 0 or step == cfg.steps:
                 _report_checkpoint(learner, metrics, rank)
             if step >= cfg.steps:
@@ -151,12 +166,15 @@ def _write_marker(url: str, values: dict) -> None:
         f.write(json.dumps(values))
 
 
-def _log_step(tracker, run_id: str, learner: Learner, metrics: dict, progress: Progress) -> None:
-    step, cfg = learner.step, learner.cfg
+def _log_step(tracker, job: WorkerConfig, learner: Learner, metrics: dict, progress: Progress) -> None:
+    step, cfg, run_id = learner.step, learner.cfg, job.run_id
     if step % cfg.log_interval == 0 or step == cfg.steps:
         tracker.log_metrics(run_id, {**metrics, "images_per_s": progress.window_rate(step),
                                      "images_per_s_overall": progress.rate(step)}, step)
-        print(progress.line(step, metrics["loss"]), flush=True)
+        if job.board is not None:
+            job.board.update.remote(f"[{job.kind}] training", step, cfg.steps, progress.detail(step, metrics["loss"]))
+        sys.stdout.write(progress.line(step, metrics["loss"]) + "\n")
+        sys.stdout.flush()
     every = cfg.sample_interval
     if network_kind(learner.kind).is_unet and every and (step % every == 0 or step == cfg.steps):
         grid = learner.sample_grid()

@@ -24,6 +24,22 @@ def stage_key(name: str, inputs: dict) -> str:
     return digest({"stage": name, **inputs})[:32]
 
 
+def produced(outputs: dict, shown: int = 3) -> str:
+    """What a stage produced, in a few words: the URLs and model URIs among its outputs (run ids are in MLflow)."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, str) and "/" in value and value not in found:
+            found.append(value)
+
+    walk(outputs)
+    more = f" (+{len(found) - shown} more)" if len(found) > shown else ""
+    return (", ".join(found[:shown]) + more) if found else "outputs recorded on its run"
+
+
 class StageCache:
     def __init__(self, tracker: Tracker, experiment: str, pipeline_run_id: str, force: bool, log=print):
         self.tracker, self.experiment, self.pipeline_run_id = tracker, experiment, pipeline_run_id
@@ -39,7 +55,7 @@ class StageCache:
         return outputs
 
     def _outputs(self, name: str, inputs: dict, body, still_valid) -> tuple[dict, str]:
-        key = stage_key(name, inputs)
+        key, started = stage_key(name, inputs), time.perf_counter()
         mine = [r for r in self.tracker.children(self.experiment, self.pipeline_run_id) if tags.stage_of(r) == name]
         done = [r for r in mine if r.info.status == "FINISHED" and r.data.tags.get(tags.STAGE_KEY) == key]
         if done:
@@ -51,9 +67,10 @@ class StageCache:
         unfinished = [r for r in mine if r.info.status != "FINISHED" and r.data.tags.get(tags.STAGE_KEY) == key]
         run_id, opened = self._open(name, key, unfinished)
         try:  # from here on the run ends FINISHED or FAILED, whatever raises (the log line included)
-            self.log(f"[{name}] {opened} {run_id}")
+            self.log(f"[{name}] started {time.strftime('%H:%M:%S')}: {opened} {run_id}")
             outputs = body(run_id)
             self.tracker.set_tags(run_id, tags.outputs_tag(outputs))
+            self.log(f"[{name}] finished in {time.perf_counter() - started:.0f} s: {produced(outputs)}")
         except BaseException as e:
             self.tracker.end_failed(run_id, e)
             raise

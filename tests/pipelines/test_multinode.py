@@ -105,7 +105,8 @@ def test_submit_smoke_and_survive_worker_node_loss(tmp_path, two_nodes, mlflow_s
              "evaluate.features=evaluator", "evaluate.champion_metric=evaluator_fid"]
     cmd = [sys.executable, "-m", "pipelines.cli", "submit", "--address", two_nodes["address"], "--preset", "smoke",
            "--workdir", str(tmp_path / "work"), "--tracking-uri", mlflow_server, "--experiment", "multinode",
-           "--model-prefix", "multinode", *[x for s in steps for x in ("--override", s)]]
+           "--model-prefix", "multinode", *[x for s in steps for x in ("--override", s)],
+           "--verbose"]  # the workers' own step lines, with their pids, in the job's log: where each trainer runs
     submitted = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = re.search(r"submitted job (\S+)", submitted.stdout).group(1)
