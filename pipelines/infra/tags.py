@@ -23,6 +23,8 @@ resumed or compared. Write and read them only through this module.
 | adm.retrain_cycle | retrain cycle run | preset name |
 | adm.decision, adm.reason | retrain cycle run | skipped, promoted, kept or failed; why |
 | adm.ended_by | any run | who ended a run its driver left open (the sentinel) |
+| adm.registered.<network> | pipeline run | the version registered for the network and whether it became champion |
+| mlflow.note.content | pipeline and stage runs | MLflow's run description: the report, what the stage produced |
 """
 
 import json
@@ -45,6 +47,8 @@ RETRAIN_CYCLE = "adm.retrain_cycle"
 DECISION = "adm.decision"
 REASON = "adm.reason"
 ENDED_BY = "adm.ended_by"
+REGISTERED = "adm.registered"  # pipeline run: "NAME vN (champion|kept)" per network, as adm.registered.<network>
+DESCRIPTION = "mlflow.note.content"  # MLflow's own tag: the run's description in the UI (Markdown)
 JOB_COMMAND = "adm.command"  # Ray job metadata (not an MLflow tag): the adm sub-command a job runs
 
 # what a retraining cycle compares with the champion's model version to decide whether anything changed

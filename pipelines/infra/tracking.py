@@ -19,6 +19,10 @@ import numpy as np
 from components.config import UserError
 
 _LOG_MODEL_LOCK = threading.Lock()
+# MLflow 3's UI opens an experiment on its GenAI overview unless this experiment tag says it holds model training
+# (the UI's own values; "custom_model_development" opens the runs table)
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_ML = (EXPERIMENT_KIND, "custom_model_development")
 MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 
 
@@ -140,9 +144,12 @@ class Tracker:
     def experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if EXPERIMENT_KIND not in found.tags:  # made by an older adm or by hand
+                self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND_ML)
             return found.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=self._artifact_location(name))
+            return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
+                                                 tags=dict([EXPERIMENT_KIND_ML]))
         except Exception:  # created concurrently by another process
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -302,12 +309,26 @@ class Tracker:
             self.client.create_registered_model(name)
         except Exception:  # exists already
             pass
-        for version in self.client.search_model_versions(f"name = '{name}'"):
-            if version.run_id == run_id and version.source == model_uri:
-                return version.version
         model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
-        version = self.client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
-        return version.version
+        found = [v.version for v in self.client.search_model_versions(f"name = '{name}'")
+                 if v.run_id == run_id and v.source == model_uri]
+        version = found[0] if found else self.client.create_model_version(
+            name, model_uri, run_id=run_id, tags=tags, model_id=model_id).version
+        if model_id:
+            self._link_version(model_id, name, version)
+        return version
+
+    def _link_version(self, model_id: str, name: str, version: str) -> None:
+        """The logged model's list of its registered versions (tag mlflow.modelVersions): what makes the UI show the
+        logged model as registered, with a link to the version. An MLflow server writes it when it creates a version
+        for a logged model; a store opened directly (sqlite:///, `make run`) does not, so the client adds it here."""
+        import json
+
+        key = "mlflow.modelVersions"
+        listed = json.loads(self.client.get_logged_model(model_id).tags.get(key) or "[]")
+        if not any(e.get("name") == name and str(e.get("version")) == str(version) for e in listed):
+            listed.append({"name": name, "version": int(version)})  # an int, as the server writes it
+            self.client.set_logged_model_tags(model_id, {key: json.dumps(listed)})
 
     def alias_version(self, name: str, alias: str):
         """The model version behind `alias`, or None."""

@@ -11,8 +11,10 @@ def _series(rows, key):
 
 
 def _annotate(ax, xs, ys, scales):
-    for x, y, s in zip(xs, ys, scales):
-        ax.annotate(f"s={s:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    """Scale labels beside the points, alternating above and below so that neighbours do not overlap."""
+    for i, (x, y, s) in enumerate(zip(xs, ys, scales)):
+        ax.annotate(f"s={s:g}", (x, y), textcoords="offset points", xytext=(5, 6 if i % 2 == 0 else -12),
+                    fontsize=8)
 
 
 def tradeoff_figures(rows: list[dict]) -> dict:
@@ -28,23 +30,27 @@ def tradeoff_figures(rows: list[dict]) -> dict:
         if fid not in rows[0]:
             continue
         prefix = "" if fid == "fid" else "evaluator_"
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig, ax = plt.subplots(figsize=(6.4, 4.8))
         ax.plot(scales, _series(rows, fid), marker="o")
-        ax.set(xlabel="classifier scale", ylabel=fid.upper().replace("_", " "), title=f"{fid} vs guidance scale")
+        # scales grow geometrically (0, 1, 2, 4, ... 64): symlog keeps 0 and spreads the small ones out
+        ax.set_xscale("symlog", linthresh=1.0)
+        ticks = [s for s in scales if math.isfinite(s)]  # NaN: samples of unknown scale (adm evaluate on files)
+        ax.set_xticks(ticks, [f"{s:g}" for s in ticks], fontsize=8)
+        ax.set(xlabel="guidance scale", ylabel=fid, title=f"{fid} vs guidance scale")
         figures[f"plots/{prefix}fid_vs_scale.png"] = fig
         if precision in rows[0]:
-            fig, ax = plt.subplots(figsize=(5, 4))
+            fig, ax = plt.subplots(figsize=(6.4, 4.8))
             ps, rs = _series(rows, precision), _series(rows, recall)
             ax.plot(rs, ps, marker="o")
             _annotate(ax, rs, ps, scales)
-            ax.set(xlabel="recall", ylabel="precision", title=f"{prefix}precision vs recall along the scale grid")
+            ax.set(xlabel="recall", ylabel="precision", title=f"{precision} vs {recall} along the scale grid")
             figures[f"plots/{prefix}precision_vs_recall.png"] = fig
         if "score" in rows[0]:
-            fig, ax = plt.subplots(figsize=(5, 4))
+            fig, ax = plt.subplots(figsize=(6.4, 4.8))
             fs, ss = _series(rows, fid), _series(rows, "score")
             ax.plot(fs, ss, marker="o")
             _annotate(ax, fs, ss, scales)
-            ax.set(xlabel=fid, ylabel="score (evaluator)", title=f"score vs {fid}")
+            ax.set(xlabel=fid, ylabel="score", title=f"score vs {fid}")
             figures[f"plots/score_vs_{fid}.png"] = fig
     return figures
 

@@ -45,8 +45,7 @@ def log_evaluation(job, result, log=print):
                                        tags={tags.STAGE: "evaluate"})
             tracker.log_params(run_id, {"guidance_scale": scale_label(scale), **params})
             tracker.end_run(run_id)
-        metrics = {k: v for k, v in row.items() if k != "guidance_scale"}
-        tracker.log_metrics(run_id, metrics, step=0)
+        tracker.log_metrics(run_id, row, step=0)  # guidance_scale too: a number to sort and plot by
         result.run_ids[scale] = run_id
     tracker.log_params(parent, {f"evaluate.{k}": v for k, v in params.items()})
     figures = log_tradeoff(tracker, parent, result.rows)
@@ -59,11 +58,13 @@ def log_evaluation(job, result, log=print):
 
 
 def log_summary(tracker, run_id: str, rows: list[dict]) -> None:
-    """The trade-off at a glance on the pipeline run: the table, the plots and each metric at each scale."""
+    """The trade-off at a glance on the pipeline run: the table, the plots, and each metric as one curve along the
+    grid: metric `<name>_by_scale` at step i = the i-th scale in increasing order, with `guidance_scale_by_scale`
+    holding the scale itself at the same steps (MLflow steps are integers, so the step is the grid index, not the
+    scale; one chart per metric instead of one single-bar chart per metric and scale)."""
     log_tradeoff(tracker, run_id, rows)
-    flat = {f"{k}_scale_{row['guidance_scale']:g}": v for row in rows for k, v in row.items()
-            if k not in ("guidance_scale", "num_samples")}
-    tracker.log_metrics(run_id, flat, step=0)
+    for i, row in enumerate(sorted(rows, key=lambda r: r["guidance_scale"])):
+        tracker.log_metrics(run_id, {f"{k}_by_scale": v for k, v in row.items() if k != "num_samples"}, step=i)
 
 
 def log_tradeoff(tracker, run_id: str, rows: list[dict]) -> int:

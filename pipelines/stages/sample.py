@@ -223,6 +223,10 @@ def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResu
         tracker.log_params(run_id, {"guidance_scale": scale, "sampler": cfg.sampler, "eta": cfg.eta,
                                     "num_samples": cfg.num_samples, "seed": cfg.seed, "diffusion": job.diffusion,
                                     "classifier": job.classifier or ""})
+        # params are strings in MLflow (sorting gives 0, 1, 16, 2, ...): the cell's numbers as metrics as well
+        tracker.log_metrics(run_id, {"guidance_scale": scale, "num_samples": cfg.num_samples, "eta": cfg.eta}, step=0)
+        tracker.set_tags(run_id, {tags.DESCRIPTION: f"{cfg.num_samples} samples at guidance scale {scale:g} "
+                                  f"({cfg.sampler}); the grid is grid.png, the samples {result.npz[scale]}"})
         with tempfile.TemporaryDirectory() as tmp:
             local = posixpath.join(tmp, "grid.png")
             with fsspec.open(result.grids[scale], "rb") as src, open(local, "wb") as dst:

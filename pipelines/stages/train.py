@@ -8,6 +8,7 @@ trainer is created here, so a worker-group restart never creates a second run; r
 
 import dataclasses
 import os
+import posixpath
 import tempfile
 import threading
 import time
@@ -244,7 +245,8 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
         run_ids[kind] = tracker.start_run(opts.experiment, f"train-{kind}", opts.parent_run_id,
                                           tags={tags.STAGE: "train", tags.NETWORK: kind,
                                                 tags.DATA_FINGERPRINT: manifest["fingerprint"]})
-        tracker.log_params(run_ids[kind], {"network": kind, "data_url": data_url, **to_dict(preset)})
+        tracker.log_params(run_ids[kind], run_params(preset, kind, data_url))
+        tracker.log_dataset(run_ids[kind], data_url, posixpath.basename(data_url.rstrip("/")), manifest["fingerprint"])
         cfg = network_kind(kind).train_config(preset)
         ema = "".join(f"; EMA {rate:g} ends with {ema_init_share(rate, cfg.steps):.1%} of the initial weights"
                       for rate in cfg.ema_rate)
@@ -269,6 +271,14 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
     if errors:
         raise TrainingError("; ".join(errors))
     return outcomes
+
+
+def run_params(preset: Preset, kind: str, data_url: str) -> dict:
+    """A training run's params: its network's and training's config sections and the shared diffusion process, not
+    the other networks' (the whole resolved config is an artifact of the pipeline run)."""
+    spec, values = network_kind(kind), to_dict(preset)
+    own = {name: values[name] for name in (spec.network_section, spec.train_section, "diffusion")}
+    return {"preset": preset.name, "network": kind, "data_url": data_url, **own}
 
 
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------

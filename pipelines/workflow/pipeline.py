@@ -100,6 +100,9 @@ class Pipeline:
             registered = run("register", register.cache_inputs(preset, req.prefix, trained, evaluated),
                              lambda run_id: register.register(tracker, run_id, preset, req.prefix, trained,
                                                               evaluated["rows"], lineage, self.log))
+            tracker.set_tags(self.run_id, {f"{tags.REGISTERED}.{kind}": f"{r['name']} v{r['version']} "
+                                           + ("(champion)" if r["champion"] else "(champion kept)")
+                                           for kind, r in registered.items()})
         return {"data": data, "train": trained, "sample": sampled, "rows": evaluated["rows"],
                 "registered": registered, "stage_times": self.cache.times}
 
@@ -114,4 +117,5 @@ class Pipeline:
         url = self.path("runs", self.run_id, "report.md")
         write_bytes_atomic(url, text.encode())
         self.tracker.log_text(self.run_id, text, "report.md")
+        self.tracker.set_tags(self.run_id, {tags.DESCRIPTION: text})  # the run page's description: the summary
         self.log(f"report: {url}")

@@ -69,7 +69,8 @@ class StageCache:
         try:  # from here on the run ends FINISHED or FAILED, whatever raises (the log line included)
             self.log(f"[{name}] started {time.strftime('%H:%M:%S')}: {opened} {run_id}")
             outputs = body(run_id)
-            self.tracker.set_tags(run_id, tags.outputs_tag(outputs))
+            self.tracker.set_tags(run_id, {**tags.outputs_tag(outputs), tags.DESCRIPTION: f"The {name} stage of "
+                                           f"pipeline run {self.pipeline_run_id}; it produced {produced(outputs, 8)}"})
             self.log(f"[{name}] finished in {time.perf_counter() - started:.0f} s: {produced(outputs)}")
         except BaseException as e:
             self.tracker.end_failed(run_id, e)

@@ -87,11 +87,14 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert sorted(r.data.tags["adm.network"] for r in trainers) == ["classifier", "diffusion", "evaluator"]
     scale_runs = children(client, parent.info.experiment_id, stages["sample"].info.run_id)
     assert sorted(float(r.data.params["guidance_scale"]) for r in scale_runs) == [0.0, 2.0]
+    # the cell's coordinates as numbers too, so that the UI sorts and plots by them
+    assert sorted(r.data.metrics["guidance_scale"] for r in scale_runs) == [0.0, 2.0]
+    assert all(r.data.metrics["num_samples"] == preset.sample.num_samples for r in scale_runs)
     for run in scale_runs:
         for key in ("fid", "sfid", "precision", "recall", "evaluator_fid", "score", "accuracy"):
             assert key in run.data.metrics, key
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["grid.png"]
-    assert {"fid_scale_0", "fid_scale_2", "accuracy_scale_2"} <= set(parent.data.metrics)
+    check_pipeline_run_ui(client, first, stages, trainers)
     plots = {a.path for a in client.list_artifacts(first["run_id"], "plots")}
     assert "plots/precision_vs_recall.png" in plots
     assert parent.inputs.dataset_inputs[0].dataset.digest == first["data"]["fingerprint"][:36]
@@ -130,12 +133,42 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "3"
 
 
+def check_pipeline_run_ui(client, first, stages, trainers):
+    """What the MLflow UI shows of a pipeline run: metrics along the scale grid as curves, descriptions, the registered
+    versions on the pipeline run and linked from the logged models, training runs with their own params only."""
+    run_id = first["run_id"]
+    parent = client.get_run(run_id)
+    grid = client.get_metric_history(run_id, "guidance_scale_by_scale")
+    assert sorted((m.step, m.value) for m in grid) == [(0, 0.0), (1, 2.0)]
+    fid = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "fid_by_scale"))
+    assert fid == [(i, row["fid"]) for i, row in enumerate(sorted(first["rows"], key=lambda r: r["guidance_scale"]))]
+    flat = [name for name in parent.data.metrics if re.search(r"_scale_\d", name)]
+    assert flat == [], flat  # no flat one-value-per-scale metrics (one single-bar chart each)
+    assert parent.data.tags["mlflow.note.content"].startswith(f"# adm run {run_id}")
+    experiment = client.get_experiment(parent.info.experiment_id)  # the UI opens it on its runs, not GenAI overview
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert all(r.data.tags["mlflow.note.content"].startswith(f"The {name} stage") for name, r in stages.items())
+    for kind in ("diffusion", "classifier"):
+        version = first["registered"][kind]["version"]
+        assert parent.data.tags[f"adm.registered.{kind}"] == f"adm-smoke-{kind} v{version} (champion)"
+        logged = client.get_logged_model(first["train"][kind]["model_uri"][len("models:/"):])
+        listed = [(e["name"], str(e["version"])) for e in json.loads(logged.tags["mlflow.modelVersions"])]
+        assert listed == [(f"adm-smoke-{kind}", version)]
+    sections = {"diffusion": ("unet", "train_diffusion"), "classifier": ("classifier", "train_classifier"),
+                "evaluator": ("evaluator", "train_evaluator")}
+    for run in trainers:
+        kind = run.data.tags["adm.network"]
+        prefixes = {name.split(".")[0] for name in run.data.params if "." in name}
+        assert prefixes == {*sections[kind], "diffusion"}, (kind, prefixes)
+        assert run.inputs.dataset_inputs[0].dataset.digest == first["data"]["fingerprint"][:36]
+
+
 def check_trainers(client, tmp_path, preset, trained):
     """The train stage's three Ray Train runs: tracked, concurrent, checkpointed; the logged model predicts."""
     runs = {kind: client.get_run(trained[kind]["run_id"]) for kind in ("diffusion", "classifier", "evaluator")}
     history = {kind: client.get_metric_history(run.info.run_id, "loss") for kind, run in runs.items()}
     for kind, run in runs.items():
-        assert run.info.status == "FINISHED" and run.data.params["train_diffusion.steps"] == "20"
+        assert run.info.status == "FINISHED" and run.data.params[f"train_{kind}.steps"] == "20"
         assert [m.step for m in history[kind]] == list(range(1, 21))
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
         assert "checkpoint/model.safetensors" in artifacts and "checkpoint/optimizer.pt" in artifacts
