@@ -29,10 +29,13 @@ def request_from_args(args):
                       resume=args.resume, **common)
 
 
-def _where(uri: str) -> str:
+def _where(uri: str, experiment_id: str, run_id: str) -> str:
+    """The pipeline run's page in the MLflow UI, and for a local store the command that serves it."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
     if uri.startswith("sqlite:///"):
-        return f"browse with: mlflow ui --backend-store-uri {uri}"
-    return f"browse at {uri}"
+        return (f"its page: http://127.0.0.1:5000/{page}\n  once the UI serves this store: mlflow ui "
+                f"--backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    return f"its page: {uri.rstrip('/')}/{page}"
 
 
 def cmd_run(args) -> int:
@@ -65,7 +68,8 @@ def cmd_run(args) -> int:
     result = pipeline.execute()
     print(format_table(result["rows"]))
     print(format_stage_times(result["stage_times"]))
-    print(f"pipeline run {result['run_id']} finished; {_where(pipeline.tracker.uri)}")
+    experiment_id = pipeline.tracker.run(result["run_id"]).info.experiment_id
+    print(f"pipeline run {result['run_id']} finished; {_where(pipeline.tracker.uri, experiment_id, result['run_id'])}")
     return 0
 
 

@@ -49,8 +49,8 @@ def quiet_ray_data() -> None:
 class Console:
     """The `log` callable of the stages: log(line) prints a line; log.progress(...) updates a task's progress."""
 
-    def __init__(self, stream=None, live: bool | None = None):
-        self.stream = stream or sys.stdout
+    def __init__(self, stream=None, live: bool | None = None, every_s: float = PLAIN_EVERY_S):
+        self.stream, self.every_s = stream or sys.stdout, every_s
         self.live = self.stream.isatty() if live is None else live
         self._bars, self._last, self._lock = None, {}, threading.Lock()
 
@@ -67,7 +67,7 @@ class Console:
             self._bar(task, done, total, detail)
             return
         now = time.monotonic()
-        if done < total and now - self._last.get(task, -PLAIN_EVERY_S) < PLAIN_EVERY_S:
+        if task in self._last and done < total and now - self._last[task] < self.every_s:
             return
         self._last[task] = now
         self(f"{task}: {done:g}/{total:g}" + (f" {detail}" if detail else ""))
@@ -79,8 +79,10 @@ class Console:
             if self._bars is None:
                 from rich.console import Console as RichConsole
 
-                self._bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[detail]}"), TimeRemainingColumn(),
+                # markup off: "[diffusion]" is our label, not a rich style
+                self._bars = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                      MofNCompleteColumn(), TextColumn("{task.fields[detail]}", markup=False),
+                                      TimeRemainingColumn(),
                                       console=RichConsole(file=self.stream))
                 self._bars.start()
                 self._ids = {}
