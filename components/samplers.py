@@ -7,9 +7,10 @@ Sampler strings (``parse_sampler``):
   evaluation per step.
 * ``"ddim25"``: DDIM (Song et al. 2021) on 25 evenly strided trained timesteps; 25 network evaluations.
 * ``"dpm++2m-10"``: DPM-Solver++(2M) (Lu et al. 2022, Alg. 2, data prediction, multistep) on 10 trained timesteps
-  uniform in log-SNR; 10 network evaluations (the last step, to sigma = 0, reuses the last one).
-* ``"heun-18"``: EDM's Heun sampler (Karras et al. 2022, Alg. 2) on 18 noise levels (Karras spacing, rho = 7);
-  2 * 18 - 1 = 35 network evaluations (no second-order correction on the last step, to sigma = 0).
+  uniform in log-SNR from sigma 80 down to t = 0; 10 network evaluations (the last step, to sigma = 0, reuses the
+  last one).
+* ``"heun-18"``: EDM's Heun sampler (Karras et al. 2022, Alg. 2) on 18 noise levels (Karras spacing, rho = 7, from
+  sigma 80); 2 * 18 - 1 = 35 network evaluations (no second-order correction on the last step, to sigma = 0).
 
 Pure Python (no torch): reading a sampler string needs no network. The loops are in sampling.py (``sampler_loop``
 maps a spec to its loop).
@@ -52,7 +53,7 @@ def _positive(text: str, name: str) -> int:
 
 def parse_sampler(name: str) -> SamplerSpec:
     """The sampler string of the module docstring -> SamplerSpec; ConfigError (naming the string) when malformed.
-    Whether a DDIM stride exists for N of T steps is checked where T is known (diffusion.space_timesteps)."""
+    Whether a DDIM stride exists for N of T steps is checked where T is known (respacing.space_timesteps)."""
     name = str(name).strip().lower()
     if name == "":
         return SamplerSpec(name, "ddpm", None, "")

@@ -86,7 +86,7 @@ MUTANTS = [
       "predict_xstart ignored: the output is always read as eps"),
     M("diffusion.rescale_timesteps", "diffusion.py", "(1000.0 / self.original_num_steps)",
       "(1000.0 / self.num_timesteps)", "rescale_timesteps scales by the respaced T, not the original"),
-    M("diffusion.respacing_round", "diffusion.py", "steps.append(start + round(position))",
+    M("diffusion.respacing_round", "respacing.py", "steps.append(start + round(position))",
       "steps.append(start + int(position))", "respacing floors the fractional stride instead of rounding"),
     M("diffusion.timestep_map", "diffusion.py",
       "mapped = torch.as_tensor(self.timestep_map, device=t.device, dtype=t.dtype)[t]", "mapped = t",
@@ -133,14 +133,14 @@ MUTANTS = [
     M("sampling.noise_at_t0", "sampling.py", "(t != 0).float()", "(t != -1).float()",
       "noise added at the last step (t = 0) too"),
     M("sampling.ddpm_clip_ignored", "sampling.py",
-      "p_mean_variance(model, x, t, clip_denoised, model_kwargs)\n            if cond_fn is not None:\n"
+      "x, t, clip_denoised, model_kwargs, cost)\n            if cond_fn is not None:\n"
       "                out = condition_mean",
-      "p_mean_variance(model, x, t, True, model_kwargs)\n            if cond_fn is not None:\n"
+      "x, t, True, model_kwargs, cost)\n            if cond_fn is not None:\n"
       "                out = condition_mean", "DDPM loop always clips x_0 (clip_denoised ignored)"),
     M("sampling.ddim_clip_ignored", "sampling.py",
-      "p_mean_variance(model, x, t, clip_denoised, model_kwargs)\n            if cond_fn is not None:\n"
+      "x, t, clip_denoised, model_kwargs, cost)\n            if cond_fn is not None:\n"
       "                out = condition_score",
-      "p_mean_variance(model, x, t, True, model_kwargs)\n            if cond_fn is not None:\n"
+      "x, t, True, model_kwargs, cost)\n            if cond_fn is not None:\n"
       "                out = condition_score", "DDIM loop always clips x_0 (clip_denoised ignored)"),
     M("sampling.ddim_sigma", "sampling.py", "eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))", "eta * 1.0",
       "DDIM sigma without the sqrt((1 - abar_prev) / (1 - abar)) factor"),
@@ -148,6 +148,24 @@ MUTANTS = [
       "torch.sqrt(1 - alpha_bar_prev) * eps", "DDIM direction term ignores sigma^2"),
     M("sampling.ddim_xstart_coef", "sampling.py", 'out["pred_xstart"] * torch.sqrt(alpha_bar_prev)',
       'out["pred_xstart"] * torch.sqrt(alpha_bar)', "DDIM scales x_0 by sqrt(abar_t), not sqrt(abar_{t-1})"),
+    # --- sampling.py: DPM-Solver++(2M), EDM's Heun, the solvers' timesteps (issue 22) ------------------------------
+    M("sampling.dpm_ratio", "sampling.py", "(1 + h / (2 * h_prev)) * x0 - h / (2 * h_prev) * x0_prev",
+      "(1 + h_prev / (2 * h)) * x0 - h_prev / (2 * h) * x0_prev", "DPM-Solver++(2M): r = h_i / h_{i-1}, inverted"),
+    M("sampling.dpm_alpha", "sampling.py", "- alpha[s] * np.expm1(-h) * d", "- alpha[t] * np.expm1(-h) * d",
+      "DPM-Solver++: the x_0 term scaled by alpha of the step's start, not its end"),
+    M("sampling.heun_sigma_shift", "sampling.py", "sigmas = [float(trained[t]) for t in timesteps] + [0.0]",
+      "sigmas = [float(trained[max(t - 1, 0)]) for t in timesteps] + [0.0]",
+      "Heun: each noise level taken one trained timestep off the one the network sees"),
+    M("sampling.heun_euler", "sampling.py", "return x + (sigma_next - sigma) * (d + d_next) / 2", "return x_next",
+      "Heun: the second-order correction dropped (Euler, at twice the evaluations)"),
+    M("sampling.heun_churn_noise", "sampling.py", "np.sqrt(sigma_hat**2 - sigmas[i] ** 2) * s_noise",
+      "sigma_hat * s_noise", "Heun churn adds noise of std sigma_hat, not sqrt(sigma_hat^2 - sigma_i^2)"),
+    M("sampling.solver_timesteps_distinct", "sampling.py", "out.append(min(max(t, num - 1 - i), highest))",
+      "out.append(t)", "solver timesteps not kept distinct: crowded targets repeat a timestep"),
+    M("samplers.heun_evals", "samplers.py", 'return 2 * self.steps - 1 if self.kind == "heun" else self.steps',
+      'return 2 * self.steps if self.kind == "heun" else self.steps',
+      "heun-N reported as 2N network evaluations (the last step, to sigma = 0, is Euler: 2N - 1)"),
+    M("samplers.zero_steps", "samplers.py", "int(text) < 1", "int(text) < 0", "sampler strings accept 0 steps"),
     # --- guidance.py: cond_fn, condition_mean, condition_score ----------------------------------------------------
     M("guidance.ddim_sign", "guidance.py", "eps = eps - torch.sqrt(1 - alpha_bar) * gradient",
       "eps = eps + torch.sqrt(1 - alpha_bar) * gradient", "DDIM guidance term with the wrong sign"),
@@ -172,6 +190,12 @@ MUTANTS = [
     M("guidance.score_clamped", "guidance.py", "pred_xstart = diffusion.predict_xstart_from_eps(x, t, eps)",
       "pred_xstart = diffusion.predict_xstart_from_eps(x, t, eps).clamp(-1, 1)",
       "DDIM guidance clips the guided x_0 (released: no clipping after condition_score)"),
+    M("guidance.interval_closed", "guidance.py", "(lo <= sigma) & (sigma <= hi)", "(lo < sigma) & (sigma <= hi)",
+      "guidance interval open at sigma_lo: an interval from the lowest trained sigma leaves t = 0 unguided"),
+    M("guidance.interval_ignored", "guidance.py", "active = active & (lo <= sigma) & (sigma <= hi)",
+      "active = active", "guidance interval ignored: the classifier runs at every noise level"),
+    M("guidance.passes_all_rows", "guidance.py", "self.cost.add_classifier_passes(active)",
+      "self.cost.add_classifier_passes(scales == scales)", "classifier passes counted for every row, guided or not"),
     # --- nn.py: embedding, norm, attention ------------------------------------------------------------------------
     M("nn.embedding_order", "nn.py", "torch.cat([torch.cos(args), torch.sin(args)], dim=-1)",
       "torch.cat([torch.sin(args), torch.cos(args)], dim=-1)", "timestep embedding: sin before cos"),
@@ -225,7 +249,8 @@ MUTANTS = [
       "Inception input (x - 127.5) / 127.5 instead of (x - 128) / 128"),
     M("features.resize_offset", "features.py", "1.0 / w - 1.0 / size], [0.0, 1.0, 1.0 / h - 1.0 / size]",
       "0.0], [0.0, 1.0, 0.0]", "half-pixel bilinear resize instead of TF1's legacy alignment"),
-    M("features.spatial_hwc", "features.py", "s.permute(0, 2, 3, 1).reshape(len(s), -1)", "s.reshape(len(s), -1)",
+    M("features.spatial_hwc", "features.py", ".permute(0, 2, 3, 1).reshape(len(spatial), -1)",
+      ".reshape(len(spatial), -1)",
       "sFID spatial features flattened CHW, not HWC"),
     M("features.spatial_channels", "features.py", "SPATIAL_CHANNELS = 7", "SPATIAL_CHANNELS = 8",
       "sFID spatial features from 8 channels, not 7"),
