@@ -74,9 +74,19 @@ def cmd_run(args) -> int:
 
 
 def cmd_retrain(args) -> int:
+    import ray
+
+    from pipelines.infra.console import Console, quiet_ray_data, quiet_ray_init_kwargs, verbose_requested
+    from pipelines.workflow.request import check_request
     from pipelines.workflow.retrain import retrain
 
-    result = retrain(request_from_args(args))
+    req = request_from_args(args)
+    verbose = verbose_requested(args.verbose)
+    if not verbose and not ray.is_initialized():  # else the stages' connect_ray() starts Ray with its own logs on
+        check_request(req)  # config errors and unreachable services are reported before Ray starts
+        ray.init(**quiet_ray_init_kwargs(verbose))
+        quiet_ray_data()
+    result = retrain(req, log=Console())
     print(f"retraining cycle {result['cycle_run_id']}: {result['decision']} ({result['reason']})")
     return 0
 
@@ -111,4 +121,6 @@ def add_parsers(sub) -> None:
                        "champion's, else run the pipeline and promote only if the chosen metric improved")
     _pipeline_args(p)
     p.add_argument("--force", action="store_true", help="run the pipeline (all stages) even if nothing changed")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray's and MLflow's own logs; same as ADM_VERBOSE=1")
     p.set_defaults(func=cmd_retrain, no_register=False, resume=None)

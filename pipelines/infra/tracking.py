@@ -103,6 +103,15 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return out
 
 
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry or login variables
+        return "unknown"
+
+
 def _reissue(caught: list) -> None:
     """Warnings recorded around log_model, shown again but for MLflow's advice to type-hint predict(): its hints must
     be list[...] of rows, and our model takes one dict of [B, ...] arrays, which no hint describes (MLflow's own
@@ -164,7 +173,8 @@ class Tracker:
 
     def start_run(self, experiment: str, run_name: str, parent_run_id: str | None = None,
                   tags: dict | None = None) -> str:
-        tags = dict(tags or {})
+        # who and what started it (the UI's "Created by" and "Source"; the fluent API sets them, create_run does not)
+        tags = {"mlflow.user": _user(), "mlflow.source.name": "adm", "mlflow.source.type": "LOCAL", **(tags or {})}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)

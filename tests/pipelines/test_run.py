@@ -145,6 +145,7 @@ def check_pipeline_run_ui(client, first, stages, trainers):
     flat = [name for name in parent.data.metrics if re.search(r"_scale_\d", name)]
     assert flat == [], flat  # no flat one-value-per-scale metrics (one single-bar chart each)
     assert parent.data.tags["mlflow.note.content"].startswith(f"# adm run {run_id}")
+    assert parent.data.tags["mlflow.source.name"] == "adm" and parent.data.tags["mlflow.user"]
     experiment = client.get_experiment(parent.info.experiment_id)  # the UI opens it on its runs, not GenAI overview
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert all(r.data.tags["mlflow.note.content"].startswith(f"The {name} stage") for name, r in stages.items())
