@@ -257,6 +257,18 @@ MUTANTS = [
     M("features.evaluator_t", "features.py", "t = torch.zeros(len(x), dtype=torch.long, device=self.device)",
       "t = torch.full((len(x),), 999, dtype=torch.long, device=self.device)",
       "evaluator network sees t = 999 instead of t = 0 (clean images)"),
+    # --- inception.py: the archive's network rebuilt (batch norm folded) ------------------------------------------
+    M("inception.avg_pool_pad", "inception.py", "F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)",
+      "F.avg_pool2d(x, 3, 1, 1, count_include_pad=True)",
+      "Inception's 3x3 average pools count the zero padding"),
+    M("inception.bn_eps", "inception.py", "BATCH_NORM_EPS = 1e-3", "BATCH_NORM_EPS = 1e-5",
+      "batch norm folded with eps 1e-5, not the archive's 1e-3"),
+    M("inception.folded_bias", "inception.py", "layer.mean.double() * scale", "layer.mean.double()",
+      "folded bias subtracts the running mean unscaled"),
+    M("inception.last_pool", "inception.py", "return F.max_pool2d(x, 3, 1, 1)", "return F.avg_pool2d(x, 3, 1, 1)",
+      "the last block's pooling branch averages instead of taking the max"),
+    M("inception.spatial_layer", "inception.py", "spatial = stage.convs[0](x)", "spatial = stage.convs[1](x)",
+      "sFID features read from the wrong branch of mixed_6"),
     # --- metrics.py: FID, precision/recall, Inception score -----------------------------------------------------------
     M("metrics.fid_trace", "metrics.py", "- 2 * FID_METHODS[method](sigma1, sigma2))",
       "- FID_METHODS[method](sigma1, sigma2))", "FID trace term without its factor 2"),
