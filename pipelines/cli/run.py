@@ -33,8 +33,8 @@ def _where(uri: str, experiment_id: str, run_id: str) -> str:
     """The pipeline run's page in the MLflow UI, and for a local store the command that serves it."""
     page = f"#/experiments/{experiment_id}/runs/{run_id}"
     if uri.startswith("sqlite:///"):
-        return (f"its page: http://127.0.0.1:5000/{page}\n  once the UI serves this store: mlflow ui "
-                f"--backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+        return (f"its page: http://127.0.0.1:5000/{page}\n  once the UI serves this store: adm ui "
+                f"--tracking-uri {uri} (runs mlflow ui on 127.0.0.1:5000)")
     return f"its page: {uri.rstrip('/')}/{page}"
 
 
@@ -91,6 +91,29 @@ def cmd_retrain(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    """`mlflow ui` on the store `adm run` used (the same default), bound to 127.0.0.1; runs until Ctrl-C."""
+    import subprocess
+    import sys
+
+    from pipelines.infra.tracking import TrackingError, resolve_tracking_uri, sqlite_path
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        print(f"{uri} is an MLflow server: its UI is at {uri}")
+        return 0
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise TrackingError(f"no MLflow store at {db}: run adm run here first, or pass the --tracking-uri it used")
+    print(f"MLflow UI of {uri}: http://127.0.0.1:{args.port}/ (Ctrl-C stops it)", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(args.port)]
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _pipeline_args(p) -> None:
     preset_args(p)
     p.add_argument("--data", default=None, help="ingest source (default: the preset's): fashion-mnist, shapes, "
@@ -116,6 +139,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--verbose", action="store_true", help="also show Ray's and MLflow's own logs (worker output, "
                    "Ray Data progress, warnings); same as ADM_VERBOSE=1")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ui", help="serve the MLflow UI of the store adm run used on http://127.0.0.1:PORT/")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("retrain", help="one idempotent retraining cycle: skip if data, code and config match the "
                        "champion's, else run the pipeline and promote only if the chosen metric improved")

@@ -1,9 +1,20 @@
 """What `adm` prints for progress: plain lines in a log file, bars with our labels on a terminal."""
 
 import io
+import json
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 from pipelines.infra.console import Console, progress
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_plain_progress_is_the_first_and_the_last_line_of_a_task_between_intervals():
@@ -35,3 +46,39 @@ def test_progress_through_any_callable_is_a_plain_line():
     lines = []
     progress(lines.append, "[evaluate] featurized images", 64, 64)
     assert lines == ["[evaluate] featurized images: 64/64"]
+
+
+def test_adm_ui_serves_the_store_on_localhost(tmp_path):
+    """`adm ui` runs `mlflow ui` on the store `adm run` used (here an explicit sqlite file), on 127.0.0.1:PORT."""
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(store).create_experiment("adm")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ui = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", "--tracking-uri", store, "--port", str(port)],
+                          env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    try:
+        assert ui.stdout.readline().strip() == f"MLflow UI of {store}: http://127.0.0.1:{port}/ (Ctrl-C stops it)"
+        deadline = time.time() + 120  # a hang guard, not a timing assertion
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/"
+                                            "get-by-name?experiment_name=adm", timeout=5) as r:
+                    assert json.loads(r.read())["experiment"]["name"] == "adm"
+                    break
+            except OSError:
+                assert ui.poll() is None and time.time() < deadline, "adm ui did not serve the store"
+                time.sleep(1)
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+
+
+def test_adm_ui_without_a_store_says_so(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "ui"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "no MLflow store at" in done.stderr and not (tmp_path / "mlflow.db").exists()
