@@ -105,13 +105,13 @@ def test_presets_config_and_data_describe(tiny, env, tmp_path):
     assert adm, "the `adm` console script is not installed (pip install -e .)"
     data = tiny["data"]["data_url"]
     presets, config, describe = run_all([[adm, "presets"],
-                                         _adm("config", "--preset", "smoke", "--override", "unet.model_channels=48"),
+                                         _adm("config", "--preset", "smoke", "--override", "unet.model_channels=64"),
                                          _adm("data", "describe", data)], env, tmp_path)
     listed = [line.split()[0] for line in ok(presets).splitlines()]
     assert listed == sorted(PRESET_BUILDERS)
     assert get_preset("smoke").description in presets.stdout
     resolved = json.loads(ok(config))
-    assert resolved["name"] == "smoke" and resolved["unet"]["model_channels"] == 48
+    assert resolved["name"] == "smoke" and resolved["unet"]["model_channels"] == 64
     assert resolved["classifier"]["model_channels"] == get_preset("smoke").classifier.model_channels
     text = ok(describe)
     assert f"fingerprint  {tiny['data']['fingerprint']}" in text
