@@ -21,6 +21,8 @@ def request_from_args(args):
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = Tracker(args.tracking_uri).download_artifacts(args.resume, "config/resolved.json", tmp)
+        except UserError:  # our own message (store missing, server down) already names the input and the fix
+            raise
         except Exception as e:
             raise UserError(f"cannot read the config of run {args.resume} ({type(e).__name__}: {str(e)[:300]}); "
                             "check the run id and MLFLOW_TRACKING_URI") from None
