@@ -33,7 +33,9 @@ def request_from_args(args):
 
 def _where(uri: str, experiment_id: str, run_id: str) -> str:
     """The pipeline run's page in the MLflow UI, and for a local store the command that serves it."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    # MLflow 3's UI shows an experiment as GenAI (traces overview) unless told it is model training: by this URL
+    # parameter or the toggle it remembers in the browser (the experiment's mlflow.experimentKind tag is not enough)
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
     if uri.startswith("sqlite:///"):
         return (f"its page: http://127.0.0.1:5000/{page}\n  once the UI serves this store: adm ui "
                 f"--tracking-uri {uri} (runs mlflow ui on 127.0.0.1:5000)")
@@ -107,7 +109,8 @@ def cmd_ui(args) -> int:
     db = sqlite_path(uri)
     if db is not None and not db.exists():
         raise TrackingError(f"no MLflow store at {db}: run adm run here first, or pass the --tracking-uri it used")
-    print(f"MLflow UI of {uri}: http://127.0.0.1:{args.port}/ (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI of {uri}: http://127.0.0.1:{args.port}/#/experiments?workflowType=machine_learning (Ctrl-C "
+          "stops it)", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(args.port)]
     try:

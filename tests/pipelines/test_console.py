@@ -62,7 +62,8 @@ def test_adm_ui_serves_the_store_on_localhost(tmp_path):
                           env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
     try:
-        assert ui.stdout.readline().strip() == f"MLflow UI of {store}: http://127.0.0.1:{port}/ (Ctrl-C stops it)"
+        assert ui.stdout.readline().strip() == (f"MLflow UI of {store}: http://127.0.0.1:{port}/#/experiments"
+                                                "?workflowType=machine_learning (Ctrl-C stops it)")
         deadline = time.time() + 120  # a hang guard, not a timing assertion
         while True:
             try:

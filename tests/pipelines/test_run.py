@@ -429,8 +429,9 @@ def test_console_of_a_run_in_a_log_file(tmp_path):
     assert len(progress) == len(set(progress)), progress
     assert all(any(line == f"[{k}] training: 20/20" or line.startswith(f"[{k}] training: 20/20 ") for line in progress)
                for k in ("diffusion", "classifier", "evaluator")), progress
-    assert re.search(r"its page: http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}\n.*adm ui "
-                     r"--tracking-uri sqlite:///", done.stdout), done.stdout[-1000:]
+    assert re.search(r"its page: http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}"
+                     r"\?workflowType=machine_learning\n.*adm ui --tracking-uri sqlite:///", done.stdout), \
+        done.stdout[-1000:]
     for stage in STAGES:
         assert sum(line.startswith(f"[{stage}] started ") for line in lines) == 1, stage
         assert sum(line.startswith(f"[{stage}] finished in ") for line in lines) == 1, stage
