@@ -11,6 +11,7 @@ layout (arr_0 uint8 NHWC, arr_1 int64 labels) and scale_<s>/grid.png (rows = cla
 """
 
 import functools
+import io
 import posixpath
 import tempfile
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from components.config import SampleConfig, UserError, to_dict
-from components.data import class_grid, encode_png, to_uint8
+from components.data import class_grid, to_uint8
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierGuidance
 from components.precision import autocast_context, speed_up
@@ -208,8 +209,32 @@ def assemble(job: SampleJob, shards) -> tuple[dict, dict]:
         npz[scale] = posixpath.join(folder, f"samples_{shape}.npz")
         write_bytes_atomic(npz[scale], npz_bytes(arr_0=images, arr_1=labels))
         grids[scale] = posixpath.join(folder, "grid.png")
-        write_bytes_atomic(grids[scale], encode_png(class_grid(images, labels)))
+        caption = f"guidance scale {scale:g}, {job.config.sampler}, {len(images)} samples"
+        write_bytes_atomic(grids[scale], labeled_grid(images, labels, caption))
     return npz, grids
+
+
+def labeled_grid(images: np.ndarray, labels: np.ndarray, caption: str, width: int = 512) -> bytes:
+    """The class x sample grid as PNG bytes, upscaled (nearest) to about `width` px so that the MLflow UI does not show
+    a 16 px-per-image thumbnail, with each row's class label at its left and `caption` (the grid cell) on top."""
+    from PIL import Image, ImageDraw
+
+    grid = class_grid(images, labels)  # uint8 [H, W, C], one row of images per class, classes ascending
+    classes = sorted(set(labels.tolist()))[:10]
+    factor = max(1, width // grid.shape[1])
+    big = grid.repeat(factor, axis=0).repeat(factor, axis=1)
+    picture = Image.fromarray(big[..., 0] if big.shape[-1] == 1 else big).convert("RGB")
+    margin, top = 64, 20
+    canvas = Image.new("RGB", (picture.width + margin, picture.height + top), "white")
+    canvas.paste(picture, (margin, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), caption, fill="black")
+    row = picture.height / max(1, len(classes))
+    for i, label in enumerate(classes):
+        draw.text((4, top + int((i + 0.5) * row) - 6), f"class {label}", fill="black")
+    out = io.BytesIO()
+    canvas.save(out, format="PNG")
+    return out.getvalue()
 
 
 def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResult:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
+from PIL import Image
 from safetensors.torch import load_file
 
 from components.config import ConfigError, UserError, apply_overrides
@@ -94,6 +95,9 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
         for key in ("fid", "sfid", "precision", "recall", "evaluator_fid", "score", "accuracy"):
             assert key in run.data.metrics, key
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["grid.png"]
+    # the grid is upscaled for the UI (16 px samples, 8 a row, plus the label margin), not a thumbnail
+    grid = client.download_artifacts(scale_runs[0].info.run_id, "grid.png", str(tmp_path))
+    assert Image.open(grid).width >= 512
     check_pipeline_run_ui(client, first, stages, trainers)
     plots = {a.path for a in client.list_artifacts(first["run_id"], "plots")}
     assert "plots/precision_vs_recall.png" in plots
