@@ -80,6 +80,8 @@ def test_adm_ui_serves_the_store_on_localhost(tmp_path):
 
 
 def test_adm_ui_without_a_store_says_so(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "ui"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+    # without MLFLOW_TRACKING_URI (another test's server may have set it in this process): the default, ./mlflow.db
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "ui"], env={**env, "PYTHONPATH": str(ROOT)},
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "no MLflow store at" in done.stderr and not (tmp_path / "mlflow.db").exists()
