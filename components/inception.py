@@ -63,11 +63,11 @@ class Branches(nn.Module):
         self.pools = [pool for pool, _ in branches]
         self.convs = nn.ModuleList(convs for _, convs in branches)
 
+    def branches(self, x) -> list:
+        return [convs(pool(x) if pool else x) for pool, convs in zip(self.pools, self.convs)]
+
     def forward(self, x):
-        outs = []
-        for pool, convs in zip(self.pools, self.convs):
-            outs.append(convs(pool(x) if pool else x))
-        return torch.cat(outs, 1)
+        return torch.cat(self.branches(x), 1)
 
 
 class SplitBranches(nn.Module):
@@ -130,9 +130,11 @@ class FIDInception(nn.Module):
         """-> (pool3 [N, 2048], the spatial block's first-convolution output [N, C, 17, 17])."""
         spatial = None
         for i, stage in enumerate(self.stages):
-            if i == self.spatial_index:
-                spatial = stage.convs[0](x)
-            x = stage(x)
+            if i == self.spatial_index:  # the block's first branch (its 1x1 convolution) is the sFID feature map
+                outs = stage.branches(x)
+                spatial, x = outs[0], torch.cat(outs, 1)
+            else:
+                x = stage(x)
         return x.flatten(1), spatial
 
 

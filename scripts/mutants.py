@@ -267,7 +267,8 @@ MUTANTS = [
       "folded bias subtracts the running mean unscaled"),
     M("inception.last_pool", "inception.py", "return F.max_pool2d(x, 3, 1, 1)", "return F.avg_pool2d(x, 3, 1, 1)",
       "the last block's pooling branch averages instead of taking the max"),
-    M("inception.spatial_layer", "inception.py", "spatial = stage.convs[0](x)", "spatial = stage.convs[1](x)",
+    M("inception.spatial_layer", "inception.py", "spatial, x = outs[0], torch.cat(outs, 1)",
+      "spatial, x = outs[1], torch.cat(outs, 1)",
       "sFID features read from the wrong branch of mixed_6"),
     # --- metrics.py: FID, precision/recall, Inception score -----------------------------------------------------------
     M("metrics.fid_trace", "metrics.py", "- 2 * FID_METHODS[method](sigma1, sigma2))",
