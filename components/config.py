@@ -144,6 +144,15 @@ class TrainConfig:
     # compiled with CUDA graphs (torch.compile mode="reduce-overhead": a step's kernels replayed as one graph):
     # auto (on CUDA when compiled; one-worker trainers, DDP keeps plain compile) | on | off
     cuda_graphs: str = "auto"
+    # the weights training starts from: "" (random), champion (this network's `champion` version in the registry,
+    # models <prefix>-<network>), models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID, a checkpoint folder or a
+    # weights file (.safetensors, or a .pt read with weights_only=True); the EMA starts from the same weights
+    init_from: str = ""
+    # EMA warm-up (k-diffusion's EMAWarmup): the decay at update t (0-based) is 1 - (1 + t / inv_gamma) ** -power,
+    # clipped to [0, rate], so the average forgets a random init; auto: on for a random init, off with init_from
+    ema_warmup: str = "auto"  # auto | on | off
+    ema_warmup_inv_gamma: float = 1.0
+    ema_warmup_power: float = 0.75  # 3/4: decay 0.999 at 10k updates (2/3: at 31.6k, for runs of 1M+ steps)
 
 
 @dataclass(frozen=True)

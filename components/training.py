@@ -16,13 +16,32 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import save_weights, update_ema
+from .checkpoint import ema_init_share, save_weights, update_ema
 from .config import Preset
 from .diffusion import create_diffusion
 from .kinds import kind as network_kind
 from .losses import classifier_losses, topk_correct, training_losses
 from .precision import autocast_context, graphed, speed_up, training_speed
 from .sampling import SampleNoise, ddim_sample
+
+
+def ema_warmup_decay(step: int, rate: float, inv_gamma: float, power: float) -> float:
+    """The EMA decay of update `step` (0 for the first) under k-diffusion's EMAWarmup: 1 - (1 + step / inv_gamma)
+    ** -power, clipped to [0, rate]. It is 0 at the first update, so the average starts from the trained weights and
+    not from the random init, and rises to `rate` (0.9999 at 215k updates with inv_gamma 1, power 3/4)."""
+    return min(rate, max(0.0, 1.0 - (1.0 + step / inv_gamma) ** -power))
+
+
+def ema_warmup_on(cfg) -> bool:
+    """Whether a trainer with TrainConfig `cfg` warms its EMA up: `auto` means for a random init only (weights from
+    init_from are already good: warming up would let the first noisy steps overwrite them in the average)."""
+    return cfg.ema_warmup == "on" or (cfg.ema_warmup == "auto" and not cfg.init_from)
+
+
+def ema_initial_share(cfg, rate: float) -> float:
+    """Weight of the initial parameters in the EMA at `rate` after the whole run (0 with the warm-up: its first
+    decay is 0)."""
+    return 0.0 if ema_warmup_on(cfg) else ema_init_share(rate, cfg.steps)
 
 
 class Learner:
@@ -94,9 +113,25 @@ class Learner:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip or float("inf"))
         self.opt.step()
         for rate, params in self.ema.items():
-            update_ema(params, self.net.parameters(), rate)
+            update_ema(params, self.net.parameters(), self.ema_decay(rate))
         self.step += 1
         return {**self._summarise(logs), "grad_norm": float(grad_norm), "lr": self.lr()}
+
+    def ema_decay(self, rate: float) -> float:
+        """The decay of this step's EMA update at `rate` (the warm-up's, while it is below `rate`)."""
+        if not ema_warmup_on(self.cfg):
+            return rate
+        return ema_warmup_decay(self.step, rate, self.cfg.ema_warmup_inv_gamma, self.cfg.ema_warmup_power)
+
+    def warm_start(self, state: dict, source: str) -> None:
+        """Start from `state` (train_<kind>.init_from) instead of the random init: the network and every EMA, so the
+        average begins at the initial weights too. Strict: CheckpointError names what does not fit."""
+        from .checkpoint import load_into
+
+        load_into(self.net, state, source=source)
+        for params in self.ema.values():
+            for e, p in zip(params, self.net.parameters()):
+                e.copy_(p.detach())
 
     def _summarise(self, logs) -> dict:
         t = torch.cat([tt for tt, _ in logs])

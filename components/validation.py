@@ -251,7 +251,19 @@ def train_problems(section: str, cfg: TrainConfig) -> list[str]:
     out += _one_of(f"{section}.schedule_sampler", cfg.schedule_sampler, SCHEDULE_SAMPLERS)
     if not isinstance(cfg.use_gpu, bool) or not isinstance(cfg.anneal_lr, bool):
         out.append(f"{section}.use_gpu and anneal_lr must be true or false")
-    return out + _speed(section, cfg, ("compile", "channels_last", "cuda_graphs"))
+    return out + _speed(section, cfg, ("compile", "channels_last", "cuda_graphs")) + warm_start_problems(section, cfg)
+
+
+def warm_start_problems(section: str, cfg: TrainConfig) -> list[str]:
+    """init_from and the EMA warm-up; whether init_from names a network that fits is checked where the registry and
+    the files can be reached (pipelines/infra/init_from.py), still before any worker starts."""
+    out = _one_of(f"{section}.ema_warmup", cfg.ema_warmup, SPEED_SETTINGS)
+    for name in ("ema_warmup_inv_gamma", "ema_warmup_power"):
+        out += _at_least(f"{section}.{name}", getattr(cfg, name), 0, whole=False, above=True, hint="e.g. 1 or 0.75")
+    if not isinstance(cfg.init_from, str):
+        out.append(f"{section}.init_from={cfg.init_from!r} must be text: champion, a models:/ or runs:/ URI, a "
+                   "checkpoint folder or a weights file ('' for random weights)")
+    return out
 
 
 def data_problems(cfg: DataConfig) -> list[str]:

@@ -117,21 +117,43 @@ def resolve(uri: str, kind: str, preset_name: str | None = None, tracking_uri: s
 def _locate(uri: str, kind: str, preset_name: str | None, tracking_uri: str | None,
             workdir: str | Path | None) -> NetworkRef:
     workdir = Path(workdir) if workdir else None
-    if uri.endswith((".pt", ".pth", ".safetensors")):
+    if is_weights_file(uri):
         if not preset_name:
             raise UserError(f"{uri} is a bare weights file; also pass the preset it belongs to (e.g. --preset "
                             "imagenet256)")
-        fs, path = fsspec.core.url_to_fs(uri)
-        if not fs.exists(path):
-            raise UserError(f"weights file {uri} does not exist")
-        if "file" in fs.protocol or "local" in fs.protocol:
-            return NetworkRef(kind, get_preset(preset_name), path)
-        name = posixpath.basename(path)
-        if workdir is not None:
-            fs.get(path, str(workdir / name))
-            return NetworkRef(kind, get_preset(preset_name), str(workdir / name))
-        folder = _fetch_once(cache_folder(uri), lambda d: fs.get(path, str(d / name)))
-        return NetworkRef(kind, get_preset(preset_name), str(folder / name))
+        return NetworkRef(kind, get_preset(preset_name), _local_weights(uri, workdir))
+    return _from_checkpoint(uri, kind, tracking_uri, workdir)
+
+
+def is_weights_file(uri: str) -> bool:
+    return uri.endswith((".pt", ".pth", ".safetensors"))
+
+
+def locate_for(uri: str, kind: str, preset: Preset, tracking_uri: str | None = None) -> NetworkRef:
+    """A NetworkRef for `uri` as the starting point of `preset`'s `kind` network (train_<kind>.init_from): a bare
+    weights file is taken as that network's weights; anything else brings the config it was trained with. Not
+    checked: the caller compares it with the network it starts."""
+    if is_weights_file(uri):
+        return NetworkRef(kind, preset, _local_weights(uri, None))
+    return _from_checkpoint(uri, kind, tracking_uri, None)
+
+
+def _local_weights(uri: str, workdir: Path | None) -> str:
+    """A local path of the weights file `uri` (downloaded once when it is remote)."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        raise UserError(f"weights file {uri} does not exist")
+    if "file" in fs.protocol or "local" in fs.protocol:
+        return path
+    name = posixpath.basename(path)
+    if workdir is not None:
+        fs.get(path, str(workdir / name))
+        return str(workdir / name)
+    folder = _fetch_once(cache_folder(uri), lambda d: fs.get(path, str(d / name)))
+    return str(folder / name)
+
+
+def _from_checkpoint(uri: str, kind: str, tracking_uri: str | None, workdir: Path | None) -> NetworkRef:
     folder = _local_folder(uri, tracking_uri, workdir)
     meta_path = folder / "model.json"
     if not meta_path.exists():

@@ -2,10 +2,10 @@
 
 import ray
 
-from components.checkpoint import ema_init_share
 from components.config import UserError
 from components.kinds import KINDS
 from components.kinds import kind as network_kind
+from components.training import ema_initial_share
 
 
 def cluster_cpus() -> float:
@@ -69,7 +69,7 @@ def train_plan(preset, kinds, cluster_cpus: float) -> dict:
         per_worker = {"CPU": cpus[k], **({"GPU": 1} if cfg.use_gpu else {})}
         out[k] = {"num_workers": cfg.num_workers, "resources_per_worker": per_worker, "steps": cfg.steps,
                   "batch_size_per_worker": cfg.batch_size,
-                  **({"ema_init_share": {f"{r:g}": round(ema_init_share(r, cfg.steps), 4) for r in cfg.ema_rate}}
+                  **({"ema_init_share": {f"{r:g}": round(ema_initial_share(cfg, r), 4) for r in cfg.ema_rate}}
                      if cfg.ema_rate else {})}
     return out
 

@@ -23,6 +23,9 @@ resumed or compared. Write and read them only through this module.
 | adm.retrain_cycle | retrain cycle run | preset name |
 | adm.decision, adm.reason | retrain cycle run | skipped, promoted, kept or failed; why |
 | adm.ended_by | any run | who ended a run its driver left open (the sentinel) |
+| adm.init_from | training run, model version | the weights training started from, pinned (models:/NAME/VERSION) |
+| adm.parent_version | training run, model version | NAME/VERSION of the registered version it started from |
+| adm.move.<UTC time> | model version | JSON of one alias move: action, alias, by (user), at (UTC), why, other version |
 | adm.registered.<network> | pipeline run | the version registered for the network and whether it became champion |
 | mlflow.note.content | pipeline and stage runs | MLflow's run description: the report, what the stage produced |
 """
@@ -47,6 +50,9 @@ RETRAIN_CYCLE = "adm.retrain_cycle"
 DECISION = "adm.decision"
 REASON = "adm.reason"
 ENDED_BY = "adm.ended_by"
+INIT_FROM = "adm.init_from"
+PARENT_VERSION = "adm.parent_version"
+MOVE = "adm.move."  # + UTC time: one record per alias move (adm models, the register stage), never rewritten
 REGISTERED = "adm.registered"  # pipeline run: "NAME vN (champion|kept)" per network, as adm.registered.<network>
 DESCRIPTION = "mlflow.note.content"  # MLflow's own tag: the run's description in the UI (Markdown)
 JOB_COMMAND = "adm.command"  # Ray job metadata (not an MLflow tag): the adm sub-command a job runs

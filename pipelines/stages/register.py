@@ -47,7 +47,8 @@ def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained
     tag = tags.champion_metric(metric, cfg.champion_scale)
     names = model_names(prefix)
     versions = {kind: tracker.register(trained[kind]["model_uri"], name, trained[kind]["run_id"],
-                                       tags={tag: value, **lineage}) for kind, name in names.items()}
+                                       tags={tag: value, **lineage, **trained[kind].get("lineage", {})})
+                for kind, name in names.items()}
     current = tracker.alias_version(names["diffusion"], CHAMPION)
     best = None if current is None or tag not in current.tags else float(current.tags[tag])
     better = beats(value, best, metric)

@@ -20,14 +20,15 @@ from pathlib import Path
 import fsspec
 import torch
 
-from components.checkpoint import ema_init_share
 from components.config import ConfigError, Preset, UserError, to_dict
 from components.kinds import KINDS
 from components.kinds import kind as network_kind
+from components.training import ema_initial_share
 from components.validation import raise_problems, train_problems
 from pipelines.infra import tags
 from pipelines.infra.console import Board
 from pipelines.infra.dataset import driver_dataset, load_manifest, ray_dataset
+from pipelines.infra.init_from import InitSource, resolve_inits
 from pipelines.infra.resources import cluster_cpus, largest_node_cpus, worker_resources
 from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import check_writable
@@ -50,6 +51,8 @@ class TrainOptions:
     materialize_bytes: int = 1 << 30  # decoded training sets up to this size are held in the object store
     run_ids: dict = field(default_factory=dict)  # kind -> an earlier MLflow run to continue (resume from checkpoint)
     board: object = None  # the driver's ProgressBoard actor the workers report progress to (set by train())
+    model_prefix: str | None = None  # registered names <prefix>-<network> (init_from=champion); None: adm-<preset>
+    inits: dict = field(default_factory=dict)  # kind -> InitSource of a warm start (set by train())
 
 
 @dataclass
@@ -94,7 +97,7 @@ def make_trainer(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOpt
     cfg = network_kind(kind).train_config(preset)
     worker = WorkerConfig(kind=kind, preset=preset, run_id=run_id, tracking_uri=opts.tracking_uri, seed=opts.seed,
                           threads=max(1, round(cpus)), nonfinite_marker=nonfinite_marker(opts, kind, run_id),
-                          board=opts.board)
+                          board=opts.board, init_from=opts.inits[kind].uri if kind in opts.inits else "")
     resources = {"CPU": cpus, **({"GPU": 1} if cfg.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
@@ -229,6 +232,7 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
     check_writable(opts.storage, "storage path", "--storage")
     tracker = Tracker(opts.tracking_uri)
     opts = dataclasses.replace(opts, tracking_uri=tracker.uri)
+    inits = resolve_inits(preset, kinds, tracker.uri, opts.model_prefix or f"adm-{preset.name}")
     connect_ray()
     cpus = worker_resources(preset, kinds, cluster_cpus(), largest_node_cpus())
     for kind in kinds:
@@ -239,21 +243,20 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
     for kind in kinds:
         if kind in opts.run_ids:  # same run => same Ray Train run name => fit() restores its latest checkpoint
             run_ids[kind] = opts.run_ids[kind]
+            _keep_recorded_init(inits, kind, tracker.run(run_ids[kind]).data.tags)
             tracker.reopen(run_ids[kind])
             log(f"[{kind}] continuing MLflow run {run_ids[kind]} from its last checkpoint")
             continue
         run_ids[kind] = tracker.start_run(opts.experiment, f"train-{kind}", opts.parent_run_id,
                                           tags={tags.STAGE: "train", tags.NETWORK: kind,
-                                                tags.DATA_FINGERPRINT: manifest["fingerprint"]})
+                                                tags.DATA_FINGERPRINT: manifest["fingerprint"],
+                                                **(inits[kind].tags if kind in inits else {})})
         tracker.log_params(run_ids[kind], run_params(preset, kind, data_url))
         tracker.log_dataset(run_ids[kind], data_url, posixpath.basename(data_url.rstrip("/")), manifest["fingerprint"])
-        cfg = network_kind(kind).train_config(preset)
-        ema = "".join(f"; EMA {rate:g} ends with {ema_init_share(rate, cfg.steps):.1%} of the initial weights"
-                      for rate in cfg.ema_rate)
-        log(f"[{kind}] MLflow run {run_ids[kind]}; {cfg.num_workers} worker(s) x {cpus[kind]} CPU{ema}")
+        log(f"[{kind}] MLflow run {run_ids[kind]}; {_plan_line(preset, kind, cpus[kind], inits.get(kind))}")
     futures, outcomes, errors = {}, {}, []
     board = Board(log)
-    opts = dataclasses.replace(opts, board=board.actor)
+    opts = dataclasses.replace(opts, board=board.actor, inits=inits)
     try:
         dataset = _shared_dataset(data_url, opts, run_ids, tracker)
         for k in kinds:
@@ -273,6 +276,21 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
     return outcomes
 
 
+def _keep_recorded_init(inits: dict, kind: str, run_tags: dict) -> None:
+    """A continued run starts from what it recorded, even if the champion moved since it began."""
+    recorded = InitSource.recorded(run_tags)
+    if recorded is not None:
+        inits[kind] = recorded
+
+
+def _plan_line(preset: Preset, kind: str, cpus: float, init: InitSource | None) -> str:
+    cfg = network_kind(kind).train_config(preset)
+    start = f"starts from {init.uri}" if init else "starts from random weights"
+    ema = "".join(f"; EMA {rate:g} ends with {ema_initial_share(cfg, rate):.1%} of the initial weights"
+                  for rate in cfg.ema_rate)
+    return f"{cfg.num_workers} worker(s) x {cpus} CPU; {start}{ema}"
+
+
 def run_params(preset: Preset, kind: str, data_url: str) -> dict:
     """A training run's params: its network's and training's config sections and the shared diffusion process, not
     the other networks' (the whole resolved config is an artifact of the pipeline run)."""
@@ -282,26 +300,36 @@ def run_params(preset: Preset, kind: str, data_url: str) -> dict:
 
 
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------
-def cache_inputs(preset: Preset, data_fingerprint: str) -> dict:
-    """The dataset, the diffusion process and every network's architecture and training section."""
+def cache_inputs(preset: Preset, data_fingerprint: str, inits: dict | None = None) -> dict:
+    """The dataset, the diffusion process, every network's architecture and training section, and the pinned weights
+    of warm starts (`inits`, kind -> InitSource: init_from=champion names another version once the champion moves)."""
     sections = {"diffusion"} | {n for k in KINDS.values() for n in (k.network_section, k.train_section)}
-    return {"data": data_fingerprint, **{name: to_dict(getattr(preset, name)) for name in sorted(sections)}}
+    pinned = {"init_from": {k: s.uri for k, s in sorted(inits.items())}} if inits else {}
+    return {"data": data_fingerprint, **{name: to_dict(getattr(preset, name)) for name in sorted(sections)}, **pinned}
+
+
+def _lineage(run_tags: dict) -> dict:
+    """A trainer's lineage tags that its registered version carries too (what it started from)."""
+    source = InitSource.recorded(run_tags)
+    return {"lineage": source.tags} if source else {}
 
 
 def train_stage(tracker: Tracker, run_id: str, preset: Preset, data_url: str, storage: str, experiment: str,
-                log=print) -> dict:
+                log=print, prefix: str | None = None) -> dict:
     """The three networks under the stage run `run_id`. Rerun in the same stage run (a resumed pipeline), a trainer
     that finished is kept and one that did not continues its MLflow run from its last checkpoint."""
     earlier = {r.data.tags.get(tags.NETWORK): r for r in tracker.children(experiment, run_id)}
     done = {k: r for k, r in earlier.items() if r.info.status == "FINISHED" and tags.MODEL_URI in r.data.tags}
-    outputs = {k: {"run_id": r.info.run_id, "model_uri": r.data.tags[tags.MODEL_URI]} for k, r in done.items()}
+    outputs = {k: {"run_id": r.info.run_id, "model_uri": r.data.tags[tags.MODEL_URI], **_lineage(r.data.tags)}
+               for k, r in done.items()}
     kinds = tuple(k for k in KINDS if k not in done)
     if kinds:
         storage = storage if "://" in storage else os.path.abspath(storage)  # Ray Train wants absolute paths
         resume = {k: r.info.run_id for k, r in earlier.items() if k in kinds}
         opts = TrainOptions(storage=storage, tracking_uri=tracker.uri, experiment=experiment, parent_run_id=run_id,
-                            run_ids=resume)
+                            run_ids=resume, model_prefix=prefix)
         for kind, outcome in train(preset, data_url, opts, kinds, log=log).items():
-            outputs[kind] = {"run_id": outcome.run_id, "model_uri": outcome.model_uri}
+            outputs[kind] = {"run_id": outcome.run_id, "model_uri": outcome.model_uri,
+                             **_lineage(tracker.run(outcome.run_id).data.tags)}
     return outputs
 

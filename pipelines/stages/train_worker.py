@@ -17,11 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
+from components.checkpoint import load_state_dict
 from components.config import Preset, to_dict
 from components.data import image_grid, to_uint8
 from components.kinds import kind as network_kind
 from components.training import Learner
 from pipelines.infra import tags
+from pipelines.infra.model_refs import locate_for
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class WorkerConfig:
     threads: int  # torch threads: the CPUs this worker asked for
     nonfinite_marker: str  # where rank 0 records the step of a NaN/inf loss
     board: object = None  # the driver's ProgressBoard actor (infra/console.py): progress reaches the driver once
+    init_from: str = ""  # the pinned weights to start from (infra/init_from.py), checked by the driver; "": random
 
 
 def _gather_fn(world: int):
@@ -108,6 +111,9 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             learner.load(folder)
+    elif job.init_from:  # a restarted worker group has a checkpoint and continues from it instead
+        ref = locate_for(job.init_from, job.kind, job.preset, job.tracking_uri)
+        learner.warm_start(load_state_dict(ref.weights), source=job.init_from)
     model = learner.hot(ray.train.torch.prepare_model(learner.net)) if world > 1 else learner.fast
     tracker = Tracker(job.tracking_uri) if rank == 0 else None
     cfg = learner.cfg

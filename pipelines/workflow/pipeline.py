@@ -14,7 +14,9 @@ import time
 import ray
 
 from components.config import ConfigError, to_dict
+from components.kinds import KINDS
 from pipelines.infra import tags
+from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.storage import write_bytes_atomic
 from pipelines.infra.tracking import Tracker, check_tracking
 from pipelines.stages import evaluate, ingest, register, report, sample, train
@@ -76,12 +78,13 @@ class Pipeline:
     def _chain(self) -> dict:
         """The stages in order, each from the cache where its inputs match a finished run."""
         preset, req, tracker, run = self.preset, self.req, self.tracker, self.cache.run
+        inits = resolve_inits(preset, KINDS, tracker.uri, req.prefix)  # warm starts, checked before any worker starts
         inputs = ingest.cache_inputs(preset, req.source, req.source_fingerprint)
         data = run("ingest", inputs, lambda run_id: ingest.ingest_stage(
             tracker, run_id, self.run_id, preset, req.source, self.path("data"), stage_key("ingest", inputs),
             self.log), still_valid=ingest.dataset_exists)
-        trained = run("train", train.cache_inputs(preset, data["fingerprint"]), lambda run_id: train.train_stage(
-            tracker, run_id, preset, data["data_url"], self.path("checkpoints"), req.experiment, self.log))
+        trained = run("train", train.cache_inputs(preset, data["fingerprint"], inits), lambda run_id: train.train_stage(
+            tracker, run_id, preset, data["data_url"], self.path("checkpoints"), req.experiment, self.log, req.prefix))
         sampled = run("sample", sample.cache_inputs(preset, trained), lambda run_id: sample.sample_stage(
             run_id, preset, trained, self.path("runs", self.run_id, "samples"), tracker.uri, req.experiment,
             self.log), still_valid=sample.samples_exist)

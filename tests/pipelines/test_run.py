@@ -54,6 +54,7 @@ def test_config_errors_before_any_stage(tmp_path):
 
 def test_dry_run_prints_config_and_resources_and_writes_nothing(tmp_path):
     overrides = ["--override", "train_diffusion.steps=450", "--override", "train_diffusion.ema_rate=0.995",
+                 "--override", "train_diffusion.ema_warmup=off",
                  "--override", "sample.actor_cpus=1.5"]
     done = subprocess.run(_adm("run", "--preset", "smoke", "--dry-run", "--assume-cpus", "8", *overrides),
                           env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)

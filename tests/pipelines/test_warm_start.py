@@ -1,0 +1,116 @@
+"""`train_<kind>.init_from` against a real MLflow server and a local Ray instance: a trainer started from the
+registry's champion starts at its weights and names its parent; bad starting points fail before any worker starts."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from components.checkpoint import load_into, save_weights
+from components.config import ConfigError, apply_overrides, to_dict
+from components.data import make_shapes, to_model_input
+from components.diffusion import create_diffusion
+from components.kinds import kind as network_kind
+from components.losses import training_losses
+from components.presets import get_preset
+from components.training import Learner
+from pipelines.infra.tracking import Tracker, TrackingError
+from pipelines.stages.ingest import IngestOptions, ingest
+from pipelines.stages.train import TrainOptions, train
+
+PREFIX = "ws"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("data") / "shapes"
+    ingest("shapes", str(dest), IngestOptions(resolution=16, num_images=64, rows_per_shard=64), log=lambda *_: None)
+    return str(dest)
+
+
+def _batch(n=8):
+    images, labels, _ = make_shapes(n, 16, 4, seed=3)
+    return to_model_input(images), torch.from_numpy(labels)
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory, mlflow_server):
+    """A trained diffusion network (a few steps in this process, so its weights are not any seed's random init),
+    logged as an `adm train` run would log it and registered as version 1 of ws-diffusion, alias champion.
+    Returns the checkpoint folder."""
+    preset = get_preset("smoke")
+    learner = Learner("diffusion", preset, torch.device("cpu"), seed=11)
+    x, y = _batch(16)
+    for _ in range(5):
+        learner.train_step(x, y)
+    folder = tmp_path_factory.mktemp("champion") / "checkpoint"
+    learner.save(folder, config={"kind": "diffusion", "preset": to_dict(preset), "step": learner.step})
+    tracker = Tracker(mlflow_server)
+    run_id = tracker.start_run("warm-seed", "train-diffusion")
+    tracker.log_artifacts(run_id, folder, "checkpoint")
+    model_uri = tracker.log_network(run_id, "diffusion_model", folder / "ema_0.99.safetensors", folder / "model.json")
+    version = tracker.register(model_uri, f"{PREFIX}-diffusion", run_id, tags={})
+    tracker.set_alias(f"{PREFIX}-diffusion", "champion", version)
+    tracker.end_run(run_id)
+    return folder
+
+
+def _loss(net, preset) -> float:
+    """The hybrid loss of `net` on a fixed batch, timesteps and noise."""
+    x, y = _batch()
+    t = torch.tensor([0, 100, 250, 400, 550, 700, 850, 999])
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        terms = training_losses(create_diffusion(preset.diffusion, ""), net.eval(), x, t, {"y": y}, noise=noise)
+    return float(terms["loss"].mean())
+
+
+def _network(preset, weights) -> torch.nn.Module:
+    return load_into(network_kind("diffusion").build(preset), str(weights))
+
+
+def test_trainer_starts_at_the_champion_and_names_it(tmp_path, shapes, champion, ray_cluster, mlflow_server):
+    """One step at a negligible learning rate: the trainer's weights after it are its starting weights, so their loss
+    on a fixed batch is the champion's (a random init's is far from it); the run records the pinned version."""
+    preset = apply_overrides(get_preset("smoke"), ["train_diffusion.init_from=champion", "train_diffusion.steps=1",
+                                                   "train_diffusion.lr=1e-12", "train_diffusion.sample_interval=0"])
+    opts = TrainOptions(storage=str(tmp_path / "storage"), tracking_uri=mlflow_server, experiment="warm",
+                        model_prefix=PREFIX)
+    outcome = train(preset, shapes, opts, kinds=("diffusion",), log=lambda *_: None)["diffusion"]
+    started = _loss(_network(preset, Path(outcome.checkpoint) / "model.safetensors"), preset)
+    parent = _loss(_network(preset, champion / "ema_0.99.safetensors"), preset)
+    torch.manual_seed(0)
+    scratch = _loss(network_kind("diffusion").build(preset), preset)
+    assert abs(started - parent) < 1e-4 * abs(parent)
+    assert abs(scratch - parent) > 100 * abs(started - parent)
+    run = MlflowClient(mlflow_server).get_run(outcome.run_id)
+    assert run.data.tags["adm.init_from"] == f"models:/{PREFIX}-diffusion/1"
+    assert run.data.tags["adm.parent_version"] == f"{PREFIX}-diffusion/1"
+    assert run.data.params["train_diffusion.init_from"] == "champion"
+
+
+def test_bad_starting_points_fail_before_workers_start(tmp_path, shapes, champion, mlflow_server, actor_count):
+    actors, smoke = actor_count(), get_preset("smoke")
+    opts = TrainOptions(storage=str(tmp_path / "storage"), tracking_uri=mlflow_server, experiment="warm-bad",
+                        model_prefix=PREFIX)
+
+    def fails(overrides, pattern, error=ConfigError, kind="diffusion", **changes):
+        with pytest.raises(error, match=pattern):
+            train(apply_overrides(smoke, overrides), shapes, TrainOptions(**{**opts.__dict__, **changes}),
+                  kinds=(kind,), log=lambda *_: None)
+
+    fails([f"train_diffusion.init_from={champion}", "unet.model_channels=64"],
+          r"train_diffusion.init_from='.*': it holds a diffusion network of another architecture "
+          r"\(model_channels=32 there, 64 here\)")
+    fails(["train_diffusion.init_from=champion"], r"train_diffusion.init_from='champion': registered model "
+          r"'nobody-diffusion' has no alias 'champion'", model_prefix="nobody")
+    fails([f"train_diffusion.init_from=models:/{PREFIX}-diffusion/7"], r"has no version '7' of 'ws-diffusion'")
+    other = tmp_path / "classifier.safetensors"  # a released-style weights file of another network
+    save_weights(network_kind("classifier").build(smoke).state_dict(), other)
+    fails([f"train_diffusion.init_from={other}"], r"train_diffusion.init_from=.*does not fit the network: missing keys")
+    fails(["train_evaluator.init_from=champion"], "the evaluator network is never registered", kind="evaluator")
+    fails(["train_diffusion.init_from=champion"], "unreachable", TrackingError, tracking_uri="http://127.0.0.1:9")
+    assert actor_count() == actors  # no Ray Train controller, no worker
+    experiment = MlflowClient(mlflow_server).get_experiment_by_name("warm-bad")
+    assert experiment is None or not MlflowClient(mlflow_server).search_runs([experiment.experiment_id])
