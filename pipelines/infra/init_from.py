@@ -18,9 +18,9 @@ from components.config import ConfigError, Preset, UserError
 from components.kinds import kind as network_kind
 from pipelines.infra import tags
 from pipelines.infra.model_refs import NetworkRef, locate_for
+from pipelines.infra.registry import CHAMPION
 from pipelines.infra.tracking import Tracker
 
-CHAMPION = "champion"  # the alias `adm run` moves, and what init_from=champion names
 NOT_ARCHITECTURE = ("dropout",)  # network config fields a fine-tune may change
 
 

@@ -103,7 +103,7 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return out
 
 
-def _user() -> str:
+def current_user() -> str:
     import getpass
 
     try:
@@ -174,7 +174,8 @@ class Tracker:
     def start_run(self, experiment: str, run_name: str, parent_run_id: str | None = None,
                   tags: dict | None = None) -> str:
         # who and what started it (the UI's "Created by" and "Source"; the fluent API sets them, create_run does not)
-        tags = {"mlflow.user": _user(), "mlflow.source.name": "adm", "mlflow.source.type": "LOCAL", **(tags or {})}
+        tags = {"mlflow.user": current_user(), "mlflow.source.name": "adm", "mlflow.source.type": "LOCAL",
+                **(tags or {})}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
@@ -351,6 +352,19 @@ class Tracker:
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
+
+    def set_version_tags(self, name: str, version: str, tags: dict) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, str(value))
+
+    def registered_model(self, name: str):
+        """The registered model `name` with its aliases, or None."""
+        if self._store_missing():
+            return None
+        try:
+            return self.client.get_registered_model(name)
+        except Exception:
+            return None
 
     def model_versions(self, name: str) -> list:
         if self._store_missing():

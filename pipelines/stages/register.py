@@ -4,15 +4,9 @@
 Both aliases move together, after both versions exist, so a failure never leaves a mixed pair."""
 
 from components.config import HIGHER_IS_BETTER, ConfigError, Preset, to_dict
-from components.kinds import REGISTERED
 from pipelines.infra import tags
+from pipelines.infra.registry import CHAMPION, model_names, move_alias
 from pipelines.infra.tracking import Tracker
-
-CHAMPION = "champion"
-
-
-def model_names(prefix: str) -> dict:
-    return {kind.name: f"{prefix}-{kind.name}" for kind in REGISTERED}
 
 
 def cache_inputs(preset: Preset, prefix: str, trained: dict, evaluated: dict) -> dict:
@@ -53,8 +47,9 @@ def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained
     best = None if current is None or tag not in current.tags else float(current.tags[tag])
     better = beats(value, best, metric)
     if better:
+        why = f"{metric} {value:.4g} beat the champion's {'none' if best is None else f'{best:.4g}'}"
         for kind, name in names.items():
-            tracker.set_alias(name, CHAMPION, versions[kind])
+            move_alias(tracker, name, CHAMPION, versions[kind], "register", why)
     log("[register] " + ", ".join(f"{names[k]} v{versions[k]}" for k in names)
         + f": {metric}@{cfg.champion_scale:g} = {value:.4g}"
         + (" -> champion" if better else f" (champion keeps {best:.4g})"))

@@ -1,0 +1,80 @@
+"""The model registry's `champion` alias: moves that leave a record, and the partner network of a version.
+
+Every move of an alias (the register stage, `adm models promote`, `adm models rollback`) writes one record, as the
+tag ``adm.move.<UTC time>`` on both versions it concerns (the one that gets the alias and the one that loses it):
+JSON of the action, the alias, who (the OS user), when (UTC), why, and the versions from and to. Tags are only ever
+added, so the history of a version can be read back from the version itself and nothing is deleted.
+
+Both networks of a pipeline run move together; a version's partner is the other network's version registered by the
+same pipeline run (tag ``adm.pipeline_run``).
+"""
+
+import json
+from datetime import datetime, timezone
+
+from components.config import UserError
+from components.kinds import REGISTERED
+from pipelines.infra import tags
+from pipelines.infra.tracking import Tracker, current_user
+
+CHAMPION = "champion"
+
+
+def model_names(prefix: str) -> dict:
+    """{network: registered model name} of the networks every pipeline run registers."""
+    return {kind.name: f"{prefix}-{kind.name}" for kind in REGISTERED}
+
+
+def move_alias(tracker: Tracker, name: str, alias: str, version: str, action: str, why: str) -> dict:
+    """Point `alias` of `name` at `version` and record the move on it and on the version that had the alias."""
+    before = tracker.alias_version(name, alias)
+    now = datetime.now(timezone.utc)
+    record = {"action": action, "alias": alias, "from": before.version if before else None, "to": str(version),
+              "by": current_user(), "at": now.isoformat(timespec="microseconds"), "why": why}
+    tracker.set_alias(name, alias, version)
+    key = tags.MOVE + now.strftime("%Y%m%dT%H%M%S.%fZ")  # sorts by time; MLflow tag keys allow no colons
+    for concerned in {str(version), *([before.version] if before else [])}:
+        tracker.set_version_tags(name, concerned, {key: json.dumps(record, sort_keys=True)})
+    return record
+
+
+def moves(version) -> list[dict]:
+    """The alias moves recorded on a model version, oldest first."""
+    return [json.loads(value) for key, value in sorted(version.tags.items()) if key.startswith(tags.MOVE)]
+
+
+def find_version(tracker: Tracker, name: str, version: str):
+    """The model version `version` of `name`; UserError naming what exists when there is none."""
+    found = {v.version: v for v in tracker.model_versions(name)}
+    if not found:
+        raise UserError(f"the MLflow registry at {tracker.uri} has no registered model {name!r}; check --model-prefix "
+                        "(models are PREFIX-diffusion and PREFIX-classifier) and --tracking-uri")
+    if str(version) not in found:
+        raise UserError(f"{name} has no version {version}; its versions are {', '.join(sorted(found, key=int))}")
+    return found[str(version)]
+
+
+def partner(tracker: Tracker, name: str, version, partner_name: str):
+    """The version of `partner_name` registered by the pipeline run that registered `version` of `name`; UserError
+    when the lineage tag or the partner is missing (a pair is never split)."""
+    run = version.tags.get(tags.PIPELINE_RUN)
+    if not run:
+        raise UserError(f"{name} v{version.version} has no {tags.PIPELINE_RUN} tag, so its {partner_name} partner "
+                        "cannot be found; both networks of a pipeline run move together, so it is not moved")
+    found = [v for v in tracker.model_versions(partner_name) if v.tags.get(tags.PIPELINE_RUN) == run]
+    if not found:
+        raise UserError(f"{name} v{version.version} was registered by pipeline run {run}, which registered no "
+                        f"{partner_name} version (deleted, or never registered); the pair cannot move together, so "
+                        "nothing was moved")
+    return max(found, key=lambda v: int(v.version))
+
+
+def previous_champion(tracker: Tracker, name: str, current) -> str:
+    """The version that was champion before `current` became it (the latest promotion of `current` that was not a
+    rollback says which), so repeated rollbacks walk back through the history."""
+    made = [m for m in moves(current) if m["alias"] == CHAMPION and m["to"] == current.version
+            and m["action"] != "rollback" and m["from"] != current.version]
+    if not made or made[-1]["from"] is None:
+        raise UserError(f"{name} v{current.version} has no recorded earlier champion to roll back to; promote a "
+                        "version by number instead (adm models promote VERSION --reason ...)")
+    return made[-1]["from"]

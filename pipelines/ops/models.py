@@ -1,0 +1,92 @@
+"""`adm models`: the registered versions of a pipeline's two networks, and moving `champion` by hand.
+
+Promote and rollback move both networks' aliases together (the partner is found by the pipeline-run lineage tag,
+and a pair with a missing partner is refused before anything moves); each move is recorded on the versions it
+concerns (pipelines/infra/registry.py). Nothing is deleted: a version that loses the alias keeps its record.
+"""
+
+import re
+from datetime import datetime, timezone
+
+from components.config import UserError
+from pipelines.infra import registry, tags
+from pipelines.infra.registry import CHAMPION, model_names, moves
+from pipelines.infra.tracking import Tracker
+
+METRIC_TAG = re.compile(r"^adm\.(?P<metric>.+)_scale_(?P<scale>[^_]+)$")  # tags.champion_metric's names
+
+
+def version_row(version, champion: str | None) -> dict:
+    """What `adm models list` shows of one version: metrics, scale, data, lineage, whether champion, last move."""
+    found = [(m, value) for key, value in version.tags.items() if (m := METRIC_TAG.match(key))]
+    history = moves(version)
+    return {
+        "version": version.version,
+        "champion": version.version == champion,
+        "metrics": {f"{m['metric']}@{m['scale']}": float(value) for m, value in found},
+        "scale": ",".join(sorted({m["scale"] for m, _ in found})),
+        "data_fingerprint": version.tags.get(tags.DATA_FINGERPRINT, ""),
+        "pipeline_run": version.tags.get(tags.PIPELINE_RUN, ""),
+        "parent": version.tags.get(tags.PARENT_VERSION, ""),
+        "created": datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).isoformat(),
+        "last_move": history[-1] if history else None,
+    }
+
+
+def list_versions(tracker: Tracker, prefix: str) -> dict:
+    """{registered model name: rows of its versions, newest first}; UserError when the prefix has no models."""
+    out = {}
+    for name in model_names(prefix).values():
+        champion = tracker.alias_version(name, CHAMPION)
+        versions = sorted(tracker.model_versions(name), key=lambda v: -int(v.version))
+        out[name] = [version_row(v, champion.version if champion else None) for v in versions]
+    if not any(out.values()):
+        raise UserError(f"the MLflow registry at {tracker.uri} has no versions of {' or '.join(out)}; check "
+                        "--model-prefix (default adm-PRESET) and --tracking-uri")
+    return out
+
+
+def show_version(tracker: Tracker, prefix: str, network: str, version: str) -> dict:
+    """One version in full: its row, every tag but the move records, the move records, its partner."""
+    names = _names(prefix, network)
+    found = registry.find_version(tracker, names[network], version)
+    champion = tracker.alias_version(names[network], CHAMPION)
+    partners = {}
+    for other, name in names.items():
+        if other != network:
+            try:
+                partners[name] = registry.partner(tracker, names[network], found, name).version
+            except UserError:
+                partners[name] = None
+    return {"name": names[network], **version_row(found, champion.version if champion else None),
+            "run_id": found.run_id, "source": found.source, "partners": partners,
+            "tags": {k: v for k, v in sorted(found.tags.items()) if not k.startswith(tags.MOVE)},
+            "moves": moves(found)}
+
+
+def promote(tracker: Tracker, prefix: str, network: str, version: str, reason: str, action: str = "promote") -> dict:
+    """`champion` to `version` of `network` and to its partner; {name: the recorded move}."""
+    names = _names(prefix, network)
+    chosen = registry.find_version(tracker, names[network], version)
+    pair = {names[network]: chosen}
+    for other, name in names.items():
+        if other != network:  # every partner is found before the first alias moves
+            pair[name] = registry.partner(tracker, names[network], chosen, name)
+    return {name: registry.move_alias(tracker, name, CHAMPION, v.version, action, reason) for name, v in pair.items()}
+
+
+def rollback(tracker: Tracker, prefix: str, reason: str) -> dict:
+    """`champion` back to the pair that held it before the current diffusion champion was promoted."""
+    name = model_names(prefix)["diffusion"]
+    current = tracker.alias_version(name, CHAMPION)
+    if current is None:
+        raise UserError(f"{name} has no champion in the MLflow registry at {tracker.uri}, so there is nothing to roll "
+                        "back; check --model-prefix and --tracking-uri")
+    return promote(tracker, prefix, "diffusion", registry.previous_champion(tracker, name, current), reason, "rollback")
+
+
+def _names(prefix: str, network: str) -> dict:
+    names = model_names(prefix)
+    if network not in names:
+        raise UserError(f"network {network!r} is not registered; the registered networks are {', '.join(names)}")
+    return names

@@ -1,0 +1,99 @@
+"""`adm models` against a real MLflow server: promote and rollback move both networks' aliases and leave records on
+the versions; a pair with a missing partner is refused; bad input is an error line, not a traceback."""
+
+import getpass
+import json
+from datetime import datetime, timedelta, timezone
+
+from mlflow import MlflowClient
+
+from pipelines.cli.main import main
+
+
+def register_pair(client, prefix: str, pipeline_run: str, fid: float, networks=("diffusion", "classifier")) -> None:
+    """Versions as a pipeline run registers them: one per network, tagged with the run and the metric."""
+    run = client.create_run(client.get_experiment_by_name("models-seed").experiment_id)
+    for kind in networks:
+        name = f"{prefix}-{kind}"
+        if not client.search_registered_models(f"name = '{name}'"):
+            client.create_registered_model(name)
+        client.create_model_version(name, f"{run.info.artifact_uri}/{kind}_model", run.info.run_id,
+                                    tags={"adm.pipeline_run": pipeline_run, "adm.fid_scale_2": str(fid),
+                                          "adm.data_fingerprint": f"data-{pipeline_run}"})
+
+
+def adm(capsys, server, prefix, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["models", *args, "--model-prefix", prefix, "--tracking-uri", server])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def champions(client, prefix) -> tuple[str, str]:
+    return tuple(client.get_model_version_by_alias(f"{prefix}-{k}", "champion").version
+                 for k in ("diffusion", "classifier"))
+
+
+def records(client, name, version) -> list[dict]:
+    tags = client.get_model_version(name, version).tags
+    return [json.loads(v) for k, v in sorted(tags.items()) if k.startswith("adm.move.")]
+
+
+def test_promote_and_rollback_move_both_aliases_and_leave_records(capsys, mlflow_server):
+    client, prefix = MlflowClient(mlflow_server), "mm"
+    client.create_experiment("models-seed")
+    for i, fid in enumerate((30.0, 20.0, 25.0), start=1):
+        register_pair(client, prefix, f"run-{i}", fid)
+    started = datetime.now(timezone.utc)
+    assert adm(capsys, mlflow_server, prefix, "promote", "1", "--reason", "first")[0] == 0
+    assert adm(capsys, mlflow_server, prefix, "promote", "2", "--reason", "better fid")[0] == 0
+    assert champions(client, prefix) == ("2", "2")
+    code, out, _ = adm(capsys, mlflow_server, prefix, "promote", "3", "--network", "classifier", "--reason", "try 3")
+    assert code == 0 and "mm-diffusion: champion v2 -> v3" in out and champions(client, prefix) == ("3", "3")
+    assert adm(capsys, mlflow_server, prefix, "rollback", "--reason", "3 was bad")[0] == 0
+    assert champions(client, prefix) == ("2", "2")
+    assert adm(capsys, mlflow_server, prefix, "rollback", "--reason", "2 as well")[0] == 0
+    assert champions(client, prefix) == ("1", "1")  # a second rollback walks further back, not back to 3
+    code, _, err = adm(capsys, mlflow_server, prefix, "rollback", "--reason", "once more")
+    assert code == 2 and "no recorded earlier champion" in err and "Traceback" not in err
+    assert champions(client, prefix) == ("1", "1")
+
+    for kind in ("diffusion", "classifier"):  # v2 gained the alias twice and lost it twice: four records
+        moved = records(client, f"{prefix}-{kind}", "2")
+        assert [(m["action"], m["from"], m["to"]) for m in moved] == [
+            ("promote", "1", "2"), ("promote", "2", "3"), ("rollback", "3", "2"), ("rollback", "2", "1")]
+        assert moved[2]["why"] == "3 was bad" and all(m["by"] == getpass.getuser() for m in moved)
+        at = [datetime.fromisoformat(m["at"]) for m in moved]
+        assert at == sorted(at) and started - timedelta(seconds=1) <= at[0] and at[-1].tzinfo is not None
+    assert len(client.search_model_versions(f"name = '{prefix}-diffusion'")) == 3  # nothing deleted
+
+    code, out, _ = adm(capsys, mlflow_server, prefix, "list", "--json")
+    listed = json.loads(out)
+    rows = {r["version"]: r for r in listed[f"{prefix}-diffusion"]}
+    assert code == 0 and [v for v, r in rows.items() if r["champion"]] == ["1"]
+    assert rows["2"]["metrics"] == {"fid@2": 20.0} and rows["2"]["data_fingerprint"] == "data-run-2"
+    assert rows["2"]["last_move"]["action"] == "rollback"
+    code, out, _ = adm(capsys, mlflow_server, prefix, "show", "3", "--network", "classifier")
+    shown = json.loads(out)
+    assert code == 0 and shown["partners"] == {f"{prefix}-diffusion": "3"} and len(shown["moves"]) == 2
+
+
+def test_promote_without_partner_and_bad_input_are_refused(capsys, mlflow_server):
+    client, prefix = MlflowClient(mlflow_server), "mp"
+    if client.get_experiment_by_name("models-seed") is None:
+        client.create_experiment("models-seed")
+    register_pair(client, prefix, "run-a", 10.0)
+    register_pair(client, prefix, "run-b", 5.0, networks=("diffusion",))  # its classifier was never registered
+    assert adm(capsys, mlflow_server, prefix, "promote", "1", "--reason", "start")[0] == 0
+    code, _, err = adm(capsys, mlflow_server, prefix, "promote", "2", "--reason", "lone")
+    assert code == 2 and "registered no mp-classifier version" in err and "nothing was moved" in err
+    assert champions(client, prefix) == ("1", "1") and len(records(client, f"{prefix}-diffusion", "2")) == 0
+    for name, args, message in (
+            (prefix, ("promote", "9", "--reason", "x"), "mp-diffusion has no version 9; its versions are 1, 2"),
+            (prefix, ("promote", "1", "--reason", " "), "--reason is empty"),
+            ("nobody", ("show", "1"), "no registered model 'nobody-diffusion'"),
+            ("nobody", ("rollback", "--reason", "x"), "nobody-diffusion has no champion")):
+        code, _, err = adm(capsys, mlflow_server, name, *args)
+        assert code == 2 and message in err and "Traceback" not in err, err
+    code, _, err = adm(capsys, "http://127.0.0.1:9", prefix, "list")
+    assert code == 2 and "unreachable" in err
