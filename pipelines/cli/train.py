@@ -18,7 +18,8 @@ def cmd_train(args) -> int:
         print(json.dumps({"preset": preset.name, "data": args.data, "storage": args.storage,
                           "resources": train_plan(preset, kinds, cluster_cpus=args.assume_cpus)}, indent=2))
         return 0
-    opts = TrainOptions(storage=args.storage, tracking_uri=args.tracking_uri, experiment=args.experiment)
+    opts = TrainOptions(storage=args.storage, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                        model_prefix=args.model_prefix)
     outcomes = train(preset, args.data, opts, kinds)
     for kind, outcome in outcomes.items():
         print(f"{kind}: {outcome.steps} steps, checkpoint {outcome.checkpoint}, MLflow run {outcome.run_id}, "
@@ -35,6 +36,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     p.add_argument("--experiment", default="adm", help="MLflow experiment name")
+    p.add_argument("--model-prefix", default=None, help="train_<network>.init_from=champion starts from the champion "
+                   "of PREFIX-<network> (default: adm-PRESET)")
     p.add_argument("--dry-run", action="store_true", help="check the config against the data, print the plan, exit")
     p.add_argument("--assume-cpus", type=float, default=2.0, help="cluster CPUs assumed by --dry-run's plan")
     p.set_defaults(func=cmd_train)
