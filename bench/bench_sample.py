@@ -33,9 +33,13 @@ import numpy as np
 import torch
 
 from components.config import SampleConfig
+from components.guidance import trained_sigmas
 from components.presets import get_preset
+from components.samplers import grid_cells
 from components.training import Learner
 from pipelines.stages.sample import GuidedSampler, SampleJob, assemble, plan_shards, run_sampling
+
+PRESET = ["fashion-mnist"]  # the preset of this run, for the one-process job's subprocess
 
 
 def save_random(kind: str, preset, folder: str) -> str:
@@ -51,7 +55,7 @@ def steady_rate(job: SampleJob, threads: int) -> float:
     """Images/s of one process over every shard but the first, a warm-up (CUDA context, cuDNN plans, compile), as
     the actors' rate leaves out each actor's first shard."""
     sampler = GuidedSampler(job, threads)
-    shards = plan_shards(job.scales, job.config.num_samples, job.config.batch_size)
+    shards = plan_shards(job.cells, job.config.num_samples, job.config.batch_size)
     sampler.sample_shard(0)
     start = time.perf_counter()
     n = sum(len(sampler.sample_shard(k)["labels"]) for k in range(1, len(shards)))
@@ -61,7 +65,7 @@ def steady_rate(job: SampleJob, threads: int) -> float:
 def whole_job_in_one_process(job: SampleJob, threads: int) -> float:
     """Wall seconds of a fresh Python process doing the whole job without Ray (see --one-process-job)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"job": dataclasses.asdict(job), "threads": threads}, f, default=list)
+        json.dump({"job": dataclasses.asdict(job), "threads": threads, "preset": PRESET[0]}, f, default=list)
     start = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--one-process-job", f.name], check=True)
     wall = time.perf_counter() - start
@@ -75,15 +79,15 @@ def one_process_job(spec_file: str) -> None:
     config = spec["job"].pop("config")
     job = SampleJob(**spec["job"], config=SampleConfig(**{k: tuple(v) if isinstance(v, list) else v
                                                           for k, v in config.items()}))
-    shards = plan_shards(job.scales, job.config.num_samples, job.config.batch_size)
+    shards = plan_shards(job.cells, job.config.num_samples, job.config.batch_size)
     GuidedSampler(job, spec["threads"])({"shard": np.arange(len(shards))})
-    assemble(job, shards)
+    assemble(job, shards, trained_sigmas(get_preset(spec["preset"]).diffusion))
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="fashion-mnist")
-    parser.add_argument("--num-samples", type=int, default=64, help="samples per scale")
+    parser.add_argument("--num-samples", type=int, default=64, help="samples per cell")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--sampler", default="ddim10")
     parser.add_argument("--scales", default="2", help="comma-separated guidance scales")
@@ -107,12 +111,14 @@ def main():
         return one_process_job(args.one_process_job)
     preset = get_preset(args.preset)
     size = dict(guidance_scales=tuple(float(s) for s in args.scales.split(",")), num_samples=args.num_samples,
-                sampler=args.sampler, batch_size=args.batch_size)
+                samplers=(args.sampler,), batch_size=args.batch_size)
     if args.preset_job:
         s = preset.sample
-        size = dict(guidance_scales=tuple(s.guidance_scales), num_samples=s.num_samples, sampler=s.sampler,
-                    batch_size=s.batch_size)
-    images = len(size["guidance_scales"]) * size["num_samples"]
+        size = dict(guidance_scales=tuple(s.guidance_scales), num_samples=s.num_samples, samplers=s.samplers,
+                    guidance_intervals=s.guidance_intervals, batch_size=s.batch_size)
+    PRESET[0] = args.preset
+    images = len(grid_cells(size["samplers"], size["guidance_scales"], size.get("guidance_intervals", ("all",)))) \
+        * size["num_samples"]
     threads = args.threads
     with tempfile.TemporaryDirectory() as tmp:
         job = SampleJob(diffusion=save_random("diffusion", preset, f"{tmp}/d"),
@@ -138,7 +144,7 @@ def main():
 def report(args, size, images, threads, unguided, guided_runs, alone_runs, wall, result):
     guided, alone = sum(guided_runs) / 2, sum(alone_runs) / 2
     print(f"preset={args.preset} scales={','.join(f'{s:g}' for s in size['guidance_scales'])} samples/scale="
-          f"{size['num_samples']} ({images} images) batch={size['batch_size']} sampler={size['sampler']} "
+          f"{size['num_samples']} ({images} images) batch={size['batch_size']} samplers={','.join(size['samplers'])} "
           f"actors={args.actors} actor_cpus={args.actor_cpus} threads={threads} compile={args.compile} "
           f"device={'cuda' if torch.cuda.is_available() else 'cpu'}")
     print("steady state (first shard of each side left out):")

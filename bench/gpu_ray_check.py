@@ -43,23 +43,23 @@ def main():
         job = SampleJob(diffusion=save_random("diffusion", preset, f"{tmp}/d"),
                         classifier=save_random("classifier", preset, f"{tmp}/c"), out=f"{tmp}/one",
                         config=SampleConfig(guidance_scales=(0.0, 1.0, 4.0), num_samples=args.num_samples,
-                                            sampler="ddim10", batch_size=args.batch_size), actors=1)
+                                            samplers=("ddim10",), batch_size=args.batch_size), actors=1)
         one = run_sampling(job, log=lambda *_: None)
         two = run_sampling(dataclasses.replace(job, out=f"{tmp}/two", actors=2), log=lambda *_: None)
         unguided = dataclasses.replace(job.config, guidance_scales=(0.0,))
         plain = run_sampling(dataclasses.replace(job, out=f"{tmp}/plain", classifier=None, config=unguided),
                              log=lambda *_: None)
-        for scale in job.scales:
-            a, b = read_npz(one.npz[scale]), read_npz(two.npz[scale])
+        for cell in job.cells:
+            a, b = read_npz(one.npz[cell.key]), read_npz(two.npz[cell.key])
             same = all(np.array_equal(a[k], b[k]) for k in ("arr_0", "arr_1"))
             failures += not same
-            print(f"{'ok  ' if same else 'FAIL'} scale {scale:g}: 1 actor vs 2 actors sharing the GPU "
+            print(f"{'ok  ' if same else 'FAIL'} {cell.key}: 1 actor vs 2 actors sharing the GPU "
                   f"{'byte-identical' if same else 'differ'} ({a['arr_0'].shape} {a['arr_0'].dtype})")
-        a, b = read_npz(one.npz[0.0]), read_npz(plain.npz[0.0])
+        a, b = read_npz(one.npz["ddim10/scale_0"]), read_npz(plain.npz["ddim10/scale_0"])
         same = np.array_equal(a["arr_0"], b["arr_0"])
         failures += not same
         print(f"{'ok  ' if same else 'FAIL'} scale 0 of the guided grid equals the unguided job: {same}")
-        changed = float(np.mean(read_npz(one.npz[4.0])["arr_0"] != a["arr_0"]))
+        changed = float(np.mean(read_npz(one.npz["ddim10/scale_4"])["arr_0"] != a["arr_0"]))
         print(f"info: scale 4 changes {changed:.0%} of the pixels of scale 0")
     ray.shutdown()
     sys.exit(1 if failures else 0)

@@ -77,11 +77,14 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: str = "ddim25"  # a respacing string: "250" (DDPM), "ddim25" (DDIM), "10,10,5" (DDPM sections)
+    # the grid: every sampler x every guidance scale x every guidance interval is a cell (components/samplers.py)
+    samplers: tuple[str, ...] = ("ddim25",)  # "ddim25", "250" (DDPM), "dpm++2m-10", "heun-18"; see samplers.py
     eta: float = 0.0
     clip_denoised: bool = True
     guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
-    num_samples: int = 100  # per scale
+    # noise levels sigma_t = sqrt((1 - abar_t) / abar_t) where guidance applies: "all", or "LO:HI" (e.g. 0.3:5)
+    guidance_intervals: tuple[str, ...] = ("all",)
+    num_samples: int = 100  # per cell
     batch_size: int = 64
     seed: int = 0
     compile: str = "auto"  # torch.compile the networks: auto (on CUDA) | on | off
@@ -101,6 +104,7 @@ class EvaluateConfig:
     batch_size: int = 64
     champion_metric: str = "fid"  # the metric that decides the registry's `champion` alias
     champion_scale: float = 1.0  # ... at this guidance scale (one of sample.guidance_scales)
+    champion_sampler: str = ""  # ... with this sampler (one of sample.samplers; "": the first), guided at all levels
 
 
 FEATURE_SETS = ("inception", "evaluator", "both")  # evaluate.features
@@ -302,8 +306,14 @@ def override_section(section: str, sub, values: dict):
     return sub
 
 
+# older names that still read: the single-sampler form (`sample.sampler=250`, also DDPM sections "10,10,5" whole)
+ALIASES = {("sample", "sampler"): "samplers"}
+
+
 def override_field(section: str, sub, name: str, value: str, item: str):
     names = [f.name for f in dataclasses.fields(sub)]
+    if (section, name) in ALIASES:
+        return dataclasses.replace(sub, **{ALIASES[section, name]: (value.strip(),)})
     if name not in names:
         raise ConfigError(f"override {item!r}: {section} has no field {name!r}; fields are {names}")
     optional = "None" in str(next(f.type for f in dataclasses.fields(sub) if f.name == name))
@@ -320,6 +330,8 @@ def to_dict(obj) -> dict:
 
 def _from_dict(cls, values: dict):
     kwargs = {}
+    if cls is SampleConfig and "sampler" in values and "samplers" not in values:  # a config logged before the grid
+        values = {**values, "samplers": [values["sampler"]]}
     for f in dataclasses.fields(cls):
         if f.name not in values:
             continue

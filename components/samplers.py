@@ -84,3 +84,68 @@ class SampleCost:
         """rows: a bool sequence (or 1-D bool tensor) over the batch, True where the classifier ran."""
         rows = rows.tolist() if hasattr(rows, "tolist") else list(rows)
         self.classifier_passes = [n + int(bool(r)) for n, r in zip(self.classifier_passes, rows, strict=True)]
+
+
+# --- the grid: cells of (sampler, guidance scale, guidance interval) ------------------------------------------------
+ALL_LEVELS = "all"
+_INTERVAL_HELP = "use 'all' or 'LO:HI' noise levels sigma = sqrt((1 - abar) / abar) with 0 <= LO <= HI, e.g. 0.3:5"
+
+
+def parse_interval(text: str) -> tuple[float, float] | None:
+    """A guidance interval string -> (sigma_lo, sigma_hi), or None for "all" (guidance at every noise level)."""
+    text = str(text).strip().lower()
+    if text == ALL_LEVELS:
+        return None
+    lo, sep, hi = text.partition(":")
+    try:
+        bounds = (float(lo), float(hi)) if sep else None
+    except ValueError:
+        bounds = None
+    if bounds is None or not (0 <= bounds[0] <= bounds[1]) or bounds[0] == float("inf"):
+        raise ConfigError(f"guidance interval {text!r} is not valid; {_INTERVAL_HELP}")
+    return bounds
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the sampling grid: a sampler string, a guidance scale and the interval of noise levels it guides
+    in (None: all). ``key`` names its output folder and runs; it is the same wherever the cell is sampled."""
+
+    sampler: str
+    scale: float
+    interval: tuple[float, float] | None = None
+
+    @property
+    def interval_text(self) -> str:
+        return ALL_LEVELS if self.interval is None else f"{self.interval[0]:g}:{self.interval[1]:g}"
+
+    @property
+    def key(self) -> str:
+        suffix = "" if self.interval is None else f"_sigma_{self.interval[0]:g}-{self.interval[1]:g}"
+        return f"{self.sampler}/scale_{self.scale:g}{suffix}"
+
+    @property
+    def label(self) -> str:
+        """Short and readable, for run names and captions: "dpm++2m-10 s=4 sigma in [0.3, 5]"."""
+        where = "" if self.interval is None else f" sigma in [{self.interval[0]:g}, {self.interval[1]:g}]"
+        return f"{self.sampler} s={self.scale:g}{where}"
+
+
+def grid_cells(samplers, scales, intervals) -> list[Cell]:
+    """Every sampler x scale x interval, in that order. At scale 0 nothing is guided, so only one cell (interval
+    "all") is made there: its samples would be the same bytes under every interval."""
+    cells = []
+    for sampler in samplers:
+        name = parse_sampler(sampler).name
+        for scale in scales:
+            for text in intervals:
+                interval = parse_interval(text)
+                cell = Cell(name, float(scale), None if float(scale) == 0 else interval)
+                if cell not in cells:
+                    cells.append(cell)
+    return cells
+
+
+def metric_name(sampler: str) -> str:
+    """A sampler string as MLflow accepts in a metric key ("+" is not allowed there): dpm++2m-10 -> dpmpp2m-10."""
+    return sampler.replace("+", "p")

@@ -34,7 +34,7 @@ from .config import (
     resolve_channel_mult,
 )
 from .respacing import space_timesteps
-from .samplers import parse_sampler
+from .samplers import parse_interval, parse_sampler
 
 TRAIN_SECTIONS = ("train_diffusion", "train_classifier", "train_evaluator")
 
@@ -147,7 +147,7 @@ def validate_classifier(cfg: ClassifierConfig) -> None:
 
 
 # --- diffusion, sampling, evaluation ---------------------------------------------------------------------------------
-def diffusion_problems(cfg: DiffusionConfig, sampler: str | None = None) -> list[str]:
+def diffusion_problems(cfg: DiffusionConfig, samplers=()) -> list[str]:
     """Steps, schedule and variance flags; the config's respacing and the sampler's, against the trained steps."""
     out = _at_least("diffusion.steps", cfg.steps, 1, hint="e.g. 1000")
     out += _one_of("diffusion.noise_schedule", cfg.noise_schedule, NOISE_SCHEDULES)
@@ -160,21 +160,27 @@ def diffusion_problems(cfg: DiffusionConfig, sampler: str | None = None) -> list
             space_timesteps(cfg.steps, cfg.timestep_respacing)
         except ConfigError as e:
             out.append(f"diffusion.timestep_respacing: {e}")
-    try:
-        spec = parse_sampler(sampler) if sampler is not None else None
-    except ConfigError:
-        return out  # sample_problems reports the string itself
-    problem = None
-    if spec is not None and spec.steps is not None and spec.steps > cfg.steps:
-        problem = f"it takes {spec.steps} steps of the {cfg.steps} trained"
-    elif spec is not None and spec.respacing:
-        try:
-            space_timesteps(cfg.steps, spec.respacing)
-        except ConfigError as e:
-            problem = str(e)
-    if problem:
-        out.append(f"sample.sampler={sampler!r} does not fit diffusion.steps={cfg.steps}: {problem}")
+    for sampler in samplers:
+        problem = _sampler_fit(sampler, cfg.steps)
+        if problem:
+            out.append(f"sample.samplers: {sampler!r} does not fit diffusion.steps={cfg.steps}: {problem}")
     return out
+
+
+def _sampler_fit(sampler: str, steps: int) -> str | None:
+    """Why a sampler string cannot run on a process of `steps` trained timesteps, or None."""
+    try:
+        spec = parse_sampler(sampler)
+    except ConfigError:
+        return None  # sample_problems reports the string itself
+    if spec.steps is not None and spec.steps > steps:
+        return f"it takes {spec.steps} steps of the {steps} trained"
+    if spec.respacing:
+        try:
+            space_timesteps(steps, spec.respacing)
+        except ConfigError as e:
+            return str(e)
+    return None
 
 
 def check_diffusion(cfg: DiffusionConfig) -> None:
@@ -187,10 +193,21 @@ def _scales_ok(scales) -> bool:
 
 def sample_problems(cfg: SampleConfig) -> list[str]:
     out = []
-    try:
-        parse_sampler(cfg.sampler)
-    except ConfigError as e:
-        out.append(f"sample.sampler: {e}")
+    if not cfg.samplers:
+        out.append("sample.samplers is empty; name one or more, e.g. ddim25 or ddim25,dpm++2m-10 (--samplers)")
+    for sampler in cfg.samplers:
+        try:
+            parse_sampler(sampler)
+        except ConfigError as e:
+            out.append(f"sample.samplers: {e}")
+    if not cfg.guidance_intervals:
+        out.append("sample.guidance_intervals is empty; use all (guidance at every noise level) or LO:HI, e.g. "
+                   "all,0.3:5 (--intervals)")
+    for interval in cfg.guidance_intervals:
+        try:
+            parse_interval(interval)
+        except ConfigError as e:
+            out.append(f"sample.guidance_intervals: {e}")
     scales = cfg.guidance_scales
     if not _scales_ok(scales):
         out.append(f"sample.guidance_scales={scales!r} must be finite numbers >= 0 (0 = unguided), e.g. 0,1,2,4 "
@@ -303,13 +320,17 @@ def _between_sections(preset) -> list[str]:
     if _scales_ok(scales) and not (_is_number(scale) and float(scale) in scales):
         out.append(f"evaluate.champion_scale={scale} is not in sample.guidance_scales="
                    f"{','.join(f'{s:g}' for s in scales)}; pick one of them")
+    champion = preset.evaluate.champion_sampler
+    if champion and champion.strip().lower() not in [str(x).strip().lower() for x in preset.sample.samplers]:
+        out.append(f"evaluate.champion_sampler={champion!r} is not in sample.samplers="
+                   f"{','.join(preset.sample.samplers)}; pick one of them or leave it empty (the first)")
     return out
 
 
 def preset_problems(preset) -> list[str]:
     out = network_problems("unet", preset.unet) + network_problems("classifier", preset.classifier)
     out += network_problems("evaluator", preset.evaluator)
-    out += diffusion_problems(preset.diffusion, preset.sample.sampler)
+    out += diffusion_problems(preset.diffusion, preset.sample.samplers)
     out += sample_problems(preset.sample) + evaluate_problems(preset.evaluate)
     for section in TRAIN_SECTIONS:
         out += train_problems(section, getattr(preset, section))

@@ -1,4 +1,4 @@
-"""`adm sample`: guided sampling over a grid of guidance scales with Ray Data.
+"""`adm sample`: guided sampling over a grid of cells (sampler x guidance scale x guidance interval) with Ray Data.
 
 The sampling settings are the config's `sample` section (components/config.py SampleConfig, or the --preset's):
 each flag below sets one of its fields, as `--override sample.FIELD=VALUE` would, and has no default of its own.
@@ -8,7 +8,8 @@ from components.config import SampleConfig, override_section
 from components.presets import get_preset
 
 # flag -> field of the sample section it sets
-SAMPLE_FLAGS = {"scales": "guidance_scales", "num_samples": "num_samples", "sampler": "sampler", "eta": "eta",
+SAMPLE_FLAGS = {"scales": "guidance_scales", "intervals": "guidance_intervals", "num_samples": "num_samples",
+               "samplers": "samplers", "sampler": "sampler", "eta": "eta",
                 "batch_size": "batch_size", "seed": "seed", "actors_per_gpu": "actors_per_gpu",
                 "actor_cpus": "actor_cpus", "compile": "compile", "channels_last": "channels_last"}
 
@@ -28,14 +29,15 @@ def cmd_sample(args) -> int:
     result = run_sampling(job)
     if not args.no_track:
         log_to_mlflow(job, result)
-    for scale, url in result.npz.items():
-        print(f"scale {scale:g}: {url}  grid {result.grids[scale]}")
+    for key, url in result.npz.items():
+        print(f"{key}: {url}  grid {result.grids[key]}")
     return 0
 
 
 def add_parsers(sub) -> None:
     d = SampleConfig()
-    p = sub.add_parser("sample", help="classifier-guided sampling over a grid of scales (Ray Data)")
+    p = sub.add_parser("sample", help="classifier-guided sampling over a grid of samplers, scales and guidance "
+                       "intervals (Ray Data)")
     p.add_argument("--diffusion", required=True, help="checkpoint folder, runs:/RUN_ID, models:/NAME@ALIAS, "
                    "models:/NAME/VERSION, or weights file (+ --preset)")
     p.add_argument("--classifier", default=None, help="noisy classifier: same forms; needed for scales above 0")
@@ -43,9 +45,13 @@ def add_parsers(sub) -> None:
                    "SampleConfig's), and the networks of bare weights files (e.g. imagenet256 for released .pt)")
     p.add_argument("--scales", help="comma-separated guidance scales, 0 = unguided (sample.guidance_scales; default "
                    f"{','.join(f'{s:g}' for s in d.guidance_scales)})")
-    p.add_argument("--num-samples", help=f"samples per scale (sample.num_samples; default {d.num_samples})")
-    p.add_argument("--sampler", help="ddimN (DDIM, e.g. ddim25) or DDPM step counts, e.g. 250 (sample.sampler; "
-                   f"default {d.sampler})")
+    p.add_argument("--intervals", help="comma-separated guidance intervals of noise levels sigma, 'all' or LO:HI, "
+                   f"e.g. all,0.3:5 (sample.guidance_intervals; default {','.join(d.guidance_intervals)})")
+    p.add_argument("--num-samples", help=f"samples per cell (sample.num_samples; default {d.num_samples})")
+    p.add_argument("--samplers", help="comma-separated samplers: ddimN (DDIM, e.g. ddim25), dpm++2m-N (DPM-Solver++"
+                   "(2M), N network evaluations), heun-N (EDM Heun, 2N-1 evaluations) or DDPM step counts, e.g. 250 "
+                   f"(sample.samplers; default {','.join(d.samplers)})")
+    p.add_argument("--sampler", help="one sampler, taken whole (DDPM sections such as 10,10,5 included)")
     p.add_argument("--eta", help=f"DDIM eta, 0: deterministic (sample.eta; default {d.eta:g})")
     p.add_argument("--batch-size", help=f"samples per shard / actor call (sample.batch_size; default {d.batch_size})")
     p.add_argument("--seed", help=f"base seed; sample i uses a seed derived from (seed, i) (sample.seed; default "

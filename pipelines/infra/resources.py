@@ -5,6 +5,7 @@ import ray
 from components.config import UserError
 from components.kinds import KINDS
 from components.kinds import kind as network_kind
+from components.samplers import grid_cells
 from components.training import ema_initial_share
 
 
@@ -77,7 +78,7 @@ def train_plan(preset, kinds, cluster_cpus: float) -> dict:
 def stage_resources(preset, cluster_cpus: float) -> dict:
     """What each stage of `adm run` asks Ray for (for --dry-run)."""
     s = preset.sample
-    shards = -(-len(s.guidance_scales) * s.num_samples // s.batch_size)
+    shards = -(-len(grid_cells(s.samplers, s.guidance_scales, s.guidance_intervals)) * s.num_samples // s.batch_size)
     on_cpu = cpu_plan(cluster_cpus, cluster_cpus, None, shards, s.actor_cpus)
     at_most = cpu_plan(cluster_cpus, cluster_cpus, None, 2**31)
     return {"ingest": {"driver": "local threads"}, "train": train_plan(preset, tuple(KINDS), cluster_cpus),

@@ -19,7 +19,8 @@ resumed or compared. Write and read them only through this module.
 | adm.config_hash | model version, retrain cycle | hash of the resolved config |
 | adm.pipeline_run | model version | the pipeline run that registered it |
 | adm.<metric>_scale_<s> | model version | the champion metric at the champion scale |
-| adm.samples_npz | sampling run (one scale) | URL of that scale's samples |
+| adm.samples_npz | sampling run (one cell) | URL of that cell's samples |
+| adm.cell | sampling run (one cell) | the cell's key, `<sampler>/scale_<s>[_sigma_<lo>-<hi>]` |
 | adm.retrain_cycle | retrain cycle run | preset name |
 | adm.decision, adm.reason | retrain cycle run | skipped, promoted, kept or failed; why |
 | adm.ended_by | any run | who ended a run its driver left open (the sentinel) |
@@ -46,6 +47,7 @@ CODE_VERSION = "adm.code_version"
 CONFIG_HASH = "adm.config_hash"
 PIPELINE_RUN = "adm.pipeline_run"
 SAMPLES_NPZ = "adm.samples_npz"
+CELL = "adm.cell"
 RETRAIN_CYCLE = "adm.retrain_cycle"
 DECISION = "adm.decision"
 REASON = "adm.reason"

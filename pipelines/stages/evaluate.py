@@ -1,6 +1,7 @@
-"""Evaluation stage: features of samples and references with Ray Data, metrics per guidance scale on the driver.
+"""Evaluation stage: features of samples and references with Ray Data, metrics per grid cell on the driver.
 
-Inputs: the output folder of ``adm sample`` (``scale_<s>/samples_*.npz``, arr_0 uint8 NHWC, arr_1 labels) or one NPZ,
+Inputs: the output folder of ``adm sample`` (``<sampler>/scale_<s>[...]/samples_*.npz``, arr_0 uint8 NHWC, arr_1
+labels, beside the cell's cell.json) or one NPZ,
 and a reference: an ingested dataset URL (its first ``num_reference`` images of a split) or a reference-batch NPZ of
 the released evaluator (``arr_0`` images, or precomputed ``mu``/``sigma``/``mu_s``/``sigma_s``).
 
@@ -57,13 +58,13 @@ class EvaluateJob:
     tracking_uri: str | None = None
     experiment: str = "adm"
     parent_run_id: str | None = None
-    scale_run_ids: dict = field(default_factory=dict)  # scale -> an existing run to log that scale's metrics into
+    cell_run_ids: dict = field(default_factory=dict)  # cell key -> an existing run to log that cell's metrics into
 
 
 @dataclass
 class EvaluationResult:
-    rows: list  # one dict of metrics per scale, sorted by scale
-    run_ids: dict = field(default_factory=dict)  # scale -> run id
+    rows: list  # one dict per cell: its coordinates and compute (cell.json), then its metrics; by sampler and scale
+    run_ids: dict = field(default_factory=dict)  # cell key -> run id
     parent_run_id: str | None = None
 
 
@@ -76,12 +77,12 @@ def check_inputs(job: EvaluateJob, samples: dict, reference) -> None:
     if "evaluator" in extractor_names(job.config.features) and not job.evaluator:
         raise EvaluationError(f"--features {job.config.features} needs --evaluator CHECKPOINT (an evaluator network "
                               "from `adm train evaluator`), or use --features inception")
-    for scale, source in samples.items():
+    for key, source in samples.items():
         if source.total < metrics.K_NEAREST + 1:
-            raise EvaluationError(f"samples at scale {scale}: {source.total} images, but precision/recall need at "
+            raise EvaluationError(f"samples {key}: {source.total} images, but precision/recall need at "
                                   f"least {metrics.K_NEAREST + 1}")
         if isinstance(reference, Source) and source.shape != reference.shape:
-            raise EvaluationError(f"samples at scale {scale} are {source.shape} (HWC) but the reference "
+            raise EvaluationError(f"samples {key} are {source.shape} (HWC) but the reference "
                                   f"{job.reference} is {reference.shape}; evaluate against a reference at the same "
                                   "resolution and channels")
     if isinstance(reference, Source) and reference.total < metrics.K_NEAREST + 1:
@@ -217,11 +218,11 @@ def load_cached(url: str) -> dict | None:
     return read_npz(url) if fs.exists(path) else None
 
 
-# --- metrics per scale ------------------------------------------------------------------------------------------------
+# --- metrics per cell -------------------------------------------------------------------------------------------------
 def score(feats: dict, ref: dict, labels: np.ndarray | None, fid_method: str = "eigh", roots: dict | None = None
           ) -> dict:
-    """Metrics of one scale's samples against the reference statistics. With "eigh", the reference covariances'
-    roots are computed once into `roots` (pass the same dict for every scale) instead of once per scale."""
+    """Metrics of one cell's samples against the reference statistics. With "eigh", the reference covariances'
+    roots are computed once into `roots` (pass the same dict for every cell) instead of once per cell."""
     row = {}
     roots = {} if roots is None else roots
 
@@ -250,7 +251,7 @@ def score(feats: dict, ref: dict, labels: np.ndarray | None, fid_method: str = "
 
 
 def run_evaluation(job: EvaluateJob, log=print) -> EvaluationResult:
-    """Check every input, featurize what the cache lacks, and score each scale."""
+    """Check every input, featurize what the cache lacks, and score each cell."""
     samples = discover_samples(job.samples)
     reference = reference_source(job.reference, job.config.reference_split, job.config.num_reference)
     check_inputs(job, samples, reference)
@@ -282,8 +283,8 @@ def run_evaluation(job: EvaluateJob, log=print) -> EvaluationResult:
             write_bytes_atomic(urls[n], npz_bytes(**part))
             ref_stats.update(part)
     rows, roots = [], {}
-    for scale, source in samples.items():
-        row = {"guidance_scale": scale if scale is not None else math.nan, "num_samples": source.total}
+    for source in samples.values():
+        row = {"guidance_scale": math.nan, **source.cell, "num_samples": source.total}
         row.update(score(features[source.key], ref_stats, source.labels, job.config.fid_method, roots))
         rows.append(row)
     return EvaluationResult(rows)
@@ -295,14 +296,14 @@ def cache_inputs(preset, data_fingerprint: str, sampled: dict) -> dict:
 
 
 def evaluate_stage(run_id: str, preset, data_url: str, evaluator_run_id: str, sampled: dict, cache: str,
-                   scale_runs: dict, tracking_uri: str, experiment: str, log=print) -> dict:
-    """Every scale of the sampling stage against the ingested dataset, with the trained evaluator. `scale_runs`:
-    the sampling stage's per-scale runs to log the metrics into (when that stage ran in this pipeline run)."""
+                   cell_runs: dict, tracking_uri: str, experiment: str, log=print) -> dict:
+    """Every cell of the sampling stage against the ingested dataset, with the trained evaluator. `cell_runs`: the
+    sampling stage's per-cell runs to log the metrics into (when that stage ran in this pipeline run)."""
     from pipelines.stages.report import log_evaluation
 
     job = EvaluateJob(samples=sampled["out"], reference=data_url, config=preset.evaluate,
                       evaluator=f"runs:/{evaluator_run_id}", cache_dir=cache, tracking_uri=tracking_uri,
-                      experiment=experiment, parent_run_id=run_id, scale_run_ids=scale_runs)
+                      experiment=experiment, parent_run_id=run_id, cell_run_ids=cell_runs)
     result = log_evaluation(job, run_evaluation(job, log=log), log=log)
     return {"rows": result.rows}
 

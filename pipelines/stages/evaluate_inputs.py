@@ -1,6 +1,9 @@
-"""What the evaluation stage reads: sample NPZs (one per guidance scale) and a reference (an ingested dataset's first
-images of a split, or a reference-batch NPZ of the released evaluator), as slices to featurize."""
+"""What the evaluation stage reads: sample NPZs (one per grid cell, or per guidance scale in the older layout) and a
+reference (an ingested dataset's first images of a split, or a reference-batch NPZ of the released evaluator), as
+slices to featurize."""
 
+import json
+import math
 import posixpath
 import re
 import zipfile
@@ -31,6 +34,7 @@ class Source:
     shape: tuple  # H, W, C
     labels: np.ndarray | None = None
     identity: str = ""  # what the reference cache key hashes
+    cell: dict | None = None  # samples: the grid cell's cell.json (coordinates, compute), or what the path tells
 
     @property
     def total(self) -> int:
@@ -69,23 +73,44 @@ def npz_source(url: str, key: str, what: str) -> Source:
     return Source(key, "npz", [url], [shape[0]], tuple(shape[1:]), labels, identity=f"npz:{url}:{size}")
 
 
+def _cell_of(file: str, fs) -> dict:
+    """The cell.json beside a samples NPZ (written by `adm sample`); an older `scale_<s>/` folder gives the scale
+    only; a file anywhere else gives nothing (its scale is unknown)."""
+    folder = posixpath.dirname(file)
+    meta = posixpath.join(folder, "cell.json")
+    if fs.exists(meta):
+        with fs.open(meta, "r") as f:
+            return json.load(f)
+    found = re.fullmatch(r"scale_([^/_]+)", posixpath.basename(folder))
+    return {"cell": f"scale_{found.group(1)}", "guidance_scale": float(found.group(1))} if found else {}
+
+
+def _cell_order(cell: dict) -> tuple:
+    scale = cell.get("guidance_scale", math.nan)
+    return cell.get("sampler", ""), math.isnan(scale), scale, cell.get("interval_lo", 0.0), cell.get("cell", "")
+
+
 def discover_samples(url: str) -> dict:
-    """{guidance scale (None when unknown): Source} for a sample folder or one NPZ."""
-    if url.endswith(".npz"):
-        found = re.search(r"scale_([^/]+)/[^/]+$", url)
-        scale = float(found.group(1)) if found else None
-        return {scale: npz_source(url, f"scale_{scale}", "samples")}
+    """{cell key: Source} for a sample folder (one cell per `<sampler>/scale_<s>[...]/` folder, or per `scale_<s>/`
+    of the older layout) or one NPZ; ordered by sampler, scale, interval."""
     fs, path = fsspec.core.url_to_fs(url)
-    files = sorted(fs.glob(posixpath.join(path.rstrip("/"), "scale_*", "samples_*.npz")))
-    if not files:
-        raise EvaluationError(f"{url} holds no scale_<s>/samples_*.npz: pass the output folder of `adm sample` or one "
-                              "samples NPZ")
+    if url.endswith(".npz"):
+        files = [path]
+    else:
+        root = path.rstrip("/")
+        files = sorted(fs.glob(posixpath.join(root, "*", "scale_*", "samples_*.npz"))
+                       + fs.glob(posixpath.join(root, "scale_*", "samples_*.npz")))
+        if not files:
+            raise EvaluationError(f"{url} holds no <sampler>/scale_<s>/samples_*.npz: pass the output folder of "
+                                  "`adm sample` or one samples NPZ")
     out = {}
     for file in files:
-        scale = float(posixpath.basename(posixpath.dirname(file))[len("scale_"):])
-        full = fs.unstrip_protocol(file) if "file" not in fs.protocol else file
-        out[scale] = npz_source(full, f"scale_{scale:g}", "samples")
-    return dict(sorted(out.items()))
+        cell = _cell_of(file, fs)
+        full = url if url.endswith(".npz") else fs.unstrip_protocol(file) if "file" not in fs.protocol else file
+        key = cell.setdefault("cell", "samples")
+        out[key] = npz_source(full, key, "samples")
+        out[key].cell = cell
+    return dict(sorted(out.items(), key=lambda kv: _cell_order(kv[1].cell)))
 
 
 def reference_source(reference: str, split: str, num_reference: int) -> Source | dict:

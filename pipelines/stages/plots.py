@@ -1,7 +1,12 @@
-"""The fidelity/diversity trade-off along the guidance-scale grid as matplotlib figures (Dhariwal & Nichol 2021,
-Fig. 4): FID vs scale, precision vs recall, score vs FID. Rows are the evaluation table, one dict per scale."""
+"""The fidelity/diversity trade-off over the grid of cells as matplotlib figures (Dhariwal & Nichol 2021, Fig. 4),
+one line per sampler: FID vs scale, precision vs recall along the scales, score vs FID; and what compute buys: FID
+vs network evaluations per sample, one line per solver family (ddim10, ddim25, ... form one line), at the champion
+scale; FID vs classifier passes per sample at that scale when the grid has guidance intervals. Rows are the
+evaluation table, one dict per cell."""
 
 import math
+
+from components.samplers import ALL_LEVELS, parse_sampler
 
 METRIC_SETS = (("fid", "precision", "recall"), ("evaluator_fid", "evaluator_precision", "evaluator_recall"))
 
@@ -10,49 +15,126 @@ def _series(rows, key):
     return [row.get(key, math.nan) for row in rows]
 
 
-def _annotate(ax, xs, ys, scales):
-    """Scale labels beside the points, alternating above and below so that neighbours do not overlap."""
-    for i, (x, y, s) in enumerate(zip(xs, ys, scales)):
-        ax.annotate(f"s={s:g}", (x, y), textcoords="offset points", xytext=(5, 6 if i % 2 == 0 else -12),
-                    fontsize=8)
+def _annotate(ax, xs, ys, labels):
+    """Labels beside the points, alternating above and below so that neighbours do not overlap."""
+    for i, (x, y, label) in enumerate(zip(xs, ys, labels)):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 6 if i % 2 == 0 else -12), fontsize=8)
 
 
-def tradeoff_figures(rows: list[dict]) -> dict:
-    """{artifact file name: figure} for whichever feature sets the rows carry."""
+def _by_sampler(rows) -> dict:
+    """{sampler: its rows guided at every noise level, by increasing scale}; rows of unknown sampler as ""."""
+    out = {}
+    for row in rows:
+        if row.get("guidance_interval", ALL_LEVELS) == ALL_LEVELS:
+            out.setdefault(row.get("sampler", ""), []).append(row)
+    return {k: sorted(v, key=lambda r: r["guidance_scale"]) for k, v in out.items()}
+
+
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scales = _series(rows, "guidance_scale")
+    return plt.subplots(figsize=(6.4, 4.8))
+
+
+def _scale_axis(ax, rows) -> None:
+    # scales grow geometrically (0, 1, 2, 4, ... 64): symlog keeps 0 and spreads the small ones out
+    ax.set_xscale("symlog", linthresh=1.0)
+    ticks = sorted({s for s in _series(rows, "guidance_scale") if math.isfinite(s)})  # NaN: scale unknown
+    ax.set_xticks(ticks, [f"{s:g}" for s in ticks], fontsize=8)
+
+
+def tradeoff_figures(rows: list[dict], champion_scale: float | None = None) -> dict:
+    """{artifact file name: figure} for whichever feature sets the rows carry."""
+    lines = _by_sampler(rows)
     figures = {}
     for fid, precision, recall in METRIC_SETS:
         if fid not in rows[0]:
             continue
         prefix = "" if fid == "fid" else "evaluator_"
-        fig, ax = plt.subplots(figsize=(6.4, 4.8))
-        ax.plot(scales, _series(rows, fid), marker="o")
-        # scales grow geometrically (0, 1, 2, 4, ... 64): symlog keeps 0 and spreads the small ones out
-        ax.set_xscale("symlog", linthresh=1.0)
-        ticks = [s for s in scales if math.isfinite(s)]  # NaN: samples of unknown scale (adm evaluate on files)
-        ax.set_xticks(ticks, [f"{s:g}" for s in ticks], fontsize=8)
+        fig, ax = _figure()
+        for sampler, line in lines.items():
+            ax.plot(_series(line, "guidance_scale"), _series(line, fid), marker="o", label=sampler or None)
+        _scale_axis(ax, rows)
         ax.set(xlabel="guidance scale", ylabel=fid, title=f"{fid} vs guidance scale")
+        _legend(ax, lines)
         figures[f"plots/{prefix}fid_vs_scale.png"] = fig
         if precision in rows[0]:
-            fig, ax = plt.subplots(figsize=(6.4, 4.8))
-            ps, rs = _series(rows, precision), _series(rows, recall)
-            ax.plot(rs, ps, marker="o")
-            _annotate(ax, rs, ps, scales)
-            ax.set(xlabel="recall", ylabel="precision", title=f"{precision} vs {recall} along the scale grid")
-            figures[f"plots/{prefix}precision_vs_recall.png"] = fig
+            figures[f"plots/{prefix}precision_vs_recall.png"] = _frontier(lines, precision, recall)
         if "score" in rows[0]:
-            fig, ax = plt.subplots(figsize=(6.4, 4.8))
-            fs, ss = _series(rows, fid), _series(rows, "score")
-            ax.plot(fs, ss, marker="o")
-            _annotate(ax, fs, ss, scales)
-            ax.set(xlabel=fid, ylabel="score", title=f"score vs {fid}")
-            figures[f"plots/score_vs_{fid}.png"] = fig
+            figures[f"plots/score_vs_{fid}.png"] = _score_vs_fid(lines, fid)
+        if "network_evals" in rows[0] and champion_scale is not None:
+            figures[f"plots/{prefix}fid_vs_network_evals.png"] = _fid_vs_evals(rows, fid, champion_scale)
+            if any(r.get("guidance_interval", ALL_LEVELS) != ALL_LEVELS for r in rows):
+                figures[f"plots/{prefix}fid_vs_classifier_passes.png"] = _fid_vs_passes(rows, fid, champion_scale)
     return figures
+
+
+def _legend(ax, lines) -> None:
+    if len(lines) > 1:
+        ax.legend(fontsize=8)
+
+
+def _frontier(lines, precision, recall):
+    fig, ax = _figure()
+    for sampler, line in lines.items():
+        ps, rs = _series(line, precision), _series(line, recall)
+        ax.plot(rs, ps, marker="o", label=sampler or None)
+        _annotate(ax, rs, ps, [f"s={s:g}" for s in _series(line, "guidance_scale")])
+    ax.set(xlabel="recall", ylabel="precision", title=f"{precision} vs {recall} along the scale grid")
+    _legend(ax, lines)
+    return fig
+
+
+def _score_vs_fid(lines, fid):
+    fig, ax = _figure()
+    for sampler, line in lines.items():
+        fs, ss = _series(line, fid), _series(line, "score")
+        ax.plot(fs, ss, marker="o", label=sampler or None)
+        _annotate(ax, fs, ss, [f"s={s:g}" for s in _series(line, "guidance_scale")])
+    ax.set(xlabel=fid, ylabel="score", title=f"score vs {fid}")
+    _legend(ax, lines)
+    return fig
+
+
+def _at_scale(rows, scale):
+    return [r for r in rows if r.get("guidance_scale") == scale and "sampler" in r]
+
+
+def _fid_vs_evals(rows, fid, scale):
+    """One line per sampler family (DDIM, DPM-Solver++(2M), Heun, DDPM) through its step counts."""
+    fig, ax = _figure()
+    families = {}
+    for row in _at_scale(rows, scale):
+        if row.get("guidance_interval", ALL_LEVELS) == ALL_LEVELS:
+            families.setdefault(parse_sampler(row["sampler"]).kind, []).append(row)
+    for kind, line in families.items():
+        line = sorted(line, key=lambda r: r["network_evals"])
+        xs, ys = _series(line, "network_evals"), _series(line, fid)
+        ax.plot(xs, ys, marker="o", label=kind)
+        _annotate(ax, xs, ys, [r["sampler"] for r in line])
+    ax.set(xlabel="network evaluations per sample", ylabel=fid, title=f"{fid} vs compute at guidance scale {scale:g}")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _fid_vs_passes(rows, fid, scale):
+    """Per sampler, its guidance intervals at the champion scale: what skipping the classifier costs in FID."""
+    fig, ax = _figure()
+    by_sampler = {}
+    for row in _at_scale(rows, scale):
+        by_sampler.setdefault(row["sampler"], []).append(row)
+    for sampler, line in by_sampler.items():
+        line = sorted(line, key=lambda r: r["classifier_passes"])
+        xs, ys = _series(line, "classifier_passes"), _series(line, fid)
+        ax.plot(xs, ys, marker="o", label=sampler)
+        _annotate(ax, xs, ys, [r["guidance_interval"] for r in line])
+    ax.set(xlabel="classifier passes per sample", ylabel=fid,
+           title=f"{fid} vs guidance interval at scale {scale:g}")
+    ax.legend(fontsize=8)
+    return fig
 
 
 def close(figures: dict) -> None:

@@ -1,9 +1,11 @@
 """Register: the diffusion model and the noisy classifier become registered MLflow model versions
 (`<prefix>-diffusion`, `<prefix>-classifier`); the alias `champion` moves to the new pair only when the chosen metric
-(`evaluate.champion_metric`) at the chosen guidance scale (`evaluate.champion_scale`) beats the current champion's.
+(`evaluate.champion_metric`) in the champion cell (`evaluate.champion_sampler` at `evaluate.champion_scale`) beats
+the current champion's.
 Both aliases move together, after both versions exist, so a failure never leaves a mixed pair."""
 
 from components.config import HIGHER_IS_BETTER, ConfigError, Preset, to_dict
+from components.samplers import Cell, parse_interval, parse_sampler
 from pipelines.infra import tags
 from pipelines.infra.registry import CHAMPION, model_names, move_alias
 from pipelines.infra.tracking import Tracker
@@ -15,12 +17,22 @@ def cache_inputs(preset: Preset, prefix: str, trained: dict, evaluated: dict) ->
     return {"train": trained, "evaluate": evaluated, "policy": policy, "names": model_names(prefix)}
 
 
+def champion_cell(preset) -> dict:
+    """The cell whose metric decides the champion: evaluate.champion_sampler (default the first sampler) at
+    evaluate.champion_scale, guided in the first of sample.guidance_intervals (at scale 0: all levels)."""
+    sample, cfg = preset.sample, preset.evaluate
+    scale = float(cfg.champion_scale)
+    cell = Cell(parse_sampler(cfg.champion_sampler or sample.samplers[0]).name, scale,
+                None if scale == 0 else parse_interval(sample.guidance_intervals[0]))
+    return {"sampler": cell.sampler, "guidance_scale": scale, "guidance_interval": cell.interval_text}
+
+
 def champion_row(preset: Preset, rows: list) -> dict:
-    cfg = preset.evaluate
-    row = next((r for r in rows if float(r["guidance_scale"]) == float(cfg.champion_scale)), None)
+    cfg, cell = preset.evaluate, champion_cell(preset)
+    row = next((r for r in rows if all(r.get(k) == v for k, v in cell.items())), None)
     if row is None:
-        raise ConfigError(f"evaluate.champion_scale={cfg.champion_scale:g} is not one of the sampled scales "
-                          f"{[r['guidance_scale'] for r in rows]}")
+        raise ConfigError(f"the champion cell {cell} (evaluate.champion_sampler, champion_scale) is not one of the "
+                          f"sampled cells {[r['cell'] for r in rows]}")
     if cfg.champion_metric not in row:
         raise ConfigError(f"evaluate.champion_metric={cfg.champion_metric!r} was not computed "
                           f"(evaluate.features={cfg.features})")

@@ -1,19 +1,23 @@
-"""Reporting of the evaluation stage: the metrics table as text, and in MLflow (one run per scale, a table and the
-trade-off plots on the parent run)."""
+"""Reporting of the evaluation stage: the metrics table as text, and in MLflow (one run per grid cell, a table and
+the trade-off plots on the parent run)."""
 
 import math
 
+from components.samplers import ALL_LEVELS, metric_name
 from pipelines.infra import tags
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.plots import close, tradeoff_figures
 
-COLUMNS = ("guidance_scale", "num_samples", "fid", "sfid", "precision", "recall", "evaluator_fid",
+COLUMNS = ("sampler", "guidance_scale", "guidance_interval", "network_evals", "classifier_passes",
+           "seconds_per_sample", "num_samples", "fid", "sfid", "precision", "recall", "evaluator_fid",
            "evaluator_precision", "evaluator_recall", "score", "accuracy")
 
 
 def format_table(rows: list[dict]) -> str:
-    """A Markdown table of the columns present, one line per scale."""
+    """A Markdown table of the columns present, one line per cell, grouped by sampler (the rows' order)."""
     columns = [c for c in COLUMNS if c in rows[0]]
+    if all(row.get("guidance_interval", ALL_LEVELS) == ALL_LEVELS for row in rows):
+        columns = [c for c in columns if c != "guidance_interval"]  # one interval: the column says nothing
 
     def cell(value):
         if isinstance(value, float):
@@ -29,8 +33,13 @@ def scale_label(scale: float) -> str:
     return "unknown" if math.isnan(scale) else f"{scale:g}"
 
 
+def numbers(row: dict) -> dict:
+    """The numeric entries of a row (MLflow metrics); the sampler and interval strings are params."""
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def log_evaluation(job, result, log=print):
-    """Metrics into each scale's run (the sampling stage's child runs when given, else new child runs of an
+    """Metrics into each cell's run (the sampling stage's child runs when given, else new child runs of an
     "evaluate" parent); the table and plots onto the parent run."""
     tracker = Tracker(job.tracking_uri)
     parent = job.parent_run_id or tracker.start_run(job.experiment, "evaluate", tags={tags.STAGE: "evaluate"})
@@ -38,39 +47,52 @@ def log_evaluation(job, result, log=print):
               "num_reference": job.config.num_reference, "samples": job.samples,
               "inception_precision": job.config.inception_precision}
     for row in result.rows:
-        scale = row["guidance_scale"]
-        run_id = job.scale_run_ids.get(scale)
+        run_id = job.cell_run_ids.get(row["cell"])
         if run_id is None:
-            run_id = tracker.start_run(job.experiment, f"evaluate-scale-{scale_label(scale)}", parent,
-                                       tags={tags.STAGE: "evaluate"})
-            tracker.log_params(run_id, {"guidance_scale": scale_label(scale), **params})
+            run_id = tracker.start_run(job.experiment, f"evaluate-{row['cell']}", parent,
+                                       tags={tags.STAGE: "evaluate", tags.CELL: row["cell"]})
+            cell = {k: v for k, v in row.items() if k in ("sampler", "guidance_interval")}
+            tracker.log_params(run_id, {"guidance_scale": scale_label(row["guidance_scale"]), **cell, **params})
             tracker.end_run(run_id)
-        tracker.log_metrics(run_id, row, step=0)  # guidance_scale too: a number to sort and plot by
-        result.run_ids[scale] = run_id
+        tracker.log_metrics(run_id, numbers(row), step=0)  # the coordinates too: numbers to sort and plot by
+        result.run_ids[row["cell"]] = run_id
     tracker.log_params(parent, {f"evaluate.{k}": v for k, v in params.items()})
     figures = log_tradeoff(tracker, parent, result.rows)
     if job.parent_run_id is None:
         tracker.end_run(parent)
     result.parent_run_id = parent
-    log(f"MLflow: metrics of {len(result.rows)} scales, table and {figures} plots under run {parent} at "
+    log(f"MLflow: metrics of {len(result.rows)} cells, table and {figures} plots under run {parent} at "
         f"{tracker.uri}")
     return result
 
 
-def log_summary(tracker, run_id: str, rows: list[dict]) -> None:
+def along_scales(rows: list[dict], sampler: str) -> list[dict]:
+    """One sampler's rows guided at every level (or at scale 0), in increasing scale."""
+    picked = [r for r in rows if r.get("sampler") == sampler and r.get("guidance_interval", ALL_LEVELS) == ALL_LEVELS]
+    return sorted(picked, key=lambda r: r["guidance_scale"])
+
+
+def log_summary(tracker, run_id: str, rows: list[dict], champion: dict) -> None:
     """The trade-off at a glance on the pipeline run: the table, the plots, and each metric as one curve along the
-    grid: metric `<name>_by_scale` at step i = the i-th scale in increasing order, with `guidance_scale_by_scale`
-    holding the scale itself at the same steps (MLflow steps are integers, so the step is the grid index, not the
-    scale; one chart per metric instead of one single-bar chart per metric and scale)."""
-    log_tradeoff(tracker, run_id, rows)
-    for i, row in enumerate(sorted(rows, key=lambda r: r["guidance_scale"])):
-        tracker.log_metrics(run_id, {f"{k}_by_scale": v for k, v in row.items() if k != "num_samples"}, step=i)
+    scales: metric `<name>_by_scale` at step i = the i-th scale in increasing order of the champion sampler, with
+    `guidance_scale_by_scale` holding the scale itself at the same steps (MLflow steps are integers, so the step is
+    the grid index, not the scale; one chart per metric instead of one single-bar chart per metric and cell); with
+    several samplers, `<name>_by_scale/<sampler>` the same for each."""
+    log_tradeoff(tracker, run_id, rows, champion)
+    samplers = list(dict.fromkeys(r["sampler"] for r in rows if "sampler" in r))
+    for sampler in samplers:
+        suffixes = ([""] if sampler == champion["sampler"] else []) + \
+            ([f"/{metric_name(sampler)}"] if len(samplers) > 1 else [])
+        for i, row in enumerate(along_scales(rows, sampler)):
+            values = {k: v for k, v in numbers(row).items() if k != "num_samples"}
+            tracker.log_metrics(run_id, {f"{k}_by_scale{s}": v for k, v in values.items() for s in suffixes},
+                                step=i)
 
 
-def log_tradeoff(tracker, run_id: str, rows: list[dict]) -> int:
+def log_tradeoff(tracker, run_id: str, rows: list[dict], champion: dict | None = None) -> int:
     """The metrics table and the trade-off plots as artifacts of `run_id`; returns the number of plots."""
-    tracker.log_table(run_id, rows, "evaluation/metrics_by_scale.json")
-    figures = tradeoff_figures(rows)
+    tracker.log_table(run_id, rows, "evaluation/metrics_by_cell.json")
+    figures = tradeoff_figures(rows, champion["guidance_scale"] if champion else None)
     for name, figure in figures.items():
         tracker.log_figure(run_id, figure, name)
     close(figures)

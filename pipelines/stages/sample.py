@@ -1,17 +1,22 @@
-"""Guided sampling fan-out with Ray Data over a grid of guidance scales (Dhariwal & Nichol 2021, Sec. 4 and 5).
+"""Guided sampling fan-out with Ray Data over the grid of cells (Dhariwal & Nichol 2021, Sec. 4 and 5).
 
-The work is every (guidance scale, sample index) pair, in a fixed order, cut into shards of ``batch_size``; a shard
-may span two scales (the scale is a per-row tensor), so actors stay full whatever the grid. Each shard is one row of a
-Ray Data dataset; ``GuidedSampler`` actors load both networks once and write each shard as an NPZ, atomically. A sample
-depends only on (seed, label, scale, checkpoints, sampler); shard composition is fixed by the plan, so the bytes do not
-depend on the number of actors. Rerunning an interrupted job skips the shards already written.
+A cell is (sampler, guidance scale, guidance interval) (components/samplers.py); the grid is every sampler x scale x
+interval of the config's sample section. The work is every (cell, sample index) pair, in a fixed order, cut into
+shards of ``batch_size`` within each sampler (one sampling loop per batch); a shard may span several scales and
+intervals (both are per-row tensors), so actors stay full whatever the grid. Each shard is one row of a Ray Data
+dataset; ``GuidedSampler`` actors load both networks once and write each shard as an NPZ, atomically. A sample depends
+only on (seed, label, cell, checkpoints); shard composition is fixed by the plan, so the bytes do not depend on the
+number of actors. Rerunning an interrupted job skips the shards already written (plan.json guards the folder against
+a job of another grid).
 
-Output at OUT: shards/part-NNNNN.npz, then per scale scale_<s>/samples_NxHxWxC.npz in the reference evaluator's
-layout (arr_0 uint8 NHWC, arr_1 int64 labels) and scale_<s>/grid.png (rows = classes, columns = samples).
+Output at OUT: plan.json, shards/part-NNNNN.npz, then per cell <sampler>/scale_<s>[_sigma_<lo>-<hi>]/ with
+samples_NxHxWxC.npz in the reference evaluator's layout (arr_0 uint8 NHWC, arr_1 int64 labels), grid.png (rows =
+classes, columns = samples) and cell.json (the cell's coordinates and compute per sample, which evaluation reads).
 """
 
 import functools
 import io
+import json
 import posixpath
 import tempfile
 import time
@@ -24,10 +29,11 @@ import torch
 from components.config import SampleConfig, UserError, to_dict
 from components.data import class_grid, to_uint8
 from components.diffusion import create_diffusion
-from components.guidance import ClassifierGuidance
+from components.guidance import ClassifierGuidance, trained_sigmas
 from components.precision import autocast_context, speed_up
-from components.sampling import SampleNoise, class_conditional, parse_sampler, sample_label, sample_seed
-from components.validation import check_sample
+from components.samplers import Cell, SampleCost, grid_cells, parse_sampler
+from components.sampling import SampleNoise, class_conditional, sample_label, sample_seed, sampler_loop
+from components.validation import check_sample, diffusion_problems, raise_problems
 from pipelines.infra import tags
 from pipelines.infra.console import progress
 from pipelines.infra.model_refs import NetworkRef, resolve
@@ -39,8 +45,8 @@ from pipelines.infra.tracking import Tracker
 
 @dataclass
 class SampleJob:
-    """A sampling job: the sample section of the config (grid, sampler, sizes, speed, placement) plus the networks,
-    where the samples go, and tracking."""
+    """A sampling job: the sample section of the config (grid, sizes, speed, placement) plus the networks, where the
+    samples go, and tracking."""
 
     diffusion: str  # checkpoint folder, runs:/RUN_ID, models:/NAME@ALIAS or /VERSION, or weights file (+ preset)
     out: str  # output folder or fsspec URL
@@ -54,34 +60,40 @@ class SampleJob:
     parent_run_id: str | None = None
 
     @property
-    def scales(self) -> tuple[float, ...]:
-        return tuple(float(s) for s in self.config.guidance_scales)
+    def cells(self) -> list[Cell]:
+        cfg = self.config
+        return grid_cells(cfg.samplers, cfg.guidance_scales, cfg.guidance_intervals)
 
 
 @dataclass
 class SampleResult:
     out: str
-    npz: dict  # scale -> URL of its NPZ
-    grids: dict  # scale -> URL of its grid PNG
+    npz: dict  # cell key -> URL of its NPZ
+    grids: dict  # cell key -> URL of its grid PNG
     computed_shards: int
     skipped_shards: int
-    run_ids: dict = field(default_factory=dict)  # scale -> MLflow child run id
+    cells: dict = field(default_factory=dict)  # cell key -> its cell.json (coordinates and compute per sample)
+    run_ids: dict = field(default_factory=dict)  # cell key -> MLflow child run id
     busy_seconds: float = 0.0  # actor time spent sampling and writing shards (all actors together)
     warm_images: int = 0  # images of the shards that were not their actor's first (no CUDA / compile warm-up)
     warm_seconds: float = 0.0  # actor time spent on those shards
 
 
-def scale_key(scale: float) -> str:
-    return f"{float(scale):g}"
-
-
-def plan_shards(scales, num_samples: int, batch_size: int) -> list[list[tuple[float, int]]]:
-    pairs = [(float(s), i) for s in scales for i in range(num_samples)]
-    return [pairs[k:k + batch_size] for k in range(0, len(pairs), batch_size)]
+def plan_shards(cells: list[Cell], num_samples: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    """Shards of (cell index, sample index) pairs, cut within each sampler: a batch runs one sampling loop."""
+    shards = []
+    for sampler in dict.fromkeys(c.sampler for c in cells):
+        pairs = [(j, i) for j, c in enumerate(cells) if c.sampler == sampler for i in range(num_samples)]
+        shards += [pairs[k:k + batch_size] for k in range(0, len(pairs), batch_size)]
+    return shards
 
 
 def shard_url(out: str, k: int) -> str:
     return posixpath.join(out.rstrip("/"), "shards", f"part-{k:05d}.npz")
+
+
+def cell_folder(out: str, cell: Cell) -> str:
+    return posixpath.join(out.rstrip("/"), cell.key)
 
 
 # --- validation before any actor starts ---------------------------------------------------------------------------
@@ -89,8 +101,8 @@ def validate(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
     check_sample(job.config)
     if job.actors is not None and job.actors <= 0:
         raise UserError(f"--actors ({job.actors}) must be positive")
-    parse_sampler(job.config.sampler)
     networks = _networks(job)
+    raise_problems(diffusion_problems(networks[0].preset.diffusion, job.config.samplers))
     check_writable(job.out, "output folder", "--out")  # last: it creates the folder, which only a go-ahead may
     return networks
 
@@ -99,7 +111,7 @@ def _networks(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
     """The diffusion model and classifier, their weights checked, and checked against each other."""
     diffusion = resolve(job.diffusion, "diffusion", job.preset, job.tracking_uri)
     if job.classifier is None:
-        if any(s > 0 for s in job.scales):
+        if any(float(s) > 0 for s in job.config.guidance_scales):
             raise UserError("guidance scales above 0 need a noisy classifier: pass --classifier URI")
         return diffusion, None
     classifier = resolve(job.classifier, "classifier", job.preset, job.tracking_uri)
@@ -112,6 +124,25 @@ def _networks(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
     return diffusion, classifier
 
 
+def check_plan(job: SampleJob, num_shards: int) -> None:
+    """plan.json in the output folder: written on the first run, compared on a rerun, so shards left by a job of
+    another grid are never mixed into this one's samples."""
+    url = posixpath.join(job.out.rstrip("/"), "plan.json")
+    cfg = job.config
+    plan = {"cells": [c.key for c in job.cells], "num_samples": cfg.num_samples, "batch_size": cfg.batch_size,
+            "seed": cfg.seed, "eta": cfg.eta, "label": job.label, "shards": num_shards,
+            "diffusion": job.diffusion, "classifier": job.classifier}
+    if exists(url):
+        with fsspec.open(url, "r") as f:
+            found = json.load(f)
+        if found != plan:
+            changed = sorted(k for k in plan if found.get(k) != plan[k])
+            raise UserError(f"{job.out} holds samples of another job (it differs in {', '.join(changed)}); pass a "
+                            "new --out folder, or delete this one")
+        return
+    write_bytes_atomic(url, json.dumps(plan, indent=1).encode())
+
+
 # --- the actor ---------------------------------------------------------------------------------------------------
 class GuidedSampler:
     """Ray Data actor: loads the diffusion model and classifier once, then samples shard after shard."""
@@ -122,39 +153,65 @@ class GuidedSampler:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         diffusion_ref, classifier_ref = validate(job)
         self.unet_cfg = diffusion_ref.config
+        self.process = diffusion_ref.preset.diffusion
         cfg = job.config
         fast = functools.partial(speed_up, device=self.device, channels_last=cfg.channels_last, compile=cfg.compile)
         self.model = class_conditional(fast(diffusion_ref.build().to(self.device)),
                                        self.unet_cfg.num_classes is not None)
         self.classifier = fast(classifier_ref.build().to(self.device)) if classifier_ref else None
         self.num_classes = self.unet_cfg.num_classes or (classifier_ref.config.num_classes if classifier_ref else 1)
-        self.loop, respacing = parse_sampler(job.config.sampler)
-        self.diffusion = create_diffusion(diffusion_ref.preset.diffusion, respacing)
-        self.shards = plan_shards(job.scales, job.config.num_samples, job.config.batch_size)
+        self.cells = job.cells
+        self.shards = plan_shards(self.cells, cfg.num_samples, cfg.batch_size)
+        self.sigmas = trained_sigmas(self.process)
         self.shards_done = 0
+        self.samplers = {}
+
+    def sampler(self, name: str):
+        """(loop, respaced process) of a sampler string, built once per actor."""
+        if name not in self.samplers:
+            spec = parse_sampler(name)
+            self.samplers[name] = sampler_loop(spec), create_diffusion(self.process, spec.respacing)
+        return self.samplers[name]
+
+    def guidance(self, cells: list[Cell], cost: SampleCost):
+        """The cond_fn of a batch of rows: per-row scales and, if any row has one, per-row intervals ("all" rows get
+        [0, inf], which guides at every level exactly as no interval does)."""
+        scales = torch.tensor([c.scale for c in cells], dtype=torch.float32, device=self.device)
+        if self.classifier is None or not bool((scales > 0).any()):
+            return None
+        interval = None
+        if any(c.interval is not None for c in cells):
+            bounds = [c.interval or (0.0, float("inf")) for c in cells]
+            interval = tuple(torch.tensor(b, dtype=torch.float64) for b in zip(*bounds))
+        return ClassifierGuidance(self.classifier, scales, interval=interval, sigmas=self.sigmas, cost=cost)
 
     def sample_shard(self, k: int) -> dict:
         pairs = self.shards[k]
-        scales = torch.tensor([s for s, _ in pairs], dtype=torch.float32, device=self.device)
+        cells = [self.cells[j] for j, _ in pairs]
         indices = np.array([i for _, i in pairs], dtype=np.int64)
         seeds = [sample_seed(self.job.config.seed, i) for i in indices]
         labels = [self.job.label if self.job.label is not None else sample_label(s, self.num_classes) for s in seeds]
         y = torch.tensor(labels, dtype=torch.long, device=self.device)
         cfg = self.unet_cfg
         noise = SampleNoise(seeds, (cfg.in_channels, cfg.image_size, cfg.image_size), self.device)
-        guided = self.classifier is not None and bool((scales > 0).any())
-        cond_fn = ClassifierGuidance(self.classifier, scales) if guided else None
+        cost = SampleCost(len(pairs))
+        loop, diffusion = self.sampler(cells[0].sampler)
         with autocast_context(self.device):
-            x0 = self.loop(self.model, self.diffusion, noise, {"y": y}, cond_fn=cond_fn,
-                           clip_denoised=self.job.config.clip_denoised, eta=self.job.config.eta)
+            x0 = loop(self.model, diffusion, noise, {"y": y}, cond_fn=self.guidance(cells, cost),
+                      clip_denoised=self.job.config.clip_denoised, eta=self.job.config.eta, cost=cost)
         return {"images": to_uint8(x0), "labels": np.array(labels, dtype=np.int64),
-                "scales": scales.cpu().numpy(), "indices": indices}
+                "cells": np.array([c.key for c in cells]), "indices": indices,
+                "network_evals": np.array(cost.network_evals, dtype=np.int64),
+                "classifier_passes": np.array(cost.classifier_passes, dtype=np.int64)}
 
     def __call__(self, batch: dict) -> dict:
         done, seconds, first = [], [], []
         for k in batch["shard"]:
             start = time.perf_counter()
-            write_bytes_atomic(shard_url(self.job.out, int(k)), npz_bytes(**self.sample_shard(int(k))))
+            shard = self.sample_shard(int(k))
+            # the shard's time shared equally by its rows: what a cell cost is the sum over its rows
+            shard["seconds"] = np.full(len(shard["indices"]), (time.perf_counter() - start) / len(shard["indices"]))
+            write_bytes_atomic(shard_url(self.job.out, int(k)), npz_bytes(**shard))
             done.append(len(self.shards[int(k)]))
             seconds.append(time.perf_counter() - start)
             first.append(self.shards_done == 0)
@@ -167,12 +224,15 @@ class GuidedSampler:
 def run_sampling(job: SampleJob, log=print) -> SampleResult:
     import ray
 
-    validate(job)
-    shards = plan_shards(job.scales, job.config.num_samples, job.config.batch_size)
+    diffusion_ref, _ = validate(job)
+    cells = job.cells
+    shards = plan_shards(cells, job.config.num_samples, job.config.batch_size)
+    check_plan(job, len(shards))
     fs, _ = fsspec.core.url_to_fs(job.out)
     pending = [k for k in range(len(shards)) if not fs.exists(fsspec.core.url_to_fs(shard_url(job.out, k))[1])]
     total = sum(len(shards[k]) for k in pending)
-    log(f"sampling {total} images in {len(pending)} shards ({len(shards) - len(pending)} already done) -> {job.out}")
+    log(f"sampling {total} images of {len(cells)} cells in {len(pending)} shards ({len(shards) - len(pending)} "
+        f"already done) -> {job.out}")
     busy = warm_seconds = 0.0
     warm_images = 0
     if pending:
@@ -188,30 +248,44 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
             if not row["first"]:
                 warm_images, warm_seconds = warm_images + int(row["images"]), warm_seconds + float(row["seconds"])
             progress(log, "[sample] images", made, total)
-    npz, grids = assemble(job, shards)
-    return SampleResult(job.out, npz, grids, len(pending), len(shards) - len(pending), busy_seconds=busy,
-                        warm_images=warm_images, warm_seconds=warm_seconds)
+    npz, grids, coords = assemble(job, shards, trained_sigmas(diffusion_ref.preset.diffusion))
+    return SampleResult(job.out, npz, grids, len(pending), len(shards) - len(pending), cells=coords,
+                        busy_seconds=busy, warm_images=warm_images, warm_seconds=warm_seconds)
 
 
-def assemble(job: SampleJob, shards) -> tuple[dict, dict]:
-    """Per scale: the reference-layout NPZ and a class x sample grid, from the shard files."""
-    parts = []
-    for k in range(len(shards)):
-        parts.append(read_npz(shard_url(job.out, k)))
+def cell_record(cell: Cell, num_timesteps: int, max_sigma: float, rows: dict) -> dict:
+    """cell.json: the cell's coordinates and its compute per sample (means over its rows; seconds are actor time,
+    each shard's time shared equally by its rows)."""
+    n = len(rows["indices"])
+    lo, hi = cell.interval if cell.interval is not None else (0.0, max_sigma)
+    spec = parse_sampler(cell.sampler)
+    return {"cell": cell.key, "sampler": cell.sampler, "guidance_scale": cell.scale,
+            "guidance_interval": cell.interval_text, "interval_lo": float(lo), "interval_hi": float(hi),
+            "steps": spec.steps or num_timesteps, "network_evals": float(rows["network_evals"].mean()),
+            "classifier_passes": float(rows["classifier_passes"].mean()),
+            "sample_seconds": float(rows["seconds"].sum()), "seconds_per_sample": float(rows["seconds"].sum() / n)}
+
+
+def assemble(job: SampleJob, shards, sigmas: np.ndarray) -> tuple[dict, dict, dict]:
+    """Per cell: the reference-layout NPZ, a class x sample grid and cell.json, from the shard files."""
+    parts = [read_npz(shard_url(job.out, k)) for k in range(len(shards))]
     merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    npz, grids = {}, {}
-    for scale in job.scales:
-        rows = np.flatnonzero(merged["scales"] == np.float32(scale))
+    npz, grids, coords = {}, {}, {}
+    for cell in job.cells:
+        rows = np.flatnonzero(merged["cells"] == cell.key)
         rows = rows[np.argsort(merged["indices"][rows], kind="stable")]
         images, labels = merged["images"][rows], merged["labels"][rows]
-        folder = posixpath.join(job.out.rstrip("/"), f"scale_{scale_key(scale)}")
+        folder = cell_folder(job.out, cell)
         shape = "x".join(str(d) for d in images.shape)
-        npz[scale] = posixpath.join(folder, f"samples_{shape}.npz")
-        write_bytes_atomic(npz[scale], npz_bytes(arr_0=images, arr_1=labels))
-        grids[scale] = posixpath.join(folder, "grid.png")
-        caption = f"guidance scale {scale:g}, {job.config.sampler}, {len(images)} samples"
-        write_bytes_atomic(grids[scale], labeled_grid(images, labels, caption))
-    return npz, grids
+        npz[cell.key] = posixpath.join(folder, f"samples_{shape}.npz")
+        write_bytes_atomic(npz[cell.key], npz_bytes(arr_0=images, arr_1=labels))
+        grids[cell.key] = posixpath.join(folder, "grid.png")
+        write_bytes_atomic(grids[cell.key], labeled_grid(images, labels, f"{cell.label}, {len(images)} samples"))
+        coords[cell.key] = cell_record(cell, len(sigmas), float(sigmas[-1]),
+                                       {k: merged[k][rows] for k in ("indices", "network_evals",
+                                                                     "classifier_passes", "seconds")})
+        write_bytes_atomic(posixpath.join(folder, "cell.json"), json.dumps(coords[cell.key], indent=1).encode())
+    return npz, grids, coords
 
 
 def labeled_grid(images: np.ndarray, labels: np.ndarray, caption: str, width: int = 512) -> bytes:
@@ -238,30 +312,39 @@ def labeled_grid(images: np.ndarray, labels: np.ndarray, caption: str, width: in
 
 
 def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResult:
-    """One child run per scale (param guidance_scale, the grid as an image artifact, the NPZ URL as a tag)."""
+    """One child run per cell: its coordinates and compute as params and as numeric metrics (so the compare view can
+    plot any metric against any of them), the grid as an image artifact, the NPZ URL as a tag."""
     tracker = Tracker(job.tracking_uri)
     parent = job.parent_run_id or tracker.start_run(job.experiment, "sample", tags={tags.STAGE: "sample"})
     cfg = job.config
-    for scale in job.scales:
-        run_id = tracker.start_run(job.experiment, f"sample-scale-{scale_key(scale)}", parent,
-                                   tags={tags.STAGE: "sample", tags.SAMPLES_NPZ: result.npz[scale]})
-        tracker.log_params(run_id, {"guidance_scale": scale, "sampler": cfg.sampler, "eta": cfg.eta,
+    for cell in job.cells:
+        record = result.cells[cell.key]
+        name = f"sample-{cell.sampler}-scale-{cell.scale:g}" + ("" if cell.interval is None else
+                                                                 f"-sigma-{cell.interval_text}")
+        run_id = tracker.start_run(job.experiment, name, parent,
+                                   tags={tags.STAGE: "sample", tags.SAMPLES_NPZ: result.npz[cell.key],
+                                         tags.CELL: cell.key})
+        tracker.log_params(run_id, {"guidance_scale": cell.scale, "sampler": cell.sampler,
+                                    "guidance_interval": cell.interval_text, "eta": cfg.eta,
                                     "num_samples": cfg.num_samples, "seed": cfg.seed, "diffusion": job.diffusion,
                                     "classifier": job.classifier or ""})
         # params are strings in MLflow (sorting gives 0, 1, 16, 2, ...): the cell's numbers as metrics as well
-        tracker.log_metrics(run_id, {"guidance_scale": scale, "num_samples": cfg.num_samples, "eta": cfg.eta}, step=0)
-        tracker.set_tags(run_id, {tags.DESCRIPTION: f"{cfg.num_samples} samples at guidance scale {scale:g} "
-                                  f"({cfg.sampler}); the grid is grid.png, the samples {result.npz[scale]}"})
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+        tracker.log_metrics(run_id, {**numbers, "num_samples": cfg.num_samples, "eta": cfg.eta}, step=0)
+        tracker.set_tags(run_id, {tags.DESCRIPTION: f"{cfg.num_samples} samples of {cell.label}: "
+                                  f"{record['network_evals']:g} network evaluations and "
+                                  f"{record['classifier_passes']:g} classifier passes per sample; the grid is "
+                                  f"grid.png, the samples {result.npz[cell.key]}"})
         with tempfile.TemporaryDirectory() as tmp:
             local = posixpath.join(tmp, "grid.png")
-            with fsspec.open(result.grids[scale], "rb") as src, open(local, "wb") as dst:
+            with fsspec.open(result.grids[cell.key], "rb") as src, open(local, "wb") as dst:
                 dst.write(src.read())
             tracker.log_artifact(run_id, local)
         tracker.end_run(run_id)
-        result.run_ids[scale] = run_id
+        result.run_ids[cell.key] = run_id
     if job.parent_run_id is None:
         tracker.end_run(parent)
-    log(f"MLflow: {len(job.scales)} child runs under {parent} at {tracker.uri}")
+    log(f"MLflow: {len(job.cells)} child runs under {parent} at {tracker.uri}")
     return result
 
 
@@ -275,11 +358,9 @@ def samples_exist(outputs: dict) -> bool:
 
 
 def sample_stage(run_id: str, preset, trained: dict, out: str, tracking_uri: str, experiment: str, log=print) -> dict:
-    """The grid of the preset's sample section from the trained networks; one child run per scale under `run_id`."""
+    """The grid of the preset's sample section from the trained networks; one child run per cell under `run_id`."""
     job = SampleJob(diffusion=f"runs:/{trained['diffusion']['run_id']}",
                     classifier=f"runs:/{trained['classifier']['run_id']}", out=out, config=preset.sample,
                     tracking_uri=tracking_uri, experiment=experiment, parent_run_id=run_id)
     result = log_to_mlflow(job, run_sampling(job, log=log), log=log)
-    return {"out": job.out, "npz": {scale_key(s): u for s, u in result.npz.items()},
-            "scale_runs": {scale_key(s): r for s, r in result.run_ids.items()}}
-
+    return {"out": job.out, "npz": dict(result.npz), "cell_runs": dict(result.run_ids)}

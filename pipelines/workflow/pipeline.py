@@ -1,5 +1,5 @@
 """`adm run`: ingest -> train (diffusion model, noisy classifier, evaluator; concurrently) -> guided sampling over the
-scale grid -> evaluation -> registration, as one MLflow parent run with one child run per stage.
+grid of cells -> evaluation -> registration, as one MLflow parent run with one child run per stage.
 
 Each stage is a module of pipelines/stages/ with its body and its cache-key inputs; StageCache (stage_cache.py) reuses
 or resumes them. ``--resume RUN_ID`` reopens a pipeline run that died: finished stages are skipped, the unfinished one
@@ -88,14 +88,13 @@ class Pipeline:
         sampled = run("sample", sample.cache_inputs(preset, trained), lambda run_id: sample.sample_stage(
             run_id, preset, trained, self.path("runs", self.run_id, "samples"), tracker.uri, req.experiment,
             self.log), still_valid=sample.samples_exist)
-        # metrics go into the sampling stage's per-scale runs when that stage ran in this invocation
-        scale_runs = {float(s): r for s, r in sampled["scale_runs"].items()} if "sample" in self.cache.computed \
-            else {}
+        # metrics go into the sampling stage's per-cell runs when that stage ran in this invocation
+        cell_runs = sampled["cell_runs"] if "sample" in self.cache.computed else {}
         evaluated = run("evaluate", evaluate.cache_inputs(preset, data["fingerprint"], sampled),
                         lambda run_id: evaluate.evaluate_stage(
                             run_id, preset, data["data_url"], trained["evaluator"]["run_id"], sampled,
-                            self.path("cache"), scale_runs, tracker.uri, req.experiment, self.log))
-        report.log_summary(tracker, self.run_id, evaluated["rows"])
+                            self.path("cache"), cell_runs, tracker.uri, req.experiment, self.log))
+        report.log_summary(tracker, self.run_id, evaluated["rows"], register.champion_cell(preset))
         registered = {}
         if req.register:
             lineage = {tags.PIPELINE_RUN: self.run_id, tags.CODE_VERSION: code_version(),

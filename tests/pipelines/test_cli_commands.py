@@ -216,7 +216,8 @@ def test_champion_metric_where_higher_is_better(tiny, mlflow_server):
     promoted, champions = [], []
     for accuracy, diffusion, classifier in candidates:
         out = register(tracker, scratch, tiny["preset"], "higher", {"diffusion": diffusion, "classifier": classifier},
-                       [{"guidance_scale": 2.0, "accuracy": accuracy}], {"adm.pipeline_run": tiny["run_id"]},
+                       [{"cell": "ddim10/scale_2", "sampler": "ddim10", "guidance_scale": 2.0,
+                         "guidance_interval": "all", "accuracy": accuracy}], {"adm.pipeline_run": tiny["run_id"]},
                        log=lambda *_: None)
         assert out["diffusion"]["champion"] == out["classifier"]["champion"]
         promoted.append(out["diffusion"]["champion"])
@@ -244,9 +245,9 @@ def test_sample_bare_weights_files_with_preset(tiny, env, mlflow_server, tmp_pat
     text = ok(call(_adm("sample", "--diffusion", str(bare["diffusion"]), "--classifier", str(bare["classifier"]),
                         "--preset", "smoke", "--scales", "2", "--num-samples", "4", "--batch-size", "4", "--sampler",
                         "ddim10", "--seed", "0", "--actor-cpus", "1", "--out", str(out), "--no-track"), env, tmp_path))
-    (npz,) = out.glob("scale_*/samples_4x16x16x3.npz")
-    assert f"scale 2: {npz}" in text
-    ours, pipelines = np.load(npz), np.load(tiny["sample"]["npz"]["2"])
+    (npz,) = out.glob("ddim10/scale_*/samples_4x16x16x3.npz")
+    assert f"ddim10/scale_2: {npz}" in text
+    ours, pipelines = np.load(npz), np.load(tiny["sample"]["npz"]["ddim10/scale_2"])
     assert ours["arr_0"].shape == (4, 16, 16, 3) and ours["arr_0"].std() > 0
     assert np.array_equal(ours["arr_0"], pipelines["arr_0"]) and np.array_equal(ours["arr_1"], pipelines["arr_1"])
 
@@ -259,7 +260,8 @@ def test_evaluate_from_the_command_line(tiny, env, mlflow_server, tmp_path):
                         "--evaluator", evaluator, "--features", "evaluator", "--num-reference", "16", "--batch-size",
                         "16", "--cache-dir", str(tmp_path / "cache"), "--tracking-uri", mlflow_server, "--experiment",
                         "cli-evaluate"), env, tmp_path))
-    assert "| guidance_scale | num_samples | evaluator_fid |" in text
+    assert "| sampler | guidance_scale | network_evals | classifier_passes | seconds_per_sample | num_samples | " \
+           "evaluator_fid |" in text and "| ddim10 | 2 | 10 | 10 |" in text
     client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("cli-evaluate").experiment_id])
     (scale_run,) = [r for r in runs if "guidance_scale" in r.data.params]

@@ -1,6 +1,7 @@
 """The evaluation stage on a real local Ray instance and a real MLflow server, with the real Inception weights."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -65,19 +66,39 @@ def test_metrics_per_scale_cache_and_mlflow(setup, tmp_path, ray_cluster, mlflow
     job = _job(setup, cache, tracking_uri=mlflow_server, experiment="evaluate-test")
     log_evaluation(job, again, log=lambda *_: None)
     client = MlflowClient(mlflow_server)
-    assert sorted(again.run_ids) == [0.0, 2.0]
+    assert sorted(again.run_ids) == ["scale_0", "scale_2"]  # the layout before the grid of cells still reads
     under = client.search_runs([client.get_experiment_by_name("evaluate-test").experiment_id],
                                f"tags.`mlflow.parentRunId` = '{again.parent_run_id}'")
     assert sorted(r.info.run_id for r in under) == sorted(again.run_ids.values())
-    for scale, run_id in again.run_ids.items():
+    for key, run_id in again.run_ids.items():
         run = client.get_run(run_id)
         assert run.data.tags["mlflow.parentRunId"] == again.parent_run_id
-        assert run.data.params["guidance_scale"] == f"{scale:g}"
-        assert run.data.metrics["fid"] == pytest.approx(again.rows[0 if scale == 0 else 1]["fid"])
+        assert run.data.params["guidance_scale"] == key.removeprefix("scale_")
+        assert run.data.metrics["fid"] == pytest.approx(again.rows[0 if key == "scale_0" else 1]["fid"])
     files = {f.path for f in client.list_artifacts(again.parent_run_id, "plots")}
     assert {"plots/fid_vs_scale.png", "plots/precision_vs_recall.png", "plots/score_vs_fid.png"} <= files
-    assert client.list_artifacts(again.parent_run_id, "evaluation")[0].path.endswith("metrics_by_scale.json")
+    assert client.list_artifacts(again.parent_run_id, "evaluation")[0].path.endswith("metrics_by_cell.json")
     assert "| guidance_scale | num_samples | fid |" in format_table(again.rows)
+
+
+def test_cells_are_discovered_with_their_coordinates_in_grid_order(tmp_path):
+    """`adm sample`'s layout: <sampler>/scale_<s>[_sigma_<lo>-<hi>]/ with cell.json; ordered by sampler, then scale as a
+    number (16 after 2), then interval."""
+    from pipelines.stages.evaluate_inputs import discover_samples
+
+    images = np.zeros((5, 16, 16, 3), np.uint8)
+    cells = [("ddim25", 16.0, "all", 0.0), ("ddim25", 2.0, "0.3:5", 0.3), ("ddim25", 2.0, "all", 0.0),
+             ("dpm++2m-10", 0.0, "all", 0.0)]
+    for sampler, scale, interval, lo in cells:
+        key = f"{sampler}/scale_{scale:g}" + ("" if interval == "all" else "_sigma_0.3-5")
+        write_bytes_atomic(str(tmp_path / key / "samples_5x16x16x3.npz"), npz_bytes(arr_0=images))
+        record = {"cell": key, "sampler": sampler, "guidance_scale": scale, "guidance_interval": interval,
+                  "interval_lo": lo, "network_evals": 25.0}
+        write_bytes_atomic(str(tmp_path / key / "cell.json"), json.dumps(record).encode())
+    found = discover_samples(str(tmp_path))
+    assert list(found) == ["ddim25/scale_2", "ddim25/scale_2_sigma_0.3-5", "ddim25/scale_16", "dpm++2m-10/scale_0"]
+    assert found["ddim25/scale_2_sigma_0.3-5"].cell["interval_lo"] == 0.3
+    assert found["dpm++2m-10/scale_0"].total == 5
 
 
 def test_precomputed_reference_statistics(setup, tmp_path, ray_cluster):
@@ -114,7 +135,7 @@ def test_bad_inputs_fail_before_featurizing(setup, tmp_path, actor_count):
         (folder("nchw", arr_0=np.zeros((8, 3, 16, 16), np.uint8)), "uint8"),
         (folder("few", arr_0=np.zeros((3, 16, 16, 3), np.uint8)), "at least 4"),
         (folder("res", arr_0=np.zeros((8, 32, 32, 3), np.uint8)), "same resolution"),
-        (str(tmp_path / "empty"), "holds no scale_"),
+        (str(tmp_path / "empty"), "holds no <sampler>/scale_<s>"),
     ]
     (tmp_path / "empty").mkdir()
     cache, actors = tmp_path / "cache", actor_count()

@@ -129,12 +129,13 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
                         log=lambda *_: None)
 
     swapped = {"diffusion": trained["classifier"], "classifier": trained["evaluator"]}
-    rows = [{"guidance_scale": 2.0, "fid": 50.0}]
+    cell = {"cell": "ddim10/scale_2", "sampler": "ddim10", "guidance_scale": 2.0, "guidance_interval": "all"}
+    rows = [{**cell, "fid": 50.0}]
     assert register_as_champ(trained, rows)["diffusion"]["champion"]
-    assert not register_as_champ(swapped, [{"guidance_scale": 2.0, "fid": 60.0}])["diffusion"]["champion"]
+    assert not register_as_champ(swapped, [{**cell, "fid": 60.0}])["diffusion"]["champion"]
     assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "1"
     improved = {"diffusion": trained["evaluator"], "classifier": trained["diffusion"]}
-    assert register_as_champ(improved, [{"guidance_scale": 2.0, "fid": 40.0}])["diffusion"]["champion"]
+    assert register_as_champ(improved, [{**cell, "fid": 40.0}])["diffusion"]["champion"]
     assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "3"
 
 

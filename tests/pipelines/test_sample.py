@@ -44,7 +44,7 @@ def nets(tmp_path_factory):
 def _job(nets, out, **kw):
     """A job on the test networks; keyword arguments that name a SampleConfig field set the sample section."""
     fields = {f.name for f in dataclasses.fields(SampleConfig)}
-    settings = dict(guidance_scales=(0.0, 2.0), num_samples=6, sampler="ddim5", batch_size=4, seed=11)
+    settings = dict(guidance_scales=(0.0, 2.0), num_samples=6, samplers=("ddim5",), batch_size=4, seed=11)
     settings.update({k: kw.pop(k) for k in list(kw) if k in fields})
     base = dict(diffusion=nets["diffusion"], classifier=nets["classifier"], out=str(out))
     return SampleJob(**{**base, **kw}, config=SampleConfig(**settings))
@@ -61,15 +61,15 @@ def test_fan_out_layout_determinism_and_resume(tmp_path, nets, ray_cluster):
     two = run_sampling(_job(nets, tmp_path / "two", actors=2, actor_cpus=1), log=lambda *_: None)
     assert one.busy_seconds > 0 and two.busy_seconds > 0
     assert one.warm_images == 8 and 0 < one.warm_seconds < one.busy_seconds  # 3 shards of 4, the actor's first left out
-    assert len(plan_shards((0.0, 2.0), 6, 4)[1]) == 4  # the middle shard mixes both scales
-    for scale in (0.0, 2.0):
-        images, labels = _load(one.npz[scale])
+    assert {j for j, _ in plan_shards(_job(nets, tmp_path).cells, 6, 4)[1]} == {0, 1}  # the middle shard: both
+    for key in ("ddim5/scale_0", "ddim5/scale_2"):
+        images, labels = _load(one.npz[key])
         assert images.shape == (6, 16, 16, 3) and images.dtype == np.uint8
         assert labels.dtype == np.int64 and labels.min() >= 0 and labels.max() < 4
-        assert one.npz[scale].endswith("samples_6x16x16x3.npz")
-        other_images, other_labels = _load(two.npz[scale])
+        assert one.npz[key].endswith("ddim5/scale_" + key[-1] + "/samples_6x16x16x3.npz")
+        other_images, other_labels = _load(two.npz[key])
         assert images.tobytes() == other_images.tobytes() and np.array_equal(labels, other_labels)
-    assert not np.array_equal(_load(one.npz[0.0])[0], _load(one.npz[2.0])[0])
+    assert not np.array_equal(_load(one.npz["ddim5/scale_0"])[0], _load(one.npz["ddim5/scale_2"])[0])
 
     # scale 0 is exactly unguided sampling of the same seeds and labels, run as run `one`'s actor runs it: 2 torch
     # threads (its 1.5 CPUs, rounded) and the precision policy (bf16 autocast on CPUs with native bf16, where oneDNN's
@@ -85,32 +85,89 @@ def test_fan_out_layout_determinism_and_resume(tmp_path, nets, ray_cluster):
             x0 = ddim_sample(model, diffusion, SampleNoise(seeds, (3, 16, 16)), {"y": y})
     finally:
         torch.set_num_threads(threads)
-    assert to_uint8(x0).tobytes() == _load(one.npz[0.0])[0][:4].tobytes()
+    assert to_uint8(x0).tobytes() == _load(one.npz["ddim5/scale_0"])[0][:4].tobytes()
 
     # an interrupted run (two shards never written) resumes without redoing the finished one
     fs = fsspec.filesystem("file")
-    before = _load(one.npz[2.0])[0]
+    before = _load(one.npz["ddim5/scale_2"])[0]
     for k in (1, 2):
         fs.rm(shard_url(str(tmp_path / "one"), k))
     again = run_sampling(_job(nets, tmp_path / "one", actors=1), log=lambda *_: None)
     assert (again.computed_shards, again.skipped_shards) == (2, 1)
-    assert _load(again.npz[2.0])[0].tobytes() == before.tobytes()
+    assert _load(again.npz["ddim5/scale_2"])[0].tobytes() == before.tobytes()
+    # the folder belongs to that grid: a job of another grid is refused before it mixes its shards in
+    with pytest.raises(UserError, match="holds samples of another job .*cells"):
+        run_sampling(_job(nets, tmp_path / "one", actors=1, guidance_scales=(0.0, 4.0)), log=lambda *_: None)
 
 
-def test_child_run_per_scale(tmp_path, nets, ray_cluster, mlflow_server):
+GRID = dict(samplers=("ddim5", "dpm++2m-4"), guidance_scales=(0.0, 2.0), guidance_intervals=("all", "0.5:5"))
+
+
+def test_mixed_cell_batches_equal_single_cell_batches_and_actor_counts(tmp_path, nets, ray_cluster):
+    """Batches of 5 mix scales and intervals (and never samplers); batches of 6 hold one cell each. A sample depends
+    only on (seed, label, cell): the same bytes either way, and with 1 or 2 actors."""
+    mixed = run_sampling(_job(nets, tmp_path / "mixed", actors=1, batch_size=5, **GRID), log=lambda *_: None)
+    single = run_sampling(_job(nets, tmp_path / "single", actors=2, actor_cpus=1, batch_size=6, **GRID),
+                          log=lambda *_: None)
+    cells = _job(nets, tmp_path, **GRID).cells
+    assert [c.key for c in cells] == ["ddim5/scale_0", "ddim5/scale_2", "ddim5/scale_2_sigma_0.5-5",
+                                      "dpm++2m-4/scale_0", "dpm++2m-4/scale_2", "dpm++2m-4/scale_2_sigma_0.5-5"]
+    shards = plan_shards(cells, 6, 5)
+    assert any(len({cells[j].interval for j, _ in shard}) > 1 for shard in shards)  # scale 2: all and 0.5:5 mixed
+    assert all(len({cells[j].sampler for j, _ in shard}) == 1 for shard in shards)
+    for cell in cells:
+        assert _load(mixed.npz[cell.key])[0].tobytes() == _load(single.npz[cell.key])[0].tobytes(), cell.key
+    # an interval changes the samples; the samplers differ
+    assert _load(mixed.npz["ddim5/scale_2"])[0].tobytes() != _load(mixed.npz["ddim5/scale_2_sigma_0.5-5"])[0].tobytes()
+    assert _load(mixed.npz["ddim5/scale_0"])[0].tobytes() != _load(mixed.npz["dpm++2m-4/scale_0"])[0].tobytes()
+
+
+def test_compute_accounting_per_cell(tmp_path, nets, ray_cluster):
+    """cell.json: network evaluations per sample as the sampler string says; classifier passes only where guided,
+    fewer inside an interval (counted from the linear schedule's trained sigmas at the DDIM-5 timesteps)."""
+    import json
+
+    from components.guidance import trained_sigmas
+    from components.respacing import space_timesteps
+
+    result = run_sampling(_job(nets, tmp_path / "cost", actors=1, **GRID), log=lambda *_: None)
+    ref = resolve(nets["diffusion"], "diffusion")
+    sigmas = trained_sigmas(ref.preset.diffusion)
+    inside = sum(0.5 <= sigmas[t] <= 5 for t in space_timesteps(1000, "ddim5"))
+    expected = {"ddim5/scale_0": (5, 0), "ddim5/scale_2": (5, 5), "ddim5/scale_2_sigma_0.5-5": (5, inside),
+                "dpm++2m-4/scale_0": (4, 0), "dpm++2m-4/scale_2": (4, 4)}
+    assert 0 < inside < 5
+    for key, (evals, passes) in expected.items():
+        record = result.cells[key]
+        assert (record["network_evals"], record["classifier_passes"]) == (evals, passes), key
+        with open(tmp_path / "cost" / key / "cell.json") as f:
+            assert json.load(f) == record
+    interval = result.cells["dpm++2m-4/scale_2_sigma_0.5-5"]
+    assert 0 < interval["classifier_passes"] < 4 and (interval["interval_lo"], interval["interval_hi"]) == (0.5, 5)
+    assert result.cells["ddim5/scale_2"]["interval_hi"] == pytest.approx(sigmas[-1])
+    assert all(r["sample_seconds"] > 0 for r in result.cells.values())
+
+
+def test_child_run_per_cell(tmp_path, nets, ray_cluster, mlflow_server):
     job = _job(nets, tmp_path / "tracked", num_samples=2, batch_size=4, tracking_uri=mlflow_server,
-               experiment="sampling")
+               experiment="sampling", guidance_intervals=("all", "0.5:5"))
     result = log_to_mlflow(job, run_sampling(job, log=lambda *_: None), log=lambda *_: None)
     client = MlflowClient(mlflow_server)
-    assert sorted(result.run_ids) == [0.0, 2.0]
-    parent = client.get_run(result.run_ids[0.0]).data.tags["mlflow.parentRunId"]
+    assert sorted(result.run_ids) == ["ddim5/scale_0", "ddim5/scale_2", "ddim5/scale_2_sigma_0.5-5"]
+    parent = client.get_run(result.run_ids["ddim5/scale_0"]).data.tags["mlflow.parentRunId"]
     under = client.search_runs([client.get_experiment_by_name("sampling").experiment_id],
                                f"tags.`mlflow.parentRunId` = '{parent}'")
     assert sorted(r.info.run_id for r in under) == sorted(result.run_ids.values())
-    for scale, run_id in result.run_ids.items():
+    for key, run_id in result.run_ids.items():
         run = client.get_run(run_id)
-        assert float(run.data.params["guidance_scale"]) == scale
-        assert run.data.tags["mlflow.parentRunId"]
+        cell = next(c for c in job.cells if c.key == key)
+        assert float(run.data.params["guidance_scale"]) == run.data.metrics["guidance_scale"] == cell.scale
+        assert run.data.params["sampler"] == "ddim5" and run.data.tags["adm.cell"] == key
+        assert run.data.params["guidance_interval"] == cell.interval_text
+        # every coordinate and the compute as a number, for the compare view's axes
+        for name in ("interval_lo", "interval_hi", "steps", "network_evals", "classifier_passes", "sample_seconds"):
+            assert run.data.metrics[name] == pytest.approx(result.cells[key][name]), name
+        assert run.data.metrics["steps"] == 5 and run.data.metrics["network_evals"] == 5
         assert [a.path for a in client.list_artifacts(run_id)] == ["grid.png"]
 
 
@@ -121,7 +178,11 @@ def test_bad_input_is_refused_before_actors(tmp_path, nets, actor_count):
              ({"actors": -1}, "--actors"), ({"classifier": None}, "need a noisy classifier"),
              ({"classifier": nets["classifier7"]}, "7 classes"),
              ({"diffusion": str(tmp_path / "missing")}, "does not exist"),
-             ({"classifier": nets["diffusion"]}, "is a diffusion checkpoint")]
+             ({"classifier": nets["diffusion"]}, "is a diffusion checkpoint"),
+             ({"samplers": ("ddim5", "dpm++3m-4")}, "'dpm\\+\\+3m-4' is unknown"),
+             ({"samplers": ("dpm++2m-1001",)}, "1001 steps of the 1000 trained"),
+             ({"guidance_intervals": ("5:1",)}, "interval '5:1' is not valid"),
+             ({"guidance_intervals": ()}, "guidance_intervals is empty")]
     for change, message in cases:
         with pytest.raises(UserError, match=message):
             run_sampling(_job(nets, out, **change), log=lambda *_: None)
