@@ -2,6 +2,7 @@
 
 Handlers import the workflow when they run: `adm --help` must not pay for torch, Ray and MLflow."""
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -84,7 +85,7 @@ def cmd_retrain(args) -> int:
     from pipelines.workflow.request import check_request
     from pipelines.workflow.retrain import retrain
 
-    req = request_from_args(args)
+    req = dataclasses.replace(request_from_args(args), from_scratch=args.from_scratch)
     verbose = verbose_requested(args.verbose)
     if not verbose and not ray.is_initialized():  # else the stages' connect_ray() starts Ray with its own logs on
         check_request(req)  # config errors and unreachable services are reported before Ray starts
@@ -155,6 +156,8 @@ def add_parsers(sub) -> None:
                        "champion's, else run the pipeline and promote only if the chosen metric improved")
     _pipeline_args(p)
     p.add_argument("--force", action="store_true", help="run the pipeline (all stages) even if nothing changed")
+    p.add_argument("--from-scratch", action="store_true", help="train from random weights, not from the champion "
+                   "(the default when one exists and fits the preset's networks)")
     p.add_argument("--verbose", action="store_true",
                    help="also show Ray's and MLflow's own logs; same as ADM_VERBOSE=1")
     p.set_defaults(func=cmd_retrain, no_register=False, resume=None)

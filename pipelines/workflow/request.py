@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 from components.config import Preset, to_dict
+from components.kinds import KINDS
 from components.validation import preset_problems, raise_problems
 from pipelines import PROJECT_ROOT
 from pipelines.infra.services import check_ray_address, check_url
@@ -25,6 +26,7 @@ class RunRequest:
     model_prefix: str | None = None  # registered model names: <prefix>-diffusion, <prefix>-classifier
     parent_run_id: str | None = None  # e.g. the `adm retrain` cycle that runs this pipeline
     source_fingerprint: str | None = None  # content of the source (retrain): new content => a new ingest
+    from_scratch: bool = False  # retrain: random weights even when the champion could be the starting point
 
     @property
     def prefix(self) -> str:
@@ -36,7 +38,13 @@ class RunRequest:
 
 
 def config_hash(preset: Preset) -> str:
-    return digest({"stage": "config", **to_dict(preset)})[:16]
+    """The resolved config's hash, where training starts from (train_<kind>.init_from) left out: a retraining cycle's
+    warm start from the champion is the cycle's choice, not a change of config, and the next cycle compares this hash
+    with the champion's."""
+    values = to_dict(preset)
+    for section in (k.train_section for k in KINDS.values()):
+        values[section] = {k: v for k, v in values[section].items() if k != "init_from"}
+    return digest({"stage": "config", **values})[:16]
 
 
 def code_version() -> str:

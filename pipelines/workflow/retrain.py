@@ -8,12 +8,19 @@ code version and the config hash — with the tags of the ``champion`` diffusion
 * otherwise the pipeline runs as a child of the cycle (code changed: every stage recomputed; data or config changed:
   the stage keys differ anyway) and its register stage moves ``champion`` only if the chosen metric improved.
 
+The registered networks start from the champion pair (``train_<kind>.init_from=champion``) when there is one and it
+fits the preset's networks; ``--from-scratch`` (or a champion that does not fit) trains from random weights. The
+choice is part of the cycle's reason.
+
 A cycle that fails never touches the aliases: they move only at the end of the register stage.
 """
 
 import dataclasses
 
+from components.config import ConfigError, apply_overrides
+from components.kinds import REGISTERED
 from pipelines.infra import tags
+from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.tracking import Tracker, check_tracking
 from pipelines.stages.ingest import ingest_options, source_fingerprint
 from pipelines.stages.register import CHAMPION
@@ -47,6 +54,23 @@ def decide_skip(tracker: Tracker, req: RunRequest, state: dict) -> tuple[str | N
     return None, changed
 
 
+def warm_start(tracker: Tracker, req: RunRequest) -> tuple[RunRequest, str]:
+    """The request this cycle runs (its registered networks starting from the champion pair where it can) and the
+    choice in words. A network whose init_from the config sets already keeps it."""
+    if req.from_scratch:
+        return req, "from scratch (--from-scratch)"
+    champion = tracker.alias_version(f"{req.prefix}-diffusion", CHAMPION)
+    if champion is None:
+        return req, "from scratch (no champion yet)"
+    kinds = [k for k in REGISTERED if not k.train_config(req.preset).init_from]
+    preset = apply_overrides(req.preset, [f"{k.train_section}.init_from={CHAMPION}" for k in kinds])
+    try:
+        resolve_inits(preset, [k.name for k in kinds], tracker.uri, req.prefix)
+    except ConfigError as e:
+        return req, f"from scratch (the champion cannot be the starting point: {e})"
+    return dataclasses.replace(req, preset=preset), f"warm start from champion v{champion.version}"
+
+
 def retrain(req: RunRequest, log=print) -> dict:
     """One cycle; returns {"cycle_run_id", "decision", "reason", and for a pipeline run "run_id", "registered"}."""
     check_request(req)
@@ -69,6 +93,8 @@ def _cycle(tracker: Tracker, cycle: str, req: RunRequest, log) -> dict:
     if skip:
         return _finish(tracker, cycle, "skipped", skip, log)
     reason = "; ".join(changed) if changed == ["no champion yet"] else "changed: " + ", ".join(changed)
+    req, start = warm_start(tracker, req)
+    reason += f"; {start}"
     log(f"[retrain] cycle {cycle}: {reason}; running the pipeline")
     run_req = dataclasses.replace(req, parent_run_id=cycle, source_fingerprint=state[tags.DATA_FINGERPRINT],
                                   force=req.force or "code_version" in changed, resume=None, register=True)

@@ -92,6 +92,7 @@ def test_retrain_cycles_skip_promote_and_keep(tmp_path, ray_cluster, mlflow_serv
     first = cycle(tmp_path, mlflow_server, folder)
     reg = first["registered"]["diffusion"]
     assert "changed: data_fingerprint, code_version, config_hash" in first["reason"]
+    assert "from scratch (the champion cannot be the starting point" in first["reason"]  # the seeded one has no files
     assert reg["previous"] == 1e6 and reg["value"] < reg["previous"], first["reason"]
     assert first["decision"] == "promoted" and champion(client) == reg["version"] != seeded
     assert client.get_model_version_by_alias("rt-classifier", "champion").version == \
@@ -106,6 +107,12 @@ def test_retrain_cycles_skip_promote_and_keep(tmp_path, ray_cluster, mlflow_serv
     worse = cycle(tmp_path, mlflow_server, folder)
     reg = worse["registered"]["diffusion"]
     assert "changed: data_fingerprint" in worse["reason"]
+    assert f"warm start from champion v{first['registered']['diffusion']['version']}" in worse["reason"]
+    for kind in ("diffusion", "classifier"):  # both networks started from the champion pair, and say so
+        parent = first["registered"][kind]["version"]
+        version = client.get_model_version(f"rt-{kind}", worse["registered"][kind]["version"])
+        assert version.tags["adm.parent_version"] == f"rt-{kind}/{parent}"
+        assert version.tags["adm.init_from"] == f"models:/rt-{kind}/{parent}"
     assert reg["value"] > reg["previous"], worse["reason"]
     assert worse["decision"] == "kept" and champion(client) == first["registered"]["diffusion"]["version"]
     assert client.get_model_version_by_alias("rt-classifier", "champion").version == \

@@ -1,6 +1,7 @@
 """`train_<kind>.init_from` against a real MLflow server and a local Ray instance: a trainer started from the
 registry's champion starts at its weights and names its parent; bad starting points fail before any worker starts."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from components.training import Learner
 from pipelines.infra.tracking import Tracker, TrackingError
 from pipelines.stages.ingest import IngestOptions, ingest
 from pipelines.stages.train import TrainOptions, train
+from pipelines.workflow.request import RunRequest, config_hash
+from pipelines.workflow.retrain import warm_start
 
 PREFIX = "ws"
 
@@ -34,26 +37,31 @@ def _batch(n=8):
     return to_model_input(images), torch.from_numpy(labels)
 
 
-@pytest.fixture(scope="module")
-def champion(tmp_path_factory, mlflow_server):
-    """A trained diffusion network (a few steps in this process, so its weights are not any seed's random init),
-    logged as an `adm train` run would log it and registered as version 1 of ws-diffusion, alias champion.
-    Returns the checkpoint folder."""
+def _register_trained(tracker, kind: str, folder: Path) -> None:
+    """`kind` trained a few steps in this process (so its weights are no seed's random init), logged as an `adm
+    train` run logs it and registered as PREFIX-<kind> with the alias champion, both networks by one pipeline run."""
     preset = get_preset("smoke")
-    learner = Learner("diffusion", preset, torch.device("cpu"), seed=11)
+    learner = Learner(kind, preset, torch.device("cpu"), seed=11)
     x, y = _batch(16)
     for _ in range(5):
         learner.train_step(x, y)
-    folder = tmp_path_factory.mktemp("champion") / "checkpoint"
-    learner.save(folder, config={"kind": "diffusion", "preset": to_dict(preset), "step": learner.step})
-    tracker = Tracker(mlflow_server)
-    run_id = tracker.start_run("warm-seed", "train-diffusion")
+    learner.save(folder, config={"kind": kind, "preset": to_dict(preset), "step": learner.step})
+    run_id = tracker.start_run("warm-seed", f"train-{kind}")
     tracker.log_artifacts(run_id, folder, "checkpoint")
-    model_uri = tracker.log_network(run_id, "diffusion_model", folder / "ema_0.99.safetensors", folder / "model.json")
-    version = tracker.register(model_uri, f"{PREFIX}-diffusion", run_id, tags={})
-    tracker.set_alias(f"{PREFIX}-diffusion", "champion", version)
+    weights = folder / ("ema_0.99.safetensors" if learner.ema else "model.safetensors")
+    model_uri = tracker.log_network(run_id, f"{kind}_model", weights, folder / "model.json")
+    version = tracker.register(model_uri, f"{PREFIX}-{kind}", run_id, tags={"adm.pipeline_run": "seed"})
+    tracker.set_alias(f"{PREFIX}-{kind}", "champion", version)
     tracker.end_run(run_id)
-    return folder
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory, mlflow_server):
+    """The champion pair, version 1 of ws-diffusion and ws-classifier; returns the diffusion checkpoint folder."""
+    tracker, root = Tracker(mlflow_server), tmp_path_factory.mktemp("champion")
+    for kind in ("diffusion", "classifier"):
+        _register_trained(tracker, kind, root / kind)
+    return root / "diffusion"
 
 
 def _loss(net, preset) -> float:
@@ -114,3 +122,22 @@ def test_bad_starting_points_fail_before_workers_start(tmp_path, shapes, champio
     assert actor_count() == actors  # no Ray Train controller, no worker
     experiment = MlflowClient(mlflow_server).get_experiment_by_name("warm-bad")
     assert experiment is None or not MlflowClient(mlflow_server).search_runs([experiment.experiment_id])
+
+
+def test_retrain_starts_from_a_champion_that_fits(champion, mlflow_server):
+    """`adm retrain`'s choice: the champion pair when it fits the preset, else random weights, saying why; the
+    config hash (what the next cycle compares) does not see the choice."""
+    tracker = Tracker(mlflow_server)
+    req = RunRequest(get_preset("smoke"), data="shapes", tracking_uri=mlflow_server, model_prefix=PREFIX)
+    warm, why = warm_start(tracker, req)
+    assert why == "warm start from champion v1"
+    assert warm.preset.train_diffusion.init_from == warm.preset.train_classifier.init_from == "champion"
+    assert warm.preset.train_evaluator.init_from == "" and config_hash(warm.preset) == config_hash(req.preset)
+    for change, why in (({"from_scratch": True}, "--from-scratch"), ({"model_prefix": "none"}, "no champion yet")):
+        other = dataclasses.replace(req, **change)
+        assert warm_start(tracker, other) == (other, f"from scratch ({why})")
+    wider = dataclasses.replace(req, preset=apply_overrides(req.preset, ["unet.model_channels=64"]))
+    kept, why = warm_start(tracker, wider)
+    assert kept is wider and why.startswith("from scratch (the champion cannot be the starting point: "
+                                            "train_diffusion.init_from='champion': it holds a diffusion network of "
+                                            "another architecture (model_channels=32 there, 64 here)")
