@@ -8,6 +8,7 @@ from components.config import Preset, to_dict
 from components.kinds import KINDS
 from components.validation import preset_problems, raise_problems
 from pipelines import PROJECT_ROOT
+from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.services import check_ray_address, check_url
 from pipelines.infra.storage import digest
 from pipelines.infra.tracking import check_tracking, resolve_tracking_uri
@@ -69,9 +70,11 @@ def check_config(req: RunRequest) -> None:
 
 def check_request(req: RunRequest) -> None:
     """Everything a run here needs, before the first stage starts: the config, then bounded probes of the services
-    (the tracking store or server, the Ray cluster of RAY_ADDRESS, the work dir's and source's filesystems)."""
+    (the tracking store or server, the Ray cluster of RAY_ADDRESS, the work dir's and source's filesystems) and the
+    weights that trainers start from (train_<kind>.init_from: found, pinned and fitting the preset's networks)."""
     check_config(req)
     check_tracking(resolve_tracking_uri(req.tracking_uri))
+    resolve_inits(req.preset, KINDS, resolve_tracking_uri(req.tracking_uri), req.prefix)  # the warm starts' weights
     check_ray_address()
     check_url(req.workdir, "--workdir")
     check_url(req.source, "--data")

@@ -116,6 +116,12 @@ SMOKE = ["--preset", "smoke"]
     (["config"], "sample.actor_cpus=-1", ["sample.actor_cpus=-1"]),
     (["run", "--dry-run"], "train_diffusion.num_workers=0", ["train_diffusion.num_workers=0"]),
     (["retrain"], "evaluate.champion_scale=3", ["evaluate.champion_scale=3"]),
+    (["config"], "train_diffusion.ema_warmup=maybe", ["train_diffusion.ema_warmup='maybe'", "auto, on, off"]),
+    (["run", "--dry-run"], "train_classifier.ema_warmup_power=0", ["train_classifier.ema_warmup_power=0.0"]),
+    (["run"], "train_diffusion.init_from=no/such/checkpoint", ["train_diffusion.init_from='no/such/checkpoint'",
+                                                              "does not exist"]),
+    (["retrain"], "train_classifier.init_from=champion", ["train_classifier.init_from='champion'",
+                                                         "no alias 'champion'"]),
 ])
 def test_config_value_out_of_range(box, capsys, command, override, names):
     refused(box, capsys, [*command, *SMOKE, "--override", override], *names)
