@@ -150,7 +150,20 @@ def check_fits(model: nn.Module, state: dict, source: str = "checkpoint") -> Non
         matches = matching_released_flags(state)
         hint = (f"the checkpoint matches the released flags of {', '.join(matches)} (components.presets.RELEASED_FLAGS)"
                 if matches else "no released flag set matches it; check num_channels, num_res_blocks and class_cond")
-        raise CheckpointError(f"{source} does not fit the network: {mismatch}. {hint}")
+        raise CheckpointError(f"{source} does not fit the network: {mismatch}. {_null_class_hint(model, state)}{hint}")
+
+
+def _null_class_hint(model: nn.Module, state: dict) -> str:
+    """Why the label embeddings differ by one row: the null class of classifier-free guidance on one side only."""
+    ours, theirs = model.state_dict().get("label_emb.weight"), state.get("label_emb.weight")
+    if ours is None or theirs is None or abs(ours.shape[0] - theirs.shape[0]) != 1:
+        return ""
+    if ours.shape[0] > theirs.shape[0]:
+        return ("The network has the null-class label row of classifier-free guidance (train_diffusion.label_dropout "
+                "> 0) but the weights were trained without label dropout (a released checkpoint, for one): set "
+                "train_diffusion.label_dropout=0 to load them, and guide them with the classifier. ")
+    return ("The weights have the null-class label row of classifier-free guidance (trained with label dropout) but "
+            "the config has train_diffusion.label_dropout=0: set it as it was in training (e.g. 0.1). ")
 
 
 def load_into(model: nn.Module, path_or_state, source: str = "checkpoint") -> nn.Module:

@@ -157,6 +157,9 @@ class TrainConfig:
     ema_warmup: str = "auto"  # auto | on | off
     ema_warmup_inv_gamma: float = 1.0
     ema_warmup_power: float = 0.75  # 3/4: decay 0.999 at 10k updates (2/3: at 31.6k, for runs of 1M+ steps)
+    # diffusion only: each label is replaced by the null class with this probability (p_uncond of classifier-free
+    # guidance, e.g. 0.1); > 0 gives the UNet its null-class row (components.kinds.has_null_class)
+    label_dropout: float = 0.0
 
 
 @dataclass(frozen=True)

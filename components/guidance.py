@@ -1,4 +1,4 @@
-"""Classifier guidance (Dhariwal & Nichol 2021, Sec. 4).
+"""Classifier guidance (Dhariwal & Nichol 2021, Sec. 4) and classifier-free guidance (Ho & Salimans 2022).
 
 ``ClassifierGuidance`` is the cond_fn: s * grad_{x_t} log p_phi(y | x_t, t), with the scale s given per sample so one
 batch may mix guidance scales. It is composed into a sampler through:
@@ -9,6 +9,11 @@ batch may mix guidance scales. It is composed into a sampler through:
 
 Rows whose guidance term is exactly zero (scale 0, or outside their guidance interval of noise levels) keep the
 unguided prediction, so scale 0 is exactly unguided; the classifier never runs on them.
+
+``ClassifierFreeGuidance`` wraps the diffusion model instead (every sampler takes it as the model): eps = eps(x, t,
+null) + w (eps(x, t, y) - eps(x, t, null)), with w per sample. Weight convention: w = 1 is the conditional model, w = 0
+the unconditional one, w > 1 guides (Ho & Salimans write the same eps as (1 + w') eps_cond - w' eps_uncond with w' =
+w - 1). Both methods at once: the wrapped model with a ClassifierGuidance cond_fn, whose term is added to the CFG eps.
 """
 
 import numpy as np
@@ -39,14 +44,7 @@ class ClassifierGuidance:
     def guided_rows(self, t: torch.Tensor, n: int) -> torch.Tensor:
         """[n] bool: the rows guided at original timesteps t."""
         scales = torch.as_tensor(self.scales, dtype=torch.float32, device=t.device).expand(n)
-        active = scales != 0
-        if self.interval is not None:
-            if t.is_floating_point():
-                raise ValueError("guidance intervals need integer timesteps (rescale_timesteps=False, as released)")
-            sigma = self.sigmas[t.cpu()].expand(n).to(t.device)
-            lo, hi = (torch.as_tensor(b, dtype=torch.float64, device=t.device).expand(n) for b in self.interval)
-            active = active & (lo <= sigma) & (sigma <= hi)
-        return active
+        return (scales != 0) & inside_interval(t, n, self.interval, self.sigmas)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **_) -> torch.Tensor:
         if y is None:
@@ -66,6 +64,57 @@ class ClassifierGuidance:
             (g,) = torch.autograd.grad(selected.sum(), x_in)
         grad[active] = g.float() * scales[active].view(-1, *([1] * (x.ndim - 1)))
         return grad
+
+
+def inside_interval(t: torch.Tensor, n: int, interval, sigmas) -> torch.Tensor:
+    """[n] bool: rows whose noise level sigma_t lies in their interval (lo, hi), numbers or one per row; None: all."""
+    if interval is None:
+        return torch.ones(n, dtype=torch.bool, device=t.device)
+    if t.is_floating_point():
+        raise ValueError("guidance intervals need integer timesteps (rescale_timesteps=False, as released)")
+    sigma = sigmas[t.cpu()].expand(n).to(t.device)
+    lo, hi = (torch.as_tensor(b, dtype=torch.float64, device=t.device).expand(n) for b in interval)
+    return (lo <= sigma) & (sigma <= hi)
+
+
+class ClassifierFreeGuidance:
+    """The diffusion model with classifier-free guidance, called as the model: (x_t, t, y) -> its output with the eps
+    channels replaced by eps(x, t, null) + w (eps(x, t, y) - eps(x, t, null)) per row (w: ``weights``, a number or
+    one per row). A row's conditional and unconditional predictions come from one batched forward pass; its learned
+    variance channels come from the conditional branch. Rows at w = 1, or outside their ``interval`` of noise levels
+    (as in ClassifierGuidance; ``sigmas`` per trained timestep), take the conditional pass only, rows at w = 0 the
+    unconditional pass only (variance included: that row is the unconditional model); ``cost`` counts the second
+    pass of the others. ``null_label``: the UNet's null class (UNetModel.null_label)."""
+
+    def __init__(self, model, weights, null_label: int, interval=None, sigmas=None, cost: SampleCost | None = None):
+        if interval is not None and sigmas is None:
+            raise ValueError("a guidance interval needs the trained noise levels: pass sigmas=trained_sigmas(config)")
+        self.model, self.weights, self.null_label, self.cost = model, weights, null_label, cost
+        self.interval = interval
+        self.sigmas = None if sigmas is None else torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        if y is None:
+            raise ValueError("classifier-free guidance needs target labels y")
+        n, channels = x.shape[0], x.shape[1]
+        w = torch.as_tensor(self.weights, dtype=torch.float32, device=x.device).expand(n)
+        uncond = (w != 1) & inside_interval(t, n, self.interval, self.sigmas)
+        cond = ~uncond | (w != 0)
+        both = cond & uncond
+        if self.cost is not None:
+            self.cost.add_network_evals(both)
+        # one forward pass: the conditional rows, then the unconditional ones (all rows in order when only one kind)
+        rows = torch.cat([torch.nonzero(cond).view(-1), torch.nonzero(uncond).view(-1)])
+        labels = torch.cat([y[cond], torch.full_like(y[uncond], self.null_label)])
+        out = self.model(x[rows], t[rows], y=labels, **kwargs)
+        num_cond = int(cond.sum())
+        guided = out.new_empty((n, *out.shape[1:]))
+        guided[cond] = out[:num_cond]
+        guided[uncond & ~cond] = out[num_cond:][~cond[uncond]]
+        eps_c, eps_u = guided[both][:, :channels], out[num_cond:][cond[uncond]][:, :channels]
+        weight = w[both].view(-1, *([1] * (x.ndim - 1))).to(eps_u.dtype)
+        guided[both, :channels] = eps_u + weight * (eps_c - eps_u)
+        return guided
 
 
 def trained_sigmas(config) -> np.ndarray:

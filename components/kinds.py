@@ -35,8 +35,9 @@ class NetworkKind:
         """The network of this kind for `preset`, randomly initialised (torch is imported here, not above)."""
         from .models import build_classifier, build_unet
 
-        builder = build_unet if self.is_unet else build_classifier
-        return builder(self.network_config(preset))
+        if self.is_unet:
+            return build_unet(self.network_config(preset), null_class=has_null_class(preset))
+        return build_classifier(self.network_config(preset))
 
 
 DIFFUSION = NetworkKind("diffusion", "unet", is_unet=True, noised=True, registered=True)
@@ -44,6 +45,12 @@ CLASSIFIER = NetworkKind("classifier", "classifier", is_unet=False, noised=True,
 EVALUATOR = NetworkKind("evaluator", "evaluator", is_unet=False, noised=False, registered=False)
 KINDS = {k.name: k for k in (DIFFUSION, CLASSIFIER, EVALUATOR)}
 REGISTERED = tuple(k for k in KINDS.values() if k.registered)
+
+
+def has_null_class(preset) -> bool:
+    """Whether the preset's diffusion model learns the null label of classifier-free guidance: trained with label
+    dropout (train_diffusion.label_dropout > 0), it has the extra label row and can run unconditionally."""
+    return preset.unet.num_classes is not None and preset.train_diffusion.label_dropout > 0
 
 
 def kind(name: str) -> NetworkKind:

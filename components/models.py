@@ -13,7 +13,8 @@ from .unet import EncoderSpec, UNetModel
 from .validation import validate_classifier, validate_unet
 
 
-def build_unet(cfg: UNetConfig) -> UNetModel:
+def build_unet(cfg: UNetConfig, null_class: bool = False) -> UNetModel:
+    """The UNet of `cfg`; ``null_class`` adds the null label's embedding row of classifier-free guidance."""
     validate_unet(cfg)
     mult = resolve_channel_mult(cfg.image_size, cfg.channel_mult)
     spec = EncoderSpec(
@@ -30,7 +31,7 @@ def build_unet(cfg: UNetConfig) -> UNetModel:
         use_new_attention_order=cfg.use_new_attention_order,
     )
     out_channels = cfg.in_channels * (2 if cfg.learn_sigma else 1)
-    return UNetModel(spec, out_channels, cfg.num_classes, cfg.num_heads_upsample)
+    return UNetModel(spec, out_channels, cfg.num_classes, cfg.num_heads_upsample, null_class=null_class)
 
 
 def build_classifier(cfg: ClassifierConfig) -> EncoderUNetModel:

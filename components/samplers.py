@@ -80,6 +80,11 @@ class SampleCost:
     def add_network_eval(self) -> None:
         self.network_evals = [n + 1 for n in self.network_evals]
 
+    def add_network_evals(self, rows) -> None:
+        """One more evaluation for the rows marked True (the unconditional pass of classifier-free guidance)."""
+        rows = rows.tolist() if hasattr(rows, "tolist") else list(rows)
+        self.network_evals = [n + int(bool(r)) for n, r in zip(self.network_evals, rows, strict=True)]
+
     def add_classifier_passes(self, rows) -> None:
         """rows: a bool sequence (or 1-D bool tensor) over the batch, True where the classifier ran."""
         rows = rows.tolist() if hasattr(rows, "tolist") else list(rows)

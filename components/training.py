@@ -75,12 +75,19 @@ class Learner:
 
     def _terms(self, model, x0, y, t):
         if self.network.is_unet:
-            kwargs = {"y": y} if self.preset.unet.num_classes is not None else {}
+            kwargs = {"y": self.drop_labels(y)} if self.preset.unet.num_classes is not None else {}
             return training_losses(self.diffusion, model, x0, t, kwargs)
         if self.network.noised:
             return classifier_losses(self.diffusion, model, x0, y, t)
         logits = model(x0, torch.zeros_like(t)).float()  # a classifier of clean images
         return {"loss": torch.nn.functional.cross_entropy(logits, y, reduction="none"), **topk_correct(logits, y)}
+
+    def drop_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """Label dropout of classifier-free guidance: each label becomes the null class with p = label_dropout."""
+        p = self.cfg.label_dropout
+        if p <= 0:
+            return y
+        return torch.where(torch.rand(y.shape, device=y.device) < p, self.net.null_label, y)
 
     def hot(self, module):
         """`module` (e.g. the DDP wrapper of self.net) compiled when this trainer compiles (without CUDA graphs)."""

@@ -172,14 +172,17 @@ class UNetModel(nn.Module):
     """eps (and, with learned sigma, the variance interpolation v) from (x_t, t, y): model(x_t, t, y=None)."""
 
     def __init__(self, spec: EncoderSpec, out_channels: int, num_classes: int | None = None,
-                 num_heads_upsample: int = -1):
+                 num_heads_upsample: int = -1, null_class: bool = False):
         super().__init__()
         self.model_channels = spec.model_channels
         self.num_classes = num_classes
+        # classifier-free guidance (Ho & Salimans 2022): one more label row, the null class num_classes, learnt by
+        # label dropout; only then, so the released layouts stay exactly as they are
+        self.null_label = num_classes if null_class and num_classes is not None else None
         emb_dim = 4 * spec.model_channels
         self.time_embed = time_embed_mlp(spec.model_channels)
         if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, emb_dim)
+            self.label_emb = nn.Embedding(num_classes + (self.null_label is not None), emb_dim)
         self.input_blocks, self.middle_block, skip_chans, ch, ds = build_encoder(spec, emb_dim)
         heads_up = spec.num_heads if num_heads_upsample == -1 else num_heads_upsample
         self.output_blocks = nn.ModuleList()

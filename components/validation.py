@@ -266,6 +266,8 @@ def train_problems(section: str, cfg: TrainConfig) -> list[str]:
         out.append(f"{section}.ema_rate={cfg.ema_rate!r}: every rate must be in [0, 1) (e.g. 0.9999; none: "
                    f"{section}.ema_rate=), not {', '.join(map(str, bad_rates))}")
     out += _one_of(f"{section}.schedule_sampler", cfg.schedule_sampler, SCHEDULE_SAMPLERS)
+    if not (_is_number(cfg.label_dropout) and 0 <= cfg.label_dropout < 1):
+        out.append(f"{section}.label_dropout={cfg.label_dropout!r} must be in [0, 1) (e.g. 0.1; 0: no label dropout)")
     if not isinstance(cfg.use_gpu, bool) or not isinstance(cfg.anneal_lr, bool):
         out.append(f"{section}.use_gpu and anneal_lr must be true or false")
     return out + _speed(section, cfg, ("compile", "channels_last", "cuda_graphs")) + warm_start_problems(section, cfg)
@@ -313,6 +315,7 @@ def _between_sections(preset) -> list[str]:
         out.append(f"data.channels={data.channels} but unet.in_channels={unet.in_channels}; set both alike")
     if unet.num_classes is not None and preset.classifier.num_classes != unet.num_classes:
         out.append(f"classifier.num_classes={preset.classifier.num_classes} but unet.num_classes={unet.num_classes}")
+    out += _label_dropout_problems(preset)
     if _is_number(preset.sample.num_samples, whole=True) and 1 <= preset.sample.num_samples < 4:
         out.append(f"sample.num_samples={preset.sample.num_samples}: evaluation needs at least 4 per scale")
     scale = preset.evaluate.champion_scale
@@ -324,6 +327,19 @@ def _between_sections(preset) -> list[str]:
     if champion and champion.strip().lower() not in [str(x).strip().lower() for x in preset.sample.samplers]:
         out.append(f"evaluate.champion_sampler={champion!r} is not in sample.samplers="
                    f"{','.join(preset.sample.samplers)}; pick one of them or leave it empty (the first)")
+    return out
+
+
+def _label_dropout_problems(preset) -> list[str]:
+    """Label dropout teaches the diffusion model the null class of classifier-free guidance; nothing else has one."""
+    out = []
+    for section in ("train_classifier", "train_evaluator"):
+        if getattr(preset, section).label_dropout != 0:
+            out.append(f"{section}.label_dropout must be 0: only the diffusion model learns the null class of "
+                       "classifier-free guidance (train_diffusion.label_dropout)")
+    if preset.train_diffusion.label_dropout not in (0, 0.0) and preset.unet.num_classes is None:
+        out.append("train_diffusion.label_dropout > 0 needs a class-conditional UNet (unet.num_classes); set it to 0 "
+                   "for an unconditional model")
     return out
 
 
