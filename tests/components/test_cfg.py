@@ -9,29 +9,19 @@ import torch
 
 from components import build_classifier, build_unet
 from components.checkpoint import CheckpointError, load_into
-from components.config import ClassifierConfig, DiffusionConfig, UNetConfig, apply_overrides
+from components.config import apply_overrides
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierFreeGuidance, ClassifierGuidance, trained_sigmas
 from components.presets import get_preset
 from components.samplers import SampleCost
 from components.sampling import SampleNoise, ddim_sample, ddpm_sample, dpm_solver_2m_sample, heun_sample
+from tests.components.test_sampling import CFG as PROCESS
+from tests.components.test_sampling import CLF, UNET, _random
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-UNET = UNetConfig(image_size=8, model_channels=32, channel_mult=(1, 2), attention_resolutions=(4,), num_classes=4,
-                  num_head_channels=32)
-CLF = ClassifierConfig(image_size=8, model_channels=32, depth=1, channel_mult=(1, 2), attention_resolutions=(4,),
-                       num_head_channels=32, num_classes=4)
-PROCESS = DiffusionConfig(steps=100, noise_schedule="linear", learn_sigma=True)
 SIGMAS = trained_sigmas(PROCESS)
-NULL = 4
-
-
-def _random(net, seed, std=0.05):
-    torch.manual_seed(seed)
-    for p in net.parameters():
-        p.data.normal_(0, std)
-    return net.eval()
+NULL = 4  # UNET's 4 classes, then the null class
 
 
 @pytest.fixture(scope="module")
