@@ -1,0 +1,61 @@
+"""The grid's rows downstream of evaluation: the champion cell, the report table grouped by sampler, and the plots
+one line per sampler (no Ray, no MLflow: the rows are written here)."""
+
+import pytest
+
+from components.config import ConfigError, apply_overrides
+from components.presets import get_preset
+from pipelines.stages.plots import close, tradeoff_figures
+from pipelines.stages.register import champion_cell, champion_row
+from pipelines.stages.report import format_table
+
+
+def _row(sampler, scale, interval="all", fid=10.0, evals=10.0, passes=10.0):
+    key = f"{sampler}/scale_{scale:g}" + ("" if interval == "all" else f"_sigma_{interval.replace(':', '-')}")
+    return {"cell": key, "sampler": sampler, "guidance_scale": scale, "guidance_interval": interval,
+            "network_evals": evals, "classifier_passes": passes, "num_samples": 8, "fid": fid, "precision": 0.5,
+            "recall": 0.4, "score": 2.0}
+
+
+ROWS = [_row("ddim25", 0.0, fid=30, passes=0), _row("ddim25", 2.0, fid=20), _row("ddim25", 2.0, "0.3:5", fid=21,
+                                                                                passes=6),
+        _row("dpm++2m-10", 0.0, fid=31, evals=10, passes=0), _row("dpm++2m-10", 2.0, fid=19, evals=10)]
+
+
+def test_the_champion_cell_is_the_chosen_sampler_at_the_chosen_scale_guided_everywhere():
+    preset = apply_overrides(get_preset("smoke"), ["sample.samplers=ddim25,dpm++2m-10", "evaluate.champion_scale=2",
+                                                   "sample.guidance_intervals=all,0.3:5"])
+    assert champion_cell(preset) == {"sampler": "ddim25", "guidance_scale": 2.0, "guidance_interval": "all"}
+    assert champion_row(preset, ROWS)["fid"] == 20
+    second = apply_overrides(preset, ["evaluate.champion_sampler=DPM++2M-10"])
+    assert champion_row(second, ROWS)["fid"] == 19
+    narrow = apply_overrides(preset, ["sample.guidance_intervals=0.30:5,all"])  # the first interval decides
+    assert champion_row(narrow, ROWS)["fid"] == 21
+    with pytest.raises(ConfigError, match="champion cell .* is not one of the sampled cells"):
+        champion_row(apply_overrides(preset, ["evaluate.champion_scale=4"]), ROWS)
+
+
+def test_the_table_is_grouped_by_sampler_and_shows_the_interval_only_when_there_is_one():
+    lines = format_table(ROWS).splitlines()
+    assert lines[0].startswith("| sampler | guidance_scale | guidance_interval | network_evals | classifier_passes |")
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["ddim25"] * 3 + ["dpm++2m-10"] * 2
+    assert "guidance_interval" not in format_table([r for r in ROWS if r["guidance_interval"] == "all"])
+
+
+def test_plots_draw_one_line_per_sampler_and_the_compute_plots_at_the_champion_scale():
+    figures = tradeoff_figures(ROWS, champion_scale=2.0)
+    try:
+        assert set(figures) == {"plots/fid_vs_scale.png", "plots/precision_vs_recall.png", "plots/score_vs_fid.png",
+                                "plots/fid_vs_network_evals.png", "plots/fid_vs_classifier_passes.png"}
+        by_scale = figures["plots/fid_vs_scale.png"].axes[0]
+        assert sorted(line.get_label() for line in by_scale.get_lines()) == ["ddim25", "dpm++2m-10"]
+        for line in by_scale.get_lines():  # the interval's row is not on the scale curves
+            assert len(line.get_xdata()) == 2
+        evals = figures["plots/fid_vs_network_evals.png"].axes[0]
+        assert {line.get_label(): list(line.get_ydata()) for line in evals.get_lines()} == {"ddim": [20],
+                                                                                          "dpm++2m": [19]}
+        passes = figures["plots/fid_vs_classifier_passes.png"].axes[0]
+        ddim = next(line for line in passes.get_lines() if line.get_label() == "ddim25")
+        assert list(ddim.get_xdata()) == [6, 10] and list(ddim.get_ydata()) == [21, 20]
+    finally:
+        close(figures)
