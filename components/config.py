@@ -84,6 +84,8 @@ class SampleConfig:
     guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
     # noise levels sigma_t = sqrt((1 - abar_t) / abar_t) where guidance applies: "all", or "LO:HI" (e.g. 0.3:5)
     guidance_intervals: tuple[str, ...] = ("all",)
+    # classifier | cfg (classifier-free: needs train_diffusion.label_dropout > 0) | both; see samplers.METHODS
+    guidance_methods: tuple[str, ...] = ("classifier",)
     num_samples: int = 100  # per cell
     batch_size: int = 64
     seed: int = 0
@@ -105,6 +107,7 @@ class EvaluateConfig:
     champion_metric: str = "fid"  # the metric that decides the registry's `champion` alias
     champion_scale: float = 1.0  # ... at this guidance scale (one of sample.guidance_scales)
     champion_sampler: str = ""  # ... with this sampler (one of sample.samplers; "": the first), guided at all levels
+    champion_method: str = ""  # ... and this guidance method (one of sample.guidance_methods; "": the first)
 
 
 FEATURE_SETS = ("inception", "evaluator", "both")  # evaluate.features

@@ -111,43 +111,70 @@ def parse_interval(text: str) -> tuple[float, float] | None:
     return bounds
 
 
+# how a cell guides: the noisy classifier (Dhariwal & Nichol 2021), classifier-free guidance (Ho & Salimans 2022), or
+# both (the CFG eps, then the classifier term on top), each at the cell's scale s: classifier gradient
+# s grad log p(y|x), CFG eps_c + s (eps_c - eps_u) (w = 1 + s in the eps_u + w (eps_c - eps_u) convention; Ho &
+# Salimans' own w is this s). s = 0 is the conditional model for every method: one cell, "classifier", stands for it.
+METHODS = ("classifier", "cfg", "both")
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One cell of the sampling grid: a sampler string, a guidance scale and the interval of noise levels it guides
-    in (None: all). ``key`` names its output folder and runs; it is the same wherever the cell is sampled."""
+    """One cell of the sampling grid: a sampler string, a guidance method and scale, and the interval of noise levels
+    it guides in (None: all). ``key`` names its output folder and runs; it is the same wherever the cell is sampled."""
 
     sampler: str
     scale: float
     interval: tuple[float, float] | None = None
+    method: str = "classifier"
 
     @property
     def interval_text(self) -> str:
         return ALL_LEVELS if self.interval is None else f"{self.interval[0]:g}:{self.interval[1]:g}"
 
     @property
+    def classifier_scale(self) -> float:
+        return self.scale if self.method in ("classifier", "both") else 0.0
+
+    @property
+    def cfg_scale(self) -> float:
+        return self.scale if self.method in ("cfg", "both") else 0.0
+
+    @property
     def key(self) -> str:
         suffix = "" if self.interval is None else f"_sigma_{self.interval[0]:g}-{self.interval[1]:g}"
-        return f"{self.sampler}/scale_{self.scale:g}{suffix}"
+        prefix = "" if self.method == "classifier" else f"{self.method}_"
+        return f"{self.sampler}/{prefix}scale_{self.scale:g}{suffix}"
 
     @property
     def label(self) -> str:
-        """Short and readable, for run names and captions: "dpm++2m-10 s=4 sigma in [0.3, 5]"."""
+        """Short and readable, for run names and captions: "dpm++2m-10 cfg s=4 sigma in [0.3, 5]"."""
         where = "" if self.interval is None else f" sigma in [{self.interval[0]:g}, {self.interval[1]:g}]"
-        return f"{self.sampler} s={self.scale:g}{where}"
+        how = "" if self.method == "classifier" else f" {self.method}"
+        return f"{self.sampler}{how} s={self.scale:g}{where}"
 
 
-def grid_cells(samplers, scales, intervals) -> list[Cell]:
-    """Every sampler x scale x interval, in that order. At scale 0 nothing is guided, so only one cell (interval
-    "all") is made there: its samples would be the same bytes under every interval."""
+def parse_method(text: str) -> str:
+    method = str(text).strip().lower()
+    if method not in METHODS:
+        raise ConfigError(f"guidance method {text!r} is unknown; use classifier, cfg (classifier-free) or both")
+    return method
+
+
+def grid_cells(samplers, scales, intervals, methods=("classifier",)) -> list[Cell]:
+    """Every sampler x method x scale x interval, in that order. At scale 0 nothing is guided, so only one cell
+    (method classifier, interval "all") is made there: its samples would be the same bytes in every other."""
     cells = []
     for sampler in samplers:
         name = parse_sampler(sampler).name
-        for scale in scales:
-            for text in intervals:
-                interval = parse_interval(text)
-                cell = Cell(name, float(scale), None if float(scale) == 0 else interval)
-                if cell not in cells:
-                    cells.append(cell)
+        for method in methods:
+            for scale in scales:
+                for text in intervals:
+                    unguided = float(scale) == 0
+                    cell = Cell(name, float(scale), None if unguided else parse_interval(text),
+                                "classifier" if unguided else parse_method(method))
+                    if cell not in cells:
+                        cells.append(cell)
     return cells
 
 

@@ -34,7 +34,7 @@ from .config import (
     resolve_channel_mult,
 )
 from .respacing import space_timesteps
-from .samplers import parse_interval, parse_sampler
+from .samplers import parse_interval, parse_method, parse_sampler
 
 TRAIN_SECTIONS = ("train_diffusion", "train_classifier", "train_evaluator")
 
@@ -191,23 +191,23 @@ def _scales_ok(scales) -> bool:
     return bool(scales) and all(_is_number(s) and s >= 0 for s in scales)
 
 
+def _grid_axis(name: str, items, parse, example: str) -> list[str]:
+    """Problems of one list of the grid (samplers, intervals, methods): empty, or items that do not parse."""
+    out = [] if items else [f"sample.{name} is empty; give one or more, e.g. {example}"]
+    for item in items:
+        try:
+            parse(item)
+        except ConfigError as e:
+            out.append(f"sample.{name}: {e}")
+    return out
+
+
 def sample_problems(cfg: SampleConfig) -> list[str]:
-    out = []
-    if not cfg.samplers:
-        out.append("sample.samplers is empty; name one or more, e.g. ddim25 or ddim25,dpm++2m-10 (--samplers)")
-    for sampler in cfg.samplers:
-        try:
-            parse_sampler(sampler)
-        except ConfigError as e:
-            out.append(f"sample.samplers: {e}")
-    if not cfg.guidance_intervals:
-        out.append("sample.guidance_intervals is empty; use all (guidance at every noise level) or LO:HI, e.g. "
-                   "all,0.3:5 (--intervals)")
-    for interval in cfg.guidance_intervals:
-        try:
-            parse_interval(interval)
-        except ConfigError as e:
-            out.append(f"sample.guidance_intervals: {e}")
+    out = _grid_axis("samplers", cfg.samplers, parse_sampler, "ddim25 or ddim25,dpm++2m-10 (--samplers)")
+    out += _grid_axis("guidance_intervals", cfg.guidance_intervals, parse_interval,
+                      "all (guidance at every noise level) or all,0.3:5 (--intervals)")
+    out += _grid_axis("guidance_methods", cfg.guidance_methods, parse_method,
+                      "classifier or classifier,cfg (--methods)")
     scales = cfg.guidance_scales
     if not _scales_ok(scales):
         out.append(f"sample.guidance_scales={scales!r} must be finite numbers >= 0 (0 = unguided), e.g. 0,1,2,4 "
@@ -337,9 +337,18 @@ def _label_dropout_problems(preset) -> list[str]:
         if getattr(preset, section).label_dropout != 0:
             out.append(f"{section}.label_dropout must be 0: only the diffusion model learns the null class of "
                        "classifier-free guidance (train_diffusion.label_dropout)")
-    if preset.train_diffusion.label_dropout not in (0, 0.0) and preset.unet.num_classes is None:
+    dropout = preset.train_diffusion.label_dropout
+    if dropout not in (0, 0.0) and preset.unet.num_classes is None:
         out.append("train_diffusion.label_dropout > 0 needs a class-conditional UNet (unet.num_classes); set it to 0 "
                    "for an unconditional model")
+    methods = {str(m).strip().lower() for m in preset.sample.guidance_methods}
+    if methods & {"cfg", "both"} and dropout in (0, 0.0):
+        out.append("sample.guidance_methods has classifier-free guidance (cfg/both), which needs a diffusion model "
+                   "trained with label dropout: set train_diffusion.label_dropout (e.g. 0.1) or drop cfg/both")
+    champion = preset.evaluate.champion_method
+    if champion and champion.strip().lower() not in methods:
+        out.append(f"evaluate.champion_method={champion!r} is not in sample.guidance_methods="
+                   f"{','.join(preset.sample.guidance_methods)}; pick one of them or leave it empty (the first)")
     return out
 
 

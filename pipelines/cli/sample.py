@@ -1,4 +1,4 @@
-"""`adm sample`: guided sampling over a grid of cells (sampler x guidance scale x guidance interval) with Ray Data.
+"""`adm sample`: guided sampling over a grid of cells (sampler x guidance method x scale x interval) with Ray Data.
 
 The sampling settings are the config's `sample` section (components/config.py SampleConfig, or the --preset's):
 each flag below sets one of its fields, as `--override sample.FIELD=VALUE` would, and has no default of its own.
@@ -8,7 +8,8 @@ from components.config import SampleConfig, override_section
 from components.presets import get_preset
 
 # flag -> field of the sample section it sets
-SAMPLE_FLAGS = {"scales": "guidance_scales", "intervals": "guidance_intervals", "num_samples": "num_samples",
+SAMPLE_FLAGS = {"scales": "guidance_scales", "intervals": "guidance_intervals", "methods": "guidance_methods",
+               "num_samples": "num_samples",
                "samplers": "samplers", "sampler": "sampler", "eta": "eta",
                 "batch_size": "batch_size", "seed": "seed", "actors_per_gpu": "actors_per_gpu",
                 "actor_cpus": "actor_cpus", "compile": "compile", "channels_last": "channels_last"}
@@ -47,6 +48,9 @@ def add_parsers(sub) -> None:
                    f"{','.join(f'{s:g}' for s in d.guidance_scales)})")
     p.add_argument("--intervals", help="comma-separated guidance intervals of noise levels sigma, 'all' or LO:HI, "
                    f"e.g. all,0.3:5 (sample.guidance_intervals; default {','.join(d.guidance_intervals)})")
+    p.add_argument("--methods", help="comma-separated guidance methods: classifier, cfg (classifier-free: needs a "
+                   "diffusion model trained with label dropout), both (sample.guidance_methods; default "
+                   f"{','.join(d.guidance_methods)})")
     p.add_argument("--num-samples", help=f"samples per cell (sample.num_samples; default {d.num_samples})")
     p.add_argument("--samplers", help="comma-separated samplers: ddimN (DDIM, e.g. ddim25), dpm++2m-N (DPM-Solver++"
                    "(2M), N network evaluations), heun-N (EDM Heun, 2N-1 evaluations) or DDPM step counts, e.g. 250 "

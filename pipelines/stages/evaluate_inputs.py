@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from components.config import UserError
+from components.samplers import METHODS
 from pipelines.infra.dataset import load_manifest, shard_urls
 from pipelines.infra.storage import read_npz
 
@@ -87,18 +88,20 @@ def _cell_of(file: str, fs) -> dict:
 
 def _cell_order(cell: dict) -> tuple:
     scale = cell.get("guidance_scale", math.nan)
-    return cell.get("sampler", ""), math.isnan(scale), scale, cell.get("interval_lo", 0.0), cell.get("cell", "")
+    method = METHODS.index(cell.get("guidance_method", "classifier")) if "guidance_method" in cell else 0
+    return (cell.get("sampler", ""), method, math.isnan(scale), scale, cell.get("interval_lo", 0.0),
+            cell.get("cell", ""))
 
 
 def discover_samples(url: str) -> dict:
-    """{cell key: Source} for a sample folder (one cell per `<sampler>/scale_<s>[...]/` folder, or per `scale_<s>/`
-    of the older layout) or one NPZ; ordered by sampler, scale, interval."""
+    """{cell key: Source} for a sample folder (one cell per `<sampler>/[<method>_]scale_<s>[...]/` folder, or per
+    `scale_<s>/` of the older layout) or one NPZ; ordered by sampler, method, scale, interval."""
     fs, path = fsspec.core.url_to_fs(url)
     if url.endswith(".npz"):
         files = [path]
     else:
         root = path.rstrip("/")
-        files = sorted(fs.glob(posixpath.join(root, "*", "scale_*", "samples_*.npz"))
+        files = sorted(fs.glob(posixpath.join(root, "*", "*scale_*", "samples_*.npz"))
                        + fs.glob(posixpath.join(root, "scale_*", "samples_*.npz")))
         if not files:
             raise EvaluationError(f"{url} holds no <sampler>/scale_<s>/samples_*.npz: pass the output folder of "

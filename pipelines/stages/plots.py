@@ -1,8 +1,8 @@
 """The fidelity/diversity trade-off over the grid of cells as matplotlib figures (Dhariwal & Nichol 2021, Fig. 4),
-one line per sampler: FID vs scale, precision vs recall along the scales, score vs FID; and what compute buys: FID
-vs network evaluations per sample, one line per solver family (ddim10, ddim25, ... form one line), at the champion
-scale; FID vs classifier passes per sample at that scale when the grid has guidance intervals. Rows are the
-evaluation table, one dict per cell."""
+one line per sampler and guidance method: FID vs scale, precision vs recall along the scales, score vs FID; and what
+compute buys: FID vs network evaluations per sample, one line per solver family and method (ddim10, ddim25, ... form
+one line), at the champion scale; FID vs classifier passes per sample at that scale when the grid has guidance
+intervals. Rows are the evaluation table, one dict per cell."""
 
 import math
 
@@ -21,12 +21,26 @@ def _annotate(ax, xs, ys, labels):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 6 if i % 2 == 0 else -12), fontsize=8)
 
 
-def _by_sampler(rows) -> dict:
-    """{sampler: its rows guided at every noise level, by increasing scale}; rows of unknown sampler as ""."""
-    out = {}
+def series(row: dict) -> str:
+    """The line a row belongs to: its sampler, and its guidance method unless that is the classifier's."""
+    method = row.get("guidance_method", "classifier")
+    return row.get("sampler", "") + ("" if method == "classifier" else f" {method}")
+
+
+def lines_of(rows) -> dict:
+    """{line (sampler, method): its rows guided at every noise level, by increasing scale}; rows of unknown sampler
+    as "". A sampler's scale-0 cell (unguided: the same for every method) starts each of its methods' lines."""
+    out, unguided = {}, {}
     for row in rows:
-        if row.get("guidance_interval", ALL_LEVELS) == ALL_LEVELS:
-            out.setdefault(row.get("sampler", ""), []).append(row)
+        if row.get("guidance_interval", ALL_LEVELS) != ALL_LEVELS:
+            continue
+        if row.get("guidance_scale") == 0:
+            unguided[row.get("sampler", "")] = row
+        out.setdefault(series(row), []).append(row)
+    for line in out.values():
+        start = unguided.get(line[0].get("sampler", ""))
+        if start is not None and start not in line:
+            line.append(start)
     return {k: sorted(v, key=lambda r: r["guidance_scale"]) for k, v in out.items()}
 
 
@@ -48,7 +62,7 @@ def _scale_axis(ax, rows) -> None:
 
 def tradeoff_figures(rows: list[dict], champion_scale: float | None = None) -> dict:
     """{artifact file name: figure} for whichever feature sets the rows carry."""
-    lines = _by_sampler(rows)
+    lines = lines_of(rows)
     figures = {}
     for fid, precision, recall in METRIC_SETS:
         if fid not in rows[0]:
@@ -104,12 +118,15 @@ def _at_scale(rows, scale):
 
 
 def _fid_vs_evals(rows, fid, scale):
-    """One line per sampler family (DDIM, DPM-Solver++(2M), Heun, DDPM) through its step counts."""
+    """One line per sampler family (DDIM, DPM-Solver++(2M), Heun, DDPM) and guidance method, through its step
+    counts: classifier-free guidance costs a second network evaluation per step."""
     fig, ax = _figure()
     families = {}
     for row in _at_scale(rows, scale):
         if row.get("guidance_interval", ALL_LEVELS) == ALL_LEVELS:
-            families.setdefault(parse_sampler(row["sampler"]).kind, []).append(row)
+            method = row.get("guidance_method", "classifier")
+            kind = parse_sampler(row["sampler"]).kind + ("" if method == "classifier" else f" {method}")
+            families.setdefault(kind, []).append(row)
     for kind, line in families.items():
         line = sorted(line, key=lambda r: r["network_evals"])
         xs, ys = _series(line, "network_evals"), _series(line, fid)
@@ -125,7 +142,7 @@ def _fid_vs_passes(rows, fid, scale):
     fig, ax = _figure()
     by_sampler = {}
     for row in _at_scale(rows, scale):
-        by_sampler.setdefault(row["sampler"], []).append(row)
+        by_sampler.setdefault(series(row), []).append(row)
     for sampler, line in by_sampler.items():
         line = sorted(line, key=lambda r: r["classifier_passes"])
         xs, ys = _series(line, "classifier_passes"), _series(line, fid)

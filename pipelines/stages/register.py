@@ -5,7 +5,7 @@ the current champion's.
 Both aliases move together, after both versions exist, so a failure never leaves a mixed pair."""
 
 from components.config import HIGHER_IS_BETTER, ConfigError, Preset, to_dict
-from components.samplers import Cell, parse_interval, parse_sampler
+from components.samplers import grid_cells
 from pipelines.infra import tags
 from pipelines.infra.registry import CHAMPION, model_names, move_alias
 from pipelines.infra.tracking import Tracker
@@ -18,20 +18,24 @@ def cache_inputs(preset: Preset, prefix: str, trained: dict, evaluated: dict) ->
 
 
 def champion_cell(preset) -> dict:
-    """The cell whose metric decides the champion: evaluate.champion_sampler (default the first sampler) at
-    evaluate.champion_scale, guided in the first of sample.guidance_intervals (at scale 0: all levels)."""
+    """The cell whose metric decides the champion: evaluate.champion_sampler and champion_method (default the first
+    of sample.samplers and guidance_methods) at evaluate.champion_scale, guided in the first of
+    sample.guidance_intervals (at scale 0: the one unguided cell)."""
     sample, cfg = preset.sample, preset.evaluate
     scale = float(cfg.champion_scale)
-    cell = Cell(parse_sampler(cfg.champion_sampler or sample.samplers[0]).name, scale,
-                None if scale == 0 else parse_interval(sample.guidance_intervals[0]))
-    return {"sampler": cell.sampler, "guidance_scale": scale, "guidance_interval": cell.interval_text}
+    sampler = cfg.champion_sampler or sample.samplers[0]
+    method = cfg.champion_method or sample.guidance_methods[0]
+    (cell,) = grid_cells([sampler], [scale], sample.guidance_intervals[:1], [method])
+    return {"sampler": cell.sampler, "guidance_method": cell.method, "guidance_scale": scale,
+            "guidance_interval": cell.interval_text}
 
 
 def champion_row(preset: Preset, rows: list) -> dict:
     cfg, cell = preset.evaluate, champion_cell(preset)
-    row = next((r for r in rows if all(r.get(k) == v for k, v in cell.items())), None)
+    implied = {"guidance_method": "classifier", "guidance_interval": "all"}  # rows of grids without these axes
+    row = next((r for r in rows if all(r.get(k, implied.get(k)) == v for k, v in cell.items())), None)
     if row is None:
-        raise ConfigError(f"the champion cell {cell} (evaluate.champion_sampler, champion_scale) is not one of the "
+        raise ConfigError(f"the champion cell {cell} (evaluate.champion_sampler, _method, _scale) is not one of the "
                           f"sampled cells {[r['cell'] for r in rows]}")
     if cfg.champion_metric not in row:
         raise ConfigError(f"evaluate.champion_metric={cfg.champion_metric!r} was not computed "

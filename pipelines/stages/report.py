@@ -6,9 +6,9 @@ import math
 from components.samplers import ALL_LEVELS, metric_name
 from pipelines.infra import tags
 from pipelines.infra.tracking import Tracker
-from pipelines.stages.plots import close, tradeoff_figures
+from pipelines.stages.plots import close, lines_of, tradeoff_figures
 
-COLUMNS = ("sampler", "guidance_scale", "guidance_interval", "network_evals", "classifier_passes",
+COLUMNS = ("sampler", "guidance_method", "guidance_scale", "guidance_interval", "network_evals", "classifier_passes",
            "seconds_per_sample", "num_samples", "fid", "sfid", "precision", "recall", "evaluator_fid",
            "evaluator_precision", "evaluator_recall", "score", "accuracy")
 
@@ -18,6 +18,8 @@ def format_table(rows: list[dict]) -> str:
     columns = [c for c in COLUMNS if c in rows[0]]
     if all(row.get("guidance_interval", ALL_LEVELS) == ALL_LEVELS for row in rows):
         columns = [c for c in columns if c != "guidance_interval"]  # one interval: the column says nothing
+    if all(row.get("guidance_method", "classifier") == "classifier" for row in rows):
+        columns = [c for c in columns if c != "guidance_method"]
 
     def cell(value):
         if isinstance(value, float):
@@ -51,7 +53,7 @@ def log_evaluation(job, result, log=print):
         if run_id is None:
             run_id = tracker.start_run(job.experiment, f"evaluate-{row['cell']}", parent,
                                        tags={tags.STAGE: "evaluate", tags.CELL: row["cell"]})
-            cell = {k: v for k, v in row.items() if k in ("sampler", "guidance_interval")}
+            cell = {k: v for k, v in row.items() if k in ("sampler", "guidance_method", "guidance_interval")}
             tracker.log_params(run_id, {"guidance_scale": scale_label(row["guidance_scale"]), **cell, **params})
             tracker.end_run(run_id)
         tracker.log_metrics(run_id, numbers(row), step=0)  # the coordinates too: numbers to sort and plot by
@@ -66,24 +68,20 @@ def log_evaluation(job, result, log=print):
     return result
 
 
-def along_scales(rows: list[dict], sampler: str) -> list[dict]:
-    """One sampler's rows guided at every level (or at scale 0), in increasing scale."""
-    picked = [r for r in rows if r.get("sampler") == sampler and r.get("guidance_interval", ALL_LEVELS) == ALL_LEVELS]
-    return sorted(picked, key=lambda r: r["guidance_scale"])
-
-
 def log_summary(tracker, run_id: str, rows: list[dict], champion: dict) -> None:
     """The trade-off at a glance on the pipeline run: the table, the plots, and each metric as one curve along the
-    scales: metric `<name>_by_scale` at step i = the i-th scale in increasing order of the champion sampler, with
-    `guidance_scale_by_scale` holding the scale itself at the same steps (MLflow steps are integers, so the step is
-    the grid index, not the scale; one chart per metric instead of one single-bar chart per metric and cell); with
-    several samplers, `<name>_by_scale/<sampler>` the same for each."""
+    scales: metric `<name>_by_scale` at step i = the i-th scale in increasing order of the champion's sampler and
+    method, with `guidance_scale_by_scale` holding the scale itself at the same steps (MLflow steps are integers, so
+    the step is the grid index, not the scale; one chart per metric instead of one single-bar chart per metric and
+    cell); with several lines (samplers, methods), `<name>_by_scale/<sampler>[-<method>]` the same for each."""
     log_tradeoff(tracker, run_id, rows, champion)
-    samplers = list(dict.fromkeys(r["sampler"] for r in rows if "sampler" in r))
-    for sampler in samplers:
-        suffixes = ([""] if sampler == champion["sampler"] else []) + \
-            ([f"/{metric_name(sampler)}"] if len(samplers) > 1 else [])
-        for i, row in enumerate(along_scales(rows, sampler)):
+    lines = lines_of(rows)
+    headline = champion["sampler"] + ("" if champion.get("guidance_method", "classifier") == "classifier"
+                                      else f" {champion['guidance_method']}")
+    for name, line in lines.items():
+        suffixes = ([""] if name == headline else []) + \
+            ([f"/{metric_name(name.replace(' ', '-'))}"] if len(lines) > 1 else [])
+        for i, row in enumerate(line):
             values = {k: v for k, v in numbers(row).items() if k != "num_samples"}
             tracker.log_metrics(run_id, {f"{k}_by_scale{s}": v for k, v in values.items() for s in suffixes},
                                 step=i)

@@ -29,7 +29,8 @@ import torch
 from components.config import SampleConfig, UserError, to_dict
 from components.data import class_grid, to_uint8
 from components.diffusion import create_diffusion
-from components.guidance import ClassifierGuidance, trained_sigmas
+from components.guidance import ClassifierFreeGuidance, ClassifierGuidance, trained_sigmas
+from components.kinds import has_null_class
 from components.precision import autocast_context, speed_up
 from components.samplers import Cell, SampleCost, grid_cells, parse_sampler
 from components.sampling import SampleNoise, class_conditional, sample_label, sample_seed, sampler_loop
@@ -62,7 +63,7 @@ class SampleJob:
     @property
     def cells(self) -> list[Cell]:
         cfg = self.config
-        return grid_cells(cfg.samplers, cfg.guidance_scales, cfg.guidance_intervals)
+        return grid_cells(cfg.samplers, cfg.guidance_scales, cfg.guidance_intervals, cfg.guidance_methods)
 
 
 @dataclass
@@ -103,6 +104,11 @@ def validate(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
         raise UserError(f"--actors ({job.actors}) must be positive")
     networks = _networks(job)
     raise_problems(diffusion_problems(networks[0].preset.diffusion, job.config.samplers))
+    if any(c.cfg_scale > 0 for c in job.cells) and not has_null_class(networks[0].preset):
+        raise UserError(f"guidance method cfg/both needs a diffusion model trained with label dropout (it learns the "
+                        f"null class); {job.diffusion} was not (train_diffusion.label_dropout=0, e.g. a released "
+                        "checkpoint): guide it with the classifier (sample.guidance_methods=classifier) or train "
+                        "one with train_diffusion.label_dropout=0.1")
     check_writable(job.out, "output folder", "--out")  # last: it creates the folder, which only a go-ahead may
     return networks
 
@@ -111,8 +117,9 @@ def _networks(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
     """The diffusion model and classifier, their weights checked, and checked against each other."""
     diffusion = resolve(job.diffusion, "diffusion", job.preset, job.tracking_uri)
     if job.classifier is None:
-        if any(float(s) > 0 for s in job.config.guidance_scales):
-            raise UserError("guidance scales above 0 need a noisy classifier: pass --classifier URI")
+        if any(c.classifier_scale > 0 for c in job.cells):
+            raise UserError("classifier guidance at scales above 0 needs a noisy classifier: pass --classifier URI "
+                            "(or guide with sample.guidance_methods=cfg alone)")
         return diffusion, None
     classifier = resolve(job.classifier, "classifier", job.preset, job.tracking_uri)
     unet, clf = diffusion.config, classifier.config
@@ -156,8 +163,9 @@ class GuidedSampler:
         self.process = diffusion_ref.preset.diffusion
         cfg = job.config
         fast = functools.partial(speed_up, device=self.device, channels_last=cfg.channels_last, compile=cfg.compile)
-        self.model = class_conditional(fast(diffusion_ref.build().to(self.device)),
-                                       self.unet_cfg.num_classes is not None)
+        network = diffusion_ref.build()
+        self.null_label = network.null_label
+        self.model = class_conditional(fast(network.to(self.device)), self.unet_cfg.num_classes is not None)
         self.classifier = fast(classifier_ref.build().to(self.device)) if classifier_ref else None
         self.num_classes = self.unet_cfg.num_classes or (classifier_ref.config.num_classes if classifier_ref else 1)
         self.cells = job.cells
@@ -174,16 +182,22 @@ class GuidedSampler:
         return self.samplers[name]
 
     def guidance(self, cells: list[Cell], cost: SampleCost):
-        """The cond_fn of a batch of rows: per-row scales and, if any row has one, per-row intervals ("all" rows get
-        [0, inf], which guides at every level exactly as no interval does)."""
-        scales = torch.tensor([c.scale for c in cells], dtype=torch.float32, device=self.device)
-        if self.classifier is None or not bool((scales > 0).any()):
-            return None
+        """(model, cond_fn) of a batch of rows: the diffusion model, wrapped for classifier-free guidance if a row
+        asks for it (w = 1 + s, so s = 0 rows stay conditional), and the classifier's cond_fn if a row asks for it;
+        per-row scales and, if any row has one, per-row intervals ("all" rows get [0, inf], which guides at every
+        level exactly as no interval does)."""
         interval = None
         if any(c.interval is not None for c in cells):
             bounds = [c.interval or (0.0, float("inf")) for c in cells]
             interval = tuple(torch.tensor(b, dtype=torch.float64) for b in zip(*bounds))
-        return ClassifierGuidance(self.classifier, scales, interval=interval, sigmas=self.sigmas, cost=cost)
+        model, cond_fn = self.model, None
+        if any(c.cfg_scale > 0 for c in cells):
+            weights = torch.tensor([1 + c.cfg_scale for c in cells], dtype=torch.float32, device=self.device)
+            model = ClassifierFreeGuidance(self.model, weights, self.null_label, interval, self.sigmas, cost)
+        scales = torch.tensor([c.classifier_scale for c in cells], dtype=torch.float32, device=self.device)
+        if self.classifier is not None and bool((scales > 0).any()):
+            cond_fn = ClassifierGuidance(self.classifier, scales, interval=interval, sigmas=self.sigmas, cost=cost)
+        return model, cond_fn
 
     def sample_shard(self, k: int) -> dict:
         pairs = self.shards[k]
@@ -196,9 +210,10 @@ class GuidedSampler:
         noise = SampleNoise(seeds, (cfg.in_channels, cfg.image_size, cfg.image_size), self.device)
         cost = SampleCost(len(pairs))
         loop, diffusion = self.sampler(cells[0].sampler)
+        model, cond_fn = self.guidance(cells, cost)
         with autocast_context(self.device):
-            x0 = loop(self.model, diffusion, noise, {"y": y}, cond_fn=self.guidance(cells, cost),
-                      clip_denoised=self.job.config.clip_denoised, eta=self.job.config.eta, cost=cost)
+            x0 = loop(model, diffusion, noise, {"y": y}, cond_fn=cond_fn, clip_denoised=self.job.config.clip_denoised,
+                      eta=self.job.config.eta, cost=cost)
         return {"images": to_uint8(x0), "labels": np.array(labels, dtype=np.int64),
                 "cells": np.array([c.key for c in cells]), "indices": indices,
                 "network_evals": np.array(cost.network_evals, dtype=np.int64),
@@ -259,7 +274,8 @@ def cell_record(cell: Cell, num_timesteps: int, max_sigma: float, rows: dict) ->
     n = len(rows["indices"])
     lo, hi = cell.interval if cell.interval is not None else (0.0, max_sigma)
     spec = parse_sampler(cell.sampler)
-    return {"cell": cell.key, "sampler": cell.sampler, "guidance_scale": cell.scale,
+    return {"cell": cell.key, "sampler": cell.sampler, "guidance_method": cell.method, "guidance_scale": cell.scale,
+            "classifier_scale": cell.classifier_scale, "cfg_scale": cell.cfg_scale,
             "guidance_interval": cell.interval_text, "interval_lo": float(lo), "interval_hi": float(hi),
             "steps": spec.steps or num_timesteps, "network_evals": float(rows["network_evals"].mean()),
             "classifier_passes": float(rows["classifier_passes"].mean()),
@@ -319,15 +335,14 @@ def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResu
     cfg = job.config
     for cell in job.cells:
         record = result.cells[cell.key]
-        name = f"sample-{cell.sampler}-scale-{cell.scale:g}" + ("" if cell.interval is None else
-                                                                 f"-sigma-{cell.interval_text}")
+        name = f"sample-{cell.key.replace('/', '-')}"
         run_id = tracker.start_run(job.experiment, name, parent,
                                    tags={tags.STAGE: "sample", tags.SAMPLES_NPZ: result.npz[cell.key],
                                          tags.CELL: cell.key})
         tracker.log_params(run_id, {"guidance_scale": cell.scale, "sampler": cell.sampler,
-                                    "guidance_interval": cell.interval_text, "eta": cfg.eta,
-                                    "num_samples": cfg.num_samples, "seed": cfg.seed, "diffusion": job.diffusion,
-                                    "classifier": job.classifier or ""})
+                                    "guidance_method": cell.method, "guidance_interval": cell.interval_text,
+                                    "eta": cfg.eta, "num_samples": cfg.num_samples, "seed": cfg.seed,
+                                    "diffusion": job.diffusion, "classifier": job.classifier or ""})
         # params are strings in MLflow (sorting gives 0, 1, 16, 2, ...): the cell's numbers as metrics as well
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
         tracker.log_metrics(run_id, {**numbers, "num_samples": cfg.num_samples, "eta": cfg.eta}, step=0)

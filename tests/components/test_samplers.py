@@ -104,3 +104,25 @@ def test_released_presets_take_every_sampler_and_interval(preset):
     grid = apply_overrides(get_preset(preset), ["sample.samplers=dpm++2m-20,heun-18,ddim25,250",
                                                 "sample.guidance_intervals=all,0.3:5"])
     assert preset_problems(grid) == []
+
+
+def test_guidance_methods_cross_the_grid_and_are_checked():
+    from components.config import apply_overrides
+    from components.presets import get_preset
+    from components.samplers import grid_cells
+    from components.validation import preset_problems
+
+    cells = grid_cells(["ddim10"], [0, 2], ["all", "0.3:5"], ["classifier", "cfg", "both"])
+    assert [c.key for c in cells] == ["ddim10/scale_0", "ddim10/scale_2", "ddim10/scale_2_sigma_0.3-5",
+                                      "ddim10/cfg_scale_2", "ddim10/cfg_scale_2_sigma_0.3-5", "ddim10/both_scale_2",
+                                      "ddim10/both_scale_2_sigma_0.3-5"]
+    assert [(c.classifier_scale, c.cfg_scale) for c in cells[1::2]] == [(2, 0), (0, 2), (2, 2)]
+    smoke = get_preset("smoke")
+    problems = preset_problems(apply_overrides(smoke, ["sample.guidance_methods=classifier,cfg,guided"]))
+    assert any("guidance method 'guided' is unknown" in p for p in problems)
+    assert any("classifier-free guidance (cfg/both), which needs a diffusion model trained with label dropout" in p
+               for p in problems)
+    ok = apply_overrides(smoke, ["sample.guidance_methods=cfg", "train_diffusion.label_dropout=0.1"])
+    assert preset_problems(ok) == []
+    assert any("evaluate.champion_method='both' is not in" in p
+               for p in preset_problems(apply_overrides(ok, ["evaluate.champion_method=both"])))

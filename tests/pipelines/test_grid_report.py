@@ -5,14 +5,16 @@ import pytest
 
 from components.config import ConfigError, apply_overrides
 from components.presets import get_preset
-from pipelines.stages.plots import close, tradeoff_figures
+from pipelines.stages.plots import close, lines_of, tradeoff_figures
 from pipelines.stages.register import champion_cell, champion_row
 from pipelines.stages.report import format_table
 
 
-def _row(sampler, scale, interval="all", fid=10.0, evals=10.0, passes=10.0):
-    key = f"{sampler}/scale_{scale:g}" + ("" if interval == "all" else f"_sigma_{interval.replace(':', '-')}")
-    return {"cell": key, "sampler": sampler, "guidance_scale": scale, "guidance_interval": interval,
+def _row(sampler, scale, interval="all", fid=10.0, evals=10.0, passes=10.0, method="classifier"):
+    key = f"{sampler}/{'' if method == 'classifier' else method + '_'}scale_{scale:g}" + \
+        ("" if interval == "all" else f"_sigma_{interval.replace(':', '-')}")
+    return {"cell": key, "sampler": sampler, "guidance_method": method, "guidance_scale": scale,
+            "guidance_interval": interval,
             "network_evals": evals, "classifier_passes": passes, "num_samples": 8, "fid": fid, "precision": 0.5,
             "recall": 0.4, "score": 2.0}
 
@@ -25,7 +27,8 @@ ROWS = [_row("ddim25", 0.0, fid=30, passes=0), _row("ddim25", 2.0, fid=20), _row
 def test_the_champion_cell_is_the_chosen_sampler_at_the_chosen_scale_guided_everywhere():
     preset = apply_overrides(get_preset("smoke"), ["sample.samplers=ddim25,dpm++2m-10", "evaluate.champion_scale=2",
                                                    "sample.guidance_intervals=all,0.3:5"])
-    assert champion_cell(preset) == {"sampler": "ddim25", "guidance_scale": 2.0, "guidance_interval": "all"}
+    assert champion_cell(preset) == {"sampler": "ddim25", "guidance_method": "classifier", "guidance_scale": 2.0,
+                                     "guidance_interval": "all"}
     assert champion_row(preset, ROWS)["fid"] == 20
     second = apply_overrides(preset, ["evaluate.champion_sampler=DPM++2M-10"])
     assert champion_row(second, ROWS)["fid"] == 19
@@ -33,6 +36,31 @@ def test_the_champion_cell_is_the_chosen_sampler_at_the_chosen_scale_guided_ever
     assert champion_row(narrow, ROWS)["fid"] == 21
     with pytest.raises(ConfigError, match="champion cell .* is not one of the sampled cells"):
         champion_row(apply_overrides(preset, ["evaluate.champion_scale=4"]), ROWS)
+
+
+CFG = [_row("ddim25", 2.0, fid=18, evals=20, passes=0, method="cfg"),
+       _row("ddim25", 4.0, fid=25, evals=20, passes=0, method="cfg")]
+
+
+def test_classifier_free_lines_start_at_the_shared_unguided_cell_and_cost_twice():
+    preset = apply_overrides(get_preset("smoke"), ["sample.samplers=ddim25", "evaluate.champion_scale=2",
+                                                   "sample.guidance_methods=classifier,cfg",
+                                                   "train_diffusion.label_dropout=0.1"])
+    assert champion_row(apply_overrides(preset, ["evaluate.champion_method=cfg"]), ROWS + CFG)["fid"] == 18
+    assert champion_row(preset, ROWS + CFG)["fid"] == 20
+    lines = lines_of(ROWS + CFG)
+    assert [r["fid"] for r in lines["ddim25 cfg"]] == [30, 18, 25]  # scale 0 (shared), 2, 4
+    assert [r["fid"] for r in lines["ddim25"]] == [30, 20]
+    figures = tradeoff_figures(ROWS + CFG, champion_scale=2.0)
+    try:
+        evals = figures["plots/fid_vs_network_evals.png"].axes[0]
+        points = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in evals.get_lines()}
+        assert points["ddim cfg"] == ([20], [18]) and points["ddim"] == ([10], [20])
+    finally:
+        close(figures)
+    table = format_table(ROWS + CFG)
+    assert table.splitlines()[0].startswith("| sampler | guidance_method | guidance_scale |")
+    assert "guidance_method" not in format_table(ROWS)
 
 
 def test_the_table_is_grouped_by_sampler_and_shows_the_interval_only_when_there_is_one():

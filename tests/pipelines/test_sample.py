@@ -36,7 +36,9 @@ def nets(tmp_path_factory):
     root = tmp_path_factory.mktemp("nets")
     preset = get_preset("smoke")
     other = apply_overrides(preset, ["classifier.num_classes=7"])
+    dropout = apply_overrides(preset, ["train_diffusion.label_dropout=0.1"])
     return {"diffusion": _save("diffusion", preset, root / "diffusion"),
+            "diffusion_cfg": _save("diffusion", dropout, root / "diffusion_cfg"),
             "classifier": _save("classifier", preset, root / "classifier"),
             "classifier7": _save("classifier", other, root / "classifier7")}
 
@@ -148,6 +150,31 @@ def test_compute_accounting_per_cell(tmp_path, nets, ray_cluster):
     assert all(r["sample_seconds"] > 0 for r in result.cells.values())
 
 
+METHODS = dict(samplers=("ddim5",), guidance_scales=(0.0, 2.0), guidance_methods=("classifier", "cfg", "both"))
+
+
+def test_guidance_methods_share_batches_and_count_their_compute(tmp_path, nets, ray_cluster):
+    """Classifier, classifier-free and combined cells in mixed batches give the samples of single-cell batches (and
+    of 2 actors); CFG costs two network evaluations per step, the combined method those and a classifier pass."""
+    job = _job(nets, tmp_path / "mixed", actors=1, batch_size=4, diffusion=nets["diffusion_cfg"], **METHODS)
+    assert [c.key for c in job.cells] == ["ddim5/scale_0", "ddim5/scale_2", "ddim5/cfg_scale_2", "ddim5/both_scale_2"]
+    mixed = run_sampling(job, log=lambda *_: None)
+    single = run_sampling(_job(nets, tmp_path / "single", actors=2, actor_cpus=1, batch_size=6,
+                               diffusion=nets["diffusion_cfg"], **METHODS), log=lambda *_: None)
+    for cell in job.cells:
+        assert _load(mixed.npz[cell.key])[0].tobytes() == _load(single.npz[cell.key])[0].tobytes(), cell.key
+    cost = {k: (r["network_evals"], r["classifier_passes"]) for k, r in mixed.cells.items()}
+    assert cost == {"ddim5/scale_0": (5, 0), "ddim5/scale_2": (5, 5), "ddim5/cfg_scale_2": (10, 0),
+                    "ddim5/both_scale_2": (10, 5)}
+    images = {k: _load(u)[0].tobytes() for k, u in mixed.npz.items()}
+    assert len(set(images.values())) == 4  # every method moves the samples its own way
+    assert mixed.cells["ddim5/both_scale_2"]["cfg_scale"] == mixed.cells["ddim5/both_scale_2"]["classifier_scale"] == 2
+    # a network trained without label dropout has no null class: refused before any actor starts
+    with pytest.raises(UserError, match="needs a diffusion model trained with label dropout"):
+        run_sampling(_job(nets, tmp_path / "refused", **METHODS), log=lambda *_: None)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_child_run_per_cell(tmp_path, nets, ray_cluster, mlflow_server):
     job = _job(nets, tmp_path / "tracked", num_samples=2, batch_size=4, tracking_uri=mlflow_server,
                experiment="sampling", guidance_intervals=("all", "0.5:5"))
@@ -175,7 +202,7 @@ def test_bad_input_is_refused_before_actors(tmp_path, nets, actor_count):
     out, actors = tmp_path / "out", actor_count()
     cases = [({"guidance_scales": (-1.0,)}, ">= 0"), ({"guidance_scales": ("a",)}, "finite numbers"),
              ({"num_samples": 0}, "num_samples=0 must be a whole number >= 1"), ({"actor_cpus": 0}, "actor_cpus"),
-             ({"actors": -1}, "--actors"), ({"classifier": None}, "need a noisy classifier"),
+             ({"actors": -1}, "--actors"), ({"classifier": None}, "needs a noisy classifier"),
              ({"classifier": nets["classifier7"]}, "7 classes"),
              ({"diffusion": str(tmp_path / "missing")}, "does not exist"),
              ({"classifier": nets["diffusion"]}, "is a diffusion checkpoint"),
