@@ -176,7 +176,11 @@ class Learner:
         """Everything needed to resume exactly: weights, EMA, optimizer, step, sampler and RNG state."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_weights(self.net.state_dict(), folder / "model.safetensors", config=config)
+        # whether the network runs unconditionally (has the null class of classifier-free guidance), readable
+        # without building it
+        unconditional = getattr(self.net, "null_label", None) is not None
+        save_weights(self.net.state_dict(), folder / "model.safetensors", config={**config,
+                                                                                 "unconditional": unconditional})
         names = [n for n, _ in self.net.named_parameters()]
         for rate, params in self.ema.items():
             save_weights(dict(zip(names, params)), folder / f"ema_{rate}.safetensors")

@@ -20,6 +20,7 @@ resumed or compared. Write and read them only through this module.
 | adm.pipeline_run | model version | the pipeline run that registered it |
 | adm.<metric>_scale_<s> | model version | the champion metric at the champion scale |
 | adm.samples_npz | sampling run (one cell) | URL of that cell's samples |
+| adm.unconditional | diffusion training run | true when it has the null class of classifier-free guidance |
 | adm.cell | sampling run (one cell) | the cell's key, `<sampler>/scale_<s>[_sigma_<lo>-<hi>]` |
 | adm.retrain_cycle | retrain cycle run | preset name |
 | adm.decision, adm.reason | retrain cycle run | skipped, promoted, kept or failed; why |
@@ -48,6 +49,7 @@ CONFIG_HASH = "adm.config_hash"
 PIPELINE_RUN = "adm.pipeline_run"
 SAMPLES_NPZ = "adm.samples_npz"
 CELL = "adm.cell"
+UNCONDITIONAL = "adm.unconditional"
 RETRAIN_CYCLE = "adm.retrain_cycle"
 DECISION = "adm.decision"
 REASON = "adm.reason"

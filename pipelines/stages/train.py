@@ -21,7 +21,7 @@ import fsspec
 import torch
 
 from components.config import ConfigError, Preset, UserError, to_dict
-from components.kinds import KINDS
+from components.kinds import KINDS, has_null_class
 from components.kinds import kind as network_kind
 from components.training import ema_initial_share
 from components.validation import raise_problems, train_problems
@@ -249,6 +249,7 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
             continue
         run_ids[kind] = tracker.start_run(opts.experiment, f"train-{kind}", opts.parent_run_id,
                                           tags={tags.STAGE: "train", tags.NETWORK: kind,
+                                                **unconditional_tag(preset, kind),
                                                 tags.DATA_FINGERPRINT: manifest["fingerprint"],
                                                 **(inits[kind].tags if kind in inits else {})})
         tracker.log_params(run_ids[kind], run_params(preset, kind, data_url))
@@ -281,6 +282,11 @@ def _keep_recorded_init(inits: dict, kind: str, run_tags: dict) -> None:
     recorded = InitSource.recorded(run_tags)
     if recorded is not None:
         inits[kind] = recorded
+
+
+def unconditional_tag(preset, kind: str) -> dict:
+    """adm.unconditional on a diffusion model's run: whether it learns the null class (classifier-free guidance)."""
+    return {tags.UNCONDITIONAL: str(has_null_class(preset)).lower()} if network_kind(kind).is_unet else {}
 
 
 def _plan_line(preset: Preset, kind: str, cpus: float, init: InitSource | None) -> str:
