@@ -105,7 +105,8 @@ class EvaluateConfig:
     inception_precision: str = "fp32"
     batch_size: int = 64
     champion_metric: str = "fid"  # the metric that decides the registry's `champion` alias
-    champion_scale: float = 1.0  # ... at this guidance scale (one of sample.guidance_scales)
+    # ... at this guidance scale (one of sample.guidance_scales), or "auto": the grid's scale with the best metric
+    champion_scale: float | str = 1.0
     champion_sampler: str = ""  # ... with this sampler (one of sample.samplers; "": the first), guided at all levels
     champion_method: str = ""  # ... and this guidance method (one of sample.guidance_methods; "": the first)
 
@@ -316,10 +317,21 @@ def override_section(section: str, sub, values: dict):
 ALIASES = {("sample", "sampler"): "samplers"}
 
 
+# numbers that may also be chosen by the run itself
+AUTO_FIELDS = {("evaluate", "champion_scale")}
+AUTO = "auto"
+
+
 def override_field(section: str, sub, name: str, value: str, item: str):
     names = [f.name for f in dataclasses.fields(sub)]
     if (section, name) in ALIASES:
         return dataclasses.replace(sub, **{ALIASES[section, name]: (value.strip(),)})
+    if (section, name) in AUTO_FIELDS:
+        try:
+            chosen = AUTO if value.strip().lower() == AUTO else _number(value.strip(), whole=False)
+        except ValueError as e:
+            raise ConfigError(f"override {item!r}: bad value for {section}.{name} ({e}; or auto)") from None
+        return dataclasses.replace(sub, **{name: chosen})
     if name not in names:
         raise ConfigError(f"override {item!r}: {section} has no field {name!r}; fields are {names}")
     optional = "None" in str(next(f.type for f in dataclasses.fields(sub) if f.name == name))

@@ -12,6 +12,7 @@ Pure Python, like everything it imports (no torch): `adm config` validates witho
 import math
 
 from .config import (
+    AUTO,
     FEATURE_SETS,
     FID_METHODS,
     HIGHER_IS_BETTER,
@@ -320,9 +321,9 @@ def _between_sections(preset) -> list[str]:
         out.append(f"sample.num_samples={preset.sample.num_samples}: evaluation needs at least 4 per scale")
     scale = preset.evaluate.champion_scale
     scales = [float(s) for s in preset.sample.guidance_scales]  # valid only: else sample_problems says so
-    if _scales_ok(scales) and not (_is_number(scale) and float(scale) in scales):
+    if _scales_ok(scales) and scale != AUTO and not (_is_number(scale) and float(scale) in scales):
         out.append(f"evaluate.champion_scale={scale} is not in sample.guidance_scales="
-                   f"{','.join(f'{s:g}' for s in scales)}; pick one of them")
+                   f"{','.join(f'{s:g}' for s in scales)}; pick one of them, or auto (the best of the grid)")
     champion = preset.evaluate.champion_sampler
     if champion and champion.strip().lower() not in [str(x).strip().lower() for x in preset.sample.samplers]:
         out.append(f"evaluate.champion_sampler={champion!r} is not in sample.samplers="

@@ -18,6 +18,14 @@ SAMPLE_FLAGS = {"scales": "guidance_scales", "intervals": "guidance_intervals", 
 def sample_config(args) -> SampleConfig:
     base = get_preset(args.preset).sample if args.preset else SampleConfig()
     given = {field: getattr(args, flag) for flag, field in SAMPLE_FLAGS.items() if getattr(args, flag) is not None}
+    if args.scales is None and args.diffusion.startswith("models:/"):
+        from pipelines.infra.registry import best_scale
+
+        best = best_scale(args.diffusion, args.tracking_uri)
+        if best is not None:  # the register stage chose it (evaluate.champion_scale=auto)
+            print(f"guidance scale {best:g}: the best of the grid for {args.diffusion} (its adm.best_scale); "
+                  "--scales to choose others")
+            given["guidance_scales"] = f"{best:g}"
     return override_section("sample", base, given)
 
 

@@ -43,6 +43,23 @@ def moves(version) -> list[dict]:
     return [json.loads(value) for key, value in sorted(version.tags.items()) if key.startswith(tags.MOVE)]
 
 
+def best_scale(uri: str, tracking_uri: str | None) -> float | None:
+    """The guidance scale the register stage chose for a registered version (adm.best_scale, set with
+    evaluate.champion_scale=auto), for models:/NAME@ALIAS and models:/NAME/VERSION; None for other references or
+    versions without one."""
+    ref = uri[len("models:/"):].strip("/") if uri.startswith("models:/") else ""
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = Tracker(tracking_uri).alias_version(name, alias)
+    elif "/" in ref:
+        name, number = ref.rsplit("/", 1)
+        version = next((v for v in Tracker(tracking_uri).model_versions(name) if v.version == number), None)
+    else:
+        return None
+    scale = None if version is None else version.tags.get(tags.BEST_SCALE)
+    return None if scale is None else float(scale)
+
+
 def find_version(tracker: Tracker, name: str, version: str):
     """The model version `version` of `name`; UserError naming what exists when there is none."""
     found = {v.version: v for v in tracker.model_versions(name)}

@@ -19,6 +19,8 @@ resumed or compared. Write and read them only through this module.
 | adm.config_hash | model version, retrain cycle | hash of the resolved config |
 | adm.pipeline_run | model version | the pipeline run that registered it |
 | adm.<metric>_scale_<s> | model version | the champion metric at the champion scale |
+| adm.<metric>_best_scale | model version | with evaluate.champion_scale=auto: the metric at the grid's best scale |
+| adm.best_scale | model version | ... and that scale (`adm sample` samples a models:/ reference there by default) |
 | adm.samples_npz | sampling run (one cell) | URL of that cell's samples |
 | adm.unconditional | diffusion training run | true when it has the null class of classifier-free guidance |
 | adm.cell | sampling run (one cell) | the cell's key, `<sampler>/scale_<s>[_sigma_<lo>-<hi>]` |
@@ -50,6 +52,7 @@ PIPELINE_RUN = "adm.pipeline_run"
 SAMPLES_NPZ = "adm.samples_npz"
 CELL = "adm.cell"
 UNCONDITIONAL = "adm.unconditional"
+BEST_SCALE = "adm.best_scale"
 RETRAIN_CYCLE = "adm.retrain_cycle"
 DECISION = "adm.decision"
 REASON = "adm.reason"
@@ -65,9 +68,10 @@ JOB_COMMAND = "adm.command"  # Ray job metadata (not an MLflow tag): the adm sub
 WATCHED = (DATA_FINGERPRINT, CODE_VERSION, CONFIG_HASH)
 
 
-def champion_metric(metric: str, scale: float) -> str:
-    """The model-version tag holding `metric` at guidance scale `scale`, e.g. adm.fid_scale_4."""
-    return f"adm.{metric}_scale_{scale:g}"
+def champion_metric(metric: str, scale) -> str:
+    """The model-version tag holding `metric` at guidance scale `scale`, e.g. adm.fid_scale_4; at the best scale of
+    the grid (evaluate.champion_scale=auto) adm.fid_best_scale, so champions chosen that way compare with each other."""
+    return f"adm.{metric}_best_scale" if scale == "auto" else f"adm.{metric}_scale_{scale:g}"
 
 
 def stage_of(run) -> str | None:

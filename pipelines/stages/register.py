@@ -4,7 +4,7 @@
 the current champion's.
 Both aliases move together, after both versions exist, so a failure never leaves a mixed pair."""
 
-from components.config import HIGHER_IS_BETTER, ConfigError, Preset, to_dict
+from components.config import AUTO, HIGHER_IS_BETTER, ConfigError, Preset, to_dict
 from components.samplers import grid_cells
 from pipelines.infra import tags
 from pipelines.infra.registry import CHAMPION, model_names, move_alias
@@ -17,23 +17,40 @@ def cache_inputs(preset: Preset, prefix: str, trained: dict, evaluated: dict) ->
     return {"train": trained, "evaluate": evaluated, "policy": policy, "names": model_names(prefix)}
 
 
-def champion_cell(preset) -> dict:
+def champion_cell(preset, rows: list | None = None) -> dict:
     """The cell whose metric decides the champion: evaluate.champion_sampler and champion_method (default the first
     of sample.samplers and guidance_methods) at evaluate.champion_scale, guided in the first of
-    sample.guidance_intervals (at scale 0: the one unguided cell)."""
+    sample.guidance_intervals (at scale 0: the one unguided cell). With champion_scale=auto, the scale of that
+    sampler, method and interval whose row in `rows` has the best champion metric."""
     sample, cfg = preset.sample, preset.evaluate
-    scale = float(cfg.champion_scale)
     sampler = cfg.champion_sampler or sample.samplers[0]
     method = cfg.champion_method or sample.guidance_methods[0]
-    (cell,) = grid_cells([sampler], [scale], sample.guidance_intervals[:1], [method])
-    return {"sampler": cell.sampler, "guidance_method": cell.method, "guidance_scale": scale,
-            "guidance_interval": cell.interval_text}
+
+    def cell_at(scale: float) -> dict:
+        (cell,) = grid_cells([sampler], [scale], sample.guidance_intervals[:1], [method])
+        return {"sampler": cell.sampler, "guidance_method": cell.method, "guidance_scale": float(scale),
+                "guidance_interval": cell.interval_text}
+
+    if cfg.champion_scale != AUTO:
+        return cell_at(float(cfg.champion_scale))
+    if rows is None:
+        raise ValueError("evaluate.champion_scale=auto: the cell is chosen from the evaluation rows; pass them")
+    scored = [(row, cell_at(s)) for s in sample.guidance_scales for row in [_row_of(rows, cell_at(s))] if row]
+    if not scored or any(cfg.champion_metric not in row for row, _ in scored):
+        raise ConfigError(f"evaluate.champion_scale=auto: no scale of {sampler} ({method}) has "
+                          f"evaluate.champion_metric={cfg.champion_metric!r} (evaluate.features={cfg.features})")
+    sign = -1 if cfg.champion_metric in HIGHER_IS_BETTER else 1
+    return min(scored, key=lambda pair: sign * float(pair[0][cfg.champion_metric]))[1]
+
+
+def _row_of(rows: list, cell: dict) -> dict | None:
+    implied = {"guidance_method": "classifier", "guidance_interval": "all"}  # rows of grids without these axes
+    return next((r for r in rows if all(r.get(k, implied.get(k)) == v for k, v in cell.items())), None)
 
 
 def champion_row(preset: Preset, rows: list) -> dict:
-    cfg, cell = preset.evaluate, champion_cell(preset)
-    implied = {"guidance_method": "classifier", "guidance_interval": "all"}  # rows of grids without these axes
-    row = next((r for r in rows if all(r.get(k, implied.get(k)) == v for k, v in cell.items())), None)
+    cfg, cell = preset.evaluate, champion_cell(preset, rows)
+    row = _row_of(rows, cell)
     if row is None:
         raise ConfigError(f"the champion cell {cell} (evaluate.champion_sampler, _method, _scale) is not one of the "
                           f"sampled cells {[r['cell'] for r in rows]}")
@@ -53,11 +70,14 @@ def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained
     the metric; move `champion` if the metric improved. Returns, per network, its version and the decision."""
     cfg = preset.evaluate
     metric = cfg.champion_metric
-    value = float(champion_row(preset, rows)[metric])
+    row = champion_row(preset, rows)
+    value, scale = float(row[metric]), float(row["guidance_scale"])
     tag = tags.champion_metric(metric, cfg.champion_scale)
+    # auto: the scale chosen, for `adm sample models:/...@champion` to sample at by default
+    chosen = {tags.BEST_SCALE: f"{scale:g}"} if cfg.champion_scale == AUTO else {}
     names = model_names(prefix)
     versions = {kind: tracker.register(trained[kind]["model_uri"], name, trained[kind]["run_id"],
-                                       tags={tag: value, **lineage, **trained[kind].get("lineage", {})})
+                                       tags={tag: value, **chosen, **lineage, **trained[kind].get("lineage", {})})
                 for kind, name in names.items()}
     current = tracker.alias_version(names["diffusion"], CHAMPION)
     best = None if current is None or tag not in current.tags else float(current.tags[tag])
@@ -67,8 +87,9 @@ def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained
         for kind, name in names.items():
             move_alias(tracker, name, CHAMPION, versions[kind], "register", why)
     log("[register] " + ", ".join(f"{names[k]} v{versions[k]}" for k in names)
-        + f": {metric}@{cfg.champion_scale:g} = {value:.4g}"
+        + f": {metric}@{scale:g}{' (auto)' if chosen else ''} = {value:.4g}"
         + (" -> champion" if better else f" (champion keeps {best:.4g})"))
-    tracker.log_params(run_id, {"champion_metric": metric, "champion_scale": cfg.champion_scale})
+    tracker.log_params(run_id, {"champion_metric": metric, "champion_scale": cfg.champion_scale,
+                                "champion_scale_used": scale})
     return {kind: {"name": names[kind], "version": versions[kind], "champion": better, "metric": metric,
                    "value": value, "previous": best} for kind in names}

@@ -94,7 +94,7 @@ class Pipeline:
                         lambda run_id: evaluate.evaluate_stage(
                             run_id, preset, data["data_url"], trained["evaluator"]["run_id"], sampled,
                             self.path("cache"), cell_runs, tracker.uri, req.experiment, self.log))
-        report.log_summary(tracker, self.run_id, evaluated["rows"], register.champion_cell(preset))
+        report.log_summary(tracker, self.run_id, evaluated["rows"], register.champion_cell(preset, evaluated["rows"]))
         registered = {}
         if req.register:
             lineage = {tags.PIPELINE_RUN: self.run_id, tags.CODE_VERSION: code_version(),

@@ -87,3 +87,51 @@ def test_plots_draw_one_line_per_sampler_and_the_compute_plots_at_the_champion_s
         assert list(ddim.get_xdata()) == [6, 10] and list(ddim.get_ydata()) == [21, 20]
     finally:
         close(figures)
+
+
+def test_auto_champion_scale_picks_the_best_scale_of_the_champion_line():
+    preset = apply_overrides(get_preset("smoke"), ["sample.samplers=ddim25,dpm++2m-10", "evaluate.champion_scale=auto",
+                                                   "sample.guidance_scales=0,2", "evaluate.champion_metric=fid"])
+    rows = ROWS + [_row("ddim25", 4.0, fid=15), _row("ddim25", 8.0, fid=50)]
+    preset = apply_overrides(preset, ["sample.guidance_scales=0,2,4,8"])
+    assert champion_cell(preset, rows)["guidance_scale"] == 4.0  # fid 15: the lowest of ddim25's scales
+    assert champion_row(preset, rows)["fid"] == 15
+    accuracy = apply_overrides(preset, ["evaluate.champion_metric=score"])
+    high = [dict(r, score=r["guidance_scale"] % 8) for r in rows]  # 0, 2, 4, 0: the highest at 4
+    assert champion_cell(accuracy, high)["guidance_scale"] == 4.0
+    with pytest.raises(ConfigError, match="no scale of ddim25 .* has evaluate.champion_metric='accuracy'"):
+        champion_cell(apply_overrides(preset, ["evaluate.champion_metric=accuracy"]), rows)
+    with pytest.raises(ConfigError, match="bad value for evaluate.champion_scale .*or auto"):
+        apply_overrides(preset, ["evaluate.champion_scale=best"])
+
+
+def test_auto_scale_is_recorded_on_the_versions_and_read_by_adm_sample(mlflow_server):
+    import argparse
+
+    from mlflow import MlflowClient
+
+    from pipelines.cli.sample import SAMPLE_FLAGS, sample_config
+    from pipelines.infra.registry import best_scale
+    from pipelines.infra.tracking import Tracker
+    from pipelines.stages.register import register
+
+    client = MlflowClient(mlflow_server)
+    run = client.create_run(client.create_experiment("auto-scale"))
+    trained = {k: {"model_uri": f"{run.info.artifact_uri}/{k}", "run_id": run.info.run_id}
+               for k in ("diffusion", "classifier")}
+    preset = apply_overrides(get_preset("smoke"), ["sample.samplers=ddim25", "evaluate.champion_scale=auto",
+                                                   "sample.guidance_scales=0,2,4", "evaluate.champion_metric=fid"])
+    rows = [_row("ddim25", 0.0, fid=30), _row("ddim25", 2.0, fid=19), _row("ddim25", 4.0, fid=24)]
+    out = register(Tracker(mlflow_server), run.info.run_id, preset, "auto", trained, rows, {"adm.pipeline_run": "p"},
+                   log=lambda *_: None)
+    assert out["diffusion"]["champion"] and out["diffusion"]["value"] == 19
+    for kind in ("diffusion", "classifier"):
+        version = client.get_model_version_by_alias(f"auto-{kind}", "champion")
+        assert version.tags["adm.best_scale"] == "2" and float(version.tags["adm.fid_best_scale"]) == 19
+    assert best_scale("models:/auto-diffusion@champion", mlflow_server) == 2.0
+    assert best_scale("models:/auto-diffusion/1", mlflow_server) == 2.0 and best_scale("runs:/x", None) is None
+    args = argparse.Namespace(**{flag: None for flag in SAMPLE_FLAGS}, preset=None, tracking_uri=mlflow_server,
+                              diffusion="models:/auto-diffusion@champion")
+    assert sample_config(args).guidance_scales == (2.0,)
+    args.scales = "0,8"
+    assert sample_config(args).guidance_scales == (0.0, 8.0)
