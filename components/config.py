@@ -174,6 +174,9 @@ class DataConfig:
     resize: str = "pad"  # small sources (Fashion-MNIST): "pad" or "resize" to the resolution
     num_images: int = 1024  # synthetic shapes only, per split
     splits: tuple[str, ...] = ("train",)
+    # share of train held out as the `validation` split (chosen by content hash, so reruns hold out the same images)
+    # when the source has none; the trainers' eval_interval reads it. 0: no validation split
+    validation_fraction: float = 0.05
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,19 @@ def make_shapes(num_images: int, resolution: int, num_classes: int, seed: int):
     return images, labels, names
 
 
+# --- the held-out split -----------------------------------------------------------------------------------------------
+def validation_mask(images: np.ndarray, labels: np.ndarray, fraction: float) -> np.ndarray:
+    """bool [N]: which images go to the held-out `validation` split. Decided by each image's own content (a hash of
+    its pixels and label), not by its position, so a rerun, another shard size or a source that grew puts every image
+    where it was before, and duplicates of one image never straddle train and validation."""
+    keys = np.empty(len(labels), dtype=np.float64)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes() + int(label).to_bytes(8, "little"),
+                                 digest_size=8).digest()
+        keys[i] = int.from_bytes(digest, "little") / 2.0**64  # uniform in [0, 1)
+    return keys < fraction
+
+
 # --- fingerprint ------------------------------------------------------------------------------------------------------
 class Fingerprint:
     """sha256 over the class names, then each split's uint8 pixels (with shape) and labels, in order."""

@@ -291,6 +291,9 @@ def data_problems(cfg: DataConfig) -> list[str]:
     out += _at_least("data.channels", cfg.channels, 1)
     out += _at_least("data.num_images", cfg.num_images, 1)
     out += _one_of("data.resize", cfg.resize, RESIZE_MODES)
+    if not (_is_number(cfg.validation_fraction) and 0 <= cfg.validation_fraction < 1):
+        out.append(f"data.validation_fraction={cfg.validation_fraction!r} must be in [0, 1) (e.g. 0.05; 0: no "
+                   "validation split)")
     if not cfg.splits or not all(isinstance(s, str) and s.strip() for s in cfg.splits):
         out.append(f"data.splits={cfg.splits!r} must name one or more splits, e.g. train or train,test")
     return out

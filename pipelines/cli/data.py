@@ -8,7 +8,8 @@ def cmd_ingest(args) -> int:
 
     opts = IngestOptions(resolution=args.resolution, splits=tuple(s for s in args.split.split(",") if s),
                          skip_bad=args.skip_bad, resize=args.resize, num_images=args.num_images,
-                         num_classes=args.num_classes, seed=args.seed, rows_per_shard=args.rows_per_shard)
+                         num_classes=args.num_classes, seed=args.seed, rows_per_shard=args.rows_per_shard,
+                         validation_fraction=args.validation_fraction)
     manifest = ingest(args.source, args.dest, opts)
     if manifest["skipped"]["count"]:
         print(f"skipped {manifest['skipped']['count']} unreadable files (listed in the manifest)")
@@ -50,6 +51,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--num-classes", type=int, default=4, help="shapes: number of classes")
     p.add_argument("--seed", type=int, default=0, help="shapes: generator seed")
     p.add_argument("--rows-per-shard", type=int, default=None, help="images per Parquet shard (default: automatic)")
+    p.add_argument("--validation-fraction", type=float, default=0.0,
+                   help="share of train held out as a `validation` split, chosen by content hash (adm run: "
+                        "data.validation_fraction)")
     p.set_defaults(func=cmd_ingest)
     p = dsub.add_parser("describe", help="print counts, classes and fingerprint; write grid.png beside the manifest")
     p.add_argument("url", help="an ingested dataset's folder or URL")

@@ -30,6 +30,7 @@ from components.data import (
     fit_to,
     load_image_file,
     make_shapes,
+    validation_mask,
 )
 from pipelines.infra.dataset import FORMAT_VERSION, MANIFEST, load_manifest, read_manifest
 from pipelines.infra.services import check_url
@@ -50,6 +51,8 @@ class IngestOptions:
     seed: int = 0  # shapes only
     rows_per_shard: int | None = None  # None: enough shards for Ray Data parallelism
     workers: int = 2
+    # share of the train split held out as `validation` (by content hash) when the source has no validation split
+    validation_fraction: float = 0.0
 
 
 @dataclass
@@ -181,12 +184,29 @@ def open_source(spec: str, opts: IngestOptions) -> Source:
     return image_folder_source(spec, opts)
 
 
+VALIDATION = "validation"
+
+
+def split_batches(source: Source, opts: IngestOptions):
+    """The source's batches with the held-out split carved out of train (validation_mask: by content, so the same
+    images every time); a source that has its own validation split keeps it. The fingerprint covers both splits."""
+    carve = opts.validation_fraction > 0 and VALIDATION not in opts.splits
+    for batch in source.batches():
+        if not (carve and batch.split == "train"):
+            yield batch
+            continue
+        held = validation_mask(batch.images, batch.labels, opts.validation_fraction)
+        for split, rows in (("train", ~held), (VALIDATION, held)):
+            if rows.any():
+                yield Batch(split, batch.images[rows], batch.labels[rows])
+
+
 def source_fingerprint(spec: str, opts: IngestOptions | None = None) -> str:
     """The fingerprint `ingest` would record for this source and options, computed without writing anything."""
     opts = opts or IngestOptions()
     source = open_source(spec, opts)
     fingerprint = Fingerprint(source.class_names)
-    for batch in source.batches():
+    for batch in split_batches(source, opts):
         fingerprint.update(batch.split, batch.images, batch.labels)
     return fingerprint.hexdigest()
 
@@ -221,6 +241,8 @@ def check_options(opts: IngestOptions) -> None:
         if not (value is None and optional) and not (isinstance(value, int) and value >= 1):
             problems.append(f"--{name.replace('_', '-')} {value} must be a whole number >= 1"
                             + (" (or left out)" if optional else ""))
+    if not (isinstance(opts.validation_fraction, (int, float)) and 0 <= opts.validation_fraction < 1):
+        problems.append(f"--validation-fraction {opts.validation_fraction} must be in [0, 1) (e.g. 0.05; 0: none)")
     if problems:
         raise DataError("; ".join(problems))
 
@@ -267,7 +289,7 @@ def _write_all(fs, tmp: str, source: Source, opts: IngestOptions) -> dict:
     size = _rows_per_shard(sum(source.counts.values()), opts)
     fingerprint, shards = Fingerprint(source.class_names), {}
     per_class = {}
-    for batch in source.batches():
+    for batch in split_batches(source, opts):
         check_labels(batch.labels, len(source.class_names), f"{source.description} {batch.split}")
         fingerprint.update(batch.split, batch.images, batch.labels)
         counts = per_class.setdefault(batch.split, np.zeros(len(source.class_names), dtype=np.int64))
@@ -291,12 +313,21 @@ def _write_all(fs, tmp: str, source: Source, opts: IngestOptions) -> dict:
         "shards": shards,
         "fingerprint": fingerprint.hexdigest(),
         "fingerprint_of": "sha256 over class names, then per split in order uint8 HWC pixels (with shape) and labels",
+        "validation": _validation_note(opts),
         "skipped": {"count": len(source.skipped), "files": source.skipped},
         "ignored": {"count": len(source.ignored), "files": source.ignored,
                     "why": f"not an image file name ({', '.join(sorted(IMAGE_EXTENSIONS))})"},
         "preprocessing": "short side: BOX halvings while >= 2x, BICUBIC to size, centre crop; small sources: "
                          f"{opts.resize}",
     }
+
+
+def _validation_note(opts: IngestOptions) -> dict:
+    if VALIDATION in opts.splits or opts.validation_fraction <= 0:
+        return {"carved_from_train": False}
+    return {"carved_from_train": True, "fraction": opts.validation_fraction,
+            "how": "an image is held out when blake2b-64 of its pixels and label, as a fraction of 2**64, is below "
+                   "the fraction (components.data.validation_mask)"}
 
 
 def _move_into_place(fs, tmp: str, root: str, manifest: dict) -> None:
@@ -318,7 +349,8 @@ def ingest_options(preset: Preset) -> IngestOptions:
     """The ingest settings of a preset's data section (resolution 0: the UNet's image size)."""
     data, classes = preset.data, preset.unet.num_classes or preset.classifier.num_classes
     return IngestOptions(resolution=data.resolution or preset.unet.image_size, resize=data.resize,
-                         num_images=data.num_images, num_classes=classes, splits=tuple(data.splits))
+                         num_images=data.num_images, num_classes=classes, splits=tuple(data.splits),
+                         validation_fraction=data.validation_fraction)
 
 
 def cache_inputs(preset: Preset, source: str, content: str | None = None) -> dict:

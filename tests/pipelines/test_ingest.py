@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ from PIL import Image
 
 from components.data import DataError, make_shapes
 from pipelines.infra.dataset import DecodeBatch, describe, load_manifest, read_split
-from pipelines.stages.ingest import FASHION_MNIST_DIR, IngestOptions, ingest
+from pipelines.stages.ingest import FASHION_MNIST_DIR, IngestOptions, ingest, source_fingerprint
 
 QUIET = dict(log=lambda *_: None)
 
@@ -39,6 +40,33 @@ def test_shapes_ingest_round_trip(tmp_path):
     with pytest.raises(DataError, match="different dataset"):
         ingest("shapes", str(dest), IngestOptions(resolution=16, num_images=100, seed=1), **QUIET)
     assert load_manifest(str(dest)) == manifest
+
+
+def test_validation_split_is_carved_by_content_deterministically_and_disjoint_from_train(tmp_path):
+    """A held-out split carved from train: the same images on a rerun with other shard sizes (and the same
+    fingerprint), none of them left in train, train + validation = the source, and the source's own test split
+    untouched; the fingerprint differs from the uncarved dataset's (the split is part of the dataset)."""
+    opts = IngestOptions(resolution=16, num_images=200, splits=("train", "test"), validation_fraction=0.2)
+    first = ingest("shapes", str(tmp_path / "a"), opts, **QUIET)
+    again = ingest("shapes", str(tmp_path / "b"), dataclasses.replace(opts, rows_per_shard=7), **QUIET)
+    assert first["fingerprint"] == again["fingerprint"]
+    assert first["counts"]["test"] == 200 and first["counts"]["train"] + first["counts"]["validation"] == 200
+    assert 20 <= first["counts"]["validation"] <= 60  # about a fifth: a hash, not a count
+    held, held_labels = read_split(str(tmp_path / "a"), "validation")
+    held_b, _ = read_split(str(tmp_path / "b"), "validation")
+    train, _ = read_split(str(tmp_path / "a"), "train")
+    assert np.array_equal(held, held_b)
+    source, source_labels, _ = make_shapes(200, 16, 4, seed=0)
+    keys = {im.tobytes() for im in source}
+    assert {im.tobytes() for im in held} <= keys and {im.tobytes() for im in train} <= keys
+    assert not {im.tobytes() for im in held} & {im.tobytes() for im in train}
+    in_held = np.array([im.tobytes() in {h.tobytes() for h in held} for im in source])
+    assert np.array_equal(held_labels, source_labels[in_held])  # in source order, labels kept
+    assert source_fingerprint("shapes", opts) == first["fingerprint"]
+    plain = ingest("shapes", str(tmp_path / "c"), dataclasses.replace(opts, validation_fraction=0.0), **QUIET)
+    assert "validation" not in plain["counts"] and plain["fingerprint"] != first["fingerprint"]
+    with pytest.raises(DataError, match="--validation-fraction 1.5 must be in"):
+        ingest("shapes", str(tmp_path / "d"), dataclasses.replace(opts, validation_fraction=1.5), **QUIET)
 
 
 def test_image_folder_on_memory_filesystem(tmp_path):
