@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from components.config import SampleConfig, UserError, apply_overrides
 from components.data import to_uint8
 from components.diffusion import create_diffusion
+from components.guidance import ClassifierFreeGuidance
 from components.precision import autocast_context
 from components.presets import get_preset
 from components.sampling import SampleNoise, ddim_sample, sample_label, sample_seed
@@ -168,6 +169,22 @@ def test_guidance_methods_share_batches_and_count_their_compute(tmp_path, nets, 
                     "ddim5/both_scale_2": (10, 5)}
     images = {k: _load(u)[0].tobytes() for k, u in mixed.npz.items()}
     assert len(set(images.values())) == 4  # every method moves the samples its own way
+    # the CFG cell at s = 2 is ClassifierFreeGuidance at w = 1 + s = 3 (eps_c + s (eps_c - eps_u)), run directly
+    # as the actor runs it (the precision policy; bf16 here, whose results held across these batch sizes)
+    ref = resolve(nets["diffusion_cfg"], "diffusion")
+    model, diffusion = ref.build(), create_diffusion(ref.preset.diffusion, "ddim5")
+    seeds = [sample_seed(11, i) for i in range(2)]
+    y = torch.tensor([sample_label(s, 4) for s in seeds])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with autocast_context("cpu"):
+            x0 = ddim_sample(ClassifierFreeGuidance(model, 3.0, model.null_label), diffusion,
+                             SampleNoise(seeds, (3, 16, 16)), {"y": y})
+    finally:
+        torch.set_num_threads(threads)
+    direct, staged = to_uint8(x0), _load(single.npz["ddim5/cfg_scale_2"])[0][:2]
+    assert direct.tobytes() == staged.tobytes()
     assert mixed.cells["ddim5/both_scale_2"]["cfg_scale"] == mixed.cells["ddim5/both_scale_2"]["classifier_scale"] == 2
     # a network trained without label dropout has no null class: refused before any actor starts
     with pytest.raises(UserError, match="needs a diffusion model trained with label dropout"):
