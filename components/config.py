@@ -164,6 +164,13 @@ class TrainConfig:
     # diffusion only: each label is replaced by the null class with this probability (p_uncond of classifier-free
     # guidance, e.g. 0.1); > 0 gives the UNet its null-class row (components.kinds.has_null_class)
     label_dropout: float = 0.0
+    # every eval_interval steps (and at the end) rank 0 scores the EMA weights on fixed held-out data: classifiers'
+    # accuracy on the validation split per noise quartile, the diffusion model's FID of a small fixed sample set
+    # (pipelines/stages/train_eval.py); 0: off
+    eval_interval: int = 0
+    # keep the checkpoint with the best eval score (out of keep_checkpoints' rotation) and report it as the final
+    # model, so the register stage registers it; needs eval_interval
+    keep_best: bool = False
 
 
 @dataclass(frozen=True)

@@ -158,10 +158,7 @@ class Learner:
     @torch.no_grad()
     def sample_grid(self, per_class: int = 1, steps: str = "ddim25", seed: int = 0) -> torch.Tensor:
         """DDIM samples from the EMA weights (first rate), one row per class: [-1, 1] tensor [N, C, H, W]."""
-        net = copy.deepcopy(self.net).eval()
-        if self.ema:
-            for p, e in zip(net.parameters(), next(iter(self.ema.values()))):
-                p.copy_(e)
+        net = self.ema_network()
         classes = self.preset.unet.num_classes or 1
         labels = torch.arange(classes, device=self.device).repeat_interleave(per_class)
         cfg = self.preset.unet
@@ -170,6 +167,16 @@ class Learner:
         kwargs = {"y": labels} if cfg.num_classes is not None else {}
         with autocast_context(self.device):
             return ddim_sample(net, create_diffusion(self.preset.diffusion, steps), noise, kwargs)
+
+    @torch.no_grad()
+    def ema_network(self) -> torch.nn.Module:
+        """A copy of the network in eval mode holding the weights that are logged and registered: the EMA of the
+        first rate, or the trained weights when the trainer keeps no EMA."""
+        net = copy.deepcopy(self.net).eval()
+        if self.ema:
+            for p, e in zip(net.parameters(), next(iter(self.ema.values()))):
+                p.copy_(e)
+        return net
 
     # --- state ------------------------------------------------------------------------------------------------------
     def save(self, folder: str | Path, config: dict) -> None:

@@ -271,7 +271,19 @@ def train_problems(section: str, cfg: TrainConfig) -> list[str]:
         out.append(f"{section}.label_dropout={cfg.label_dropout!r} must be in [0, 1) (e.g. 0.1; 0: no label dropout)")
     if not isinstance(cfg.use_gpu, bool) or not isinstance(cfg.anneal_lr, bool):
         out.append(f"{section}.use_gpu and anneal_lr must be true or false")
-    return out + _speed(section, cfg, ("compile", "channels_last", "cuda_graphs")) + warm_start_problems(section, cfg)
+    out += _speed(section, cfg, ("compile", "channels_last", "cuda_graphs")) + warm_start_problems(section, cfg)
+    return out + eval_problems(section, cfg)
+
+
+def eval_problems(section: str, cfg: TrainConfig) -> list[str]:
+    """Evaluation while training: an interval (0: off), and keep_best only with something to rank checkpoints by."""
+    out = _at_least(f"{section}.eval_interval", cfg.eval_interval, 0, hint="0: off")
+    if not isinstance(cfg.keep_best, bool):
+        out.append(f"{section}.keep_best={cfg.keep_best!r} must be true or false")
+    elif cfg.keep_best and not (_is_number(cfg.eval_interval, whole=True) and cfg.eval_interval > 0):
+        out.append(f"{section}.keep_best needs evaluation while training to pick the best checkpoint: set "
+                   f"{section}.eval_interval (e.g. 50) or keep_best=false")
+    return out
 
 
 def warm_start_problems(section: str, cfg: TrainConfig) -> list[str]:
@@ -319,7 +331,7 @@ def _between_sections(preset) -> list[str]:
         out.append(f"data.channels={data.channels} but unet.in_channels={unet.in_channels}; set both alike")
     if unet.num_classes is not None and preset.classifier.num_classes != unet.num_classes:
         out.append(f"classifier.num_classes={preset.classifier.num_classes} but unet.num_classes={unet.num_classes}")
-    out += _label_dropout_problems(preset)
+    out += _label_dropout_problems(preset) + _held_out_problems(preset)
     if _is_number(preset.sample.num_samples, whole=True) and 1 <= preset.sample.num_samples < 4:
         out.append(f"sample.num_samples={preset.sample.num_samples}: evaluation needs at least 4 per scale")
     scale = preset.evaluate.champion_scale
@@ -354,6 +366,15 @@ def _label_dropout_problems(preset) -> list[str]:
         out.append(f"evaluate.champion_method={champion!r} is not in sample.guidance_methods="
                    f"{','.join(preset.sample.guidance_methods)}; pick one of them or leave it empty (the first)")
     return out
+
+
+def _held_out_problems(preset) -> list[str]:
+    """Evaluation while training reads the validation split, which ingest carves only with a fraction > 0."""
+    data = preset.data
+    if data.validation_fraction not in (0, 0.0) or "validation" in data.splits:
+        return []
+    return [f"{section}.eval_interval needs a validation split: set data.validation_fraction (e.g. 0.05) or "
+            f"{section}.eval_interval=0" for section in TRAIN_SECTIONS if getattr(preset, section).eval_interval]
 
 
 def preset_problems(preset) -> list[str]:

@@ -23,6 +23,7 @@ resumed or compared. Write and read them only through this module.
 | adm.best_scale | model version | ... and that scale (`adm sample` samples a models:/ reference there by default) |
 | adm.samples_npz | sampling run (one cell) | URL of that cell's samples |
 | adm.unconditional | diffusion training run | true when it has the null class of classifier-free guidance |
+| adm.best_step | training run | keep_best: the step of the checkpoint it reported (lowest eval_score) |
 | adm.cell | sampling run (one cell) | the cell's key, `<sampler>/scale_<s>[_sigma_<lo>-<hi>]` |
 | adm.retrain_cycle | retrain cycle run | preset name |
 | adm.decision, adm.reason | retrain cycle run | skipped, promoted, kept or failed; why |
@@ -52,6 +53,7 @@ PIPELINE_RUN = "adm.pipeline_run"
 SAMPLES_NPZ = "adm.samples_npz"
 CELL = "adm.cell"
 UNCONDITIONAL = "adm.unconditional"
+BEST_STEP = "adm.best_step"
 BEST_SCALE = "adm.best_scale"
 RETRAIN_CYCLE = "adm.retrain_cycle"
 DECISION = "adm.decision"

@@ -7,6 +7,7 @@ trainer is created here, so a worker-group restart never creates a second run; r
 """
 
 import dataclasses
+import math
 import os
 import posixpath
 import tempfile
@@ -33,6 +34,7 @@ from pipelines.infra.resources import cluster_cpus, largest_node_cpus, worker_re
 from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import check_writable
 from pipelines.infra.tracking import Tracker
+from pipelines.stages.train_eval import SCORE
 from pipelines.stages.train_worker import WorkerConfig, train_loop_per_worker
 
 
@@ -53,6 +55,8 @@ class TrainOptions:
     board: object = None  # the driver's ProgressBoard actor the workers report progress to (set by train())
     model_prefix: str | None = None  # registered names <prefix>-<network> (init_from=champion); None: adm-<preset>
     inits: dict = field(default_factory=dict)  # kind -> InitSource of a warm start (set by train())
+    data_url: str = ""  # the dataset, whose validation split evaluation while training reads (set by train())
+    guide_dir: str = ""  # the classifier trainer's checkpoint folder, guiding the diffusion's eval (set by train())
 
 
 @dataclass
@@ -86,6 +90,16 @@ def validate(preset: Preset, kinds, manifest: dict) -> None:
         if classes is not None and classes != manifest["num_classes"]:
             raise ConfigError(f"{where}.num_classes={classes} but the dataset has {manifest['num_classes']} classes; "
                               f"override {where}.num_classes={manifest['num_classes']}")
+        _check_held_out(kind, preset, manifest)
+
+
+def _check_held_out(kind, preset: Preset, manifest: dict) -> None:
+    """Evaluation while training reads the dataset's validation split: it must be there and not empty."""
+    if kind.train_config(preset).eval_interval and not manifest["counts"].get("validation"):
+        raise ConfigError(f"{kind.train_section}.eval_interval={kind.train_config(preset).eval_interval} needs a "
+                          "validation split, and this dataset has none: ingest it with a validation fraction "
+                          f"(data.validation_fraction, adm data ingest --validation-fraction 0.05) or set "
+                          f"{kind.train_section}.eval_interval=0")
 
 
 # --- trainers ---------------------------------------------------------------------------------------------------------
@@ -97,7 +111,8 @@ def make_trainer(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOpt
     cfg = network_kind(kind).train_config(preset)
     worker = WorkerConfig(kind=kind, preset=preset, run_id=run_id, tracking_uri=opts.tracking_uri, seed=opts.seed,
                           threads=max(1, round(cpus)), nonfinite_marker=nonfinite_marker(opts, kind, run_id),
-                          board=opts.board, init_from=opts.inits[kind].uri if kind in opts.inits else "")
+                          board=opts.board, init_from=opts.inits[kind].uri if kind in opts.inits else "",
+                          data_url=opts.data_url, guide_dir=opts.guide_dir if network_kind(kind).is_unet else "")
     resources = {"CPU": cpus, **({"GPU": 1} if cfg.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
@@ -108,15 +123,42 @@ def make_trainer(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOpt
             name=f"{kind}-{run_id}",
             storage_path=opts.storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            checkpoint_config=_checkpoint_config(cfg),
         ),
         datasets={"train": dataset},
     )
 
 
+def _checkpoint_config(cfg):
+    """keep_checkpoints' rotation; with keep_best it drops the checkpoints of the worst eval scores instead of the
+    oldest (Ray always keeps the latest as well, which a restarted worker group resumes from)."""
+    import ray.train
+
+    if not cfg.keep_best:
+        return ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints)
+    return ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=SCORE,
+                                      checkpoint_score_order="min")
+
+
+def best_checkpoint(result):
+    """(checkpoint, step) of the kept checkpoint with the lowest finite eval score; among equal scores the later
+    step. None when no kept checkpoint was evaluated."""
+    scored = [(m[SCORE], -m["step"], c) for c, m in result.best_checkpoints or []
+              if isinstance(m.get(SCORE), (int, float)) and math.isfinite(m[SCORE])]
+    if not scored:
+        return None
+    _, minus_step, checkpoint = min(scored, key=lambda r: r[:2])
+    return checkpoint, -minus_step
+
+
+def _run_folder(opts: TrainOptions, kind: str, run_id: str) -> str:
+    """Ray Train's folder of one trainer (RunConfig name under storage_path): its checkpoint_* folders."""
+    return f"{opts.storage.rstrip('/')}/{kind}-{run_id}"
+
+
 def nonfinite_marker(opts: TrainOptions, kind: str, run_id: str) -> str:
     """Where a trainer that met a NaN/inf loss records the step (beside its checkpoints)."""
-    return f"{opts.storage.rstrip('/')}/{kind}-{run_id}/nonfinite_loss.json"
+    return f"{_run_folder(opts, kind, run_id)}/nonfinite_loss.json"
 
 
 def _nonfinite_step(opts: TrainOptions, kind: str, run_id: str) -> int | None:
@@ -153,9 +195,10 @@ def _fit(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOptions, cp
                                 f"Last good checkpoint: {kept} (MLflow run {run_id})")
         if result.checkpoint is None:
             raise TrainingError(f"{kind}: training ended without a checkpoint (MLflow run {run_id})")
-        outcome = TrainOutcome(kind, run_id, result.checkpoint.path, int(metrics.get("step", 0)), metrics=metrics,
+        final = _final_checkpoint(kind, preset, result, run_id, tracker)
+        outcome = TrainOutcome(kind, run_id, final.path, int(metrics.get("step", 0)), metrics=metrics,
                                started=started, finished=time.time())
-        outcome.model_uri = _log_final(tracker, outcome, result.checkpoint, preset)
+        outcome.model_uri = _log_final(tracker, outcome, final, preset)
         tracker.set_tags(run_id, {tags.MODEL_URI: outcome.model_uri, tags.CHECKPOINT: outcome.checkpoint})
         tracker.end_run(run_id, "FINISHED")
         return outcome
@@ -165,6 +208,18 @@ def _fit(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOptions, cp
             raise
         raise TrainingError(f"{kind} training failed (MLflow run {run_id}): {type(e).__name__}: {e}\n"
                             f"{traceback.format_exc(limit=3)}") from e
+
+
+def _final_checkpoint(kind: str, preset: Preset, result, run_id: str, tracker: Tracker):
+    """The checkpoint the trainer reports as its model: the latest, or with keep_best the best evaluated one, whose
+    step goes on the run as adm.best_step."""
+    if not network_kind(kind).train_config(preset).keep_best:
+        return result.checkpoint
+    best = best_checkpoint(result)
+    if best is None:
+        raise TrainingError(f"{kind}: keep_best found no evaluated checkpoint (MLflow run {run_id})")
+    tracker.set_tags(run_id, {tags.BEST_STEP: str(best[1])})
+    return best[0]
 
 
 def _log_final(tracker: Tracker, outcome: TrainOutcome, checkpoint, preset: Preset) -> str:
@@ -257,7 +312,8 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
         log(f"[{kind}] MLflow run {run_ids[kind]}; {_plan_line(preset, kind, cpus[kind], inits.get(kind))}")
     futures, outcomes, errors = {}, {}, []
     board = Board(log)
-    opts = dataclasses.replace(opts, board=board.actor, inits=inits)
+    guide = _run_folder(opts, "classifier", run_ids["classifier"]) if "classifier" in run_ids else ""
+    opts = dataclasses.replace(opts, board=board.actor, inits=inits, data_url=data_url, guide_dir=guide)
     try:
         dataset = _shared_dataset(data_url, opts, run_ids, tracker)
         for k in kinds:

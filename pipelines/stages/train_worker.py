@@ -24,6 +24,7 @@ from components.kinds import kind as network_kind
 from components.training import Learner
 from pipelines.infra import tags
 from pipelines.infra.model_refs import locate_for
+from pipelines.stages.train_eval import SCORE, eval_due, make_eval
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class WorkerConfig:
     nonfinite_marker: str  # where rank 0 records the step of a NaN/inf loss
     board: object = None  # the driver's ProgressBoard actor (infra/console.py): progress reaches the driver once
     init_from: str = ""  # the pinned weights to start from (infra/init_from.py), checked by the driver; "": random
+    data_url: str = ""  # the dataset: its validation split is what evaluation while training reads
+    guide_dir: str = ""  # diffusion: the classifier trainer's checkpoint folder, whose latest guides its eval samples
 
 
 def _gather_fn(world: int):
@@ -125,6 +128,7 @@ def train_loop_per_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     progress = Progress(job.kind, cfg.steps, learner.step, cfg.batch_size * world)
     gather = _gather_fn(world)
+    held_out = make_eval(job.kind, job.data_url, job.guide_dir, device) if rank == 0 and cfg.eval_interval else None
     while learner.step < cfg.steps:
         for batch in _epoch(shard, cfg, job.seed, rank, learner.step):
             metrics = _global_means(learner.train_step(batch["image"].to(device), batch["label"].to(device), model,
@@ -137,8 +141,9 @@ def train_loop_per_worker(config: dict) -> None:
                 return
             if rank == 0:
                 _log_step(tracker, job, learner, metrics, progress)
-            if step % cfg.save_interval == 0 or step == cfg.steps:
-                _report_checkpoint(learner, metrics, rank)
+            score = _evaluate(tracker, job, learner, held_out) if held_out and eval_due(cfg, step) else None
+            if step % cfg.save_interval == 0 or step == cfg.steps or (cfg.keep_best and eval_due(cfg, step)):
+                _report_checkpoint(learner, metrics, rank, score)
             if step >= cfg.steps:
                 break
 
@@ -188,10 +193,19 @@ def _log_step(tracker, job: WorkerConfig, learner: Learner, metrics: dict, progr
         tracker.log_image(run_id, image, f"samples/step_{step:07d}.png")
 
 
-def _report_checkpoint(learner: Learner, metrics: dict, rank: int) -> None:
+def _evaluate(tracker, job: WorkerConfig, learner: Learner, held_out) -> float:
+    """Evaluation while training (stages/train_eval.py): its metrics to the run at this step; returns the score."""
+    scores = held_out.scores(learner)
+    tracker.log_metrics(job.run_id, scores, learner.step)
+    return scores[SCORE]
+
+
+def _report_checkpoint(learner: Learner, metrics: dict, rank: int, score: float | None = None) -> None:
     import ray.train
 
     report = {"step": learner.step, "loss": metrics["loss"]}
+    if learner.cfg.keep_best:  # Ray ranks checkpoints by it; one without an evaluation ranks last (nan)
+        report[SCORE] = float("nan") if score is None else score
     if rank != 0:
         ray.train.report(report)  # every rank reports the same number of times; rank 0 writes the files
         return
