@@ -6,6 +6,7 @@ session's local instance (RAY_ADDRESS) instead of starting their own."""
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -115,7 +116,9 @@ def test_presets_config_and_data_describe(tiny, env, tmp_path):
     assert resolved["classifier"]["model_channels"] == get_preset("smoke").classifier.model_channels
     text = ok(describe)
     assert f"fingerprint  {tiny['data']['fingerprint']}" in text
-    assert "split train   256 images" in text and "resolution   16x16, 3 channel(s)" in text
+    splits = {m.group(1): int(m.group(2)) for m in re.finditer(r"split (\w+) +(\d+) images", text)}
+    assert sum(splits.values()) == 256 and 0 < splits["validation"] < splits["train"], splits  # some held out
+    assert "resolution   16x16, 3 channel(s)" in text
     assert (Path(data) / "grid.png").is_file()
     assert list(tmp_path.iterdir()) == [], "reading commands wrote into their working folder"
 
