@@ -94,12 +94,14 @@ def validate(preset: Preset, kinds, manifest: dict) -> None:
 
 
 def _check_held_out(kind, preset: Preset, manifest: dict) -> None:
-    """Evaluation while training reads the dataset's validation split: it must be there and not empty."""
-    if kind.train_config(preset).eval_interval and not manifest["counts"].get("validation"):
+    """Evaluation while training reads the dataset's validation split: it must be there, with two images at least
+    (the FID reference statistics need a covariance)."""
+    held = manifest["counts"].get("validation", 0)
+    if kind.train_config(preset).eval_interval and held < 2:
         raise ConfigError(f"{kind.train_section}.eval_interval={kind.train_config(preset).eval_interval} needs a "
-                          "validation split, and this dataset has none: ingest it with a validation fraction "
-                          f"(data.validation_fraction, adm data ingest --validation-fraction 0.05) or set "
-                          f"{kind.train_section}.eval_interval=0")
+                          f"validation split of 2 images or more, and this dataset has {held}: ingest it with a "
+                          "validation fraction (data.validation_fraction, adm data ingest --validation-fraction 0.05) "
+                          f"or set {kind.train_section}.eval_interval=0")
 
 
 # --- trainers ---------------------------------------------------------------------------------------------------------

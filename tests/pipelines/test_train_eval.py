@@ -94,7 +94,8 @@ def test_evaluation_needs_a_validation_split(tmp_path, mlflow_server, actor_coun
     plain = str(tmp_path / "plain")
     ingest("shapes", plain, IngestOptions(resolution=16, num_images=32), **QUIET)
     actors = actor_count()
-    with pytest.raises(ConfigError, match="train_classifier.eval_interval=5 needs a validation split"):
+    with pytest.raises(ConfigError, match="train_classifier.eval_interval=5 needs a validation split of 2 images or "
+                                          "more, and this dataset has 0"):
         train(apply_overrides(get_preset("smoke"), ["train_classifier.eval_interval=5"]), plain,
               TrainOptions(storage=str(tmp_path / "storage"), tracking_uri=mlflow_server, experiment="noval"),
               kinds=("classifier",), **QUIET)
