@@ -59,6 +59,7 @@ class SampleJob:
     tracking_uri: str | None = None
     experiment: str = "adm"
     parent_run_id: str | None = None
+    class_names: tuple | None = None  # row labels of the grids (the dataset's); None: "class <label>"
 
     @property
     def cells(self) -> list[Cell]:
@@ -296,7 +297,8 @@ def assemble(job: SampleJob, shards, sigmas: np.ndarray) -> tuple[dict, dict, di
         npz[cell.key] = posixpath.join(folder, f"samples_{shape}.npz")
         write_bytes_atomic(npz[cell.key], npz_bytes(arr_0=images, arr_1=labels))
         grids[cell.key] = posixpath.join(folder, "grid.png")
-        write_bytes_atomic(grids[cell.key], labeled_grid(images, labels, f"{cell.label}, {len(images)} samples"))
+        write_bytes_atomic(grids[cell.key], labeled_grid(images, labels, f"{cell.label}, {len(images)} samples",
+                                                         job.class_names))
         coords[cell.key] = cell_record(cell, len(sigmas), float(sigmas[-1]),
                                        {k: merged[k][rows] for k in ("indices", "network_evals",
                                                                      "classifier_passes", "seconds")})
@@ -304,9 +306,10 @@ def assemble(job: SampleJob, shards, sigmas: np.ndarray) -> tuple[dict, dict, di
     return npz, grids, coords
 
 
-def labeled_grid(images: np.ndarray, labels: np.ndarray, caption: str, width: int = 512) -> bytes:
+def labeled_grid(images: np.ndarray, labels: np.ndarray, caption: str, names=None, width: int = 512) -> bytes:
     """The class x sample grid as PNG bytes, upscaled (nearest) to about `width` px so that the MLflow UI does not show
-    a 16 px-per-image thumbnail, with each row's class label at its left and `caption` (the grid cell) on top."""
+    a 16 px-per-image thumbnail, with each row's class name (`names[label]`, else "class <label>") at its left and
+    `caption` (the grid cell) on top."""
     from PIL import Image, ImageDraw
 
     grid = class_grid(images, labels)  # uint8 [H, W, C], one row of images per class, classes ascending
@@ -321,7 +324,8 @@ def labeled_grid(images: np.ndarray, labels: np.ndarray, caption: str, width: in
     draw.text((4, 4), caption, fill="black")
     row = picture.height / max(1, len(classes))
     for i, label in enumerate(classes):
-        draw.text((4, top + int((i + 0.5) * row) - 6), f"class {label}", fill="black")
+        name = names[label] if names is not None and label < len(names) else f"class {label}"
+        draw.text((4, top + int((i + 0.5) * row) - 6), name, fill="black")
     out = io.BytesIO()
     canvas.save(out, format="PNG")
     return out.getvalue()
@@ -372,10 +376,13 @@ def samples_exist(outputs: dict) -> bool:
     return all(exists(url) for url in outputs["npz"].values())
 
 
-def sample_stage(run_id: str, preset, trained: dict, out: str, tracking_uri: str, experiment: str, log=print) -> dict:
-    """The grid of the preset's sample section from the trained networks; one child run per cell under `run_id`."""
+def sample_stage(run_id: str, preset, trained: dict, out: str, tracking_uri: str, experiment: str, log=print,
+                 class_names=None) -> dict:
+    """The grid of the preset's sample section from the trained networks; one child run per cell under `run_id`;
+    `class_names` (the dataset's) label the grids' rows."""
     job = SampleJob(diffusion=f"runs:/{trained['diffusion']['run_id']}",
                     classifier=f"runs:/{trained['classifier']['run_id']}", out=out, config=preset.sample,
-                    tracking_uri=tracking_uri, experiment=experiment, parent_run_id=run_id)
+                    tracking_uri=tracking_uri, experiment=experiment, parent_run_id=run_id,
+                    class_names=tuple(class_names) if class_names else None)
     result = log_to_mlflow(job, run_sampling(job, log=log), log=log)
     return {"out": job.out, "npz": dict(result.npz), "cell_runs": dict(result.run_ids)}

@@ -16,6 +16,7 @@ import ray
 from components.config import ConfigError, to_dict
 from components.kinds import KINDS
 from pipelines.infra import tags
+from pipelines.infra.dataset import load_manifest
 from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.storage import write_bytes_atomic
 from pipelines.infra.tracking import Tracker, check_tracking
@@ -85,9 +86,10 @@ class Pipeline:
             self.log), still_valid=ingest.dataset_exists)
         trained = run("train", train.cache_inputs(preset, data["fingerprint"], inits), lambda run_id: train.train_stage(
             tracker, run_id, preset, data["data_url"], self.path("checkpoints"), req.experiment, self.log, req.prefix))
+        names = load_manifest(data["data_url"]).get("class_names")  # the grids' row labels
         sampled = run("sample", sample.cache_inputs(preset, trained), lambda run_id: sample.sample_stage(
             run_id, preset, trained, self.path("runs", self.run_id, "samples"), tracker.uri, req.experiment,
-            self.log), still_valid=sample.samples_exist)
+            self.log, names), still_valid=sample.samples_exist)
         # metrics go into the sampling stage's per-cell runs when that stage ran in this invocation
         cell_runs = sampled["cell_runs"] if "sample" in self.cache.computed else {}
         evaluated = run("evaluate", evaluate.cache_inputs(preset, data["fingerprint"], sampled),

@@ -135,3 +135,20 @@ def test_auto_scale_is_recorded_on_the_versions_and_read_by_adm_sample(mlflow_se
     assert sample_config(args).guidance_scales == (2.0,)
     args.scales = "0,8"
     assert sample_config(args).guidance_scales == (0.0, 8.0)
+
+
+def test_grid_rows_carry_the_dataset_class_names():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.stages.sample import labeled_grid
+
+    images, labels = np.zeros((4, 16, 16, 1), np.uint8), np.array([0, 1, 0, 1])
+    margin = {}
+    for names in (None, ("T-shirt/top", "Trouser"), ("T-shirt/top", "Trouser", "Pullover")):
+        picture = np.asarray(Image.open(io.BytesIO(labeled_grid(images, labels, "ddim25 s=4", names))))
+        margin[names and len(names)] = picture[20:, :64]  # the label column, below the caption
+    assert not np.array_equal(margin[None], margin[2])  # names written instead of "class 0", "class 1"
+    assert np.array_equal(margin[2], margin[3])  # only the sampled classes' names
