@@ -299,10 +299,13 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
     training leaves the run KILLED. Then a second `--resume` and a second `adm run` go at once in the same folder:
     the resume finishes without redoing finished stages, the second run (other sampling seed) reuses the first's
     training (and so its registered versions) and writes its own samples, metrics and report."""
-    # the evaluator network's features only (Inception on CPU would double the time and adds nothing here); 60
-    # diffusion steps with a checkpoint every 10 give the run time to be interrupted between checkpoints
+    # the evaluator network's features only (Inception on CPU would double the time and adds nothing here); 150
+    # diffusion steps with a checkpoint every 10 give the run time to be interrupted between checkpoints, even when
+    # the other two trainers' runs end late (with 60, a clean-clone CI run once finished the diffusion trainer before
+    # they were marked FINISHED, and the Ctrl-C came after the whole run)
+    steps = 150
     fast = ["--override", "evaluate.features=evaluator", "--override", "evaluate.champion_metric=evaluator_fid",
-            "--override", "train_diffusion.steps=60"]
+            "--override", f"train_diffusion.steps={steps}"]
     args = {1: ["--override", "sample.seed=1", *fast], 2: ["--override", "sample.seed=2", *fast]}
     logs = {n: tmp_path / f"run{n}.log" for n in args}
     runs = {1: subprocess.Popen(_adm("run", "--preset", "smoke", *args[1]), env=_env(), cwd=tmp_path,
@@ -354,8 +357,8 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
         second.wait()
     resumed = client.get_run(diffusion.info.run_id)  # the same MLflow run, continued
     assert resumed.info.status == "FINISHED"
-    assert 10 <= resumed.data.metrics["resumed_from_step"] < 60
-    assert client.get_metric_history(diffusion.info.run_id, "loss")[-1].step == 60
+    assert 10 <= resumed.data.metrics["resumed_from_step"] < steps
+    assert client.get_metric_history(diffusion.info.run_id, "loss")[-1].step == steps
     # one run per network: the diffusion run continued, the two trainers that had finished reused, not retrained
     after = {r.data.tags["adm.network"]: r.info.run_id for r in children(client, train.info.experiment_id,
                                                                          train.info.run_id)}
