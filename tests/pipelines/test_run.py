@@ -240,6 +240,13 @@ def check_model_uris(tmp_path, tracking_uri, trained):
                 workdir=tmp_path / "wrong-kind")
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: Ctrl-C's default disposition, as a command started from a terminal has. A test
+    session started in the background of a non-interactive shell (`cmd &`) ignores SIGINT, its children inherit
+    that, and Python then installs no KeyboardInterrupt handler: the interrupt below would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait(predicate, timeout, what):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -299,17 +306,15 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
     training leaves the run KILLED. Then a second `--resume` and a second `adm run` go at once in the same folder:
     the resume finishes without redoing finished stages, the second run (other sampling seed) reuses the first's
     training (and so its registered versions) and writes its own samples, metrics and report."""
-    # the evaluator network's features only (Inception on CPU would double the time and adds nothing here); 150
-    # diffusion steps with a checkpoint every 10 give the run time to be interrupted between checkpoints, even when
-    # the other two trainers' runs end late (with 60, a clean-clone CI run once finished the diffusion trainer before
-    # they were marked FINISHED, and the Ctrl-C came after the whole run)
-    steps = 150
+    # the evaluator network's features only (Inception on CPU would double the time and adds nothing here); 60
+    # diffusion steps with a checkpoint every 10 give the run time to be interrupted between checkpoints
+    steps = 60
     fast = ["--override", "evaluate.features=evaluator", "--override", "evaluate.champion_metric=evaluator_fid",
             "--override", f"train_diffusion.steps={steps}"]
     args = {1: ["--override", "sample.seed=1", *fast], 2: ["--override", "sample.seed=2", *fast]}
     logs = {n: tmp_path / f"run{n}.log" for n in args}
     runs = {1: subprocess.Popen(_adm("run", "--preset", "smoke", *args[1]), env=_env(), cwd=tmp_path,
-                                stdout=open(logs[1], "w"), stderr=subprocess.STDOUT)}
+                                stdout=open(logs[1], "w"), stderr=subprocess.STDOUT, preexec_fn=_as_from_a_terminal)}
     request.addfinalizer(lambda: [run.kill() for run in runs.values()])
     try:
         _wait(lambda: _started(logs[1]), 300, "the driver to create its run")
