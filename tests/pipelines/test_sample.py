@@ -59,6 +59,22 @@ def _load(url):
         return data["arr_0"], data["arr_1"]
 
 
+def _direct_ddim5(weights: str, n: int, wrap):
+    """Samples 0..n-1 of seed 11 by ddim5 outside Ray, as an actor draws them (2 torch threads, the precision
+    policy), from the network `wrap` makes of the checkpoint's."""
+    ref = resolve(weights, "diffusion")
+    model, diffusion = ref.build(), create_diffusion(ref.preset.diffusion, "ddim5")
+    seeds = [sample_seed(11, i) for i in range(n)]
+    y = torch.tensor([sample_label(s, 4) for s in seeds])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with autocast_context("cpu"):
+            return ddim_sample(wrap(model), diffusion, SampleNoise(seeds, (3, 16, 16)), {"y": y})
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_fan_out_layout_determinism_and_resume(tmp_path, nets, ray_cluster):
     one = run_sampling(_job(nets, tmp_path / "one", actors=1), log=lambda *_: None)
     two = run_sampling(_job(nets, tmp_path / "two", actors=2, actor_cpus=1), log=lambda *_: None)
@@ -77,17 +93,7 @@ def test_fan_out_layout_determinism_and_resume(tmp_path, nets, ray_cluster):
     # scale 0 is exactly unguided sampling of the same seeds and labels, run as run `one`'s actor runs it: 2 torch
     # threads (its 1.5 CPUs, rounded) and the precision policy (bf16 autocast on CPUs with native bf16, where oneDNN's
     # kernels can also round differently with the thread count)
-    ref = resolve(nets["diffusion"], "diffusion")
-    model, diffusion = ref.build(), create_diffusion(ref.preset.diffusion, "ddim5")
-    seeds = [sample_seed(11, i) for i in range(4)]
-    y = torch.tensor([sample_label(s, 4) for s in seeds])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with autocast_context("cpu"):
-            x0 = ddim_sample(model, diffusion, SampleNoise(seeds, (3, 16, 16)), {"y": y})
-    finally:
-        torch.set_num_threads(threads)
+    x0 = _direct_ddim5(nets["diffusion"], 4, lambda model: model)
     assert to_uint8(x0).tobytes() == _load(one.npz["ddim5/scale_0"])[0][:4].tobytes()
 
     # an interrupted run (two shards never written) resumes without redoing the finished one
@@ -171,18 +177,7 @@ def test_guidance_methods_share_batches_and_count_their_compute(tmp_path, nets, 
     assert len(set(images.values())) == 4  # every method moves the samples its own way
     # the CFG cell at s = 2 is ClassifierFreeGuidance at w = 1 + s = 3 (eps_c + s (eps_c - eps_u)), run directly
     # as the actor runs it (the precision policy; bf16 here, whose results held across these batch sizes)
-    ref = resolve(nets["diffusion_cfg"], "diffusion")
-    model, diffusion = ref.build(), create_diffusion(ref.preset.diffusion, "ddim5")
-    seeds = [sample_seed(11, i) for i in range(2)]
-    y = torch.tensor([sample_label(s, 4) for s in seeds])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with autocast_context("cpu"):
-            x0 = ddim_sample(ClassifierFreeGuidance(model, 3.0, model.null_label), diffusion,
-                             SampleNoise(seeds, (3, 16, 16)), {"y": y})
-    finally:
-        torch.set_num_threads(threads)
+    x0 = _direct_ddim5(nets["diffusion_cfg"], 2, lambda model: ClassifierFreeGuidance(model, 3.0, model.null_label))
     direct, staged = to_uint8(x0), _load(single.npz["ddim5/cfg_scale_2"])[0][:2]
     assert direct.tobytes() == staged.tobytes()
     assert mixed.cells["ddim5/both_scale_2"]["cfg_scale"] == mixed.cells["ddim5/both_scale_2"]["classifier_scale"] == 2
