@@ -184,6 +184,9 @@ class DataConfig:
     # share of train held out as the `validation` split (chosen by content hash, so reruns hold out the same images)
     # when the source has none; the trainers' eval_interval reads it. 0: no validation split
     validation_fraction: float = 0.05
+    # at most this many images of each split of the source, the first in its own order (0: all): part of a dataset
+    # for a trial, or a dataset that grows between retraining cycles (bench/bench_warm_start.py)
+    limit: int = 0
 
 
 @dataclass(frozen=True)

@@ -302,6 +302,7 @@ def data_problems(cfg: DataConfig) -> list[str]:
     out = _at_least("data.resolution", cfg.resolution, 0, hint="0: the UNet's image size")
     out += _at_least("data.channels", cfg.channels, 1)
     out += _at_least("data.num_images", cfg.num_images, 1)
+    out += _at_least("data.limit", cfg.limit, 0, hint="0: every image")
     out += _one_of("data.resize", cfg.resize, RESIZE_MODES)
     if not (_is_number(cfg.validation_fraction) and 0 <= cfg.validation_fraction < 1):
         out.append(f"data.validation_fraction={cfg.validation_fraction!r} must be in [0, 1) (e.g. 0.05; 0: no "

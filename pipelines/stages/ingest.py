@@ -53,6 +53,7 @@ class IngestOptions:
     workers: int = 2
     # share of the train split held out as `validation` (by content hash) when the source has no validation split
     validation_fraction: float = 0.0
+    limit: int = 0  # at most this many images of each split of the source, the first in its order (0: all)
 
 
 @dataclass
@@ -187,11 +188,23 @@ def open_source(spec: str, opts: IngestOptions) -> Source:
 VALIDATION = "validation"
 
 
+def limited(batches, limit: int):
+    """The first `limit` images of each split (0: all). Carving the held-out split after the limit keeps a smaller
+    dataset's validation images a subset of a larger one's: validation_mask decides by each image alone."""
+    seen = {}
+    for batch in batches:
+        room = limit - seen.get(batch.split, 0) if limit else len(batch.labels)
+        if room > 0:
+            seen[batch.split] = seen.get(batch.split, 0) + min(room, len(batch.labels))
+            yield Batch(batch.split, batch.images[:room], batch.labels[:room])
+
+
 def split_batches(source: Source, opts: IngestOptions):
-    """The source's batches with the held-out split carved out of train (validation_mask: by content, so the same
-    images every time); a source that has its own validation split keeps it. The fingerprint covers both splits."""
+    """The source's batches (up to opts.limit per split) with the held-out split carved out of train
+    (validation_mask: by content, so the same images every time); a source that has its own validation split keeps
+    it. The fingerprint covers both splits."""
     carve = opts.validation_fraction > 0 and VALIDATION not in opts.splits
-    for batch in source.batches():
+    for batch in limited(source.batches(), opts.limit):
         if not (carve and batch.split == "train"):
             yield batch
             continue
@@ -237,7 +250,8 @@ def check_options(opts: IngestOptions) -> None:
     """Sizes in range before anything is read or written; None keeps the source's own (resolution, shards)."""
     problems = []
     for name, value, optional in (("resolution", opts.resolution, True), ("rows_per_shard", opts.rows_per_shard, True),
-                                  ("num_images", opts.num_images, False), ("workers", opts.workers, False)):
+                                  ("num_images", opts.num_images, False), ("workers", opts.workers, False),
+                                  ("limit", opts.limit or None, True)):
         if not (value is None and optional) and not (isinstance(value, int) and value >= 1):
             problems.append(f"--{name.replace('_', '-')} {value} must be a whole number >= 1"
                             + (" (or left out)" if optional else ""))
@@ -286,7 +300,8 @@ def ingest(spec: str, dest: str, opts: IngestOptions | None = None, log=print) -
 
 
 def _write_all(fs, tmp: str, source: Source, opts: IngestOptions) -> dict:
-    size = _rows_per_shard(sum(source.counts.values()), opts)
+    counts = {s: min(n, opts.limit) if opts.limit else n for s, n in source.counts.items()}
+    size = _rows_per_shard(sum(counts.values()), opts)
     fingerprint, shards = Fingerprint(source.class_names), {}
     per_class = {}
     for batch in split_batches(source, opts):
@@ -304,6 +319,7 @@ def _write_all(fs, tmp: str, source: Source, opts: IngestOptions) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "source": source.description,
+        "limit": opts.limit,  # 0: every image of the source
         "resolution": source.resolution,
         "channels": source.channels,
         "class_names": source.class_names,
@@ -350,7 +366,7 @@ def ingest_options(preset: Preset) -> IngestOptions:
     data, classes = preset.data, preset.unet.num_classes or preset.classifier.num_classes
     return IngestOptions(resolution=data.resolution or preset.unet.image_size, resize=data.resize,
                          num_images=data.num_images, num_classes=classes, splits=tuple(data.splits),
-                         validation_fraction=data.validation_fraction)
+                         validation_fraction=data.validation_fraction, limit=data.limit)
 
 
 def cache_inputs(preset: Preset, source: str, content: str | None = None) -> dict:

@@ -119,6 +119,7 @@ SMOKE = ["--preset", "smoke"]
     (["run", "--dry-run"], "train_classifier.eval_interval=-1", ["train_classifier.eval_interval=-1", "0: off"]),
     (["run"], "train_diffusion.keep_best=true", ["train_diffusion.keep_best needs", "train_diffusion.eval_interval"]),
     (["config"], "data.validation_fraction=1", ["data.validation_fraction=1.0 must be in [0, 1)"]),
+    (["run", "--dry-run"], "data.limit=-1", ["data.limit=-1 must be a whole number >= 0", "0: every image"]),
     (["config"], "train_diffusion.ema_warmup=maybe", ["train_diffusion.ema_warmup='maybe'", "auto, on, off"]),
     (["run", "--dry-run"], "train_classifier.ema_warmup_power=0", ["train_classifier.ema_warmup_power=0.0"]),
     (["run"], "train_diffusion.init_from=no/such/checkpoint", ["train_diffusion.init_from='no/such/checkpoint'",

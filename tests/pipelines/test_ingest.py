@@ -10,7 +10,7 @@ from PIL import Image
 
 from components.data import DataError, make_shapes
 from pipelines.infra.dataset import DecodeBatch, describe, load_manifest, read_split
-from pipelines.stages.ingest import FASHION_MNIST_DIR, IngestOptions, ingest, source_fingerprint
+from pipelines.stages.ingest import FASHION_MNIST_DIR, Batch, IngestOptions, ingest, limited, source_fingerprint
 
 QUIET = dict(log=lambda *_: None)
 
@@ -67,6 +67,36 @@ def test_validation_split_is_carved_by_content_deterministically_and_disjoint_fr
     assert "validation" not in plain["counts"] and plain["fingerprint"] != first["fingerprint"]
     with pytest.raises(DataError, match="--validation-fraction 1.5 must be in"):
         ingest("shapes", str(tmp_path / "d"), dataclasses.replace(opts, validation_fraction=1.5), **QUIET)
+
+
+def test_limit_takes_the_first_images_and_a_grown_dataset_keeps_the_smaller_ones_held_out_images(tmp_path):
+    """--limit N: the source's first N images per split; carved after the limit, the held-out images of the first 120
+    are exactly the first held-out images of all 200 (what a retraining benchmark on grown data needs)."""
+    opts = IngestOptions(resolution=16, num_images=200, splits=("train", "test"), validation_fraction=0.2)
+    small = ingest("shapes", str(tmp_path / "small"), dataclasses.replace(opts, limit=120), **QUIET)
+    ingest("shapes", str(tmp_path / "full"), opts, **QUIET)
+    assert small["counts"]["test"] == 120 and small["counts"]["train"] + small["counts"]["validation"] == 120
+    assert small["limit"] == 120
+    source, _, _ = make_shapes(200, 16, 4, seed=0)
+    small_held, _ = read_split(str(tmp_path / "small"), "validation")
+    full_held, _ = read_split(str(tmp_path / "full"), "validation")
+    small_train, _ = read_split(str(tmp_path / "small"), "train")
+    first = {im.tobytes() for im in source[:120]}
+    assert {im.tobytes() for im in small_train} | {im.tobytes() for im in small_held} == first
+    assert 0 < len(small_held) < len(full_held) and np.array_equal(full_held[:len(small_held)], small_held)
+    assert source_fingerprint("shapes", dataclasses.replace(opts, limit=120)) == small["fingerprint"]
+    with pytest.raises(DataError, match="--limit -3 must be a whole number >= 1"):
+        ingest("shapes", str(tmp_path / "bad"), dataclasses.replace(opts, limit=-3), **QUIET)
+
+
+def test_limit_counts_across_a_splits_batches():
+    images = np.zeros((5, 2, 2, 1), dtype=np.uint8)
+    batches = [Batch("train", images, np.arange(5)), Batch("test", images, np.arange(5)),
+               Batch("train", images, np.arange(5, 10)), Batch("train", images, np.arange(10, 15))]
+    out = list(limited(iter(batches), 7))
+    assert [(b.split, list(b.labels)) for b in out] == [("train", [0, 1, 2, 3, 4]), ("test", [0, 1, 2, 3, 4]),
+                                                         ("train", [5, 6])]
+    assert sum(len(b.labels) for b in limited(iter(batches), 0)) == 20
 
 
 def test_image_folder_on_memory_filesystem(tmp_path):
