@@ -115,7 +115,7 @@ def _fashion_mnist() -> Preset:
         # (Inception FID 279 at scale 0); 0.99 leaves 1% (FID 121)
         # label dropout 0.1 (Ho & Salimans 2022): the same network also runs unconditionally, for CFG
         train_diffusion=TrainConfig(steps=450, batch_size=64, lr=2e-3, ema_rate=(0.99,), save_interval=150,
-                                    sample_interval=0, log_interval=20, label_dropout=0.1),
+                                    sample_interval=150, log_interval=20, label_dropout=0.1),
         train_classifier=TrainConfig(steps=500, batch_size=64, lr=1e-3, weight_decay=0.05, anneal_lr=True,
                                      ema_rate=(), save_interval=250, log_interval=20),
         evaluator=_small_classifier(16, 1, 10, pool="adaptive", attention_resolutions=(4,)),

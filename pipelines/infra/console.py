@@ -27,6 +27,10 @@ def quiet_ray_init_kwargs(verbose: bool) -> dict:
     ray.init(): a local instance's workers inherit the environment."""
     if verbose:
         return {}
+    # the raylet warns every driver when the workers it has started reach 4x this (default: the node's CPUs): a
+    # pipeline's trainers, controllers and actor pools pass 8 on a 2-CPU laptop, which is expected, not a problem.
+    # Read by a local instance's raylet (on a cluster, the cluster's own setting holds)
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(16, os.cpu_count() or 1)))
     # Ray Data's progress (tqdm or, off a terminal, the "logging progress" blocks) would duplicate ours
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported ("Creating tables...")

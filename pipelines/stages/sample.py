@@ -237,6 +237,34 @@ class GuidedSampler:
 
 
 # --- the driver --------------------------------------------------------------------------------------------------
+class CellProgress:
+    """Images made per grid cell as shards finish. On a terminal each cell gets its own bar; a log (CI) keeps the one
+    line of the whole stage, which says how many cells are done."""
+
+    def __init__(self, cells: list[Cell], shards, pending: list[int], log):
+        self.cells, self.shards, self.log = cells, shards, log
+        self.total = np.zeros(len(cells), dtype=np.int64)
+        self.done = np.zeros(len(cells), dtype=np.int64)
+        waiting = set(pending)
+        for k, shard in enumerate(shards):
+            for j, _ in shard:
+                self.total[j] += 1
+                self.done[j] += k not in waiting
+        self.live = bool(getattr(log, "live", False))
+
+    @property
+    def finished(self) -> int:
+        return int((self.done == self.total).sum())
+
+    def shard_done(self, k: int) -> None:
+        touched = sorted({j for j, _ in self.shards[k]})
+        for j, _ in self.shards[k]:
+            self.done[j] += 1
+        if self.live:
+            for j in touched:
+                progress(self.log, f"[sample] {self.cells[j].key}", int(self.done[j]), int(self.total[j]))
+
+
 def run_sampling(job: SampleJob, log=print) -> SampleResult:
     import ray
 
@@ -258,12 +286,13 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
         ds = ds.map_batches(GuidedSampler, fn_constructor_args=(job, max(1, round(resources["num_cpus"]))),
                             batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), batch_format="numpy",
                             **resources)
-        made = 0
+        made, cells_made = 0, CellProgress(cells, shards, pending, log)
         for row in ds.iter_rows():
             made, busy = made + int(row["images"]), busy + float(row["seconds"])
             if not row["first"]:
                 warm_images, warm_seconds = warm_images + int(row["images"]), warm_seconds + float(row["seconds"])
-            progress(log, "[sample] images", made, total)
+            cells_made.shard_done(int(row["shard"]))
+            progress(log, "[sample] images", made, total, f"{cells_made.finished}/{len(cells)} cells done")
     npz, grids, coords = assemble(job, shards, trained_sigmas(diffusion_ref.preset.diffusion))
     return SampleResult(job.out, npz, grids, len(pending), len(shards) - len(pending), cells=coords,
                         busy_seconds=busy, warm_images=warm_images, warm_seconds=warm_seconds)

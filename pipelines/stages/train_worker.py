@@ -187,7 +187,7 @@ def _log_step(tracker, job: WorkerConfig, learner: Learner, metrics: dict, progr
         sys.stdout.write(progress.line(step, metrics["loss"]) + "\n")
         sys.stdout.flush()
     every = cfg.sample_interval
-    if network_kind(learner.kind).is_unet and every and (step % every == 0 or step == cfg.steps):
+    if network_kind(learner.kind).is_unet and ((every and step % every == 0) or step == cfg.steps):  # 0: the end
         grid = learner.sample_grid()
         image = image_grid(to_uint8(grid), rows=learner.preset.unet.num_classes or 1)
         tracker.log_image(run_id, image, f"samples/step_{step:07d}.png")

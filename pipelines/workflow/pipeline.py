@@ -9,6 +9,7 @@ starts again in its old run. Files go under ``workdir``: ``data/`` (ingested dat
 
 import os
 import posixpath
+import shutil
 import time
 
 import ray
@@ -18,6 +19,7 @@ from components.kinds import KINDS
 from pipelines.infra import tags
 from pipelines.infra.dataset import load_manifest
 from pipelines.infra.init_from import resolve_inits
+from pipelines.infra.ray_logs import RunLogs
 from pipelines.infra.storage import write_bytes_atomic
 from pipelines.infra.tracking import Tracker, check_tracking
 from pipelines.stages import evaluate, ingest, register, report, sample, train
@@ -25,6 +27,18 @@ from pipelines.workflow.request import RunRequest, code_version, config_hash
 from pipelines.workflow.stage_cache import StageCache, stage_key
 
 STAGES = ("ingest", "train", "sample", "evaluate", "register")
+
+
+PIPELINE_SECTIONS = ("data", "diffusion", "sample", "evaluate")  # what the pipeline run's own metrics depend on
+
+
+def pipeline_params(preset, req: RunRequest) -> dict:
+    """The pipeline run's params: the preset, the data and the config sections its metrics are plotted against (the
+    grid and its evaluation); each network's sections are params of its training run, and the whole resolved config
+    is the artifact config/resolved.json."""
+    values = to_dict(preset)
+    return {"preset": preset.name, "source": req.source, "config_hash": config_hash(preset),
+            **{name: values[name] for name in PIPELINE_SECTIONS}}
 
 
 class Pipeline:
@@ -55,7 +69,7 @@ class Pipeline:
     def _open(self) -> str:
         run_id = self.tracker.start_run(self.req.experiment, f"adm-run-{self.preset.name}", self.req.parent_run_id,
                                         tags={tags.PIPELINE: self.preset.name})
-        self.tracker.log_params(run_id, to_dict(self.preset))
+        self.tracker.log_params(run_id, pipeline_params(self.preset, self.req))
         self.tracker.log_dict(run_id, {"preset": to_dict(self.preset), "data": self.req.data,
                                        "workdir": self.req.workdir}, "config/resolved.json")
         self.log(f"pipeline run {run_id} (experiment {self.req.experiment!r}, tracking {self.tracker.uri})")
@@ -67,14 +81,29 @@ class Pipeline:
     def execute(self) -> dict:
         self.started = time.time()
         self.start()
+        logs = RunLogs()
+        logs.start()
         try:
             result = self._chain()
         except BaseException as e:
+            self.keep_logs(logs, interrupted=not isinstance(e, Exception))
             self.tracker.end_failed(self.run_id, e)
             raise
         self.write_report(result["rows"])
+        self.keep_logs(logs)
         self.tracker.end_run(self.run_id)
         return {"run_id": self.run_id, **result}
+
+    def keep_logs(self, logs: RunLogs, interrupted: bool = False) -> None:
+        """Ray's and MLflow's logs of this run into runs/<id>/logs and the run's `logs` artifacts. After Ctrl-C only
+        the driver's: Ray is shutting down, and the user is waiting."""
+        try:
+            folder = logs.collect(self.path("runs", self.run_id), workers=not interrupted)
+            self.tracker.log_artifacts(self.run_id, folder, "logs")
+        except Exception as e:  # the logs are a convenience: never the reason a finished run fails
+            self.log(f"note: the run's Ray and MLflow logs were not kept ({type(e).__name__}: {e})")
+        finally:
+            shutil.rmtree(logs.folder, ignore_errors=True)
 
     def _chain(self) -> dict:
         """The stages in order, each from the cache where its inputs match a finished run."""

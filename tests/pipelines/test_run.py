@@ -100,6 +100,13 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     grid = client.download_artifacts(scale_runs[0].info.run_id, "grid.png", str(tmp_path))
     assert Image.open(grid).width >= 512
     check_pipeline_run_ui(client, first, stages, trainers)
+    # Ray's worker logs of the run (off the console) kept in the run folder and as artifacts: the trainers' worker
+    # output is among them (Ray Train's "Started training worker group" line of its controller)
+    logs = tmp_path / "work" / "runs" / first["run_id"] / "logs"
+    worker_text = "".join(p.read_text() for p in logs.glob("ray/*/worker-*"))
+    assert "training worker group" in worker_text, sorted(p.name for p in logs.rglob("*"))
+    assert (logs / "driver.log").exists()
+    assert {a.path for a in client.list_artifacts(first["run_id"], "logs")} >= {"logs/driver.log", "logs/ray"}
     plots = {a.path for a in client.list_artifacts(first["run_id"], "plots")}
     assert "plots/precision_vs_recall.png" in plots
     assert parent.inputs.dataset_inputs[0].dataset.digest == first["data"]["fingerprint"][:36]
@@ -152,6 +159,12 @@ def check_pipeline_run_ui(client, first, stages, trainers):
     assert flat == [], flat  # no flat one-value-per-scale metrics (one single-bar chart each)
     assert parent.data.tags["mlflow.note.content"].startswith(f"# adm run {run_id}")
     assert parent.data.tags["mlflow.source.name"] == "adm" and parent.data.tags["mlflow.user"]
+    # the grid's sections, not every network's (those are on the training runs; the whole config is an artifact)
+    assert {name.split(".")[0] for name in parent.data.params} == {"preset", "source", "config_hash", "data",
+                                                                   "diffusion", "sample", "evaluate"}
+    assert parent.data.params["sample.guidance_scales"] == "0.0,2.0" and parent.data.params["preset"] == "smoke"
+    resolved = json.loads(Path(client.download_artifacts(run_id, "config/resolved.json")).read_text())
+    assert resolved["preset"]["train_diffusion"]["steps"] == 20
     experiment = client.get_experiment(parent.info.experiment_id)  # the UI opens it on its runs, not GenAI overview
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert all(r.data.tags["mlflow.note.content"].startswith(f"The {name} stage") for name, r in stages.items())
@@ -424,7 +437,7 @@ def test_mlflow_project_entry_point(tmp_path, mlflow_server):
 
 
 
-RAY_INTERNALS = ("logging_progress", "Running Dataset", "PreemptionWatcher",
+RAY_INTERNALS = ("logging_progress", "Running Dataset", "PreemptionWatcher", "worker processes have been started",
                  "RayDeprecationWarning", "exclude_resources", "tqdm is not installed", "Add type hints",
                  "Token authentication", "(TrainController", "(RayTrainWorker", "mlflow.store.db.utils")
 
