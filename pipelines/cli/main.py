@@ -10,6 +10,8 @@ from components.config import UserError, to_dict
 from components.presets import PRESET_BUILDERS, get_preset
 from pipelines.cli import data, evaluate, jobs, models, run, sample, train
 from pipelines.cli.common import preset_args, resolved_preset
+from pipelines.infra.services import store_failed
+from pipelines.infra.tracking import bound_http_retries, server_gone
 
 
 def cmd_presets(args) -> int:
@@ -49,17 +51,27 @@ def main(argv=None) -> int:
     args.parser = parser  # adm submit / schedule check the command they wrap with this same parser
     if getattr(args, "takes_extra", False):
         args.command = extra  # adm submit: everything after the submit options is the adm command to run
+    bound_http_retries()
     try:
         return args.func(args)
     except (UserError, OSError) as e:  # OSError: files, permissions, disks, the network: the user's to fix
-        if args.debug or os.environ.get("ADM_TRACEBACK"):
-            traceback.print_exc()
-        print(f"adm: error: {e}", file=sys.stderr)
-        return 2
+        return _error(args, str(e))
+    except Exception as e:  # a service that answered the probes and then failed: named, with the fix
+        gone = server_gone(e) or store_failed(e)
+        if gone is None:
+            raise
+        return _error(args, gone)
     except KeyboardInterrupt:
         print("adm: interrupted; the MLflow runs are marked KILLED (adm run --resume RUN_ID continues a pipeline)",
               file=sys.stderr)
         return 130
+
+
+def _error(args, message: str) -> int:
+    if args.debug or os.environ.get("ADM_TRACEBACK"):
+        traceback.print_exc()
+    print(f"adm: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pipelines.cli.common import preset_args, resolved_preset
 
 
 def request_from_args(args):
-    from pipelines.infra.tracking import Tracker
+    from pipelines.infra.tracking import Tracker, raise_if_gone
     from pipelines.workflow.request import RunRequest
 
     common = dict(tracking_uri=args.tracking_uri, experiment=args.experiment, force=args.force,
@@ -25,6 +25,7 @@ def request_from_args(args):
         except UserError:  # our own message (store missing, server down) already names the input and the fix
             raise
         except Exception as e:
+            raise_if_gone(e)
             raise UserError(f"cannot read the config of run {args.resume} ({type(e).__name__}: {str(e)[:300]}); "
                             "check the run id and MLFLOW_TRACKING_URI") from None
         saved = json.loads(open(path).read())

@@ -81,7 +81,7 @@ def _fetch_once(target: Path, download) -> Path:
 
 def _local_folder(uri: str, tracking_uri: str | None, workdir: Path | None) -> Path:
     if uri.startswith(("runs:/", "models:/")):
-        from pipelines.infra.tracking import Tracker
+        from pipelines.infra.tracking import Tracker, raise_if_gone
 
         tracker = Tracker(tracking_uri)
         run_id = tracker.model_source_run(uri) if uri.startswith("models:/") else uri[len("runs:/"):].split("/")[0]
@@ -93,6 +93,7 @@ def _local_folder(uri: str, tracking_uri: str | None, workdir: Path | None) -> P
                                 lambda d: tracker.download_artifacts(run_id, "checkpoint", d))
             return fetch / "checkpoint"
         except Exception as e:
+            raise_if_gone(e)
             raise UserError(f"cannot fetch the checkpoint of MLflow run {run_id} ({type(e).__name__}: {e}); "
                             "check the run id and MLFLOW_TRACKING_URI") from None
     fs, path = fsspec.core.url_to_fs(uri)

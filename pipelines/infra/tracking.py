@@ -7,6 +7,8 @@ tracking store is a local sqlite file (``sqlite:///<cwd>/mlflow.db``); remote wo
 """
 
 import os
+import re
+import sys
 import threading
 import time
 import urllib.error
@@ -42,6 +44,42 @@ _REACHABLE: set[str] = set()  # servers probed once in this process
 
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+# MLflow's client retries a request to a server that does not answer 7 times with doubling waits: about 4 minutes of
+# silence. 4 retries from 1 s give up after about 15 s, long enough for a server restart to pass unnoticed
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def bound_http_retries() -> None:
+    """Bounded retries for every later call to the tracking server, in this process and in the local Ray instance's
+    workers it starts (call before ray.init()); a user's own setting of these variables wins."""
+    for name, value in HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
+
+
+def server_gone(error: BaseException) -> str | None:
+    """What to tell the user when an MLflow call failed because the tracking server stopped answering after the
+    first probe (MLflow reports it as an MlflowException naming the request), else None."""
+    exceptions = sys.modules.get("mlflow.exceptions")
+    text = str(error)
+    if exceptions is None or not isinstance(error, exceptions.MlflowException):
+        return None
+    if not any(cause in text for cause in ("Max retries exceeded", "Connection refused", "timed out")):
+        return None
+    found = re.search(r"API request to (https?://[^/\s]+)", text)
+    server = found.group(1) if found else "the MLflow tracking server"
+    return (f"the MLflow tracking server {server} stopped answering ({text.split(' failed with exception ')[-1][:200]}"
+            "); start it again and rerun the command (a pipeline run continues with adm run --resume RUN_ID, its "
+            "finished stages reused)")
+
+
+def raise_if_gone(error: BaseException) -> None:
+    """Re-raise `error` as our TrackingError when it is the server going away, so that a lookup that treats any
+    failure as "not found" does not report a dead server as a missing model."""
+    gone = server_gone(error)
+    if gone is not None:
+        raise TrackingError(gone) from None
 
 
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
@@ -159,7 +197,8 @@ class Tracker:
         try:
             return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
                                                  tags=dict([EXPERIMENT_KIND_ML]))
-        except Exception:  # created concurrently by another process
+        except Exception as e:  # created concurrently by another process
+            raise_if_gone(e)
             return self.client.get_experiment_by_name(name).experiment_id
 
     def _artifact_location(self, experiment: str) -> str | None:
@@ -308,6 +347,7 @@ class Tracker:
         except UserError:
             raise
         except Exception as e:
+            raise_if_gone(e)
             raise UserError(f"cannot find model {model_uri} in the MLflow registry at {self.uri} "
                             f"({type(e).__name__}: {str(e)[:200]}); check the name, version or alias "
                             "(`adm` registers <prefix>-diffusion and <prefix>-classifier) and MLFLOW_TRACKING_URI"
@@ -318,8 +358,8 @@ class Tracker:
         """A version of registered model `name` for `model_uri` (the existing one if this run already registered it)."""
         try:
             self.client.create_registered_model(name)
-        except Exception:  # exists already
-            pass
+        except Exception as e:  # exists already
+            raise_if_gone(e)
         model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
         found = [v.version for v in self.client.search_model_versions(f"name = '{name}'")
                  if v.run_id == run_id and v.source == model_uri]
@@ -347,7 +387,8 @@ class Tracker:
             return None
         try:
             return self.client.get_model_version_by_alias(name, alias)
-        except Exception:
+        except Exception as e:
+            raise_if_gone(e)
             return None
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
@@ -363,7 +404,8 @@ class Tracker:
             return None
         try:
             return self.client.get_registered_model(name)
-        except Exception:
+        except Exception as e:
+            raise_if_gone(e)
             return None
 
     def model_versions(self, name: str) -> list:
@@ -371,5 +413,6 @@ class Tracker:
             return []
         try:
             return list(self.client.search_model_versions(f"name = '{name}'"))
-        except Exception:
+        except Exception as e:
+            raise_if_gone(e)
             return []

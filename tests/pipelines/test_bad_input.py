@@ -9,11 +9,14 @@ per-test timeout catches a command that waits out network retries (the old code 
 """
 
 import importlib.util
+import json
 import os
 import pickle
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import fsspec
@@ -236,6 +239,23 @@ def test_mlflow_server_down(box, capsys, monkeypatch, command):
     refused(box, capsys, command, server, "unreachable", "mlflow server")
 
 
+@pytest.mark.timeout(150)  # MLflow's own retry policy would wait about 4 minutes before giving up
+@pytest.mark.parametrize("command", [["run", "--resume", "0123abcd"], ["models", "list"],
+                                     ["sample", "--diffusion", "runs:/0123abcd", "--scales", "0", "--out", "s"]])
+def test_mlflow_server_gone_after_the_probe(box, capsys, monkeypatch, command):
+    """A server that answered the first probe and then went away (here: recorded as probed, nothing listening):
+    every later MLflow call gives up after bounded retries, and adm says which server and what to do."""
+    from pipelines.infra import tracking
+
+    server = f"http://127.0.0.1:{dead_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    monkeypatch.setattr(tracking, "_REACHABLE", {server})
+    for name in tracking.HTTP_RETRIES:
+        monkeypatch.delenv(name, raising=False)  # restored after the test: adm sets them in this process
+    text = refused(box, capsys, command, server, "stopped answering", "start it again", "--resume")
+    assert "unreachable" not in text  # not the probe's refusal: the later call's
+
+
 def test_ray_address_with_nothing_listening(box, capsys, monkeypatch):
     address = f"127.0.0.1:{dead_port()}"
     monkeypatch.setenv("RAY_ADDRESS", address)
@@ -255,6 +275,85 @@ def test_work_dir_on_a_filesystem_without_its_driver(box, capsys):
         fsspec.register_implementation("admtest", "adm_no_such_package.FileSystem", errtxt="Install the driver")
         url = "admtest://bucket/work"
     refused(box, capsys, ["run", "--dry-run", *SMOKE, "--workdir", url], url, "not installed")
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto's, on 127.0.0.1) with one bucket, `adm-bucket`; yields its endpoint URL."""
+    pytest.importorskip("s3fs", reason="s3fs (the dev extra) is the driver of s3:// URLs")
+    port = dead_port()
+    log = open(tmp_path_factory.mktemp("s3") / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{endpoint}/adm-bucket", method="PUT"), timeout=2).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, "moto's S3 server did not start"
+            time.sleep(0.5)
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """No credentials from this machine's files or metadata service; s3:// goes to the test's server."""
+    import s3fs
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_EC2_METADATA_DISABLED": "true",
+                        "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # an instance keeps the credentials it was made with
+    yield monkeypatch
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _with_credentials(env) -> None:
+    env.setenv("AWS_ACCESS_KEY_ID", "test")
+    env.setenv("AWS_SECRET_ACCESS_KEY", "test")
+
+
+def test_work_dir_in_an_object_store_without_credentials(box, capsys, s3_env):
+    url = "s3://adm-bucket/work"
+    refused(box, capsys, ["run", "--dry-run", *SMOKE, "--workdir", url], url, "no credentials", "AWS_ACCESS_KEY_ID")
+
+
+def test_work_dir_in_a_bucket_that_does_not_exist(box, capsys, s3_env):
+    _with_credentials(s3_env)
+    url = "s3://no-such-bucket/work"
+    refused(box, capsys, ["run", "--dry-run", *SMOKE, "--workdir", url], url, "'no-such-bucket' does not exist")
+
+
+def test_object_store_endpoint_with_nothing_listening(box, capsys, s3_env):
+    _with_credentials(s3_env)
+    s3_env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{dead_port()}")
+    url = "s3://adm-bucket/data"
+    refused(box, capsys, ["data", "ingest", "shapes", url, "--num-images", "8"], url, "the endpoint", "network")
+
+
+def test_object_store_gone_after_the_probe(box, capsys, s3_env):
+    """A store that answered the probe and then went away (here: the probe recorded as passed, nothing listening at
+    the endpoint): the driver's own error (botocore's, not an OSError) is named, with the fix, without a traceback."""
+    from pipelines.infra import services
+
+    _with_credentials(s3_env)
+    s3_env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{dead_port()}")
+    s3_env.setattr(services, "probe_object_store", lambda url, what: None)
+    refused(box, capsys, ["data", "ingest", "shapes", "s3://adm-bucket/data", "--num-images", "8"],
+            "the object store failed", "EndpointConnectionError", "--resume")
+
+
+def test_work_dir_in_an_object_store_with_credentials_passes_the_probe(box, capsys, s3_env):
+    _with_credentials(s3_env)
+    assert main(["run", "--dry-run", *SMOKE, "--workdir", "s3://adm-bucket/work"]) == 0
+    assert json.loads(capsys.readouterr().out)["workdir"] == "s3://adm-bucket/work"
 
 
 # --- files: the user's path, never a temporary name ------------------------------------------------------------------
