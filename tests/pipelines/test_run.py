@@ -450,9 +450,9 @@ def test_console_of_a_run_in_a_log_file(tmp_path):
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     lines = (done.stdout + done.stderr).splitlines()
-    # not yet: the raylet's "N PYTHON worker processes" warnings (Ray's error channel to every driver) and the driver
-    # core worker's C++ line about Ray Data actors' constructor arguments; no setting turns either off short of
-    # Ray's log level for all its processes (issue 21's closing note)
+    # not yet: the driver core worker's C++ line about Ray Data actors' constructor arguments in the object store; no
+    # setting turns it off short of Ray's log level for all its processes or actors that are never restarted (issue
+    # 21's closing note). The raylet's worker-count warning is gone (console.quiet_ray_init_kwargs)
     internal = [line for line in lines if any(mark in line for mark in RAY_INTERNALS)]
     assert internal == [], internal
     progress = [line for line in lines if re.match(r"\[(diffusion|classifier|evaluator)\] training: \d+/20", line)]
