@@ -11,7 +11,7 @@ from components.presets import PRESET_BUILDERS, get_preset
 from pipelines.cli import data, evaluate, jobs, models, run, sample, train
 from pipelines.cli.common import preset_args, resolved_preset
 from pipelines.infra.services import store_failed
-from pipelines.infra.tracking import bound_http_retries, server_gone
+from pipelines.infra.tracking_checks import bound_http_retries, server_gone
 
 
 def cmd_presets(args) -> int:

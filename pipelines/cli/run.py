@@ -12,7 +12,8 @@ from pipelines.cli.common import preset_args, resolved_preset
 
 
 def request_from_args(args):
-    from pipelines.infra.tracking import Tracker, raise_if_gone
+    from pipelines.infra.tracking import Tracker
+    from pipelines.infra.tracking_checks import raise_if_gone
     from pipelines.workflow.request import RunRequest
 
     common = dict(tracking_uri=args.tracking_uri, experiment=args.experiment, force=args.force,
@@ -102,7 +103,7 @@ def cmd_ui(args) -> int:
     import subprocess
     import sys
 
-    from pipelines.infra.tracking import TrackingError, resolve_tracking_uri, sqlite_path
+    from pipelines.infra.tracking_checks import TrackingError, resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):

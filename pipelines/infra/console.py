@@ -19,7 +19,11 @@ PLAIN_EVERY_S = 10.0  # a CI log gets a line per task this often at most (and th
 
 
 def verbose_requested(flag: bool = False) -> bool:
-    return flag or os.environ.get("ADM_VERBOSE", "") not in ("", "0")
+    """`--verbose` (`flag`) or ADM_VERBOSE=1. The flag is kept in ADM_VERBOSE, so that later checks in this process
+    (the pipeline's log capture) see it too."""
+    if flag:
+        os.environ["ADM_VERBOSE"] = "1"
+    return os.environ.get("ADM_VERBOSE", "") not in ("", "0")
 
 
 def quiet_ray_init_kwargs(verbose: bool) -> dict:

@@ -81,7 +81,8 @@ def _fetch_once(target: Path, download) -> Path:
 
 def _local_folder(uri: str, tracking_uri: str | None, workdir: Path | None) -> Path:
     if uri.startswith(("runs:/", "models:/")):
-        from pipelines.infra.tracking import Tracker, raise_if_gone
+        from pipelines.infra.tracking import Tracker
+        from pipelines.infra.tracking_checks import raise_if_gone
 
         tracker = Tracker(tracking_uri)
         run_id = tracker.model_source_run(uri) if uri.startswith("models:/") else uri[len("runs:/"):].split("/")[0]

@@ -1,6 +1,6 @@
-"""The logs `adm` keeps off the console, kept with the run: Ray's and MLflow's driver-side log records, and the Ray
-worker logs of this driver's job (the stdout/stderr of every trainer, sampling and featurizing actor, Ray Data's
-logs, the raylet's worker warnings) from every node of the cluster.
+"""The logs `adm` keeps off the console, kept with the run: Ray's and MLflow's driver-side log records (and, from the
+command line, what Ray's C++ core worker in the driver prints), and the Ray worker logs of this driver's job (the
+stdout/stderr of every trainer, sampling and featurizing actor, Ray Data's logs) from every node of the cluster.
 
 Worker logs are read through Ray's state API (the dashboard of the cluster), so the same code collects them from a
 local instance and from a remote cluster. They are written into the run folder (runs/<run id>/logs/) and logged as the
@@ -10,6 +10,7 @@ pipeline run's `logs` artifacts; a cluster without a dashboard leaves a note say
 import logging
 import os
 import posixpath
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,36 @@ LOGGERS = ("ray", "mlflow", "py.warnings")  # the libraries' own records on the 
 MAX_BYTES = 5 << 20  # the tail of a longer worker log is kept
 
 
+class NativeStderr:
+    """While active, what native code writes straight to file descriptor 2 (the C++ core worker inside this driver:
+    Ray's warnings about its own actors) goes to `path`; Python's sys.stderr, where adm's messages go, keeps the
+    console. Only for a command line run: it changes the whole process."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.saved = self.file = self.python = None
+
+    def start(self) -> None:
+        sys.stderr.flush()
+        self.saved, self.python = os.dup(2), sys.stderr
+        self.file = open(self.path, "ab")
+        os.dup2(self.file.fileno(), 2)
+        sys.stderr = os.fdopen(os.dup(self.saved), "w", buffering=1, encoding=self.python.encoding,
+                               errors="backslashreplace")
+
+    def stop(self) -> None:
+        if self.saved is None:
+            return
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        # the console stream stays open: a logging handler made during the run may hold it, and it still writes to
+        # the console
+        sys.stderr = self.python
+        os.close(self.saved)
+        self.file.close()
+        self.saved = None
+
+
 class RunLogs:
     """Collects a pipeline run's logs in a local folder from start() until collect()."""
 
@@ -26,14 +57,19 @@ class RunLogs:
         self.folder = Path(tempfile.mkdtemp(prefix="adm-logs-"))
         self.handler = logging.FileHandler(self.folder / "driver.log", encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.native = NativeStderr(self.folder / "driver-native.log")
 
-    def start(self) -> None:
+    def start(self, native: bool = False) -> None:
+        """Record the libraries' log records; with `native`, also the driver's native stderr (see NativeStderr)."""
         for name in LOGGERS:
             logging.getLogger(name).addHandler(self.handler)
+        if native:
+            self.native.start()
 
     def collect(self, run_folder: str, workers: bool = True) -> Path:
         """Stop recording, add the job's Ray worker logs (`workers`), copy everything to RUN_FOLDER/logs; returns the
         local folder."""
+        self.native.stop()
         for name in LOGGERS:
             logging.getLogger(name).removeHandler(self.handler)
         self.handler.close()

@@ -47,10 +47,14 @@ def npz_bytes(**arrays) -> bytes:
     return buf.getvalue()
 
 
-def read_npz(url: str) -> dict:
+def read_bytes(url: str) -> bytes:
     with fsspec.open(url, "rb") as f:
-        data = np.load(io.BytesIO(f.read()), allow_pickle=False)
-        return {name: data[name] for name in data.files}
+        return f.read()
+
+
+def read_npz(url: str) -> dict:
+    data = np.load(io.BytesIO(read_bytes(url)), allow_pickle=False)
+    return {name: data[name] for name in data.files}
 
 
 def exists(url: str) -> bool:

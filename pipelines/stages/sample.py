@@ -15,7 +15,6 @@ classes, columns = samples) and cell.json (the cell's coordinates and compute pe
 """
 
 import functools
-import io
 import json
 import posixpath
 import tempfile
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from components.config import SampleConfig, UserError, to_dict
-from components.data import class_grid, to_uint8
+from components.data import to_uint8
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierFreeGuidance, ClassifierGuidance, trained_sigmas
 from components.kinds import has_null_class
@@ -40,8 +39,9 @@ from pipelines.infra.console import progress
 from pipelines.infra.model_refs import NetworkRef, resolve
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
-from pipelines.infra.storage import check_writable, exists, npz_bytes, read_npz, write_bytes_atomic
+from pipelines.infra.storage import check_writable, exists, npz_bytes, read_bytes, read_npz, write_bytes_atomic
 from pipelines.infra.tracking import Tracker
+from pipelines.stages.grids import cells_sheet, labeled_grid
 
 
 @dataclass
@@ -335,31 +335,6 @@ def assemble(job: SampleJob, shards, sigmas: np.ndarray) -> tuple[dict, dict, di
     return npz, grids, coords
 
 
-def labeled_grid(images: np.ndarray, labels: np.ndarray, caption: str, names=None, width: int = 512) -> bytes:
-    """The class x sample grid as PNG bytes, upscaled (nearest) to about `width` px so that the MLflow UI does not show
-    a 16 px-per-image thumbnail, with each row's class name (`names[label]`, else "class <label>") at its left and
-    `caption` (the grid cell) on top."""
-    from PIL import Image, ImageDraw
-
-    grid = class_grid(images, labels)  # uint8 [H, W, C], one row of images per class, classes ascending
-    classes = sorted(set(labels.tolist()))[:10]
-    factor = max(1, width // grid.shape[1])
-    big = grid.repeat(factor, axis=0).repeat(factor, axis=1)
-    picture = Image.fromarray(big[..., 0] if big.shape[-1] == 1 else big).convert("RGB")
-    margin, top = 64, 20
-    canvas = Image.new("RGB", (picture.width + margin, picture.height + top), "white")
-    canvas.paste(picture, (margin, top))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, 4), caption, fill="black")
-    row = picture.height / max(1, len(classes))
-    for i, label in enumerate(classes):
-        name = names[label] if names is not None and label < len(names) else f"class {label}"
-        draw.text((4, top + int((i + 0.5) * row) - 6), name, fill="black")
-    out = io.BytesIO()
-    canvas.save(out, format="PNG")
-    return out.getvalue()
-
-
 def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResult:
     """One child run per cell: its coordinates and compute as params and as numeric metrics (so the compare view can
     plot any metric against any of them), the grid as an image artifact, the NPZ URL as a tag."""
@@ -385,8 +360,8 @@ def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResu
                                   f"grid.png, the samples {result.npz[cell.key]}"})
         with tempfile.TemporaryDirectory() as tmp:
             local = posixpath.join(tmp, "grid.png")
-            with fsspec.open(result.grids[cell.key], "rb") as src, open(local, "wb") as dst:
-                dst.write(src.read())
+            with open(local, "wb") as dst:
+                dst.write(read_bytes(result.grids[cell.key]))
             tracker.log_artifact(run_id, local)
         tracker.end_run(run_id)
         result.run_ids[cell.key] = run_id
@@ -414,4 +389,7 @@ def sample_stage(run_id: str, preset, trained: dict, out: str, tracking_uri: str
                     tracking_uri=tracking_uri, experiment=experiment, parent_run_id=run_id,
                     class_names=tuple(class_names) if class_names else None)
     result = log_to_mlflow(job, run_sampling(job, log=log), log=log)
-    return {"out": job.out, "npz": dict(result.npz), "cell_runs": dict(result.run_ids)}
+    sheet = posixpath.join(job.out.rstrip("/"), "all_cells.png")
+    grids = {key: read_bytes(url) for key, url in result.grids.items()}
+    write_bytes_atomic(sheet, cells_sheet(grids, job.cells))
+    return {"out": job.out, "npz": dict(result.npz), "cell_runs": dict(result.run_ids), "sheet": sheet}

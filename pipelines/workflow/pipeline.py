@@ -10,6 +10,7 @@ starts again in its old run. Files go under ``workdir``: ``data/`` (ingested dat
 import os
 import posixpath
 import shutil
+import tempfile
 import time
 
 import ray
@@ -17,11 +18,13 @@ import ray
 from components.config import ConfigError, to_dict
 from components.kinds import KINDS
 from pipelines.infra import tags
+from pipelines.infra.console import Console, verbose_requested
 from pipelines.infra.dataset import load_manifest
 from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.ray_logs import RunLogs
-from pipelines.infra.storage import write_bytes_atomic
-from pipelines.infra.tracking import Tracker, check_tracking
+from pipelines.infra.storage import exists, read_bytes, write_bytes_atomic
+from pipelines.infra.tracking import Tracker
+from pipelines.infra.tracking_checks import check_tracking
 from pipelines.stages import evaluate, ingest, register, report, sample, train
 from pipelines.workflow.request import RunRequest, code_version, config_hash
 from pipelines.workflow.stage_cache import StageCache, stage_key
@@ -82,7 +85,8 @@ class Pipeline:
         self.started = time.time()
         self.start()
         logs = RunLogs()
-        logs.start()
+        # from the command line (a Console) and not --verbose: Ray's native driver output to the log too
+        logs.start(native=isinstance(self.log, Console) and not verbose_requested())
         try:
             result = self._chain()
         except BaseException as e:
@@ -119,6 +123,7 @@ class Pipeline:
         sampled = run("sample", sample.cache_inputs(preset, trained), lambda run_id: sample.sample_stage(
             run_id, preset, trained, self.path("runs", self.run_id, "samples"), tracker.uri, req.experiment,
             self.log, names), still_valid=sample.samples_exist)
+        self.log_sheet(sampled.get("sheet"))
         # metrics go into the sampling stage's per-cell runs when that stage ran in this invocation
         cell_runs = sampled["cell_runs"] if "sample" in self.cache.computed else {}
         evaluated = run("evaluate", evaluate.cache_inputs(preset, data["fingerprint"], sampled),
@@ -138,6 +143,17 @@ class Pipeline:
                                            for kind, r in registered.items()})
         return {"data": data, "train": trained, "sample": sampled, "rows": evaluated["rows"],
                 "registered": registered, "stage_times": self.cache.times}
+
+    def log_sheet(self, url: str | None) -> None:
+        """All cells' sample grids side by side, on the pipeline run (samples/all_cells.png); a sample stage reused
+        from before the sheet existed has none."""
+        if not url or not exists(url):
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, "all_cells.png")
+            with open(local, "wb") as f:
+                f.write(read_bytes(url))
+            self.tracker.log_artifact(self.run_id, local, "samples")
 
     def write_report(self, rows: list) -> None:
         """report.md (machine, wall time, metrics table) beside the run's outputs and on the pipeline run."""

@@ -11,7 +11,7 @@ from pipelines import PROJECT_ROOT
 from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.services import check_ray_address, check_url
 from pipelines.infra.storage import digest
-from pipelines.infra.tracking import check_tracking, resolve_tracking_uri
+from pipelines.infra.tracking_checks import check_tracking, resolve_tracking_uri
 
 
 @dataclass

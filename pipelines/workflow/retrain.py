@@ -21,7 +21,8 @@ from components.config import ConfigError, apply_overrides
 from components.kinds import REGISTERED
 from pipelines.infra import tags
 from pipelines.infra.init_from import resolve_inits
-from pipelines.infra.tracking import Tracker, check_tracking
+from pipelines.infra.tracking import Tracker
+from pipelines.infra.tracking_checks import check_tracking
 from pipelines.stages.ingest import ingest_options, source_fingerprint
 from pipelines.stages.register import CHAMPION
 from pipelines.workflow.pipeline import Pipeline

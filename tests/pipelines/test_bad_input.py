@@ -245,12 +245,12 @@ def test_mlflow_server_down(box, capsys, monkeypatch, command):
 def test_mlflow_server_gone_after_the_probe(box, capsys, monkeypatch, command):
     """A server that answered the first probe and then went away (here: recorded as probed, nothing listening):
     every later MLflow call gives up after bounded retries, and adm says which server and what to do."""
-    from pipelines.infra import tracking
+    from pipelines.infra import tracking_checks
 
     server = f"http://127.0.0.1:{dead_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    monkeypatch.setattr(tracking, "_REACHABLE", {server})
-    for name in tracking.HTTP_RETRIES:
+    monkeypatch.setattr(tracking_checks, "_REACHABLE", {server})
+    for name in tracking_checks.HTTP_RETRIES:
         monkeypatch.delenv(name, raising=False)  # restored after the test: adm sets them in this process
     text = refused(box, capsys, command, server, "stopped answering", "start it again", "--resume")
     assert "unreachable" not in text  # not the probe's refusal: the later call's

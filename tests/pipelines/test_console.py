@@ -65,6 +65,24 @@ def test_sampling_progress_per_cell_as_shards_finish():
     assert plain == []
 
 
+def test_native_stderr_goes_to_the_log_while_ours_stays_on_the_console(tmp_path, capfd):
+    """What native code writes to file descriptor 2 (Ray's C++ core worker in the driver) goes to the run's log;
+    Python's sys.stderr, where adm's messages go, still reaches the console; stop() puts everything back."""
+    import sys
+
+    from pipelines.infra.ray_logs import NativeStderr
+
+    native = NativeStderr(tmp_path / "native.log")
+    native.start()
+    os.write(2, b"[core_worker.cc] a C++ warning\n")
+    print("adm: our message", file=sys.stderr)
+    native.stop()
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert "adm: our message" in err and "after" in err and "core_worker" not in err
+    assert (tmp_path / "native.log").read_text() == "[core_worker.cc] a C++ warning\n"
+
+
 def test_progress_through_any_callable_is_a_plain_line():
     lines = []
     progress(lines.append, "[evaluate] featurized images", 64, 64)

@@ -143,7 +143,7 @@ def test_grid_rows_carry_the_dataset_class_names():
     import numpy as np
     from PIL import Image
 
-    from pipelines.stages.sample import labeled_grid
+    from pipelines.stages.grids import labeled_grid
 
     images, labels = np.zeros((4, 16, 16, 1), np.uint8), np.array([0, 1, 0, 1])
     margin = {}
@@ -152,3 +152,32 @@ def test_grid_rows_carry_the_dataset_class_names():
         margin[names and len(names)] = picture[20:, :64]  # the label column, below the caption
     assert not np.array_equal(margin[None], margin[2])  # names written instead of "class 0", "class 1"
     assert np.array_equal(margin[2], margin[3])  # only the sampled classes' names
+
+
+def test_the_sheet_of_all_cells_puts_each_grid_at_its_method_row_and_scale_column():
+    """A row per sampler x method, a column per scale; the one scale-0 cell opens every row. Each grid here is one
+    flat colour, so each tile's place can be read back."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from components.samplers import grid_cells
+    from pipelines.stages.grids import cells_sheet
+
+    cells = grid_cells(("ddim25", "dpm++2m-10"), (0.0, 1.0, 4.0), ("all",), ("classifier", "cfg"))
+    colours = {c.key: (10 * i, 255 - 10 * i, 7 * i) for i, c in enumerate(cells)}
+
+    def png(colour):
+        out = io.BytesIO()
+        Image.new("RGB", (30, 20), colour).save(out, format="PNG")
+        return out.getvalue()
+
+    sheet = np.asarray(Image.open(io.BytesIO(cells_sheet({k: png(c) for k, c in colours.items()}, cells))))
+    assert sheet.shape == (4 * 20, 3 * 30, 3)  # rows ddim25 classifier/cfg, dpm++2m-10 classifier/cfg
+    order = [("ddim25", "classifier"), ("ddim25", "cfg"), ("dpm++2m-10", "classifier"), ("dpm++2m-10", "cfg")]
+    for i, (sampler, method) in enumerate(order):
+        prefix = "" if method == "classifier" else "cfg_"
+        expected = [f"{sampler}/scale_0", f"{sampler}/{prefix}scale_1", f"{sampler}/{prefix}scale_4"]
+        for j, key in enumerate(expected):
+            assert tuple(sheet[i * 20 + 10, j * 30 + 15]) == colours[key], (i, j, key)

@@ -107,6 +107,9 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert "training worker group" in worker_text, sorted(p.name for p in logs.rglob("*"))
     assert (logs / "driver.log").exists()
     assert {a.path for a in client.list_artifacts(first["run_id"], "logs")} >= {"logs/driver.log", "logs/ray"}
+    # all cells' grids side by side on the pipeline run: smoke's two cells (scales 0 and 2) in one row
+    sheet = Image.open(client.download_artifacts(first["run_id"], "samples/all_cells.png", str(tmp_path)))
+    assert sheet.size == (2 * Image.open(grid).width, Image.open(grid).height)
     plots = {a.path for a in client.list_artifacts(first["run_id"], "plots")}
     assert "plots/precision_vs_recall.png" in plots
     assert parent.inputs.dataset_inputs[0].dataset.digest == first["data"]["fingerprint"][:36]
@@ -439,7 +442,8 @@ def test_mlflow_project_entry_point(tmp_path, mlflow_server):
 
 RAY_INTERNALS = ("logging_progress", "Running Dataset", "PreemptionWatcher", "worker processes have been started",
                  "RayDeprecationWarning", "exclude_resources", "tqdm is not installed", "Add type hints",
-                 "Token authentication", "(TrainController", "(RayTrainWorker", "mlflow.store.db.utils")
+                 "Token authentication", "(TrainController", "(RayTrainWorker", "mlflow.store.db.utils",
+                 "core_worker.cc")
 
 
 def test_console_of_a_run_in_a_log_file(tmp_path):
@@ -450,11 +454,12 @@ def test_console_of_a_run_in_a_log_file(tmp_path):
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     lines = (done.stdout + done.stderr).splitlines()
-    # not yet: the driver core worker's C++ line about Ray Data actors' constructor arguments in the object store; no
-    # setting turns it off short of Ray's log level for all its processes or actors that are never restarted (issue
-    # 21's closing note). The raylet's worker-count warning is gone (console.quiet_ray_init_kwargs)
     internal = [line for line in lines if any(mark in line for mark in RAY_INTERNALS)]
     assert internal == [], internal
+    # the driver's C++ core worker warns about Ray Data's actor pools (constructor arguments in the object store): not
+    # on the console, in the run's log folder
+    (native,) = (tmp_path / "adm-work" / "runs").glob("*/logs/driver-native.log")
+    assert "constructor arguments" in native.read_text()
     progress = [line for line in lines if re.match(r"\[(diffusion|classifier|evaluator)\] training: \d+/20", line)]
     assert {line.split("]")[0] for line in progress} == {"[diffusion", "[classifier", "[evaluator"}, lines
     assert len(progress) == len(set(progress)), progress

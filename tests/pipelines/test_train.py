@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from components.config import ConfigError, UserError, apply_overrides
 from components.presets import get_preset
-from pipelines.infra.tracking import TrackingError
+from pipelines.infra.tracking_checks import TrackingError
 from pipelines.stages.ingest import IngestOptions, ingest
 from pipelines.stages.train import TrainingError, TrainOptions, train, worker_resources
 

@@ -16,7 +16,8 @@ from components.kinds import kind as network_kind
 from components.losses import training_losses
 from components.presets import get_preset
 from components.training import Learner
-from pipelines.infra.tracking import Tracker, TrackingError
+from pipelines.infra.tracking import Tracker
+from pipelines.infra.tracking_checks import TrackingError
 from pipelines.stages.ingest import IngestOptions, ingest
 from pipelines.stages.train import TrainOptions, train
 from pipelines.workflow.request import RunRequest, config_hash
