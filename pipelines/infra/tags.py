@@ -8,7 +8,7 @@ resumed or compared. Write and read them only through this module.
 | adm.pipeline | pipeline run | preset name (marks an `adm run` parent run) |
 | adm.stage | stage run | ingest, train, sample, evaluate, register |
 | adm.stage_key | stage run | hash of the stage's config section and its inputs' fingerprints (the cache key) |
-| adm.outputs | stage run | JSON of what the stage produced: URLs and run ids (see the stage modules) |
+| adm.outputs | stage run | JSON of what the stage produced (URLs, run ids), or @adm_outputs.json (see IN_FILE) |
 | adm.reused_from | stage run | the run whose outputs a cached stage reused |
 | adm.network | training run | diffusion, classifier or evaluator |
 | adm.model_uri | training run | the logged model (models:/m-...) |
@@ -35,7 +35,6 @@ resumed or compared. Write and read them only through this module.
 | mlflow.note.content | pipeline and stage runs | MLflow's run description: the report, what the stage produced |
 """
 
-import json
 
 PIPELINE = "adm.pipeline"
 STAGE = "adm.stage"
@@ -80,14 +79,11 @@ def stage_of(run) -> str | None:
     return run.data.tags.get(STAGE)
 
 
-def outputs_of(run) -> dict | None:
-    """The outputs a finished stage run recorded, or None where it recorded none."""
-    text = run.data.tags.get(OUTPUTS)
-    return None if text is None else json.loads(text)
-
-
-def outputs_tag(outputs: dict) -> dict:
-    return {OUTPUTS: json.dumps(outputs, sort_keys=True)}
+# MLflow cuts tag values at 8,000 characters (a grid of 20 cells' evaluated rows is longer): longer outputs go to this
+# artifact of the stage run, and the tag holds IN_FILE instead (not JSON, so never taken for outputs)
+OUTPUTS_FILE = "adm_outputs.json"
+IN_FILE = f"@{OUTPUTS_FILE}"
+TAG_LIMIT = 5000
 
 
 def short(name: str) -> str:

@@ -13,7 +13,10 @@ config section and its inputs' fingerprints (each stage module's ``cache_inputs`
 Outputs are what the stage returns (URLs and run ids), recorded on its run when it finishes.
 """
 
+import json
+import tempfile
 import time
+from pathlib import Path
 
 from pipelines.infra import tags
 from pipelines.infra.storage import digest
@@ -57,20 +60,23 @@ class StageCache:
     def _outputs(self, name: str, inputs: dict, body, still_valid) -> tuple[dict, str]:
         key, started = stage_key(name, inputs), time.perf_counter()
         mine = [r for r in self.tracker.children(self.experiment, self.pipeline_run_id) if tags.stage_of(r) == name]
-        done = [r for r in mine if r.info.status == "FINISHED" and r.data.tags.get(tags.STAGE_KEY) == key]
-        if done:
-            self.log(f"[{name}] finished earlier in this run ({done[0].info.run_id})")
-            return tags.outputs_of(done[0]), "done earlier"
-        cached = self._reusable(key)
-        if cached is not None and still_valid(tags.outputs_of(cached)):
-            return self._reuse(name, key, cached), "reused"
+        for run in mine:
+            if run.info.status == "FINISHED" and run.data.tags.get(tags.STAGE_KEY) == key:
+                outputs = self.outputs_of(run)
+                if outputs is not None:
+                    self.log(f"[{name}] finished earlier in this run ({run.info.run_id})")
+                    return outputs, "done earlier"
+        cached, outputs = self._reusable(key)
+        if cached is not None and still_valid(outputs):
+            return self._reuse(name, key, cached, outputs), "reused"
         unfinished = [r for r in mine if r.info.status != "FINISHED" and r.data.tags.get(tags.STAGE_KEY) == key]
         run_id, opened = self._open(name, key, unfinished)
         try:  # from here on the run ends FINISHED or FAILED, whatever raises (the log line included)
             self.log(f"[{name}] started {time.strftime('%H:%M:%S')}: {opened} {run_id}")
             outputs = body(run_id)
-            self.tracker.set_tags(run_id, {**tags.outputs_tag(outputs), tags.DESCRIPTION: f"The {name} stage of "
-                                           f"pipeline run {self.pipeline_run_id}; it produced {produced(outputs, 8)}"})
+            self.tracker.set_tags(run_id, {**self.record_outputs(run_id, outputs), tags.DESCRIPTION: f"The {name} "
+                                           f"stage of pipeline run {self.pipeline_run_id}; it produced "
+                                           f"{produced(outputs, 8)}"})
             self.log(f"[{name}] finished in {time.perf_counter() - started:.0f} s: {produced(outputs)}")
         except BaseException as e:
             self.tracker.end_failed(run_id, e)
@@ -79,19 +85,41 @@ class StageCache:
         self.computed.add(name)
         return outputs, "ran"
 
-    def _reusable(self, key: str):
-        if self.force:
-            return None
-        for run in self.tracker.search(self.experiment, f"tags.`{tags.STAGE_KEY}` = '{key}'", 20):
-            if run.info.status == "FINISHED" and tags.outputs_of(run) is not None:
-                return run
-        return None
+    def record_outputs(self, run_id: str, outputs: dict) -> dict:
+        """The tag that records a stage run's outputs (in an artifact of the run when too long for a tag)."""
+        text = json.dumps(outputs, sort_keys=True)
+        if len(text) > tags.TAG_LIMIT:
+            self.tracker.log_text(run_id, text, tags.OUTPUTS_FILE)
+            text = tags.IN_FILE
+        return {tags.OUTPUTS: text}
 
-    def _reuse(self, name: str, key: str, cached) -> dict:
+    def outputs_of(self, run) -> dict | None:
+        """The outputs a finished stage run recorded, or None where it recorded none (or a tag MLflow cut short,
+        before long outputs went to an artifact)."""
+        text = run.data.tags.get(tags.OUTPUTS)
+        if text == tags.IN_FILE:
+            with tempfile.TemporaryDirectory() as tmp:
+                text = Path(self.tracker.download_artifacts(run.info.run_id, tags.OUTPUTS_FILE, tmp)).read_text()
+        try:
+            return None if text is None else json.loads(text)
+        except json.JSONDecodeError:
+            return None
+
+    def _reusable(self, key: str) -> tuple:
+        """(a finished run of this key anywhere in the experiment, its outputs), or (None, None)."""
+        if self.force:
+            return None, None
+        for run in self.tracker.search(self.experiment, f"tags.`{tags.STAGE_KEY}` = '{key}'", 20):
+            outputs = self.outputs_of(run) if run.info.status == "FINISHED" else None
+            if outputs is not None:
+                return run, outputs
+        return None, None
+
+    def _reuse(self, name: str, key: str, cached, outputs: dict) -> dict:
         origin = cached.data.tags.get(tags.REUSED_FROM, cached.info.run_id)
-        outputs = tags.outputs_of(cached)
         run_id = self.tracker.start_run(self.experiment, name, self.pipeline_run_id, tags={
-            tags.STAGE: name, tags.STAGE_KEY: key, tags.REUSED_FROM: origin, **tags.outputs_tag(outputs)})
+            tags.STAGE: name, tags.STAGE_KEY: key, tags.REUSED_FROM: origin})
+        self.tracker.set_tags(run_id, self.record_outputs(run_id, outputs))
         self.tracker.end_run(run_id)
         self.log(f"[{name}] reused: same config and inputs as run {origin}")
         return outputs
