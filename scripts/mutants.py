@@ -322,6 +322,10 @@ MUTANTS = [
       "uniform mixing without the (1 - uniform_prob) factor"),
     M("timestep_sampler.importance_weight", "timestep_sampler.py", "weights = 1 / (len(p) * p[indices])",
       "weights = 1 / p[indices]", "importance weights 1 / p_t instead of 1 / (T p_t)"),
+    # --- validation.py: the data section (issue 24's limit) ---------------------------------------------------------
+    M("validation.limit_unchecked", "validation.py",
+      '    out += _at_least("data.limit", cfg.limit, 0, hint="0: every image")\n', "",
+      "data.limit is not checked: a negative limit reaches the ingest stage"),
     # --- checkpoint.py / data.py ------------------------------------------------------------------------------------
     M("checkpoint.ema_decay", "checkpoint.py", "torch._foreach_mul_(ema_params, rate)",
       "torch._foreach_mul_(ema_params, 1 - rate)", "EMA keeps (1 - rate) of the average"),

@@ -1,9 +1,9 @@
 import pytest
 
 from components import build_unet
-from components.config import ConfigError, UNetConfig, apply_overrides
+from components.config import ConfigError, DataConfig, UNetConfig, apply_overrides
 from components.presets import PRESET_BUILDERS, get_preset
-from components.validation import validate_preset
+from components.validation import data_problems, validate_preset
 
 
 def test_unreachable_attention_resolution_is_named():
@@ -91,3 +91,10 @@ def test_sampler_strings_the_diffusion_cannot_run_are_refused(sampler):
     # ddim999 and 2000 parse, but 1000 trained steps have no stride giving 999 and no 2000 steps to keep
     with pytest.raises(ConfigError, match=f"sample.sampler.*{sampler}"):
         validate_preset(apply_overrides(get_preset("smoke"), [f"sample.sampler={sampler}"]))
+
+
+def test_data_limit_is_a_count_or_zero_for_every_image():
+    assert data_problems(DataConfig(limit=0)) == [] and data_problems(DataConfig(limit=30000)) == []
+    (problem,) = data_problems(DataConfig(limit=-1))
+    assert "data.limit=-1" in problem and "0: every image" in problem
+    assert data_problems(DataConfig(limit=2.5)) != []
