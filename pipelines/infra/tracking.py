@@ -6,6 +6,7 @@ tracking store is a local sqlite file (``sqlite:///<cwd>/mlflow.db``); remote wo
 (``MLFLOW_TRACKING_URI=http://host:5000``).
 """
 
+import posixpath
 import threading
 import time
 import warnings
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from components.config import UserError
+from pipelines.infra.storage import read_bytes
 from pipelines.infra.tracking_checks import (
     TrackingError,
     check_tracking,
@@ -189,6 +191,15 @@ class Tracker:
     # --- files --------------------------------------------------------------------------------------------------------
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_url(self, run_id: str, url: str, artifact_path: str | None = None) -> None:
+        """The file at any fsspec URL as an artifact under its own name (MLflow logs local files only)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / posixpath.basename(url)
+            local.write_bytes(read_bytes(url))
+            self.log_artifact(run_id, local, artifact_path)
 
     def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(folder), artifact_path)

@@ -17,7 +17,6 @@ classes, columns = samples) and cell.json (the cell's coordinates and compute pe
 import functools
 import json
 import posixpath
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -257,11 +256,12 @@ class CellProgress:
         return int((self.done == self.total).sum())
 
     def shard_done(self, k: int) -> None:
-        touched = sorted({j for j, _ in self.shards[k]})
+        touched = set()
         for j, _ in self.shards[k]:
             self.done[j] += 1
+            touched.add(j)
         if self.live:
-            for j in touched:
+            for j in sorted(touched):
                 progress(self.log, f"[sample] {self.cells[j].key}", int(self.done[j]), int(self.total[j]))
 
 
@@ -358,11 +358,7 @@ def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResu
                                   f"{record['network_evals']:g} network evaluations and "
                                   f"{record['classifier_passes']:g} classifier passes per sample; the grid is "
                                   f"grid.png, the samples {result.npz[cell.key]}"})
-        with tempfile.TemporaryDirectory() as tmp:
-            local = posixpath.join(tmp, "grid.png")
-            with open(local, "wb") as dst:
-                dst.write(read_bytes(result.grids[cell.key]))
-            tracker.log_artifact(run_id, local)
+        tracker.log_url(run_id, result.grids[cell.key])
         tracker.end_run(run_id)
         result.run_ids[cell.key] = run_id
     if job.parent_run_id is None:

@@ -10,7 +10,6 @@ starts again in its old run. Files go under ``workdir``: ``data/`` (ingested dat
 import os
 import posixpath
 import shutil
-import tempfile
 import time
 
 import ray
@@ -22,7 +21,7 @@ from pipelines.infra.console import Console, verbose_requested
 from pipelines.infra.dataset import load_manifest
 from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.ray_logs import RunLogs
-from pipelines.infra.storage import exists, read_bytes, write_bytes_atomic
+from pipelines.infra.storage import exists, write_bytes_atomic
 from pipelines.infra.tracking import Tracker
 from pipelines.infra.tracking_checks import check_tracking
 from pipelines.stages import evaluate, ingest, register, report, sample, train
@@ -147,13 +146,8 @@ class Pipeline:
     def log_sheet(self, url: str | None) -> None:
         """All cells' sample grids side by side, on the pipeline run (samples/all_cells.png); a sample stage reused
         from before the sheet existed has none."""
-        if not url or not exists(url):
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, "all_cells.png")
-            with open(local, "wb") as f:
-                f.write(read_bytes(url))
-            self.tracker.log_artifact(self.run_id, local, "samples")
+        if url and exists(url):
+            self.tracker.log_url(self.run_id, url, "samples")
 
     def write_report(self, rows: list) -> None:
         """report.md (machine, wall time, metrics table) beside the run's outputs and on the pipeline run."""
