@@ -34,16 +34,21 @@ def main() -> None:
     args = parser.parse_args()
     (fp32, t32), (bf16, t16) = evaluate(args, "fp32"), evaluate(args, "bf16")
     print(f"evaluation wall time: fp32 {t32:.1f} s, bf16 {t16:.1f} s")
-    print("| scale | " + " | ".join(f"{m} fp32 | {m} bf16 | rel. diff" for m in METRICS) + " |")
-    worst = 0.0
+    print("| scale | " + " | ".join(f"{m} fp32 | {m} bf16 | diff." for m in METRICS) + " |")
+    worst = worst_points = 0.0
     for a, b in zip(fp32, bf16):
         cells = []
         for m in METRICS:
-            rel = abs(b[m] - a[m]) / max(abs(a[m]), 1e-12)
-            worst = max(worst, rel)
-            cells.append(f"{a[m]:.4f} | {b[m]:.4f} | {100 * rel:.2f}%")
+            if m in ("fid", "sfid"):
+                rel = abs(b[m] - a[m]) / max(abs(a[m]), 1e-12)
+                worst = max(worst, rel)
+                cells.append(f"{a[m]:.4f} | {b[m]:.4f} | {100 * rel:.2f}%")
+            else:  # fractions of 100 samples (precision) or of the reference (recall): the change in points
+                worst_points = max(worst_points, abs(b[m] - a[m]))
+                cells.append(f"{a[m]:.4f} | {b[m]:.4f} | {100 * (b[m] - a[m]):+.2f} pt")
         print(f"| {a['guidance_scale']:g} | " + " | ".join(cells) + " |")
-    print(f"largest relative difference: {100 * worst:.2f}%")
+    print(f"largest relative difference of FID/sFID: {100 * worst:.2f}%; largest change of precision/recall: "
+          f"{100 * worst_points:.2f} points")
 
 
 if __name__ == "__main__":

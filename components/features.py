@@ -12,8 +12,9 @@ Inception-style score and the accuracy of samples against their target labels).
   see :func:`tf1_bilinear_resize`); then (x - 128) / 128. At 16-32 px PyTorch's half-pixel bilinear moves pool3 by up
   to 25% (shared/golden/README.md), so numbers made that way would not compare with published ones. It has no
   logits: no ``probs``. The archive's tensors run as a plain module (components/inception.py: batch norm folded into
-  the convolutions, channels_last), in fp32 by default; ``precision="bf16"`` is faster on native-bf16 hardware but
-  moves the metrics by more than 1% (bench/RESULTS.md), so it is opt-in and part of the reference cache key.
+  the convolutions, channels_last), in fp32 by default; ``precision="bf16"`` (everything after the first convolution
+  in bf16) is faster on native-bf16 hardware but moves precision and recall (bench/RESULTS.md), so it is opt-in and
+  part of the reference cache key (:data:`INCEPTION_ARITHMETIC`).
 * ``EvaluatorFeatures``: the project's evaluator network (a classifier of clean images, t = 0, never the guiding one):
   ``pool`` its penultimate features, ``probs`` its softmax.
 """
@@ -80,6 +81,11 @@ def tf1_bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+# What each evaluate.inception_precision computes; the reference-feature cache key holds it, so features made with an
+# earlier arithmetic (bf16 once rounded the input image too) are never reused.
+INCEPTION_ARITHMETIC = {"fp32": "fp32", "bf16": "bf16-after-fp32-first-conv"}
+
+
 class InceptionFeatures:
     name = "inception"
 
@@ -94,11 +100,13 @@ class InceptionFeatures:
         if precision not in INCEPTION_PRECISIONS:
             raise FeatureError(f"Inception precision {precision!r}: use one of {INCEPTION_PRECISIONS}")
         self.device, self.precision = torch.device(device), precision
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         # TorchScript archive from the pinned wheel, checked by sha1 above (torch.jit.load's unpickler only
         # rebuilds tensors and TorchScript types); its tensors are rebuilt as a plain module (components/inception.py)
         archive = torch.jit.load(str(path), map_location="cpu").eval()
-        self.net = FIDInception(archive).eval().to(self.device, self.dtype).to(memory_format=torch.channels_last)
+        self.net = FIDInception(archive).eval().to(self.device)
+        if precision == "bf16":
+            self.net.reduce_precision(torch.bfloat16)
+        self.net.to(memory_format=torch.channels_last)
 
     def preprocess(self, images: np.ndarray) -> torch.Tensor:
         """uint8 NHWC -> the network's input: [N, 3, 299, 299] float32, (resized - 128) / 128."""
@@ -113,7 +121,7 @@ class InceptionFeatures:
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> dict:
         check_images(images, "Inception input")
-        pool, spatial = self.net(self.preprocess(images).to(self.dtype))
+        pool, spatial = self.net(self.preprocess(images))
         spatial = spatial[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(len(spatial), -1)  # HWC, as released
         return {"pool": pool.float().cpu().numpy(), "spatial": spatial.float().cpu().numpy()}
 

@@ -294,6 +294,9 @@ MUTANTS = [
     M("inception.spatial_layer", "inception.py", "spatial, x = outs[0], torch.cat(outs, 1)",
       "spatial, x = outs[1], torch.cat(outs, 1)",
       "sFID features read from the wrong branch of mixed_6"),
+    M("inception.bf16_rounds_input", "inception.py", "        for i, stage in enumerate(self.stages):",
+      "        x = x.to(self.body_dtype).float()\n        for i, stage in enumerate(self.stages):",
+      "bf16 Inception rounds the resized image to bf16 before its first (float32) convolution"),
     # --- metrics.py: FID, precision/recall, Inception score -----------------------------------------------------------
     M("metrics.fid_trace", "metrics.py", "- 2 * FID_METHODS[method](sigma1, sigma2))",
       "- FID_METHODS[method](sigma1, sigma2))", "FID trace term without its factor 2"),

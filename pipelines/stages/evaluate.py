@@ -28,6 +28,7 @@ import torch
 from components import metrics
 from components.config import EvaluateConfig, to_dict
 from components.features import (
+    INCEPTION_ARITHMETIC,
     INCEPTION_RESIZE,
     INCEPTION_SHA1,
     EvaluatorFeatures,
@@ -207,7 +208,8 @@ def cache_url(job: EvaluateJob, reference: Source, name: str, version: str) -> s
 
 def extractor_versions(job: EvaluateJob, names: tuple) -> dict:
     # weights, input convention and arithmetic: reference features made another way are never reused
-    versions = {"inception": f"{INCEPTION_SHA1}:{INCEPTION_RESIZE}:{job.config.inception_precision}"}
+    arithmetic = INCEPTION_ARITHMETIC[job.config.inception_precision]
+    versions = {"inception": f"{INCEPTION_SHA1}:{INCEPTION_RESIZE}:{arithmetic}"}
     if "evaluator" in names:
         versions["evaluator"] = file_digest(resolve_evaluator(job).weights)
     return {n: versions[n] for n in names}

@@ -77,3 +77,19 @@ def test_bf16_stays_near_fp32(golden, inception):
         assert 0 < rel < 0.05, (part, rel)
     with pytest.raises(FeatureError, match="fp32"):
         InceptionFeatures(precision="fp16")
+
+
+def test_bf16_keeps_the_first_convolution_in_fp32(golden, inception):
+    """Rounding the resized image to bf16 was most of bf16's effect on FID and sFID (bench/RESULTS.md): the first
+    convolution must see the float32 input and compute in float32, everything after it in bf16."""
+    images = golden.npz("inception")["images_grey16"]
+    bf16 = InceptionFeatures(precision="bf16")
+    seen = {}
+    bf16.net.stages[0].register_forward_hook(lambda m, args, out: seen.update(input=args[0], output=out.clone()))
+    bf16(images)
+    x = inception.preprocess(images)
+    with torch.inference_mode():
+        expected = inception.net.stages[0](x)
+    assert seen["input"].dtype == torch.float32 and torch.equal(seen["input"], x)
+    assert_close(seen["output"], expected, atol=1e-5, what="bf16 extractor's first convolution vs fp32")
+    assert {p.dtype for p in bf16.net.stages[1:].parameters()} == {torch.bfloat16}
