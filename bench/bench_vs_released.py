@@ -94,7 +94,7 @@ def our_learner(device, batch: int, state_dict: dict) -> Learner:
     preset = dataclasses.replace(
         base, unet=unet_config_from_flags(FLAGS, num_classes=NUM_CLASSES), diffusion=diffusion_config_from_flags(FLAGS),
         train_diffusion=dataclasses.replace(base.train_diffusion, steps=500_000, batch_size=batch, lr=LR,
-                                            ema_rate=(EMA_RATE,)))
+                                            ema_rate=(EMA_RATE,), label_dropout=0.0))  # the released has no null class
     learner = Learner("diffusion", preset, device, seed=0)
     learner.net.load_state_dict(state_dict)  # the released network's weights, strict
     for p, e in zip(learner.net.parameters(), learner.ema[EMA_RATE]):
