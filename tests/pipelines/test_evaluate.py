@@ -63,6 +63,11 @@ def test_metrics_per_scale_cache_and_mlflow(setup, tmp_path, ray_cluster, mlflow
     assert sum("from cache" in line for line in lines) == 2 and any("featurizing 24 images" in line for line in lines)
     assert again.rows[0]["fid"] == pytest.approx(real["fid"], rel=1e-6)
 
+    lines.clear()  # bf16 Inception features are never scored against fp32 reference statistics, nor the reverse
+    bf16 = run_evaluation(_job(setup, cache, inception_precision="bf16"), log=lines.append)
+    assert sum("from cache" in line for line in lines) == 1 and any("featurizing 40 images" in line for line in lines)
+    assert bf16.rows[0]["fid"] != real["fid"] and len(list((cache / "reference").iterdir())) == 3
+
     job = _job(setup, cache, tracking_uri=mlflow_server, experiment="evaluate-test")
     log_evaluation(job, again, log=lambda *_: None)
     client = MlflowClient(mlflow_server)
