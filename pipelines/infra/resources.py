@@ -48,28 +48,64 @@ def cpu_plan(cpus: float, node_cpus: float, requested: int | None, pending: int,
 
 
 # --- what each stage asks for ----------------------------------------------------------------------------------------
+def cpu_slots(cpus: float) -> int:
+    """How many CPU trainer workers share `cpus` at once: one per whole CPU, since a worker's torch threads are whole.
+    More would run more threads than cores (2 cores, 3 trainers: three 1-thread workers at once took 207 s, two at
+    once and the third when one finished 150 s, with the same numbers: bench/RESULTS.md)."""
+    return max(1, int(cpus))
+
+
+def _fixed_cpus(cfgs: dict) -> float:
+    return sum(c.cpus_per_worker * c.num_workers for c in cfgs.values() if c.cpus_per_worker > 0)
+
+
+def cpu_slot_needs(preset, kinds, cluster_cpus: float) -> tuple[int, dict]:
+    """(slots, kind -> slots it holds while it trains) for the trainers that share the CPUs out (CPU workers without
+    cpus_per_worker): a trainer holds one slot per worker. The driver starts them in `kinds` order as slots free."""
+    cfgs = {k: network_kind(k).train_config(preset) for k in kinds}
+    slots = cpu_slots(cluster_cpus - _fixed_cpus(cfgs))
+    return slots, {k: min(c.num_workers, slots) for k, c in cfgs.items()
+                   if not c.use_gpu and c.cpus_per_worker <= 0}
+
+
 def worker_resources(preset, kinds, cluster_cpus: float, node_cpus: float | None = None) -> dict:
     """CPUs per trainer worker: `cpus_per_worker` where set; otherwise, for CPU workers, the cluster's CPUs shared
-    out so that all trainers fit at once and Ray Data keeps half a CPU (2 cores, 3 trainers: 0.5), never more than
-    the largest node has, since a worker runs on one node; GPU workers take 1 CPU."""
+    out among the workers that run at once (all of them, or cpu_slots when there are more workers than CPUs), with
+    half a CPU left for Ray Data (2 cores, 3 trainers: 0.75 each, two at once), never more than the largest node has,
+    since a worker runs on one node; GPU workers take 1 CPU."""
     cfgs = {k: network_kind(k).train_config(preset) for k in kinds}
-    fixed = {k: c.cpus_per_worker for k, c in cfgs.items() if c.cpus_per_worker > 0}
-    shared = [k for k, c in cfgs.items() if k not in fixed and not c.use_gpu]
-    left = cluster_cpus - sum(fixed[k] * cfgs[k].num_workers for k in fixed)
-    workers = sum(cfgs[k].num_workers for k in shared)
+    slots, needs = cpu_slot_needs(preset, kinds, cluster_cpus)
+    workers = min(sum(cfgs[k].num_workers for k in needs), slots)
+    left = cluster_cpus - _fixed_cpus(cfgs)
     per_worker = min(max(0.1, (left - 0.5) / workers), node_cpus or cluster_cpus) if workers else 1.0
-    return {k: fixed.get(k, 1.0 if cfgs[k].use_gpu else round(per_worker, 2)) for k in kinds}
+    return {k: c.cpus_per_worker if c.cpus_per_worker > 0 else 1.0 if c.use_gpu else round(per_worker, 2)
+            for k, c in cfgs.items()}
+
+
+def first_wave(preset, kinds, cluster_cpus: float) -> list:
+    """The trainers that start at once; the others wait for CPU slots (cpu_slot_needs)."""
+    slots, needs = cpu_slot_needs(preset, kinds, cluster_cpus)
+    started = []
+    for kind in kinds:
+        if kind in needs:
+            if needs[kind] > slots:
+                break  # in order: nothing behind a waiting trainer starts before it
+            slots -= needs[kind]
+        started.append(kind)
+    return started
 
 
 def train_plan(preset, kinds, cluster_cpus: float) -> dict:
     """What each trainer will ask Ray for (for --dry-run and the logs)."""
     cpus = worker_resources(preset, kinds, cluster_cpus)
+    at_once = first_wave(preset, kinds, cluster_cpus)
     out = {}
     for k in kinds:
         cfg = network_kind(k).train_config(preset)
         per_worker = {"CPU": cpus[k], **({"GPU": 1} if cfg.use_gpu else {})}
         out[k] = {"num_workers": cfg.num_workers, "resources_per_worker": per_worker, "steps": cfg.steps,
                   "batch_size_per_worker": cfg.batch_size,
+                  "starts": "at once" if k in at_once else "when CPU slots free",
                   **({"ema_init_share": {f"{r:g}": round(ema_initial_share(cfg, r), 4) for r in cfg.ema_rate}}
                      if cfg.ema_rate else {})}
     return out

@@ -1,11 +1,13 @@
 """Ray Train drivers: the diffusion model, the noisy classifier and the evaluator network, trained concurrently.
 
 Each network is one ``TorchTrainer`` with its own ScalingConfig; the ``fit()`` calls run side by side in driver
-threads and finish independently. Before any worker starts, the configuration is checked against the dataset's
+threads and finish independently (on a cluster with fewer whole CPUs than CPU trainer workers the later trainers wait
+for CPU slots: CpuSlots). Before any worker starts, the configuration is checked against the dataset's
 manifest, the storage path is written to once and the tracking server is asked for /health. The MLflow run of each
 trainer is created here, so a worker-group restart never creates a second run; rank 0 logs into it by id.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -30,7 +32,7 @@ from pipelines.infra import tags
 from pipelines.infra.console import Board
 from pipelines.infra.dataset import driver_dataset, load_manifest, ray_dataset
 from pipelines.infra.init_from import InitSource, resolve_inits
-from pipelines.infra.resources import cluster_cpus, largest_node_cpus, worker_resources
+from pipelines.infra.resources import cluster_cpus, cpu_slot_needs, first_wave, largest_node_cpus, worker_resources
 from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import check_writable
 from pipelines.infra.tracking import Tracker
@@ -184,11 +186,39 @@ def training_dataset(data_url: str, opts: TrainOptions):
     return ray_dataset(data_url, "train", num_cpus=opts.data_cpus)
 
 
+class CpuSlots:
+    """The CPU slots of the trainers that share the cluster's CPUs (resources.cpu_slot_needs): each trainer waits, in
+    its driver thread, until the trainers before it in `order` have started and it can hold its slots."""
+
+    def __init__(self, slots: int, needs: dict, order):
+        self.free, self.needs = slots, needs
+        self.queue = [k for k in order if k in needs]
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def held(self, kind: str):
+        if kind not in self.needs:  # GPU workers, or cpus_per_worker set: Ray places them as asked
+            yield
+            return
+        with self._changed:
+            self._changed.wait_for(lambda: self.queue[0] == kind and self.free >= self.needs[kind])
+            self.queue.pop(0)
+            self.free -= self.needs[kind]
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.free += self.needs[kind]
+                self._changed.notify_all()
+
+
 def _fit(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOptions, cpus: float,
-         tracker: Tracker) -> TrainOutcome:
-    started = time.time()
+         tracker: Tracker, slots: CpuSlots) -> TrainOutcome:
     try:
-        result = make_trainer(kind, preset, dataset, run_id, opts, cpus).fit()
+        with slots.held(kind):
+            started = time.time()
+            result = make_trainer(kind, preset, dataset, run_id, opts, cpus).fit()
         metrics = dict(result.metrics or {})
         bad_step = _nonfinite_step(opts, kind, run_id)
         if bad_step is not None:
@@ -296,8 +326,13 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
         if cpus[kind] > largest_node_cpus():
             raise ConfigError(f"train_{kind}.cpus_per_worker={cpus[kind]:g} fits no node of this Ray cluster (the "
                               f"largest has {largest_node_cpus():g} CPUs); lower it or 0 to share the CPUs out")
+    slots = CpuSlots(*cpu_slot_needs(preset, kinds, cluster_cpus()), kinds)
+    at_once = first_wave(preset, kinds, cluster_cpus())
     run_ids = {}
     for kind in kinds:
+        if kind not in at_once:
+            log(f"[{kind}] starts when a trainer before it finishes: {slots.free} CPU trainer worker(s) at once, one "
+                f"per whole CPU of this cluster")
         if kind in opts.run_ids:  # same run => same Ray Train run name => fit() restores its latest checkpoint
             run_ids[kind] = opts.run_ids[kind]
             _keep_recorded_init(inits, kind, tracker.run(run_ids[kind]).data.tags)
@@ -319,7 +354,7 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
     try:
         dataset = _shared_dataset(data_url, opts, run_ids, tracker)
         for k in kinds:
-            futures[k] = _in_daemon_thread(_fit, k, preset, dataset, run_ids[k], opts, cpus[k], tracker)
+            futures[k] = _in_daemon_thread(_fit, k, preset, dataset, run_ids[k], opts, cpus[k], tracker, slots)
         for kind, future in futures.items():
             try:
                 outcomes[kind] = future.result()

@@ -1,5 +1,6 @@
 """Ray Train stages on a real local Ray instance (2 CPUs) against a real MLflow tracking server (the three trainers
-of a whole pipeline, concurrently, are checked in test_run.py::test_smoke_pipeline_tree_cache_and_registry)."""
+of a whole pipeline, as many at once as the CPUs allow, are checked in
+test_run.py::test_smoke_pipeline_tree_cache_and_registry)."""
 
 import os
 import signal
@@ -11,9 +12,10 @@ from mlflow import MlflowClient
 
 from components.config import ConfigError, UserError, apply_overrides
 from components.presets import get_preset
+from pipelines.infra.resources import first_wave
 from pipelines.infra.tracking_checks import TrackingError
 from pipelines.stages.ingest import IngestOptions, ingest
-from pipelines.stages.train import TrainingError, TrainOptions, train, worker_resources
+from pipelines.stages.train import CpuSlots, TrainingError, TrainOptions, train, worker_resources
 
 TINY = ["train_diffusion.steps=20", "train_diffusion.log_interval=5", "train_diffusion.save_interval=10",
         "train_diffusion.sample_interval=10", "train_classifier.steps=20", "train_classifier.log_interval=5",
@@ -118,7 +120,48 @@ def test_bad_input_fails_before_workers_start(tmp_path, shapes, mlflow_server, a
 def test_worker_resources_share_the_cluster_or_take_what_is_set():
     preset = get_preset("smoke")
     kinds = ("diffusion", "classifier", "evaluator")
-    assert worker_resources(preset, kinds, 2.0, 2.0) == {k: 0.5 for k in kinds}
+    # 2 CPUs, 3 one-worker trainers: two at once (half a CPU left for Ray Data), the third when one finishes
+    assert worker_resources(preset, kinds, 2.0, 2.0) == {k: 0.75 for k in kinds}
+    assert first_wave(preset, kinds, 2.0) == ["diffusion", "classifier"]
+    assert worker_resources(preset, kinds, 4.0, 4.0) == {k: 1.17 for k in kinds}
+    assert first_wave(preset, kinds, 4.0) == list(kinds)
+    assert first_wave(preset, kinds, 1.0) == ["diffusion"]
     fixed = apply_overrides(preset, ["train_diffusion.cpus_per_worker=1"])
     assert worker_resources(fixed, kinds, 8.0, 4.0) == {"diffusion": 1.0, "classifier": 3.25, "evaluator": 3.25}
     assert worker_resources(fixed, ("diffusion",), 8.0, 4.0) == {"diffusion": 1.0}
+
+
+def test_cpu_slots_start_waiting_trainers_in_order_as_slots_free():
+    """Two slots, four one-slot trainers and one that takes none (a GPU trainer): the first two start at once, the
+    third only when one of them finishes, the fourth after the third, whatever order their threads ask in."""
+    slots = CpuSlots(2, {"a": 1, "b": 1, "c": 1, "d": 1}, order=("a", "b", "gpu", "c", "d"))
+    started, finish = [], {k: threading.Event() for k in "abcd"}
+
+    def trainer(kind):
+        with slots.held(kind):
+            started.append(kind)
+            if kind in finish:
+                finish[kind].wait(timeout=30)
+
+    threads = {k: threading.Thread(target=trainer, args=(k,), daemon=True) for k in ("d", "c", "gpu", "b", "a")}
+    for t in threads.values():
+        t.start()
+        time.sleep(0.05)  # asked in reverse order: d and c must still wait for a and b
+
+    def settle(expected):
+        deadline = time.time() + 10
+        while len(started) < expected and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # time for a wrong start to show
+        return sorted(started)
+
+    assert settle(3) == ["a", "b", "gpu"]
+    finish["b"].set()
+    assert settle(4) == ["a", "b", "c", "gpu"]  # c, not d: the queue's order
+    finish["c"].set()
+    assert settle(5) == ["a", "b", "c", "d", "gpu"]
+    for e in finish.values():
+        e.set()
+    for t in threads.values():
+        t.join(timeout=5)
+    assert slots.free == 2
