@@ -1,6 +1,10 @@
 """Arguments several `adm` sub-commands share."""
 
 import argparse
+import contextlib
+import os
+import tempfile
+from pathlib import Path
 
 from components.config import apply_overrides
 from components.presets import DEFAULT_PRESET, PRESET_BUILDERS, get_preset
@@ -15,3 +19,31 @@ def preset_args(parser: argparse.ArgumentParser) -> None:
 
 def resolved_preset(args):
     return apply_overrides(get_preset(args.preset), args.override)
+
+
+def verbose_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true", help="also show Ray's and MLflow's own logs (worker output, "
+                        "Ray Data progress, warnings); same as ADM_VERBOSE=1")
+
+
+@contextlib.contextmanager
+def command_console(args, command: str):
+    """The `log` of a command's stages: progress bars on a terminal, a line now and then in a file or pipe. Unless
+    --verbose (kept in ADM_VERBOSE for the Ray start), what Ray's C++ core worker in this process prints (warnings
+    about its own actors) goes to adm-<command>-<pid>-native.log in the temp folder, kept only if not empty, as
+    `adm run` keeps it with the run; adm's own messages and errors stay on the console."""
+    from pipelines.infra.console import Console, verbose_requested
+    from pipelines.infra.ray_logs import NativeStderr
+
+    if verbose_requested(args.verbose):
+        yield Console()
+        return
+    path = Path(tempfile.gettempdir()) / f"adm-{command}-{os.getpid()}-native.log"
+    native = NativeStderr(path)
+    native.start()
+    try:
+        yield Console()
+    finally:
+        native.stop()
+        if path.exists() and path.stat().st_size == 0:
+            path.unlink()

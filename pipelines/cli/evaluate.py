@@ -6,6 +6,7 @@ below sets one of its fields, as `--override evaluate.FIELD=VALUE` would, and ha
 
 from components.config import FEATURE_SETS, FID_METHODS, INCEPTION_PRECISIONS, EvaluateConfig, override_section
 from components.presets import get_preset
+from pipelines.cli.common import command_console, verbose_arg
 
 # flag -> field of the evaluate section it sets
 EVALUATE_FLAGS = {"features": "features", "num_reference": "num_reference", "split": "reference_split",
@@ -27,9 +28,10 @@ def cmd_evaluate(args) -> int:
     job = EvaluateJob(samples=args.samples, reference=args.reference, config=evaluate_config(args),
                       evaluator=args.evaluator, actors=args.actors, cache_dir=args.cache_dir,
                       tracking_uri=args.tracking_uri, experiment=args.experiment)
-    result = run_evaluation(job)
-    if not args.no_track:
-        log_evaluation(job, result)
+    with command_console(args, "evaluate") as log:
+        result = run_evaluation(job, log=log)
+        if not args.no_track:
+            log_evaluation(job, result, log=log)
     print(format_table(result.rows))
     return 0
 
@@ -66,4 +68,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
     p.add_argument("--experiment", default="adm", help="MLflow experiment name")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    verbose_arg(p)
     p.set_defaults(func=cmd_evaluate)

@@ -8,7 +8,7 @@ import os
 import tempfile
 
 from components.config import UserError, preset_from_dict, to_dict
-from pipelines.cli.common import preset_args, resolved_preset
+from pipelines.cli.common import preset_args, resolved_preset, verbose_arg
 
 
 def request_from_args(args):
@@ -144,8 +144,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and the Ray resources of each stage, then exit")
     p.add_argument("--assume-cpus", type=float, default=2.0, help="cluster CPUs assumed by --dry-run")
-    p.add_argument("--verbose", action="store_true", help="also show Ray's and MLflow's own logs (worker output, "
-                   "Ray Data progress, warnings); same as ADM_VERBOSE=1")
+    verbose_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("ui", help="serve the MLflow UI of the store adm run used on http://127.0.0.1:PORT/")
@@ -160,6 +159,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--force", action="store_true", help="run the pipeline (all stages) even if nothing changed")
     p.add_argument("--from-scratch", action="store_true", help="train from random weights, not from the champion "
                    "(the default when one exists and fits the preset's networks)")
-    p.add_argument("--verbose", action="store_true",
-                   help="also show Ray's and MLflow's own logs; same as ADM_VERBOSE=1")
+    verbose_arg(p)
     p.set_defaults(func=cmd_retrain, no_register=False, resume=None)

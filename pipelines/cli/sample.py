@@ -6,6 +6,7 @@ each flag below sets one of its fields, as `--override sample.FIELD=VALUE` would
 
 from components.config import SampleConfig, override_section
 from components.presets import get_preset
+from pipelines.cli.common import command_console, verbose_arg
 
 # flag -> field of the sample section it sets
 SAMPLE_FLAGS = {"scales": "guidance_scales", "intervals": "guidance_intervals", "methods": "guidance_methods",
@@ -35,9 +36,10 @@ def cmd_sample(args) -> int:
     job = SampleJob(diffusion=args.diffusion, classifier=args.classifier, out=args.out, config=sample_config(args),
                     label=args.label, preset=args.preset, actors=args.actors, tracking_uri=args.tracking_uri,
                     experiment=args.experiment)
-    result = run_sampling(job)
-    if not args.no_track:
-        log_to_mlflow(job, result)
+    with command_console(args, "sample") as log:
+        result = run_sampling(job, log=log)
+        if not args.no_track:
+            log_to_mlflow(job, result, log=log)
     for key, url in result.npz.items():
         print(f"{key}: {url}  grid {result.grids[key]}")
     return 0
@@ -84,4 +86,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
     p.add_argument("--experiment", default="adm", help="MLflow experiment name")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    verbose_arg(p)
     p.set_defaults(func=cmd_sample)

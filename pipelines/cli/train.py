@@ -3,7 +3,7 @@
 import json
 
 from components.kinds import KINDS
-from pipelines.cli.common import preset_args, resolved_preset
+from pipelines.cli.common import command_console, preset_args, resolved_preset, verbose_arg
 
 
 def cmd_train(args) -> int:
@@ -20,7 +20,8 @@ def cmd_train(args) -> int:
         return 0
     opts = TrainOptions(storage=args.storage, tracking_uri=args.tracking_uri, experiment=args.experiment,
                         model_prefix=args.model_prefix)
-    outcomes = train(preset, args.data, opts, kinds)
+    with command_console(args, "train") as log:
+        outcomes = train(preset, args.data, opts, kinds, log=log)
     for kind, outcome in outcomes.items():
         print(f"{kind}: {outcome.steps} steps, checkpoint {outcome.checkpoint}, MLflow run {outcome.run_id}, "
               f"model {outcome.model_uri}")
@@ -40,4 +41,5 @@ def add_parsers(sub) -> None:
                    "of PREFIX-<network> (default: adm-PRESET)")
     p.add_argument("--dry-run", action="store_true", help="check the config against the data, print the plan, exit")
     p.add_argument("--assume-cpus", type=float, default=2.0, help="cluster CPUs assumed by --dry-run's plan")
+    verbose_arg(p)
     p.set_defaults(func=cmd_train)

@@ -32,12 +32,18 @@ def check_ray_address(address: str | None = None, timeout: float = PROBE_TIMEOUT
 
 
 def connect_ray() -> None:
-    """ray.init() once per process, after the probe."""
+    """ray.init() once per process, after the probe; Ray's own logs stay off the console as in `adm run` (unless
+    --verbose / ADM_VERBOSE=1)."""
     import ray
+
+    from pipelines.infra.console import quiet_ray_data, quiet_ray_init_kwargs, verbose_requested
 
     if not ray.is_initialized():
         check_ray_address()
-        ray.init()
+        verbose = verbose_requested()
+        ray.init(**quiet_ray_init_kwargs(verbose))
+        if not verbose:
+            quiet_ray_data()
 
 
 def check_url(url: str, what: str) -> None:

@@ -28,6 +28,7 @@ from pipelines.infra.tracking import Tracker
 from pipelines.stages.register import register
 from pipelines.workflow.pipeline import STAGES, Pipeline
 from pipelines.workflow.request import RunRequest
+from tests.pipelines.test_run import RAY_INTERNALS
 
 ROOT = Path(__file__).resolve().parents[2]
 # Two steps per network, evaluator features only, one scale of four samples: the cheapest complete pipeline. Its
@@ -69,6 +70,16 @@ def ok(done: subprocess.CompletedProcess) -> str:
     assert done.returncode == 0, f"{shlex.join(done.args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n" \
                                  f"{done.stderr[-3000:]}"
     return done.stdout
+
+
+def quiet(done: subprocess.CompletedProcess) -> str:
+    """ok(), and none of Ray's or MLflow's internal logs on the console: a command that starts Ray keeps them off as
+    `adm run` does (they stay in Ray's session folder; --verbose shows them)."""
+    text = ok(done)
+    leaked = [s for s in RAY_INTERNALS if s in text + done.stderr]
+    assert not leaked, f"{shlex.join(done.args)} printed Ray's own logs {leaked}:\n{done.stdout[-2000:]}\n" \
+                       f"{done.stderr[-2000:]}"
+    return text
 
 
 def stage_runs(client: MlflowClient, run_id: str) -> dict:
@@ -245,7 +256,7 @@ def test_sample_bare_weights_files_with_preset(tiny, env, mlflow_server, tmp_pat
     with pytest.raises(CheckpointError, match="does not fit the network"):
         resolve(str(bare["diffusion"]), "diffusion", "fashion-mnist").build()  # 3-channel weights, 1-channel preset
     out = tmp_path / "samples"
-    text = ok(call(_adm("sample", "--diffusion", str(bare["diffusion"]), "--classifier", str(bare["classifier"]),
+    text = quiet(call(_adm("sample", "--diffusion", str(bare["diffusion"]), "--classifier", str(bare["classifier"]),
                         "--preset", "smoke", "--scales", "2", "--num-samples", "4", "--batch-size", "4", "--sampler",
                         "ddim10", "--seed", "0", "--actor-cpus", "1", "--out", str(out), "--no-track"), env, tmp_path))
     (npz,) = out.glob("ddim10/scale_*/samples_4x16x16x3.npz")
@@ -255,11 +266,23 @@ def test_sample_bare_weights_files_with_preset(tiny, env, mlflow_server, tmp_pat
     assert np.array_equal(ours["arr_0"], pipelines["arr_0"]) and np.array_equal(ours["arr_1"], pipelines["arr_1"])
 
 
+def test_train_from_the_command_line(tiny, env, mlflow_server, tmp_path):
+    """`adm train` on the pipeline's dataset: our progress and result lines only, a finished run on the server."""
+    text = quiet(call(_adm("train", "evaluator", "--preset", "smoke", "--data", tiny["data"]["data_url"],
+                           "--override", "train_evaluator.steps=5", "--override", "train_evaluator.log_interval=5",
+                           "--storage", str(tmp_path / "storage"), "--tracking-uri", mlflow_server, "--experiment",
+                           "cli-train"), env, tmp_path))
+    assert "[evaluator] training: 5/5" in text and "evaluator: 5 steps, checkpoint" in text, text
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("cli-train").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["adm.network"] == "evaluator"
+
+
 def test_evaluate_from_the_command_line(tiny, env, mlflow_server, tmp_path):
     """`adm evaluate` on the pipeline's samples, reference and evaluator gives the pipeline's metrics, logged as one
     child run per scale of a new evaluate run."""
     evaluator = f"runs:/{tiny['train']['evaluator']['run_id']}"
-    text = ok(call(_adm("evaluate", "--samples", tiny["sample"]["out"], "--reference", tiny["data"]["data_url"],
+    text = quiet(call(_adm("evaluate", "--samples", tiny["sample"]["out"], "--reference", tiny["data"]["data_url"],
                         "--evaluator", evaluator, "--features", "evaluator", "--num-reference", "16", "--batch-size",
                         "16", "--cache-dir", str(tmp_path / "cache"), "--tracking-uri", mlflow_server, "--experiment",
                         "cli-evaluate"), env, tmp_path))
