@@ -50,8 +50,8 @@ def cpu_plan(cpus: float, node_cpus: float, requested: int | None, pending: int,
 # --- what each stage asks for ----------------------------------------------------------------------------------------
 def cpu_slots(cpus: float) -> int:
     """How many CPU trainer workers share `cpus` at once: one per whole CPU, since a worker's torch threads are whole.
-    More would run more threads than cores (2 cores, 3 trainers: three 1-thread workers at once took 207 s, two at
-    once and the third when one finished 150 s, with the same numbers: bench/RESULTS.md)."""
+    More would run more threads than cores (2 cores, the default run's 3 trainers: three 1-thread workers at once,
+    train stage 207 s; two at once and the third when one finished, 165 s, the same weights: bench/RESULTS.md)."""
     return max(1, int(cpus))
 
 
