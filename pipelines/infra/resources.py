@@ -1,5 +1,9 @@
 """What the Ray cluster offers and what each stage asks of it: a trainer worker or actor must fit on one node."""
 
+import contextlib
+import threading
+from concurrent.futures import Future
+
 import ray
 
 from components.config import UserError
@@ -82,6 +86,48 @@ def worker_resources(preset, kinds, cluster_cpus: float, node_cpus: float | None
             for k, c in cfgs.items()}
 
 
+class CpuSlots:
+    """The CPU slots of the trainers that share the cluster's CPUs (cpu_slot_needs): each trainer waits, in
+    its driver thread, until the trainers before it in `order` have started and it can hold its slots."""
+
+    def __init__(self, slots: int, needs: dict, order):
+        self.free, self.needs = slots, needs
+        self.queue = [k for k in order if k in needs]
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def held(self, kind: str):
+        if kind not in self.needs:  # GPU workers, or cpus_per_worker set: Ray places them as asked
+            yield
+            return
+        with self._changed:
+            self._changed.wait_for(lambda: self.queue[0] == kind and self.free >= self.needs[kind])
+            self.queue.pop(0)
+            self.free -= self.needs[kind]
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.free += self.needs[kind]
+                self._changed.notify_all()
+
+    def start(self, kind: str, fn, *args) -> Future:
+        """fn(*args) in a daemon thread (so an interrupted driver can exit without waiting for it) once `kind` holds
+        its slots; its result or exception comes through the Future."""
+        future = Future()
+
+        def target():
+            try:
+                with self.held(kind):
+                    future.set_result(fn(*args))
+            except BaseException as e:  # handed to the caller through the future
+                future.set_exception(e)
+
+        threading.Thread(target=target, name=f"fit-{kind}", daemon=True).start()
+        return future
+
+
 def first_wave(preset, kinds, cluster_cpus: float) -> list:
     """The trainers that start at once; the others wait for CPU slots (cpu_slot_needs)."""
     slots, needs = cpu_slot_needs(preset, kinds, cluster_cpus)
@@ -93,6 +139,11 @@ def first_wave(preset, kinds, cluster_cpus: float) -> list:
             slots -= needs[kind]
         started.append(kind)
     return started
+
+
+def trainer_slots(preset, kinds, cluster_cpus: float) -> tuple[CpuSlots, list]:
+    """The train stage's CPU slot gate, and the trainers that start at once."""
+    return CpuSlots(*cpu_slot_needs(preset, kinds, cluster_cpus), kinds), first_wave(preset, kinds, cluster_cpus)
 
 
 def train_plan(preset, kinds, cluster_cpus: float) -> dict:

@@ -1,22 +1,19 @@
 """Ray Train drivers: the diffusion model, the noisy classifier and the evaluator network, trained concurrently.
 
 Each network is one ``TorchTrainer`` with its own ScalingConfig; the ``fit()`` calls run side by side in driver
-threads and finish independently (on a cluster with fewer whole CPUs than CPU trainer workers the later trainers wait
-for CPU slots: CpuSlots). Before any worker starts, the configuration is checked against the dataset's
-manifest, the storage path is written to once and the tracking server is asked for /health. The MLflow run of each
-trainer is created here, so a worker-group restart never creates a second run; rank 0 logs into it by id.
+threads and finish independently (with fewer whole CPUs than CPU workers, later ones wait: resources.CpuSlots).
+Before any worker starts, the configuration is checked against the dataset's manifest, the storage path is written to
+once and the tracking server is asked for /health. The MLflow run of each trainer is created here, so a worker-group
+restart never creates a second run; rank 0 logs into it by id.
 """
 
-import contextlib
 import dataclasses
 import math
 import os
 import posixpath
 import tempfile
-import threading
 import time
 import traceback
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +29,7 @@ from pipelines.infra import tags
 from pipelines.infra.console import Board
 from pipelines.infra.dataset import driver_dataset, load_manifest, ray_dataset
 from pipelines.infra.init_from import InitSource, resolve_inits
-from pipelines.infra.resources import cluster_cpus, cpu_slot_needs, first_wave, largest_node_cpus, worker_resources
+from pipelines.infra.resources import cluster_cpus, largest_node_cpus, trainer_slots, worker_resources
 from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import check_writable
 from pipelines.infra.tracking import Tracker
@@ -186,39 +183,11 @@ def training_dataset(data_url: str, opts: TrainOptions):
     return ray_dataset(data_url, "train", num_cpus=opts.data_cpus)
 
 
-class CpuSlots:
-    """The CPU slots of the trainers that share the cluster's CPUs (resources.cpu_slot_needs): each trainer waits, in
-    its driver thread, until the trainers before it in `order` have started and it can hold its slots."""
-
-    def __init__(self, slots: int, needs: dict, order):
-        self.free, self.needs = slots, needs
-        self.queue = [k for k in order if k in needs]
-        self._changed = threading.Condition()
-
-    @contextlib.contextmanager
-    def held(self, kind: str):
-        if kind not in self.needs:  # GPU workers, or cpus_per_worker set: Ray places them as asked
-            yield
-            return
-        with self._changed:
-            self._changed.wait_for(lambda: self.queue[0] == kind and self.free >= self.needs[kind])
-            self.queue.pop(0)
-            self.free -= self.needs[kind]
-            self._changed.notify_all()
-        try:
-            yield
-        finally:
-            with self._changed:
-                self.free += self.needs[kind]
-                self._changed.notify_all()
-
-
 def _fit(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOptions, cpus: float,
-         tracker: Tracker, slots: CpuSlots) -> TrainOutcome:
+         tracker: Tracker) -> TrainOutcome:
+    started = time.time()
     try:
-        with slots.held(kind):
-            started = time.time()
-            result = make_trainer(kind, preset, dataset, run_id, opts, cpus).fit()
+        result = make_trainer(kind, preset, dataset, run_id, opts, cpus).fit()
         metrics = dict(result.metrics or {})
         bad_step = _nonfinite_step(opts, kind, run_id)
         if bad_step is not None:
@@ -281,20 +250,6 @@ def _shared_dataset(data_url: str, opts: TrainOptions, run_ids: dict, tracker: T
         raise TrainingError(f"reading the training split of {data_url} failed: {type(e).__name__}: {e}") from e
 
 
-def _in_daemon_thread(fn, *args) -> Future:
-    """Run fn(*args) in a daemon thread (so an interrupted driver can exit without waiting for fit() to return)."""
-    future = Future()
-
-    def target():
-        try:
-            future.set_result(fn(*args))
-        except BaseException as e:  # handed to the caller through the future
-            future.set_exception(e)
-
-    threading.Thread(target=target, name=f"fit-{args[0]}", daemon=True).start()
-    return future
-
-
 def _interrupt(futures: dict, run_ids: dict, tracker: Tracker, log) -> None:
     """Ctrl-C: stop the trainers (disconnecting from Ray ends the Train controllers this driver owns), give their
     threads a moment to return, and mark every unfinished training run KILLED. Checkpoints already reported stay."""
@@ -326,13 +281,9 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
         if cpus[kind] > largest_node_cpus():
             raise ConfigError(f"train_{kind}.cpus_per_worker={cpus[kind]:g} fits no node of this Ray cluster (the "
                               f"largest has {largest_node_cpus():g} CPUs); lower it or 0 to share the CPUs out")
-    slots = CpuSlots(*cpu_slot_needs(preset, kinds, cluster_cpus()), kinds)
-    at_once = first_wave(preset, kinds, cluster_cpus())
+    slots, at_once = trainer_slots(preset, kinds, cluster_cpus())
     run_ids = {}
     for kind in kinds:
-        if kind not in at_once:
-            log(f"[{kind}] starts when a trainer before it finishes: {slots.free} CPU trainer worker(s) at once, one "
-                f"per whole CPU of this cluster")
         if kind in opts.run_ids:  # same run => same Ray Train run name => fit() restores its latest checkpoint
             run_ids[kind] = opts.run_ids[kind]
             _keep_recorded_init(inits, kind, tracker.run(run_ids[kind]).data.tags)
@@ -346,7 +297,8 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
                                                 **(inits[kind].tags if kind in inits else {})})
         tracker.log_params(run_ids[kind], run_params(preset, kind, data_url))
         tracker.log_dataset(run_ids[kind], data_url, posixpath.basename(data_url.rstrip("/")), manifest["fingerprint"])
-        log(f"[{kind}] MLflow run {run_ids[kind]}; {_plan_line(preset, kind, cpus[kind], inits.get(kind))}")
+        log(f"[{kind}] MLflow run {run_ids[kind]}; {_plan_line(preset, kind, cpus[kind], inits.get(kind))}"
+            + ("" if kind in at_once else "; starts when a trainer before it finishes (one worker per whole CPU)"))
     futures, outcomes, errors = {}, {}, []
     board = Board(log)
     guide = _run_folder(opts, "classifier", run_ids["classifier"]) if "classifier" in run_ids else ""
@@ -354,7 +306,7 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
     try:
         dataset = _shared_dataset(data_url, opts, run_ids, tracker)
         for k in kinds:
-            futures[k] = _in_daemon_thread(_fit, k, preset, dataset, run_ids[k], opts, cpus[k], tracker, slots)
+            futures[k] = slots.start(k, _fit, k, preset, dataset, run_ids[k], opts, cpus[k], tracker)
         for kind, future in futures.items():
             try:
                 outcomes[kind] = future.result()

@@ -31,8 +31,20 @@ pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]
 
 
+_HELD = []  # sockets bound and never listening: their ports refuse connections, and no other process can take them
+
+
 def dead_port() -> int:
-    """A local port with nothing listening (bound, then released)."""
+    """A local port with nothing listening, held until the tests end (a released port was once taken by another
+    test's Ray dashboard before the refusal was checked)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _HELD.append(s)
+    return s.getsockname()[1]
+
+
+def free_port() -> int:
+    """A local port free for a server of this test to listen on (bound, then released)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -281,7 +293,7 @@ def test_work_dir_on_a_filesystem_without_its_driver(box, capsys):
 def s3_server(tmp_path_factory):
     """A real S3-compatible server (moto's, on 127.0.0.1) with one bucket, `adm-bucket`; yields its endpoint URL."""
     pytest.importorskip("s3fs", reason="s3fs (the dev extra) is the driver of s3:// URLs")
-    port = dead_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("s3") / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log,
                             stderr=subprocess.STDOUT)

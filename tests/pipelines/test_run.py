@@ -323,10 +323,14 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
     the resume finishes without redoing finished stages, the second run (other sampling seed) reuses the first's
     training (and so its registered versions) and writes its own samples, metrics and report."""
     # the evaluator network's features only (Inception on CPU would double the time and adds nothing here); 60
-    # diffusion steps with a checkpoint every 10 give the run time to be interrupted between checkpoints
+    # diffusion steps with a checkpoint every 10 give the run time to be interrupted between checkpoints; half a CPU
+    # per trainer, so that all three start at once (else on 2 CPUs the evaluator waits for a free CPU slot and the
+    # diffusion trainer is done before it)
     steps = 60
     fast = ["--override", "evaluate.features=evaluator", "--override", "evaluate.champion_metric=evaluator_fid",
-            "--override", f"train_diffusion.steps={steps}"]
+            "--override", f"train_diffusion.steps={steps}",
+            *(x for k in ("diffusion", "classifier", "evaluator")
+              for x in ("--override", f"train_{k}.cpus_per_worker=0.5"))]
     args = {1: ["--override", "sample.seed=1", *fast], 2: ["--override", "sample.seed=2", *fast]}
     logs = {n: tmp_path / f"run{n}.log" for n in args}
     runs = {1: subprocess.Popen(_adm("run", "--preset", "smoke", *args[1]), env=_env(), cwd=tmp_path,

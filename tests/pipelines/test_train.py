@@ -12,10 +12,10 @@ from mlflow import MlflowClient
 
 from components.config import ConfigError, UserError, apply_overrides
 from components.presets import get_preset
-from pipelines.infra.resources import first_wave
+from pipelines.infra.resources import CpuSlots, first_wave
 from pipelines.infra.tracking_checks import TrackingError
 from pipelines.stages.ingest import IngestOptions, ingest
-from pipelines.stages.train import CpuSlots, TrainingError, TrainOptions, train, worker_resources
+from pipelines.stages.train import TrainingError, TrainOptions, train, worker_resources
 
 TINY = ["train_diffusion.steps=20", "train_diffusion.log_interval=5", "train_diffusion.save_interval=10",
         "train_diffusion.sample_interval=10", "train_classifier.steps=20", "train_classifier.log_interval=5",
@@ -133,20 +133,20 @@ def test_worker_resources_share_the_cluster_or_take_what_is_set():
 
 def test_cpu_slots_start_waiting_trainers_in_order_as_slots_free():
     """Two slots, four one-slot trainers and one that takes none (a GPU trainer): the first two start at once, the
-    third only when one of them finishes, the fourth after the third, whatever order their threads ask in."""
+    third only when one of them finishes, the fourth after the third, whatever order their threads start in."""
     slots = CpuSlots(2, {"a": 1, "b": 1, "c": 1, "d": 1}, order=("a", "b", "gpu", "c", "d"))
     started, finish = [], {k: threading.Event() for k in "abcd"}
 
     def trainer(kind):
-        with slots.held(kind):
-            started.append(kind)
-            if kind in finish:
-                finish[kind].wait(timeout=30)
+        started.append(kind)
+        if kind in finish:
+            finish[kind].wait(timeout=30)
+        return kind
 
-    threads = {k: threading.Thread(target=trainer, args=(k,), daemon=True) for k in ("d", "c", "gpu", "b", "a")}
-    for t in threads.values():
-        t.start()
-        time.sleep(0.05)  # asked in reverse order: d and c must still wait for a and b
+    futures = {}
+    for kind in ("d", "c", "gpu", "b", "a"):  # started in reverse order: d and c must still wait for a and b
+        futures[kind] = slots.start(kind, trainer, kind)
+        time.sleep(0.05)
 
     def settle(expected):
         deadline = time.time() + 10
@@ -162,6 +162,5 @@ def test_cpu_slots_start_waiting_trainers_in_order_as_slots_free():
     assert settle(5) == ["a", "b", "c", "d", "gpu"]
     for e in finish.values():
         e.set()
-    for t in threads.values():
-        t.join(timeout=5)
+    assert {k: f.result(timeout=5) for k, f in futures.items()} == {k: k for k in futures}
     assert slots.free == 2
