@@ -204,6 +204,9 @@ def check_trainers(client, tmp_path, preset, trained):
     first, second = window["diffusion"], window["classifier"]
     assert max(first[0], second[0]) < window["evaluator"][0], window
     assert window["evaluator"][0] > min(first[1], second[1]), window
+    # ... and its run says how long it waited (its MLflow run was made at the stage's start, as the others')
+    assert runs["evaluator"].data.metrics["cpu_wait_s"] > 1
+    assert "cpu_wait_s" not in runs["diffusion"].data.metrics and "cpu_wait_s" not in runs["classifier"].data.metrics
     losses = [m.value for m in history["diffusion"]]  # hybrid loss on shapes, 20 steps at lr 1e-3
     assert losses[-1] < losses[0]
     assert {a.path for a in client.list_artifacts(runs["diffusion"].info.run_id, "samples")} == {
