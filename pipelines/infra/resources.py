@@ -131,11 +131,12 @@ class CpuSlots:
 def first_wave(preset, kinds, cluster_cpus: float) -> list:
     """The trainers that start at once; the others wait for CPU slots (cpu_slot_needs)."""
     slots, needs = cpu_slot_needs(preset, kinds, cluster_cpus)
-    started = []
+    started, blocked = [], False
     for kind in kinds:
         if kind in needs:
-            if needs[kind] > slots:
-                break  # in order: nothing behind a waiting trainer starts before it
+            blocked = blocked or needs[kind] > slots  # in order: no CPU trainer overtakes a waiting one
+            if blocked:
+                continue
             slots -= needs[kind]
         started.append(kind)
     return started
