@@ -126,8 +126,8 @@ def test_worker_resources_share_the_cluster_or_take_what_is_set():
     assert worker_resources(preset, kinds, 4.0, 4.0) == {k: 1.17 for k in kinds}
     assert first_wave(preset, kinds, 4.0) == list(kinds)
     assert first_wave(preset, kinds, 1.0) == ["diffusion"]
-    gpu = apply_overrides(preset, ["train_classifier.use_gpu=true"])  # placed by Ray as asked: never waits
-    assert first_wave(gpu, kinds, 1.0) == ["diffusion", "classifier"]
+    gpu = apply_overrides(preset, ["train_evaluator.use_gpu=true"])  # placed by Ray as asked: never waits
+    assert first_wave(gpu, kinds, 1.0) == ["diffusion", "evaluator"]
     fixed = apply_overrides(preset, ["train_diffusion.cpus_per_worker=1"])
     assert worker_resources(fixed, kinds, 8.0, 4.0) == {"diffusion": 1.0, "classifier": 3.25, "evaluator": 3.25}
     assert worker_resources(fixed, ("diffusion",), 8.0, 4.0) == {"diffusion": 1.0}
