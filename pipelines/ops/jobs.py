@@ -12,6 +12,7 @@ Token authentication (Ray >= 2.52, on by default for local clusters since 2.59) 
 import asyncio
 import os
 import posixpath
+import re
 import shlex
 import sys
 import time
@@ -71,16 +72,25 @@ def connect(address: str | None = None, token_file: str | None = None):
     try:
         return JobSubmissionClient(url, headers=headers)
     except Exception as e:  # ConnectionError, or an authentication failure from the version check
-        text = str(e)
-        if "403" in text or "invalid or incorrect" in text or "Invalid authentication" in text:
-            raise JobError(f"the Ray cluster at {url} rejected the token; check --token-file / RAY_AUTH_TOKEN") \
-                from None
-        if "401" in text or "no authentication token" in text or type(e).__name__ == "AuthenticationError":
-            raise JobError(f"the Ray cluster at {url} requires a token: pass --token-file FILE or set RAY_AUTH_TOKEN "
-                           "(on the head, `ray get-auth-token` prints it)") from None
-        raise JobError(f"cannot reach the Ray cluster at {url} ({type(e).__name__}: {text[:300]}); start one "
-                       "(cluster/local/start-head.sh, or `ray start --head`) or pass --address http://HEAD:8265") \
-            from None
+        raise connect_error(url, e) from None
+
+
+def _has_status(text: str, code: int) -> bool:
+    """Whether HTTP status `code` stands in an error text as a number of its own, not inside a port or an address
+    (a refused http://127.0.0.1:56403 once read as a 403)."""
+    return re.search(rf"(?<![\d.:]){code}(?!\d)", text) is not None
+
+
+def connect_error(url: str, e: Exception) -> JobError:
+    """What failed when connecting to the cluster's dashboard at `url`, and the fix."""
+    text = str(e)
+    if _has_status(text, 403) or "invalid or incorrect" in text or "Invalid authentication" in text:
+        return JobError(f"the Ray cluster at {url} rejected the token; check --token-file / RAY_AUTH_TOKEN")
+    if _has_status(text, 401) or "no authentication token" in text or type(e).__name__ == "AuthenticationError":
+        return JobError(f"the Ray cluster at {url} requires a token: pass --token-file FILE or set RAY_AUTH_TOKEN "
+                        "(on the head, `ray get-auth-token` prints it)")
+    return JobError(f"cannot reach the Ray cluster at {url} ({type(e).__name__}: {text[:300]}); start one "
+                    "(cluster/local/start-head.sh, or `ray start --head`) or pass --address http://HEAD:8265")
 
 
 # --- submitting -------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import torch
 from components.models import build_classifier, build_unet
 from components.presets import get_preset
 from pipelines.cli.main import main
+from pipelines.ops.jobs import connect_error
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,8 +36,8 @@ _HELD = []  # sockets bound and never listening: their ports refuse connections,
 
 
 def dead_port() -> int:
-    """A local port with nothing listening, held until the tests end (a released port was once taken by another
-    test's Ray dashboard before the refusal was checked)."""
+    """A local port with nothing listening, held until the tests end (a released one could be taken by another
+    process before the refusal is checked)."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     _HELD.append(s)
@@ -397,6 +398,18 @@ def test_class_folder_name_that_is_not_utf8(box, capsys):
 def test_ray_dashboard_with_nothing_listening(box, capsys):
     address = f"http://127.0.0.1:{dead_port()}"
     refused(box, capsys, ["jobs", "list", "--address", address], address, "ray start --head")
+
+
+def test_dashboard_errors_read_status_codes_not_port_numbers():
+    """A refused connection to a dashboard whose port holds the digits 403 or 401 is not a token problem (CI drew
+    ports 40363 and 56403 and was told the token was rejected); a real 403 / 401 still is."""
+    url = "http://127.0.0.1:56403"
+    refused_text = ConnectionError(f"Failed to connect to Ray at address: {url}. (HTTPConnectionPool(host='127.0.0.1', "
+                                   "port=56403): Max retries exceeded; [Errno 111] Connection refused)")
+    assert "ray start --head" in str(connect_error(url, refused_text))
+    assert "ray start --head" in str(connect_error("http://10.0.4.1:40163", ConnectionError("http://10.0.4.1:40163")))
+    assert "rejected the token" in str(connect_error(url, RuntimeError("Request failed with status code 403")))
+    assert "requires a token" in str(connect_error(url, RuntimeError("status 401: Unauthorized")))
 
 
 def test_damaged_manifest(box, capsys):
