@@ -79,6 +79,15 @@ def _reissue(caught: list) -> None:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def _documented(version):
+    """A registered model version with its `version` a str, as MLflow declares it and its REST client returns it; a
+    sqlite store opened directly hands out an int (MLflow 3.17), which broke every comparison with a version typed on
+    the command line (adm models show 1) and every join of version numbers."""
+    if not isinstance(version.version, str):
+        version._version = str(version.version)
+    return version
+
+
 class Tracker:
     """A thin wrapper over MlflowClient for one tracking URI."""
 
@@ -290,10 +299,16 @@ class Tracker:
         except Exception as e:  # exists already
             raise_if_gone(e)
         model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
-        found = [v.version for v in self.client.search_model_versions(f"name = '{name}'")
-                 if v.run_id == run_id and v.source == model_uri]
-        version = found[0] if found else self.client.create_model_version(
-            name, model_uri, run_id=run_id, tags=tags, model_id=model_id).version
+        found = [v.version for v in self.model_versions(name) if v.run_id == run_id and v.source == model_uri]
+        if not found:
+            import mlflow
+
+            # a store opened directly (sqlite:///) looks the logged model up through a default MlflowClient, i.e. the
+            # process's tracking URI: without this, a process that has logged no model (a resumed run whose train
+            # stage finished earlier) looked in ./mlflow.db and failed
+            mlflow.set_tracking_uri(self.uri)
+        version = found[0] if found else _documented(self.client.create_model_version(
+            name, model_uri, run_id=run_id, tags=tags, model_id=model_id)).version
         if model_id:
             self._link_version(model_id, name, version)
         return version
@@ -315,7 +330,7 @@ class Tracker:
         if self._store_missing():
             return None
         try:
-            return self.client.get_model_version_by_alias(name, alias)
+            return _documented(self.client.get_model_version_by_alias(name, alias))
         except Exception as e:
             raise_if_gone(e)
             return None
@@ -341,7 +356,7 @@ class Tracker:
         if self._store_missing():
             return []
         try:
-            return list(self.client.search_model_versions(f"name = '{name}'"))
+            return [_documented(v) for v in self.client.search_model_versions(f"name = '{name}'")]
         except Exception as e:
             raise_if_gone(e)
             return []

@@ -97,3 +97,46 @@ def test_promote_without_partner_and_bad_input_are_refused(capsys, mlflow_server
         assert code == 2 and message in err and "Traceback" not in err, err
     code, _, err = adm(capsys, "http://127.0.0.1:9", prefix, "list")
     assert code == 2 and "unreachable" in err
+
+
+def test_registry_of_a_sqlite_store_opened_in_the_process(capsys, tmp_path):
+    """`make run`'s ./mlflow.db is opened in the process, and that store hands out version numbers as ints (MLflow
+    3.17), where a server sends strings: registering a logged model from a process that logged none (a resumed run
+    whose train stage had finished), `adm models show/promote` and init_from=models:/NAME/VERSION work there too."""
+    import mlflow
+    import torch
+
+    from components.config import to_dict
+    from components.presets import get_preset
+    from components.training import Learner
+    from pipelines.infra.init_from import _pin
+    from pipelines.infra.tracking import Tracker
+
+    uri, before = f"sqlite:///{tmp_path}/mlflow.db", mlflow.get_tracking_uri()
+    tracker, preset = Tracker(uri), get_preset("smoke")
+    try:
+        for i, kind in enumerate(("diffusion", "classifier", "diffusion", "classifier")):
+            learner = Learner(kind, preset, torch.device("cpu"), seed=i)
+            folder = tmp_path / f"net{i}"
+            learner.save(folder, config={"kind": kind, "preset": to_dict(preset)})
+            run_id = tracker.start_run("sq-seed", f"train-{kind}")
+            weights = folder / ("ema_0.99.safetensors" if learner.ema else "model.safetensors")
+            model_uri = tracker.log_network(run_id, f"{kind}_model", weights, folder / "model.json")
+            # another process: its MLflow default store is not this one
+            mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/elsewhere.db")
+            version = tracker.register(model_uri, f"sq-{kind}", run_id, tags={"adm.pipeline_run": f"p{i // 2}"})
+            assert version == str(i // 2 + 1)
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert not (tmp_path / "elsewhere.db").exists()
+    assert [v.version for v in tracker.model_versions("sq-diffusion")] in (["1", "2"], ["2", "1"])
+
+    code, out, err = adm(capsys, uri, "sq", "show", "1")
+    assert code == 0 and json.loads(out)["version"] == "1", err
+    code, out, err = adm(capsys, uri, "sq", "promote", "2", "--reason", "sqlite")
+    assert code == 0, err
+    assert tracker.alias_version("sq-classifier", "champion").version == "2"
+    code, out, err = adm(capsys, uri, "sq", "show", "9")
+    assert code != 0 and "sq-diffusion has no version 9; its versions are 1, 2" in err and "Traceback" not in err
+    assert _pin("models:/sq-diffusion/1", "sq-diffusion", uri).uri == "models:/sq-diffusion/1"
+    assert _pin("models:/sq-diffusion/latest", "sq-diffusion", uri).uri == "models:/sq-diffusion/2"
