@@ -221,7 +221,9 @@ def test_bad_input_is_refused_before_actors(tmp_path, nets, actor_count):
              ({"samplers": ("ddim5", "dpm++3m-4")}, "'dpm\\+\\+3m-4' is unknown"),
              ({"samplers": ("dpm++2m-1001",)}, "1001 steps of the 1000 trained"),
              ({"guidance_intervals": ("5:1",)}, "interval '5:1' is not valid"),
-             ({"guidance_intervals": ()}, "guidance_intervals is empty")]
+             ({"guidance_intervals": ()}, "guidance_intervals is empty"),
+             ({"label": 4}, "--label 4: the diffusion model has 4 classes, labels 0 to 3"),
+             ({"label": -1}, "--label -1: the diffusion model has 4 classes")]
     for change, message in cases:
         with pytest.raises(UserError, match=message):
             run_sampling(_job(nets, out, **change), log=lambda *_: None)
