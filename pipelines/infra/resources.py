@@ -2,7 +2,7 @@
 
 import contextlib
 import threading
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 
 import ray
 
@@ -93,7 +93,14 @@ class CpuSlots:
     def __init__(self, slots: int, needs: dict, order):
         self.free, self.needs = slots, needs
         self.queue = [k for k in order if k in needs]
+        self.closed = False
         self._changed = threading.Condition()
+
+    def close(self) -> None:
+        """No more starts (Ctrl-C): a trainer still waiting for its slots raises CancelledError instead of starting."""
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
 
     @contextlib.contextmanager
     def held(self, kind: str):
@@ -101,7 +108,9 @@ class CpuSlots:
             yield
             return
         with self._changed:
-            self._changed.wait_for(lambda: self.queue[0] == kind and self.free >= self.needs[kind])
+            self._changed.wait_for(lambda: self.closed or (self.queue[0] == kind and self.free >= self.needs[kind]))
+            if self.closed:
+                raise CancelledError(f"{kind} never started: the stage was stopped while it waited for a CPU slot")
             self.queue.pop(0)
             self.free -= self.needs[kind]
             self._changed.notify_all()

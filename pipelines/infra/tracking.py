@@ -153,16 +153,19 @@ class Tracker:
         self.client.set_terminated(run_id, status)
 
     def end_failed(self, run_id: str, error: BaseException) -> None:
-        """End a run that `error` stopped: KILLED for Ctrl-C, else FAILED, with the error as its `error` tag."""
+        """End a run that `error` stopped: KILLED for Ctrl-C or an exiting process, else FAILED, with the error as its
+        `error` tag."""
         self.set_tags(run_id, {"error": f"{type(error).__name__}: {error}"[:5000]})
-        self.end_run(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        self.end_run(run_id, "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED")
 
     def run(self, run_id: str):
         return self._reader(f"run {run_id}").get_run(run_id)
 
     def reopen(self, run_id: str) -> None:
-        """Mark a failed or killed run RUNNING again (resuming it)."""
+        """Mark a failed or killed run RUNNING again (resuming it), without the error that stopped it."""
         self.client.update_run(run_id, status="RUNNING")
+        if "error" in self.run(run_id).data.tags:
+            self.client.delete_tag(run_id, "error")
 
     def search(self, experiment: str, filter_string: str, max_results: int = 100) -> list:
         """Runs of `experiment` matching an MLflow filter string, newest first."""

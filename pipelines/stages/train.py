@@ -252,14 +252,16 @@ def _shared_dataset(data_url: str, opts: TrainOptions, run_ids: dict, tracker: T
         raise TrainingError(f"reading the training split of {data_url} failed: {type(e).__name__}: {e}") from e
 
 
-def _interrupt(futures: dict, run_ids: dict, tracker: Tracker, log) -> None:
-    """Ctrl-C: stop the trainers (disconnecting from Ray ends the Train controllers this driver owns), give their
-    threads a moment to return, and mark every unfinished training run KILLED. Checkpoints already reported stay."""
+def _interrupt(futures: dict, run_ids: dict, tracker: Tracker, log, slots) -> None:
+    """Ctrl-C: stop the trainers (disconnecting from Ray ends the Train controllers this driver owns; one still
+    waiting for a CPU slot never starts), give their threads a moment to return, and mark every unfinished training run
+    KILLED. Checkpoints already reported stay."""
     import concurrent.futures
 
     import ray
 
     log("interrupted: stopping the trainers")
+    slots.close()
     ray.shutdown()
     concurrent.futures.wait(list(futures.values()), timeout=10)
     for kind, run_id in run_ids.items():
@@ -315,7 +317,7 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
             except TrainingError as e:
                 errors.append(str(e))
     except KeyboardInterrupt:
-        _interrupt(futures, run_ids, tracker, log)
+        _interrupt(futures, run_ids, tracker, log, slots)
         raise
     finally:
         board.close()

@@ -166,3 +166,30 @@ def test_cpu_slots_start_waiting_trainers_in_order_as_slots_free():
         e.set()
     assert {k: f.result(timeout=5) for k, f in futures.items()} == {k: k for k in futures}
     assert slots.free == 2
+
+
+def test_closed_cpu_slots_start_no_waiting_trainer(tmp_path):
+    """Ctrl-C closes the gate: a trainer still waiting for a slot never starts (it used to start into a Ray that was
+    shutting down and end FAILED with `SystemExit: 0`); one already training is not touched. A run reopened to resume
+    loses the error that stopped it."""
+    from concurrent.futures import CancelledError
+
+    from pipelines.infra.tracking import Tracker
+
+    slots, release, started = CpuSlots(1, {"a": 1, "b": 1}, order=("a", "b")), threading.Event(), []
+    first = slots.start("a", lambda: started.append("a") or release.wait(timeout=30))
+    second = slots.start("b", lambda: started.append("b"))
+    time.sleep(0.2)
+    slots.close()
+    with pytest.raises(CancelledError, match="b never started"):
+        second.result(timeout=5)
+    release.set()
+    assert first.result(timeout=5) is True and started == ["a"]
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = tracker.start_run("interrupted", "train-b")
+    tracker.end_failed(run_id, SystemExit(0))
+    assert tracker.run(run_id).info.status == "KILLED"
+    tracker.reopen(run_id)
+    run = tracker.run(run_id)
+    assert run.info.status == "RUNNING" and "error" not in run.data.tags
