@@ -56,7 +56,7 @@ def cmd_run(args) -> int:
     from pipelines.workflow.sentinel import start
 
     req = request_from_args(args)
-    check_request(req)
+    check_request(req, writes=not args.dry_run)
     if args.dry_run:
         print(json.dumps({"preset": to_dict(req.preset),
                           "data": req.source, "workdir": req.workdir,

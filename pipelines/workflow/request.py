@@ -10,8 +10,9 @@ from components.validation import preset_problems, raise_problems
 from pipelines import PROJECT_ROOT
 from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.services import check_ray_address, check_url
-from pipelines.infra.storage import digest
+from pipelines.infra.storage import check_writable, digest
 from pipelines.infra.tracking_checks import check_tracking, resolve_tracking_uri
+from pipelines.stages.ingest import check_source_folder
 
 
 @dataclass
@@ -68,13 +69,18 @@ def check_config(req: RunRequest) -> None:
     raise_problems(problems)
 
 
-def check_request(req: RunRequest) -> None:
+def check_request(req: RunRequest, writes: bool = True) -> None:
     """Everything a run here needs, before the first stage starts: the config, then bounded probes of the services
-    (the tracking store or server, the Ray cluster of RAY_ADDRESS, the work dir's and source's filesystems) and the
-    weights that trainers start from (train_<kind>.init_from: found, pinned and fitting the preset's networks)."""
+    (the tracking store or server, the Ray cluster of RAY_ADDRESS, the work dir's and source's filesystems, a local
+    source folder's existence) and the weights that trainers start from (train_<kind>.init_from: found, pinned and
+    fitting the preset's networks). With `writes` (not for --dry-run, which writes nothing), a local work dir is made
+    and written to once."""
     check_config(req)
     check_tracking(resolve_tracking_uri(req.tracking_uri))
     resolve_inits(req.preset, KINDS, resolve_tracking_uri(req.tracking_uri), req.prefix)  # the warm starts' weights
     check_ray_address()
     check_url(req.workdir, "--workdir")
     check_url(req.source, "--data")
+    check_source_folder(req.source)
+    if writes and ("://" not in req.workdir or req.workdir.startswith("file://")):
+        check_writable(req.workdir, "work dir", "--workdir")

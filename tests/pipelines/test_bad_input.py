@@ -281,6 +281,16 @@ def test_ray_address_in_a_subprocess(box):
     refused_in_subprocess(box, ["run", *SMOKE], f"RAY_ADDRESS={address}", env={**box.env(), "RAY_ADDRESS": address})
 
 
+def test_work_dir_and_source_folder_on_this_machine(box, capsys):
+    """A work dir that cannot be made and a --data folder that is not there: refused before Ray or any stage starts
+    (they used to fail inside the ingest stage, after Ray had started and two MLflow runs were made)."""
+    refused(box, capsys, ["run", *SMOKE, "--workdir", "/proc/adm-no-such"], "/proc/adm-no-such", "not writable",
+            "--workdir")
+    missing = str(box.root / "no-such-folder")
+    refused(box, capsys, ["run", *SMOKE, "--data", missing], missing, "does not exist")
+    refused(box, capsys, ["run", "--dry-run", *SMOKE, "--data", f"fashion-mnist:{missing}"], missing, "does not exist")
+
+
 def test_work_dir_on_a_filesystem_without_its_driver(box, capsys):
     if importlib.util.find_spec("s3fs") is None:
         url = "s3://adm-bucket/work"
