@@ -112,6 +112,7 @@ def cmd_ui(args) -> int:
     db = sqlite_path(uri)
     if db is not None and not db.exists():
         raise TrackingError(f"no MLflow store at {db}: run adm run here first, or pass the --tracking-uri it used")
+    _check_port_free(args.port)
     print(f"MLflow UI of {uri}: http://127.0.0.1:{args.port}/#/experiments?workflowType=machine_learning (Ctrl-C "
           "stops it)", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
@@ -120,6 +121,23 @@ def cmd_ui(args) -> int:
         return subprocess.call(command)
     except KeyboardInterrupt:
         return 0
+
+
+def _check_port_free(port: int) -> None:
+    """The UI's port on 127.0.0.1 is a port and nothing listens there: mlflow ui itself only logs the failure and
+    exits 0, after the UI's address was printed."""
+    import socket
+
+    from components.config import UserError
+
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port (1 to 65535); e.g. --port 5001")
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise UserError(f"--port {port}: 127.0.0.1:{port} is in use ({e.strerror}); stop what serves there "
+                            "(another adm ui or mlflow ui?) or pass another --port") from None
 
 
 def _pipeline_args(p) -> None:

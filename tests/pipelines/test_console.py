@@ -126,3 +126,22 @@ def test_adm_ui_without_a_store_says_so(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "ui"], env={**env, "PYTHONPATH": str(ROOT)},
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "no MLflow store at" in done.stderr and not (tmp_path / "mlflow.db").exists()
+
+
+def test_adm_ui_refuses_a_port_in_use_or_out_of_range(tmp_path):
+    """mlflow ui on a busy port logs the error and exits 0; adm ui says so instead of printing an address that serves
+    nothing."""
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(store).create_experiment("adm")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for value, message in ((str(port), f"127.0.0.1:{port} is in use"), ("99999", "--port 99999 is not a port")):
+            done = subprocess.run([sys.executable, "-m", "pipelines.cli", "ui", "--tracking-uri", store, "--port",
+                                   value], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+            assert "Traceback" not in done.stderr and "MLflow UI of" not in done.stdout
