@@ -158,6 +158,12 @@ def test_mlflow_project_entry_points_render_parse_and_dry_run(tiny, env, tmp_pat
             assert str(value) in argv, f"entry point {name}: parameter {param} does not reach the command {argv}"
         assert args.func.__name__ == handlers[name]
         commands[name] = argv
+    # with their defaults, ingest then train fit together: train's preset at the resolution ingest writes, where it
+    # writes (the ingest entry once wrote 32 px for the 16 px default preset)
+    defaults = {n: {k: v.default for k, v in project.get_entry_point(n).parameters.items()}
+                for n in ("ingest", "train")}
+    assert defaults["ingest"]["dest"] == defaults["train"]["data"]
+    assert int(defaults["ingest"]["resolution"]) == get_preset(defaults["train"]["preset"]).data.resolution
     main, train = run_all([_adm(*commands["main"][1:], "--dry-run"), _adm(*commands["train"][1:], "--dry-run")],
                           env, tmp_path)
     plan = json.loads(ok(main))
