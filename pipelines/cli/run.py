@@ -8,6 +8,7 @@ import os
 import tempfile
 
 from components.config import UserError, preset_from_dict, to_dict
+from components.presets import DEFAULT_PRESET
 from pipelines.cli.common import preset_args, resolved_preset, verbose_arg
 
 
@@ -20,9 +21,12 @@ def request_from_args(args):
                   register=not args.no_register, model_prefix=args.model_prefix)
     if not args.resume:
         return RunRequest(preset=resolved_preset(args), data=args.data, workdir=args.workdir, **common)
+    _check_resume_args(args)
+    tracker = Tracker(args.tracking_uri)
+    _check_pipeline_run(tracker, args.resume)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = Tracker(args.tracking_uri).download_artifacts(args.resume, "config/resolved.json", tmp)
+            path = tracker.download_artifacts(args.resume, "config/resolved.json", tmp)
         except UserError:  # our own message (store missing, server down) already names the input and the fix
             raise
         except Exception as e:
@@ -32,6 +36,39 @@ def request_from_args(args):
         saved = json.loads(open(path).read())
     return RunRequest(preset=preset_from_dict(saved["preset"]), data=saved["data"], workdir=saved["workdir"],
                       resume=args.resume, **common)
+
+
+def _check_resume_args(args) -> None:
+    """--resume continues a run with the config, data and work dir it recorded: flags that would change them are
+    refused rather than ignored."""
+    given = [flag for flag, value in (("--override", args.override), ("--data", args.data),
+                                      ("--workdir", args.workdir != "adm-work"),
+                                      ("--preset", args.preset != DEFAULT_PRESET)) if value]
+    if given:
+        raise UserError(f"--resume {args.resume} continues that run with the config, data and work dir it recorded; "
+                        f"leave out {', '.join(given)} (start a new run to change them)")
+
+
+def _check_pipeline_run(tracker, run_id: str) -> None:
+    """A stage's, trainer's or cell's run id: refused, naming the pipeline run above it to pass instead."""
+    from pipelines.infra import tags
+
+    child, found = run_id, None
+    for _ in range(4):  # pipeline run > stage run > trainer or cell run
+        try:
+            run_tags = tracker.run(child).data.tags
+        except UserError:
+            raise
+        except Exception:  # an unknown id: the config download says so, naming it
+            return
+        if tags.PIPELINE in run_tags:
+            found = child
+            break
+        child = run_tags.get("mlflow.parentRunId")
+        if not child:
+            return
+    if found and found != run_id:
+        raise UserError(f"run {run_id} is a run inside pipeline run {found}, not a pipeline run; pass --resume {found}")
 
 
 def _where(uri: str, experiment_id: str, run_id: str) -> str:
@@ -55,6 +92,8 @@ def cmd_run(args) -> int:
     from pipelines.workflow.request import check_request
     from pipelines.workflow.sentinel import start
 
+    if not args.assume_cpus > 0:
+        raise UserError(f"--assume-cpus {args.assume_cpus:g} must be a number of CPUs above 0, e.g. --assume-cpus 8")
     req = request_from_args(args)
     check_request(req, writes=not args.dry_run)
     if args.dry_run:

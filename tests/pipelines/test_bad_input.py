@@ -291,6 +291,24 @@ def test_work_dir_and_source_folder_on_this_machine(box, capsys):
     refused(box, capsys, ["run", "--dry-run", *SMOKE, "--data", f"fashion-mnist:{missing}"], missing, "does not exist")
 
 
+def test_resume_with_flags_it_would_ignore_or_a_run_inside_the_pipeline_run(box, capsys):
+    """--resume continues with the recorded config: flags that would change it are refused, not ignored; a stage's
+    or trainer's run id names the pipeline run to pass."""
+    refused(box, capsys, ["run", "--resume", "abc", "--override", "sample.guidance_scales=0,1", "--workdir", "w"],
+            "--resume abc", "--override, --workdir")
+    refused(box, capsys, ["run", "--dry-run", *SMOKE, "--assume-cpus", "-2"], "--assume-cpus -2")
+    from pipelines.infra.tracking import Tracker
+
+    uri = f"sqlite:///{box.root / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    pipeline = tracker.start_run("e", "adm-run-smoke", tags={"adm.pipeline": "smoke"})
+    stage = tracker.start_run("e", "train", pipeline, tags={"adm.stage": "train"})
+    trainer = tracker.start_run("e", "train-diffusion", stage, tags={"adm.network": "diffusion"})
+    for child in (stage, trainer):
+        refused(box, capsys, ["run", "--resume", child, "--tracking-uri", uri], f"run {child} is a run inside "
+                f"pipeline run {pipeline}", f"--resume {pipeline}")
+
+
 def test_work_dir_on_a_filesystem_without_its_driver(box, capsys):
     if importlib.util.find_spec("s3fs") is None:
         url = "s3://adm-bucket/work"
