@@ -77,6 +77,10 @@ def _pin(value: str, model_name: str, tracking_uri: str | None) -> InitSource:
     if "@" in ref:
         name, alias = ref.split("@", 1)
         found = tracker.alias_version(name, alias)
+        if found is None and tracker.registered_model(name) is None:
+            raise UserError(f"the MLflow registry at {tracker.uri} has no registered model {name!r}; check the name "
+                            "(`adm` registers PREFIX-diffusion and PREFIX-classifier; --model-prefix) and the "
+                            "tracking URI")
         if found is None:
             raise UserError(f"registered model {name!r} has no alias {alias!r} in the MLflow registry at "
                             f"{tracker.uri} (no version was promoted to it yet); promote one (adm models promote), "

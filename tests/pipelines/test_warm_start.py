@@ -112,8 +112,11 @@ def test_bad_starting_points_fail_before_workers_start(tmp_path, shapes, champio
     fails([f"train_diffusion.init_from={champion}", "unet.model_channels=64"],
           r"train_diffusion.init_from='.*': it holds a diffusion network of another architecture "
           r"\(model_channels=32 there, 64 here\)")
-    fails(["train_diffusion.init_from=champion"], r"train_diffusion.init_from='champion': registered model "
-          r"'nobody-diffusion' has no alias 'champion'", model_prefix="nobody")
+    fails(["train_diffusion.init_from=champion"], r"train_diffusion.init_from='champion': the MLflow registry at "
+          r".* has no registered model 'nobody-diffusion'", model_prefix="nobody")
+    MlflowClient(mlflow_server).create_registered_model("ws-unpromoted")
+    fails(["train_diffusion.init_from=models:/ws-unpromoted@champion"], r"registered model 'ws-unpromoted' has no "
+          r"alias 'champion'")
     fails([f"train_diffusion.init_from=models:/{PREFIX}-diffusion/7"], r"has no version '7' of 'ws-diffusion'")
     other = tmp_path / "classifier.safetensors"  # a released-style weights file of another network
     save_weights(network_kind("classifier").build(smoke).state_dict(), other)
