@@ -132,8 +132,7 @@ def cmd_retrain(args) -> int:
         check_request(req)  # config errors and unreachable services are reported before Ray starts
         ray.init(**quiet_ray_init_kwargs(verbose))
         quiet_ray_data()
-    result = retrain(req, log=Console())
-    print(f"retraining cycle {result['cycle_run_id']}: {result['decision']} ({result['reason']})")
+    retrain(req, log=Console())  # its last line says the cycle's decision and why
     return 0
 
 

@@ -83,7 +83,7 @@ def check_inputs(job: EvaluateJob, samples: dict, reference) -> None:
             raise EvaluationError(f"samples {key}: {source.total} images, but precision/recall need at "
                                   f"least {metrics.K_NEAREST + 1}")
         if isinstance(reference, Source) and source.shape != reference.shape:
-            raise EvaluationError(f"samples {key} are {source.shape} (HWC) but the reference "
+            raise EvaluationError(f"the samples of {key} are {source.shape} (HWC) but the reference "
                                   f"{job.reference} is {reference.shape}; evaluate against a reference at the same "
                                   "resolution and channels")
     if isinstance(reference, Source) and reference.total < metrics.K_NEAREST + 1:

@@ -97,6 +97,9 @@ def discover_samples(url: str) -> dict:
     """{cell key: Source} for a sample folder (one cell per `<sampler>/[<method>_]scale_<s>[...]/` folder, or per
     `scale_<s>/` of the older layout) or one NPZ; ordered by sampler, method, scale, interval."""
     fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        raise EvaluationError(f"--samples {url} does not exist: pass the output folder of `adm sample` or one samples "
+                              "NPZ")
     if url.endswith(".npz"):
         files = [path]
     else:

@@ -309,6 +309,7 @@ def test_retrain_from_the_command_line_skips_an_unchanged_champion(tiny, env, ml
     out = ok(call(_adm("retrain", *_run_args(tiny["workdir"], mlflow_server)), env, tmp_path))
     version = tiny["registered"]["diffusion"]["version"]
     assert f": skipped (data, code and config unchanged since champion {PREFIX}-diffusion v{version})" in out
+    assert out.count(": skipped (") == 1, out  # said once (the command printed the decision a second time)
     (cycle,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                                   "tags.`adm.retrain_cycle` = 'smoke'")
     assert cycle.data.tags["adm.decision"] == "skipped" and cycle.info.status == "FINISHED"

@@ -141,6 +141,7 @@ def test_bad_inputs_fail_before_featurizing(setup, tmp_path, actor_count):
         (folder("few", arr_0=np.zeros((3, 16, 16, 3), np.uint8)), "at least 4"),
         (folder("res", arr_0=np.zeros((8, 32, 32, 3), np.uint8)), "same resolution"),
         (str(tmp_path / "empty"), "holds no <sampler>/scale_<s>"),
+        (str(tmp_path / "missing"), "missing does not exist"),
     ]
     (tmp_path / "empty").mkdir()
     cache, actors = tmp_path / "cache", actor_count()
