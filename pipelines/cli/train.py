@@ -2,6 +2,7 @@
 
 import json
 
+from components.config import UserError
 from components.kinds import KINDS
 from pipelines.cli.common import command_console, preset_args, resolved_preset, verbose_arg
 
@@ -14,7 +15,15 @@ def cmd_train(args) -> int:
     preset = resolved_preset(args)
     kinds = tuple(KINDS) if args.network == "all" else (args.network,)
     validate(preset, kinds, load_manifest(args.data))
-    if args.dry_run:
+    if args.dry_run:  # what train() checks before any worker starts, short of writing to the storage path
+        from pipelines.infra.init_from import resolve_inits
+        from pipelines.infra.services import check_url
+        from pipelines.infra.tracking_checks import resolve_tracking_uri
+
+        if not args.assume_cpus > 0:
+            raise UserError(f"--assume-cpus {args.assume_cpus:g} must be a number of CPUs above 0, e.g. 8")
+        check_url(args.storage, "--storage")
+        resolve_inits(preset, kinds, resolve_tracking_uri(args.tracking_uri), args.model_prefix or f"adm-{preset.name}")
         print(json.dumps({"preset": preset.name, "data": args.data, "storage": args.storage,
                           "resources": train_plan(preset, kinds, cluster_cpus=args.assume_cpus)}, indent=2))
         return 0

@@ -309,6 +309,19 @@ def test_resume_with_flags_it_would_ignore_or_a_run_inside_the_pipeline_run(box,
                 f"pipeline run {pipeline}", f"--resume {pipeline}")
 
 
+def test_train_dry_run_checks_what_train_checks_before_workers(box, capsys):
+    """adm train --dry-run refuses what adm train refuses before any worker starts (it printed a plan for both)."""
+    from pipelines.stages.ingest import IngestOptions, ingest
+
+    data = str(box.root / "shapes")
+    ingest("shapes", data, IngestOptions(resolution=16, num_images=16), log=lambda *_: None)
+    dry = ["train", "diffusion", "--data", data, *SMOKE, "--dry-run"]
+    missing = str(box.root / "none.safetensors")
+    refused(box, capsys, [*dry, "--override", f"train_diffusion.init_from={missing}"], "train_diffusion.init_from",
+            missing)
+    refused(box, capsys, [*dry, "--assume-cpus", "0"], "--assume-cpus 0")
+
+
 def test_work_dir_on_a_filesystem_without_its_driver(box, capsys):
     if importlib.util.find_spec("s3fs") is None:
         url = "s3://adm-bucket/work"
