@@ -34,11 +34,18 @@ def cmd_describe(args) -> int:
     return 0
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except None: such an option's own help says what leaving it out means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def add_parsers(sub) -> None:
     data = sub.add_parser("data", help="ingest and inspect datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = dsub.add_parser("ingest", help="write a dataset as Parquet shards + manifest to any fsspec URL",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=_DefaultsHelp)
     p.add_argument("source", help="fashion-mnist[:DIR_OR_URL] | shapes | an image folder (one sub-folder per class)")
     p.add_argument("dest", help="output folder or fsspec URL (file://, memory://, s3://, gs://, ...)")
     p.add_argument("--resolution", type=int, default=None,

@@ -387,3 +387,10 @@ def test_schedule_installs_into_a_crontab_file_and_a_unit_folder(env, tmp_path):
     assert (manifest["kind"], manifest["metadata"]["name"], manifest["spec"]["schedule"]) == (
         "RayCronJob", "adm-weekly", "0 3 * * 0")
     assert manifest["spec"]["jobTemplate"]["entrypoint"] == shlex.join(["adm", "retrain", *retrain])
+
+
+def test_ingest_help_shows_defaults_but_not_none(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["data", "ingest", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: pad)" in text and "(default: automatic)" in text and "(default: None)" not in text
