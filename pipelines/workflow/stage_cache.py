@@ -28,13 +28,15 @@ def stage_key(name: str, inputs: dict) -> str:
 
 
 def produced(outputs: dict, shown: int = 3) -> str:
-    """What a stage produced, in a few words: the URLs and model URIs among its outputs (run ids are in MLflow)."""
+    """What a stage produced, in a few words: the URLs and model URIs among its outputs (run ids are in MLflow; a
+    trainer's lineage names what it started from, which it did not produce)."""
     found = []
 
     def walk(value):
         if isinstance(value, dict):
-            for v in value.values():
-                walk(v)
+            for k, v in value.items():
+                if k != "lineage":
+                    walk(v)
         elif isinstance(value, str) and "/" in value and value not in found:
             found.append(value)
 

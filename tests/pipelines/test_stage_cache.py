@@ -4,7 +4,7 @@ import json
 
 from pipelines.infra import tags
 from pipelines.infra.tracking import Tracker
-from pipelines.workflow.stage_cache import StageCache, stage_key
+from pipelines.workflow.stage_cache import StageCache, produced, stage_key
 
 
 def test_outputs_longer_than_a_tag_come_back_whole_when_reused_and_when_done_earlier(tmp_path):
@@ -48,3 +48,10 @@ def test_a_tag_cut_short_by_an_older_version_is_not_reused(tmp_path):
     fresh = StageCache(tracker, "e", tracker.start_run("e", "pipeline"), force=False, log=lambda *_: None)
     assert fresh.run("evaluate", {"k": 1}, lambda run_id: {"rows": []}) == {"rows": []}
     assert fresh.times["evaluate"][1] == "ran"
+
+
+def test_the_finished_line_names_what_the_stage_made_not_what_a_trainer_started_from():
+    outputs = {"diffusion": {"run_id": "r1", "model_uri": "models:/m-new",
+                             "lineage": {"adm.init_from": "models:/adm-smoke-diffusion/1"}},
+               "classifier": {"run_id": "r2", "model_uri": "models:/m-other"}}
+    assert produced(outputs) == "models:/m-new, models:/m-other"
