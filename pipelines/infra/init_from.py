@@ -78,9 +78,9 @@ def _pin(value: str, model_name: str, tracking_uri: str | None) -> InitSource:
         name, alias = ref.split("@", 1)
         found = tracker.alias_version(name, alias)
         if found is None and tracker.registered_model(name) is None:
-            raise UserError(f"the MLflow registry at {tracker.uri} has no registered model {name!r}; check the name "
-                            "(`adm` registers PREFIX-diffusion and PREFIX-classifier; --model-prefix) and the "
-                            "tracking URI")
+            raise UserError(f"the MLflow registry at {tracker.uri} has no registered model {name!r} (an `adm run` "
+                            "registers PREFIX-diffusion and PREFIX-classifier); run the pipeline once, or check "
+                            "--model-prefix and the tracking URI")
         if found is None:
             raise UserError(f"registered model {name!r} has no alias {alias!r} in the MLflow registry at "
                             f"{tracker.uri} (no version was promoted to it yet); promote one (adm models promote), "

@@ -141,7 +141,7 @@ SMOKE = ["--preset", "smoke"]
     (["run"], "train_diffusion.init_from=no/such/checkpoint", ["train_diffusion.init_from='no/such/checkpoint'",
                                                               "does not exist"]),
     (["retrain"], "train_classifier.init_from=champion", ["train_classifier.init_from='champion'",
-                                                         "no alias 'champion'"]),
+                                                         "no registered model 'adm-smoke-classifier'"]),
 ])
 def test_config_value_out_of_range(box, capsys, command, override, names):
     refused(box, capsys, [*command, *SMOKE, "--override", override], *names)
