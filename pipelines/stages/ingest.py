@@ -7,7 +7,6 @@ reader requires it, so an interrupted ingest never leaves a dataset that later s
 
 import json
 import math
-import os
 import posixpath
 import re
 import time
@@ -184,18 +183,6 @@ def open_source(spec: str, opts: IngestOptions) -> Source:
     if spec == "shapes":
         return shapes_source(opts)
     return image_folder_source(spec, opts)
-
-
-def check_source_folder(spec: str) -> None:
-    """A source folder on this machine (an image folder, fashion-mnist:DIR) that is not there: refused before any
-    stage starts, instead of inside the ingest stage. Remote URLs are probed by check_url."""
-    location = spec.partition(":")[2] if spec.startswith("fashion-mnist:") else spec
-    if spec in ("fashion-mnist", "shapes") or ("://" in location and not location.startswith("file://")):
-        return
-    folder = location.removeprefix("file://")
-    if not os.path.isdir(folder):
-        raise DataError(f"--data {spec}: the folder {folder} does not exist or is not a folder; pass an existing "
-                        "folder (an image folder has one sub-folder per class), fashion-mnist or shapes")
 
 
 VALIDATION = "validation"

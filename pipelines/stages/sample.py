@@ -103,7 +103,11 @@ def validate(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
     if job.actors is not None and job.actors <= 0:
         raise UserError(f"--actors ({job.actors}) must be positive")
     networks = _networks(job)
-    _check_label(job.label, networks[0].config.num_classes)
+    classes = networks[0].config.num_classes
+    if job.label is not None and not 0 <= job.label < (classes or 0):
+        raise UserError(f"--label {job.label}: the diffusion model has " + (
+            f"{classes} classes, labels 0 to {classes - 1}; pass one of them, or leave --label out for classes drawn "
+            "at random" if classes else "no classes (it is unconditional); leave --label out"))
     raise_problems(diffusion_problems(networks[0].preset.diffusion, job.config.samplers))
     if any(c.cfg_scale > 0 for c in job.cells) and not has_null_class(networks[0].preset):
         raise UserError(f"guidance method cfg/both needs a diffusion model trained with label dropout (it learns the "
@@ -112,16 +116,6 @@ def validate(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
                         "one with train_diffusion.label_dropout=0.1")
     check_writable(job.out, "output folder", "--out")  # last: it creates the folder, which only a go-ahead may
     return networks
-
-
-def _check_label(label: int | None, classes: int | None) -> None:
-    if label is None:
-        return
-    if classes is None:
-        raise UserError(f"--label {label}: the diffusion model is unconditional (no classes); leave --label out")
-    if not 0 <= label < classes:
-        raise UserError(f"--label {label}: the diffusion model has {classes} classes, labels 0 to {classes - 1}; pass "
-                        "one of them, or leave --label out for classes drawn at random")
 
 
 def _networks(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:

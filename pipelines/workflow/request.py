@@ -1,10 +1,12 @@
 """What `adm run` and `adm retrain` are asked to do, and every check that runs before the first stage."""
 
 import hashlib
+import os
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 from components.config import Preset, to_dict
+from components.data import DataError
 from components.kinds import KINDS
 from components.validation import preset_problems, raise_problems
 from pipelines import PROJECT_ROOT
@@ -12,7 +14,6 @@ from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.services import check_ray_address, check_url
 from pipelines.infra.storage import check_writable, digest
 from pipelines.infra.tracking_checks import check_tracking, resolve_tracking_uri
-from pipelines.stages.ingest import check_source_folder
 
 
 @dataclass
@@ -84,3 +85,15 @@ def check_request(req: RunRequest, writes: bool = True) -> None:
     check_source_folder(req.source)
     if writes and ("://" not in req.workdir or req.workdir.startswith("file://")):
         check_writable(req.workdir, "work dir", "--workdir")
+
+
+def check_source_folder(spec: str) -> None:
+    """A source folder on this machine (an image folder, fashion-mnist:DIR) that is not there: refused before any
+    stage starts, instead of inside the ingest stage. Remote URLs are probed by check_url."""
+    location = spec.partition(":")[2] if spec.startswith("fashion-mnist:") else spec
+    if spec in ("fashion-mnist", "shapes") or ("://" in location and not location.startswith("file://")):
+        return
+    folder = location.removeprefix("file://")
+    if not os.path.isdir(folder):
+        raise DataError(f"--data {spec}: the folder {folder} does not exist or is not a folder; pass an existing "
+                        "folder (an image folder has one sub-folder per class), fashion-mnist or shapes")
