@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from components.config import apply_overrides
+from components.config import UserError, apply_overrides
 from components.presets import DEFAULT_PRESET, PRESET_BUILDERS, get_preset
 
 
@@ -47,3 +47,9 @@ def command_console(args, command: str):
         native.stop()
         if path.exists() and path.stat().st_size == 0:
             path.unlink()
+
+
+def check_assume_cpus(cpus: float) -> None:
+    """--assume-cpus of the --dry-run plans: a number of CPUs."""
+    if not cpus > 0:
+        raise UserError(f"--assume-cpus {cpus:g} must be a number of CPUs above 0, e.g. --assume-cpus 8")

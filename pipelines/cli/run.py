@@ -9,7 +9,7 @@ import tempfile
 
 from components.config import UserError, preset_from_dict, to_dict
 from components.presets import DEFAULT_PRESET
-from pipelines.cli.common import preset_args, resolved_preset, verbose_arg
+from pipelines.cli.common import check_assume_cpus, preset_args, resolved_preset, verbose_arg
 
 
 def request_from_args(args):
@@ -92,8 +92,7 @@ def cmd_run(args) -> int:
     from pipelines.workflow.request import check_request
     from pipelines.workflow.sentinel import start
 
-    if not args.assume_cpus > 0:
-        raise UserError(f"--assume-cpus {args.assume_cpus:g} must be a number of CPUs above 0, e.g. --assume-cpus 8")
+    check_assume_cpus(args.assume_cpus)
     req = request_from_args(args)
     check_request(req, writes=not args.dry_run)
     if args.dry_run:
@@ -165,8 +164,6 @@ def _check_port_free(port: int) -> None:
     """The UI's port on 127.0.0.1 is a port and nothing listens there: mlflow ui itself only logs the failure and
     exits 0, after the UI's address was printed."""
     import socket
-
-    from components.config import UserError
 
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port} is not a port (1 to 65535); e.g. --port 5001")

@@ -2,9 +2,8 @@
 
 import json
 
-from components.config import UserError
 from components.kinds import KINDS
-from pipelines.cli.common import command_console, preset_args, resolved_preset, verbose_arg
+from pipelines.cli.common import check_assume_cpus, command_console, preset_args, resolved_preset, verbose_arg
 
 
 def cmd_train(args) -> int:
@@ -20,8 +19,7 @@ def cmd_train(args) -> int:
         from pipelines.infra.services import check_url
         from pipelines.infra.tracking_checks import resolve_tracking_uri
 
-        if not args.assume_cpus > 0:
-            raise UserError(f"--assume-cpus {args.assume_cpus:g} must be a number of CPUs above 0, e.g. 8")
+        check_assume_cpus(args.assume_cpus)
         check_url(args.storage, "--storage")
         resolve_inits(preset, kinds, resolve_tracking_uri(args.tracking_uri), args.model_prefix or f"adm-{preset.name}")
         print(json.dumps({"preset": preset.name, "data": args.data, "storage": args.storage,
