@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from components.config.kinds import EVALUATOR
+from components.config.presets import get_preset
 from components.features import EvaluatorFeatures, InceptionFeatures, default_inception_path
-from components.kinds import EVALUATOR
-from components.presets import get_preset
+from components.networks import build_network
 
 
 def rate(fn, batches) -> float:
@@ -83,7 +84,7 @@ def main() -> None:
           f"{peak / gflop:.1f} images/s in fp32 (x{peak / gflop / baseline:.2f})")
     images = rng.integers(0, 256, size=(args.images * 8, cfg.image_size, cfg.image_size, cfg.in_channels),
                           dtype=np.uint8)
-    evaluator = EvaluatorFeatures(EVALUATOR.build(preset), cfg.image_size, cfg.in_channels)
+    evaluator = EvaluatorFeatures(build_network(EVALUATOR, preset), cfg.image_size, cfg.in_channels)
     ebatches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
     print(f"evaluator  ({args.preset}, {cfg.image_size}px): {rate(evaluator, ebatches):.1f} images/s")
     print(f"threads: {torch.get_num_threads()}")

@@ -11,7 +11,7 @@ import dataclasses
 import tempfile
 import time
 
-from components.presets import get_preset
+from components.config.presets import get_preset
 from pipelines.stages.evaluate import EvaluateJob, run_evaluation
 
 METRICS = ("fid", "sfid", "precision", "recall")

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from components.config import SampleConfig
+from components.config.grid import grid_cells
+from components.config.presets import get_preset
 from components.guidance import trained_sigmas
-from components.presets import get_preset
-from components.samplers import grid_cells
 from components.training import Learner
 from pipelines.stages.sample import GuidedSampler, SampleJob, assemble, plan_shards, run_sampling
 

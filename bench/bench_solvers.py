@@ -20,14 +20,15 @@ import time
 import numpy as np
 import torch
 
+from components.compute import SampleCost
+from components.config.grid import parse_sampler
+from components.config.presets import get_preset
 from components.data import decode_fashion_mnist, fit_to, to_uint8
 from components.diffusion import create_diffusion
 from components.features import EvaluatorFeatures
 from components.guidance import ClassifierGuidance
-from components.kinds import kind as network_kind
 from components.metrics import feature_statistics, frechet_distance
-from components.presets import get_preset
-from components.samplers import SampleCost, parse_sampler
+from components.networks import build_network
 from components.sampling import SampleNoise, class_conditional, sample_label, sample_seed, sampler_loop
 from pipelines.infra.model_refs import resolve
 
@@ -50,7 +51,7 @@ def load_networks(args) -> Networks:
         nets = []
         for kind in ("diffusion", "classifier", "evaluator"):
             torch.manual_seed(len(nets))
-            net = network_kind(kind).build(preset)
+            net = build_network(kind, preset)
             for p in net.parameters():
                 p.data.normal_(0, 0.02)
             nets.append(net.eval())

@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 from bench_components import measure  # bench/ is on sys.path when this script runs
 
+from components.config.flags import diffusion_config_from_flags, unet_config_from_flags
+from components.config.presets import get_preset
 from components.diffusion import create_diffusion
-from components.flags import diffusion_config_from_flags, unet_config_from_flags
 from components.losses import training_losses
 from components.precision import bf16_supported
-from components.presets import get_preset
 from components.training import Learner
 
 FLAGS = dict(image_size=32, num_channels=64, num_res_blocks=2, channel_mult="1,2,2", learn_sigma=True,

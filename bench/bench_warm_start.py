@@ -29,7 +29,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from components.config import apply_overrides
-from components.presets import get_preset
+from components.config.presets import get_preset
 from pipelines.stages.ingest import FASHION_MNIST_DIR, ingest, ingest_options
 from pipelines.stages.train import TrainOptions, train
 

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from bench_sample import save_random  # noqa: E402
 
 from components.config import SampleConfig  # noqa: E402
-from components.presets import get_preset  # noqa: E402
+from components.config.presets import get_preset
 from pipelines.stages.sample import SampleJob, run_sampling  # noqa: E402
 
 

@@ -17,7 +17,7 @@ import time
 import torch
 
 from components.config import apply_overrides
-from components.presets import get_preset
+from components.config.presets import get_preset
 from components.training import Learner
 
 FAILURES = []

@@ -129,8 +129,8 @@ def describe_mismatch(model: nn.Module, state: dict) -> str:
 
 def matching_released_flags(state: dict) -> list[str]:
     """Names of released flag sets (presets.RELEASED_FLAGS) whose network has exactly this state_dict layout."""
-    from .models import classifier_from_flags, model_from_flags
-    from .presets import RELEASED_FLAGS
+    from .config.presets import RELEASED_FLAGS
+    from .networks import classifier_from_flags, model_from_flags
 
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     found = []
@@ -148,7 +148,8 @@ def check_fits(model: nn.Module, state: dict, source: str = "checkpoint") -> Non
     mismatch = describe_mismatch(model, state)
     if mismatch:
         matches = matching_released_flags(state)
-        hint = (f"the checkpoint matches the released flags of {', '.join(matches)} (components.presets.RELEASED_FLAGS)"
+        hint = (f"the checkpoint matches the released flags of {', '.join(matches)} "
+                "(components.config.presets.RELEASED_FLAGS)"
                 if matches else "no released flag set matches it; check num_channels, num_res_blocks and class_cond")
         raise CheckpointError(f"{source} does not fit the network: {mismatch}. {_null_class_hint(model, state)}{hint}")
 

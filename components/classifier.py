@@ -8,7 +8,7 @@ The network sees the same integer timesteps as the diffusion model: classifier(x
 import torch
 from torch import nn
 
-from .config import POOLS
+from .config.sections import POOLS
 from .nn import AttentionPool2d, normalization, timestep_embedding, zero_module
 from .unet import EncoderSpec, build_encoder, time_embed_mlp
 

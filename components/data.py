@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import RESIZE_MODES, UserError
+from .config import UserError
+from .config.sections import RESIZE_MODES
 
 
 class DataError(UserError):

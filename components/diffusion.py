@@ -13,9 +13,10 @@ import math
 import numpy as np
 import torch
 
-from .config import NOISE_SCHEDULES, ConfigError, DiffusionConfig
-from .respacing import space_timesteps
-from .validation import check_diffusion
+from .config import ConfigError, DiffusionConfig
+from .config.respacing import space_timesteps
+from .config.sections import NOISE_SCHEDULES
+from .config.validation import check_diffusion
 
 
 def betas_for_alpha_bar(num_steps: int, alpha_bar, max_beta: float = 0.999) -> np.ndarray:

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import INCEPTION_PRECISIONS, UserError
+from .config import UserError
+from .config.sections import INCEPTION_PRECISIONS
 from .data import to_model_input
 from .inception import FIDInception
 

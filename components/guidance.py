@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .compute import SampleCost
 from .diffusion import extract, get_named_beta_schedule
-from .samplers import SampleCost
 
 
 class ClassifierGuidance:

@@ -16,11 +16,11 @@ import functools
 import numpy as np
 import torch
 
-from . import samplers
+from .compute import SampleCost
 from .config import ConfigError
+from .config.grid import SamplerSpec
 from .diffusion import GaussianDiffusion, extract
 from .guidance import condition_mean, condition_score
-from .samplers import SampleCost, SamplerSpec
 
 
 class SampleNoise:
@@ -237,13 +237,6 @@ def sampler_loop(spec: SamplerSpec):
     if spec.kind in ("ddpm", "ddim"):
         return ddpm_sample if spec.kind == "ddpm" else ddim_sample
     return functools.partial(dpm_solver_2m_sample if spec.kind == "dpm++2m" else heun_sample, steps=spec.steps)
-
-
-def parse_sampler(name: str):
-    """(loop, respacing) of a sampler string, as the sample stage unpacks it; the string is parsed by
-    samplers.parse_sampler (the one parser), and the loop runs on ``create_diffusion(cfg, respacing)``."""
-    spec = samplers.parse_sampler(name)
-    return sampler_loop(spec), spec.respacing
 
 
 def class_conditional(model, class_cond: bool):

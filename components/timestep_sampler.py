@@ -7,7 +7,8 @@ losses seen at each t (uniform until every t has 10), mixed with 0.1% uniform, w
 import numpy as np
 import torch
 
-from .config import SCHEDULE_SAMPLERS, ConfigError
+from .config import ConfigError
+from .config.sections import SCHEDULE_SAMPLERS
 
 
 class UniformSampler:

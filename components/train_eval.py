@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from .config import DiffusionConfig, UNetConfig
+from .config.grid import parse_sampler
 from .data import to_uint8
 from .diffusion import GaussianDiffusion, create_diffusion
 from .guidance import ClassifierGuidance
 from .losses import classifier_losses
-from .samplers import parse_sampler
 from .sampling import SampleNoise, class_conditional, sample_label, sample_seed, sampler_loop
 
 QUARTILES = 4

@@ -18,9 +18,10 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import ema_init_share, save_weights, update_ema
 from .config import Preset
+from .config.kinds import kind as network_kind
 from .diffusion import create_diffusion
-from .kinds import kind as network_kind
 from .losses import classifier_losses, topk_correct, training_losses
+from .networks import build_network
 from .precision import autocast_context, graphed, speed_up, training_speed
 from .sampling import SampleNoise, ddim_sample
 
@@ -54,7 +55,7 @@ class Learner:
         self.network = network_kind(kind)
         self.cfg = self.network.train_config(preset)
         torch.manual_seed(seed)
-        self.net = self.network.build(preset).to(self.device)
+        self.net = build_network(self.network, preset).to(self.device)
         # what train_step calls: channels_last / torch.compile where they pay on this device
         self.channels_last, self.compile = training_speed(self.device, self.cfg.channels_last, self.cfg.compile)
         self.fast = speed_up(self.net, self.device, self.channels_last, self.compile, self.cfg.cuda_graphs)

@@ -86,7 +86,7 @@ MUTANTS = [
       "predict_xstart ignored: the output is always read as eps"),
     M("diffusion.rescale_timesteps", "diffusion.py", "(1000.0 / self.original_num_steps)",
       "(1000.0 / self.num_timesteps)", "rescale_timesteps scales by the respaced T, not the original"),
-    M("diffusion.respacing_round", "respacing.py", "steps.append(start + round(position))",
+    M("diffusion.respacing_round", "config/respacing.py", "steps.append(start + round(position))",
       "steps.append(start + int(position))", "respacing floors the fractional stride instead of rounding"),
     M("diffusion.timestep_map", "diffusion.py",
       "mapped = torch.as_tensor(self.timestep_map, device=t.device, dtype=t.dtype)[t]", "mapped = t",
@@ -162,10 +162,10 @@ MUTANTS = [
       "sigma_hat * s_noise", "Heun churn adds noise of std sigma_hat, not sqrt(sigma_hat^2 - sigma_i^2)"),
     M("sampling.solver_timesteps_distinct", "sampling.py", "out.append(min(max(t, num - 1 - i), highest))",
       "out.append(t)", "solver timesteps not kept distinct: crowded targets repeat a timestep"),
-    M("samplers.heun_evals", "samplers.py", 'return 2 * self.steps - 1 if self.kind == "heun" else self.steps',
+    M("samplers.heun_evals", "config/grid.py", 'return 2 * self.steps - 1 if self.kind == "heun" else self.steps',
       'return 2 * self.steps if self.kind == "heun" else self.steps',
       "heun-N reported as 2N network evaluations (the last step, to sigma = 0, is Euler: 2N - 1)"),
-    M("samplers.zero_steps", "samplers.py", "int(text) < 1", "int(text) < 0", "sampler strings accept 0 steps"),
+    M("samplers.zero_steps", "config/grid.py", "int(text) < 1", "int(text) < 0", "sampler strings accept 0 steps"),
     # --- guidance.py: cond_fn, condition_mean, condition_score ----------------------------------------------------
     M("guidance.ddim_sign", "guidance.py", "eps = eps - torch.sqrt(1 - alpha_bar) * gradient",
       "eps = eps + torch.sqrt(1 - alpha_bar) * gradient", "DDIM guidance term with the wrong sign"),
@@ -211,14 +211,15 @@ MUTANTS = [
       "every class-conditional UNet gets a null-class row (released layouts no longer load)"),
     M("training.label_dropout_inverted", "training.py", "torch.rand(y.shape, device=y.device) < p",
       "torch.rand(y.shape, device=y.device) > p", "label dropout drops 1 - p of the labels"),
-    # --- samplers.py: the grid's cells (issue 22) ---------------------------------------------------------------------
-    M("samplers.cfg_scale_of_classifier", "samplers.py", 'return self.scale if self.method in ("cfg", "both") else 0.0',
+    # --- config/grid.py: the grid's cells (issue 22) -----------------------------------------------------------
+    M("samplers.cfg_scale_of_classifier", "config/grid.py",
+      'return self.scale if self.method in ("cfg", "both") else 0.0',
       'return self.scale if self.method in ("cfg", "both", "classifier") else 0.0',
       "classifier-guided cells also get classifier-free guidance"),
-    M("samplers.interval_not_validated", "samplers.py",
+    M("samplers.interval_not_validated", "config/grid.py",
       "if bounds is None or not (0 <= bounds[0] <= bounds[1]) or bounds[0] == float(\"inf\"):",
       "if bounds is None:", "reversed or negative guidance intervals accepted"),
-    M("samplers.scale0_per_method", "samplers.py", '"classifier" if unguided else parse_method(method))',
+    M("samplers.scale0_per_method", "config/grid.py", '"classifier" if unguided else parse_method(method))',
       "parse_method(method))", "scale 0 sampled once per method (the same bytes three times)"),
     # --- nn.py: embedding, norm, attention ------------------------------------------------------------------------
     M("nn.embedding_order", "nn.py", "torch.cat([torch.cos(args), torch.sin(args)], dim=-1)",
@@ -325,8 +326,8 @@ MUTANTS = [
       "uniform mixing without the (1 - uniform_prob) factor"),
     M("timestep_sampler.importance_weight", "timestep_sampler.py", "weights = 1 / (len(p) * p[indices])",
       "weights = 1 / p[indices]", "importance weights 1 / p_t instead of 1 / (T p_t)"),
-    # --- validation.py: the data section (issue 24's limit) ---------------------------------------------------------
-    M("validation.limit_unchecked", "validation.py",
+    # --- config/validation.py: the data section (issue 24's limit) ----------------------------------------------
+    M("validation.limit_unchecked", "config/validation.py",
       '    out += _at_least("data.limit", cfg.limit, 0, hint="0: every image")\n', "",
       "data.limit is not checked: a negative limit reaches the ingest stage"),
     # --- checkpoint.py / data.py ------------------------------------------------------------------------------------

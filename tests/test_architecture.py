@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for folder in ("components", "pipelines") for p in (ROOT / folder).rglob("*.py"))
-MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
+# files follow concepts: 400 lines is a hint (`make lint` warns), 600 a wall; functions stay under 60
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 600, 60
 HEAVY = ("torch", "ray", "mlflow")
 
 
@@ -47,4 +48,15 @@ def test_files_and_functions_stay_small():
                 length = node.end_lineno - node.lineno + 1
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}(): {length} lines")
-    assert not too_long, "split these (at most 400 lines a file, 60 a function):\n" + "\n".join(too_long)
+    assert not too_long, "split these by concept (at most 600 lines a file, 60 a function):\n" + "\n".join(too_long)
+
+
+def test_the_config_contract_names_every_other_module_of_components():
+    """components.config sits below the rest of components: its import-linter contract forbids each other module by
+    name, so a new module must be added there (else config could import it unnoticed)."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (contract,) = [c for c in contracts if c.get("source_modules") == ["components.config"]]
+    modules = {f"components.{p.stem}" for p in (ROOT / "components").glob("*.py") if p.stem != "__init__"}
+    assert modules <= set(contract["forbidden_modules"]), sorted(modules - set(contract["forbidden_modules"]))

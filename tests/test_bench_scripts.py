@@ -30,7 +30,7 @@ def test_vs_released_learner_takes_the_released_layout():
     has the released checkpoint layout (tests/components/test_golden_networks.py), so its state dict stands in for
     the released one here; a class-conditional network with an extra null-class row (label dropout) would not load."""
     from components import build_unet
-    from components.flags import unet_config_from_flags
+    from components.config.flags import unet_config_from_flags
 
     vs = importlib.import_module("bench_vs_released")
     released_layout = build_unet(unet_config_from_flags(vs.FLAGS, num_classes=vs.NUM_CLASSES)).state_dict()

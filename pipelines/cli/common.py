@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from components.config import UserError, apply_overrides
-from components.presets import DEFAULT_PRESET, PRESET_BUILDERS, get_preset
+from components.config.presets import DEFAULT_PRESET, PRESET_BUILDERS, get_preset
 
 
 def preset_args(parser: argparse.ArgumentParser) -> None:

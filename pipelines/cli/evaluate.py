@@ -1,11 +1,12 @@
 """`adm evaluate`: FID, sFID, precision/recall, score and accuracy per guidance scale.
 
-The settings are the config's `evaluate` section (components/config.py EvaluateConfig, or the --preset's): each flag
-below sets one of its fields, as `--override evaluate.FIELD=VALUE` would, and has no default of its own.
+The settings are the config's `evaluate` section (components/config/sections.py EvaluateConfig, or the --preset's):
+each flag below sets one of its fields, as `--override evaluate.FIELD=VALUE` would, and has no default of its own.
 """
 
-from components.config import FEATURE_SETS, FID_METHODS, INCEPTION_PRECISIONS, EvaluateConfig, override_section
-from components.presets import get_preset
+from components.config import EvaluateConfig, override_section
+from components.config.presets import get_preset
+from components.config.sections import FEATURE_SETS, FID_METHODS, INCEPTION_PRECISIONS
 from pipelines.cli.common import command_console, verbose_arg
 
 # flag -> field of the evaluate section it sets

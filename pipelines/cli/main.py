@@ -7,7 +7,7 @@ import sys
 import traceback
 
 from components.config import UserError, to_dict
-from components.presets import PRESET_BUILDERS, get_preset
+from components.config.presets import PRESET_BUILDERS, get_preset
 from pipelines.cli import data, evaluate, jobs, models, run, sample, train
 from pipelines.cli.common import preset_args, resolved_preset
 from pipelines.infra.services import store_failed
@@ -21,7 +21,7 @@ def cmd_presets(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from components.validation import validate_preset
+    from components.config.validation import validate_preset
 
     preset = resolved_preset(args)
     validate_preset(preset)

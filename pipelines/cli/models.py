@@ -3,9 +3,9 @@
 import json
 
 from components.config import UserError
-from components.presets import DEFAULT_PRESET, PRESET_BUILDERS
+from components.config.presets import DEFAULT_PRESET, PRESET_BUILDERS
 
-NETWORKS = ("diffusion", "classifier")  # the registered ones (components.kinds.REGISTERED)
+NETWORKS = ("diffusion", "classifier")  # the registered ones (components.config.kinds.REGISTERED)
 
 
 def _tracker_and_prefix(args):

@@ -8,7 +8,7 @@ import os
 import tempfile
 
 from components.config import UserError, preset_from_dict, to_dict
-from components.presets import DEFAULT_PRESET
+from components.config.presets import DEFAULT_PRESET
 from pipelines.cli.common import check_assume_cpus, preset_args, resolved_preset, verbose_arg
 
 

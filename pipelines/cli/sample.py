@@ -1,11 +1,11 @@
 """`adm sample`: guided sampling over a grid of cells (sampler x guidance method x scale x interval) with Ray Data.
 
-The sampling settings are the config's `sample` section (components/config.py SampleConfig, or the --preset's):
+The sampling settings are the config's `sample` section (components/config/sections.py SampleConfig, or the --preset's):
 each flag below sets one of its fields, as `--override sample.FIELD=VALUE` would, and has no default of its own.
 """
 
 from components.config import SampleConfig, override_section
-from components.presets import get_preset
+from components.config.presets import get_preset
 from pipelines.cli.common import command_console, verbose_arg
 
 # flag -> field of the sample section it sets

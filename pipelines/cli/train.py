@@ -2,7 +2,7 @@
 
 import json
 
-from components.kinds import KINDS
+from components.config.kinds import KINDS
 from pipelines.cli.common import check_assume_cpus, command_console, preset_args, resolved_preset, verbose_arg
 
 

@@ -15,7 +15,8 @@ import torch
 
 from components.checkpoint import check_fits, read_shapes
 from components.config import ConfigError, Preset, UserError
-from components.kinds import kind as network_kind
+from components.config.kinds import kind as network_kind
+from components.networks import build_network
 from pipelines.infra import tags
 from pipelines.infra.model_refs import NetworkRef, locate_for
 from pipelines.infra.registry import CHAMPION
@@ -110,5 +111,5 @@ def check_architecture(ref: NetworkRef, kind: str, preset: Preset) -> None:
                         f"network trained with this {spec.network_section} section, or set {spec.network_section} "
                         "as that network was trained")
     with torch.device("meta"):
-        network = spec.build(preset)
+        network = build_network(spec, preset)
     check_fits(network, read_shapes(ref.weights), source=f"weights file {ref.weights}")

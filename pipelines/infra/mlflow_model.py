@@ -15,7 +15,7 @@ class AdmNetwork(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from components.checkpoint import load_into
         from components.config import ClassifierConfig, UNetConfig
-        from components.models import build_classifier, build_unet
+        from components.networks import build_classifier, build_unet
 
         with open(context.artifacts["config"]) as f:
             config = json.load(f)

@@ -29,8 +29,9 @@ from torch import nn
 
 from components.checkpoint import check_fits, load_into, read_shapes
 from components.config import Preset, UserError, preset_from_dict
-from components.kinds import kind as network_kind
-from components.presets import get_preset
+from components.config.kinds import kind as network_kind
+from components.config.presets import get_preset
+from components.networks import build_network
 
 
 @dataclass
@@ -44,14 +45,14 @@ class NetworkRef:
         return network_kind(self.kind).network_config(self.preset)
 
     def build(self) -> nn.Module:
-        return load_into(network_kind(self.kind).build(self.preset), self.weights, source=self.weights).eval()
+        return load_into(build_network(self.kind, self.preset), self.weights, source=self.weights).eval()
 
     def checked(self) -> "NetworkRef":
         """Self, once the weights file has been opened safely and its names and shapes compared with the network the
         config describes (on the meta device: no weights read into memory), so that the driver refuses a bad file
         before any Ray actor or worker starts."""
         with torch.device("meta"):
-            network = network_kind(self.kind).build(self.preset)
+            network = build_network(self.kind, self.preset)
         check_fits(network, read_shapes(self.weights), source=f"weights file {self.weights}")
         return self
 

@@ -13,7 +13,7 @@ import json
 from datetime import datetime, timezone
 
 from components.config import UserError
-from components.kinds import REGISTERED
+from components.config.kinds import REGISTERED
 from pipelines.infra import tags
 from pipelines.infra.tracking import Tracker, current_user
 

@@ -7,9 +7,9 @@ from concurrent.futures import CancelledError, Future
 import ray
 
 from components.config import UserError
-from components.kinds import KINDS
-from components.kinds import kind as network_kind
-from components.samplers import grid_cells
+from components.config.grid import grid_cells
+from components.config.kinds import KINDS
+from components.config.kinds import kind as network_kind
 from components.training import ema_initial_share
 
 

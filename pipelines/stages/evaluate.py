@@ -27,6 +27,7 @@ import torch
 
 from components import metrics
 from components.config import EvaluateConfig, to_dict
+from components.config.validation import check_evaluate
 from components.features import (
     INCEPTION_ARITHMETIC,
     INCEPTION_RESIZE,
@@ -35,7 +36,6 @@ from components.features import (
     InceptionFeatures,
     file_digest,
 )
-from components.validation import check_evaluate
 from pipelines.infra.console import progress
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from components.config import UserError
-from components.samplers import METHODS
+from components.config.grid import METHODS
 from pipelines.infra.dataset import load_manifest, shard_urls
 from pipelines.infra.storage import read_npz
 

@@ -5,8 +5,8 @@ import io
 
 import numpy as np
 
+from components.config.grid import Cell
 from components.data import class_grid
-from components.samplers import Cell
 
 
 def labeled_grid(images: np.ndarray, labels: np.ndarray, caption: str, names=None, width: int = 512) -> bytes:

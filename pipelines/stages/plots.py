@@ -6,7 +6,7 @@ intervals. Rows are the evaluation table, one dict per cell."""
 
 import math
 
-from components.samplers import ALL_LEVELS, parse_sampler
+from components.config.grid import ALL_LEVELS, parse_sampler
 
 METRIC_SETS = (("fid", "precision", "recall"), ("evaluator_fid", "evaluator_precision", "evaluator_recall"))
 

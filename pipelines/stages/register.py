@@ -5,7 +5,7 @@ the current champion's.
 Both aliases move together, after both versions exist, so a failure never leaves a mixed pair."""
 
 from components.config import AUTO, HIGHER_IS_BETTER, ConfigError, Preset, to_dict
-from components.samplers import grid_cells
+from components.config.grid import grid_cells
 from pipelines.infra import tags
 from pipelines.infra.registry import CHAMPION, model_names, move_alias
 from pipelines.infra.tracking import Tracker

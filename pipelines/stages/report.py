@@ -3,7 +3,7 @@ the trade-off plots on the parent run)."""
 
 import math
 
-from components.samplers import ALL_LEVELS, metric_name
+from components.config.grid import ALL_LEVELS, metric_name
 from pipelines.infra import tags
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.plots import close, lines_of, tradeoff_figures

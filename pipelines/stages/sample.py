@@ -1,6 +1,6 @@
 """Guided sampling fan-out with Ray Data over the grid of cells (Dhariwal & Nichol 2021, Sec. 4 and 5).
 
-A cell is (sampler, guidance scale, guidance interval) (components/samplers.py); the grid is every sampler x scale x
+A cell is (sampler, guidance scale, guidance interval) (components/config/grid.py); the grid is every sampler x scale x
 interval of the config's sample section. The work is every (cell, sample index) pair, in a fixed order, cut into
 shards of ``batch_size`` within each sampler (one sampling loop per batch); a shard may span several scales and
 intervals (both are per-row tensors), so actors stay full whatever the grid. Each shard is one row of a Ray Data
@@ -24,15 +24,16 @@ import fsspec
 import numpy as np
 import torch
 
+from components.compute import SampleCost
 from components.config import SampleConfig, UserError, to_dict
+from components.config.grid import Cell, grid_cells, parse_sampler
+from components.config.kinds import has_null_class
+from components.config.validation import check_sample, diffusion_problems, raise_problems
 from components.data import to_uint8
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierFreeGuidance, ClassifierGuidance, trained_sigmas
-from components.kinds import has_null_class
 from components.precision import autocast_context, speed_up
-from components.samplers import Cell, SampleCost, grid_cells, parse_sampler
 from components.sampling import SampleNoise, class_conditional, sample_label, sample_seed, sampler_loop
-from components.validation import check_sample, diffusion_problems, raise_problems
 from pipelines.infra import tags
 from pipelines.infra.console import progress
 from pipelines.infra.model_refs import NetworkRef, resolve

@@ -21,10 +21,11 @@ import fsspec
 import torch
 
 from components.config import ConfigError, Preset, UserError, to_dict
-from components.kinds import KINDS, has_null_class
-from components.kinds import kind as network_kind
+from components.config.kinds import KINDS, has_null_class
+from components.config.kinds import kind as network_kind
+from components.config.validation import raise_problems, train_problems
+from components.networks import build_network
 from components.training import ema_initial_share
-from components.validation import raise_problems, train_problems
 from pipelines.infra import tags
 from pipelines.infra.console import Board
 from pipelines.infra.dataset import driver_dataset, load_manifest, ray_dataset
@@ -77,7 +78,7 @@ def validate(preset: Preset, kinds, manifest: dict) -> None:
     for name in kinds:
         kind = network_kind(name)
         with torch.device("meta"):
-            kind.build(preset)
+            build_network(kind, preset)
         cfg, where = kind.network_config(preset), kind.network_section
         if cfg.image_size != manifest["resolution"]:
             raise ConfigError(f"{where}.image_size={cfg.image_size} but the dataset is {manifest['resolution']}px; "

@@ -27,10 +27,11 @@ from safetensors.torch import load as load_safetensors
 
 from components.checkpoint import load_into
 from components.config import AUTO
+from components.config.kinds import kind as network_kind
 from components.data import to_model_input
 from components.features import InceptionFeatures
-from components.kinds import kind as network_kind
 from components.metrics import covariance_root, feature_statistics, frechet_distance_to_reference
+from components.networks import build_network
 from components.train_eval import classifier_scores, sample_fixed_set
 from pipelines.infra.dataset import read_split
 
@@ -115,7 +116,7 @@ def latest_classifier(folder: str, preset, device: torch.device):
     for path in reversed(found):  # Ray names checkpoints by their time: the last sorts last
         state, file = posixpath.join(path, "state.json"), posixpath.join(path, weights)
         if fs.exists(state) and fs.exists(file):
-            net = network_kind("classifier").build(preset)
+            net = build_network("classifier", preset)
             load_into(net, load_safetensors(fs.cat_file(file)), source=file)
             step = int(json.loads(fs.cat_file(state))["step"])
             return net.eval().to(device), step

@@ -19,8 +19,8 @@ import torch
 
 from components.checkpoint import load_state_dict
 from components.config import Preset, to_dict
+from components.config.kinds import kind as network_kind
 from components.data import image_grid, to_uint8
-from components.kinds import kind as network_kind
 from components.training import Learner
 from pipelines.infra import tags
 from pipelines.infra.model_refs import locate_for

@@ -15,7 +15,7 @@ import time
 import ray
 
 from components.config import ConfigError, to_dict
-from components.kinds import KINDS
+from components.config.kinds import KINDS
 from pipelines.infra import tags
 from pipelines.infra.console import Console, verbose_requested
 from pipelines.infra.dataset import load_manifest

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 from components.config import Preset, to_dict
+from components.config.kinds import KINDS
+from components.config.validation import preset_problems, raise_problems
 from components.data import DataError
-from components.kinds import KINDS
-from components.validation import preset_problems, raise_problems
 from pipelines import PROJECT_ROOT
 from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.services import check_ray_address, check_url

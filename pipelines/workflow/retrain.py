@@ -18,7 +18,7 @@ A cycle that fails never touches the aliases: they move only at the end of the r
 import dataclasses
 
 from components.config import ConfigError, apply_overrides
-from components.kinds import REGISTERED
+from components.config.kinds import REGISTERED
 from pipelines.infra import tags
 from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.tracking import Tracker

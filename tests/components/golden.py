@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from components import classifier_from_flags, model_from_flags
-from components.flags import diffusion_config_from_flags
+from components.config.flags import diffusion_config_from_flags
 
 GOLDEN_NETS = ("grey16", "rgb32")
 

@@ -9,11 +9,12 @@ import torch
 
 from components import build_classifier, build_unet
 from components.checkpoint import CheckpointError, load_into
+from components.compute import SampleCost
 from components.config import apply_overrides
+from components.config.presets import get_preset
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierFreeGuidance, ClassifierGuidance, trained_sigmas
-from components.presets import get_preset
-from components.samplers import SampleCost
+from components.networks import build_network
 from components.sampling import SampleNoise, ddim_sample, ddpm_sample, dpm_solver_2m_sample, heun_sample
 from tests.components.test_sampling import CFG as PROCESS
 from tests.components.test_sampling import CLF, UNET, _random
@@ -46,9 +47,10 @@ def test_the_null_class_is_one_more_label_row_only_with_label_dropout():
     assert cfg.label_emb.weight.shape[0] == 5 and cfg.null_label == NULL
     assert set(plain.state_dict()) == set(cfg.state_dict())
     preset = apply_overrides(get_preset("smoke"), ["train_diffusion.label_dropout=0.1"])
-    from components.kinds import DIFFUSION
+    from components.config.kinds import DIFFUSION
 
-    assert DIFFUSION.build(preset).null_label == 4 and DIFFUSION.build(get_preset("smoke")).null_label is None
+    assert build_network(DIFFUSION, preset).null_label == 4
+    assert build_network(DIFFUSION, get_preset("smoke")).null_label is None
 
 
 def test_weights_without_the_null_row_are_refused_with_the_reason():
@@ -124,7 +126,7 @@ def test_interval_everywhere_is_plain_cfg_and_empty_is_conditional(nets):
 def test_a_cfg_step_costs_two_network_evaluations_one_outside_its_interval(nets):
     """DDIM-10: 10 steps. Row 0 at w = 1: 10; row 1 guided everywhere: 20; row 2 guided inside [lo, hi] only: 10 plus
     the steps whose trained sigma lies inside, counted here from the schedule; row 3 at w = 0 (unconditional): 10."""
-    from components.respacing import space_timesteps
+    from components.config.respacing import space_timesteps
 
     model, _ = nets
     lo, hi = 0.5, 5.0

@@ -7,7 +7,7 @@ import torch
 
 from components import classifier_from_flags, model_from_flags
 from components.checkpoint import CheckpointError, load_into, matching_released_flags
-from components.presets import RELEASED_FLAGS
+from components.config.presets import RELEASED_FLAGS
 
 NAMES = sorted(RELEASED_FLAGS)
 

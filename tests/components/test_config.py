@@ -2,8 +2,8 @@ import pytest
 
 from components import build_unet
 from components.config import ConfigError, DataConfig, UNetConfig, apply_overrides
-from components.presets import PRESET_BUILDERS, get_preset
-from components.validation import data_problems, validate_preset
+from components.config.presets import PRESET_BUILDERS, get_preset
+from components.config.validation import data_problems, validate_preset
 
 
 def test_unreachable_attention_resolution_is_named():

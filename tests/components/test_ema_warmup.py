@@ -7,10 +7,10 @@ import torch
 
 from components.checkpoint import CheckpointError
 from components.config import apply_overrides
+from components.config.presets import get_preset
+from components.config.validation import preset_problems
 from components.data import make_shapes, to_model_input
-from components.presets import get_preset
 from components.training import Learner, ema_initial_share, ema_warmup_decay, ema_warmup_on
-from components.validation import preset_problems
 
 
 def _batch(n=8):

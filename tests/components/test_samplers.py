@@ -1,10 +1,11 @@
-"""Sampler strings: the one parser (components.samplers.parse_sampler), its errors, and the network evaluations
+"""Sampler strings: the one parser (components.config.grid.parse_sampler), its errors, and the network evaluations
 each string costs."""
 
 import pytest
 
+from components.compute import SampleCost
 from components.config import ConfigError
-from components.samplers import SampleCost, parse_sampler
+from components.config.grid import parse_sampler
 
 
 @pytest.mark.parametrize("name,kind,steps,respacing,evals", [
@@ -40,7 +41,7 @@ def test_sample_cost_counts_per_row():
 
 # --- the grid ---------------------------------------------------------------------------------------------------------
 def test_grid_cells_cross_samplers_scales_and_intervals():
-    from components.samplers import grid_cells
+    from components.config.grid import grid_cells
 
     cells = grid_cells(["DDIM25", "dpm++2m-10"], [0, 2.5], ["all", "0.3:5", "0.30:5.0"])
     assert [c.key for c in cells] == ["ddim25/scale_0", "ddim25/scale_2.5", "ddim25/scale_2.5_sigma_0.3-5",
@@ -52,7 +53,7 @@ def test_grid_cells_cross_samplers_scales_and_intervals():
 
 @pytest.mark.parametrize("bad", ["5:1", "-1:2", "1", "a:b", "1:2:3", "", "inf:inf"])
 def test_bad_guidance_intervals_name_the_interval_and_the_fix(bad):
-    from components.samplers import parse_interval
+    from components.config.grid import parse_interval
 
     with pytest.raises(ConfigError, match="'all' or 'LO:HI'"):
         parse_interval(bad)
@@ -61,7 +62,7 @@ def test_bad_guidance_intervals_name_the_interval_and_the_fix(bad):
 def test_metric_names_are_what_mlflow_accepts():
     import re
 
-    from components.samplers import metric_name
+    from components.config.grid import metric_name
 
     for name in ("ddim25", "dpm++2m-10", "heun-18", "10,10,5"):
         assert re.fullmatch(r"[\w\-./ ,]+", metric_name(name))
@@ -70,8 +71,9 @@ def test_metric_names_are_what_mlflow_accepts():
 
 def test_the_single_sampler_form_still_reads():
     """`sample.sampler=` (DDPM sections whole, commas and all) and configs logged before the grid."""
-    from components.config import SampleConfig, override_field, preset_from_dict, to_dict
-    from components.presets import get_preset
+    from components.config import SampleConfig, preset_from_dict, to_dict
+    from components.config.overrides import override_field
+    from components.config.presets import get_preset
 
     assert override_field("sample", SampleConfig(), "sampler", "10,10,5", "x").samplers == ("10,10,5",)
     assert override_field("sample", SampleConfig(), "samplers", "ddim25,heun-18", "x").samplers == ("ddim25",
@@ -84,8 +86,8 @@ def test_the_single_sampler_form_still_reads():
 
 def test_champion_sampler_must_be_in_the_grid():
     from components.config import apply_overrides
-    from components.presets import get_preset
-    from components.validation import preset_problems
+    from components.config.presets import get_preset
+    from components.config.validation import preset_problems
 
     preset = apply_overrides(get_preset("smoke"), ["evaluate.champion_sampler=heun-5"])
     assert any("evaluate.champion_sampler='heun-5' is not in sample.samplers=ddim10" in p
@@ -98,8 +100,8 @@ def test_champion_sampler_must_be_in_the_grid():
 def test_released_presets_take_every_sampler_and_interval(preset):
     """The released ADM-G settings with the solvers and an interval: a valid config, no other change needed."""
     from components.config import apply_overrides
-    from components.presets import get_preset
-    from components.validation import preset_problems
+    from components.config.presets import get_preset
+    from components.config.validation import preset_problems
 
     grid = apply_overrides(get_preset(preset), ["sample.samplers=dpm++2m-20,heun-18,ddim25,250",
                                                 "sample.guidance_intervals=all,0.3:5"])
@@ -108,9 +110,9 @@ def test_released_presets_take_every_sampler_and_interval(preset):
 
 def test_guidance_methods_cross_the_grid_and_are_checked():
     from components.config import apply_overrides
-    from components.presets import get_preset
-    from components.samplers import grid_cells
-    from components.validation import preset_problems
+    from components.config.grid import grid_cells
+    from components.config.presets import get_preset
+    from components.config.validation import preset_problems
 
     cells = grid_cells(["ddim10"], [0, 2], ["all", "0.3:5"], ["classifier", "cfg", "both"])
     assert [c.key for c in cells] == ["ddim10/scale_0", "ddim10/scale_2", "ddim10/scale_2_sigma_0.3-5",

@@ -6,18 +6,17 @@ import pytest
 import torch
 
 from components import build_classifier, build_unet
+from components.compute import SampleCost
 from components.config import ClassifierConfig, DiffusionConfig, UNetConfig
+from components.config.grid import parse_sampler as parse_sampler_string
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierGuidance, condition_mean, trained_sigmas
-from components.samplers import SampleCost
-from components.samplers import parse_sampler as parse_sampler_string
 from components.sampling import (
     SampleNoise,
     ddim_sample,
     ddpm_sample,
     dpm_solver_2m_sample,
     heun_sample,
-    parse_sampler,
     sampler_loop,
 )
 
@@ -120,13 +119,14 @@ def test_guided_ddpm_mean_raises_log_p_y(nets):
         assert (log_p(guided["mean"]) > log_p(out["mean"])).all()
 
 
-def test_parse_sampler():
-    assert parse_sampler("ddim25")[0] is ddim_sample
-    assert parse_sampler("250")[0] is ddpm_sample
-    loop, respacing = parse_sampler("dpm++2m-10")  # the stage's form: the solvers run on the full process
-    assert (loop.func, loop.keywords, respacing) == (dpm_solver_2m_sample, {"steps": 10}, "")
+def test_sampler_loop_of_each_sampler_string():
+    assert sampler_loop(parse_sampler_string("ddim25")) is ddim_sample
+    assert sampler_loop(parse_sampler_string("250")) is ddpm_sample
+    spec = parse_sampler_string("dpm++2m-10")  # the solvers run on the full process and choose their own steps
+    loop = sampler_loop(spec)
+    assert (loop.func, loop.keywords, spec.respacing) == (dpm_solver_2m_sample, {"steps": 10}, "")
     with pytest.raises(ValueError):
-        parse_sampler("euler")
+        parse_sampler_string("euler")
 
 
 SIGMAS = trained_sigmas(CFG)

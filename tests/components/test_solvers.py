@@ -16,9 +16,10 @@ import pytest
 import torch
 from torch import nn
 
+from components.compute import SampleCost
 from components.config import DiffusionConfig
+from components.config.grid import parse_sampler
 from components.diffusion import create_diffusion
-from components.samplers import SampleCost, parse_sampler
 from components.sampling import (
     SampleNoise,
     ddim_sample,

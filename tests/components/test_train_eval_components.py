@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from components.config.presets import get_preset
 from components.data import validation_mask
 from components.diffusion import create_diffusion
-from components.kinds import kind as network_kind
-from components.presets import get_preset
+from components.networks import build_network
 from components.sampling import sample_label, sample_seed
 from components.train_eval import QUARTILES, classifier_scores, fixed_set, quartile_draws, sample_fixed_set
 
@@ -45,7 +45,7 @@ def test_quartile_draws_are_fixed_and_inside_their_quartile():
 def test_classifier_scores_against_x_t_from_the_closed_form(one_thread):
     preset = get_preset("smoke")
     torch.manual_seed(0)
-    net = network_kind("classifier").build(preset).eval()
+    net = build_network("classifier", preset).eval()
     diffusion = create_diffusion(preset.diffusion, "")
     x0, y = torch.rand(12, 3, 16, 16) * 2 - 1, torch.randint(0, 4, (12,))
     scores = classifier_scores(net, diffusion, x0, y, noised=True, seed=3)
@@ -66,8 +66,8 @@ def test_classifier_scores_against_x_t_from_the_closed_form(one_thread):
 def test_fixed_sample_set_repeats_and_has_the_sample_stages_labels(one_thread):
     preset = get_preset("smoke")
     torch.manual_seed(0)
-    unet = network_kind("diffusion").build(preset).eval()
-    classifier = network_kind("classifier").build(preset).eval()
+    unet = build_network("diffusion", preset).eval()
+    classifier = build_network("classifier", preset).eval()
     seeds, labels = fixed_set(6, 4)
     assert seeds == [sample_seed(0, i) for i in range(6)] and labels == [sample_label(s, 4) for s in seeds]
     args = (preset.diffusion, preset.unet, 6, 4, "cpu")

@@ -5,8 +5,8 @@ import torch
 
 from components import training
 from components.config import apply_overrides
+from components.config.presets import get_preset
 from components.data import make_shapes, to_model_input
-from components.presets import get_preset
 from components.timestep_sampler import LossSecondMomentResampler, UniformSampler
 from components.training import Learner
 

@@ -23,8 +23,8 @@ import fsspec
 import pytest
 import torch
 
-from components.models import build_classifier, build_unet
-from components.presets import get_preset
+from components.config.presets import get_preset
+from components.networks import build_classifier, build_unet
 from pipelines.cli.main import main
 from pipelines.ops.jobs import connect_error
 

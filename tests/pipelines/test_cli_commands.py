@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from components.checkpoint import CheckpointError
 from components.config import UserError, apply_overrides
-from components.presets import PRESET_BUILDERS, get_preset
+from components.config.presets import PRESET_BUILDERS, get_preset
 from pipelines.cli.main import build_parser
 from pipelines.infra.model_refs import resolve
 from pipelines.infra.tracking import Tracker

@@ -45,7 +45,7 @@ def test_bars_keep_our_labels_and_lines_print_between_them():
 def test_sampling_progress_per_cell_as_shards_finish():
     """A bar per grid cell on a terminal, counted from the shards' (cell, sample) rows (shard 0 done before, by an
     earlier run); a log keeps the stage's one line, whose detail counts finished cells."""
-    from components.samplers import grid_cells
+    from components.config.grid import grid_cells
     from pipelines.stages.sample import CellProgress, plan_shards
 
     cells = grid_cells(("ddim10",), (0.0, 2.0, 4.0), ("all",), ("classifier",))

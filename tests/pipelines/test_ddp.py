@@ -8,8 +8,8 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from components.config import apply_overrides
+from components.config.presets import get_preset
 from components.data import to_model_input
-from components.presets import get_preset
 from components.training import Learner
 from pipelines.infra.dataset import read_split
 from pipelines.stages.ingest import IngestOptions, ingest

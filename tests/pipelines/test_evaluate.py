@@ -9,7 +9,7 @@ import torch
 from mlflow import MlflowClient
 
 from components.config import EvaluateConfig
-from components.presets import get_preset
+from components.config.presets import get_preset
 from components.training import Learner
 from pipelines.infra.dataset import read_split
 from pipelines.infra.storage import npz_bytes, write_bytes_atomic

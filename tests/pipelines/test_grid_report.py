@@ -4,7 +4,7 @@ one line per sampler (no Ray, no MLflow: the rows are written here)."""
 import pytest
 
 from components.config import ConfigError, apply_overrides
-from components.presets import get_preset
+from components.config.presets import get_preset
 from pipelines.stages.plots import close, lines_of, tradeoff_figures
 from pipelines.stages.register import champion_cell, champion_row
 from pipelines.stages.report import format_table
@@ -162,7 +162,7 @@ def test_the_sheet_of_all_cells_puts_each_grid_at_its_method_row_and_scale_colum
     import numpy as np
     from PIL import Image
 
-    from components.samplers import grid_cells
+    from components.config.grid import grid_cells
     from pipelines.stages.grids import cells_sheet
 
     cells = grid_cells(("ddim25", "dpm++2m-10"), (0.0, 1.0, 4.0), ("all",), ("classifier", "cfg"))

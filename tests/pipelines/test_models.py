@@ -107,7 +107,7 @@ def test_registry_of_a_sqlite_store_opened_in_the_process(capsys, tmp_path):
     import torch
 
     from components.config import to_dict
-    from components.presets import get_preset
+    from components.config.presets import get_preset
     from components.training import Learner
     from pipelines.infra.init_from import _pin
     from pipelines.infra.tracking import Tracker

@@ -8,8 +8,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from components.config import apply_overrides
+from components.config.presets import get_preset
 from components.data import make_shapes
-from components.presets import get_preset
 from pipelines.infra.tags import WATCHED
 from pipelines.infra.tracking import Tracker
 from pipelines.workflow.request import RunRequest

@@ -18,8 +18,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from components.config import ConfigError, UserError, apply_overrides
-from components.kinds import KINDS
-from components.presets import get_preset
+from components.config.kinds import KINDS
+from components.config.presets import get_preset
 from components.training import Learner
 from pipelines.infra.model_refs import resolve
 from pipelines.infra.tracking import Tracker

@@ -11,11 +11,11 @@ import torch
 from mlflow import MlflowClient
 
 from components.config import SampleConfig, UserError, apply_overrides
+from components.config.presets import get_preset
 from components.data import to_uint8
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierFreeGuidance
 from components.precision import autocast_context
-from components.presets import get_preset
 from components.sampling import SampleNoise, ddim_sample, sample_label, sample_seed
 from components.training import Learner
 from pipelines.infra.model_refs import resolve
@@ -136,8 +136,8 @@ def test_compute_accounting_per_cell(tmp_path, nets, ray_cluster):
     fewer inside an interval (counted from the linear schedule's trained sigmas at the DDIM-5 timesteps)."""
     import json
 
+    from components.config.respacing import space_timesteps
     from components.guidance import trained_sigmas
-    from components.respacing import space_timesteps
 
     result = run_sampling(_job(nets, tmp_path / "cost", actors=1, **GRID), log=lambda *_: None)
     ref = resolve(nets["diffusion"], "diffusion")

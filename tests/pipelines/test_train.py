@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from components.config import ConfigError, UserError, apply_overrides
-from components.presets import get_preset
+from components.config.presets import get_preset
 from pipelines.infra.resources import CpuSlots, first_wave
 from pipelines.infra.tracking_checks import TrackingError
 from pipelines.stages.ingest import IngestOptions, ingest

@@ -12,10 +12,10 @@ from mlflow import MlflowClient
 
 from components.checkpoint import load_state_dict
 from components.config import ConfigError, apply_overrides
+from components.config.presets import get_preset
 from components.data import to_model_input
 from components.diffusion import create_diffusion
-from components.kinds import kind as network_kind
-from components.presets import get_preset
+from components.networks import build_network
 from components.train_eval import classifier_scores
 from pipelines.infra.dataset import read_split
 from pipelines.stages.ingest import IngestOptions, ingest
@@ -39,7 +39,7 @@ def _history(client, run_id: str, key: str) -> dict:
 
 def _rescore(preset, checkpoint: str, data_url: str) -> dict:
     """The held-out scores of a checkpoint's weights, computed here from the files, outside Ray."""
-    net = network_kind("classifier").build(preset)
+    net = build_network("classifier", preset)
     net.load_state_dict(load_state_dict(Path(checkpoint) / "model.safetensors"))
     images, labels = read_split(data_url, "validation", limit=EVAL_IMAGES)
     return classifier_scores(net, create_diffusion(preset.diffusion, ""), to_model_input(images),

@@ -10,11 +10,11 @@ from mlflow import MlflowClient
 
 from components.checkpoint import load_into, save_weights
 from components.config import ConfigError, apply_overrides, to_dict
+from components.config.presets import get_preset
 from components.data import make_shapes, to_model_input
 from components.diffusion import create_diffusion
-from components.kinds import kind as network_kind
 from components.losses import training_losses
-from components.presets import get_preset
+from components.networks import build_network
 from components.training import Learner
 from pipelines.infra.tracking import Tracker
 from pipelines.infra.tracking_checks import TrackingError
@@ -76,7 +76,7 @@ def _loss(net, preset) -> float:
 
 
 def _network(preset, weights) -> torch.nn.Module:
-    return load_into(network_kind("diffusion").build(preset), str(weights))
+    return load_into(build_network("diffusion", preset), str(weights))
 
 
 def test_trainer_starts_at_the_champion_and_names_it(tmp_path, shapes, champion, ray_cluster, mlflow_server):
@@ -90,7 +90,7 @@ def test_trainer_starts_at_the_champion_and_names_it(tmp_path, shapes, champion,
     started = _loss(_network(preset, Path(outcome.checkpoint) / "model.safetensors"), preset)
     parent = _loss(_network(preset, champion / "ema_0.99.safetensors"), preset)
     torch.manual_seed(0)
-    scratch = _loss(network_kind("diffusion").build(preset), preset)
+    scratch = _loss(build_network("diffusion", preset), preset)
     assert abs(started - parent) < 1e-4 * abs(parent)
     assert abs(scratch - parent) > 100 * abs(started - parent)
     run = MlflowClient(mlflow_server).get_run(outcome.run_id)
@@ -119,7 +119,7 @@ def test_bad_starting_points_fail_before_workers_start(tmp_path, shapes, champio
           r"alias 'champion'")
     fails([f"train_diffusion.init_from=models:/{PREFIX}-diffusion/7"], r"has no version '7' of 'ws-diffusion'")
     other = tmp_path / "classifier.safetensors"  # a released-style weights file of another network
-    save_weights(network_kind("classifier").build(smoke).state_dict(), other)
+    save_weights(build_network("classifier", smoke).state_dict(), other)
     fails([f"train_diffusion.init_from={other}"], r"train_diffusion.init_from=.*does not fit the network: missing keys")
     fails(["train_evaluator.init_from=champion"], "the evaluator network is never registered", kind="evaluator")
     fails(["train_diffusion.init_from=champion"], "unreachable", TrackingError, tracking_uri="http://127.0.0.1:9")

@@ -1,4 +1,5 @@
-"""Sampler strings and compute accounting: the one parser of ``sample.sampler`` and what a sampling call cost.
+"""The sampling grid's vocabulary: sampler strings, guidance methods and intervals, and the cells they make (each
+sampler x method x scale x interval of the config's sample section is a cell).
 
 Sampler strings (``parse_sampler``):
 
@@ -12,14 +13,15 @@ Sampler strings (``parse_sampler``):
 * ``"heun-18"``: EDM's Heun sampler (Karras et al. 2022, Alg. 2) on 18 noise levels (Karras spacing, rho = 7, from
   sigma 80); 2 * 18 - 1 = 35 network evaluations (no second-order correction on the last step, to sigma = 0).
 
-Pure Python (no torch): reading a sampler string needs no network. The loops are in sampling.py (``sampler_loop``
-maps a spec to its loop).
+Pure Python (no torch): reading a sampler string or a grid needs no network. The loops are in sampling.py
+(``sampler_loop`` maps a spec to its loop); guided.py composes a batch of cells into the model and cond_fn a loop
+takes.
 """
 
 import re
 from dataclasses import dataclass
 
-from .config import ConfigError
+from .sections import ConfigError
 
 KINDS = ("ddpm", "ddim", "dpm++2m", "heun")
 _HELP = ("use DDPM step counts ('250' or sections '10,10,5'), 'ddimN' (e.g. ddim25), 'dpm++2m-N' (e.g. dpm++2m-10) "
@@ -66,29 +68,6 @@ def parse_sampler(name: str) -> SamplerSpec:
     if all(p.isdigit() for p in parts):
         return SamplerSpec(name, "ddpm", sum(_positive(p, name) for p in parts), name)
     raise ConfigError(f"sampler {name!r} is unknown; {_HELP}")
-
-
-class SampleCost:
-    """Compute of one sampling call, per sample: diffusion-network evaluations and classifier forward+backward passes.
-    The loops count the network (every row, every evaluation); ClassifierGuidance counts only the rows it ran the
-    classifier on (guided rows inside their guidance interval)."""
-
-    def __init__(self, num_samples: int):
-        self.network_evals = [0] * num_samples
-        self.classifier_passes = [0] * num_samples
-
-    def add_network_eval(self) -> None:
-        self.network_evals = [n + 1 for n in self.network_evals]
-
-    def add_network_evals(self, rows) -> None:
-        """One more evaluation for the rows marked True (the unconditional pass of classifier-free guidance)."""
-        rows = rows.tolist() if hasattr(rows, "tolist") else list(rows)
-        self.network_evals = [n + int(bool(r)) for n, r in zip(self.network_evals, rows, strict=True)]
-
-    def add_classifier_passes(self, rows) -> None:
-        """rows: a bool sequence (or 1-D bool tensor) over the batch, True where the classifier ran."""
-        rows = rows.tolist() if hasattr(rows, "tolist") else list(rows)
-        self.classifier_passes = [n + int(bool(r)) for n, r in zip(self.classifier_passes, rows, strict=True)]
 
 
 # --- the grid: cells of (sampler, guidance scale, guidance interval) ------------------------------------------------

@@ -5,12 +5,13 @@
 * evaluator: a classifier of clean images (t = 0) that only scores samples, never guides; not registered.
 
 Code that must treat the networks differently asks this table (`kind.noised`, `kind.is_unet`, `kind.registered`)
-instead of comparing names. Importing this module is free (no torch): the CLI lists the kinds.
+instead of comparing names. Pure Python like all of config/: the CLI lists the kinds; components.networks.build
+makes the network of a kind.
 """
 
 from dataclasses import dataclass
 
-from .config import ConfigError
+from .sections import ConfigError
 
 
 @dataclass(frozen=True)
@@ -30,14 +31,6 @@ class NetworkKind:
 
     def train_config(self, preset):
         return getattr(preset, self.train_section)
-
-    def build(self, preset):
-        """The network of this kind for `preset`, randomly initialised (torch is imported here, not above)."""
-        from .models import build_classifier, build_unet
-
-        if self.is_unet:
-            return build_unet(self.network_config(preset), null_class=has_null_class(preset))
-        return build_classifier(self.network_config(preset))
 
 
 DIFFUSION = NetworkKind("diffusion", "unet", is_unet=True, noised=True, registered=True)

@@ -7,7 +7,8 @@ Guidance scales and samplers for the ImageNet presets are those of the paper / r
 
 from dataclasses import replace
 
-from .config import (
+from .flags import classifier_config_from_flags, diffusion_config_from_flags, unet_config_from_flags
+from .sections import (
     ClassifierConfig,
     ConfigError,
     DataConfig,
@@ -18,7 +19,6 @@ from .config import (
     TrainConfig,
     UNetConfig,
 )
-from .flags import classifier_config_from_flags, diffusion_config_from_flags, unet_config_from_flags
 
 _UNET_COMMON = dict(
     channel_mult="", use_checkpoint=False, num_heads=4, num_heads_upsample=-1, num_head_channels=64, dropout=0.0,

@@ -1,4 +1,5 @@
-"""Network construction from configs and from the released code's flags.
+"""Network construction: the network of each kind of the system (config/kinds.py), from configs and from the released
+code's flags.
 
 ``model_from_flags`` / ``classifier_from_flags`` return networks whose state_dict keys and shapes equal those of the
 released ADM checkpoints (shared/checkpoint_formats/), so those files load with ``strict=True``.
@@ -7,10 +8,12 @@ released ADM checkpoints (shared/checkpoint_formats/), so those files load with 
 from torch import nn
 
 from .classifier import EncoderUNetModel
-from .config import ClassifierConfig, UNetConfig, attention_ds, resolve_channel_mult
-from .flags import classifier_config_from_flags, unet_config_from_flags
+from .config.flags import classifier_config_from_flags, unet_config_from_flags
+from .config.kinds import NetworkKind, has_null_class
+from .config.kinds import kind as network_kind
+from .config.sections import ClassifierConfig, UNetConfig, attention_ds, resolve_channel_mult
+from .config.validation import validate_classifier, validate_unet
 from .unet import EncoderSpec, UNetModel
-from .validation import validate_classifier, validate_unet
 
 
 def build_unet(cfg: UNetConfig, null_class: bool = False) -> UNetModel:
@@ -63,3 +66,12 @@ def classifier_from_flags(flags: dict, num_classes: int = 1000, classifier_chann
     """The noisy classifier for a released flag dict (e.g. the "flags" of 256x256_classifier.json)."""
     cfg = classifier_config_from_flags(flags, num_classes, classifier_channel_mult, classifier_num_head_channels)
     return build_classifier(cfg)
+
+
+def build_network(kind: NetworkKind | str, preset) -> nn.Module:
+    """The network of `kind` (a NetworkKind or its name) for `preset`, randomly initialised: the UNet (with the null
+    class of classifier-free guidance when the preset trains with label dropout) or the encoder classifier."""
+    kind = network_kind(kind) if isinstance(kind, str) else kind
+    if kind.is_unet:
+        return build_unet(kind.network_config(preset), null_class=has_null_class(preset))
+    return build_classifier(kind.network_config(preset))

@@ -11,7 +11,9 @@ Pure Python, like everything it imports (no torch): `adm config` validates witho
 
 import math
 
-from .config import (
+from .grid import parse_interval, parse_method, parse_sampler
+from .respacing import space_timesteps
+from .sections import (
     AUTO,
     FEATURE_SETS,
     FID_METHODS,
@@ -34,8 +36,6 @@ from .config import (
     attention_ds,
     resolve_channel_mult,
 )
-from .respacing import space_timesteps
-from .samplers import parse_interval, parse_method, parse_sampler
 
 TRAIN_SECTIONS = ("train_diffusion", "train_classifier", "train_evaluator")
 

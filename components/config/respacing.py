@@ -4,7 +4,7 @@ Pure Python (no torch, no NumPy): config validation checks a sampler's respacing
 and light commands (``adm config``) must not load torch. diffusion.create_diffusion builds the respaced process.
 """
 
-from .config import ConfigError
+from .sections import ConfigError
 
 
 def space_timesteps(num_steps: int, section_counts: str) -> list[int]:

@@ -4,7 +4,8 @@ The flag dicts are those of the released checkpoints (shared/checkpoint_formats/
 them); ``diffusion_config_from_flags`` mirrors ``create_gaussian_diffusion``.
 """
 
-from .config import ClassifierConfig, DiffusionConfig, UNetConfig, parse_ints, parse_mult
+from .overrides import parse_ints, parse_mult
+from .sections import ClassifierConfig, DiffusionConfig, UNetConfig
 
 
 def _bool(v) -> bool:
