@@ -24,8 +24,10 @@ import torch
 
 from components import build_classifier, build_unet
 from components.config import ClassifierConfig, DiffusionConfig, UNetConfig
+from components.config.grid import Cell
 from components.diffusion import create_diffusion
-from components.guidance import ClassifierGuidance, condition_score
+from components.guidance import condition_score
+from components.guided import GuidedNetworks, compose
 from components.losses import training_losses
 from components.nn import set_attention_backend
 from components.precision import autocast_context, bf16_supported
@@ -93,7 +95,8 @@ def guided_step_fn(v: Variant, device, batch):
     diffusion = create_diffusion(DIFFUSION, "ddim25")
     x = _input(torch.randn(batch, 3, 32, 32, device=device), v)
     y = torch.randint(0, 10, (batch,), device=device)
-    guidance = ClassifierGuidance(clf, torch.full((batch,), 2.0, device=device))
+    # the sample stage's guidance composition of a batch of classifier-guided cells at scale 2
+    _, guidance = compose(GuidedNetworks(fwd, UNET, DIFFUSION, device, classifier=clf), [Cell("ddim25", 2.0)] * batch)
 
     def step():
         t = torch.full((batch,), 12, dtype=torch.long, device=device)

@@ -21,15 +21,14 @@ import numpy as np
 import torch
 
 from components.compute import SampleCost
-from components.config.grid import parse_sampler
+from components.config.grid import Cell, parse_sampler
 from components.config.presets import get_preset
-from components.data import decode_fashion_mnist, fit_to, to_uint8
-from components.diffusion import create_diffusion
+from components.data import decode_fashion_mnist, fit_to
 from components.features import EvaluatorFeatures
-from components.guidance import ClassifierGuidance
+from components.guided import GuidedNetworks, sample_batch
 from components.metrics import feature_statistics, frechet_distance
 from components.networks import build_network
-from components.sampling import SampleNoise, class_conditional, sample_label, sample_seed, sampler_loop
+from components.sampling import sample_label, sample_seed
 from pipelines.infra.model_refs import resolve
 
 GRID = ("ddim10,ddim25,ddim50,ddim100,dpm++2m-5,dpm++2m-8,dpm++2m-10,dpm++2m-15,dpm++2m-20,heun-4,heun-6,heun-8,"
@@ -74,23 +73,20 @@ def reference_images(preset, count: int) -> np.ndarray:
 
 
 def sample(nets: Networks, name: str, scale: float, num: int, batch: int):
-    """uint8 samples, SampleCost and seconds of sampler string `name` at guidance scale `scale`."""
-    spec, cfg = parse_sampler(name), nets.preset.unet
-    model = class_conditional(nets.unet, cfg.num_classes is not None)
-    diffusion = create_diffusion(nets.preset.diffusion, spec.respacing)
+    """uint8 samples, SampleCost and seconds of sampler string `name` at classifier-guidance scale `scale`: the
+    sample stage's seeds, labels and guidance composition (components/guided.py)."""
+    cfg = nets.preset.unet
+    guided = GuidedNetworks(nets.unet, cfg, nets.preset.diffusion, "cpu", classifier=nets.classifier)
+    cell = Cell(parse_sampler(name).name, scale)
     images, cost = [], SampleCost(num)
     start = time.perf_counter()
     for lo in range(0, num, batch):
         seeds = [sample_seed(nets.preset.sample.seed, i) for i in range(lo, min(lo + batch, num))]
-        y = torch.tensor([sample_label(s, cfg.num_classes or 10) for s in seeds])
-        part = SampleCost(len(seeds))
-        cond_fn = ClassifierGuidance(nets.classifier, scale, cost=part) if scale > 0 else None
-        noise = SampleNoise(seeds, (cfg.in_channels, cfg.image_size, cfg.image_size))
-        x_0 = sampler_loop(spec)(model, diffusion, noise, {"y": y}, cond_fn=cond_fn,
-                                 clip_denoised=nets.preset.sample.clip_denoised, cost=part)
-        images.append(to_uint8(x_0))
-        cost.network_evals[lo:lo + len(seeds)] = part.network_evals
-        cost.classifier_passes[lo:lo + len(seeds)] = part.classifier_passes
+        labels = [sample_label(s, cfg.num_classes or 10) for s in seeds]
+        part, used = sample_batch(guided, [cell] * len(seeds), seeds, labels, nets.preset.sample.clip_denoised)
+        images.append(part)
+        cost.network_evals[lo:lo + len(seeds)] = used.network_evals
+        cost.classifier_passes[lo:lo + len(seeds)] = used.classifier_passes
     return np.concatenate(images), cost, time.perf_counter() - start
 
 

@@ -14,8 +14,9 @@ import sys
 import torch
 
 from components import build_classifier, build_unet
+from components.config.grid import Cell
 from components.diffusion import create_diffusion
-from components.guidance import ClassifierGuidance
+from components.guided import GuidedNetworks, compose
 from components.precision import autocast_context
 from components.sampling import SampleNoise, ddim_sample
 
@@ -47,7 +48,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def sample(model, classifier, device, seeds, labels, scales, autocast=False):
     diffusion = create_diffusion(DIFFUSION, "ddim10")
     noise = SampleNoise(seeds, (3, 32, 32), device=device)
-    guidance = None if scales is None else ClassifierGuidance(classifier, torch.tensor(scales, device=device))
+    cells = [Cell("ddim10", float(s)) for s in (scales or [0.0] * len(seeds))]
+    _, guidance = compose(GuidedNetworks(model, UNET, DIFFUSION, device, classifier=classifier), cells)
     with autocast_context(device, autocast):
         return ddim_sample(model, diffusion, noise, {"y": torch.tensor(labels, device=device)}, cond_fn=guidance).cpu()
 

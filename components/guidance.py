@@ -10,10 +10,11 @@ batch may mix guidance scales. It is composed into a sampler through:
 Rows whose guidance term is exactly zero (scale 0, or outside their guidance interval of noise levels) keep the
 unguided prediction, so scale 0 is exactly unguided; the classifier never runs on them.
 
-``ClassifierFreeGuidance`` wraps the diffusion model instead (every sampler takes it as the model): eps = eps(x, t,
-null) + w (eps(x, t, y) - eps(x, t, null)), with w per sample. Weight convention: w = 1 is the conditional model, w = 0
-the unconditional one, w > 1 guides (Ho & Salimans write the same eps as (1 + w') eps_cond - w' eps_uncond with w' =
-w - 1). Both methods at once: the wrapped model with a ClassifierGuidance cond_fn, whose term is added to the CFG eps.
+``ClassifierFreeGuidance`` wraps the diffusion model instead (every sampler takes it as the model): eps = eps_c +
+s (eps_c - eps_u), with eps_c = eps(x, t, y), eps_u = eps(x, t, null) and the scale s per sample, as Ho & Salimans
+write it ((1 + s) eps_c - s eps_u). One scale convention for every method: s = 0 is the conditional model, s > 0
+guides (s = -1 is the unconditional model). Both methods at once: the wrapped model with a ClassifierGuidance
+cond_fn, whose term is added to the CFG eps. guided.py composes them for a batch of grid cells.
 """
 
 import numpy as np
@@ -79,17 +80,17 @@ def inside_interval(t: torch.Tensor, n: int, interval, sigmas) -> torch.Tensor:
 
 class ClassifierFreeGuidance:
     """The diffusion model with classifier-free guidance, called as the model: (x_t, t, y) -> its output with the eps
-    channels replaced by eps(x, t, null) + w (eps(x, t, y) - eps(x, t, null)) per row (w: ``weights``, a number or
-    one per row). A row's conditional and unconditional predictions come from one batched forward pass; its learned
-    variance channels come from the conditional branch. Rows at w = 1, or outside their ``interval`` of noise levels
-    (as in ClassifierGuidance; ``sigmas`` per trained timestep), take the conditional pass only, rows at w = 0 the
+    channels replaced by eps_c + s (eps_c - eps_u) per row (s: ``scales``, a number or one per row). A row's
+    conditional and unconditional predictions come from one batched forward pass; its learned variance channels come
+    from the conditional branch. Rows at s = 0, or outside their ``interval`` of noise levels (as in
+    ClassifierGuidance; ``sigmas`` per trained timestep), take the conditional pass only, rows at s = -1 the
     unconditional pass only (variance included: that row is the unconditional model); ``cost`` counts the second
     pass of the others. ``null_label``: the UNet's null class (UNetModel.null_label)."""
 
-    def __init__(self, model, weights, null_label: int, interval=None, sigmas=None, cost: SampleCost | None = None):
+    def __init__(self, model, scales, null_label: int, interval=None, sigmas=None, cost: SampleCost | None = None):
         if interval is not None and sigmas is None:
             raise ValueError("a guidance interval needs the trained noise levels: pass sigmas=trained_sigmas(config)")
-        self.model, self.weights, self.null_label, self.cost = model, weights, null_label, cost
+        self.model, self.scales, self.null_label, self.cost = model, scales, null_label, cost
         self.interval = interval
         self.sigmas = None if sigmas is None else torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
 
@@ -97,7 +98,9 @@ class ClassifierFreeGuidance:
         if y is None:
             raise ValueError("classifier-free guidance needs target labels y")
         n, channels = x.shape[0], x.shape[1]
-        w = torch.as_tensor(self.weights, dtype=torch.float32, device=x.device).expand(n)
+        # the weight of the eps_u + w (eps_c - eps_u) form, w = 1 + s (summed in float64, as a Python float would be):
+        # the arithmetic of the form below, which equals eps_c + s (eps_c - eps_u)
+        w = (1 + torch.as_tensor(self.scales, dtype=torch.float64)).to(torch.float32).to(x.device).expand(n)
         uncond = (w != 1) & inside_interval(t, n, self.interval, self.sigmas)
         cond = ~uncond | (w != 0)
         both = cond & uncond

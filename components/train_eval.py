@@ -11,12 +11,11 @@ import numpy as np
 import torch
 
 from .config import DiffusionConfig, UNetConfig
-from .config.grid import parse_sampler
-from .data import to_uint8
-from .diffusion import GaussianDiffusion, create_diffusion
-from .guidance import ClassifierGuidance
+from .config.grid import Cell, parse_sampler
+from .diffusion import GaussianDiffusion
+from .guided import GuidedNetworks, sample_batch
 from .losses import classifier_losses
-from .sampling import SampleNoise, class_conditional, sample_label, sample_seed, sampler_loop
+from .sampling import sample_label, sample_seed
 
 QUARTILES = 4
 
@@ -71,11 +70,8 @@ def sample_fixed_set(model, config: DiffusionConfig, unet: UNetConfig, n: int, n
                      classifier=None, scale: float = 0.0, sampler: str = EVAL_SAMPLER) -> np.ndarray:
     """uint8 [n, H, W, C] samples of the fixed set from `model`, guided by `classifier` at `scale` when given
     (classifier guidance, Dhariwal & Nichol 2021 Alg. 2), else unguided. Same seeds and labels at every call."""
-    spec = parse_sampler(sampler)
     seeds, labels = fixed_set(n, num_classes)
-    noise = SampleNoise(seeds, (unet.in_channels, unet.image_size, unet.image_size), device)
-    y = torch.tensor(labels, dtype=torch.long, device=device)
-    cond_fn = ClassifierGuidance(classifier, scale) if classifier is not None and scale > 0 else None
-    x0 = sampler_loop(spec)(class_conditional(model, unet.num_classes is not None),
-                            create_diffusion(config, spec.respacing), noise, {"y": y}, cond_fn=cond_fn)
-    return to_uint8(x0)
+    nets = GuidedNetworks(model, unet, config, device, classifier=classifier)
+    cell = Cell(parse_sampler(sampler).name, scale if classifier is not None else 0.0)
+    images, _ = sample_batch(nets, [cell] * n, seeds, labels)
+    return images

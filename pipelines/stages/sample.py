@@ -24,16 +24,14 @@ import fsspec
 import numpy as np
 import torch
 
-from components.compute import SampleCost
 from components.config import SampleConfig, UserError, to_dict
 from components.config.grid import Cell, grid_cells, parse_sampler
 from components.config.kinds import has_null_class
 from components.config.validation import check_sample, diffusion_problems, raise_problems
-from components.data import to_uint8
-from components.diffusion import create_diffusion
-from components.guidance import ClassifierFreeGuidance, ClassifierGuidance, trained_sigmas
+from components.guidance import trained_sigmas
+from components.guided import GuidedNetworks, sample_batch
 from components.precision import autocast_context, speed_up
-from components.sampling import SampleNoise, class_conditional, sample_label, sample_seed, sampler_loop
+from components.sampling import sample_label, sample_seed
 from pipelines.infra import tags
 from pipelines.infra.console import progress
 from pipelines.infra.model_refs import NetworkRef, resolve
@@ -158,52 +156,25 @@ def check_plan(job: SampleJob, num_shards: int) -> None:
 
 # --- the actor ---------------------------------------------------------------------------------------------------
 class GuidedSampler:
-    """Ray Data actor: loads the diffusion model and classifier once, then samples shard after shard."""
+    """Ray Data actor: loads the diffusion model and classifier once, then samples shard after shard through the one
+    guidance composition (components/guided.py)."""
 
     def __init__(self, job: SampleJob, threads: int = 1):
         torch.set_num_threads(max(1, threads))
         self.job = job
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         diffusion_ref, classifier_ref = validate(job)
-        self.unet_cfg = diffusion_ref.config
-        self.process = diffusion_ref.preset.diffusion
         cfg = job.config
         fast = functools.partial(speed_up, device=self.device, channels_last=cfg.channels_last, compile=cfg.compile)
         network = diffusion_ref.build()
-        self.null_label = network.null_label
-        self.model = class_conditional(fast(network.to(self.device)), self.unet_cfg.num_classes is not None)
-        self.classifier = fast(classifier_ref.build().to(self.device)) if classifier_ref else None
-        self.num_classes = self.unet_cfg.num_classes or (classifier_ref.config.num_classes if classifier_ref else 1)
+        self.nets = GuidedNetworks(fast(network.to(self.device)), diffusion_ref.config, diffusion_ref.preset.diffusion,
+                                   self.device, null_label=network.null_label,
+                                   classifier=fast(classifier_ref.build().to(self.device)) if classifier_ref else None)
+        unet = diffusion_ref.config
+        self.num_classes = unet.num_classes or (classifier_ref.config.num_classes if classifier_ref else 1)
         self.cells = job.cells
         self.shards = plan_shards(self.cells, cfg.num_samples, cfg.batch_size)
-        self.sigmas = trained_sigmas(self.process)
         self.shards_done = 0
-        self.samplers = {}
-
-    def sampler(self, name: str):
-        """(loop, respaced process) of a sampler string, built once per actor."""
-        if name not in self.samplers:
-            spec = parse_sampler(name)
-            self.samplers[name] = sampler_loop(spec), create_diffusion(self.process, spec.respacing)
-        return self.samplers[name]
-
-    def guidance(self, cells: list[Cell], cost: SampleCost):
-        """(model, cond_fn) of a batch of rows: the diffusion model, wrapped for classifier-free guidance if a row
-        asks for it (w = 1 + s, so s = 0 rows stay conditional), and the classifier's cond_fn if a row asks for it;
-        per-row scales and, if any row has one, per-row intervals ("all" rows get [0, inf], which guides at every
-        level exactly as no interval does)."""
-        interval = None
-        if any(c.interval is not None for c in cells):
-            bounds = [c.interval or (0.0, float("inf")) for c in cells]
-            interval = tuple(torch.tensor(b, dtype=torch.float64) for b in zip(*bounds))
-        model, cond_fn = self.model, None
-        if any(c.cfg_scale > 0 for c in cells):
-            weights = torch.tensor([1 + c.cfg_scale for c in cells], dtype=torch.float32, device=self.device)
-            model = ClassifierFreeGuidance(self.model, weights, self.null_label, interval, self.sigmas, cost)
-        scales = torch.tensor([c.classifier_scale for c in cells], dtype=torch.float32, device=self.device)
-        if self.classifier is not None and bool((scales > 0).any()):
-            cond_fn = ClassifierGuidance(self.classifier, scales, interval=interval, sigmas=self.sigmas, cost=cost)
-        return model, cond_fn
 
     def sample_shard(self, k: int) -> dict:
         pairs = self.shards[k]
@@ -211,16 +182,10 @@ class GuidedSampler:
         indices = np.array([i for _, i in pairs], dtype=np.int64)
         seeds = [sample_seed(self.job.config.seed, i) for i in indices]
         labels = [self.job.label if self.job.label is not None else sample_label(s, self.num_classes) for s in seeds]
-        y = torch.tensor(labels, dtype=torch.long, device=self.device)
-        cfg = self.unet_cfg
-        noise = SampleNoise(seeds, (cfg.in_channels, cfg.image_size, cfg.image_size), self.device)
-        cost = SampleCost(len(pairs))
-        loop, diffusion = self.sampler(cells[0].sampler)
-        model, cond_fn = self.guidance(cells, cost)
         with autocast_context(self.device):
-            x0 = loop(model, diffusion, noise, {"y": y}, cond_fn=cond_fn, clip_denoised=self.job.config.clip_denoised,
-                      eta=self.job.config.eta, cost=cost)
-        return {"images": to_uint8(x0), "labels": np.array(labels, dtype=np.int64),
+            images, cost = sample_batch(self.nets, cells, seeds, labels, self.job.config.clip_denoised,
+                                        self.job.config.eta)
+        return {"images": images, "labels": np.array(labels, dtype=np.int64),
                 "cells": np.array([c.key for c in cells]), "indices": indices,
                 "network_evals": np.array(cost.network_evals, dtype=np.int64),
                 "classifier_passes": np.array(cost.classifier_passes, dtype=np.int64)}

@@ -61,40 +61,40 @@ def test_weights_without_the_null_row_are_refused_with_the_reason():
 
 
 def test_the_guided_output_is_the_closed_form():
-    """An analytic 'network': eps(x, t, y) = (y + 1) x, variance channels = y. At w: eps_u + w (eps_c - eps_u) with
-    eps_u = (NULL + 1) x, and the variance channels of the conditional branch."""
+    """An analytic 'network': eps(x, t, y) = (y + 1) x, variance channels = y. At scale s: eps_c + s (eps_c - eps_u)
+    with eps_u = (NULL + 1) x, and the variance channels of the conditional branch."""
     def analytic(x, t, y=None):
         scale = (y.float() + 1).view(-1, 1, 1, 1)
         return torch.cat([scale * x, y.float().view(-1, 1, 1, 1).expand_as(x)], dim=1)
 
     x, t, y = torch.randn(3, 3, 8, 8), torch.tensor([10, 10, 10]), torch.tensor([0, 2, 3])
-    w = torch.tensor([3.0, 0.5, 1.0])
-    out = ClassifierFreeGuidance(analytic, w, NULL)(x, t, y)
+    s = torch.tensor([2.0, -0.5, 0.0])
+    out = ClassifierFreeGuidance(analytic, s, NULL)(x, t, y)
     eps_c, eps_u = (y.float() + 1).view(-1, 1, 1, 1) * x, (NULL + 1) * x
-    expected = eps_u + w.view(-1, 1, 1, 1) * (eps_c - eps_u)
+    expected = eps_c + s.view(-1, 1, 1, 1) * (eps_c - eps_u)
     assert torch.allclose(out[:, :3], expected, rtol=1e-6, atol=1e-6)
     assert torch.equal(out[:, 3:], y.float().view(-1, 1, 1, 1).expand_as(x))
 
 
 @pytest.mark.parametrize("loop,respacing", ALL_LOOPS)
-def test_weight_one_is_plain_conditional_sampling(nets, loop, respacing):
+def test_scale_zero_is_plain_conditional_sampling(nets, loop, respacing):
     model, _ = nets
     plain = _run(loop, respacing, model, [0, 1, 2])
-    assert torch.equal(_run(loop, respacing, ClassifierFreeGuidance(model, 1.0, NULL), [0, 1, 2]), plain)
+    assert torch.equal(_run(loop, respacing, ClassifierFreeGuidance(model, 0.0, NULL), [0, 1, 2]), plain)
 
 
 @pytest.mark.parametrize("loop,respacing", LOOPS)
-def test_weight_zero_is_sampling_with_the_null_label(nets, loop, respacing):
-    """DDIM and the ODE solvers read eps only; DDPM's variance comes from the conditional branch at every w."""
+def test_scale_minus_one_is_sampling_with_the_null_label(nets, loop, respacing):
+    """DDIM and the ODE solvers read eps only; DDPM's variance comes from the conditional branch at every s."""
     model, _ = nets
     null = _run(loop, respacing, model, [NULL] * 3)
-    assert torch.equal(_run(loop, respacing, ClassifierFreeGuidance(model, 0.0, NULL), [0, 1, 2]), null)
+    assert torch.equal(_run(loop, respacing, ClassifierFreeGuidance(model, -1.0, NULL), [0, 1, 2]), null)
 
 
 @pytest.mark.parametrize("loop,respacing", ALL_LOOPS)
 def test_both_methods_with_classifier_scale_zero_is_pure_cfg(nets, loop, respacing):
     model, clf = nets
-    cfg = ClassifierFreeGuidance(model, torch.tensor([3.0, 0.5, 2.0]), NULL)
+    cfg = ClassifierFreeGuidance(model, torch.tensor([2.0, -0.5, 1.0]), NULL)
     pure = _run(loop, respacing, cfg, [0, 1, 2])
     both = _run(loop, respacing, cfg, [0, 1, 2], cond_fn=ClassifierGuidance(clf, torch.zeros(3)))
     assert torch.equal(both, pure)
@@ -102,12 +102,12 @@ def test_both_methods_with_classifier_scale_zero_is_pure_cfg(nets, loop, respaci
     assert not torch.equal(guided, pure) and not torch.equal(pure, _run(loop, respacing, model, [0, 1, 2]))
 
 
-def test_mixed_weights_equal_each_weight_alone(nets):
-    """Per-row weights: each row as if sampled alone. Not bytewise: the forward pass holds another set of rows, and
+def test_mixed_scales_equal_each_scale_alone(nets):
+    """Per-row scales: each row as if sampled alone. Not bytewise: the forward pass holds another set of rows, and
     fp32 CPU convolutions round differently with the batch size (~3e-8 on one call)."""
     model, _ = nets
-    mixed = _run(ddim_sample, "ddim10", ClassifierFreeGuidance(model, torch.tensor([1.0, 3.0, 0.0]), NULL), [0, 1, 2])
-    for i, w in enumerate((1.0, 3.0, 0.0)):
+    mixed = _run(ddim_sample, "ddim10", ClassifierFreeGuidance(model, torch.tensor([0.0, 2.0, -1.0]), NULL), [0, 1, 2])
+    for i, w in enumerate((0.0, 2.0, -1.0)):
         alone = _run(ddim_sample, "ddim10", ClassifierFreeGuidance(model, w, NULL), [[0, 1, 2][i]],
                      seeds=([1, 2, 3][i],))
         assert torch.allclose(mixed[i:i + 1], alone, atol=1e-5), w
@@ -115,7 +115,7 @@ def test_mixed_weights_equal_each_weight_alone(nets):
 
 def test_interval_everywhere_is_plain_cfg_and_empty_is_conditional(nets):
     model, _ = nets
-    w = torch.tensor([3.0, 3.0, 3.0])
+    w = torch.tensor([2.0, 2.0, 2.0])
     plain = _run(ddim_sample, "ddim10", ClassifierFreeGuidance(model, w, NULL), [0, 1, 2])
     everywhere = ClassifierFreeGuidance(model, w, NULL, interval=(0.0, math.inf), sigmas=SIGMAS)
     assert torch.equal(_run(ddim_sample, "ddim10", everywhere, [0, 1, 2]), plain)
@@ -124,8 +124,8 @@ def test_interval_everywhere_is_plain_cfg_and_empty_is_conditional(nets):
 
 
 def test_a_cfg_step_costs_two_network_evaluations_one_outside_its_interval(nets):
-    """DDIM-10: 10 steps. Row 0 at w = 1: 10; row 1 guided everywhere: 20; row 2 guided inside [lo, hi] only: 10 plus
-    the steps whose trained sigma lies inside, counted here from the schedule; row 3 at w = 0 (unconditional): 10."""
+    """DDIM-10: 10 steps. Row 0 at s = 0: 10; row 1 guided everywhere: 20; row 2 guided inside [lo, hi] only: 10 plus
+    the steps whose trained sigma lies inside, counted here from the schedule; row 3 at s = -1 (unconditional): 10."""
     from components.config.respacing import space_timesteps
 
     model, _ = nets
@@ -134,7 +134,7 @@ def test_a_cfg_step_costs_two_network_evaluations_one_outside_its_interval(nets)
     assert 0 < inside < 10
     interval = (torch.tensor([0.0, 0.0, lo, 0.0]), torch.tensor([math.inf, math.inf, hi, math.inf]))
     cost = SampleCost(4)
-    cfg = ClassifierFreeGuidance(model, torch.tensor([1.0, 2.0, 2.0, 0.0]), NULL, interval, SIGMAS, cost)
+    cfg = ClassifierFreeGuidance(model, torch.tensor([0.0, 1.0, 1.0, -1.0]), NULL, interval, SIGMAS, cost)
     _run(ddim_sample, "ddim10", cfg, [0, 1, 2, 3], cost=cost, seeds=(1, 2, 3, 4))
     assert cost.network_evals == [10, 20, 10 + inside, 10] and cost.classifier_passes == [0, 0, 0, 0]
 

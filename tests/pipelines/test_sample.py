@@ -11,12 +11,11 @@ import torch
 from mlflow import MlflowClient
 
 from components.config import SampleConfig, UserError, apply_overrides
+from components.config.grid import Cell
 from components.config.presets import get_preset
-from components.data import to_uint8
-from components.diffusion import create_diffusion
-from components.guidance import ClassifierFreeGuidance
+from components.guided import GuidedNetworks, sample_batch
 from components.precision import autocast_context
-from components.sampling import SampleNoise, ddim_sample, sample_label, sample_seed
+from components.sampling import sample_label, sample_seed
 from components.training import Learner
 from pipelines.infra.model_refs import resolve
 from pipelines.stages.sample import SampleJob, log_to_mlflow, plan_shards, run_sampling, shard_url, validate
@@ -59,20 +58,20 @@ def _load(url):
         return data["arr_0"], data["arr_1"]
 
 
-def _direct_ddim5(weights: str, n: int, wrap):
-    """Samples 0..n-1 of seed 11 by ddim5 outside Ray, as an actor draws them (2 torch threads, the precision
-    policy), from the network `wrap` makes of the checkpoint's."""
-    ref = resolve(weights, "diffusion")
-    model, diffusion = ref.build(), create_diffusion(ref.preset.diffusion, "ddim5")
+def _direct(nets, cell: Cell, n: int, threads: int, diffusion: str = "diffusion") -> np.ndarray:
+    """Samples 0..n-1 of seed 11 of `cell` outside Ray, through the one guidance composition as an actor draws them
+    (`threads` torch threads, the precision policy), in one batch of n rows."""
+    ref, clf = resolve(nets[diffusion], "diffusion"), resolve(nets["classifier"], "classifier")
+    network = ref.build()
+    guided = GuidedNetworks(network, ref.config, ref.preset.diffusion, "cpu", network.null_label, clf.build())
     seeds = [sample_seed(11, i) for i in range(n)]
-    y = torch.tensor([sample_label(s, 4) for s in seeds])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         with autocast_context("cpu"):
-            return ddim_sample(wrap(model), diffusion, SampleNoise(seeds, (3, 16, 16)), {"y": y})
+            return sample_batch(guided, [cell] * n, seeds, [sample_label(s, 4) for s in seeds])[0]
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def test_fan_out_layout_determinism_and_resume(tmp_path, nets, ray_cluster):
@@ -93,8 +92,8 @@ def test_fan_out_layout_determinism_and_resume(tmp_path, nets, ray_cluster):
     # scale 0 is exactly unguided sampling of the same seeds and labels, run as run `one`'s actor runs it: 2 torch
     # threads (its 1.5 CPUs, rounded) and the precision policy (bf16 autocast on CPUs with native bf16, where oneDNN's
     # kernels can also round differently with the thread count)
-    x0 = _direct_ddim5(nets["diffusion"], 4, lambda model: model)
-    assert to_uint8(x0).tobytes() == _load(one.npz["ddim5/scale_0"])[0][:4].tobytes()
+    direct = _direct(nets, Cell("ddim5", 0.0), 4, threads=2)
+    assert direct.tobytes() == _load(one.npz["ddim5/scale_0"])[0][:4].tobytes()
 
     # an interrupted run (two shards never written) resumes without redoing the finished one
     fs = fsspec.filesystem("file")
@@ -126,6 +125,12 @@ def test_mixed_cell_batches_equal_single_cell_batches_and_actor_counts(tmp_path,
     assert all(len({cells[j].sampler for j, _ in shard}) == 1 for shard in shards)
     for cell in cells:
         assert _load(mixed.npz[cell.key])[0].tobytes() == _load(single.npz[cell.key])[0].tobytes(), cell.key
+    # each classifier-guided cell is the composition of its scale and interval run directly on the same seeds and
+    # labels (single: one cell per batch of 6, one torch thread per actor)
+    for cell in cells:
+        if cell.scale:
+            direct = _direct(nets, cell, 6, threads=1)
+            assert direct.tobytes() == _load(single.npz[cell.key])[0].tobytes(), cell.key
     # an interval changes the samples; the samplers differ
     assert _load(mixed.npz["ddim5/scale_2"])[0].tobytes() != _load(mixed.npz["ddim5/scale_2_sigma_0.5-5"])[0].tobytes()
     assert _load(mixed.npz["ddim5/scale_0"])[0].tobytes() != _load(mixed.npz["dpm++2m-4/scale_0"])[0].tobytes()
@@ -175,11 +180,11 @@ def test_guidance_methods_share_batches_and_count_their_compute(tmp_path, nets, 
                     "ddim5/both_scale_2": (10, 5)}
     images = {k: _load(u)[0].tobytes() for k, u in mixed.npz.items()}
     assert len(set(images.values())) == 4  # every method moves the samples its own way
-    # the CFG cell at s = 2 is ClassifierFreeGuidance at w = 1 + s = 3 (eps_c + s (eps_c - eps_u)), run directly
-    # as the actor runs it (the precision policy; bf16 here, whose results held across these batch sizes)
-    x0 = _direct_ddim5(nets["diffusion_cfg"], 2, lambda model: ClassifierFreeGuidance(model, 3.0, model.null_label))
-    direct, staged = to_uint8(x0), _load(single.npz["ddim5/cfg_scale_2"])[0][:2]
-    assert direct.tobytes() == staged.tobytes()
+    # the cfg and both cells at s = 2 are the composition of their method and scale run directly on the same seeds
+    # and labels (single: one cell per batch of 6, one torch thread per actor)
+    for cell in job.cells[2:]:
+        direct = _direct(nets, cell, 6, threads=1, diffusion="diffusion_cfg")
+        assert direct.tobytes() == _load(single.npz[cell.key])[0].tobytes(), cell.key
     assert mixed.cells["ddim5/both_scale_2"]["cfg_scale"] == mixed.cells["ddim5/both_scale_2"]["classifier_scale"] == 2
     # a network trained without label dropout has no null class: refused before any actor starts
     with pytest.raises(UserError, match="needs a diffusion model trained with label dropout"):
