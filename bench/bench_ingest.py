@@ -10,7 +10,8 @@ import tempfile
 import time
 
 from pipelines.infra.dataset import read_split
-from pipelines.stages.ingest import IngestOptions, ingest
+from pipelines.stages.ingest import ingest
+from pipelines.stages.sources import IngestOptions
 
 
 def main():

@@ -23,9 +23,9 @@ import torch
 from components.compute import SampleCost
 from components.config.grid import Cell, parse_sampler
 from components.config.presets import get_preset
-from components.data import decode_fashion_mnist, fit_to
 from components.features import EvaluatorFeatures
 from components.guided import GuidedNetworks, sample_batch
+from components.images import decode_fashion_mnist, fit_to
 from components.metrics import feature_statistics, frechet_distance
 from components.networks import build_network
 from components.sampling import sample_label, sample_seed

@@ -17,7 +17,7 @@ import torch
 
 from components.config import apply_overrides
 from components.config.presets import get_preset
-from components.data import to_model_input
+from components.images import to_model_input
 from components.training import Learner
 from pipelines.infra.dataset import read_split
 from pipelines.stages.train import TrainOptions, train

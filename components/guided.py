@@ -23,9 +23,9 @@ import torch
 from .compute import SampleCost
 from .config.grid import Cell, parse_sampler
 from .config.sections import DiffusionConfig, UNetConfig
-from .data import to_uint8
 from .diffusion import create_diffusion
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance, trained_sigmas
+from .images import to_uint8
 from .sampling import SampleNoise, class_conditional, sampler_loop
 
 

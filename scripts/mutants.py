@@ -330,13 +330,13 @@ MUTANTS = [
     M("validation.limit_unchecked", "config/validation.py",
       '    out += _at_least("data.limit", cfg.limit, 0, hint="0: every image")\n', "",
       "data.limit is not checked: a negative limit reaches the ingest stage"),
-    # --- checkpoint.py / data.py ------------------------------------------------------------------------------------
+    # --- checkpoint.py / images.py ----------------------------------------------------------------------------------
     M("checkpoint.ema_decay", "checkpoint.py", "torch._foreach_mul_(ema_params, rate)",
       "torch._foreach_mul_(ema_params, 1 - rate)", "EMA keeps (1 - rate) of the average"),
     M("checkpoint.ema_alpha", "checkpoint.py", "alpha=1 - rate", "alpha=rate", "EMA adds rate x the new parameters"),
-    M("data.model_input", "data.py", "return x / 127.5 - 1", "return x / 128 - 1",
+    M("images.model_input", "images.py", "return x / 127.5 - 1", "return x / 128 - 1",
       "images scaled to [-1, 0.99], not [-1, 1]"),
-    M("data.to_uint8", "data.py", "((x.float() + 1) * 127.5)", "((x.float() + 1) * 127.5 + 0.5)",
+    M("images.to_uint8", "images.py", "((x.float() + 1) * 127.5)", "((x.float() + 1) * 127.5 + 0.5)",
       "samples quantised by rounding, not the released truncation"),
 ]
 

@@ -164,7 +164,7 @@ class TrainConfig:
     label_dropout: float = 0.0
     # every eval_interval steps (and at the end) rank 0 scores the EMA weights on fixed held-out data: classifiers'
     # accuracy on the validation split per noise quartile, the diffusion model's FID of a small fixed sample set
-    # (pipelines/stages/train_eval.py); 0: off
+    # (pipelines/stages/train_monitor.py); 0: off
     eval_interval: int = 0
     # keep the checkpoint with the best eval score (out of keep_checkpoints' rotation) and report it as the final
     # model, so the register stage registers it; needs eval_interval

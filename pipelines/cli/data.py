@@ -4,7 +4,8 @@ import argparse
 
 
 def cmd_ingest(args) -> int:
-    from pipelines.stages.ingest import IngestOptions, ingest
+    from pipelines.stages.ingest import ingest
+    from pipelines.stages.sources import IngestOptions
 
     opts = IngestOptions(resolution=args.resolution, splits=tuple(s for s in args.split.split(",") if s),
                          skip_bad=args.skip_bad, resize=args.resize, num_images=args.num_images,

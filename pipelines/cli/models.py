@@ -25,7 +25,7 @@ def _move_line(move: dict | None) -> str:
 
 
 def cmd_list(args) -> int:
-    from pipelines.ops.models import list_versions
+    from pipelines.ops.model_versions import list_versions
 
     tracker, prefix = _tracker_and_prefix(args)
     found = list_versions(tracker, prefix)
@@ -45,7 +45,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from pipelines.ops.models import show_version
+    from pipelines.ops.model_versions import show_version
 
     tracker, prefix = _tracker_and_prefix(args)
     print(json.dumps(show_version(tracker, prefix, args.network, args.version), indent=2))
@@ -53,7 +53,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from pipelines.ops.models import promote
+    from pipelines.ops.model_versions import promote
 
     tracker, prefix = _tracker_and_prefix(args)
     for name, move in promote(tracker, prefix, args.network, args.version, _reason(args)).items():
@@ -62,7 +62,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from pipelines.ops.models import rollback
+    from pipelines.ops.model_versions import rollback
 
     tracker, prefix = _tracker_and_prefix(args)
     for name, move in rollback(tracker, prefix, _reason(args)).items():

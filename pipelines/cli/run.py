@@ -111,7 +111,7 @@ def cmd_run(args) -> int:
     pipeline = Pipeline(req, log=Console(), on_start=lambda p: start(p.run_id, p.req.experiment, p.tracker.uri))
     print(f"MLflow tracking: {pipeline.tracker.uri}")
     result = pipeline.execute()
-    print(format_table(result["rows"]))
+    print(format_table(result["evaluate"]["rows"]))
     print(format_stage_times(result["stage_times"]))
     experiment_id = pipeline.tracker.run(result["run_id"]).info.experiment_id
     print(f"pipeline run {result['run_id']} finished; {_where(pipeline.tracker.uri, experiment_id, result['run_id'])}")

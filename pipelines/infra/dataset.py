@@ -12,7 +12,7 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
-from components.data import DataError, class_grid, decode_png, to_model_input
+from components.images import DataError, class_grid, decode_png, to_model_input
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -129,7 +129,7 @@ def driver_dataset(url: str, split: str = "train"):
 
 def describe(url: str, per_class: int = 8) -> dict:
     """Counts, classes and fingerprint of a dataset; writes grid.png (rows = classes) next to the manifest."""
-    from components.data import encode_png
+    from components.images import encode_png
 
     manifest = load_manifest(url)
     split = sorted(manifest["shards"])[0]

@@ -40,7 +40,10 @@ from pipelines.infra.console import progress
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import npz_bytes, read_npz, write_bytes_atomic
+from pipelines.stages.context import Stage, StageContext
 from pipelines.stages.evaluate_inputs import EvaluationError, Source, discover_samples, reference_source
+from pipelines.stages.register import champion_cell
+from pipelines.stages.report import log_evaluation, log_summary
 
 SCORE_SPLIT = 5000  # the reference evaluator scores in splits of 5000 samples
 
@@ -293,19 +296,28 @@ def run_evaluation(job: EvaluateJob, log=print) -> EvaluationResult:
 
 
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------
-def cache_inputs(preset, data_fingerprint: str, sampled: dict) -> dict:
-    return {"data": data_fingerprint, "samples": sampled, "evaluate": to_dict(preset.evaluate)}
+def cache_inputs(ctx: StageContext, inputs: dict) -> dict:
+    return {"data": inputs["ingest"]["fingerprint"], "samples": inputs["sample"],
+            "evaluate": to_dict(ctx.preset.evaluate)}
 
 
-def evaluate_stage(run_id: str, preset, data_url: str, evaluator_run_id: str, sampled: dict, cache: str,
-                   cell_runs: dict, tracking_uri: str, experiment: str, log=print) -> dict:
-    """Every cell of the sampling stage against the ingested dataset, with the trained evaluator. `cell_runs`: the
-    sampling stage's per-cell runs to log the metrics into (when that stage ran in this pipeline run)."""
-    from pipelines.stages.report import log_evaluation
-
-    job = EvaluateJob(samples=sampled["out"], reference=data_url, config=preset.evaluate,
-                      evaluator=f"runs:/{evaluator_run_id}", cache_dir=cache, tracking_uri=tracking_uri,
-                      experiment=experiment, parent_run_id=run_id, cell_run_ids=cell_runs)
-    result = log_evaluation(job, run_evaluation(job, log=log), log=log)
+def run(ctx: StageContext, inputs: dict) -> dict:
+    """Every cell of the sampling stage against the ingested dataset, with the trained evaluator. Each cell's metrics
+    go to its sampling run when that run is this pipeline run's (sampled now or before a resume), else to a new run of
+    this stage (a sample stage reused from another pipeline run)."""
+    sampled = inputs["sample"]
+    cell_runs = {} if "sample" in ctx.reused else sampled["cell_runs"]
+    job = EvaluateJob(samples=sampled["out"], reference=inputs["ingest"]["data_url"], config=ctx.preset.evaluate,
+                      evaluator=f"runs:/{inputs['train']['evaluator']['run_id']}", cache_dir=ctx.path("cache"),
+                      tracking_uri=ctx.tracker.uri, experiment=ctx.experiment, parent_run_id=ctx.run_id,
+                      cell_run_ids=cell_runs)
+    result = log_evaluation(job, run_evaluation(job, log=ctx.log), log=ctx.log)
     return {"rows": result.rows}
 
+
+def publish(ctx: StageContext, outputs: dict) -> None:
+    """The trade-off on the pipeline run: the table, the plots and each metric as a curve along the scales."""
+    log_summary(ctx.tracker, ctx.pipeline_run_id, outputs["rows"], champion_cell(ctx.preset, outputs["rows"]))
+
+
+STAGE = Stage("evaluate", run, cache_inputs, publish=publish)

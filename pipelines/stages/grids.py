@@ -6,7 +6,7 @@ import io
 import numpy as np
 
 from components.config.grid import Cell
-from components.data import class_grid
+from components.images import class_grid
 
 
 def labeled_grid(images: np.ndarray, labels: np.ndarray, caption: str, names=None, width: int = 512) -> bytes:

@@ -7,14 +7,17 @@ Both aliases move together, after both versions exist, so a failure never leaves
 from components.config import AUTO, HIGHER_IS_BETTER, ConfigError, Preset, to_dict
 from components.config.grid import grid_cells
 from pipelines.infra import tags
+from pipelines.infra.lineage import code_version, config_hash
 from pipelines.infra.registry import CHAMPION, model_names, move_alias
 from pipelines.infra.tracking import Tracker
+from pipelines.stages.context import Stage, StageContext
 
 
-def cache_inputs(preset: Preset, prefix: str, trained: dict, evaluated: dict) -> dict:
+def cache_inputs(ctx: StageContext, inputs: dict) -> dict:
     """What decides the register stage's outcome: the networks, their metrics, the champion policy and the names."""
-    policy = {k: v for k, v in to_dict(preset.evaluate).items() if k.startswith("champion_")}
-    return {"train": trained, "evaluate": evaluated, "policy": policy, "names": model_names(prefix)}
+    policy = {k: v for k, v in to_dict(ctx.preset.evaluate).items() if k.startswith("champion_")}
+    return {"train": inputs["train"], "evaluate": inputs["evaluate"], "policy": policy,
+            "names": model_names(ctx.prefix)}
 
 
 def champion_cell(preset, rows: list | None = None) -> dict:
@@ -93,3 +96,23 @@ def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained
                                 "champion_scale_used": scale})
     return {kind: {"name": names[kind], "version": versions[kind], "champion": better, "metric": metric,
                    "value": value, "previous": best} for kind in names}
+
+
+# --- as a stage of `adm run` -------------------------------------------------------------------------------------
+def run(ctx: StageContext, inputs: dict) -> dict:
+    """Both networks registered with their lineage: the pipeline run, the code and config it ran, the dataset."""
+    lineage = {tags.PIPELINE_RUN: ctx.pipeline_run_id, tags.CODE_VERSION: code_version(),
+               tags.CONFIG_HASH: config_hash(ctx.preset), tags.DATA_FINGERPRINT: inputs["ingest"]["fingerprint"]}
+    return register(ctx.tracker, ctx.run_id, ctx.preset, ctx.prefix, inputs["train"], inputs["evaluate"]["rows"],
+                    lineage, ctx.log)
+
+
+def publish(ctx: StageContext, outputs: dict) -> None:
+    """The registered versions on the pipeline run (adm.registered.<network>), and whether each became champion."""
+    ctx.tracker.set_tags(ctx.pipeline_run_id, {
+        f"{tags.REGISTERED}.{kind}": f"{r['name']} v{r['version']} " + ("(champion)" if r["champion"] else
+                                                                       "(champion kept)")
+        for kind, r in outputs.items()})
+
+
+STAGE = Stage("register", run, cache_inputs, publish=publish)

@@ -1,17 +1,14 @@
 """Guided sampling fan-out with Ray Data over the grid of cells (Dhariwal & Nichol 2021, Sec. 4 and 5).
 
-A cell is (sampler, guidance scale, guidance interval) (components/config/grid.py); the grid is every sampler x scale x
-interval of the config's sample section. The work is every (cell, sample index) pair, in a fixed order, cut into
-shards of ``batch_size`` within each sampler (one sampling loop per batch); a shard may span several scales and
-intervals (both are per-row tensors), so actors stay full whatever the grid. Each shard is one row of a Ray Data
-dataset; ``GuidedSampler`` actors load both networks once and write each shard as an NPZ, atomically. A sample depends
-only on (seed, label, cell, checkpoints); shard composition is fixed by the plan, so the bytes do not depend on the
-number of actors. Rerunning an interrupted job skips the shards already written (plan.json guards the folder against
-a job of another grid).
-
-Output at OUT: plan.json, shards/part-NNNNN.npz, then per cell <sampler>/scale_<s>[_sigma_<lo>-<hi>]/ with
-samples_NxHxWxC.npz in the reference evaluator's layout (arr_0 uint8 NHWC, arr_1 int64 labels), grid.png (rows =
-classes, columns = samples) and cell.json (the cell's coordinates and compute per sample, which evaluation reads).
+A cell is (sampler, guidance method, scale, interval) (components/config/grid.py); the grid is every sampler x method
+x scale x interval of the config's sample section. The work is every (cell, sample index) pair, in a fixed order, cut
+into shards of ``batch_size`` within each sampler (one sampling loop per batch); a shard may span several methods,
+scales and intervals (all per-row), so actors stay full whatever the grid. Each shard is one row of a Ray Data
+dataset; ``GuidedSampler`` actors load the networks once, sample each shard through the one guidance composition
+(components/guided.py) and write it as an NPZ, atomically. A sample depends only on (seed, label, cell, checkpoints);
+shard composition is fixed by the plan, so the bytes do not depend on the number of actors. Rerunning an interrupted
+job skips the shards already written (plan.json guards the folder against a job of another grid). What is made of the
+shards per cell, and the MLflow runs: sample_outputs.py.
 """
 
 import functools
@@ -25,21 +22,21 @@ import numpy as np
 import torch
 
 from components.config import SampleConfig, UserError, to_dict
-from components.config.grid import Cell, grid_cells, parse_sampler
+from components.config.grid import Cell, grid_cells
 from components.config.kinds import has_null_class
 from components.config.validation import check_sample, diffusion_problems, raise_problems
 from components.guidance import trained_sigmas
 from components.guided import GuidedNetworks, sample_batch
 from components.precision import autocast_context, speed_up
 from components.sampling import sample_label, sample_seed
-from pipelines.infra import tags
 from pipelines.infra.console import progress
+from pipelines.infra.dataset import load_manifest
 from pipelines.infra.model_refs import NetworkRef, resolve
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
-from pipelines.infra.storage import check_writable, exists, npz_bytes, read_bytes, read_npz, write_bytes_atomic
-from pipelines.infra.tracking import Tracker
-from pipelines.stages.grids import cells_sheet, labeled_grid
+from pipelines.infra.storage import check_writable, exists, npz_bytes, write_bytes_atomic
+from pipelines.stages.context import Stage, StageContext
+from pipelines.stages.sample_outputs import SampleResult, assemble, log_to_mlflow, shard_url, write_sheet
 
 
 @dataclass
@@ -65,20 +62,6 @@ class SampleJob:
         return grid_cells(cfg.samplers, cfg.guidance_scales, cfg.guidance_intervals, cfg.guidance_methods)
 
 
-@dataclass
-class SampleResult:
-    out: str
-    npz: dict  # cell key -> URL of its NPZ
-    grids: dict  # cell key -> URL of its grid PNG
-    computed_shards: int
-    skipped_shards: int
-    cells: dict = field(default_factory=dict)  # cell key -> its cell.json (coordinates and compute per sample)
-    run_ids: dict = field(default_factory=dict)  # cell key -> MLflow child run id
-    busy_seconds: float = 0.0  # actor time spent sampling and writing shards (all actors together)
-    warm_images: int = 0  # images of the shards that were not their actor's first (no CUDA / compile warm-up)
-    warm_seconds: float = 0.0  # actor time spent on those shards
-
-
 def plan_shards(cells: list[Cell], num_samples: int, batch_size: int) -> list[list[tuple[int, int]]]:
     """Shards of (cell index, sample index) pairs, cut within each sampler: a batch runs one sampling loop."""
     shards = []
@@ -86,14 +69,6 @@ def plan_shards(cells: list[Cell], num_samples: int, batch_size: int) -> list[li
         pairs = [(j, i) for j, c in enumerate(cells) if c.sampler == sampler for i in range(num_samples)]
         shards += [pairs[k:k + batch_size] for k in range(0, len(pairs), batch_size)]
     return shards
-
-
-def shard_url(out: str, k: int) -> str:
-    return posixpath.join(out.rstrip("/"), "shards", f"part-{k:05d}.npz")
-
-
-def cell_folder(out: str, cell: Cell) -> str:
-    return posixpath.join(out.rstrip("/"), cell.key)
 
 
 # --- validation before any actor starts ---------------------------------------------------------------------------
@@ -269,94 +244,34 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
                         busy_seconds=busy, warm_images=warm_images, warm_seconds=warm_seconds)
 
 
-def cell_record(cell: Cell, num_timesteps: int, max_sigma: float, rows: dict) -> dict:
-    """cell.json: the cell's coordinates and its compute per sample (means over its rows; seconds are actor time,
-    each shard's time shared equally by its rows)."""
-    n = len(rows["indices"])
-    lo, hi = cell.interval if cell.interval is not None else (0.0, max_sigma)
-    spec = parse_sampler(cell.sampler)
-    return {"cell": cell.key, "sampler": cell.sampler, "guidance_method": cell.method, "guidance_scale": cell.scale,
-            "classifier_scale": cell.classifier_scale, "cfg_scale": cell.cfg_scale,
-            "guidance_interval": cell.interval_text, "interval_lo": float(lo), "interval_hi": float(hi),
-            "steps": spec.steps or num_timesteps, "network_evals": float(rows["network_evals"].mean()),
-            "classifier_passes": float(rows["classifier_passes"].mean()),
-            "sample_seconds": float(rows["seconds"].sum()), "seconds_per_sample": float(rows["seconds"].sum() / n)}
-
-
-def assemble(job: SampleJob, shards, sigmas: np.ndarray) -> tuple[dict, dict, dict]:
-    """Per cell: the reference-layout NPZ, a class x sample grid and cell.json, from the shard files."""
-    parts = [read_npz(shard_url(job.out, k)) for k in range(len(shards))]
-    merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    npz, grids, coords = {}, {}, {}
-    for cell in job.cells:
-        rows = np.flatnonzero(merged["cells"] == cell.key)
-        rows = rows[np.argsort(merged["indices"][rows], kind="stable")]
-        images, labels = merged["images"][rows], merged["labels"][rows]
-        folder = cell_folder(job.out, cell)
-        shape = "x".join(str(d) for d in images.shape)
-        npz[cell.key] = posixpath.join(folder, f"samples_{shape}.npz")
-        write_bytes_atomic(npz[cell.key], npz_bytes(arr_0=images, arr_1=labels))
-        grids[cell.key] = posixpath.join(folder, "grid.png")
-        write_bytes_atomic(grids[cell.key], labeled_grid(images, labels, f"{cell.label}, {len(images)} samples",
-                                                         job.class_names))
-        coords[cell.key] = cell_record(cell, len(sigmas), float(sigmas[-1]),
-                                       {k: merged[k][rows] for k in ("indices", "network_evals",
-                                                                     "classifier_passes", "seconds")})
-        write_bytes_atomic(posixpath.join(folder, "cell.json"), json.dumps(coords[cell.key], indent=1).encode())
-    return npz, grids, coords
-
-
-def log_to_mlflow(job: SampleJob, result: SampleResult, log=print) -> SampleResult:
-    """One child run per cell: its coordinates and compute as params and as numeric metrics (so the compare view can
-    plot any metric against any of them), the grid as an image artifact, the NPZ URL as a tag."""
-    tracker = Tracker(job.tracking_uri)
-    parent = job.parent_run_id or tracker.start_run(job.experiment, "sample", tags={tags.STAGE: "sample"})
-    cfg = job.config
-    for cell in job.cells:
-        record = result.cells[cell.key]
-        name = f"sample-{cell.key.replace('/', '-')}"
-        run_id = tracker.start_run(job.experiment, name, parent,
-                                   tags={tags.STAGE: "sample", tags.SAMPLES_NPZ: result.npz[cell.key],
-                                         tags.CELL: cell.key})
-        tracker.log_params(run_id, {"guidance_scale": cell.scale, "sampler": cell.sampler,
-                                    "guidance_method": cell.method, "guidance_interval": cell.interval_text,
-                                    "eta": cfg.eta, "num_samples": cfg.num_samples, "seed": cfg.seed,
-                                    "diffusion": job.diffusion, "classifier": job.classifier or ""})
-        # params are strings in MLflow (sorting gives 0, 1, 16, 2, ...): the cell's numbers as metrics as well
-        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
-        tracker.log_metrics(run_id, {**numbers, "num_samples": cfg.num_samples, "eta": cfg.eta}, step=0)
-        tracker.set_tags(run_id, {tags.DESCRIPTION: f"{cfg.num_samples} samples of {cell.label}: "
-                                  f"{record['network_evals']:g} network evaluations and "
-                                  f"{record['classifier_passes']:g} classifier passes per sample; the grid is "
-                                  f"grid.png, the samples {result.npz[cell.key]}"})
-        tracker.log_url(run_id, result.grids[cell.key])
-        tracker.end_run(run_id)
-        result.run_ids[cell.key] = run_id
-    if job.parent_run_id is None:
-        tracker.end_run(parent)
-    log(f"MLflow: {len(job.cells)} child runs under {parent} at {tracker.uri}")
-    return result
-
-
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------
-def cache_inputs(preset, trained: dict) -> dict:
-    return {"train": trained, "sample": to_dict(preset.sample)}
+def cache_inputs(ctx: StageContext, inputs: dict) -> dict:
+    return {"train": inputs["train"], "sample": to_dict(ctx.preset.sample)}
 
 
 def samples_exist(outputs: dict) -> bool:
     return all(exists(url) for url in outputs["npz"].values())
 
 
-def sample_stage(run_id: str, preset, trained: dict, out: str, tracking_uri: str, experiment: str, log=print,
-                 class_names=None) -> dict:
-    """The grid of the preset's sample section from the trained networks; one child run per cell under `run_id`;
-    `class_names` (the dataset's) label the grids' rows."""
+def run(ctx: StageContext, inputs: dict) -> dict:
+    """The grid of the preset's sample section from the trained networks, into runs/<pipeline run>/samples; one child
+    run per cell under the stage run; the dataset's class names label the grids' rows."""
+    trained = inputs["train"]
+    names = load_manifest(inputs["ingest"]["data_url"]).get("class_names")
     job = SampleJob(diffusion=f"runs:/{trained['diffusion']['run_id']}",
-                    classifier=f"runs:/{trained['classifier']['run_id']}", out=out, config=preset.sample,
-                    tracking_uri=tracking_uri, experiment=experiment, parent_run_id=run_id,
-                    class_names=tuple(class_names) if class_names else None)
-    result = log_to_mlflow(job, run_sampling(job, log=log), log=log)
-    sheet = posixpath.join(job.out.rstrip("/"), "all_cells.png")
-    grids = {key: read_bytes(url) for key, url in result.grids.items()}
-    write_bytes_atomic(sheet, cells_sheet(grids, job.cells))
+                    classifier=f"runs:/{trained['classifier']['run_id']}", out=ctx.run_path("samples"),
+                    config=ctx.preset.sample, tracking_uri=ctx.tracker.uri, experiment=ctx.experiment,
+                    parent_run_id=ctx.run_id, class_names=tuple(names) if names else None)
+    result = log_to_mlflow(job, run_sampling(job, log=ctx.log), log=ctx.log)
+    sheet = write_sheet(job.out, job.cells, result.grids)
     return {"out": job.out, "npz": dict(result.npz), "cell_runs": dict(result.run_ids), "sheet": sheet}
+
+
+def publish(ctx: StageContext, outputs: dict) -> None:
+    """All cells' sample grids side by side on the pipeline run (samples/all_cells.png); a sample stage reused from
+    before the sheet existed has none."""
+    if outputs.get("sheet") and exists(outputs["sheet"]):
+        ctx.tracker.log_url(ctx.pipeline_run_id, outputs["sheet"], "samples")
+
+
+STAGE = Stage("sample", run, cache_inputs, still_valid=samples_exist, publish=publish)

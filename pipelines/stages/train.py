@@ -34,7 +34,8 @@ from pipelines.infra.resources import cluster_cpus, largest_node_cpus, trainer_s
 from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import check_writable
 from pipelines.infra.tracking import Tracker
-from pipelines.stages.train_eval import SCORE
+from pipelines.stages.context import Stage, StageContext
+from pipelines.stages.train_monitor import SCORE, eval_scale
 from pipelines.stages.train_worker import WorkerConfig, train_loop_per_worker
 
 
@@ -356,12 +357,20 @@ def run_params(preset: Preset, kind: str, data_url: str) -> dict:
 
 
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------
-def cache_inputs(preset: Preset, data_fingerprint: str, inits: dict | None = None) -> dict:
-    """The dataset, the diffusion process, every network's architecture and training section, and the pinned weights
-    of warm starts (`inits`, kind -> InitSource: init_from=champion names another version once the champion moves)."""
+def cache_inputs(ctx: StageContext, inputs: dict) -> dict:
+    """The dataset, the diffusion process, every network's architecture and training section, the pinned weights of
+    warm starts (init_from=champion names another version once the champion moves) and, when the diffusion model is
+    evaluated while training, the guidance scale of that evaluation (evaluate.champion_scale, or with auto the grid's
+    middle scale): keep_best ranks its checkpoints by it."""
+    preset = ctx.preset
+    inits = resolve_inits(preset, KINDS, ctx.tracker.uri, ctx.prefix)
     sections = {"diffusion"} | {n for k in KINDS.values() for n in (k.network_section, k.train_section)}
-    pinned = {"init_from": {k: s.uri for k, s in sorted(inits.items())}} if inits else {}
-    return {"data": data_fingerprint, **{name: to_dict(getattr(preset, name)) for name in sorted(sections)}, **pinned}
+    key = {"data": inputs["ingest"]["fingerprint"], **{n: to_dict(getattr(preset, n)) for n in sorted(sections)}}
+    if inits:
+        key["init_from"] = {k: s.uri for k, s in sorted(inits.items())}
+    if preset.train_diffusion.eval_interval:
+        key["eval_scale"] = eval_scale(preset)
+    return key
 
 
 def _lineage(run_tags: dict) -> dict:
@@ -370,22 +379,25 @@ def _lineage(run_tags: dict) -> dict:
     return {"lineage": source.tags} if source else {}
 
 
-def train_stage(tracker: Tracker, run_id: str, preset: Preset, data_url: str, storage: str, experiment: str,
-                log=print, prefix: str | None = None) -> dict:
-    """The three networks under the stage run `run_id`. Rerun in the same stage run (a resumed pipeline), a trainer
-    that finished is kept and one that did not continues its MLflow run from its last checkpoint."""
-    earlier = {r.data.tags.get(tags.NETWORK): r for r in tracker.children(experiment, run_id)}
+def run(ctx: StageContext, inputs: dict) -> dict:
+    """The three networks under the stage run. Rerun in the same stage run (a resumed pipeline), a trainer that
+    finished is kept and one that did not continues its MLflow run from its last checkpoint."""
+    tracker, data_url = ctx.tracker, inputs["ingest"]["data_url"]
+    earlier = {r.data.tags.get(tags.NETWORK): r for r in tracker.children(ctx.experiment, ctx.run_id)}
     done = {k: r for k, r in earlier.items() if r.info.status == "FINISHED" and tags.MODEL_URI in r.data.tags}
     outputs = {k: {"run_id": r.info.run_id, "model_uri": r.data.tags[tags.MODEL_URI], **_lineage(r.data.tags)}
                for k, r in done.items()}
     kinds = tuple(k for k in KINDS if k not in done)
     if kinds:
+        storage = ctx.path("checkpoints")
         storage = storage if "://" in storage else os.path.abspath(storage)  # Ray Train wants absolute paths
         resume = {k: r.info.run_id for k, r in earlier.items() if k in kinds}
-        opts = TrainOptions(storage=storage, tracking_uri=tracker.uri, experiment=experiment, parent_run_id=run_id,
-                            run_ids=resume, model_prefix=prefix)
-        for kind, outcome in train(preset, data_url, opts, kinds, log=log).items():
+        opts = TrainOptions(storage=storage, tracking_uri=tracker.uri, experiment=ctx.experiment,
+                            parent_run_id=ctx.run_id, run_ids=resume, model_prefix=ctx.prefix)
+        for kind, outcome in train(ctx.preset, data_url, opts, kinds, log=ctx.log).items():
             outputs[kind] = {"run_id": outcome.run_id, "model_uri": outcome.model_uri,
                              **_lineage(tracker.run(outcome.run_id).data.tags)}
     return outputs
 
+
+STAGE = Stage("train", run, cache_inputs)

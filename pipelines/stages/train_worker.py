@@ -20,11 +20,11 @@ import torch
 from components.checkpoint import load_state_dict
 from components.config import Preset, to_dict
 from components.config.kinds import kind as network_kind
-from components.data import image_grid, to_uint8
+from components.images import image_grid, to_uint8
 from components.training import Learner
 from pipelines.infra import tags
 from pipelines.infra.model_refs import locate_for
-from pipelines.stages.train_eval import SCORE, eval_due, make_eval
+from pipelines.stages.train_monitor import SCORE, eval_due, make_eval
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def _log_step(tracker, job: WorkerConfig, learner: Learner, metrics: dict, progr
 
 
 def _evaluate(tracker, job: WorkerConfig, learner: Learner, held_out) -> float:
-    """Evaluation while training (stages/train_eval.py): its metrics to the run at this step; returns the score."""
+    """Evaluation while training (stages/train_monitor.py): its metrics to the run at this step; returns the score."""
     scores = held_out.scores(learner)
     tracker.log_metrics(job.run_id, scores, learner.step)
     return scores[SCORE]

@@ -1,10 +1,10 @@
-"""`adm run`: ingest -> train (diffusion model, noisy classifier, evaluator; concurrently) -> guided sampling over the
-grid of cells -> evaluation -> registration, as one MLflow parent run with one child run per stage.
+"""`adm run`: the stages of CHAIN in order, as one MLflow parent run with one child run per stage.
 
-Each stage is a module of pipelines/stages/ with its body and its cache-key inputs; StageCache (stage_cache.py) reuses
-or resumes them. ``--resume RUN_ID`` reopens a pipeline run that died: finished stages are skipped, the unfinished one
-starts again in its old run. Files go under ``workdir``: ``data/`` (ingested datasets, shared), ``checkpoints/``,
-``cache/`` and ``runs/<pipeline run id>/`` (per run, so concurrent runs never share an output folder).
+Every stage has one contract (stages/context.py): ``run(ctx, inputs) -> outputs`` and ``cache_inputs``; StageCache
+(stage_cache.py) reuses or resumes them. ``--resume RUN_ID`` reopens a pipeline run that died: finished stages are
+skipped, the unfinished one starts again in its old run. Files go under ``workdir``: ``data/`` (ingested datasets,
+shared), ``checkpoints/``, ``cache/`` and ``runs/<pipeline run id>/`` (per run, so concurrent runs never share an
+output folder).
 """
 
 import os
@@ -15,20 +15,31 @@ import time
 import ray
 
 from components.config import ConfigError, to_dict
-from components.config.kinds import KINDS
 from pipelines.infra import tags
 from pipelines.infra.console import Console, verbose_requested
-from pipelines.infra.dataset import load_manifest
-from pipelines.infra.init_from import resolve_inits
+from pipelines.infra.lineage import config_hash
 from pipelines.infra.ray_logs import RunLogs
-from pipelines.infra.storage import exists, write_bytes_atomic
+from pipelines.infra.storage import write_bytes_atomic
 from pipelines.infra.tracking import Tracker
 from pipelines.infra.tracking_checks import check_tracking
 from pipelines.stages import evaluate, ingest, register, report, sample, train
-from pipelines.workflow.request import RunRequest, code_version, config_hash
-from pipelines.workflow.stage_cache import StageCache, stage_key
+from pipelines.stages.context import StageContext
+from pipelines.workflow.request import RunRequest
+from pipelines.workflow.stage_cache import StageCache
 
-STAGES = ("ingest", "train", "sample", "evaluate", "register")
+CHAIN = (
+    ingest.STAGE,  # the source -> Parquet shards + manifest, with a content fingerprint
+    train.STAGE,  # diffusion model, noisy classifier and evaluator: concurrent Ray Train trainers
+    sample.STAGE,  # Ray Data: every cell of the grid (sampler x method x scale x interval)
+    evaluate.STAGE,  # FID, sFID, precision/recall, score, accuracy per cell; the trade-off plots
+    register.STAGE,  # registered versions; the champion alias moves when the new set is better
+)
+STAGES = tuple(stage.name for stage in CHAIN)
+
+
+def chain(req: RunRequest) -> tuple:
+    """The stages a request runs: all of CHAIN, but register with --no-register."""
+    return tuple(stage for stage in CHAIN if req.register or stage is not register.STAGE)
 
 
 PIPELINE_SECTIONS = ("data", "diffusion", "sample", "evaluate")  # what the pipeline run's own metrics depend on
@@ -87,15 +98,15 @@ class Pipeline:
         # from the command line (a Console) and not --verbose: Ray's native driver output to the log too
         logs.start(native=isinstance(self.log, Console) and not verbose_requested())
         try:
-            result = self._chain()
+            outputs = self._chain()
         except BaseException as e:
             self.keep_logs(logs, interrupted=not isinstance(e, Exception))
             self.tracker.end_failed(self.run_id, e)
             raise
-        self.write_report(result["rows"])
+        self.write_report(outputs["evaluate"]["rows"])
         self.keep_logs(logs)
         self.tracker.end_run(self.run_id)
-        return {"run_id": self.run_id, **result}
+        return {"run_id": self.run_id, **outputs, "stage_times": self.cache.times}
 
     def keep_logs(self, logs: RunLogs, interrupted: bool = False) -> None:
         """Ray's and MLflow's logs of this run into runs/<id>/logs and the run's `logs` artifacts. After Ctrl-C only
@@ -109,45 +120,16 @@ class Pipeline:
             shutil.rmtree(logs.folder, ignore_errors=True)
 
     def _chain(self) -> dict:
-        """The stages in order, each from the cache where its inputs match a finished run."""
-        preset, req, tracker, run = self.preset, self.req, self.tracker, self.cache.run
-        inits = resolve_inits(preset, KINDS, tracker.uri, req.prefix)  # warm starts, checked before any worker starts
-        inputs = ingest.cache_inputs(preset, req.source, req.source_fingerprint)
-        data = run("ingest", inputs, lambda run_id: ingest.ingest_stage(
-            tracker, run_id, self.run_id, preset, req.source, self.path("data"), stage_key("ingest", inputs),
-            self.log), still_valid=ingest.dataset_exists)
-        trained = run("train", train.cache_inputs(preset, data["fingerprint"], inits), lambda run_id: train.train_stage(
-            tracker, run_id, preset, data["data_url"], self.path("checkpoints"), req.experiment, self.log, req.prefix))
-        names = load_manifest(data["data_url"]).get("class_names")  # the grids' row labels
-        sampled = run("sample", sample.cache_inputs(preset, trained), lambda run_id: sample.sample_stage(
-            run_id, preset, trained, self.path("runs", self.run_id, "samples"), tracker.uri, req.experiment,
-            self.log, names), still_valid=sample.samples_exist)
-        self.log_sheet(sampled.get("sheet"))
-        # metrics go into the sampling stage's per-cell runs when that stage ran in this invocation
-        cell_runs = sampled["cell_runs"] if "sample" in self.cache.computed else {}
-        evaluated = run("evaluate", evaluate.cache_inputs(preset, data["fingerprint"], sampled),
-                        lambda run_id: evaluate.evaluate_stage(
-                            run_id, preset, data["data_url"], trained["evaluator"]["run_id"], sampled,
-                            self.path("cache"), cell_runs, tracker.uri, req.experiment, self.log))
-        report.log_summary(tracker, self.run_id, evaluated["rows"], register.champion_cell(preset, evaluated["rows"]))
-        registered = {}
-        if req.register:
-            lineage = {tags.PIPELINE_RUN: self.run_id, tags.CODE_VERSION: code_version(),
-                       tags.CONFIG_HASH: config_hash(preset), tags.DATA_FINGERPRINT: data["fingerprint"]}
-            registered = run("register", register.cache_inputs(preset, req.prefix, trained, evaluated),
-                             lambda run_id: register.register(tracker, run_id, preset, req.prefix, trained,
-                                                              evaluated["rows"], lineage, self.log))
-            tracker.set_tags(self.run_id, {f"{tags.REGISTERED}.{kind}": f"{r['name']} v{r['version']} "
-                                           + ("(champion)" if r["champion"] else "(champion kept)")
-                                           for kind, r in registered.items()})
-        return {"data": data, "train": trained, "sample": sampled, "rows": evaluated["rows"],
-                "registered": registered, "stage_times": self.cache.times}
-
-    def log_sheet(self, url: str | None) -> None:
-        """All cells' sample grids side by side, on the pipeline run (samples/all_cells.png); a sample stage reused
-        from before the sheet existed has none."""
-        if url and exists(url):
-            self.tracker.log_url(self.run_id, url, "samples")
+        """The stages in order, each from the cache where its inputs match a finished run; {stage: its outputs}."""
+        req = self.req
+        ctx = StageContext(self.preset, req.source, req.workdir, req.prefix, self.tracker, req.experiment,
+                           self.run_id, req.source_fingerprint, self.log)
+        done = {}
+        for stage in chain(req):
+            done[stage.name] = self.cache.run(stage, ctx, done)
+            if stage.publish is not None:
+                stage.publish(ctx, done[stage.name])
+        return done
 
     def write_report(self, rows: list) -> None:
         """report.md (machine, wall time, metrics table) beside the run's outputs and on the pipeline run."""

@@ -1,19 +1,17 @@
 """What `adm run` and `adm retrain` are asked to do, and every check that runs before the first stage."""
 
-import hashlib
 import os
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 
-from components.config import Preset, to_dict
+from components.config import Preset
 from components.config.kinds import KINDS
 from components.config.validation import preset_problems, raise_problems
-from components.data import DataError
-from pipelines import PROJECT_ROOT
+from components.images import DataError
 from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.services import check_ray_address, check_url
-from pipelines.infra.storage import check_writable, digest
+from pipelines.infra.storage import check_writable
 from pipelines.infra.tracking_checks import check_tracking, resolve_tracking_uri
+from pipelines.stages.sources import local_folder
 
 
 @dataclass
@@ -38,28 +36,6 @@ class RunRequest:
     @property
     def source(self) -> str:
         return self.data or self.preset.data.source
-
-
-def config_hash(preset: Preset) -> str:
-    """The resolved config's hash, where training starts from (train_<kind>.init_from) left out: a retraining cycle's
-    warm start from the champion is the cycle's choice, not a change of config, and the next cycle compares this hash
-    with the champion's."""
-    values = to_dict(preset)
-    for section in (k.train_section for k in KINDS.values()):
-        values[section] = {k: v for k, v in values[section].items() if k != "init_from"}
-    return digest({"stage": "config", **values})[:16]
-
-
-def code_version() -> str:
-    """adm-pipeline's version and a digest of its Python sources (components/ and pipelines/, every sub-package)."""
-    sources = hashlib.sha256()
-    for path in sorted(p for folder in ("components", "pipelines") for p in (PROJECT_ROOT / folder).rglob("*.py")):
-        sources.update(path.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-    try:
-        release = version("adm-pipeline")
-    except PackageNotFoundError:
-        release = "unknown"
-    return f"{release}+{sources.hexdigest()[:12]}"
 
 
 def check_config(req: RunRequest) -> None:
@@ -90,10 +66,7 @@ def check_request(req: RunRequest, writes: bool = True) -> None:
 def check_source_folder(spec: str) -> None:
     """A source folder on this machine (an image folder, fashion-mnist:DIR) that is not there: refused before any
     stage starts, instead of inside the ingest stage. Remote URLs are probed by check_url."""
-    location = spec.partition(":")[2] if spec.startswith("fashion-mnist:") else spec
-    if spec in ("fashion-mnist", "shapes") or ("://" in location and not location.startswith("file://")):
-        return
-    folder = location.removeprefix("file://")
-    if not os.path.isdir(folder):
+    folder = local_folder(spec)
+    if folder is not None and not os.path.isdir(folder):
         raise DataError(f"--data {spec}: the folder {folder} does not exist or is not a folder; pass an existing "
                         "folder (an image folder has one sub-folder per class), fashion-mnist or shapes")

@@ -21,12 +21,14 @@ from components.config import ConfigError, apply_overrides
 from components.config.kinds import REGISTERED
 from pipelines.infra import tags
 from pipelines.infra.init_from import resolve_inits
+from pipelines.infra.lineage import code_version, config_hash
 from pipelines.infra.tracking import Tracker
 from pipelines.infra.tracking_checks import check_tracking
-from pipelines.stages.ingest import ingest_options, source_fingerprint
+from pipelines.stages.ingest import ingest_options
 from pipelines.stages.register import CHAMPION
+from pipelines.stages.sources import source_fingerprint
 from pipelines.workflow.pipeline import Pipeline
-from pipelines.workflow.request import RunRequest, check_request, code_version, config_hash
+from pipelines.workflow.request import RunRequest, check_request
 
 
 def current_state(req: RunRequest) -> dict:
@@ -100,12 +102,12 @@ def _cycle(tracker: Tracker, cycle: str, req: RunRequest, log) -> dict:
     run_req = dataclasses.replace(req, parent_run_id=cycle, source_fingerprint=state[tags.DATA_FINGERPRINT],
                                   force=req.force or "code_version" in changed, resume=None, register=True)
     result = Pipeline(run_req, log=log).execute()
-    reg = result["registered"]["diffusion"]
+    reg = result["register"]["diffusion"]
     previous = "none" if reg["previous"] is None else f"{reg['previous']:.4g}"
     reason += f"; {reg['metric']} new {reg['value']:.4g} vs champion {previous}"
     out = _finish(tracker, cycle, "promoted" if reg["champion"] else "kept", reason, log,
                   {tags.PIPELINE_RUN: result["run_id"]})
-    return {**out, "run_id": result["run_id"], "registered": result["registered"]}
+    return {**out, "run_id": result["run_id"], "registered": result["register"]}
 
 
 def _finish(tracker: Tracker, cycle: str, decision: str, reason: str, log, extra: dict | None = None) -> dict:

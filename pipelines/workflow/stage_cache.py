@@ -1,7 +1,7 @@
 """Stage runs as a cache, and resume.
 
 Each stage of a pipeline run is an MLflow child run tagged with its stage name and a key: a hash of the stage's
-config section and its inputs' fingerprints (each stage module's ``cache_inputs``). Before a stage runs:
+config section and its inputs' fingerprints (each stage's ``cache_inputs``, stages/context.py). Before a stage runs:
 
 1. a finished run of that stage under this pipeline run with the same key (a resumed pipeline): its outputs;
 2. else a finished run with the same key anywhere in the experiment (unless ``force``): a new child run tagged
@@ -13,6 +13,7 @@ config section and its inputs' fingerprints (each stage module's ``cache_inputs`
 Outputs are what the stage returns (URLs and run ids), recorded on its run when it finishes.
 """
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from pipelines.infra import tags
 from pipelines.infra.storage import digest
 from pipelines.infra.tracking import Tracker
+from pipelines.stages.context import Stage, StageContext
 
 
 def stage_key(name: str, inputs: dict) -> str:
@@ -49,18 +51,21 @@ class StageCache:
     def __init__(self, tracker: Tracker, experiment: str, pipeline_run_id: str, force: bool, log=print):
         self.tracker, self.experiment, self.pipeline_run_id = tracker, experiment, pipeline_run_id
         self.force, self.log = force, log
-        self.computed: set = set()  # stages computed (not reused) in this invocation
         self.times: dict = {}  # stage -> (wall seconds in this invocation, "ran" | "reused" | "done earlier")
 
-    def run(self, name: str, inputs: dict, body, still_valid=lambda outputs: True) -> dict:
-        """The outputs of stage `name` for these inputs: from an earlier run where one fits, else body(run_id)."""
+    def run(self, stage: Stage, ctx: StageContext, upstream: dict) -> dict:
+        """The outputs of `stage` given the outputs of the stages before it: from an earlier run where one fits, else
+        stage.run in a new or reopened run. `ctx` is the pipeline's context; the stage gets it with its own run id,
+        key and the upstream stages that were reused from other pipeline runs."""
         started = time.perf_counter()
-        outputs, how = self._outputs(name, inputs, body, still_valid)
-        self.times[name] = (time.perf_counter() - started, how)
+        ctx = dataclasses.replace(ctx, reused=frozenset(n for n, (_, how) in self.times.items() if how == "reused"))
+        outputs, how = self._outputs(stage, ctx, upstream)
+        self.times[stage.name] = (time.perf_counter() - started, how)
         return outputs
 
-    def _outputs(self, name: str, inputs: dict, body, still_valid) -> tuple[dict, str]:
-        key, started = stage_key(name, inputs), time.perf_counter()
+    def _outputs(self, stage: Stage, ctx: StageContext, upstream: dict) -> tuple[dict, str]:
+        name, started = stage.name, time.perf_counter()
+        key = stage_key(name, stage.cache_inputs(ctx, upstream))
         mine = [r for r in self.tracker.children(self.experiment, self.pipeline_run_id) if tags.stage_of(r) == name]
         for run in mine:
             if run.info.status == "FINISHED" and run.data.tags.get(tags.STAGE_KEY) == key:
@@ -69,13 +74,13 @@ class StageCache:
                     self.log(f"[{name}] finished earlier in this run ({run.info.run_id})")
                     return outputs, "done earlier"
         cached, outputs = self._reusable(key)
-        if cached is not None and still_valid(outputs):
+        if cached is not None and stage.still_valid(outputs):
             return self._reuse(name, key, cached, outputs), "reused"
         unfinished = [r for r in mine if r.info.status != "FINISHED" and r.data.tags.get(tags.STAGE_KEY) == key]
         run_id, opened = self._open(name, key, unfinished)
         try:  # from here on the run ends FINISHED or FAILED, whatever raises (the log line included)
             self.log(f"[{name}] started {time.strftime('%H:%M:%S')}: {opened} {run_id}")
-            outputs = body(run_id)
+            outputs = stage.run(dataclasses.replace(ctx, run_id=run_id, key=key), upstream)
             self.tracker.set_tags(run_id, {**self.record_outputs(run_id, outputs), tags.DESCRIPTION: f"The {name} "
                                            f"stage of pipeline run {self.pipeline_run_id}; it produced "
                                            f"{produced(outputs, 8)}"})
@@ -84,7 +89,6 @@ class StageCache:
             self.tracker.end_failed(run_id, e)
             raise
         self.tracker.end_run(run_id)
-        self.computed.add(name)
         return outputs, "ran"
 
     def record_outputs(self, run_id: str, outputs: dict) -> dict:

@@ -9,7 +9,7 @@ from components.checkpoint import CheckpointError
 from components.config import apply_overrides
 from components.config.presets import get_preset
 from components.config.validation import preset_problems
-from components.data import make_shapes, to_model_input
+from components.images import make_shapes, to_model_input
 from components.training import Learner, ema_initial_share, ema_warmup_decay, ema_warmup_on
 
 

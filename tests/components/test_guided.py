@@ -11,10 +11,10 @@ import torch
 
 from components import build_classifier, build_unet
 from components.config.grid import Cell
-from components.data import to_uint8
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierFreeGuidance, ClassifierGuidance, trained_sigmas
 from components.guided import GuidedNetworks, compose, row_intervals, sample_batch
+from components.images import to_uint8
 from components.sampling import SampleNoise, ddim_sample, sample_label, sample_seed
 from tests.components.test_sampling import CFG as PROCESS
 from tests.components.test_sampling import CLF, UNET, _random

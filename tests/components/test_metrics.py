@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from components import metrics
-from components.data import parse_idx
 from components.features import FeatureError, InceptionFeatures, check_images
+from components.images import parse_idx
 from components.metrics import (
     covariance_root,
     feature_statistics,

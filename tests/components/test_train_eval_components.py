@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from components.config.presets import get_preset
-from components.data import validation_mask
 from components.diffusion import create_diffusion
+from components.images import validation_mask
 from components.networks import build_network
 from components.sampling import sample_label, sample_seed
 from components.train_eval import QUARTILES, classifier_scores, fixed_set, quartile_draws, sample_fixed_set

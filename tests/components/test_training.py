@@ -6,7 +6,7 @@ import torch
 from components import training
 from components.config import apply_overrides
 from components.config.presets import get_preset
-from components.data import make_shapes, to_model_input
+from components.images import make_shapes, to_model_input
 from components.timestep_sampler import LossSecondMomentResampler, UniformSampler
 from components.training import Learner
 

@@ -311,7 +311,8 @@ def test_resume_with_flags_it_would_ignore_or_a_run_inside_the_pipeline_run(box,
 
 def test_train_dry_run_checks_what_train_checks_before_workers(box, capsys):
     """adm train --dry-run refuses what adm train refuses before any worker starts (it printed a plan for both)."""
-    from pipelines.stages.ingest import IngestOptions, ingest
+    from pipelines.stages.ingest import ingest
+    from pipelines.stages.sources import IngestOptions
 
     data = str(box.root / "shapes")
     ingest("shapes", data, IngestOptions(resolution=16, num_images=16), log=lambda *_: None)

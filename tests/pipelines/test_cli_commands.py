@@ -115,7 +115,7 @@ def tiny(tmp_path_factory, ray_cluster, mlflow_server) -> dict:
 def test_presets_config_and_data_describe(tiny, env, tmp_path):
     adm = shutil.which("adm")
     assert adm, "the `adm` console script is not installed (pip install -e .)"
-    data = tiny["data"]["data_url"]
+    data = tiny["ingest"]["data_url"]
     presets, config, describe = run_all([[adm, "presets"],
                                          _adm("config", "--preset", "smoke", "--override", "unet.model_channels=64"),
                                          _adm("data", "describe", data)], env, tmp_path)
@@ -144,7 +144,7 @@ def test_mlflow_project_entry_points_render_parse_and_dry_run(tiny, env, tmp_pat
     assert set(spec["entry_points"]) == {"main", "ingest", "train", "sample", "evaluate"}
     required = {"sample": {"diffusion": "runs:/d", "classifier": "runs:/c"},
                 "evaluate": {"reference": "ref-data", "evaluator": "runs:/e"},
-                "train": {"preset": "smoke", "data": tiny["data"]["data_url"]}}
+                "train": {"preset": "smoke", "data": tiny["ingest"]["data_url"]}}
     handlers = {"main": "cmd_run", "ingest": "cmd_ingest", "train": "cmd_train", "sample": "cmd_sample",
                 "evaluate": "cmd_evaluate"}
     commands = {}
@@ -170,7 +170,7 @@ def test_mlflow_project_entry_points_render_parse_and_dry_run(tiny, env, tmp_pat
     assert plan["preset"]["name"] == "fashion-mnist" and plan["workdir"] == "adm-work"
     assert set(plan["resources"]) == set(STAGES)
     plan = json.loads(ok(train))
-    assert plan["data"] == tiny["data"]["data_url"] and set(plan["resources"]) == {"diffusion", "classifier",
+    assert plan["data"] == tiny["ingest"]["data_url"] and set(plan["resources"]) == {"diffusion", "classifier",
                                                                                    "evaluator"}
     assert plan["resources"]["diffusion"]["steps"] == get_preset("smoke").train_diffusion.steps
     assert list(tmp_path.iterdir()) == [], "a dry run wrote files"
@@ -189,7 +189,7 @@ def test_run_no_register_reuses_the_stages_and_registers_nothing(tiny, env, mlfl
         k: before[k].info.run_id for k in stages}
     assert len(client.search_model_versions(f"name = '{PREFIX}-diffusion'")) == versions
     assert client.get_model_version_by_alias(f"{PREFIX}-diffusion", "champion").version == \
-        tiny["registered"]["diffusion"]["version"]
+        tiny["register"]["diffusion"]["version"]
 
 
 def test_run_force_recomputes_a_stage_that_would_be_reused(tiny, env, mlflow_server, tmp_path):
@@ -214,17 +214,17 @@ def test_run_force_recomputes_a_stage_that_would_be_reused(tiny, env, mlflow_ser
     assert ingest.data.tags["adm.stage_key"] == earlier["ingest"].data.tags["adm.stage_key"]  # reusable, not reused
     outputs = json.loads(ingest.data.tags["adm.outputs"])
     assert outputs["data_url"].startswith(str(workdir / "data"))
-    assert outputs["fingerprint"] == tiny["data"]["fingerprint"]
+    assert outputs["fingerprint"] == tiny["ingest"]["fingerprint"]
     assert (Path(outputs["data_url"]) / "manifest.json").is_file()
 
 
 def test_champion_metric_where_higher_is_better(tiny, mlflow_server):
     """The fixture registered with champion_metric=accuracy; `champion` then moves only when accuracy increases."""
     client = MlflowClient(mlflow_server)
-    registered = tiny["registered"]["diffusion"]
+    registered = tiny["register"]["diffusion"]
     assert registered["metric"] == "accuracy" and registered["champion"]
     version = client.get_model_version(f"{PREFIX}-diffusion", registered["version"])
-    assert float(version.tags["adm.accuracy_scale_2"]) == tiny["rows"][0]["accuracy"] == registered["value"]
+    assert float(version.tags["adm.accuracy_scale_2"]) == tiny["evaluate"]["rows"][0]["accuracy"] == registered["value"]
 
     tracker = Tracker(mlflow_server)
     scratch = client.create_run(client.get_experiment_by_name(EXPERIMENT).experiment_id).info.run_id
@@ -274,7 +274,7 @@ def test_sample_bare_weights_files_with_preset(tiny, env, mlflow_server, tmp_pat
 
 def test_train_from_the_command_line(tiny, env, mlflow_server, tmp_path):
     """`adm train` on the pipeline's dataset: our progress and result lines only, a finished run on the server."""
-    text = quiet(call(_adm("train", "evaluator", "--preset", "smoke", "--data", tiny["data"]["data_url"],
+    text = quiet(call(_adm("train", "evaluator", "--preset", "smoke", "--data", tiny["ingest"]["data_url"],
                            "--override", "train_evaluator.steps=5", "--override", "train_evaluator.log_interval=5",
                            "--storage", str(tmp_path / "storage"), "--tracking-uri", mlflow_server, "--experiment",
                            "cli-train"), env, tmp_path))
@@ -288,7 +288,7 @@ def test_evaluate_from_the_command_line(tiny, env, mlflow_server, tmp_path):
     """`adm evaluate` on the pipeline's samples, reference and evaluator gives the pipeline's metrics, logged as one
     child run per scale of a new evaluate run."""
     evaluator = f"runs:/{tiny['train']['evaluator']['run_id']}"
-    text = quiet(call(_adm("evaluate", "--samples", tiny["sample"]["out"], "--reference", tiny["data"]["data_url"],
+    text = quiet(call(_adm("evaluate", "--samples", tiny["sample"]["out"], "--reference", tiny["ingest"]["data_url"],
                         "--evaluator", evaluator, "--features", "evaluator", "--num-reference", "16", "--batch-size",
                         "16", "--cache-dir", str(tmp_path / "cache"), "--tracking-uri", mlflow_server, "--experiment",
                         "cli-evaluate"), env, tmp_path))
@@ -298,7 +298,7 @@ def test_evaluate_from_the_command_line(tiny, env, mlflow_server, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("cli-evaluate").experiment_id])
     (scale_run,) = [r for r in runs if "guidance_scale" in r.data.params]
     assert scale_run.data.params["guidance_scale"] == "2" and len(runs) == 2
-    (row,) = tiny["rows"]
+    (row,) = tiny["evaluate"]["rows"]
     for key in ("evaluator_fid", "evaluator_precision", "evaluator_recall", "score", "accuracy"):
         assert scale_run.data.metrics[key] == pytest.approx(row[key], rel=1e-4, abs=1e-6), key
 
@@ -307,7 +307,7 @@ def test_retrain_from_the_command_line_skips_an_unchanged_champion(tiny, env, ml
     client = MlflowClient(mlflow_server)
     before = len(pipeline_runs(client))
     out = ok(call(_adm("retrain", *_run_args(tiny["workdir"], mlflow_server)), env, tmp_path))
-    version = tiny["registered"]["diffusion"]["version"]
+    version = tiny["register"]["diffusion"]["version"]
     assert f": skipped (data, code and config unchanged since champion {PREFIX}-diffusion v{version})" in out
     assert out.count(": skipped (") == 1, out  # said once (the command printed the decision a second time)
     (cycle,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],

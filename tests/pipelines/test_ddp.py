@@ -9,10 +9,11 @@ from safetensors.torch import load_file
 
 from components.config import apply_overrides
 from components.config.presets import get_preset
-from components.data import to_model_input
+from components.images import to_model_input
 from components.training import Learner
 from pipelines.infra.dataset import read_split
-from pipelines.stages.ingest import IngestOptions, ingest
+from pipelines.stages.ingest import ingest
+from pipelines.stages.sources import IngestOptions
 from pipelines.stages.train import TrainOptions, train
 
 STEPS = 10  # per segment: two workers for STEPS steps, then one worker for STEPS more

@@ -14,8 +14,9 @@ from components.training import Learner
 from pipelines.infra.dataset import read_split
 from pipelines.infra.storage import npz_bytes, write_bytes_atomic
 from pipelines.stages.evaluate import EvaluateJob, EvaluationError, run_evaluation
-from pipelines.stages.ingest import IngestOptions, ingest
+from pipelines.stages.ingest import ingest
 from pipelines.stages.report import format_table, log_evaluation
+from pipelines.stages.sources import IngestOptions
 
 QUIET = {"log": lambda *_: None}
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.data import DataError, make_shapes
+from components.images import DataError, make_shapes
 from pipelines.infra.dataset import DecodeBatch, describe, load_manifest, read_split
-from pipelines.stages.ingest import FASHION_MNIST_DIR, Batch, IngestOptions, ingest, limited, source_fingerprint
+from pipelines.stages.ingest import ingest
+from pipelines.stages.sources import FASHION_MNIST_DIR, Batch, IngestOptions, limited, source_fingerprint
 
 QUIET = dict(log=lambda *_: None)
 
@@ -186,7 +187,7 @@ def test_real_fashion_mnist(tmp_path):
 
 def test_decode_batch_scales_to_model_range():
     images, labels, _ = make_shapes(3, 16, 4, seed=0)
-    from components.data import encode_png
+    from components.images import encode_png
 
     out = DecodeBatch(3)({"image": np.array([encode_png(i) for i in images], dtype=object), "label": labels})
     assert out["image"].shape == (3, 3, 16, 16) and out["image"].dtype == np.float32
@@ -214,7 +215,7 @@ def test_interrupted_ingest_leaves_nothing_a_reader_accepts(tmp_path, monkeypatc
 
 
 def test_labels_outside_the_class_range_are_refused():
-    from components.data import check_labels
+    from components.images import check_labels
 
     with pytest.raises(DataError, match="outside 0..9"):
         check_labels(np.array([0, 3, 10]), 10, "labels")

@@ -17,7 +17,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines.ops.jobs import JobError, connect
-from pipelines.stages.ingest import IngestOptions, ingest
+from pipelines.stages.ingest import ingest
+from pipelines.stages.sources import IngestOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "cluster" / "local"

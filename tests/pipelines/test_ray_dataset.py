@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from components.data import make_shapes
-from pipelines.stages.ingest import IngestOptions, ingest
+from components.images import make_shapes
+from pipelines.stages.ingest import ingest
+from pipelines.stages.sources import IngestOptions
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def test_ray_dataset_yields_decoded_batches(shapes_url, ray_cluster):
 
 
 def test_driver_dataset_holds_the_same_rows_in_shard_order(shapes_url, ray_cluster):
-    from components.data import to_model_input
+    from components.images import to_model_input
     from pipelines.infra.dataset import driver_dataset, read_split
 
     images, labels = read_split(shapes_url)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from components.config import apply_overrides
 from components.config.presets import get_preset
-from components.data import make_shapes
+from components.images import make_shapes
 from pipelines.infra.tags import WATCHED
 from pipelines.infra.tracking import Tracker
 from pipelines.workflow.request import RunRequest

@@ -112,10 +112,10 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert sheet.size == (2 * Image.open(grid).width, Image.open(grid).height)
     plots = {a.path for a in client.list_artifacts(first["run_id"], "plots")}
     assert "plots/precision_vs_recall.png" in plots
-    assert parent.inputs.dataset_inputs[0].dataset.digest == first["data"]["fingerprint"][:36]
+    assert parent.inputs.dataset_inputs[0].dataset.digest == first["ingest"]["fingerprint"][:36]
     for kind in ("diffusion", "classifier"):
         champion = client.get_model_version_by_alias(f"adm-smoke-{kind}", "champion")
-        assert champion.version == first["registered"][kind]["version"]
+        assert champion.version == first["register"][kind]["version"]
     check_model_uris(tmp_path, mlflow_server, first["train"])
     monkeypatch.setenv("ADM_CACHE_DIR", str(tmp_path / "cache"))  # without a workdir: downloaded once, then reused
     refs = [resolve("models:/adm-smoke-diffusion@champion", "diffusion", tracking_uri=mlflow_server) for _ in "ab"]
@@ -127,7 +127,7 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert sum("reused" in line for line in lines) == len(STAGES)
     again = stage_runs(client, second["run_id"])
     assert again["train"].data.tags["adm.reused_from"] == stages["train"].info.run_id
-    assert second["rows"] == first["rows"]
+    assert second["evaluate"]["rows"] == first["evaluate"]["rows"]
     assert len(client.search_model_versions("name = 'adm-smoke-diffusion'")) == 1
 
     # the champion alias moves only when the chosen metric (FID at scale 2) improves
@@ -157,7 +157,8 @@ def check_pipeline_run_ui(client, first, stages, trainers):
     grid = client.get_metric_history(run_id, "guidance_scale_by_scale")
     assert sorted((m.step, m.value) for m in grid) == [(0, 0.0), (1, 2.0)]
     fid = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "fid_by_scale"))
-    assert fid == [(i, row["fid"]) for i, row in enumerate(sorted(first["rows"], key=lambda r: r["guidance_scale"]))]
+    rows = sorted(first["evaluate"]["rows"], key=lambda r: r["guidance_scale"])
+    assert fid == [(i, row["fid"]) for i, row in enumerate(rows)]
     flat = [name for name in parent.data.metrics if re.search(r"_scale_\d", name)]
     assert flat == [], flat  # no flat one-value-per-scale metrics (one single-bar chart each)
     assert parent.data.tags["mlflow.note.content"].startswith(f"# adm run {run_id}")
@@ -172,7 +173,7 @@ def check_pipeline_run_ui(client, first, stages, trainers):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert all(r.data.tags["mlflow.note.content"].startswith(f"The {name} stage") for name, r in stages.items())
     for kind in ("diffusion", "classifier"):
-        version = first["registered"][kind]["version"]
+        version = first["register"][kind]["version"]
         assert parent.data.tags[f"adm.registered.{kind}"] == f"adm-smoke-{kind} v{version} (champion)"
         logged = client.get_logged_model(first["train"][kind]["model_uri"][len("models:/"):])
         listed = [(e["name"], str(e["version"])) for e in json.loads(logged.tags["mlflow.modelVersions"])]
@@ -183,7 +184,7 @@ def check_pipeline_run_ui(client, first, stages, trainers):
         kind = run.data.tags["adm.network"]
         prefixes = {name.split(".")[0] for name in run.data.params if "." in name}
         assert prefixes == {*sections[kind], "diffusion"}, (kind, prefixes)
-        assert run.inputs.dataset_inputs[0].dataset.digest == first["data"]["fingerprint"][:36]
+        assert run.inputs.dataset_inputs[0].dataset.digest == first["ingest"]["fingerprint"][:36]
 
 
 def check_trainers(client, tmp_path, preset, trained):

@@ -2,9 +2,19 @@
 
 import json
 
+from components.config.presets import get_preset
 from pipelines.infra import tags
 from pipelines.infra.tracking import Tracker
+from pipelines.stages.context import Stage, StageContext
 from pipelines.workflow.stage_cache import StageCache, produced, stage_key
+
+
+def _run(cache: StageCache, name: str, inputs: dict, body) -> dict:
+    """A stage called `name` whose cache inputs are `inputs` and whose work is body(run_id), run through `cache`."""
+    stage = Stage(name, lambda ctx, upstream: body(ctx.run_id), lambda ctx, upstream: inputs)
+    ctx = StageContext(get_preset("smoke"), "shapes", "work", "p", cache.tracker, cache.experiment,
+                       cache.pipeline_run_id, log=lambda *_: None)
+    return cache.run(stage, ctx, {})
 
 
 def test_outputs_longer_than_a_tag_come_back_whole_when_reused_and_when_done_earlier(tmp_path):
@@ -22,18 +32,18 @@ def test_outputs_longer_than_a_tag_come_back_whole_when_reused_and_when_done_ear
 
     first_run = tracker.start_run("e", "pipeline")
     first = StageCache(tracker, "e", first_run, force=False, log=lambda *_: None)
-    assert first.run("evaluate", {"k": 1}, body) == outputs
+    assert _run(first, "evaluate", {"k": 1}, body) == outputs
     (stage,) = tracker.children("e", first_run)
     assert stage.data.tags[tags.OUTPUTS] == tags.IN_FILE
     # the same key in another pipeline run: reused, from the artifact
     second = StageCache(tracker, "e", tracker.start_run("e", "pipeline"), force=False, log=lambda *_: None)
-    assert second.run("evaluate", {"k": 1}, body) == outputs and second.times["evaluate"][1] == "reused"
+    assert _run(second, "evaluate", {"k": 1}, body) == outputs and second.times["evaluate"][1] == "reused"
     # the first pipeline run resumed: its own finished stage
     again = StageCache(tracker, "e", first_run, force=False, log=lambda *_: None)
-    assert again.run("evaluate", {"k": 1}, body) == outputs and again.times["evaluate"][1] == "done earlier"
+    assert _run(again, "evaluate", {"k": 1}, body) == outputs and again.times["evaluate"][1] == "done earlier"
     assert len(calls) == 1
     # short outputs stay in the tag
-    assert first.run("sample", {"k": 2}, lambda run_id: {"out": "a/b"}) == {"out": "a/b"}
+    assert _run(first, "sample", {"k": 2}, lambda run_id: {"out": "a/b"}) == {"out": "a/b"}
     (sample,) = [r for r in tracker.children("e", first_run) if tags.stage_of(r) == "sample"]
     assert json.loads(sample.data.tags[tags.OUTPUTS]) == {"out": "a/b"}
 
@@ -46,7 +56,7 @@ def test_a_tag_cut_short_by_an_older_version_is_not_reused(tmp_path):
         tags.OUTPUTS: '{"rows": [{"cell": "ddim25/sc'})
     tracker.end_run(stage)
     fresh = StageCache(tracker, "e", tracker.start_run("e", "pipeline"), force=False, log=lambda *_: None)
-    assert fresh.run("evaluate", {"k": 1}, lambda run_id: {"rows": []}) == {"rows": []}
+    assert _run(fresh, "evaluate", {"k": 1}, lambda run_id: {"rows": []}) == {"rows": []}
     assert fresh.times["evaluate"][1] == "ran"
 
 

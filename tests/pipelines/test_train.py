@@ -14,7 +14,8 @@ from components.config import ConfigError, UserError, apply_overrides
 from components.config.presets import get_preset
 from pipelines.infra.resources import CpuSlots, first_wave
 from pipelines.infra.tracking_checks import TrackingError
-from pipelines.stages.ingest import IngestOptions, ingest
+from pipelines.stages.ingest import ingest
+from pipelines.stages.sources import IngestOptions
 from pipelines.stages.train import TrainingError, TrainOptions, train, worker_resources
 
 TINY = ["train_diffusion.steps=20", "train_diffusion.log_interval=5", "train_diffusion.save_interval=10",

@@ -13,14 +13,15 @@ from mlflow import MlflowClient
 from components.checkpoint import load_state_dict
 from components.config import ConfigError, apply_overrides
 from components.config.presets import get_preset
-from components.data import to_model_input
 from components.diffusion import create_diffusion
+from components.images import to_model_input
 from components.networks import build_network
 from components.train_eval import classifier_scores
 from pipelines.infra.dataset import read_split
-from pipelines.stages.ingest import IngestOptions, ingest
+from pipelines.stages.ingest import ingest
+from pipelines.stages.sources import IngestOptions
 from pipelines.stages.train import TrainOptions, train
-from pipelines.stages.train_eval import EVAL_IMAGES
+from pipelines.stages.train_monitor import EVAL_IMAGES
 
 QUIET = dict(log=lambda *_: None)
 

@@ -11,16 +11,18 @@ from mlflow import MlflowClient
 from components.checkpoint import load_into, save_weights
 from components.config import ConfigError, apply_overrides, to_dict
 from components.config.presets import get_preset
-from components.data import make_shapes, to_model_input
 from components.diffusion import create_diffusion
+from components.images import make_shapes, to_model_input
 from components.losses import training_losses
 from components.networks import build_network
 from components.training import Learner
+from pipelines.infra.lineage import config_hash
 from pipelines.infra.tracking import Tracker
 from pipelines.infra.tracking_checks import TrackingError
-from pipelines.stages.ingest import IngestOptions, ingest
+from pipelines.stages.ingest import ingest
+from pipelines.stages.sources import IngestOptions
 from pipelines.stages.train import TrainOptions, train
-from pipelines.workflow.request import RunRequest, config_hash
+from pipelines.workflow.request import RunRequest
 from pipelines.workflow.retrain import warm_start
 
 PREFIX = "ws"

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from components.data import (
+from components.images import (
     DataError,
     center_crop_arr,
     decode_png,

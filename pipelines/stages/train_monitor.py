@@ -28,8 +28,8 @@ from safetensors.torch import load as load_safetensors
 from components.checkpoint import load_into
 from components.config import AUTO
 from components.config.kinds import kind as network_kind
-from components.data import to_model_input
 from components.features import InceptionFeatures
+from components.images import to_model_input
 from components.metrics import covariance_root, feature_statistics, frechet_distance_to_reference
 from components.networks import build_network
 from components.train_eval import classifier_scores, sample_fixed_set
