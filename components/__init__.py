@@ -9,7 +9,7 @@ __all__ = ["build_classifier", "build_unet", "classifier_from_flags", "model_fro
 
 def __getattr__(name: str):
     if name in __all__:
-        from . import networks
+        from . import networks  # noqa: PLC0415 (importing the package stays free of torch)
 
         return getattr(networks, name)
     raise AttributeError(f"module 'components' has no attribute {name!r}")

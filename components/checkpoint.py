@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import UserError
+from .config.presets import RELEASED_FLAGS
+from .networks import classifier_from_flags, model_from_flags
 
 
 class CheckpointError(UserError):
@@ -129,8 +131,6 @@ def describe_mismatch(model: nn.Module, state: dict) -> str:
 
 def matching_released_flags(state: dict) -> list[str]:
     """Names of released flag sets (presets.RELEASED_FLAGS) whose network has exactly this state_dict layout."""
-    from .config.presets import RELEASED_FLAGS
-    from .networks import classifier_from_flags, model_from_flags
 
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     found = []

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import ema_init_share, save_weights, update_ema
+from .checkpoint import ema_init_share, load_into, save_weights, update_ema
 from .config import Preset
 from .config.kinds import kind as network_kind
 from .diffusion import create_diffusion
@@ -24,6 +24,7 @@ from .losses import classifier_losses, topk_correct, training_losses
 from .networks import build_network
 from .precision import autocast_context, graphed, speed_up, training_speed
 from .sampling import SampleNoise, ddim_sample
+from .timestep_sampler import create_timestep_sampler
 
 
 def ema_warmup_decay(step: int, rate: float, inv_gamma: float, power: float) -> float:
@@ -49,7 +50,6 @@ class Learner:
     """Network, optimizer, EMA, timestep sampler and step counter of one trainer."""
 
     def __init__(self, kind: str, preset: Preset, device: torch.device, seed: int = 0):
-        from .timestep_sampler import create_timestep_sampler
 
         self.kind, self.preset, self.device = kind, preset, torch.device(device)
         self.network = network_kind(kind)
@@ -134,7 +134,6 @@ class Learner:
     def warm_start(self, state: dict, source: str) -> None:
         """Start from `state` (train_<kind>.init_from) instead of the random init: the network and every EMA, so the
         average begins at the initial weights too. Strict: CheckpointError names what does not fit."""
-        from .checkpoint import load_into
 
         load_into(self.net, state, source=source)
         for params in self.ema.values():
@@ -201,7 +200,6 @@ class Learner:
         (folder / "state.json").write_text(json.dumps(state))
 
     def load(self, folder: str | Path) -> None:
-        from .checkpoint import load_into
 
         folder = Path(folder)
         load_into(self.net, folder / "model.safetensors", source=str(folder))

@@ -15,6 +15,11 @@ import sys
 import threading
 import time
 
+import ray
+from ray.data import DataContext
+from rich.console import Console as RichConsole
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 PLAIN_EVERY_S = 10.0  # a CI log gets a line per task this often at most (and the last one always)
 
 
@@ -47,7 +52,6 @@ def quiet_ray_init_kwargs(verbose: bool) -> dict:
 
 def quiet_ray_data() -> None:
     """Ray Data's own progress off in this process (its DataContext travels with the datasets it builds)."""
-    from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -81,11 +85,9 @@ class Console:
         self(f"{task}: {done:g}/{total:g}" + (f" {detail}" if detail else ""))
 
     def _bar(self, task: str, done: float, total: float, detail: str) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         with self._lock:
             if self._bars is None:
-                from rich.console import Console as RichConsole
 
                 # markup off: "[diffusion]" is our label, not a rich style
                 self._bars = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
@@ -115,7 +117,6 @@ class Board:
     """The driver's side of the trainers' progress: a ProgressBoard actor that workers write to, polled into `log`."""
 
     def __init__(self, log, every_s: float = 0.5):
-        import ray
 
         @ray.remote(num_cpus=0)
         class ProgressBoard:
@@ -143,7 +144,6 @@ class Board:
             self.drain()
 
     def drain(self) -> None:
-        import ray
 
         if not ray.is_initialized():  # shut down under us (Ctrl-C): ray.get would start a new instance
             return

@@ -10,9 +10,13 @@ import posixpath
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
+import ray.data
+from ray.data.extensions import ArrowTensorArray
 
-from components.images import DataError, class_grid, decode_png, to_model_input
+from components.images import DataError, class_grid, decode_png, encode_png, to_model_input
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -101,7 +105,6 @@ def ray_dataset(url: str, split: str = "train", num_cpus: float | None = None):
     Shards are read with fsspec inside the tasks (any filesystem the workers can reach). num_cpus: CPUs each
     read/decode task asks for; below 1 lets data tasks run beside CPU trainers on a small machine.
     """
-    import ray.data
 
     manifest = load_manifest(url)
     urls = shard_urls(url, split, manifest)
@@ -115,10 +118,6 @@ def driver_dataset(url: str, split: str = "train"):
     of 2048 rows, in shard order. Blocks put by the driver have no lineage: losing a worker node cannot lose them (a
     lost task output would be recomputed by a read task that may not fit beside the trainers holding the CPUs), and
     every run sees the same block order."""
-    import pyarrow as pa
-    import ray
-    import ray.data
-    from ray.data.extensions import ArrowTensorArray
 
     manifest = load_manifest(url)
     blocks = ReadShards(manifest["channels"], rows=2048)({"path": shard_urls(url, split, manifest)})
@@ -129,7 +128,6 @@ def driver_dataset(url: str, split: str = "train"):
 
 def describe(url: str, per_class: int = 8) -> dict:
     """Counts, classes and fingerprint of a dataset; writes grid.png (rows = classes) next to the manifest."""
-    from components.images import encode_png
 
     manifest = load_manifest(url)
     split = sorted(manifest["shards"])[0]

@@ -13,9 +13,10 @@ import torch
 
 class AdmNetwork(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from components.checkpoint import load_into
-        from components.config import ClassifierConfig, UNetConfig
-        from components.networks import build_classifier, build_unet
+        # MLflow runs this file as a script when it logs the model; the network code is needed once it loads one
+        from components.checkpoint import load_into  # noqa: PLC0415
+        from components.config import ClassifierConfig, UNetConfig  # noqa: PLC0415
+        from components.networks import build_classifier, build_unet  # noqa: PLC0415
 
         with open(context.artifacts["config"]) as f:
             config = json.load(f)

@@ -32,6 +32,8 @@ from components.config import Preset, UserError, preset_from_dict
 from components.config.kinds import kind as network_kind
 from components.config.presets import get_preset
 from components.networks import build_network
+from pipelines.infra.tracking import Tracker
+from pipelines.infra.tracking_checks import raise_if_gone
 
 
 @dataclass
@@ -82,8 +84,6 @@ def _fetch_once(target: Path, download) -> Path:
 
 def _local_folder(uri: str, tracking_uri: str | None, workdir: Path | None) -> Path:
     if uri.startswith(("runs:/", "models:/")):
-        from pipelines.infra.tracking import Tracker
-        from pipelines.infra.tracking_checks import raise_if_gone
 
         tracker = Tracker(tracking_uri)
         run_id = tracker.model_source_run(uri) if uri.startswith("models:/") else uri[len("runs:/"):].split("/")[0]

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 import fsspec
+import ray
+from ray.util.state import get_log, list_logs, list_nodes
 
 LOGGERS = ("ray", "mlflow", "py.warnings")  # the libraries' own records on the driver
 MAX_BYTES = 5 << 20  # the tail of a longer worker log is kept
@@ -86,13 +88,11 @@ class RunLogs:
 
 def worker_logs(dest: Path) -> None:
     """The logs of this job's workers on every node, dest/<node ip>/<file>; a note when they cannot be read."""
-    import ray
 
     dest.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
         return
     try:
-        from ray.util.state import get_log, list_logs, list_nodes
 
         context = ray.get_runtime_context()
         job, address = context.get_job_id(), context.gcs_address  # this driver's cluster, not another on the host

@@ -3,6 +3,7 @@ would join (Ray itself waits without limit for a GCS that is not there) and the 
 without s3fs fails only when a stage first writes) and an object store's bucket with the credentials at hand. The MLflow
 probe is tracking.check_tracking."""
 
+import concurrent.futures
 import os
 import socket
 
@@ -34,9 +35,10 @@ def check_ray_address(address: str | None = None, timeout: float = PROBE_TIMEOUT
 def connect_ray() -> None:
     """ray.init() once per process, after the probe; Ray's own logs stay off the console as in `adm run` (unless
     --verbose / ADM_VERBOSE=1)."""
-    import ray
+    # here, not at the top: the CLI imports this module for its probes, and `adm --help` must not load Ray
+    import ray  # noqa: PLC0415
 
-    from pipelines.infra.console import quiet_ray_data, quiet_ray_init_kwargs, verbose_requested
+    from pipelines.infra.console import quiet_ray_data, quiet_ray_init_kwargs, verbose_requested  # noqa: PLC0415
 
     if not ray.is_initialized():
         check_ray_address()
@@ -76,8 +78,6 @@ def probe_object_store(url: str, what: str, timeout: float = STORE_TIMEOUT_S) ->
     """The bucket of an object-store URL answers with these credentials, within `timeout`: the metadata of the
     bucket itself (not a listing, which can be long), read in a thread so that a store that does not answer cannot
     hold the command. A path inside the bucket may not exist yet: stages create it."""
-    import concurrent.futures
-
     protocol = fsspec.core.split_protocol(url)[0]
     hint = CREDENTIALS_HINT.get(protocol, "check the credentials the fsspec driver reads")
     try:

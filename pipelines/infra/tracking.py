@@ -6,13 +6,22 @@ tracking store is a local sqlite file (``sqlite:///<cwd>/mlflow.db``); remote wo
 (``MLFLOW_TRACKING_URI=http://host:5000``).
 """
 
+import fcntl
+import getpass
+import json
 import posixpath
+import tempfile
 import threading
 import time
 import warnings
 from pathlib import Path
 
+import mlflow
 import numpy as np
+from mlflow import MlflowClient
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
 
 from components.config import UserError
 from pipelines.infra.storage import read_bytes
@@ -35,9 +44,7 @@ MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 def _open_sqlite_store(uri: str):
     """An MlflowClient for a sqlite store, opened under a file lock: opening creates and migrates the schema, and two
     `adm run`s started at once in one folder would otherwise both migrate the new file and one would fail."""
-    import fcntl
 
-    from mlflow import MlflowClient
 
     db = sqlite_path(uri)
     with open(db.with_name(db.name + ".lock"), "a") as lock:
@@ -62,7 +69,6 @@ def flatten(values: dict, prefix: str = "") -> dict:
 
 
 def current_user() -> str:
-    import getpass
 
     try:
         return getpass.getuser()
@@ -100,7 +106,6 @@ class Tracker:
     def client(self):
         """The MlflowClient, opened on first use: opening a sqlite store creates it, which only a write may do."""
         if self._client is None:
-            from mlflow import MlflowClient
 
             self._client = _open_sqlite_store(self.uri) if sqlite_path(self.uri) else MlflowClient(self.uri)
         return self._client
@@ -186,14 +191,12 @@ class Tracker:
 
     # --- values -------------------------------------------------------------------------------------------------------
     def log_params(self, run_id: str, params: dict) -> None:
-        from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
 
     def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
-        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if np.isfinite(v)]
@@ -206,7 +209,6 @@ class Tracker:
 
     def log_url(self, run_id: str, url: str, artifact_path: str | None = None) -> None:
         """The file at any fsspec URL as an artifact under its own name (MLflow logs local files only)."""
-        import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / posixpath.basename(url)
@@ -239,9 +241,6 @@ class Tracker:
 
     def log_dataset(self, run_id: str, url: str, name: str, fingerprint: str, context: str = "training") -> None:
         """Record an ingested dataset as the run's input (source URL, name, content fingerprint as digest)."""
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
 
         with warnings.catch_warnings():  # a local path matches two equivalent source types
             warnings.simplefilter("ignore", UserWarning)
@@ -252,7 +251,6 @@ class Tracker:
     # --- models -------------------------------------------------------------------------------------------------------
     def log_network(self, run_id: str, name: str, weights: Path, config: Path) -> str:
         """Log a network as an MLflow pyfunc model defined from code (no pickled objects); returns its model URI."""
-        import mlflow
 
         with _LOG_MODEL_LOCK, warnings.catch_warnings(record=True) as caught:  # the fluent API keeps process state
             mlflow.set_tracking_uri(self.uri)
@@ -304,7 +302,6 @@ class Tracker:
         model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
         found = [v.version for v in self.model_versions(name) if v.run_id == run_id and v.source == model_uri]
         if not found:
-            import mlflow
 
             # a store opened directly (sqlite:///) looks the logged model up through a default MlflowClient, i.e. the
             # process's tracking URI: without this, a process that has logged no model (a resumed run whose train
@@ -320,7 +317,6 @@ class Tracker:
         """The logged model's list of its registered versions (tag mlflow.modelVersions): what makes the UI show the
         logged model as registered, with a link to the version. An MLflow server writes it when it creates a version
         for a logged model; a store opened directly (sqlite:///, `make run`) does not, so the client adds it here."""
-        import json
 
         key = "mlflow.modelVersions"
         listed = json.loads(self.client.get_logged_model(model_id).tags.get(key) or "[]")

@@ -19,6 +19,8 @@ import time
 import uuid
 from pathlib import Path
 
+from ray.job_submission import JobSubmissionClient
+
 from components.config import UserError
 from pipelines import PROJECT_ROOT
 from pipelines.infra import tags
@@ -64,7 +66,6 @@ def auth_token(token_file: str | None = None) -> str | None:
 
 def connect(address: str | None = None, token_file: str | None = None):
     """A JobSubmissionClient, or a JobError naming the address and the fix."""
-    from ray.job_submission import JobSubmissionClient
 
     url = dashboard_address(address)
     token = auth_token(token_file)

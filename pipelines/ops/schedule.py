@@ -6,11 +6,14 @@
 * systemd: a user service + timer (OnCalendar from the cron expression) that run the same command.
 """
 
+import os
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from components.config import UserError
 
@@ -92,7 +95,6 @@ def submit_command(retrain_args: list[str], address: str | None) -> list[str]:
     """What a plain host's timer runs: adm submit --wait [--address A] retrain ... (absolute path to adm)."""
     adm = shutil.which("adm")
     head = [adm] if adm else [sys.executable, "-m", "pipelines.cli"]
-    import os
 
     options = ["--address", address] if address else []
     if os.environ.get("MLFLOW_TRACKING_URI") and "--tracking-uri" not in retrain_args:  # cron's env is bare
@@ -102,8 +104,6 @@ def submit_command(retrain_args: list[str], address: str | None) -> list[str]:
 
 # --- targets ----------------------------------------------------------------------------------------------------------
 def kubernetes_manifest(cron: str, retrain_args: list[str], template: Path, name: str | None = None) -> str:
-    import yaml
-
     parse_cron(cron)
     if not template.is_file():
         raise ScheduleError(f"--template {template}: no such file (it ships in the repository as "

@@ -23,6 +23,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pyarrow.parquet as pq
+import ray
 import torch
 
 from components import metrics
@@ -37,6 +38,8 @@ from components.features import (
     file_digest,
 )
 from pipelines.infra.console import progress
+from pipelines.infra.dataset import decode_images
+from pipelines.infra.model_refs import resolve
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import npz_bytes, read_npz, write_bytes_atomic
@@ -98,7 +101,6 @@ def check_inputs(job: EvaluateJob, samples: dict, reference) -> None:
 
 
 def resolve_evaluator(job: EvaluateJob, workdir=None):
-    from pipelines.infra.model_refs import resolve
 
     return resolve(job.evaluator, "evaluator", tracking_uri=job.tracking_uri, workdir=workdir)
 
@@ -137,7 +139,6 @@ class FeatureWorker:
             if self._file[0] != item["url"]:
                 self._file = (item["url"], read_npz(item["url"])["arr_0"])
             return self._file[1][item["start"]:item["stop"]]
-        from pipelines.infra.dataset import decode_images
 
         with fsspec.open(item["url"], "rb") as f:
             table = pq.read_table(f, columns=["image"]).slice(item["start"], item["stop"] - item["start"])
@@ -156,7 +157,6 @@ class FeatureWorker:
 
 def compute_features(job: EvaluateJob, names: tuple, sources: list, log=print) -> dict:
     """{source key: {"<extractor>.<part>": [N, D] array in source order}}."""
-    import ray
 
     items = work_items(sources, job.config.batch_size)
     if not items:

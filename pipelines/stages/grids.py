@@ -4,6 +4,7 @@ side by side for the pipeline run."""
 import io
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from components.config.grid import Cell
 from components.images import class_grid
@@ -13,7 +14,6 @@ def labeled_grid(images: np.ndarray, labels: np.ndarray, caption: str, names=Non
     """The class x sample grid as PNG bytes, upscaled (nearest) to about `width` px so that the MLflow UI does not show
     a 16 px-per-image thumbnail, with each row's class name (`names[label]`, else "class <label>") at its left and
     `caption` (the grid cell) on top."""
-    from PIL import Image, ImageDraw
 
     grid = class_grid(images, labels)  # uint8 [H, W, C], one row of images per class, classes ascending
     classes = sorted(set(labels.tolist()))[:10]
@@ -38,7 +38,6 @@ def cells_sheet(grids: dict, cells: list[Cell]) -> bytes:
     """All cells' grid PNGs (cell key -> bytes) side by side as one PNG: a row per sampler, method and interval, a
     column per guidance scale ascending. Scale 0 is one cell for every method (nothing is guided there): each row
     shows it in its first column."""
-    from PIL import Image
 
     scales = sorted({c.scale for c in cells})
     rows = list(dict.fromkeys((c.sampler, c.method, c.interval) for c in cells if c.scale != 0)) or \

@@ -6,6 +6,8 @@ intervals. Rows are the evaluation table, one dict per cell."""
 
 import math
 
+from matplotlib.figure import Figure
+
 from components.config.grid import ALL_LEVELS, parse_sampler
 
 METRIC_SETS = (("fid", "precision", "recall"), ("evaluator_fid", "evaluator_precision", "evaluator_recall"))
@@ -45,12 +47,9 @@ def lines_of(rows) -> dict:
 
 
 def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(6.4, 4.8))
+    """A figure of matplotlib's object API: no pyplot, so no global figure list to close and no GUI backend."""
+    fig = Figure(figsize=(6.4, 4.8))
+    return fig, fig.subplots()
 
 
 def _scale_axis(ax, rows) -> None:
@@ -153,9 +152,3 @@ def _fid_vs_passes(rows, fid, scale):
     ax.legend(fontsize=8)
     return fig
 
-
-def close(figures: dict) -> None:
-    import matplotlib.pyplot as plt
-
-    for fig in figures.values():
-        plt.close(fig)

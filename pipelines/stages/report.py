@@ -2,11 +2,15 @@
 the trade-off plots on the parent run)."""
 
 import math
+import os
+import platform
+
+import torch
 
 from components.config.grid import ALL_LEVELS, metric_name
 from pipelines.infra import tags
 from pipelines.infra.tracking import Tracker
-from pipelines.stages.plots import close, lines_of, tradeoff_figures
+from pipelines.stages.plots import lines_of, tradeoff_figures
 
 COLUMNS = ("sampler", "guidance_method", "guidance_scale", "guidance_interval", "network_evals", "classifier_passes",
            "seconds_per_sample", "num_samples", "fid", "sfid", "precision", "recall", "evaluator_fid",
@@ -93,15 +97,11 @@ def log_tradeoff(tracker, run_id: str, rows: list[dict], champion: dict | None =
     figures = tradeoff_figures(rows, champion["guidance_scale"] if champion else None)
     for name, figure in figures.items():
         tracker.log_figure(run_id, figure, name)
-    close(figures)
     return len(figures)
 
 
 def machine() -> str:
-    import os
-    import platform
 
-    import torch
 
     gpus = torch.cuda.device_count()
     accel = f"{gpus} x {torch.cuda.get_device_name(0)}" if gpus else "no GPU"

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
+import ray
 import torch
 
 from components.config import SampleConfig, UserError, to_dict
@@ -212,7 +213,6 @@ class CellProgress:
 
 
 def run_sampling(job: SampleJob, log=print) -> SampleResult:
-    import ray
 
     diffusion_ref, _ = validate(job)
     cells = job.cells

@@ -7,7 +7,9 @@ once and the tracking server is asked for /health. The MLflow run of each traine
 restart never creates a second run; rank 0 logs into it by id.
 """
 
+import concurrent.futures
 import dataclasses
+import json
 import math
 import os
 import posixpath
@@ -18,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
+import ray
+import ray.train
 import torch
+from ray.train.torch import TorchTrainer
 
 from components.config import ConfigError, Preset, UserError, to_dict
 from components.config.kinds import KINDS, has_null_class
@@ -108,8 +113,6 @@ def _check_held_out(kind, preset: Preset, manifest: dict) -> None:
 # --- trainers ---------------------------------------------------------------------------------------------------------
 def make_trainer(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOptions, cpus: float):
     """The TorchTrainer of one network; `dataset` is the training split (training_dataset), shared by the trainers."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     cfg = network_kind(kind).train_config(preset)
     worker = WorkerConfig(kind=kind, preset=preset, run_id=run_id, tracking_uri=opts.tracking_uri, seed=opts.seed,
@@ -135,7 +138,6 @@ def make_trainer(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOpt
 def _checkpoint_config(cfg):
     """keep_checkpoints' rotation; with keep_best it drops the checkpoints of the worst eval scores instead of the
     oldest (Ray always keeps the latest as well, which a restarted worker group resumes from)."""
-    import ray.train
 
     if not cfg.keep_best:
         return ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints)
@@ -165,7 +167,6 @@ def nonfinite_marker(opts: TrainOptions, kind: str, run_id: str) -> str:
 
 
 def _nonfinite_step(opts: TrainOptions, kind: str, run_id: str) -> int | None:
-    import json
 
     url = nonfinite_marker(opts, kind, run_id)
     fs, path = fsspec.core.url_to_fs(url)
@@ -229,7 +230,6 @@ def _final_checkpoint(kind: str, preset: Preset, result, run_id: str, tracker: T
 
 def _log_final(tracker: Tracker, outcome: TrainOutcome, checkpoint, preset: Preset) -> str:
     """The final checkpoint as artifacts, and the (EMA if any) network as a logged MLflow model."""
-    import json
 
     with checkpoint.as_directory() as folder:
         folder = Path(folder)
@@ -258,9 +258,7 @@ def _interrupt(futures: dict, run_ids: dict, tracker: Tracker, log, slots) -> No
     """Ctrl-C: stop the trainers (disconnecting from Ray ends the Train controllers this driver owns; one still
     waiting for a CPU slot never starts), give their threads a moment to return, and mark every unfinished training run
     KILLED. Checkpoints already reported stay."""
-    import concurrent.futures
 
-    import ray
 
     log("interrupted: stopping the trainers")
     slots.close()

@@ -15,7 +15,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import fsspec
+import ray.train
+import ray.train.torch
 import torch
+import torch.distributed as dist
 
 from components.checkpoint import load_state_dict
 from components.config import Preset, to_dict
@@ -24,6 +28,7 @@ from components.images import image_grid, to_uint8
 from components.training import Learner
 from pipelines.infra import tags
 from pipelines.infra.model_refs import locate_for
+from pipelines.infra.tracking import Tracker
 from pipelines.stages.train_monitor import SCORE, eval_due, make_eval
 
 
@@ -49,7 +54,6 @@ def _gather_fn(world: int):
         return None
 
     def gather(t, losses):
-        import torch.distributed as dist
 
         ts = [torch.zeros_like(t) for _ in range(world)]
         ls = [torch.zeros_like(losses) for _ in range(world)]
@@ -99,10 +103,7 @@ def _say(job: WorkerConfig, line: str) -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
 
-    from pipelines.infra.tracking import Tracker
 
     job: WorkerConfig = config["worker"]
     ctx = ray.train.get_context()
@@ -162,7 +163,6 @@ def _global_means(metrics: dict, world: int) -> dict:
     quartile means stay this rank's (a quartile may be missing from a rank's batch)."""
     if world == 1:
         return metrics
-    import torch.distributed as dist
 
     keys = sorted(k for k in metrics if "_q" not in k and k not in ("grad_norm", "lr"))
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
@@ -171,7 +171,6 @@ def _global_means(metrics: dict, world: int) -> dict:
 
 
 def _write_marker(url: str, values: dict) -> None:
-    import fsspec
 
     with fsspec.open(url, "w") as f:
         f.write(json.dumps(values))
@@ -201,7 +200,6 @@ def _evaluate(tracker, job: WorkerConfig, learner: Learner, held_out) -> float:
 
 
 def _report_checkpoint(learner: Learner, metrics: dict, rank: int, score: float | None = None) -> None:
-    import ray.train
 
     report = {"step": learner.step, "loss": metrics["loss"]}
     if learner.cfg.keep_best:  # Ray ranks checkpoints by it; one without an evaluation ranks last (nan)

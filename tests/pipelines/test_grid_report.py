@@ -5,7 +5,7 @@ import pytest
 
 from components.config import ConfigError, apply_overrides
 from components.config.presets import get_preset
-from pipelines.stages.plots import close, lines_of, tradeoff_figures
+from pipelines.stages.plots import lines_of, tradeoff_figures
 from pipelines.stages.register import champion_cell, champion_row
 from pipelines.stages.report import format_table
 
@@ -52,12 +52,9 @@ def test_classifier_free_lines_start_at_the_shared_unguided_cell_and_cost_twice(
     assert [r["fid"] for r in lines["ddim25 cfg"]] == [30, 18, 25]  # scale 0 (shared), 2, 4
     assert [r["fid"] for r in lines["ddim25"]] == [30, 20]
     figures = tradeoff_figures(ROWS + CFG, champion_scale=2.0)
-    try:
-        evals = figures["plots/fid_vs_network_evals.png"].axes[0]
-        points = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in evals.get_lines()}
-        assert points["ddim cfg"] == ([20], [18]) and points["ddim"] == ([10], [20])
-    finally:
-        close(figures)
+    evals = figures["plots/fid_vs_network_evals.png"].axes[0]
+    points = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in evals.get_lines()}
+    assert points["ddim cfg"] == ([20], [18]) and points["ddim"] == ([10], [20])
     table = format_table(ROWS + CFG)
     assert table.splitlines()[0].startswith("| sampler | guidance_method | guidance_scale |")
     assert "guidance_method" not in format_table(ROWS)
@@ -72,21 +69,18 @@ def test_the_table_is_grouped_by_sampler_and_shows_the_interval_only_when_there_
 
 def test_plots_draw_one_line_per_sampler_and_the_compute_plots_at_the_champion_scale():
     figures = tradeoff_figures(ROWS, champion_scale=2.0)
-    try:
-        assert set(figures) == {"plots/fid_vs_scale.png", "plots/precision_vs_recall.png", "plots/score_vs_fid.png",
-                                "plots/fid_vs_network_evals.png", "plots/fid_vs_classifier_passes.png"}
-        by_scale = figures["plots/fid_vs_scale.png"].axes[0]
-        assert sorted(line.get_label() for line in by_scale.get_lines()) == ["ddim25", "dpm++2m-10"]
-        for line in by_scale.get_lines():  # the interval's row is not on the scale curves
-            assert len(line.get_xdata()) == 2
-        evals = figures["plots/fid_vs_network_evals.png"].axes[0]
-        assert {line.get_label(): list(line.get_ydata()) for line in evals.get_lines()} == {"ddim": [20],
-                                                                                          "dpm++2m": [19]}
-        passes = figures["plots/fid_vs_classifier_passes.png"].axes[0]
-        ddim = next(line for line in passes.get_lines() if line.get_label() == "ddim25")
-        assert list(ddim.get_xdata()) == [6, 10] and list(ddim.get_ydata()) == [21, 20]
-    finally:
-        close(figures)
+    assert set(figures) == {"plots/fid_vs_scale.png", "plots/precision_vs_recall.png", "plots/score_vs_fid.png",
+                            "plots/fid_vs_network_evals.png", "plots/fid_vs_classifier_passes.png"}
+    by_scale = figures["plots/fid_vs_scale.png"].axes[0]
+    assert sorted(line.get_label() for line in by_scale.get_lines()) == ["ddim25", "dpm++2m-10"]
+    for line in by_scale.get_lines():  # the interval's row is not on the scale curves
+        assert len(line.get_xdata()) == 2
+    evals = figures["plots/fid_vs_network_evals.png"].axes[0]
+    assert {line.get_label(): list(line.get_ydata()) for line in evals.get_lines()} == {"ddim": [20],
+                                                                                      "dpm++2m": [19]}
+    passes = figures["plots/fid_vs_classifier_passes.png"].axes[0]
+    ddim = next(line for line in passes.get_lines() if line.get_label() == "ddim25")
+    assert list(ddim.get_xdata()) == [6, 10] and list(ddim.get_ydata()) == [21, 20]
 
 
 def test_auto_champion_scale_picks_the_best_scale_of_the_champion_line():
