@@ -50,7 +50,6 @@ class Learner:
     """Network, optimizer, EMA, timestep sampler and step counter of one trainer."""
 
     def __init__(self, kind: str, preset: Preset, device: torch.device, seed: int = 0):
-
         self.kind, self.preset, self.device = kind, preset, torch.device(device)
         self.network = network_kind(kind)
         self.cfg = self.network.train_config(preset)
@@ -200,7 +199,6 @@ class Learner:
         (folder / "state.json").write_text(json.dumps(state))
 
     def load(self, folder: str | Path) -> None:
-
         folder = Path(folder)
         load_into(self.net, folder / "model.safetensors", source=str(folder))
         for rate, params in self.ema.items():

@@ -5,6 +5,7 @@ Handlers import the workflow when they run: `adm --help` must not pay for torch,
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 
 from components.config import UserError, preset_from_dict, to_dict
@@ -82,6 +83,18 @@ def _where(uri: str, experiment_id: str, run_id: str) -> str:
     return f"its page: {uri.rstrip('/')}/{page}"
 
 
+def _finished(req) -> bool:
+    """A pipeline run that finished has nothing to resume: say so, before Ray starts."""
+    from pipelines.infra.tracking import Tracker
+
+    run = Tracker(req.tracking_uri).run(req.resume)
+    if run.info.status != "FINISHED":
+        return False
+    print(f"pipeline run {req.resume} finished: every stage is done, nothing to resume (start a new run with "
+          "adm run, which reuses its finished stages)")
+    return True
+
+
 def cmd_run(args) -> int:
     import ray
 
@@ -100,6 +113,8 @@ def cmd_run(args) -> int:
                           "data": req.source, "workdir": req.workdir,
                           "resources": stage_resources(req.preset, args.assume_cpus)}, indent=2, default=str))
         return 0
+    if req.resume and _finished(req):
+        return 0
     verbose = verbose_requested(args.verbose)
     if not ray.is_initialized():
         ray.init(**quiet_ray_init_kwargs(verbose))
@@ -110,7 +125,15 @@ def cmd_run(args) -> int:
           f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
     pipeline = Pipeline(req, log=Console(), on_start=lambda p: start(p.run_id, p.req.experiment, p.tracker.uri))
     print(f"MLflow tracking: {pipeline.tracker.uri}")
-    result = pipeline.execute()
+    try:
+        result = pipeline.execute()
+    except KeyboardInterrupt:
+        if pipeline.run_id is None:
+            raise
+        store = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
+        print(f"adm: interrupted; pipeline run {pipeline.run_id} and its stage runs are marked KILLED; continue it "
+              f"with: adm run --resume {pipeline.run_id}{store}", file=sys.stderr)
+        return 130
     print(format_table(result["evaluate"]["rows"]))
     print(format_stage_times(result["stage_times"]))
     experiment_id = pipeline.tracker.run(result["run_id"]).info.experiment_id

@@ -85,7 +85,6 @@ class Console:
         self(f"{task}: {done:g}/{total:g}" + (f" {detail}" if detail else ""))
 
     def _bar(self, task: str, done: float, total: float, detail: str) -> None:
-
         with self._lock:
             if self._bars is None:
 
@@ -117,7 +116,6 @@ class Board:
     """The driver's side of the trainers' progress: a ProgressBoard actor that workers write to, polled into `log`."""
 
     def __init__(self, log, every_s: float = 0.5):
-
         @ray.remote(num_cpus=0)
         class ProgressBoard:
             def __init__(self):
@@ -144,7 +142,6 @@ class Board:
             self.drain()
 
     def drain(self) -> None:
-
         if not ray.is_initialized():  # shut down under us (Ctrl-C): ray.get would start a new instance
             return
         try:

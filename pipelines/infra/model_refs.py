@@ -156,11 +156,27 @@ def _local_weights(uri: str, workdir: Path | None) -> str:
     return str(folder / name)
 
 
+def latest_checkpoint(folder: str) -> str | None:
+    """The newest complete checkpoint_* folder in a trainer's Ray Train folder (any fsspec URL), or None. Ray names
+    checkpoints by their time, so the last in order is the newest; one still being written (no state.json yet) is
+    passed over."""
+    fs, root = fsspec.core.url_to_fs(folder)
+    found = sorted(fs.glob(posixpath.join(root, "checkpoint_*"))) if fs.isdir(root) else []
+    for path in reversed(found):
+        if fs.exists(posixpath.join(path, "state.json")):
+            return path if "://" not in folder else fs.unstrip_protocol(path)
+    return None
+
+
 def _from_checkpoint(uri: str, kind: str, tracking_uri: str | None, workdir: Path | None) -> NetworkRef:
     folder = _local_folder(uri, tracking_uri, workdir)
     meta_path = folder / "model.json"
+    if not meta_path.exists() and latest_checkpoint(str(folder)):  # a trainer's folder: its newest checkpoint
+        folder = Path(latest_checkpoint(str(folder)))
+        meta_path = folder / "model.json"
     if not meta_path.exists():
-        raise UserError(f"{uri} holds no model.json: not a checkpoint written by `adm train`")
+        raise UserError(f"{uri} holds no model.json: not a checkpoint written by `adm train` (nor a trainer's folder "
+                        "of checkpoint_* folders)")
     meta = json.loads(meta_path.read_text())
     if meta.get("kind") != kind:
         raise UserError(f"{uri} is a {meta.get('kind')} checkpoint, but a {kind} network is needed here")

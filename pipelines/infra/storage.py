@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import os
 import posixpath
 import uuid
 
@@ -55,6 +56,12 @@ def read_bytes(url: str) -> bytes:
 def read_npz(url: str) -> dict:
     data = np.load(io.BytesIO(read_bytes(url)), allow_pickle=False)
     return {name: data[name] for name in data.files}
+
+
+def absolute(url: str) -> str:
+    """A local path made absolute (processes on Ray workers do not share the driver's working directory); URLs with a
+    scheme are returned as they are."""
+    return url if "://" in url else os.path.abspath(url)
 
 
 def exists(url: str) -> bool:

@@ -69,7 +69,6 @@ def flatten(values: dict, prefix: str = "") -> dict:
 
 
 def current_user() -> str:
-
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # a container user without a passwd entry or login variables
@@ -191,13 +190,17 @@ class Tracker:
 
     # --- values -------------------------------------------------------------------------------------------------------
     def log_params(self, run_id: str, params: dict) -> None:
-
         items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
+    def last_logged_step(self, run_id: str) -> int:
+        """The highest step any metric of the run was logged at (0: none): where a resumed trainer's logging goes on,
+        so that no step is logged twice."""
+        keys = self.client.get_run(run_id).data.metrics
+        return max((m.step for key in keys for m in self.client.get_metric_history(run_id, key)), default=0)
 
+    def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if np.isfinite(v)]
         if items:

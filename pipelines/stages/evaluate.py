@@ -101,7 +101,6 @@ def check_inputs(job: EvaluateJob, samples: dict, reference) -> None:
 
 
 def resolve_evaluator(job: EvaluateJob, workdir=None):
-
     return resolve(job.evaluator, "evaluator", tracking_uri=job.tracking_uri, workdir=workdir)
 
 

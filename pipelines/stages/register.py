@@ -86,7 +86,8 @@ def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained
     best = None if current is None or tag not in current.tags else float(current.tags[tag])
     better = beats(value, best, metric)
     if better:
-        why = f"{metric} {value:.4g} beat the champion's {'none' if best is None else f'{best:.4g}'}"
+        why = (f"{metric} {value:.4g}: the first registered version, no champion yet" if best is None else
+               f"{metric} {value:.4g} beat the champion's {best:.4g}")
         for kind, name in names.items():
             move_alias(tracker, name, CHAMPION, versions[kind], "register", why)
     log("[register] " + ", ".join(f"{names[k]} v{versions[k]}" for k in names)

@@ -213,7 +213,6 @@ class CellProgress:
 
 
 def run_sampling(job: SampleJob, log=print) -> SampleResult:
-
     diffusion_ref, _ = validate(job)
     cells = job.cells
     shards = plan_shards(cells, job.config.num_samples, job.config.batch_size)

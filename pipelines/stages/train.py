@@ -11,7 +11,6 @@ import concurrent.futures
 import dataclasses
 import json
 import math
-import os
 import posixpath
 import tempfile
 import time
@@ -37,7 +36,7 @@ from pipelines.infra.dataset import driver_dataset, load_manifest, ray_dataset
 from pipelines.infra.init_from import InitSource, resolve_inits
 from pipelines.infra.resources import cluster_cpus, largest_node_cpus, trainer_slots, worker_resources
 from pipelines.infra.services import connect_ray
-from pipelines.infra.storage import check_writable
+from pipelines.infra.storage import absolute, check_writable
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.context import Stage, StageContext
 from pipelines.stages.train_monitor import SCORE, eval_scale
@@ -167,7 +166,6 @@ def nonfinite_marker(opts: TrainOptions, kind: str, run_id: str) -> str:
 
 
 def _nonfinite_step(opts: TrainOptions, kind: str, run_id: str) -> int | None:
-
     url = nonfinite_marker(opts, kind, run_id)
     fs, path = fsspec.core.url_to_fs(url)
     return json.loads(fs.cat_file(path))["step"] if fs.exists(path) else None
@@ -271,13 +269,15 @@ def _interrupt(futures: dict, run_ids: dict, tracker: Tracker, log, slots) -> No
 
 
 def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS), log=print) -> dict[str, TrainOutcome]:
-    """Train `kinds` concurrently on the connected Ray cluster; returns one TrainOutcome per network."""
-
+    """Train `kinds` concurrently on the connected Ray cluster; returns one TrainOutcome per network. Local paths are
+    made absolute first: Ray Train wants an absolute storage path, and the workers that read the validation split do
+    not share the driver's working directory."""
+    data_url = absolute(data_url)
     manifest = load_manifest(data_url)
     validate(preset, kinds, manifest)
     check_writable(opts.storage, "storage path", "--storage")
     tracker = Tracker(opts.tracking_uri)
-    opts = dataclasses.replace(opts, tracking_uri=tracker.uri)
+    opts = dataclasses.replace(opts, tracking_uri=tracker.uri, storage=absolute(opts.storage))
     inits = resolve_inits(preset, kinds, tracker.uri, opts.model_prefix or f"adm-{preset.name}")
     connect_ray()
     cpus = worker_resources(preset, kinds, cluster_cpus(), largest_node_cpus())
@@ -387,10 +387,8 @@ def run(ctx: StageContext, inputs: dict) -> dict:
                for k, r in done.items()}
     kinds = tuple(k for k in KINDS if k not in done)
     if kinds:
-        storage = ctx.path("checkpoints")
-        storage = storage if "://" in storage else os.path.abspath(storage)  # Ray Train wants absolute paths
         resume = {k: r.info.run_id for k, r in earlier.items() if k in kinds}
-        opts = TrainOptions(storage=storage, tracking_uri=tracker.uri, experiment=ctx.experiment,
+        opts = TrainOptions(storage=ctx.path("checkpoints"), tracking_uri=tracker.uri, experiment=ctx.experiment,
                             parent_run_id=ctx.run_id, run_ids=resume, model_prefix=ctx.prefix)
         for kind, outcome in train(ctx.preset, data_url, opts, kinds, log=ctx.log).items():
             outputs[kind] = {"run_id": outcome.run_id, "model_uri": outcome.model_uri,

@@ -20,7 +20,6 @@ held-out data and the numbers logged to the training run as metrics over steps.
 import json
 import posixpath
 
-import fsspec
 import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
@@ -34,6 +33,8 @@ from components.metrics import covariance_root, feature_statistics, frechet_dist
 from components.networks import build_network
 from components.train_eval import classifier_scores, sample_fixed_set
 from pipelines.infra.dataset import read_split
+from pipelines.infra.model_refs import latest_checkpoint
+from pipelines.infra.storage import read_bytes
 
 EVAL_IMAGES = 64  # the fixed held-out batch: the first images of the validation split, in shard order
 EVAL_SAMPLES = 64  # the diffusion model's fixed sample set: seeds and labels of sample indices 0..63
@@ -107,17 +108,12 @@ class SampleFID:
 def latest_classifier(folder: str, preset, device: torch.device):
     """(network, step) of the newest complete checkpoint under the classifier trainer's Ray Train folder, or (None, 0)
     when there is none yet. A checkpoint still being written (no state.json yet) is passed over."""
-    if not folder:
+    path = latest_checkpoint(folder) if folder else None
+    if path is None:
         return None, 0
-    fs, root = fsspec.core.url_to_fs(folder)
-    found = sorted(fs.glob(posixpath.join(root, "checkpoint_*"))) if fs.exists(root) else []
     cfg = network_kind("classifier").train_config(preset)
-    weights = f"ema_{cfg.ema_rate[0]}.safetensors" if cfg.ema_rate else "model.safetensors"
-    for path in reversed(found):  # Ray names checkpoints by their time: the last sorts last
-        state, file = posixpath.join(path, "state.json"), posixpath.join(path, weights)
-        if fs.exists(state) and fs.exists(file):
-            net = build_network("classifier", preset)
-            load_into(net, load_safetensors(fs.cat_file(file)), source=file)
-            step = int(json.loads(fs.cat_file(state))["step"])
-            return net.eval().to(device), step
-    return None, 0
+    file = posixpath.join(path, f"ema_{cfg.ema_rate[0]}.safetensors" if cfg.ema_rate else "model.safetensors")
+    net = build_network("classifier", preset)
+    load_into(net, load_safetensors(read_bytes(file)), source=file)
+    step = int(json.loads(read_bytes(posixpath.join(path, "state.json")))["step"])
+    return net.eval().to(device), step

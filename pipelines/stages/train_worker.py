@@ -54,7 +54,6 @@ def _gather_fn(world: int):
         return None
 
     def gather(t, losses):
-
         ts = [torch.zeros_like(t) for _ in range(world)]
         ls = [torch.zeros_like(losses) for _ in range(world)]
         dist.all_gather(ts, t)
@@ -103,28 +102,22 @@ def _say(job: WorkerConfig, line: str) -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-
-
     job: WorkerConfig = config["worker"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, job.threads))
     device = ray.train.torch.get_device()
     learner = Learner(job.kind, job.preset, device, seed=job.seed + rank)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            learner.load(folder)
-    elif job.init_from:  # a restarted worker group has a checkpoint and continues from it instead
-        ref = locate_for(job.init_from, job.kind, job.preset, job.tracking_uri)
-        learner.warm_start(load_state_dict(ref.weights), source=job.init_from)
+    resumed = _start(job, learner)
     model = learner.hot(ray.train.torch.prepare_model(learner.net)) if world > 1 else learner.fast
     tracker = Tracker(job.tracking_uri) if rank == 0 else None
-    cfg = learner.cfg
+    cfg, logged = learner.cfg, 0
     if rank == 0:  # where this trainer runs now: operators (and the fault tests) find the process by it
         tracker.set_tags(job.run_id, {tags.WORKER: f"{socket.gethostname()} pid {os.getpid()}"})
-    if checkpoint and rank == 0:
-        tracker.log_metrics(job.run_id, {"resumed_from_step": learner.step}, learner.step)
+    if resumed and rank == 0:
+        # the steps after the checkpoint that the lost worker group logged are not logged again: each step once
+        logged = tracker.last_logged_step(job.run_id)
+        tracker.set_tags(job.run_id, {tags.RESUMED_FROM_STEP: str(learner.step)})
         _say(job, f"[{job.kind}] resumed from the checkpoint at step {learner.step}")
     shard = ray.train.get_dataset_shard("train")
     progress = Progress(job.kind, cfg.steps, learner.step, cfg.batch_size * world)
@@ -141,12 +134,27 @@ def train_loop_per_worker(config: dict) -> None:
                     _write_marker(job.nonfinite_marker, {"step": step, "loss": str(metrics["loss"])})
                 return
             if rank == 0:
-                _log_step(tracker, job, learner, metrics, progress)
-            score = _evaluate(tracker, job, learner, held_out) if held_out and eval_due(cfg, step) else None
+                _log_step(tracker, job, learner, metrics, progress, log=step > logged)
+            score = _evaluate(tracker, job, learner, held_out, step > logged) if held_out and eval_due(cfg, step) \
+                else None
             if step % cfg.save_interval == 0 or step == cfg.steps or (cfg.keep_best and eval_due(cfg, step)):
                 _report_checkpoint(learner, metrics, rank, score)
             if step >= cfg.steps:
                 break
+
+
+def _start(job: WorkerConfig, learner: Learner) -> bool:
+    """The learner's starting state: the latest checkpoint of this trainer when the worker group restarts (True),
+    else the warm start of init_from, else the random init."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            learner.load(folder)
+        return True
+    if job.init_from:
+        ref = locate_for(job.init_from, job.kind, job.preset, job.tracking_uri)
+        learner.warm_start(load_state_dict(ref.weights), source=job.init_from)
+    return False
 
 
 def _epoch(shard, cfg, seed: int, rank: int, step: int):
@@ -171,36 +179,40 @@ def _global_means(metrics: dict, world: int) -> dict:
 
 
 def _write_marker(url: str, values: dict) -> None:
-
     with fsspec.open(url, "w") as f:
         f.write(json.dumps(values))
 
 
-def _log_step(tracker, job: WorkerConfig, learner: Learner, metrics: dict, progress: Progress) -> None:
+def _log_step(tracker, job: WorkerConfig, learner: Learner, metrics: dict, progress: Progress, log: bool = True
+              ) -> None:
+    """Progress, and with `log` this step's metrics and sample grid to the run (not for steps a lost worker group
+    logged before a resume)."""
     step, cfg, run_id = learner.step, learner.cfg, job.run_id
     if step % cfg.log_interval == 0 or step == cfg.steps:
-        tracker.log_metrics(run_id, {**metrics, "images_per_s": progress.window_rate(step),
-                                     "images_per_s_overall": progress.rate(step)}, step)
+        if log:
+            tracker.log_metrics(run_id, {**metrics, "images_per_s": progress.window_rate(step),
+                                         "images_per_s_overall": progress.rate(step)}, step)
         if job.board is not None:
             job.board.update.remote(f"[{job.kind}] training", step, cfg.steps, progress.detail(step, metrics["loss"]))
         sys.stdout.write(progress.line(step, metrics["loss"]) + "\n")
         sys.stdout.flush()
     every = cfg.sample_interval
-    if network_kind(learner.kind).is_unet and ((every and step % every == 0) or step == cfg.steps):  # 0: the end
+    if log and network_kind(learner.kind).is_unet and ((every and step % every == 0) or step == cfg.steps):
         grid = learner.sample_grid()
         image = image_grid(to_uint8(grid), rows=learner.preset.unet.num_classes or 1)
         tracker.log_image(run_id, image, f"samples/step_{step:07d}.png")
 
 
-def _evaluate(tracker, job: WorkerConfig, learner: Learner, held_out) -> float:
-    """Evaluation while training (stages/train_monitor.py): its metrics to the run at this step; returns the score."""
+def _evaluate(tracker, job: WorkerConfig, learner: Learner, held_out, log: bool = True) -> float:
+    """Evaluation while training (stages/train_monitor.py): its metrics to the run at this step (with `log`);
+    returns the score, which ranks the checkpoint either way."""
     scores = held_out.scores(learner)
-    tracker.log_metrics(job.run_id, scores, learner.step)
+    if log:
+        tracker.log_metrics(job.run_id, scores, learner.step)
     return scores[SCORE]
 
 
 def _report_checkpoint(learner: Learner, metrics: dict, rank: int, score: float | None = None) -> None:
-
     report = {"step": learner.step, "loss": metrics["loss"]}
     if learner.cfg.keep_best:  # Ray ranks checkpoints by it; one without an evaluation ranks last (nan)
         report[SCORE] = float("nan") if score is None else score

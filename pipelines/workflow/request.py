@@ -9,7 +9,7 @@ from components.config.validation import preset_problems, raise_problems
 from components.images import DataError
 from pipelines.infra.init_from import resolve_inits
 from pipelines.infra.services import check_ray_address, check_url
-from pipelines.infra.storage import check_writable
+from pipelines.infra.storage import absolute, check_writable
 from pipelines.infra.tracking_checks import check_tracking, resolve_tracking_uri
 from pipelines.stages.sources import local_folder
 
@@ -28,6 +28,10 @@ class RunRequest:
     parent_run_id: str | None = None  # e.g. the `adm retrain` cycle that runs this pipeline
     source_fingerprint: str | None = None  # content of the source (retrain): new content => a new ingest
     from_scratch: bool = False  # retrain: random weights even when the champion could be the starting point
+
+    def __post_init__(self):
+        # recorded with the run and handed to Ray workers, which do not share this process's working directory
+        self.workdir = absolute(self.workdir)
 
     @property
     def prefix(self) -> str:

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from pipelines.ops.jobs import JobError, connect
 from pipelines.stages.ingest import ingest
 from pipelines.stages.sources import IngestOptions
+from tests.pipelines.test_train import assert_each_step_once
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "cluster" / "local"
@@ -143,11 +144,12 @@ def test_submit_smoke_and_survive_worker_node_loss(tmp_path, two_nodes, mlflow_s
                 if "adm.network" in r.data.tags}
     assert set(trainers) == {"diffusion", "classifier", "evaluator"}
     run = trainers[killed[0]]
-    resumed = [m.value for m in mlflow.get_metric_history(run.info.run_id, "resumed_from_step")]
+    resumed = int(run.data.tags["adm.resumed_from_step"])
     # from a checkpoint taken before the kill: not from scratch, not after the end (the job's log lags the worker,
     # so the step seen there can be older than the last checkpoint)
-    assert resumed and 10 <= resumed[-1] < STEPS
+    assert 10 <= resumed < STEPS
     assert max(m.step for m in mlflow.get_metric_history(run.info.run_id, "loss")) == STEPS
+    assert_each_step_once(mlflow, run.info.run_id)
     assert all(r.info.status == "FINISHED" for r in trainers.values())
 
 

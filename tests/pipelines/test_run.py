@@ -26,6 +26,7 @@ from pipelines.infra.tracking import Tracker
 from pipelines.stages.register import register
 from pipelines.workflow.pipeline import STAGES, Pipeline
 from pipelines.workflow.request import RunRequest, check_request
+from tests.pipelines.test_train import assert_each_step_once
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -386,8 +387,9 @@ def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
         second.wait()
     resumed = client.get_run(diffusion.info.run_id)  # the same MLflow run, continued
     assert resumed.info.status == "FINISHED"
-    assert 10 <= resumed.data.metrics["resumed_from_step"] < steps
+    assert 10 <= int(resumed.data.tags["adm.resumed_from_step"]) < steps
     assert client.get_metric_history(diffusion.info.run_id, "loss")[-1].step == steps
+    assert_each_step_once(client, diffusion.info.run_id)
     # one run per network: the diffusion run continued, the two trainers that had finished reused, not retrained
     after = {r.data.tags["adm.network"]: r.info.run_id for r in children(client, train.info.experiment_id,
                                                                          train.info.run_id)}

@@ -80,13 +80,22 @@ def test_killed_worker_resumes_while_a_nonfinite_trainer_stops(tmp_path, shapes,
     runs = {r.data.tags["adm.network"]: r for r in found}
     assert len(found) == 2 and set(runs) == {"diffusion", "evaluator"}  # one each: the restart continued its run
     diffusion = runs["diffusion"].info.run_id
-    resumed = [m.value for m in client.get_metric_history(diffusion, "resumed_from_step")]
-    assert len(resumed) == 1 and resumed[0] % 10 == 0 and 10 <= resumed[0] <= killed["step"]
+    resumed = int(runs["diffusion"].data.tags["adm.resumed_from_step"])
+    assert resumed % 10 == 0 and 10 <= resumed <= killed["step"]
     assert runs["diffusion"].info.status == "FINISHED"
     assert max(m.step for m in client.get_metric_history(diffusion, "loss")) == 60
+    assert_each_step_once(client, diffusion)
     assert runs["evaluator"].info.status == "FAILED"
     kept = list((tmp_path / "storage").glob("evaluator-*/checkpoint_*/model.safetensors"))
     assert kept, "the evaluator's last good checkpoint must stay in storage"
+
+
+def assert_each_step_once(client, run_id: str) -> None:
+    """Every metric of a training run has each step once, as an uninterrupted run has: the steps a lost worker group
+    logged after its last checkpoint are not logged again when training goes on from that checkpoint."""
+    for key in client.get_run(run_id).data.metrics:
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(steps) == len(set(steps)), (key, sorted(steps))
 
 
 def test_bad_input_fails_before_workers_start(tmp_path, shapes, mlflow_server, actor_count):
