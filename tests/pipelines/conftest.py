@@ -12,10 +12,17 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# the fixtures that start a real service: a local Ray instance, an MLflow server, a Ray cluster, an S3 server (item
+# .fixturenames holds every fixture a test needs, those of its fixtures included)
+SERVICE_FIXTURES = {"ray_cluster", "actor_count", "mlflow_server", "two_nodes", "s3_server"}
+
+
 def pytest_collection_modifyitems(items):
-    """Every test here is of the `services` tier (real Ray, MLflow servers): `pytest -m "not services"` skips them."""
+    """The `services` tier by need: a test that uses a fixture starting Ray, an MLflow server or a cluster (or is
+    marked `services` because it starts them itself). Everything else here is pure pipeline logic and runs in the
+    fast tier, `pytest -m "not services"`."""
     for item in items:
-        if str(item.path).startswith(HERE):
+        if str(item.path).startswith(HERE) and SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.services)
 
 

@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from pipelines.infra.console import Console, progress
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +91,7 @@ def test_progress_through_any_callable_is_a_plain_line():
     assert lines == ["[evaluate] featurized images: 64/64"]
 
 
+@pytest.mark.services  # starts its own services
 def test_adm_ui_serves_the_store_on_localhost(tmp_path):
     """`adm ui` runs `mlflow ui` on the store `adm run` used (here an explicit sqlite file), on 127.0.0.1:PORT."""
     from mlflow import MlflowClient
@@ -120,6 +123,7 @@ def test_adm_ui_serves_the_store_on_localhost(tmp_path):
         ui.wait(timeout=30)
 
 
+@pytest.mark.services  # starts its own services
 def test_adm_ui_without_a_store_says_so(tmp_path):
     # without MLFLOW_TRACKING_URI (another test's server may have set it in this process): the default, ./mlflow.db
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -128,6 +132,7 @@ def test_adm_ui_without_a_store_says_so(tmp_path):
     assert done.returncode != 0 and "no MLflow store at" in done.stderr and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.services  # starts its own services
 def test_adm_ui_refuses_a_port_in_use_or_out_of_range(tmp_path):
     """mlflow ui on a busy port logs the error and exits 0; adm ui says so instead of printing an address that serves
     nothing."""

@@ -83,6 +83,7 @@ def two_nodes():
         yield cluster
 
 
+@pytest.mark.services  # starts its own services
 def test_training_split_outlives_the_worker_node(tmp_path):
     """The train stage's split stays readable when a worker node dies while a reader holds most of the head's CPUs
     (before session 9 its blocks were made by 1-CPU read tasks: those lost with the node were re-read by tasks that

@@ -320,6 +320,7 @@ def test_new_sqlite_store_opened_by_three_drivers_at_once(tmp_path):
     assert sorted(r.info.run_id for r in runs) == sorted(out.strip() for out, _ in outs)
 
 
+@pytest.mark.services  # starts its own services
 def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
     """`adm run` with the embedded defaults (its own local Ray, ./mlflow.db, ./adm-work) gets Ctrl-C during training
     (after the classifier and evaluator finished): its runs end KILLED, nothing half-written is left; `--resume`
@@ -457,6 +458,7 @@ RAY_INTERNALS = ("logging_progress", "Running Dataset", "PreemptionWatcher", "wo
                  "core_worker.cc")
 
 
+@pytest.mark.services  # starts its own services
 def test_console_of_a_run_in_a_log_file(tmp_path):
     """`adm run` writing to a file (as in CI): our lines only, each trainer's progress line once, a start and an end
     line per stage; none of Ray's or MLflow's internal logs (they stay in Ray's session folder)."""
