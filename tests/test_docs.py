@@ -212,13 +212,13 @@ def check_command(argv: list[str]) -> tuple[list[str], list[argparse.ArgumentPar
         subs = subcommands(parsers[0])
         if FLAG.match(word):
             if not (all(accepts(p, word) for p in parsers) or (wrapped and accepts(wrapped, word))):
-                problems.append(f"`{shown}`: adm {' '.join(path)} has no option {word.split('=')[0]}")
+                problems.append(f"`{shown}`: {' '.join(['adm', *path])} has no option {word.split('=')[0]}")
         elif subs and len(parsers) == 1:
             if placeholder(word):
                 return problems, []
             unknown = [w for w in word.split("|") if w not in subs]
             if unknown:
-                problems.append(f"`{shown}`: adm {' '.join(path)} has no sub-command {', '.join(unknown)}")
+                problems.append(f"`{shown}`: {' '.join(['adm', *path])} has no sub-command {', '.join(unknown)}")
                 return problems, []
             parsers, path = [subs[w] for w in word.split("|")], path + [word]
             if word in WRAPS:  # submit / schedule: their options, then those of the command they wrap
