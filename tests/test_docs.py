@@ -73,7 +73,7 @@ def split_page(text: str) -> tuple[list[str], list[tuple[str, str]]]:
             current.append(line)
     if current:
         blocks.append("\n".join(current))
-    return blocks, code
+    return [block.replace("\n", " ") for block in blocks], code  # a `code` span may wrap to the next line
 
 
 def command_lines(code: str) -> list[str]:
@@ -271,10 +271,9 @@ def test_named_files_exist(page):
 
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
 def test_named_modules_exist(page):
-    text = page.read_text()
-    _, code = split_page(text)
+    blocks, code = split_page(page.read_text())
     problems = [p for lang, block in code if lang == "python" for p in python_problems(block)]
-    tokens = {clean(t) for span in SPAN.findall(FENCE.sub("", text)) for t in span.split()}
+    tokens = {clean(t) for block in blocks for span in SPAN.findall(block) for t in span.split()}
     problems += sorted({p for t in tokens if DOTTED.match(t) and (p := module_problem(t))})
     assert not problems, f"{page_id(page)} names modules that do not exist:\n" + "\n".join(problems)
 
