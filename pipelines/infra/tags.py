@@ -6,26 +6,26 @@ resumed or compared. Write and read them only through this module.
 | tag | on | value |
 | --- | --- | --- |
 | adm.pipeline | pipeline run | preset name (marks an `adm run` parent run) |
-| adm.stage | stage run | ingest, train, sample, evaluate, register |
+| adm.stage | stage run, and the training and cell runs under it | ingest, train, sample, evaluate, register |
 | adm.stage_key | stage run | hash of the stage's config section and its inputs' fingerprints (the cache key) |
 | adm.outputs | stage run | JSON of what the stage produced (URLs, run ids), or @adm_outputs.json (see IN_FILE) |
 | adm.reused_from | stage run | the run whose outputs a cached stage reused |
 | adm.network | training run | diffusion, classifier or evaluator |
 | adm.model_uri | training run | the logged model (models:/m-...) |
-| adm.checkpoint | training run | the final checkpoint folder |
+| adm.checkpoint | training run | the final checkpoint folder (with keep_best: the best evaluated one) |
 | adm.worker | training run | host and pid of its rank-0 Ray Train worker (updated when the worker group restarts) |
 | adm.resumed_from_step | training run | the checkpoint step a restarted worker group (or resumed run) went on from |
 | adm.data_fingerprint | training run, model version, retrain cycle | the dataset's content hash |
 | adm.code_version | model version, retrain cycle | package version + digest of components/ and pipelines/ |
 | adm.config_hash | model version, retrain cycle | hash of the resolved config |
-| adm.pipeline_run | model version | the pipeline run that registered it |
+| adm.pipeline_run | model version, retrain cycle | the pipeline run that registered it; that the cycle ran |
 | adm.<metric>_scale_<s> | model version | the champion metric at the champion scale |
 | adm.<metric>_best_scale | model version | with evaluate.champion_scale=auto: the metric at the grid's best scale |
 | adm.best_scale | model version | ... and that scale (`adm sample` samples a models:/ reference there by default) |
 | adm.samples_npz | sampling run (one cell) | URL of that cell's samples |
 | adm.unconditional | diffusion training run | true when it has the null class of classifier-free guidance |
 | adm.best_step | training run | keep_best: the step of the checkpoint it reported (lowest eval_score) |
-| adm.cell | sampling run (one cell) | the cell's key, `<sampler>/scale_<s>[_sigma_<lo>-<hi>]` |
+| adm.cell | cell run (sample-<cell>, evaluate-<cell>) | its key, `<sampler>/[<method>_]scale_<s>[_sigma_<lo>-<hi>]` |
 | adm.retrain_cycle | retrain cycle run | preset name |
 | adm.decision, adm.reason | retrain cycle run | skipped, promoted, kept or failed; why |
 | adm.ended_by | any run | who ended a run its driver left open (the sentinel) |

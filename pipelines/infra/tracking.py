@@ -1,4 +1,6 @@
-"""Every MLflow call of the project goes through this module.
+"""Every MLflow client call of the project (runs, params, metrics, artifacts, datasets, the registry) goes through
+this module. Elsewhere: mlflow_model.py is the model-from-code file a logged network carries (MLflow loads it);
+tracking_checks.py probes a server over HTTP and sets MLflow's HTTP retry variables; `adm ui` runs `mlflow ui`.
 
 Runs are addressed by id (MlflowClient), never through the fluent "active run" stack, so the driver, Ray Train
 workers and Ray Data actors can all log to the same run from different processes. With nothing configured the
