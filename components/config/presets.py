@@ -74,7 +74,7 @@ def _imagenet_preset(name: str) -> Preset:
         train_evaluator=TrainConfig(steps=100_000, batch_size=256 // 8, lr=3e-4, weight_decay=0.05, ema_rate=(),
                                     num_workers=8, use_gpu=True, save_interval=10_000),
         evaluate=EvaluateConfig(num_reference=10_000, champion_scale=scale),
-        data=DataConfig(source="imagenet-folder", resolution=unet.image_size, channels=3),
+        data=DataConfig(source="", resolution=unet.image_size, channels=3),  # ImageNet is not on disk: --data FOLDER
     )
 
 

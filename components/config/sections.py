@@ -173,7 +173,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = ""  # fashion-mnist, shapes, imagenet-folder, an image folder URL; --data overrides it
+    source: str = ""  # fashion-mnist, shapes, an image folder URL ("": none, pass --data); --data overrides it
     resolution: int = 0  # ingest resolution; 0: the UNet's image size
     channels: int = 3
     resize: str = "pad"  # small sources (Fashion-MNIST): "pad" or "resize" to the resolution

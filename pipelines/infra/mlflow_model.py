@@ -22,7 +22,8 @@ class AdmNetwork(mlflow.pyfunc.PythonModel):
             config = json.load(f)
         kind, values = config["kind"], config["network"]
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        net = build_unet(UNetConfig(**values)) if kind == "diffusion" else build_classifier(ClassifierConfig(**values))
+        net = (build_unet(UNetConfig(**values), null_class=config.get("null_class", False)) if kind == "diffusion"
+               else build_classifier(ClassifierConfig(**values)))
         self.kind = kind
         self.net = load_into(net, context.artifacts["weights"]).eval()
 

@@ -237,7 +237,9 @@ def _log_final(tracker: Tracker, outcome: TrainOutcome, checkpoint, preset: Pres
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "network.json"
             network = dataclasses.asdict(network_kind(outcome.kind).network_config(preset))
-            config.write_text(json.dumps({"kind": outcome.kind, "network": network}))
+            # the null class of classifier-free guidance is one more label row, not a field of the network's config
+            null_class = network_kind(outcome.kind).is_unet and has_null_class(preset)
+            config.write_text(json.dumps({"kind": outcome.kind, "network": network, "null_class": null_class}))
             return tracker.log_network(outcome.run_id, f"{outcome.kind}_model", weights, config)
 
 
