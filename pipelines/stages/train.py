@@ -226,9 +226,16 @@ def _final_checkpoint(kind: str, preset: Preset, result, run_id: str, tracker: T
     return best[0]
 
 
+def network_description(kind: str, preset: Preset) -> dict:
+    """The network.json of a logged model (infra/mlflow_model.py builds the network from it): its kind, its config
+    section and whether it has the null class of classifier-free guidance (one more label row, not a config field)."""
+    spec = network_kind(kind)
+    return {"kind": kind, "network": dataclasses.asdict(spec.network_config(preset)),
+            "null_class": spec.is_unet and has_null_class(preset)}
+
+
 def _log_final(tracker: Tracker, outcome: TrainOutcome, checkpoint, preset: Preset) -> str:
     """The final checkpoint as artifacts, and the (EMA if any) network as a logged MLflow model."""
-
     with checkpoint.as_directory() as folder:
         folder = Path(folder)
         tracker.log_artifacts(outcome.run_id, folder, "checkpoint")
@@ -236,10 +243,7 @@ def _log_final(tracker: Tracker, outcome: TrainOutcome, checkpoint, preset: Pres
         weights = folder / (f"ema_{rates[0]}.safetensors" if rates else "model.safetensors")
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "network.json"
-            network = dataclasses.asdict(network_kind(outcome.kind).network_config(preset))
-            # the null class of classifier-free guidance is one more label row, not a field of the network's config
-            null_class = network_kind(outcome.kind).is_unet and has_null_class(preset)
-            config.write_text(json.dumps({"kind": outcome.kind, "network": network, "null_class": null_class}))
+            config.write_text(json.dumps(network_description(outcome.kind, preset)))
             return tracker.log_network(outcome.run_id, f"{outcome.kind}_model", weights, config)
 
 
