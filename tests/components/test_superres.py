@@ -15,9 +15,9 @@ from components.config.presets import RELEASED_FLAGS
 from components.config.sections import UpsamplerConfig, network_channel_mult
 from components.config.validation import network_problems
 from components.diffusion import create_diffusion
-from components.guidance import ClassifierGuidance
+from components.guidance import ClassifierFreeGuidance, ClassifierGuidance
 from components.losses import training_losses
-from components.sampling import SampleNoise, sampler_loop
+from components.sampling import SampleNoise, class_conditional, sampler_loop
 from components.superres import SuperResModel, downsample_area
 from tests.components.test_sampling import CFG as PROCESS
 from tests.components.test_sampling import CLF, _random
@@ -126,3 +126,30 @@ def test_every_sampling_loop_passes_low_res(tiny, sampler):
                                    {"low_res": low_res[i:i + 1], "y": y[i:i + 1]}, cond_fn=cond_fn)
                 for i in range(3)]
         torch.testing.assert_close(batch, torch.cat(rows), atol=1e-5, rtol=0)
+
+
+def test_an_unconditional_upsampler_keeps_low_res():
+    net = _random(build_superres(dataclasses.replace(TINY, num_classes=None)), 2)
+    large, low_res, y = _inputs()
+    model = class_conditional(net, False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(large, torch.tensor([3, 4, 5]), y=y, low_res=low_res),
+                                   net(large, torch.tensor([3, 4, 5]), low_res=low_res))
+
+
+def test_classifier_free_guidance_keeps_each_rows_low_res():
+    """Rows at w = 1 (conditional pass only), w = 0 (unconditional only) and w = 3 (both) reorder the batch inside
+    the wrapper; each row must still see its own low_res in each of its passes."""
+    net = _random(build_superres(TINY, null_class=True), 3)
+    large, low_res, y = _inputs(4, seed=4)
+    y, t, w = torch.tensor([0, 1, 2, 3]), torch.tensor([900, 500, 100, 10]), [1.0, 0.0, 3.0, 3.0]
+    with torch.no_grad():
+        got = ClassifierFreeGuidance(net, w, null_label=net.null_label)(large, t, y=y, low_res=low_res)
+        cond = net(large, t, low_res=low_res, y=y)
+        uncond = net(large, t, low_res=low_res, y=torch.full_like(y, net.null_label))
+    expected = cond.clone()
+    expected[1] = uncond[1]
+    expected[2:, :3] = uncond[2:, :3] + 3.0 * (cond[2:, :3] - uncond[2:, :3])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one entry per row"):
+        ClassifierFreeGuidance(net, w, null_label=net.null_label)(large, t, y=y, low_res=low_res[:2])
