@@ -4,7 +4,8 @@ Importing the package is free: the network builders below load torch on first us
 configs (`adm presets`, `adm --help`) never import it.
 """
 
-__all__ = ["build_classifier", "build_unet", "classifier_from_flags", "model_from_flags"]
+__all__ = ["build_classifier", "build_superres", "build_unet", "classifier_from_flags", "model_from_flags",
+           "superres_from_flags"]
 
 
 def __getattr__(name: str):

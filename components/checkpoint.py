@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import UserError
 from .config.presets import RELEASED_FLAGS
-from .networks import classifier_from_flags, model_from_flags
+from .networks import from_released_flags
 
 
 class CheckpointError(UserError):
@@ -131,12 +131,11 @@ def describe_mismatch(model: nn.Module, state: dict) -> str:
 
 def matching_released_flags(state: dict) -> list[str]:
     """Names of released flag sets (presets.RELEASED_FLAGS) whose network has exactly this state_dict layout."""
-
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     found = []
-    for name, flags in RELEASED_FLAGS.items():
+    for name, flags in RELEASED_FLAGS.items():  # diffusion UNets, upsamplers and classifiers
         with torch.device("meta"):
-            net = classifier_from_flags(flags) if "classifier" in name else model_from_flags(flags)
+            net = from_released_flags(name, flags)
         if {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes:
             found.append(name)
     return found

@@ -85,7 +85,8 @@ class ClassifierFreeGuidance:
     from the conditional branch. Rows at s = 0, or outside their ``interval`` of noise levels (as in
     ClassifierGuidance; ``sigmas`` per trained timestep), take the conditional pass only, rows at s = -1 the
     unconditional pass only (variance included: that row is the unconditional model); ``cost`` counts the second
-    pass of the others. ``null_label``: the UNet's null class (UNetModel.null_label)."""
+    pass of the others. ``null_label``: the UNet's null class (UNetModel.null_label). Tensors among the other model
+    kwargs (an upsampler's low_res) hold one entry per row and follow their rows into both passes (per_row)."""
 
     def __init__(self, model, scales, null_label: int, interval=None, sigmas=None, cost: SampleCost | None = None):
         if interval is not None and sigmas is None:
@@ -109,7 +110,7 @@ class ClassifierFreeGuidance:
         # one forward pass: the conditional rows, then the unconditional ones (all rows in order when only one kind)
         rows = torch.cat([torch.nonzero(cond).view(-1), torch.nonzero(uncond).view(-1)])
         labels = torch.cat([y[cond], torch.full_like(y[uncond], self.null_label)])
-        out = self.model(x[rows], t[rows], y=labels, **kwargs)
+        out = self.model(x[rows], t[rows], y=labels, **per_row(kwargs, rows, n))
         num_cond = int(cond.sum())
         guided = out.new_empty((n, *out.shape[1:]))
         guided[cond] = out[:num_cond]
@@ -118,6 +119,21 @@ class ClassifierFreeGuidance:
         weight = w[both].view(-1, *([1] * (x.ndim - 1))).to(eps_u.dtype)
         guided[both, :channels] = eps_u + weight * (eps_c - eps_u)
         return guided
+
+
+def per_row(model_kwargs: dict, rows: torch.Tensor, n: int) -> dict:
+    """model_kwargs for the batch x[rows]: every tensor in them holds one entry per row of x (n rows; an upsampler's
+    low_res, as the label), so it is indexed by the same rows, and a row's own low-resolution image goes with it
+    into both of its passes. Anything else passes through unchanged."""
+    out = {}
+    for key, value in model_kwargs.items():
+        if isinstance(value, torch.Tensor):
+            if value.ndim == 0 or value.shape[0] != n:
+                raise ValueError(f"model_kwargs[{key!r}] has shape {tuple(value.shape)}, not one entry per row of "
+                                 f"the batch ({n})")
+            value = value[rows]
+        out[key] = value
+    return out
 
 
 def trained_sigmas(config) -> np.ndarray:

@@ -1,26 +1,26 @@
 """Network construction: the network of each kind of the system (config/kinds.py), from configs and from the released
 code's flags.
 
-``model_from_flags`` / ``classifier_from_flags`` return networks whose state_dict keys and shapes equal those of the
-released ADM checkpoints (shared/checkpoint_formats/), so those files load with ``strict=True``.
+``model_from_flags`` / ``superres_from_flags`` / ``classifier_from_flags`` return networks whose state_dict keys and
+shapes equal those of the released ADM checkpoints (shared/checkpoint_formats/), so those files load with
+``strict=True``.
 """
 
 from torch import nn
 
 from .classifier import EncoderUNetModel
-from .config.flags import classifier_config_from_flags, unet_config_from_flags
+from .config.flags import classifier_config_from_flags, superres_config_from_flags, unet_config_from_flags
 from .config.kinds import NetworkKind, has_null_class
 from .config.kinds import kind as network_kind
-from .config.sections import ClassifierConfig, UNetConfig, attention_ds, resolve_channel_mult
-from .config.validation import validate_classifier, validate_unet
+from .config.sections import ClassifierConfig, UNetConfig, UpsamplerConfig, attention_ds, network_channel_mult
+from .config.validation import validate_classifier, validate_unet, validate_upsampler
+from .superres import SuperResModel
 from .unet import EncoderSpec, UNetModel
 
 
-def build_unet(cfg: UNetConfig, null_class: bool = False) -> UNetModel:
-    """The UNet of `cfg`; ``null_class`` adds the null label's embedding row of classifier-free guidance."""
-    validate_unet(cfg)
-    mult = resolve_channel_mult(cfg.image_size, cfg.channel_mult)
-    spec = EncoderSpec(
+def _unet_spec(cfg: UNetConfig) -> EncoderSpec:
+    mult = network_channel_mult(cfg)
+    return EncoderSpec(
         in_channels=cfg.in_channels,
         model_channels=cfg.model_channels,
         num_res_blocks=cfg.num_res_blocks,
@@ -33,13 +33,30 @@ def build_unet(cfg: UNetConfig, null_class: bool = False) -> UNetModel:
         resblock_updown=cfg.resblock_updown,
         use_new_attention_order=cfg.use_new_attention_order,
     )
+
+
+def build_unet(cfg: UNetConfig, null_class: bool = False) -> UNetModel:
+    """The UNet of `cfg`; ``null_class`` adds the null label's embedding row of classifier-free guidance. An
+    UpsamplerConfig (a UNetConfig too) gives its super-resolution UNet, never a plain UNet of the wrong width."""
+    if isinstance(cfg, UpsamplerConfig):
+        return build_superres(cfg, null_class=null_class)
+    validate_unet(cfg)
     out_channels = cfg.in_channels * (2 if cfg.learn_sigma else 1)
-    return UNetModel(spec, out_channels, cfg.num_classes, cfg.num_heads_upsample, null_class=null_class)
+    return UNetModel(_unet_spec(cfg), out_channels, cfg.num_classes, cfg.num_heads_upsample, null_class=null_class)
+
+
+def build_superres(cfg: UpsamplerConfig, null_class: bool = False) -> SuperResModel:
+    """The super-resolution UNet (ADM-U) of `cfg`: cfg.in_channels image channels in and out (twice out with learned
+    sigma), the upsampled low_res concatenated inside (superres.py)."""
+    validate_upsampler(cfg)
+    out_channels = cfg.in_channels * (2 if cfg.learn_sigma else 1)
+    return SuperResModel(_unet_spec(cfg), out_channels, cfg.num_classes, cfg.num_heads_upsample,
+                         null_class=null_class)
 
 
 def build_classifier(cfg: ClassifierConfig) -> EncoderUNetModel:
     validate_classifier(cfg)
-    mult = resolve_channel_mult(cfg.image_size, cfg.channel_mult)
+    mult = network_channel_mult(cfg)
     spec = EncoderSpec(
         in_channels=cfg.in_channels,
         model_channels=cfg.model_channels,
@@ -61,11 +78,26 @@ def model_from_flags(flags: dict, num_classes: int = 1000) -> nn.Module:
     return build_unet(unet_config_from_flags(flags, num_classes=num_classes))
 
 
+def superres_from_flags(flags: dict, num_classes: int = 1000) -> nn.Module:
+    """The super-resolution UNet for a released flag dict (e.g. the "flags" of 64_256_upsampler.json)."""
+    return build_superres(superres_config_from_flags(flags, num_classes=num_classes))
+
+
 def classifier_from_flags(flags: dict, num_classes: int = 1000, classifier_channel_mult=None,
                           classifier_num_head_channels: int = 64) -> nn.Module:
     """The noisy classifier for a released flag dict (e.g. the "flags" of 256x256_classifier.json)."""
     cfg = classifier_config_from_flags(flags, num_classes, classifier_channel_mult, classifier_num_head_channels)
     return build_classifier(cfg)
+
+
+def from_released_flags(name: str, flags: dict, num_classes: int = 1000) -> nn.Module:
+    """The network of a released checkpoint by its name in presets.RELEASED_FLAGS (or its file's stem): a classifier
+    (*_classifier), an upsampler (*_upsampler) or a diffusion UNet, built from `flags`."""
+    if "classifier" in name:
+        return classifier_from_flags(flags, num_classes=num_classes)
+    if "upsampler" in name:
+        return superres_from_flags(flags, num_classes=num_classes)
+    return model_from_flags(flags, num_classes=num_classes)
 
 
 def build_network(kind: NetworkKind | str, preset) -> nn.Module:

@@ -240,12 +240,13 @@ def sampler_loop(spec: SamplerSpec):
 
 
 def class_conditional(model, class_cond: bool):
-    """Wrap an unconditional model so it ignores the labels that guidance needs (model_kwargs["y"])."""
+    """Wrap an unconditional model so it ignores the labels that guidance needs (model_kwargs["y"]); any other
+    model_kwargs (an upsampler's low_res) still reach it."""
     if class_cond:
         return model
 
-    def unconditional(x, t, y=None):
-        return model(x, t)
+    def unconditional(x, t, y=None, **kwargs):
+        return model(x, t, **kwargs)
 
     return unconditional
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_FIRST = ("test_golden_networks.py", "test_golden_diffusion.py", "test_golden_guidance.py",
-                "test_golden_inception.py")
+                "test_golden_superres.py", "test_golden_inception.py")
 
 
 @dataclass(frozen=True)
@@ -269,6 +269,27 @@ MUTANTS = [
       "timestep_embedding(timesteps * 0, self.model_channels)", "noisy classifier ignores t"),
     M("classifier.adaptive_pool", "classifier.py", "nn.AdaptiveAvgPool2d((1, 1))", "nn.AdaptiveMaxPool2d((1, 1))",
       "adaptive head (the evaluator's) max-pools instead of averaging"),
+    # --- superres.py: ADM-U, the super-resolution UNet, and its training pairs (issue "ADM-U") ------------------
+    M("superres.nearest_upsample", "superres.py", 'mode="bilinear", align_corners=False', 'mode="nearest"',
+      "low_res upsampled nearest-neighbour instead of bilinearly"),
+    M("superres.align_corners", "superres.py", "align_corners=False)", "align_corners=True)",
+      "low_res upsampled bilinearly with align_corners=True (released: False, half-pixel centres)"),
+    M("superres.low_res_zeros", "superres.py", "torch.cat([x, upsampled], dim=1)",
+      "torch.cat([x, torch.zeros_like(upsampled)], dim=1)", "low_res not concatenated (zeros in its channels)"),
+    M("superres.concat_order", "superres.py", "torch.cat([x, upsampled], dim=1)", "torch.cat([upsampled, x], dim=1)",
+      "low_res concatenated before x_t instead of after"),
+    M("superres.area_bilinear", "superres.py", 'mode="area"', 'mode="bilinear"',
+      "training pairs downsampled bilinearly instead of by area"),
+    M("superres.area_nearest", "superres.py", 'mode="area"', 'mode="nearest"',
+      "training pairs downsampled nearest-neighbour instead of by area"),
+    M("superres.channel_mult_512", "config/sections.py", "    512: (1, 1, 2, 2, 4, 4),",
+      "    512: (0.5, 1, 1, 2, 2, 4, 4),", "the 512 upsampler takes the diffusion model's channel_mult"),
+    M("superres.small_size_multiple", "config/validation.py", "if cfg.image_size % cfg.small_size:", "if False:",
+      "an image size that is no multiple of small_size is accepted"),
+    M("superres.cfg_low_res_rows", "guidance.py", "**per_row(kwargs, rows, n))", "**kwargs)",
+      "classifier-free guidance passes low_res whole, not indexed by the rows of its passes"),
+    M("superres.unconditional_kwargs", "sampling.py", "return model(x, t, **kwargs)", "return model(x, t)",
+      "the unconditional wrapper drops low_res"),
     # --- features.py: Inception input convention ----------------------------------------------------------------------
     M("features.input_scaling", "features.py", "x = (x - 128) / 128", "x = x / 127.5 - 1",
       "Inception input (x - 127.5) / 127.5 instead of (x - 128) / 128"),

@@ -31,6 +31,16 @@ _CLASSIFIER_COMMON = dict(
     classifier_depth=2,
 )
 
+# the super-resolution models' flags are sr_model_and_diffusion_defaults whole (model and diffusion flags together),
+# with the values of the released README's sampling commands
+_UPSAMPLER_COMMON = dict(
+    attention_resolutions="32,16,8", class_cond=True, diffusion_steps=1000, dropout=0.0, large_size=256,
+    learn_sigma=True, noise_schedule="linear", num_channels=192, num_head_channels=-1, num_heads=4,
+    num_heads_upsample=-1, num_res_blocks=2, predict_xstart=False, resblock_updown=True, rescale_learned_sigmas=False,
+    rescale_timesteps=False, small_size=64, timestep_respacing="", use_checkpoint=False, use_fp16=True, use_kl=False,
+    use_scale_shift_norm=True,
+)
+
 RELEASED_FLAGS = {
     "64x64_diffusion": {**_UNET_COMMON, "image_size": 64, "num_channels": 192, "num_res_blocks": 3, "dropout": 0.1,
                         "use_new_attention_order": True},
@@ -42,6 +52,9 @@ RELEASED_FLAGS = {
     "128x128_classifier": {**_CLASSIFIER_COMMON, "image_size": 128},
     "256x256_classifier": {**_CLASSIFIER_COMMON, "image_size": 256},
     "512x512_classifier": {**_CLASSIFIER_COMMON, "image_size": 512},
+    "64_256_upsampler": dict(_UPSAMPLER_COMMON),
+    "128_512_upsampler": {**_UPSAMPLER_COMMON, "large_size": 512, "small_size": 128, "attention_resolutions": "32,16",
+                          "num_head_channels": 64},
 }
 
 # Paper / released commands: noise schedule per resolution, guidance scale of the headline ADM-G result.

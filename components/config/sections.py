@@ -1,8 +1,9 @@
 """The configuration's sections as frozen dataclasses, the lists of allowed values, and the errors a user can fix.
 
 One definition per setting: a field here is the truth; presets (presets.py) fill it in, overrides (overrides.py) change
-it from text, validation.py states every rule it must satisfy. A network is described by :class:`UNetConfig` or
-:class:`ClassifierConfig`; the diffusion process by :class:`DiffusionConfig`.
+it from text, validation.py states every rule it must satisfy. A network is described by :class:`UNetConfig` (a
+super-resolution UNet by its subclass :class:`UpsamplerConfig`) or :class:`ClassifierConfig`; the diffusion process
+by :class:`DiffusionConfig`.
 """
 
 import dataclasses
@@ -13,6 +14,13 @@ DEFAULT_CHANNEL_MULT = {
     512: (0.5, 1, 1, 2, 2, 4, 4),
     256: (1, 1, 2, 2, 4, 4),
     128: (1, 1, 2, 3, 4),
+    64: (1, 2, 3, 4),
+}
+# channel_mult of the released super-resolution models, by their large size (script_util.sr_create_model): not the
+# table above, 512 has six levels starting at 1 (the 128 -> 512 upsampler), and there is no 128 entry
+UPSAMPLER_CHANNEL_MULT = {
+    512: (1, 1, 2, 2, 4, 4),
+    256: (1, 1, 2, 2, 4, 4),
     64: (1, 2, 3, 4),
 }
 
@@ -42,6 +50,17 @@ class UNetConfig:
     resblock_updown: bool = True
     use_new_attention_order: bool = False
     learn_sigma: bool = True
+
+
+@dataclass(frozen=True)
+class UpsamplerConfig(UNetConfig):
+    """ADM-U, the super-resolution UNet of the paper's upsampling stacks (released as SuperResModel): every UNet
+    setting, with image_size the large (output) size and in_channels the image's channels, plus the size of the
+    low-resolution input. A subclass rather than a copy, so each UNet setting (and each UNet rule of validation.py)
+    is defined once; the network doubles in_channels itself (the noisy image and the upsampled low_res, concatenated
+    on channels). An empty channel_mult takes UPSAMPLER_CHANNEL_MULT's, as sr_create_model does."""
+
+    small_size: int = 8  # the low-resolution input's size; 4x below the default image_size, as released (64 -> 256)
 
 
 @dataclass(frozen=True)
@@ -208,15 +227,23 @@ class Preset:
 AUTO = "auto"
 
 
-def resolve_channel_mult(image_size: int, channel_mult: tuple[float, ...]) -> tuple[float, ...]:
+def resolve_channel_mult(image_size: int, channel_mult: tuple[float, ...],
+                         defaults: dict = DEFAULT_CHANNEL_MULT) -> tuple[float, ...]:
     if channel_mult:
         return tuple(channel_mult)
-    if image_size not in DEFAULT_CHANNEL_MULT:
+    if image_size not in defaults:
         raise ConfigError(
-            f"image_size={image_size} has no released default channel_mult (only {sorted(DEFAULT_CHANNEL_MULT)}); "
+            f"image_size={image_size} has no released default channel_mult (only {sorted(defaults)}); "
             "pass channel_mult explicitly, e.g. channel_mult=1,2,2"
         )
-    return DEFAULT_CHANNEL_MULT[image_size]
+    return defaults[image_size]
+
+
+def network_channel_mult(cfg) -> tuple[float, ...]:
+    """The channel_mult a network config builds with: its own, else the released default for its image size (the
+    super-resolution table for an UpsamplerConfig, as sr_create_model chooses it)."""
+    defaults = UPSAMPLER_CHANNEL_MULT if isinstance(cfg, UpsamplerConfig) else DEFAULT_CHANNEL_MULT
+    return resolve_channel_mult(cfg.image_size, cfg.channel_mult, defaults)
 
 
 def attention_ds(image_size: int, resolutions: tuple[int, ...], channel_mult: tuple[float, ...]) -> tuple[int, ...]:

@@ -33,8 +33,9 @@ from .sections import (
     SampleConfig,
     TrainConfig,
     UNetConfig,
+    UpsamplerConfig,
     attention_ds,
-    resolve_channel_mult,
+    network_channel_mult,
 )
 
 TRAIN_SECTIONS = ("train_diffusion", "train_classifier", "train_evaluator")
@@ -125,10 +126,12 @@ def network_problems(section: str, cfg: UNetConfig | ClassifierConfig) -> list[s
             out.append(f"{section}.pool=attention needs num_head_channels (e.g. 64)")
     if not all(_is_number(m) and m > 0 for m in cfg.channel_mult):
         out.append(f"{section}.channel_mult={cfg.channel_mult!r} must be numbers > 0, e.g. 1,2,2")
+    if isinstance(cfg, UpsamplerConfig):
+        out += _small_size_problems(section, cfg)
     if out:
         return out  # the shape rules below need sane sizes
     try:
-        mult = resolve_channel_mult(cfg.image_size, cfg.channel_mult)
+        mult = network_channel_mult(cfg)
     except ConfigError as e:
         return [f"{section}.{e}"]
     out += _levels_problems(section, cfg, mult)
@@ -139,8 +142,29 @@ def network_problems(section: str, cfg: UNetConfig | ClassifierConfig) -> list[s
     return out + _width_problems(section, cfg, mult, ds, num_heads)
 
 
+def _small_size_problems(section: str, cfg: UpsamplerConfig) -> list[str]:
+    """An upsampler's low-resolution input: smaller than the image, and a whole fraction of it (released: 4x), so
+    the training pairs' area downsample averages whole blocks of pixels."""
+    out = _at_least(f"{section}.small_size", cfg.small_size, 1, hint="the low-resolution input's size, e.g. 64")
+    if out or not _is_number(cfg.image_size, whole=True) or cfg.image_size < 1:
+        return out
+    if cfg.small_size >= cfg.image_size:
+        return [f"{section}.small_size={cfg.small_size} must be below image_size={cfg.image_size} (the large size "
+                "the upsampler makes), e.g. small_size=64 with image_size=256"]
+    if cfg.image_size % cfg.small_size:
+        nearest = min((d for d in range(1, cfg.image_size) if cfg.image_size % d == 0),
+                      key=lambda d: abs(d - cfg.small_size))
+        return [f"{section}.image_size={cfg.image_size} is not a multiple of small_size={cfg.small_size}; choose "
+                f"sizes with a whole factor between them, e.g. small_size={nearest}"]
+    return []
+
+
 def validate_unet(cfg: UNetConfig) -> None:
     raise_problems(network_problems("unet", cfg))
+
+
+def validate_upsampler(cfg: UpsamplerConfig) -> None:
+    raise_problems(network_problems("upsampler", cfg))
 
 
 def validate_classifier(cfg: ClassifierConfig) -> None:

@@ -7,8 +7,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from components import classifier_from_flags, model_from_flags
+from components import classifier_from_flags, model_from_flags, superres_from_flags
 from components.config.flags import diffusion_config_from_flags
+from components.sampling import SampleNoise
 
 GOLDEN_NETS = ("grey16", "rgb32")
 
@@ -56,6 +57,53 @@ class Golden:
         for net in (unet, classifier):
             net.eval().requires_grad_(False)
         return GoldenNet(name, flags, unet, classifier)
+
+
+@dataclass
+class GoldenSuperRes:
+    """Item 7: the released SuperResModel's config, the project's network with its weights, and the values."""
+
+    name: str
+    flags: dict
+    net: torch.nn.Module
+    values: dict
+
+
+def superres_flags(cfg: dict) -> dict:
+    """superres_configs.json's SuperResModel kwargs as the released code's sr flags (attention resolutions in pixels,
+    not downsampling factors), plus the in_channels and channel_mult flags a small config takes."""
+    kw = cfg["superres_kwargs"]
+    return dict(large_size=cfg["image_size"], small_size=cfg["small_size"], in_channels=cfg["in_channels"],
+                num_channels=kw["model_channels"], num_res_blocks=kw["num_res_blocks"],
+                attention_resolutions=",".join(str(cfg["image_size"] // ds) for ds in kw["attention_resolutions"]),
+                channel_mult=",".join(str(m) for m in kw["channel_mult"]), num_heads=1,  # UNetModel's default
+                num_head_channels=kw["num_head_channels"], use_scale_shift_norm=kw["use_scale_shift_norm"],
+                resblock_updown=kw["resblock_updown"], dropout=cfg["dropout"],
+                learn_sigma=cfg["out_channels"] == 2 * cfg["in_channels"], class_cond=kw["num_classes"] is not None,
+                noise_schedule=cfg["noise_schedule"])
+
+
+def load_superres(golden: "Golden", name: str = "grey8to32") -> GoldenSuperRes:
+    cfg = json.loads((golden.path / "superres_configs.json").read_text())[name]
+    flags = superres_flags(cfg)
+    net = superres_from_flags(flags, num_classes=cfg["superres_kwargs"]["num_classes"])
+    net.load_state_dict(golden.weights(f"superres_{name}"), strict=True)
+    return GoldenSuperRes(name, flags, net.eval().requires_grad_(False), golden.npz(f"superres_{name}"))
+
+
+class ReplayNoise(SampleNoise):
+    """x_T, then the released run's per-step draws, in the order the released loops drew them (README)."""
+
+    def __init__(self, x_T: np.ndarray, step_noise: np.ndarray):
+        self.shape, self.device = tuple(x_T.shape[1:]), torch.device("cpu")
+        self.queue = [t_(x_T)] + [t_(z) for z in step_noise]
+        self.n = len(x_T)
+
+    def __len__(self):
+        return self.n
+
+    def draw(self) -> torch.Tensor:
+        return self.queue.pop(0).clone()
 
 
 def t_(array) -> torch.Tensor:

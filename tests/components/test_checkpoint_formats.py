@@ -1,20 +1,22 @@
-"""Every released ADM checkpoint layout is reproduced key-for-key and shape-for-shape."""
+"""Every released ADM checkpoint layout (diffusion UNets, upsamplers, classifiers) is reproduced key-for-key and
+shape-for-shape."""
 
 import json
 
 import pytest
 import torch
 
-from components import classifier_from_flags, model_from_flags
+from components import classifier_from_flags, model_from_flags, superres_from_flags
 from components.checkpoint import CheckpointError, load_into, matching_released_flags
 from components.config.presets import RELEASED_FLAGS
+from components.networks import from_released_flags
 
 NAMES = sorted(RELEASED_FLAGS)
 
 
 def _build(name, flags):
     with torch.device("meta"):
-        return classifier_from_flags(flags) if "classifier" in name else model_from_flags(flags)
+        return from_released_flags(name, flags)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -45,6 +47,17 @@ def test_wrong_checkpoint_names_keys_and_matching_flags(tmp_path):
         load_into(wrong, state, source="64x64_classifier.pt")
     text = str(err.value)
     assert "unexpected keys" in text and "64x64_classifier" in text
+
+
+def test_an_upsampler_checkpoint_is_named_when_it_does_not_fit():
+    flags = RELEASED_FLAGS["128_512_upsampler"]
+    with torch.device("meta"):
+        released = superres_from_flags(flags)
+        wrong = superres_from_flags({**flags, "attention_resolutions": "32"})  # a flag left at a wrong value
+    state = {k: torch.empty(v.shape, device="meta") for k, v in released.state_dict().items()}
+    assert matching_released_flags(state) == ["128_512_upsampler"]
+    with pytest.raises(CheckpointError, match="matches the released flags of 128_512_upsampler"):
+        load_into(wrong, state, source="128_512_upsampler.pt")
 
 
 def test_small_custom_classifier_and_model():

@@ -5,11 +5,11 @@ DDPM trajectories replayed with the released run's own noise."""
 import numpy as np
 import pytest
 import torch
-from golden import GOLDEN_NETS, assert_close, assert_pmv, pmv_atol, t_
+from golden import GOLDEN_NETS, ReplayNoise, assert_close, assert_pmv, pmv_atol, t_
 
 from components.diffusion import create_diffusion
 from components.guidance import ClassifierGuidance, condition_mean, condition_score
-from components.sampling import SampleNoise, ddim_sample, ddpm_sample
+from components.sampling import ddim_sample, ddpm_sample
 
 RESPACINGS = ("25", "ddim10")
 SCALES = {"s0.5": 0.5, "s4": 4.0}
@@ -67,21 +67,6 @@ def test_condition_mean_and_score(golden, name, key, scale):
     for k in ("mean", "pred_xstart"):
         assert_guidance_term(scored[k], z[f"{key}.condition_score.{scale}.{k}"], pmv[k], atol[k], t,
                              f"{name} {key} condition_score {scale} {k}")
-
-
-class ReplayNoise(SampleNoise):
-    """x_T, then the released run's per-step draws, in the order the released loops drew them."""
-
-    def __init__(self, x_T: np.ndarray, step_noise: np.ndarray):
-        self.shape, self.device = tuple(x_T.shape[1:]), torch.device("cpu")
-        self.queue = [t_(x_T)] + [t_(z) for z in step_noise]
-        self.n = len(x_T)
-
-    def __len__(self):
-        return self.n
-
-    def draw(self) -> torch.Tensor:
-        return self.queue.pop(0).clone()
 
 
 class Recorder(torch.nn.Module):
