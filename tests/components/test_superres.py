@@ -138,18 +138,18 @@ def test_an_unconditional_upsampler_keeps_low_res():
 
 
 def test_classifier_free_guidance_keeps_each_rows_low_res():
-    """Rows at w = 1 (conditional pass only), w = 0 (unconditional only) and w = 3 (both) reorder the batch inside
+    """Rows at s = 0 (conditional pass only), s = -1 (unconditional only) and s = 2 (both) reorder the batch inside
     the wrapper; each row must still see its own low_res in each of its passes."""
     net = _random(build_superres(TINY, null_class=True), 3)
     large, low_res, y = _inputs(4, seed=4)
-    y, t, w = torch.tensor([0, 1, 2, 3]), torch.tensor([900, 500, 100, 10]), [1.0, 0.0, 3.0, 3.0]
+    y, t, s = torch.tensor([0, 1, 2, 3]), torch.tensor([900, 500, 100, 10]), [0.0, -1.0, 2.0, 2.0]
     with torch.no_grad():
-        got = ClassifierFreeGuidance(net, w, null_label=net.null_label)(large, t, y=y, low_res=low_res)
+        got = ClassifierFreeGuidance(net, s, null_label=net.null_label)(large, t, y=y, low_res=low_res)
         cond = net(large, t, low_res=low_res, y=y)
         uncond = net(large, t, low_res=low_res, y=torch.full_like(y, net.null_label))
     expected = cond.clone()
     expected[1] = uncond[1]
-    expected[2:, :3] = uncond[2:, :3] + 3.0 * (cond[2:, :3] - uncond[2:, :3])
+    expected[2:, :3] = cond[2:, :3] + 2.0 * (cond[2:, :3] - uncond[2:, :3])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="one entry per row"):
-        ClassifierFreeGuidance(net, w, null_label=net.null_label)(large, t, y=y, low_res=low_res[:2])
+        ClassifierFreeGuidance(net, s, null_label=net.null_label)(large, t, y=y, low_res=low_res[:2])
