@@ -116,9 +116,14 @@ def _at_scale(rows, scale):
     return [r for r in rows if r.get("guidance_scale") == scale and "sampler" in r]
 
 
+def _evals(row) -> float:
+    return row["network_evals"] + row.get("guide_evals", 0.0)
+
+
 def _fid_vs_evals(rows, fid, scale):
     """One line per sampler family (DDIM, DPM-Solver++(2M), Heun, DDPM) and guidance method, through its step
-    counts: classifier-free guidance costs a second network evaluation per step."""
+    counts: classifier-free guidance costs a second network evaluation per step, autoguidance an evaluation of its
+    guide (a smaller network, counted here as one evaluation: an upper bound on its cost)."""
     fig, ax = _figure()
     families = {}
     for row in _at_scale(rows, scale):
@@ -127,11 +132,12 @@ def _fid_vs_evals(rows, fid, scale):
             kind = parse_sampler(row["sampler"]).kind + ("" if method == "classifier" else f" {method}")
             families.setdefault(kind, []).append(row)
     for kind, line in families.items():
-        line = sorted(line, key=lambda r: r["network_evals"])
-        xs, ys = _series(line, "network_evals"), _series(line, fid)
+        line = sorted(line, key=_evals)
+        xs, ys = [_evals(r) for r in line], _series(line, fid)
         ax.plot(xs, ys, marker="o", label=kind)
         _annotate(ax, xs, ys, [r["sampler"] for r in line])
-    ax.set(xlabel="network evaluations per sample", ylabel=fid, title=f"{fid} vs compute at guidance scale {scale:g}")
+    ax.set(xlabel="network evaluations per sample (a guide's included)", ylabel=fid,
+           title=f"{fid} vs compute at guidance scale {scale:g}")
     ax.legend(fontsize=8)
     return fig
 

@@ -13,6 +13,7 @@ from pipelines.infra.tracking import Tracker
 from pipelines.stages.plots import lines_of, tradeoff_figures
 
 COLUMNS = ("sampler", "guidance_method", "guidance_scale", "guidance_interval", "network_evals", "classifier_passes",
+           "guide_evals",
            "seconds_per_sample", "num_samples", "fid", "sfid", "precision", "recall", "evaluator_fid",
            "evaluator_precision", "evaluator_recall", "score", "accuracy")
 
@@ -24,6 +25,8 @@ def format_table(rows: list[dict]) -> str:
         columns = [c for c in columns if c != "guidance_interval"]  # one interval: the column says nothing
     if all(row.get("guidance_method", "classifier") == "classifier" for row in rows):
         columns = [c for c in columns if c != "guidance_method"]
+    if not any(row.get("guide_evals") for row in rows):  # no autoguidance in the grid
+        columns = [c for c in columns if c != "guide_evals"]
 
     def cell(value):
         if isinstance(value, float):
