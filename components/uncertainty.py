@@ -3,48 +3,44 @@ of Shao & Wu (1989), drawn at random as in the subsampling bootstrap of Politis 
 
 What varies is the cell's N samples; the reference set is fixed (its statistics are computed once and cached). A
 replicate draws r = round(0.7 N) of the N samples WITHOUT replacement and recomputes each metric against the same
-reference. The delete-d jackknife estimates the metric's variance at N samples as (r / (N - r)) times the variance of
-the replicates (for a mean this is exact: a subsample mean's variance is s^2 (1/r - 1/N) = s^2 (N - r) / (r N)), and
-the interval at level L is the normal one,
+reference. The delete-d jackknife estimates the metric's variance at N samples as r / (N - r) times the replicates'
+variance (exact for a mean: a subsample mean's variance is s^2 (1/r - 1/N)), and the interval at level L is
 
     estimate +- z_{(1+L)/2} sqrt(r / (N - r)) sd(replicates),
 
-meant to cover E[metric_N], the metric "at this sample size", averaged over redraws of the N samples. Both the
-scaled spread and the centre are about N samples: FID's bias with N is part of what the interval is about, and the
-replicates' own, larger bias at r samples does not enter it (only their spread does).
+meant to cover E[metric_N], the metric "at this sample size" averaged over redraws of the N samples: centred on the
+full-set estimate, so FID's bias at r samples, larger than at N, does not enter (only the replicates' spread does).
 
-Why not Efron's bootstrap (resampling N with replacement): its duplicates break these metrics. A resample holds about
-0.63 N distinct points, so with N < D the sample covariance's rank collapses and FID's resamples sit far above the
-estimate with 2-3x the estimator's spread (in a simulation with N = 100, D = 256 their 90% intervals covered E[FID_N]
-always, being twice too wide, and percentile or basic intervals never did); a copy is at distance 0 from its original,
-which shrinks recall's k-NN radii (too wide), while counting copies once makes them too narrow. Subsamples have no
-duplicates, so every replicate is the metric of a genuine sample set. Why r = 0.7 N: recall's spread depends on N
-beyond the 1/sqrt(N) rule, and half-samples (r = N / 2, the classic choice) made its intervals too narrow (coverage
-0.81 at D = 256); r = 0.7 N matched the estimators' spreads within about 10% for FID, precision, recall and KID there.
-Why the normal interval rather than the replicates' quantiles: for proportions (precision, accuracy) the subsample
-means are discrete and their quantiles, scaled, lost coverage (0.81 instead of 0.9 for an accuracy of 0.17 at
-N = 30; the normal interval 0.89), and 200 replicates estimate a standard deviation better than a 5% quantile.
-tests/components/test_uncertainty_calibration.py checks the coverage; bench/RESULTS.md has the numbers.
+Chosen by simulation (bench/RESULTS.md; tests/components/test_uncertainty_calibration.py checks the coverage):
+* Not Efron's bootstrap: a resample with replacement holds ~0.63 N distinct points, so with N < D the covariance's
+  rank collapses and FID's resamples sit far above the estimate with 2-3x its spread (N = 100, D = 256: centred
+  intervals always covered, percentile and basic ones never); copies at distance 0 shrink recall's k-NN radii (too
+  wide), counted once they make them too narrow. Subsamples have no duplicates: each is a genuine sample set.
+* r = 0.7 N: half-samples made recall too narrow (coverage 0.81 at D = 256); 0.7 N matched every estimator's spread
+  within about 10%.
+* The normal interval rather than the replicates' scaled quantiles: subsample means of proportions are discrete and
+  their quantiles lost coverage (accuracy 0.17 at N = 30: 0.81 against 0.89).
 
-Limits: the intervals of FID and KID are somewhat conservative (coverage about 0.93 at level 0.9); where the
-samples' distribution nearly equals the reference's, KID is a degenerate U-statistic whose second-order part
-subsampling overstates, and its intervals are about 1.4x too wide (so are paired KID differences between two cells
-of one distribution: they contained 0 in 0.97 of redraws); a proportion with a handful of successes (precision 0.01
-of 100 samples) gets a too short interval, as any normal interval would. Memory and time: a statistic keeps N x N
-(and M x N) matrices and a replicate costs an r x r eigvalsh, for cells of up to a few thousand samples.
+Limits: FID and KID intervals are somewhat conservative (coverage ~0.93 at level 0.9). Where the samples' distribution
+nearly equals the reference's, KID is a degenerate U-statistic whose second-order part subsampling overstates: its
+intervals are ~1.4x too wide, and paired KID differences of two cells of one distribution contained 0 in 0.97 of
+redraws. A proportion with a handful of successes gets a too short interval, as any normal interval would. A
+statistic keeps N x N (and M x N) matrices and a replicate costs an r x r eigvalsh: cells of up to a few thousand.
 
 All metrics of a cell use one set of subsamples, and two cells of a grid share it: sample i of each cell comes from
 the same seed and label, so a difference between cells is computed on the same indices in both (paired), which
 removes the variation the two cells have in common. The replicates are vectorised: each statistic precomputes what
 does not change between replicates (Gram, distance and kernel matrices of the cell's samples) and a replicate indexes
-them. Usage, one cell (build each Reference once per reference set and reuse it for every cell):
+them. Usage (one Reference per reference set and one Subsamples per grid, reused for every cell):
 
     ref = Reference.of(ref_pool)               # Reference(mu_s, sigma_s) where only statistics are cached (sFID)
+    sub = subsample(num_samples, replicates=200, seed=0)
     stats = {"fid": FrechetStatistic(pool, ref), "precision": precision_statistic(pool, ref),
              "recall": RecallStatistic(pool, ref), "kid": KIDStatistic(pool, ref),
              "score": ScoreStatistic(probs), "accuracy": accuracy_statistic(probs, labels)}
-    cell_intervals(stats, replicates=200, level=0.9, seed=0)                  # {name: Interval}
-    paired_differences(stats_a, stats_b, replicates=200, level=0.9, seed=0)   # {name: Difference}
+    cell = ResampledCell(stats, sub)           # the replicates, computed once
+    cell.intervals(level=0.9)                  # {name: Interval}
+    cell.differences(other_cell, level=0.9)    # {name: Difference}: paired, this cell minus the other
 """
 
 from dataclasses import dataclass
@@ -153,29 +149,33 @@ class Statistic(Protocol):
     def replicates(self, indices: np.ndarray) -> np.ndarray: ...
 
 
-def cell_intervals(statistics: dict, replicates: int = 200, level: float = 0.9, seed: int = 0,
-                   fraction: float = SUBSAMPLE_FRACTION) -> dict:
-    """{name: Interval} of one cell's statistics, all from the same subsamples."""
-    sub = subsample(_common_size(statistics.values()), replicates, seed, fraction)
-    return {name: interval_from(s.estimate, s.replicates(sub.indices), sub.scale, level)
-            for name, s in statistics.items()}
-
-
-def paired_difference(a: Statistic, b: Statistic, sub: Subsamples, level: float = 0.9) -> Difference:
-    """metric(A) - metric(B) and its paired interval: the same subsample indices in both cells."""
-    _common_size([a, b])
-    got = interval_from(a.estimate - b.estimate, a.replicates(sub.indices) - b.replicates(sub.indices), sub.scale,
-                        level)
+def _difference(delta: float, replicates: np.ndarray, sub: Subsamples, level: float) -> Difference:
+    got = interval_from(delta, replicates, sub.scale, level)
     return Difference(got.estimate, got.lo, got.hi, got.level)
 
 
-def paired_differences(cell_a: dict, cell_b: dict, replicates: int = 200, level: float = 0.9, seed: int = 0,
-                       fraction: float = SUBSAMPLE_FRACTION) -> dict:
-    """{name: Difference} for the metrics both cells have, all from the same subsamples."""
-    names = [name for name in cell_a if name in cell_b]
-    size = _common_size([cell_a[n] for n in names] + [cell_b[n] for n in names])
-    sub = subsample(size, replicates, seed, fraction)
-    return {name: paired_difference(cell_a[name], cell_b[name], sub, level) for name in names}
+class ResampledCell:
+    """One cell's statistics ({name: Statistic}) and their replicates on `sub`, computed once: the intervals of the
+    cell, and the paired differences with any other cell resampled on the same subsamples, index the stored
+    replicates (a difference costs nothing more). Build one Subsamples per grid and pass it to every cell."""
+
+    def __init__(self, statistics: dict, sub: Subsamples):
+        _common_size([*statistics.values(), sub])
+        self.statistics, self.sub = statistics, sub
+        self.replicates = {name: s.replicates(sub.indices) for name, s in statistics.items()}
+
+    def intervals(self, level: float = 0.9) -> dict:
+        """{name: Interval}."""
+        return {name: interval_from(s.estimate, self.replicates[name], self.sub.scale, level)
+                for name, s in self.statistics.items()}
+
+    def differences(self, other: "ResampledCell", level: float = 0.9) -> dict:
+        """{name: Difference} of this cell minus `other`, for the metrics both cells have."""
+        if other.sub is not self.sub and not np.array_equal(other.sub.indices, self.sub.indices):
+            raise ValueError("paired differences need both cells resampled on the same subsamples")
+        return {name: _difference(s.estimate - other.statistics[name].estimate,
+                                  self.replicates[name] - other.replicates[name], self.sub, level)
+                for name, s in self.statistics.items() if name in other.statistics}
 
 
 def _common_size(statistics) -> int:

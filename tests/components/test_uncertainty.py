@@ -7,15 +7,15 @@ import pytest
 
 from components import metrics, uncertainty
 from components.uncertainty import (
+    Difference,
     FrechetStatistic,
     KIDStatistic,
     RecallStatistic,
     Reference,
+    ResampledCell,
     ScoreStatistic,
     accuracy_statistic,
-    cell_intervals,
     interval_from,
-    paired_differences,
     precision_statistic,
     samples_to_resolve,
     subsample,
@@ -127,16 +127,25 @@ def test_samples_to_resolve_follows_one_over_sqrt_n():
         samples_to_resolve(2.0, 100, 0.0)
 
 
-def test_cell_intervals_and_paired_differences_repeat_and_check_their_inputs(cell):
+def test_a_resampled_cell_gives_intervals_and_paired_differences_from_stored_replicates(cell):
     x, _, reference, _ = cell
-    a = {"fid": FrechetStatistic(x, reference), "kid": KIDStatistic(x, reference)}
-    got = cell_intervals(a, replicates=20, level=0.8, seed=1)
-    assert got == cell_intervals(a, replicates=20, level=0.8, seed=1)
+    sub = subsample(40, 20, seed=1)
+    stats = {"fid": FrechetStatistic(x, reference), "kid": KIDStatistic(x, reference)}
+    a = ResampledCell(stats, sub)
+    got = a.intervals(level=0.8)
+    assert got == ResampledCell(stats, subsample(40, 20, seed=1)).intervals(level=0.8)
     assert all(iv.lo < iv.estimate < iv.hi and iv.level == 0.8 for iv in got.values())
-    same = paired_differences(a, a, replicates=20)  # a cell against itself: every replicate's difference is 0
+    assert got["fid"] == interval_from(stats["fid"].estimate, stats["fid"].replicates(sub.indices), sub.scale, 0.8)
+    same = a.differences(ResampledCell(stats, sub))  # a cell against itself: every replicate's difference is 0
     assert all((d.delta, d.lo, d.hi, d.resolved) == (0.0, 0.0, 0.0, False) for d in same.values())
+    shifted = ResampledCell({"fid": FrechetStatistic(x + 0.5, reference)}, sub)
+    delta = shifted.replicates["fid"] - stats["fid"].replicates(sub.indices)  # the same subsamples in both cells
+    expected = interval_from(shifted.statistics["fid"].estimate - stats["fid"].estimate, delta, sub.scale, 0.9)
+    assert shifted.differences(a)["fid"] == Difference(expected.estimate, expected.lo, expected.hi, 0.9)
+    with pytest.raises(ValueError, match="same subsamples"):
+        shifted.differences(ResampledCell(stats, subsample(40, 20, seed=2)))
     with pytest.raises(ValueError, match="same seeds and labels"):
-        paired_differences(a, {"fid": FrechetStatistic(x[:30], reference)})
+        ResampledCell({"fid": FrechetStatistic(x[:30], reference)}, sub)
 
 
 def test_a_reference_of_statistics_only_serves_fid_and_refuses_the_rest(cell):

@@ -25,10 +25,9 @@ from components.uncertainty import (
     KIDStatistic,
     RecallStatistic,
     Reference,
+    ResampledCell,
     ScoreStatistic,
     accuracy_statistic,
-    cell_intervals,
-    paired_difference,
     precision_statistic,
     subsample,
 )
@@ -72,8 +71,8 @@ def coverage(world) -> dict:
     target = {name: np.mean([c[name].estimate for c in draws]) for name in draws[0]}
     covered = {name: [] for name in target}
     for r in range(REDRAWS):
-        intervals = cell_intervals(cell(rng.normal(size=(N, D)) + SHIFT, reference, labels), REPLICATES, LEVEL, r)
-        for name, interval in intervals.items():
+        resampled = ResampledCell(cell(rng.normal(size=(N, D)) + SHIFT, reference, labels), subsample(N, REPLICATES, r))
+        for name, interval in resampled.intervals(LEVEL).items():
             covered[name].append(not interval.excludes(target[name]))
     return {name: float(np.mean(hits)) for name, hits in covered.items()}
 
@@ -92,12 +91,13 @@ def paired(world) -> dict:
     for r in range(REDRAWS):
         z = rng.normal(size=(N, D))
         a, b = (RHO * z + np.sqrt(1 - RHO ** 2) * rng.normal(size=(N, D)) + SHIFT for _ in range(2))
-        cells = [cell(x, reference, labels, every_metric=False) for x in (a, b, b + CELL_SHIFT)]
         sub = subsample(N, REPLICATES, seed=r)
-        for name in cells[0]:
-            contains_zero.setdefault(name, []).append(not paired_difference(cells[0][name], cells[1][name], sub,
-                                                                            LEVEL).resolved)
-            resolved.setdefault(name, []).append(paired_difference(cells[2][name], cells[0][name], sub, LEVEL).resolved)
+        cell_a, cell_b, cell_c = (ResampledCell(cell(x, reference, labels, every_metric=False), sub)
+                                  for x in (a, b, b + CELL_SHIFT))
+        for name, difference in cell_a.differences(cell_b, LEVEL).items():
+            contains_zero.setdefault(name, []).append(not difference.resolved)
+        for name, difference in cell_c.differences(cell_a, LEVEL).items():
+            resolved.setdefault(name, []).append(difference.resolved)
     return {"contains_zero": {k: float(np.mean(v)) for k, v in contains_zero.items()},
             "resolved": {k: float(np.mean(v)) for k, v in resolved.items()}}
 
