@@ -1,0 +1,186 @@
+"""`adm schedule`'s definitions read back the way their targets read them: a crontab line as cron and /bin/sh read it,
+systemd units as systemd reads them (and `systemd-analyze verify` where it is installed), the RayCronJob as YAML and
+the shell line of its entrypoint. Arguments carry `%`, `$`, quotes, backslashes and spaces, which each target treats
+differently. No cluster, cron or systemd manager needed."""
+
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.ops import schedule as sch
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "cluster" / "kuberay" / "raycronjob.yaml"
+# what a user passes: a URL-encoded password (%40 is '@'), names with % and $, a folder with spaces and quotes
+NASTY = ["--preset", "smoke", "--workdir", "/shared/adm 100%/it's \"here\"", "--tracking-uri",
+         "http://ops%40corp:pa$$w0rd@mlflow:5000", "--experiment", "nightly%run", "--model-prefix", "a\\%b$HOME\\"]
+
+
+# --- cron: cron ends the command at an unescaped %, the rest becomes its stdin; /bin/sh runs the command -------------
+def cron_reads(line: str) -> tuple[str, str, str]:
+    """(schedule, command, stdin) as cron reads a crontab line: five fields, then the command up to the first % that
+    no backslash escapes (a backslash before a % is dropped, any other backslash stays), the rest is the command's
+    standard input (its other %s become newlines); what vixie cron's do_command.c and cronie do."""
+    fields = line.split(None, 5)
+    schedule, text = " ".join(fields[:5]), fields[5]
+    command, escaped = [], False
+    for i, ch in enumerate(text):
+        if escaped:
+            if ch == "%":
+                command[-1] = "%"  # the backslash goes, the % stays
+            else:
+                command.append(ch)
+            escaped = False
+            continue
+        if ch == "%":
+            return schedule, "".join(command), text[i + 1:].replace("%", "\n")
+        command.append(ch)
+        escaped = ch == "\\"
+    return schedule, "".join(command), ""
+
+
+def sh_argv(command: str, cwd: Path) -> list[str]:
+    """The argv /bin/sh makes of a crontab command (its redirection and trailing comment included): the words become
+    the arguments of `set --`, printed back NUL-separated."""
+    script = f"set -- {command}\nprintf '%s\\0' \"$@\""
+    done = subprocess.run(["/bin/sh", "-c", script], cwd=cwd, capture_output=True, text=True, check=True)
+    return done.stdout.split("\0")[:-1]
+
+
+def test_cron_reads_the_line_back_to_the_same_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env%40user@mlflow:5000")
+    log = tmp_path / "logs 5%" / "retrain.log"
+    log.parent.mkdir()
+    line = sch.crontab_line("0 3 * * 0", NASTY, "http://head:8265", log, "nightly")
+    schedule, command, stdin = cron_reads(line)
+    assert schedule == "0 3 * * 0" and stdin == "", f"cron cuts the command at a %: {command!r} | stdin {stdin!r}"
+    argv = sh_argv(command, tmp_path)
+    assert argv == sch.submit_command(NASTY, "http://head:8265")
+    assert argv[-len(NASTY) - 1:] == ["retrain", *NASTY]
+    assert log.exists()  # the shell's `>> LOG` went to the log file the user named
+    assert line.endswith(f"{sch.MARKER} nightly")
+
+
+def test_cron_line_of_a_name_with_a_percent_sign_is_replaced_on_reinstall(tmp_path):
+    crontab = tmp_path / "crontab"
+    for cron in ("0 3 * * 0", "30 4 * * 1"):
+        sch.install_crontab(sch.crontab_line(cron, ["--preset", "smoke"], None, tmp_path / "log", "50%off"),
+                            "50%off", crontab)
+    (line,) = crontab.read_text().splitlines()
+    schedule, command, stdin = cron_reads(line)
+    assert (schedule, stdin) == ("30 4 * * 1", "")
+
+
+def test_crontab_refuses_a_newline_it_cannot_hold(tmp_path):
+    with pytest.raises(sch.ScheduleError, match="newline"):
+        sch.crontab_line("0 3 * * 0", ["--experiment", "two\nlines"], None, tmp_path / "log", "nightly")
+
+
+# --- systemd: % starts a specifier, $ a variable, quotes and C escapes in ExecStart= ----------------------------------
+def systemd_specifiers(value: str) -> str:
+    """A unit file value with its specifiers resolved: %% is a %, any other % a specifier (refused here)."""
+    out, i = [], 0
+    while i < len(value):
+        if value[i] == "%":
+            assert value[i + 1:i + 2] == "%", f"unescaped specifier %{value[i + 1:i + 2]} in {value!r}"
+            out.append("%")
+            i += 2
+            continue
+        out.append(value[i])
+        i += 1
+    return "".join(out)
+
+
+ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "s": " ", "$": "$", ";": ";"}
+
+
+def systemd_words(value: str) -> list[str]:
+    """ExecStart='s words as systemd splits them (systemd.syntax(7)): whitespace between words, "..." and '...' quote,
+    a backslash escape (C style) is decoded inside quotes and out; then $$ is a $ (a lone $ would name a variable)."""
+    words, word, quote, i, started = [], [], None, 0, False
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\":
+            assert value[i + 1] in ESCAPES, f"unknown escape \\{value[i + 1]} in {value!r}"
+            word.append(ESCAPES[value[i + 1]])
+            i, started = i + 2, True
+            continue
+        if quote:
+            if ch == quote:
+                quote = None
+            else:
+                word.append(ch)
+        elif ch in "\"'":
+            quote, started = ch, True
+        elif ch in " \t":
+            if started:
+                words.append("".join(word))
+            word, started = [], False
+        else:
+            word.append(ch)
+            started = True
+        i += 1
+    assert quote is None, f"unclosed quote in {value!r}"
+    if started:
+        words.append("".join(word))
+    decoded = []
+    for w in words:
+        assert not re.search(r"(?<!\$)\$(?!\$)", w.replace("$$", "")), f"a variable reference in {w!r}"
+        decoded.append(w.replace("$$", "$"))
+    return decoded
+
+
+def unit_values(text: str) -> dict:
+    return {k: v for k, _, v in (line.partition("=") for line in text.splitlines() if "=" in line)}
+
+
+def test_systemd_reads_the_units_back_to_the_same_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env%40user@mlflow:5000")
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "work 100%"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    units = sch.systemd_units("0 3 * * 0", NASTY, "http://head:8265", "nightly")
+    service = unit_values(units["adm-retrain-nightly.service"])
+    assert systemd_words(systemd_specifiers(service["ExecStart"])) == sch.submit_command(NASTY, "http://head:8265")
+    assert systemd_specifiers(service["WorkingDirectory"]) == str(folder)
+    timer = unit_values(units["adm-retrain-nightly.timer"])
+    assert systemd_specifiers(timer["Description"]) == "adm-pipeline retraining schedule (nightly: cron 0 3 * * 0)"
+
+
+@pytest.mark.parametrize("name", ["n%1", "my job", "a/b", ""])
+def test_systemd_refuses_a_name_no_unit_file_can_have(name):
+    """systemd unit names hold ASCII letters, digits and :_.- (and @ of templates): no quoting makes others valid."""
+    with pytest.raises(sch.ScheduleError, match="--name"):
+        sch.systemd_units("0 3 * * 0", ["--preset", "smoke"], None, name)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
+def test_systemd_analyze_verifies_the_units(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env%40user@mlflow:5000")
+    folder = tmp_path / "work 100%"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    paths = sch.write_units(sch.systemd_units("0 3 * * 0", NASTY, "http://head:8265", "nightly"), tmp_path / "u")
+    done = subprocess.run(["systemd-analyze", "verify", *map(str, paths)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # the check can fail: the same unit with a bare % is a fatal error for systemd
+    bad = tmp_path / "bad" / "adm-retrain-bad.service"
+    bad.parent.mkdir()
+    bad.write_text(paths[0].read_text().replace("%%40", "%40"))
+    done = subprocess.run(["systemd-analyze", "verify", str(bad)], capture_output=True, text=True)
+    assert done.returncode != 0 and "specifier" in done.stderr
+
+
+# --- kubernetes: YAML quotes what it must; the entrypoint is a shell line, % and $ are plain there -------------------
+def test_raycronjob_entrypoint_reads_back_to_the_same_command(tmp_path):
+    manifest = yaml.safe_load(sch.kubernetes_manifest("0 3 * * 0", NASTY, TEMPLATE, "adm-weekly"))
+    entrypoint = manifest["spec"]["jobTemplate"]["entrypoint"]
+    assert shlex.split(entrypoint) == ["adm", "retrain", *NASTY]
+    assert sh_argv(entrypoint, tmp_path) == ["adm", "retrain", *NASTY]
+    assert manifest["spec"]["schedule"] == "0 3 * * 0"
