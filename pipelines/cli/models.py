@@ -35,7 +35,8 @@ def cmd_list(args) -> int:
     for name, rows in found.items():
         print(f"{name}: {len(rows)} version(s)")
         for r in rows:
-            metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())) or "-"
+            metrics = " ".join(f"{k}={v:.4g}" + (" (best scale)" if k.rsplit("@", 1)[1] == r["best_scale"] else "")
+                               for k, v in sorted(r["metrics"].items())) or "-"
             data = r["data_fingerprint"][:12] or "-"
             print(f"  {'*' if r['champion'] else ' '} v{r['version']:<4} {metrics:<24} data {data:<12} run "
                   f"{r['pipeline_run'] or '-'}" + (f" from {r['parent']}" if r["parent"] else "")

@@ -140,3 +140,39 @@ def test_registry_of_a_sqlite_store_opened_in_the_process(capsys, tmp_path):
     assert code != 0 and "sq-diffusion has no version 9; its versions are 1, 2" in err and "Traceback" not in err
     assert _pin("models:/sq-diffusion/1", "sq-diffusion", uri).uri == "models:/sq-diffusion/1"
     assert _pin("models:/sq-diffusion/latest", "sq-diffusion", uri).uri == "models:/sq-diffusion/2"
+
+
+# --- a sqlite store of this process, as `make run` leaves one ---------------------------------------------------------
+def sqlite_registry(tmp_path, prefix: str, tags_of: list[dict]) -> tuple[MlflowClient, str]:
+    """A sqlite store whose PREFIX-diffusion and PREFIX-classifier have one version per entry of `tags_of`, each
+    pair registered by its own pipeline run (pipeline run p1, p2, ...) with those tags."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    client.create_experiment("models-seed")
+    for i, extra in enumerate(tags_of, start=1):
+        register_pair(client, prefix, f"p{i}", 0.0)
+        for kind in ("diffusion", "classifier"):
+            client.delete_model_version_tag(f"{prefix}-{kind}", str(i), "adm.fid_scale_2")
+            for key, value in extra.items():
+                client.set_model_version_tag(f"{prefix}-{kind}", str(i), key, value)
+    return client, uri
+
+
+def test_list_and_show_give_the_metric_of_a_champion_chosen_at_the_best_scale(capsys, tmp_path):
+    """evaluate.champion_scale=auto registers the metric as adm.<metric>_best_scale and the scale as adm.best_scale
+    (pipelines/stages/register.py): both show, as they do for a fixed scale."""
+    client, uri = sqlite_registry(tmp_path, "ba", [{"adm.fid_best_scale": "12.5", "adm.best_scale": "4"},
+                                                   {"adm.fid_scale_2": "20"}])
+    assert adm(capsys, uri, "ba", "promote", "1", "--reason", "auto")[0] == 0
+    code, out, err = adm(capsys, uri, "ba", "list", "--json")
+    rows = {r["version"]: r for r in json.loads(out)["ba-diffusion"]}
+    assert code == 0, err
+    assert (rows["1"]["metrics"], rows["1"]["scale"], rows["1"]["best_scale"]) == ({"fid@4": 12.5}, "4", "4")
+    assert (rows["2"]["metrics"], rows["2"]["scale"], rows["2"]["best_scale"]) == ({"fid@2": 20.0}, "2", None)
+    code, out, err = adm(capsys, uri, "ba", "list")
+    lines = [x for x in out.splitlines() if x.lstrip("* ").startswith("v1 ")]  # of each network
+    assert code == 0 and len(lines) == 2 and all("fid@4=12.5 (best scale)" in x for x in lines), out
+    assert "fid@2=20 " in out and "fid@2=20 (best" not in out
+    code, out, err = adm(capsys, uri, "ba", "show", "1", "--network", "classifier")
+    shown = json.loads(out)
+    assert code == 0 and (shown["metrics"], shown["best_scale"]) == ({"fid@4": 12.5}, "4")
