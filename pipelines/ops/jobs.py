@@ -1,8 +1,9 @@
 """`adm submit` and `adm jobs`: an `adm` command as a Ray job on a cluster, through the Ray Jobs API.
 
-The job's runtime_env carries this project as its working_dir (``components`` and ``pipelines``; tests, benchmarks,
-work folders and caches left out) plus optional pip requirements, and forwards MLFLOW_TRACKING_URI. The cluster's
-image must already hold the dependencies (cluster/Dockerfile) unless ``--pip`` lists them.
+The job's runtime_env carries this project as its working_dir (``components`` and ``pipelines`` only: tests,
+benchmarks, local run outputs, virtual environments and caches stay here) plus optional pip requirements, and forwards
+MLFLOW_TRACKING_URI. The cluster's image must already hold the dependencies (cluster/Dockerfile) unless ``--pip``
+lists them.
 
 Token authentication (Ray >= 2.52, on by default for local clusters since 2.59) is honoured: the token is read from
 ``--token-file``, ``$RAY_AUTH_TOKEN``, the file in ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (where
@@ -28,10 +29,14 @@ from pipelines.infra import tags
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 COMMANDS = ("run", "retrain", "train", "sample", "evaluate", "data")
 PIPELINE_COMMANDS = ("run", "retrain")
-# gitignore-style patterns, anchored with a leading "/" where only the top-level folder is meant: a bare "cluster"
-# would also drop any pipelines/**/cluster/ package from every submitted job
-EXCLUDES = ["/.git", "/tests", "/bench", "/adm-work", "/mlruns", "mlflow.db", "*.egg-info", "__pycache__",
-            ".pytest_cache", ".ruff_cache", "*.whl", ".gl", "*.log", "/cluster"]
+# What a job carries of the checkout: the two packages, nothing else of the top level (local run outputs such as
+# mlflow-artifacts/, mlruns/, adm-work/ and mlflow.db, virtual environments, caches, tests, docs), and no caches or
+# compiled files inside them. Gitignore-style patterns, as Ray applies them to each path it walks (an excluded folder
+# is not entered; the last matching pattern wins): "/*" is every top-level entry, "!/." keeps the root itself, the
+# anchored negations keep the packages whatever their sub-packages are called (pipelines/**/cluster/ included).
+PACKAGES = ("components", "pipelines")
+EXCLUDES = ["/*", "!/.", *(f"!/{p}" for p in PACKAGES), "__pycache__", "*.py[cod]", ".*_cache", "*.egg-info",
+            ".ipynb_checkpoints", "*.log"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 120  # a freshly started head answers "No available agent to submit job" for a while
 

@@ -172,18 +172,37 @@ def test_unreachable_cluster_names_address_and_fix(tmp_path):
         connect("http://127.0.0.1:9", token_file=str(tmp_path / "missing"))
 
 
-def test_submitted_jobs_keep_every_package_whatever_its_name():
-    """Ray applies the excludes as gitignore patterns: the top-level cluster/, tests/ and bench/ folders stay home,
-    a package folder of the same name inside pipelines/ travels."""
-    from ray._private.runtime_env.packaging import _get_excludes
+# what `make run`, tests and tools leave in a checkout: none of it belongs in a job's package
+LOCAL_OUTPUTS = ("mlflow-artifacts/0/abc/artifacts/model.safetensors", "mlruns/0/meta.yaml", "mlartifacts/1/x.bin",
+                 "adm-work/data/shard-0.parquet", "adm-data/fashion-mnist/train.gz", "mlflow.db", "adm-retrain.log",
+                 ".pytest_cache/v/x", ".ruff_cache/0/x", ".import_linter_cache/x", ".benchmarks/x.json",
+                 ".venv/lib/python3.11/site-packages/torch/__init__.py", ".git/HEAD", "adm_pipeline.egg-info/PKG-INFO",
+                 "tests/conftest.py", "bench/RESULTS.md", "cluster/kuberay/raycluster.yaml", "docs/guide.md",
+                 "pipelines/__pycache__/main.cpython-311.pyc", "components/__pycache__/unet.cpython-311.pyc",
+                 "pipelines/.pytest_cache/x", "notes.txt")
+SOURCES = ("components/__init__.py", "components/unet.py", "pipelines/__init__.py", "pipelines/cli/main.py",
+           "pipelines/cluster/x.py", "pipelines/tests/x.py", "pipelines/adm-work/x.py")  # package names are any name
 
-    from pipelines import PROJECT_ROOT
-    from pipelines.ops.jobs import EXCLUDES
 
-    root = PROJECT_ROOT
-    excluded = _get_excludes(root, EXCLUDES)
-    for kept in ("pipelines/cluster/x.py", "pipelines/tests/x.py", "components/unet.py", "pipelines/cli/main.py"):
-        assert not excluded(root / kept), kept
-    for dropped in ("cluster/kuberay/raycluster.yaml", "tests/conftest.py", "bench/RESULTS.md", ".git/HEAD",
-                    "adm-work/runs/x", "pipelines/__pycache__/x.pyc"):
-        assert excluded(root / dropped), dropped
+@pytest.mark.parametrize("include_gitignore", [True, False], ids=["with-gitignore", "no-gitignore"])
+def test_a_submitted_job_carries_the_sources_and_no_local_outputs(tmp_path, include_gitignore):
+    """The package Ray would upload for `adm submit` (its runtime_env's working_dir and excludes, packed by Ray's own
+    create_package) holds components/ and pipelines/, whatever their sub-packages are called, and none of the local
+    run outputs, caches, virtual environments and other folders of a checkout, with or without its .gitignore."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from pipelines.ops.jobs import runtime_env
+
+    project = tmp_path / "checkout"
+    for rel in (*LOCAL_OUTPUTS, *SOURCES):
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(rel)
+    (project / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    env = runtime_env({"MLFLOW_TRACKING_URI": "http://mlflow:5000"}, working_dir=str(project))
+    assert env["working_dir"] == str(project)
+    package = tmp_path / "package.zip"
+    create_package(env["working_dir"], package, include_gitignore=include_gitignore, excludes=env["excludes"])
+    packed = {n for n in zipfile.ZipFile(package).namelist() if not n.endswith("/")}
+    assert packed == set(SOURCES), f"left out: {set(SOURCES) - packed}; carried: {packed - set(SOURCES)}"
