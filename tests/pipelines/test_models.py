@@ -3,11 +3,17 @@ the versions; a pair with a missing partner is refused; bad input is an error li
 
 import getpass
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from mlflow import MlflowClient
 
 from pipelines.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def register_pair(client, prefix: str, pipeline_run: str, fid: float, networks=("diffusion", "classifier")) -> None:
@@ -176,3 +182,20 @@ def test_list_and_show_give_the_metric_of_a_champion_chosen_at_the_best_scale(ca
     code, out, err = adm(capsys, uri, "ba", "show", "1", "--network", "classifier")
     shown = json.loads(out)
     assert code == 0 and (shown["metrics"], shown["best_scale"]) == ({"fid@4": 12.5}, "4")
+
+
+def test_a_closed_stdout_ends_adm_models_list_quietly(tmp_path):
+    """`adm models list | head`: once the reader has gone, adm stops without a word on stderr and with the status a
+    shell gives a command that SIGPIPE ended (141), as other command-line tools do. The pipe's reader is closed before
+    adm writes, so the test does not depend on how fast `head` is."""
+    _, uri = sqlite_registry(tmp_path, "bp", [{"adm.fid_scale_2": "1"}] * 3)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipelines.cli", "models", "list", "--model-prefix", "bp",
+                               "--tracking-uri", uri], stdout=write, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path, timeout=300)
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert not any(s in done.stderr for s in ("Broken pipe", "BrokenPipeError", "Traceback")), done.stderr
