@@ -57,8 +57,9 @@ def cmd_promote(args) -> int:
     from pipelines.ops.model_versions import promote
 
     tracker, prefix = _tracker_and_prefix(args)
-    for name, move in promote(tracker, prefix, args.network, args.version, _reason(args)).items():
-        print(f"{name}: champion v{move['from'] or '-'} -> v{move['to']}")
+    for name, (version, move) in promote(tracker, prefix, args.network, args.version, _reason(args)).items():
+        print(f"{name}: v{version} is already champion; nothing changed" if move is None
+              else f"{name}: champion v{move['from'] or '-'} -> v{move['to']}")
     return 0
 
 
@@ -66,8 +67,9 @@ def cmd_rollback(args) -> int:
     from pipelines.ops.model_versions import rollback
 
     tracker, prefix = _tracker_and_prefix(args)
-    for name, move in rollback(tracker, prefix, _reason(args)).items():
-        print(f"{name}: champion v{move['from'] or '-'} -> v{move['to']} (rolled back)")
+    for name, (version, move) in rollback(tracker, prefix, _reason(args)).items():
+        print(f"{name}: v{version} is already champion; nothing changed" if move is None
+              else f"{name}: champion v{move['from'] or '-'} -> v{move['to']} (rolled back)")
     return 0
 
 

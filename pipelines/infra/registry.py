@@ -25,11 +25,14 @@ def model_names(prefix: str) -> dict:
     return {kind.name: f"{prefix}-{kind.name}" for kind in REGISTERED}
 
 
-def move_alias(tracker: Tracker, name: str, alias: str, version: str, action: str, why: str) -> dict:
-    """Point `alias` of `name` at `version` and record the move on it and on the version that had the alias."""
+def move_alias(tracker: Tracker, name: str, alias: str, version: str, action: str, why: str) -> dict | None:
+    """Point `alias` of `name` at `version` and record the move on it and on the version that had the alias; None,
+    with nothing moved or recorded, when `version` already has the alias."""
     before = tracker.alias_version(name, alias)
+    if before is not None and str(before.version) == str(version):
+        return None
     now = datetime.now(timezone.utc)
-    record = {"action": action, "alias": alias, "from": before.version if before else None, "to": str(version),
+    record = {"action": action, "alias": alias, "from": str(before.version) if before else None, "to": str(version),
               "by": current_user(), "at": now.isoformat(timespec="microseconds"), "why": why}
     tracker.set_alias(name, alias, version)
     key = tags.MOVE + now.strftime("%Y%m%dT%H%M%S.%fZ")  # sorts by time; MLflow tag keys allow no colons

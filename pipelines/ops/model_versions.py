@@ -83,14 +83,16 @@ def show_version(tracker: Tracker, prefix: str, network: str, version: str) -> d
 
 
 def promote(tracker: Tracker, prefix: str, network: str, version: str, reason: str, action: str = "promote") -> dict:
-    """`champion` to `version` of `network` and to its partner; {name: the recorded move}."""
+    """`champion` to `version` of `network` and to its partner; {name: (its version, the recorded move, or None
+    when that version already was champion: nothing moved, nothing recorded)}."""
     names = _names(prefix, network)
     chosen = registry.find_version(tracker, names[network], version)
     pair = {names[network]: chosen}
     for other, name in names.items():
         if other != network:  # every partner is found before the first alias moves
             pair[name] = registry.partner(tracker, names[network], chosen, name)
-    return {name: registry.move_alias(tracker, name, CHAMPION, v.version, action, reason) for name, v in pair.items()}
+    return {name: (str(v.version), registry.move_alias(tracker, name, CHAMPION, v.version, action, reason))
+            for name, v in pair.items()}
 
 
 def rollback(tracker: Tracker, prefix: str, reason: str) -> dict:

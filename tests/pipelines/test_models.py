@@ -184,6 +184,24 @@ def test_list_and_show_give_the_metric_of_a_champion_chosen_at_the_best_scale(ca
     assert code == 0 and (shown["metrics"], shown["best_scale"]) == ({"fid@4": 12.5}, "4")
 
 
+def pair(client, prefix) -> tuple[str, str]:
+    """champions() as strings: a sqlite store opened in the process gives version numbers as ints."""
+    return tuple(map(str, champions(client, prefix)))
+
+
+def test_promoting_the_champion_again_changes_and_records_nothing(capsys, tmp_path):
+    client, uri = sqlite_registry(tmp_path, "sv", [{"adm.fid_scale_2": "3"}, {"adm.fid_scale_2": "2"}])
+    assert adm(capsys, uri, "sv", "promote", "1", "--reason", "first")[0] == 0
+    code, out, err = adm(capsys, uri, "sv", "promote", "1", "--reason", "again")
+    assert code == 0, err
+    assert "sv-diffusion: v1 is already champion; nothing changed" in out and "v1 -> v1" not in out
+    assert pair(client, "sv") == ("1", "1")
+    for kind in ("diffusion", "classifier"):
+        assert [(m["from"], m["to"]) for m in records(client, f"sv-{kind}", "1")] == [(None, "1")]
+    code, out, err = adm(capsys, uri, "sv", "list", "--json")
+    assert all(r["last_move"] is None or r["last_move"]["why"] == "first" for r in json.loads(out)["sv-diffusion"])
+
+
 def test_a_closed_stdout_ends_adm_models_list_quietly(tmp_path):
     """`adm models list | head`: once the reader has gone, adm stops without a word on stderr and with the status a
     shell gives a command that SIGPIPE ended (141), as other command-line tools do. The pipe's reader is closed before
