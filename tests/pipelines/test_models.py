@@ -202,6 +202,29 @@ def test_promoting_the_champion_again_changes_and_records_nothing(capsys, tmp_pa
     assert all(r["last_move"] is None or r["last_move"]["why"] == "first" for r in json.loads(out)["sv-diffusion"])
 
 
+def test_rollbacks_walk_back_through_the_history(capsys, tmp_path):
+    """promote v1, v2, v3, then rollback twice: v2, then v1 (not back to v3); a third has nothing left. A version
+    promoted again after a rollback is walked back from its latest promotion."""
+    client, uri = sqlite_registry(tmp_path, "rw", [{"adm.fid_scale_2": str(f)} for f in (4, 3, 2, 1)])
+    for version in ("1", "2", "3"):
+        assert adm(capsys, uri, "rw", "promote", version, "--reason", f"to {version}")[0] == 0
+    walked = []
+    for _ in range(2):
+        code, out, err = adm(capsys, uri, "rw", "rollback", "--reason", "back")
+        assert code == 0, err
+        walked.append(pair(client, "rw"))
+    assert walked == [("2", "2"), ("1", "1")]
+    code, _, err = adm(capsys, uri, "rw", "rollback", "--reason", "more")
+    assert code == 2 and "no recorded earlier champion" in err and pair(client, "rw") == ("1", "1")
+    for version in ("4", "2", "4"):  # history now 1, 4, 2, 4: back to 2, then 4, then 1
+        assert adm(capsys, uri, "rw", "promote", version, "--reason", f"to {version}")[0] == 0
+    walked = []
+    for _ in range(3):
+        assert adm(capsys, uri, "rw", "rollback", "--reason", "back")[0] == 0
+        walked.append(pair(client, "rw")[0])
+    assert walked == ["2", "4", "1"]
+
+
 def test_a_closed_stdout_ends_adm_models_list_quietly(tmp_path):
     """`adm models list | head`: once the reader has gone, adm stops without a word on stderr and with the status a
     shell gives a command that SIGPIPE ended (141), as other command-line tools do. The pipe's reader is closed before
