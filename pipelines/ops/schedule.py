@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from components.config import UserError
+from pipelines.ops import all_problems
 
 FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
 DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -47,16 +48,28 @@ def _check_part(part: str, name: str, low: int, high: int) -> None:
         raise ScheduleError(f"cron {name} field {part!r}: values must lie in {low}-{high}, ranges low-high")
 
 
-def parse_cron(expr: str) -> list[str]:
-    """The five fields of a standard cron expression, validated; a clear error otherwise."""
+def cron_problems(expr: str) -> list[str]:
+    """What is wrong with a standard cron expression, every field's problem."""
     fields = expr.split()
     if len(fields) != 5:
-        raise ScheduleError(f"--cron {expr!r}: give five fields 'minute hour day-of-month month day-of-week', "
-                            "e.g. '0 3 * * 0' (Sundays at 03:00)")
+        return [f"--cron {expr!r}: give five fields 'minute hour day-of-month month day-of-week', e.g. '0 3 * * 0' "
+                "(Sundays at 03:00)"]
+    problems = []
     for field, (name, low, high) in zip(fields, FIELDS):
         for part in field.split(","):
-            _check_part(part, name, low, high)
-    return fields
+            try:
+                _check_part(part, name, low, high)
+            except ScheduleError as e:
+                problems.append(str(e))
+    return problems
+
+
+def parse_cron(expr: str) -> list[str]:
+    """The five fields of a standard cron expression, validated; a clear error naming every problem otherwise."""
+    problems = cron_problems(expr)
+    if problems:
+        raise ScheduleError(all_problems(problems))
+    return expr.split()
 
 
 def _calendar_part(part: str, first: int, day_names: bool = False) -> str:
@@ -109,11 +122,16 @@ def submit_command(retrain_args: list[str], address: str | None) -> list[str]:
 
 
 # --- targets ----------------------------------------------------------------------------------------------------------
+def template_problems(template: Path) -> list[str]:
+    if template.is_file():
+        return []
+    return [f"--template {template}: no such file (it ships in the repository as cluster/kuberay/raycronjob.yaml)"]
+
+
 def kubernetes_manifest(cron: str, retrain_args: list[str], template: Path, name: str | None = None) -> str:
-    parse_cron(cron)
-    if not template.is_file():
-        raise ScheduleError(f"--template {template}: no such file (it ships in the repository as "
-                            "cluster/kuberay/raycronjob.yaml)")
+    problems = cron_problems(cron) + template_problems(template)
+    if problems:
+        raise ScheduleError(all_problems(problems))
     manifest = yaml.safe_load(template.read_text())
     manifest["spec"]["schedule"] = cron
     manifest["spec"]["jobTemplate"]["entrypoint"] = shlex.join(["adm", *retrain_command(retrain_args)])
@@ -180,9 +198,22 @@ def systemd_word(arg: str) -> str:
     return '"' + quoted.replace("$", "$$").replace("%", "%%") + '"'
 
 
+def systemd_problems(cron: str, name: str) -> list[str]:
+    """What keeps a schedule from being systemd units: a name no unit can have, a cron with no OnCalendar form."""
+    problems = [] if re.fullmatch(r"[A-Za-z0-9:_.-]+", name) else [
+        f"--name {name!r}: a systemd unit name holds only ASCII letters, digits and :_.-"]
+    if not cron_problems(cron):  # else reported as such
+        try:
+            on_calendar(cron)
+        except ScheduleError as e:
+            problems.append(str(e))
+    return problems
+
+
 def systemd_units(cron: str, retrain_args: list[str], address: str | None, name: str) -> dict[str, str]:
-    if not re.fullmatch(r"[A-Za-z0-9:_.-]+", name):
-        raise ScheduleError(f"--name {name!r}: a systemd unit name holds only ASCII letters, digits and :_.-")
+    problems = cron_problems(cron) + systemd_problems(cron, name)
+    if problems:
+        raise ScheduleError(all_problems(problems))
     calendar = on_calendar(cron)
     command = " ".join(systemd_word(a) for a in submit_command(retrain_args, address))
     service = (f"[Unit]\nDescription={systemd_value(f'adm-pipeline retraining cycle ({name})')}\n\n[Service]\n"

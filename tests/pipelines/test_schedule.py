@@ -184,3 +184,29 @@ def test_raycronjob_entrypoint_reads_back_to_the_same_command(tmp_path):
     assert shlex.split(entrypoint) == ["adm", "retrain", *NASTY]
     assert sh_argv(entrypoint, tmp_path) == ["adm", "retrain", *NASTY]
     assert manifest["spec"]["schedule"] == "0 3 * * 0"
+
+
+# --- every problem at once, as adm run reports them -------------------------------------------------------------------
+def test_schedule_reports_every_problem_at_once(capsys, monkeypatch):
+    from pipelines.cli.main import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code = main(["schedule", "--cron", "0 25 * * 8", "--preset", "smoke", "--workdir", "relative",
+                 "--override", "unet.model_channels=33"])
+    err = capsys.readouterr().err
+    assert code == 2
+    for problem in ("--workdir relative", "no MLflow tracking URI", "cron hour field '25'",
+                    "cron day of week field '8'", "num_head_channels"):
+        assert problem in err, f"{problem!r} missing from:\n{err}"
+    assert "7 problems" in err and "Traceback" not in err  # the configuration has three
+
+
+def test_kubernetes_schedule_reports_every_problem_at_once(capsys, tmp_path):
+    from pipelines.cli.main import main
+
+    code = main(["schedule", "--cron", "61 3 * *", "--target", "kubernetes", "--template", str(tmp_path / "none.yaml"),
+                 "--preset", "smoke", "--override", "unet.model_channels=33"])
+    err = capsys.readouterr().err
+    assert code == 2
+    for problem in ("give five fields", "none.yaml: no such file", "num_head_channels"):
+        assert problem in err, f"{problem!r} missing from:\n{err}"
