@@ -3,6 +3,7 @@ systemd units as systemd reads them (and `systemd-analyze verify` where it is in
 the shell line of its entrypoint. Arguments carry `%`, `$`, quotes, backslashes and spaces, which each target treats
 differently. No cluster, cron or systemd manager needed."""
 
+import os
 import re
 import shlex
 import shutil
@@ -210,3 +211,33 @@ def test_kubernetes_schedule_reports_every_problem_at_once(capsys, tmp_path):
     assert code == 2
     for problem in ("give five fields", "none.yaml: no such file", "num_head_channels"):
         assert problem in err, f"{problem!r} missing from:\n{err}"
+
+
+# --- kubernetes --apply: what kubectl is given ------------------------------------------------------------------------
+def test_kubernetes_apply_gives_kubectl_the_manifest_on_stdin(tmp_path, monkeypatch, capfd):
+    """A stand-in kubectl, first on PATH, records its arguments and standard input and answers as kubectl does."""
+    from pipelines.cli.main import main
+
+    calls, stand_in = tmp_path / "calls", tmp_path / "bin" / "kubectl"
+    calls.mkdir()
+    stand_in.parent.mkdir()
+    stand_in.write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > {shlex.quote(str(calls))}/args\n"
+                        f"cat > {shlex.quote(str(calls))}/stdin\necho raycronjob.ray.io/adm-weekly created\n")
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_in.parent}{os.pathsep}{os.environ['PATH']}")
+    retrain = ["--preset", "smoke", "--workdir", "s3://bucket/adm", "--experiment", "nightly%run",
+               "--tracking-uri", "http://ops%40corp@mlflow:5000"]
+    code = main(["schedule", "--cron", "15 2 * * 1-5", "--target", "kubernetes", "--apply", "--name", "adm-weekly",
+                 *retrain])
+    out = capfd.readouterr()  # kubectl's own output, not the manifest, reaches the user
+    assert code == 0 and out.out == "raycronjob.ray.io/adm-weekly created\n", out
+    assert (calls / "args").read_text().split("\0")[:-1] == ["apply", "-f", "-"]
+    manifest = yaml.safe_load((calls / "stdin").read_text())
+    template = yaml.safe_load(TEMPLATE.read_text())
+    assert (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]) == ("ray.io/v1", "RayCronJob",
+                                                                                        "adm-weekly")
+    assert manifest["spec"]["schedule"] == "15 2 * * 1-5"
+    job = manifest["spec"]["jobTemplate"]
+    assert shlex.split(job["entrypoint"]) == ["adm", "retrain", *retrain]
+    assert {k: v for k, v in job.items() if k != "entrypoint"} == {
+        k: v for k, v in template["spec"]["jobTemplate"].items() if k != "entrypoint"}  # the rest as shipped
