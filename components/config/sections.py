@@ -129,6 +129,13 @@ class EvaluateConfig:
     champion_scale: float | str = 1.0
     champion_sampler: str = ""  # ... with this sampler (one of sample.samplers; "": the first), guided at all levels
     champion_method: str = ""  # ... and this guidance method (one of sample.guidance_methods; "": the first)
+    # every metric of every cell with its interval at ci_level: the metrics recomputed on `bootstrap` random subsets of
+    # the cell's samples (components/uncertainty.py; 0: point values only), and paired comparisons between cells
+    bootstrap: int = 200
+    ci_level: float = 0.9
+    # the register stage promotes a new model only when its paired difference from the champion, on the same seeds
+    # and labels at the champion cell, is better at this level; otherwise the champion stays
+    promotion_level: float = 0.9
 
 
 FEATURE_SETS = ("inception", "evaluator", "both")  # evaluate.features

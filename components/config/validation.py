@@ -284,6 +284,12 @@ def evaluate_problems(cfg: EvaluateConfig) -> list[str]:
     out += _one_of("evaluate.champion_metric", cfg.champion_metric, HIGHER_IS_BETTER + LOWER_IS_BETTER)
     out += _at_least("evaluate.num_reference", cfg.num_reference, 4, hint="precision/recall need >= 4")
     out += _at_least("evaluate.batch_size", cfg.batch_size, 1)
+    if cfg.bootstrap != 0:
+        out += _at_least("evaluate.bootstrap", cfg.bootstrap, 20, hint="replicates of each cell's intervals, e.g. 200; "
+                         "0: no intervals")
+    for name in ("ci_level", "promotion_level"):
+        if not (_is_number(getattr(cfg, name)) and 0.5 <= getattr(cfg, name) < 1):
+            out.append(f"evaluate.{name}={getattr(cfg, name)!r} must be a level in [0.5, 1), e.g. 0.9")
     return out
 
 

@@ -41,6 +41,8 @@ def cmd_list(args) -> int:
             print(f"  {'*' if r['champion'] else ' '} v{r['version']:<4} {metrics:<24} data {data:<12} run "
                   f"{r['pipeline_run'] or '-'}" + (f" from {r['parent']}" if r["parent"] else "")
                   + (f" | {_move_line(r['last_move'])}" if r["last_move"] else ""))
+            if r["decision"]:  # why the register stage promoted it or kept the champion
+                print(f"        {r['decision']}: {r['reason']}")
     print("(* champion)")
     return 0
 

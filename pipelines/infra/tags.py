@@ -28,7 +28,7 @@ resumed or compared. Write and read them only through this module.
 | adm.best_step | training run | keep_best: the step of the checkpoint it reported (lowest eval_score) |
 | adm.cell | cell run (sample-<cell>, evaluate-<cell>) | its key, `<sampler>/[<method>_]scale_<s>[_sigma_<lo>-<hi>]` |
 | adm.retrain_cycle | retrain cycle run | preset name |
-| adm.decision, adm.reason | retrain cycle run | skipped, promoted, kept or failed; why |
+| adm.decision, adm.reason | retrain cycle run, model version | skipped, promoted, kept or failed; why |
 | adm.ended_by | any run | who ended a run its driver left open (the sentinel) |
 | adm.init_from | training run, model version | the weights training started from, pinned (models:/NAME/VERSION) |
 | adm.parent_version | training run, model version | NAME/VERSION of the registered version it started from |

@@ -34,7 +34,7 @@ def version_metrics(version_tags: dict) -> tuple[dict, str | None]:
 
 def version_row(version, champion: str | None) -> dict:
     """What `adm models list` shows of one version: metrics, scale (best_scale: the one evaluate.champion_scale=auto
-    chose), data, lineage, whether champion, last move."""
+    chose), data, lineage, whether champion, last move, and the register stage's decision with its reason."""
     metrics, best = version_metrics(version.tags)
     history = moves(version)
     return {
@@ -48,6 +48,9 @@ def version_row(version, champion: str | None) -> dict:
         "parent": version.tags.get(tags.PARENT_VERSION, ""),
         "created": datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).isoformat(),
         "last_move": history[-1] if history else None,
+        # the register stage's decision: promoted, or kept with why (the paired difference from the champion)
+        "decision": version.tags.get(tags.DECISION, ""),
+        "reason": version.tags.get(tags.REASON, ""),
     }
 
 

@@ -131,23 +131,30 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert second["evaluate"]["rows"] == first["evaluate"]["rows"]
     assert len(client.search_model_versions("name = 'adm-smoke-diffusion'")) == 1
 
-    # the champion alias moves only when the chosen metric (FID at scale 2) improves
+    # the champion alias moves only when the paired difference from the champion is better, resolved: here the
+    # challenge's answer is given (the retraining test runs the real one)
     scratch = client.create_run(parent.info.experiment_id).info.run_id
     tracker, trained = Tracker(mlflow_server), first["train"]
 
-    def register_as_champ(networks, rows):
-        return register(tracker, scratch, preset, "champ", networks, rows, {"adm.pipeline_run": first["run_id"]},
-                        log=lambda *_: None)
+    def register_as_champ(networks, delta, lo, hi):
+        paired = {"delta": delta, "lo": lo, "hi": hi, "resolved": not lo <= 0 <= hi, "level": 0.9}
+        return register(tracker, scratch, preset, "champ", networks, [{**cell, "fid": 50.0 + delta}],
+                        {"adm.pipeline_run": first["run_id"]}, lambda champion: paired, log=lambda *_: None)
 
     swapped = {"diffusion": trained["classifier"], "classifier": trained["evaluator"]}
     cell = {"cell": "ddim10/scale_2", "sampler": "ddim10", "guidance_scale": 2.0, "guidance_interval": "all"}
-    rows = [{**cell, "fid": 50.0}]
-    assert register_as_champ(trained, rows)["diffusion"]["champion"]
-    assert not register_as_champ(swapped, [{**cell, "fid": 60.0}])["diffusion"]["champion"]
+    first_reg = register_as_champ(trained, 0.0, 0.0, 0.0)["diffusion"]
+    assert first_reg["champion"] and "no champion yet" in first_reg["reason"]
+    noise = register_as_champ(swapped, -4.0, -9.0, 1.0)["diffusion"]  # lower FID, but not resolved: kept
+    assert not noise["champion"] and noise["reason"].startswith("not distinguishable: fid delta -4")
+    worse = register_as_champ(swapped, 6.0, 2.0, 10.0)["diffusion"]  # resolved, in the wrong direction: kept
+    assert not worse["champion"] and worse["reason"].startswith("not better")
     assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "1"
     improved = {"diffusion": trained["evaluator"], "classifier": trained["diffusion"]}
-    assert register_as_champ(improved, [{**cell, "fid": 40.0}])["diffusion"]["champion"]
-    assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "3"
+    assert register_as_champ(improved, -8.0, -12.0, -3.0)["diffusion"]["champion"]
+    assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "4"
+    version = client.get_model_version("champ-diffusion", "3")  # the decision and its reason on the version
+    assert version.tags["adm.decision"] == "kept" and "[+2, +10]" in version.tags["adm.reason"]
 
 
 def check_pipeline_run_ui(client, first, stages, trainers):
