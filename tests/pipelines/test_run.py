@@ -162,18 +162,24 @@ def check_pipeline_run_ui(client, first, stages, trainers):
     versions on the pipeline run and linked from the logged models, training runs with their own params only."""
     run_id = first["run_id"]
     parent = client.get_run(run_id)
-    grid = client.get_metric_history(run_id, "guidance_scale_by_scale")
-    assert sorted((m.step, m.value) for m in grid) == [(0, 0.0), (1, 2.0)]
-    fid = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "fid_by_scale"))
+    assert parent.data.params["scales_by_step"] == "0,2"  # which scale each step of the curves is
     rows = sorted(first["evaluate"]["rows"], key=lambda r: r["guidance_scale"])
-    assert fid == [(i, row["fid"]) for i, row in enumerate(rows)]
+    for key in ("fid", "fid_lo", "fid_hi", "accuracy", "accuracy_lo", "recall_hi"):
+        curve = sorted((m.step, m.value) for m in client.get_metric_history(run_id, f"{key}_by_scale"))
+        assert curve == [(i, row[key]) for i, row in enumerate(rows)], key
     flat = [name for name in parent.data.metrics if re.search(r"_scale_\d", name)]
     assert flat == [], flat  # no flat one-value-per-scale metrics (one single-bar chart each)
+    # the metrics users compare lead, not the grid's coordinates echoed as metrics
+    assert not [n for n in parent.data.metrics if n.split("_by_scale")[0] in ("guidance_scale", "interval_hi",
+                                                                             "cfg_scale", "network_evals")]
+    assert {"evaluation/comparisons.json", "evaluation/metrics_by_cell.json"} <= {
+        a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert parent.data.tags["mlflow.note.content"].startswith(f"# adm run {run_id}")
     assert parent.data.tags["mlflow.source.name"] == "adm" and parent.data.tags["mlflow.user"]
     # the grid's sections, not every network's (those are on the training runs; the whole config is an artifact)
     assert {name.split(".")[0] for name in parent.data.params} == {"preset", "source", "config_hash", "data",
-                                                                   "diffusion", "sample", "evaluate"}
+                                                                   "diffusion", "sample", "evaluate",
+                                                                   "scales_by_step"}
     assert parent.data.params["sample.guidance_scales"] == "0.0,2.0" and parent.data.params["preset"] == "smoke"
     resolved = json.loads(Path(client.download_artifacts(run_id, "config/resolved.json")).read_text())
     assert resolved["preset"]["train_diffusion"]["steps"] == 20
