@@ -1,6 +1,7 @@
 """`adm run` end to end (smoke preset) on a local Ray instance against a real MLflow tracking server."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -97,6 +98,7 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
         for key in ("fid", "sfid", "precision", "recall", "evaluator_fid", "score", "accuracy"):
             assert key in run.data.metrics, key
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["grid.png"]
+    check_metric_ranges(first["evaluate"]["rows"], classes=4)
     # the grid is upscaled for the UI (16 px samples, 8 a row, plus the label margin), not a thumbnail
     grid = client.download_artifacts(scale_runs[0].info.run_id, "grid.png", str(tmp_path))
     assert Image.open(grid).width >= 512
@@ -151,10 +153,24 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert not worse["champion"] and worse["reason"].startswith("not better")
     assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "1"
     improved = {"diffusion": trained["evaluator"], "classifier": trained["diffusion"]}
-    assert register_as_champ(improved, -8.0, -12.0, -3.0)["diffusion"]["champion"]
-    assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "4"
-    version = client.get_model_version("champ-diffusion", "3")  # the decision and its reason on the version
+    # (the same networks registered again are the same version, v2: its tags say the last decision and why)
+    version = client.get_model_version("champ-diffusion", "2")
     assert version.tags["adm.decision"] == "kept" and "[+2, +10]" in version.tags["adm.reason"]
+    assert register_as_champ(improved, -8.0, -12.0, -3.0)["diffusion"]["champion"]
+    assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "3"
+
+
+def check_metric_ranges(rows: list, classes: int) -> None:
+    """Every metric of every cell is a number in its range, inside its interval: a NaN FID or an accuracy of 7 is a
+    broken evaluation, not a result."""
+    for row in rows:
+        for key in ("fid", "sfid", "evaluator_fid"):
+            assert math.isfinite(row[key]) and row[key] >= 0, (row["cell"], key, row[key])
+        for key in ("precision", "recall", "evaluator_precision", "evaluator_recall", "accuracy"):
+            assert 0 <= row[key] <= 1, (row["cell"], key, row[key])
+        assert 1 <= row["score"] <= classes and math.isfinite(row["kid"]) and row["kid_std"] >= 0, row["cell"]
+        for key in ("fid", "precision", "recall", "accuracy", "kid", "score"):
+            assert row[f"{key}_lo"] <= row[key] <= row[f"{key}_hi"], (row["cell"], key)
 
 
 def check_pipeline_run_ui(client, first, stages, trainers):
