@@ -139,7 +139,6 @@ def test_retrain_cycles_skip_promote_and_keep(tmp_path, ray_cluster, mlflow_serv
     assert decisions == ["promoted", "skipped", "promoted", "kept", "failed"]
     assert [r.info.status for r in runs] == ["FINISHED"] * 4 + ["FAILED"]
     assert all(r.data.tags["adm.reason"] for r in runs)
-    assert f"warm start from champion v{champion(client)}" in runs[-1].data.tags["adm.reason"]
     # the failed cycle got as far as claimed: every stage before register finished, the networks freshly trained from
     # the champion pair (their runs name it)
     (pipeline,) = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{runs[-1].info.run_id}'")
