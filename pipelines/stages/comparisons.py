@@ -88,10 +88,19 @@ def _z(level: float) -> float:
     return float(scipy.stats.norm.ppf((1 + level) / 2))
 
 
+# where each metric can lie: a normal interval near the edge would reach past it (a recall of 1.02)
+DOMAIN = {**{m: (0.0, 1.0) for m in ("precision", "recall", "accuracy", "evaluator_precision", "evaluator_recall")},
+          **{m: (0.0, math.inf) for m in ("fid", "sfid", "evaluator_fid")}, "score": (1.0, math.inf)}
+
+
 def interval_columns(cell: uncertainty.ResampledCell, level: float) -> dict:
-    """<metric>_lo and <metric>_hi of every metric of the cell, at `level`."""
-    return {f"{name}_{end}": getattr(interval, end) for name, interval in cell.intervals(level).items()
-            for end in ("lo", "hi")}
+    """<metric>_lo and <metric>_hi of every metric of the cell, at `level`, within the metric's domain (KID, an
+    unbiased estimate, can be below 0)."""
+    out = {}
+    for name, interval in cell.intervals(level).items():
+        low, high = DOMAIN.get(name, (-math.inf, math.inf))
+        out[f"{name}_lo"], out[f"{name}_hi"] = max(interval.lo, low), min(interval.hi, high)
+    return out
 
 
 # --- paired comparisons ------------------------------------------------------------------------------------------
@@ -142,11 +151,11 @@ def _claim(name: str, line: list, top: dict, cells: dict, metric: str, level: fl
     unguided = next((r for r in line if r["guidance_scale"] == 0), None)
     if unguided is None or top is unguided:
         return []
-    found = [{"line": name, "what": f"best scale {top['guidance_scale']:g} vs unguided",
-              **_pair(top, unguided, cells, metric, level)}]
-    if "accuracy" in top:
-        found.append({"line": name, "what": f"best scale {top['guidance_scale']:g} vs unguided",
-                      **_pair(top, unguided, cells, "accuracy", level)})
+    what = f"best scale {top['guidance_scale']:g} vs unguided"
+    # fidelity up (the metric, accuracy), and at that scale how much diversity it cost (recall: autoguidance claims
+    # its gain keeps it, classifier guidance and CFG trade it)
+    found = [{"line": name, "what": what, **_pair(top, unguided, cells, m, level)}
+             for m in dict.fromkeys((metric, "accuracy", "recall")) if m in top]
     largest = max(line, key=lambda r: r["guidance_scale"])
     if "recall" in largest and largest is not unguided:
         found.append({"line": name, "what": f"largest scale {largest['guidance_scale']:g} vs unguided",
