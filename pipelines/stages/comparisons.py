@@ -36,15 +36,17 @@ def references(ref: dict, roots: dict) -> dict:
     return out
 
 
-def statistics(feats: dict, refs: dict, labels) -> dict:
+def statistics(feats: dict, refs: dict, labels, subsample_size: int) -> dict:
     """{metric: statistic prepared for subsampling} of one cell, for the metrics its features and references allow;
-    the names are the row's."""
+    the names are the row's. Recall is left out when a subsample is too small to hold a sample's k nearest
+    neighbours (a cell of a handful of samples): its point value stays in the row, without an interval."""
     out = {}
     if "inception.pool" in feats and "inception" in refs:
         out["fid"] = uncertainty.FrechetStatistic(feats["inception.pool"], refs["inception"])
         if refs["inception"].features is not None:
             out["precision"] = uncertainty.precision_statistic(feats["inception.pool"], refs["inception"])
-            out["recall"] = uncertainty.RecallStatistic(feats["inception.pool"], refs["inception"])
+            if subsample_size > refs["inception"].k:
+                out["recall"] = uncertainty.RecallStatistic(feats["inception.pool"], refs["inception"])
             out["kid"] = uncertainty.KIDStatistic(feats["inception.pool"], refs["inception"])
     if "inception.spatial" in feats and "spatial" in refs:
         out["sfid"] = uncertainty.FrechetStatistic(feats["inception.spatial"], refs["spatial"])
@@ -52,7 +54,8 @@ def statistics(feats: dict, refs: dict, labels) -> dict:
         pool, ref = feats["evaluator.pool"], refs["evaluator"]
         out["evaluator_fid"] = uncertainty.FrechetStatistic(pool, ref)
         out["evaluator_precision"] = uncertainty.precision_statistic(pool, ref)
-        out["evaluator_recall"] = uncertainty.RecallStatistic(pool, ref)
+        if subsample_size > ref.k:
+            out["evaluator_recall"] = uncertainty.RecallStatistic(pool, ref)
         out["evaluator_kid"] = uncertainty.KIDStatistic(pool, ref)
         out["score"] = uncertainty.ScoreStatistic(feats["evaluator.probs"])
         if labels is not None:
@@ -64,7 +67,7 @@ def resample(feats: dict, refs: dict, labels, sub: uncertainty.Subsamples) -> un
     """One cell's replicates on the grid's subsets, on one BLAS thread (threaded BLAS spins on these small
     matrices: several times slower on 2 cores, bench/RESULTS.md)."""
     with threadpool_limits(1):
-        return uncertainty.ResampledCell(statistics(feats, refs, labels), sub)
+        return uncertainty.ResampledCell(statistics(feats, refs, labels, sub.indices.shape[1]), sub)
 
 
 def kid_point(name: str, features, reference) -> dict:
