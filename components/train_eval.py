@@ -14,10 +14,9 @@ from .config import DiffusionConfig, UNetConfig
 from .config.grid import Cell, parse_sampler
 from .diffusion import GaussianDiffusion
 from .guided import GuidedNetworks, sample_batch, upsample_batch
-from .images import to_model_input, to_uint8
+from .images import downsample_area_uint8
 from .losses import classifier_losses
 from .sampling import sample_label, sample_seed
-from .superres import downsample_area
 
 QUARTILES = 4
 
@@ -79,12 +78,6 @@ def sample_fixed_set(model, config: DiffusionConfig, unet: UNetConfig, n: int, n
     return images
 
 
-def low_res_of(large: np.ndarray, small_size: int) -> np.ndarray:
-    """uint8 [N, h, w, C] area downsamples of uint8 [N, H, W, C] images (the training pairs' filter), quantised as the
-    base model's samples are."""
-    return to_uint8(downsample_area(to_model_input(large), small_size))
-
-
 def upsample_fixed_set(model, config: DiffusionConfig, upsampler, large: np.ndarray, labels: np.ndarray, device,
                        noise_level: bool = False, sampler: str = EVAL_SAMPLER) -> np.ndarray:
     """uint8 upsamplings of the fixed held-out images `large` (their area downsample to upsampler.small_size, with
@@ -92,5 +85,6 @@ def upsample_fixed_set(model, config: DiffusionConfig, upsampler, large: np.ndar
     the same draws at every call, so an upsampler's FID compares from one step to the next."""
     seeds = [sample_seed(0, i) for i in range(len(large))]
     nets = GuidedNetworks(model, upsampler, config, device, noise_level=noise_level)
-    images, _ = upsample_batch(nets, sampler, seeds, [int(v) for v in labels], low_res_of(large, upsampler.small_size))
+    low_res = downsample_area_uint8(large, upsampler.small_size)  # as a cascade's base data: area, then uint8
+    images, _ = upsample_batch(nets, sampler, seeds, [int(v) for v in labels], low_res)
     return images
