@@ -1,11 +1,12 @@
-"""Register: the diffusion model and the noisy classifier become registered MLflow model versions
-(`<prefix>-diffusion`, `<prefix>-classifier`); the alias `champion` moves to the new pair only when the chosen metric
-(`evaluate.champion_metric`) in the champion cell (`evaluate.champion_sampler` at `evaluate.champion_scale`) beats
-the current champion's.
-Both aliases move together, after both versions exist, so a failure never leaves a mixed pair."""
+"""Register: the diffusion model and the noisy classifier (and a cascade's upsampler) become registered MLflow model
+versions (`<prefix>-diffusion`, `<prefix>-classifier`, `<prefix>-upsampler`); the alias `champion` moves to the new
+set only when the chosen metric (`evaluate.champion_metric`) in the champion cell (`evaluate.champion_sampler` at
+`evaluate.champion_scale`) beats the current champion's.
+All aliases move together, after every version exists, so a failure never leaves a mixed set."""
 
 from components.config import AUTO, HIGHER_IS_BETTER, ConfigError, Preset, to_dict
 from components.config.grid import grid_cells
+from components.config.kinds import preset_kinds
 from pipelines.infra import tags
 from pipelines.infra.lineage import code_version, config_hash
 from pipelines.infra.registry import CHAMPION, model_names, move_alias
@@ -17,7 +18,7 @@ def cache_inputs(ctx: StageContext, inputs: dict) -> dict:
     """What decides the register stage's outcome: the networks, their metrics, the champion policy and the names."""
     policy = {k: v for k, v in to_dict(ctx.preset.evaluate).items() if k.startswith("champion_")}
     return {"train": inputs["train"], "evaluate": inputs["evaluate"], "policy": policy,
-            "names": model_names(ctx.prefix)}
+            "names": model_names(ctx.prefix, preset_kinds(ctx.preset))}
 
 
 def champion_cell(preset, rows: list | None = None) -> dict:
@@ -78,7 +79,7 @@ def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained
     tag = tags.champion_metric(metric, cfg.champion_scale)
     # auto: the scale chosen, for `adm sample models:/...@champion` to sample at by default
     chosen = {tags.BEST_SCALE: f"{scale:g}"} if cfg.champion_scale == AUTO else {}
-    names = model_names(prefix)
+    names = model_names(prefix, trained)  # the set: the registered networks this run trained
     versions = {kind: tracker.register(trained[kind]["model_uri"], name, trained[kind]["run_id"],
                                        tags={tag: value, **chosen, **lineage, **trained[kind].get("lineage", {})})
                 for kind, name in names.items()}
@@ -101,9 +102,12 @@ def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained
 
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------
 def run(ctx: StageContext, inputs: dict) -> dict:
-    """Both networks registered with their lineage: the pipeline run, the code and config it ran, the dataset."""
+    """The registered networks (a cascade's upsampler too) with their lineage: the pipeline run, the code and config
+    it ran, the dataset."""
+    ingested = inputs["ingest"]  # a cascade's data: the large images as ingested (its base data derive from them)
     lineage = {tags.PIPELINE_RUN: ctx.pipeline_run_id, tags.CODE_VERSION: code_version(),
-               tags.CONFIG_HASH: config_hash(ctx.preset), tags.DATA_FINGERPRINT: inputs["ingest"]["fingerprint"]}
+               tags.CONFIG_HASH: config_hash(ctx.preset),
+               tags.DATA_FINGERPRINT: ingested.get("large_fingerprint", ingested["fingerprint"])}
     return register(ctx.tracker, ctx.run_id, ctx.preset, ctx.prefix, inputs["train"], inputs["evaluate"]["rows"],
                     lineage, ctx.log)
 
