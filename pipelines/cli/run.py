@@ -135,6 +135,10 @@ def cmd_run(args) -> int:
               f"with: adm run --resume {pipeline.run_id}{store}", file=sys.stderr)
         return 130
     print(format_table(result["evaluate"]["rows"]))
+    if result["evaluate"].get("cascade_rows"):
+        from pipelines.stages.upsample_outputs import cascade_section
+
+        print(cascade_section(result["evaluate"]["rows"], result["evaluate"]["cascade_rows"]))
     print(format_stage_times(result["stage_times"]))
     experiment_id = pipeline.tracker.run(result["run_id"]).info.experiment_id
     print(f"pipeline run {result['run_id']} finished; {_where(pipeline.tracker.uri, experiment_id, result['run_id'])}")
