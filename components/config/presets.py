@@ -211,7 +211,7 @@ def _smoke_cascade() -> Preset:
         upsampler_diffusion=DiffusionConfig(steps=1000, noise_schedule="linear", learn_sigma=True),
         train_upsampler=TrainConfig(steps=20, batch_size=16, lr=1e-3, ema_rate=(0.99,), save_interval=10,
                                     log_interval=5),
-        upsample=UpsampleConfig(sampler="ddim10", batch_size=16, actors_per_gpu=2),
+        upsample=UpsampleConfig(sampler="ddim10", batch_size=16, actors_per_gpu=2, actor_cpus=1.0),
     )
 
 

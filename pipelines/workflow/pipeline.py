@@ -29,7 +29,7 @@ from pipelines.workflow.stage_cache import StageCache
 
 CHAIN = (
     ingest.STAGE,  # the source -> Parquet shards + manifest, with a content fingerprint
-    train.STAGE,  # diffusion model, noisy classifier, evaluator (a cascade: and ADM-U): concurrent Ray Train trainers
+    train.STAGE,  # diffusion model, noisy classifier, evaluator (a cascade: + ADM-U): concurrent Ray Train trainers
     sample.STAGE,  # Ray Data: every cell of the grid (sampler x method x scale x interval)
     upsample.STAGE,  # a cascade only: ADM-U upsamples chosen cells' samples (Ray Data), unguided
     evaluate.STAGE,  # FID, sFID, precision/recall, score, accuracy per cell (a cascade's at the large size); plots
