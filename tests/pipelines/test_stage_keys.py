@@ -124,3 +124,22 @@ def test_the_train_key_covers_the_scale_in_training_evaluation_ranks_checkpoints
     assert keys(apply_overrides(auto, ["sample.guidance_scales=0,4,8"]), tracker)["train"] != middle  # middle: 1 -> 4
     assert keys(apply_overrides(auto, ["sample.guidance_scales=0,1,2,4"]), tracker)["train"] != middle  # 1 -> 2
     assert keys(apply_overrides(auto, ["sample.guidance_scales=0,1,16"]), tracker)["train"] == middle  # still 1
+
+
+def test_a_cascades_keys_cover_the_large_data_and_what_the_stages_before_hand_on(tracker):
+    """Upstream outputs in turn: the large images' fingerprint moves the train and evaluate keys (the upsampler trains
+    on them, the cascade is evaluated against them), the upsampler's run the upsample key, the upsampled cells the
+    evaluate key."""
+    preset = get_preset("smoke-cascade")
+    ctx = StageContext(preset, "shapes", "/work", "p", tracker, "e", "pipeline-run")
+
+    def keys_with(**changed):
+        upstream = {**UPSTREAM, **{stage: {**UPSTREAM[stage], **values} for stage, values in changed.items()}}
+        return {s.name: stage_key(s.name, s.cache_inputs(ctx, upstream)) for s in CHAIN if s.applies(preset)}
+
+    base = keys_with()
+    for changed, moves in ((dict(ingest={"large_fingerprint": "G"}), {"train", "evaluate"}),
+                           (dict(train={"upsampler": {"run_id": "other", "model_uri": "models:/m-x"}}), {"upsample"}),
+                           (dict(upsample={"npz": {"ddim10/scale_0+U": "/c/x.npz"}}), {"evaluate"})):
+        moved = {stage for stage, key in keys_with(**changed).items() if key != base[stage]}
+        assert moved - {"register"} == moves, (changed, moved)  # register's key holds every train output
