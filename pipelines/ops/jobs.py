@@ -26,7 +26,7 @@ from pipelines import PROJECT_ROOT
 from pipelines.infra import tags
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-COMMANDS = ("run", "retrain", "train", "sample", "evaluate", "data")
+COMMANDS = ("run", "retrain", "train", "sample", "upsample", "evaluate", "data")
 PIPELINE_COMMANDS = ("run", "retrain")
 # gitignore-style patterns, anchored with a leading "/" where only the top-level folder is meant: a bare "cluster"
 # would also drop any pipelines/**/cluster/ package from every submitted job

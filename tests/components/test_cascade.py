@@ -14,9 +14,9 @@ from components.config.presets import PRESET_BUILDERS, get_preset
 from components.config.validation import preset_problems
 from components.diffusion import create_diffusion
 from components.guided import AUGMENT_SALT, GuidedNetworks, upsample_batch
-from components.images import to_model_input
+from components.images import DataError, downsample_area_uint8, to_model_input
 from components.networks import build_network
-from components.sampling import SampleNoise, ddim_sample
+from components.sampling import SampleNoise, ddim_sample, upsample_seed
 from components.superres import downsample_area
 from components.training import Learner
 
@@ -144,8 +144,10 @@ class Spy(torch.nn.Module):
 
 @pytest.mark.parametrize("level", [0.0, 0.4])
 def test_the_upsampler_trains_on_area_downsamples_with_optional_augmentation(level):
+    # 16 -> 4 px: at a factor of 2 bilinear (half-pixel centres, no antialias) would average the same 2x2 blocks
     preset = apply_overrides(get_preset("smoke-cascade"), [f"train_upsampler.low_res_noise={level}",
-                                                           "train_diffusion.label_dropout=0.5"])
+                                                           "train_diffusion.label_dropout=0.5",
+                                                           "upsampler.small_size=4"])
     learner = Learner("upsampler", preset, torch.device("cpu"))
     x0 = torch.rand(64, 3, 16, 16) * 2 - 1
     y = torch.arange(64) % 4
@@ -153,7 +155,7 @@ def test_the_upsampler_trains_on_area_downsamples_with_optional_augmentation(lev
     learner.train_step(x0, y, model=spy)
     (call,) = spy.calls
     torch.testing.assert_close(call["y"], y)  # no label dropout for the upsampler (the diffusion model's 0.5)
-    pairs = downsample_area(x0, 8)
+    pairs = downsample_area(x0, 4)
     if level == 0:
         assert set(call) == {"low_res", "y"}
         assert torch.equal(call["low_res"], pairs)  # exactly the released pairs: area, no augmentation
@@ -166,9 +168,12 @@ def test_the_upsampler_trains_on_area_downsamples_with_optional_augmentation(lev
 
 
 def test_an_upsampler_learner_steps_saves_and_shows_its_progress(tmp_path):
-    preset = apply_overrides(get_preset("smoke-cascade"), ["train_upsampler.low_res_noise=0.2"])
+    preset = apply_overrides(get_preset("smoke-cascade"), ["train_upsampler.low_res_noise=0.2",
+                                                           "upsampler_diffusion.noise_schedule=cosine"])
     learner = Learner("upsampler", preset, torch.device("cpu"))
-    assert learner.diffusion.num_timesteps == preset.upsampler_diffusion.steps
+    # its own process (cosine here), not the base model's (linear)
+    assert np.array_equal(learner.diffusion.betas, create_diffusion(preset.upsampler_diffusion).betas)
+    assert not np.array_equal(learner.diffusion.betas, create_diffusion(preset.diffusion).betas)
     x0, y = torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 3])
     assert np.isfinite(learner.train_step(x0, y)["loss"])
     grid = learner.upsample_grid(x0, y, steps="ddim3")
@@ -227,3 +232,19 @@ def test_augmented_upsampling_adds_the_level_from_the_rows_own_stream(upsamplers
     assert np.array_equal(images, expected)
     clean, _ = upsample_batch(nets, "ddim3", seeds, labels, low[:2], noise_level=0.0)
     assert (clean != images).any()
+
+
+def test_upsample_seeds_depend_on_seed_cell_and_index_only():
+    seeds = {upsample_seed(s, c, i) for s in (0, 1) for c in ("ddim10/scale_0", "ddim10/scale_2") for i in (0, 1)}
+    assert len(seeds) == 8 and all(0 <= s < 2**63 for s in seeds)
+    assert upsample_seed(0, "ddim10/scale_0", 0) == 320618286852411554  # pinned: changing it changes every result
+
+
+def test_a_cascades_base_data_are_rounded_block_means():
+    images = np.array([[1, 2], [2, 2]], dtype=np.uint8).reshape(1, 2, 2, 1)  # mean 1.75
+    assert downsample_area_uint8(images, 1).item() == 2
+    large = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 1), dtype=np.uint8)
+    expected = downsample_area(torch.from_numpy(large).permute(0, 3, 1, 2).double(), 8).permute(0, 2, 3, 1)
+    assert np.array_equal(downsample_area_uint8(large, 8), np.rint(expected.numpy()).astype(np.uint8))
+    with pytest.raises(DataError, match="whole blocks"):
+        downsample_area_uint8(np.zeros((1, 6, 6, 1), np.uint8), 4)
