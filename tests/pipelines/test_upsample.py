@@ -111,6 +111,13 @@ def test_upsample_jobs_are_checked_before_any_actor(tmp_path):
     for job, match in cases:
         with pytest.raises(UserError, match=match):
             validate(job)
+    # a bare .pt of the upsampler's layout (what the released 64_256_upsampler.pt is for imagenet256-cascade), read
+    # with weights_only=True, with its preset
+    pt = tmp_path / "upsampler.pt"
+    torch.save(Learner("upsampler", preset, torch.device("cpu")).net.state_dict(), pt)
+    ref, _ = validate(UpsampleJob(samples=ok.samples, upsampler=str(pt), preset="smoke-cascade",
+                                  out=str(tmp_path / "o7")))
+    assert ref.weights == str(pt) and ref.build().input_blocks[0][0].in_channels == 6
     with pytest.raises(UserError, match="has no upsampler network"):  # a bare .pt needs a cascade preset
         validate(UpsampleJob(samples=ok.samples, upsampler=str(tmp_path / "plain" / "model.safetensors"),
                              preset="smoke", out=str(tmp_path / "o6")))
