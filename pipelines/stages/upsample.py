@@ -37,9 +37,9 @@ from pipelines.infra.model_refs import NetworkRef, resolve
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import check_writable, exists, npz_bytes, read_npz, write_bytes_atomic
+from pipelines.stages.champion import champion_cell
 from pipelines.stages.context import Stage, StageContext
 from pipelines.stages.evaluate_inputs import discover_samples
-from pipelines.stages.register import champion_cell
 from pipelines.stages.sample_outputs import shard_url
 from pipelines.stages.upsample_outputs import UpsampleResult, assemble, log_to_mlflow, write_sheet
 

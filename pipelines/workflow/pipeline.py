@@ -111,7 +111,8 @@ class Pipeline:
             self.keep_logs(logs, interrupted=not isinstance(e, Exception))
             self.tracker.end_failed(self.run_id, e)
             raise
-        self.write_report(outputs["evaluate"]["rows"], outputs["evaluate"].get("cascade_rows"))
+        self.write_report(outputs["evaluate"]["rows"], outputs["evaluate"].get("comparisons"),
+                          outputs["evaluate"].get("cascade_rows"))
         self.keep_logs(logs)
         self.tracker.end_run(self.run_id)
         return {"run_id": self.run_id, **outputs, "stage_times": self.cache.times}
@@ -139,15 +140,15 @@ class Pipeline:
                 stage.publish(ctx, done[stage.name])
         return done
 
-    def write_report(self, rows: list, cascade_rows: list | None = None) -> None:
-        """report.md (machine, wall time, metrics table; a cascade's table at the large size) beside the run's outputs
-        and on the pipeline run."""
+    def write_report(self, rows: list, comparisons: dict | None = None, cascade_rows: list | None = None) -> None:
+        """report.md (machine, wall time, metrics table, what the grid resolves; a cascade's table at the large size)
+        beside the run's outputs and on the pipeline run."""
         cluster = os.environ.get("RAY_ADDRESS") or "local instance"
         if ray.is_initialized():
             found = ray.cluster_resources()
             cluster += f" ({found.get('CPU', 0):g} CPUs, {found.get('GPU', 0):g} GPUs)"
         text = report.run_report(self.run_id, self.preset.name, rows, time.time() - self.started, cluster,
-                                 self.cache.times)
+                                 self.cache.times, comparisons)
         if cascade_rows:
             text += "\n" + upsample_outputs.cascade_section(rows, cascade_rows)
         url = self.path("runs", self.run_id, "report.md")

@@ -35,7 +35,7 @@ def test_the_cascade_presets_are_valid_and_the_others_have_no_upsampler():
         preset = get_preset(name)
         assert preset_problems(preset) == [], name
         assert preset.cascade == (name in CASCADES)
-        assert preset_kinds(preset) == tuple(KINDS) if preset.cascade else ("diffusion", "classifier", "evaluator")
+        assert preset_kinds(preset) == (tuple(KINDS) if preset.cascade else ("diffusion", "classifier", "evaluator"))
         if preset.cascade:
             assert preset.upsampler.small_size == preset.unet.image_size
             with torch.device("meta"):

@@ -40,8 +40,9 @@ def expected(section: str, name: str, cascade: bool = False) -> set:
         return {"ingest", "train"} if (section, name) in reads else {"train"}
     if section == "sample":
         return {"sample"} | chooses
-    if section == "evaluate":
-        return ({"evaluate", "register"} if name.startswith("champion_") else {"evaluate"}) | chooses
+    if section == "evaluate":  # register challenges the champion with the policy and the intervals' replicates
+        return ({"evaluate", "register"} if name.startswith("champion_") or name in ("promotion_level", "bootstrap")
+                else {"evaluate"}) | chooses
     if section == "upsample":
         return {"upsample"}
     raise AssertionError(section)
