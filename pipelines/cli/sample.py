@@ -4,9 +4,12 @@ The sampling settings are the config's `sample` section (components/config/secti
 each flag below sets one of its fields, as `--override sample.FIELD=VALUE` would, and has no default of its own.
 """
 
+import posixpath
+
 from components.config import SampleConfig, override_section
 from components.config.presets import get_preset
 from pipelines.cli.common import command_console, verbose_arg
+from pipelines.cli.upsample import run_upsample, upsample_flags
 
 # flag -> field of the sample section it sets
 SAMPLE_FLAGS = {"scales": "guidance_scales", "intervals": "guidance_intervals", "methods": "guidance_methods",
@@ -41,8 +44,12 @@ def cmd_sample(args) -> int:
         result = run_sampling(job, log=log)
         if not args.no_track:
             log_to_mlflow(job, result, log=log)
+        upsampled = run_upsample(args, args.out, posixpath.join(args.out.rstrip("/"), "cascade"), log) \
+            if args.upsampler else {}
     for key, url in result.npz.items():
         print(f"{key}: {url}  grid {result.grids[key]}")
+    for key, url in upsampled.items():
+        print(f"{key}: {url}")
     return 0
 
 
@@ -86,6 +93,9 @@ def add_parsers(sub) -> None:
                    help="torch.compile both networks in each actor (sample.compile; default auto: on GPUs only)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"),
                    help="channels_last memory format for both networks (sample.channels_last; default auto: GPUs)")
+    p.add_argument("--upsampler", default=None, help="a cascade: then upsample the cells with this ADM-U (same "
+                   "forms as --diffusion) into OUT/cascade, as adm upsample does")
+    upsample_flags(p, "--upsample-sampler")
     p.add_argument("--out", default="adm-samples", help="output folder or fsspec URL")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
     p.add_argument("--experiment", default="adm", help="MLflow experiment name")

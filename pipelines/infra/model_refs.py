@@ -31,6 +31,7 @@ from torch import nn
 from components.checkpoint import check_fits, load_into, read_shapes
 from components.config import Preset, UserError, preset_from_dict
 from components.config.kinds import kind as network_kind
+from components.config.kinds import kind_of
 from components.config.presets import get_preset
 from components.networks import build_network
 from pipelines.infra.tracking import Tracker
@@ -46,6 +47,11 @@ class NetworkRef:
     @property
     def config(self):
         return network_kind(self.kind).network_config(self.preset)
+
+    @property
+    def process(self):
+        """The diffusion process the network was trained under (the upsampler's own, else the preset's)."""
+        return network_kind(self.kind).process_config(self.preset)
 
     def build(self) -> nn.Module:
         return load_into(build_network(self.kind, self.preset), self.weights, source=self.weights).eval()
@@ -133,7 +139,9 @@ def _locate(uri: str, kind: str, preset_name: str | None, tracking_uri: str | No
         if not preset_name:
             raise UserError(f"{uri} is a bare weights file; also pass the preset it belongs to (e.g. --preset "
                             "imagenet256)")
-        return NetworkRef(kind, get_preset(preset_name), _local_weights(uri, workdir))
+        preset = get_preset(preset_name)
+        kind_of(preset, kind)  # e.g. an upsampler's .pt needs a cascade preset
+        return NetworkRef(kind, preset, _local_weights(uri, workdir))
     return _from_checkpoint(uri, kind, tracking_uri, workdir)
 
 

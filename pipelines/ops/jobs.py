@@ -28,7 +28,7 @@ from pipelines.infra import tags
 from pipelines.ops import all_problems
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-COMMANDS = ("run", "retrain", "train", "sample", "evaluate", "data")
+COMMANDS = ("run", "retrain", "train", "sample", "upsample", "evaluate", "data")
 PIPELINE_COMMANDS = ("run", "retrain")
 # What a job carries of the checkout: the two packages, nothing else of the top level (local run outputs such as
 # mlflow-artifacts/, mlruns/, adm-work/ and mlflow.db, virtual environments, caches, tests, docs), and no caches or

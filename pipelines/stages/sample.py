@@ -289,7 +289,9 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
 
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------
 def cache_inputs(ctx: StageContext, inputs: dict) -> dict:
-    return {"train": inputs["train"], "sample": to_dict(ctx.preset.sample)}
+    """The networks the grid samples with (a cascade's upsampler is the upsample stage's) and the sample section."""
+    return {"train": {k: v for k, v in inputs["train"].items() if k != "upsampler"},
+            "sample": to_dict(ctx.preset.sample)}
 
 
 def samples_exist(outputs: dict) -> bool:

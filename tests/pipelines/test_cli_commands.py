@@ -26,7 +26,7 @@ from pipelines.cli.main import build_parser
 from pipelines.infra.model_refs import resolve
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.register import register
-from pipelines.workflow.pipeline import STAGES, Pipeline
+from pipelines.workflow.pipeline import Pipeline, stage_names
 from pipelines.workflow.request import RunRequest
 from tests.pipelines.test_run import RAY_INTERNALS
 
@@ -169,7 +169,7 @@ def test_mlflow_project_entry_points_render_parse_and_dry_run(tiny, env, tmp_pat
     plan = json.loads(ok(main))
     # the default work dir, made absolute where the command ran (Ray Train workers run in their own folders)
     assert plan["preset"]["name"] == "fashion-mnist" and plan["workdir"] == str(tmp_path.resolve() / "adm-work")
-    assert set(plan["resources"]) == set(STAGES)
+    assert set(plan["resources"]) == set(stage_names(get_preset("fashion-mnist")))
     plan = json.loads(ok(train))
     assert plan["data"] == tiny["ingest"]["data_url"] and set(plan["resources"]) == {"diffusion", "classifier",
                                                                                    "evaluator"}
