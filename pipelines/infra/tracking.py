@@ -186,6 +186,12 @@ class Tracker:
     def children(self, experiment: str, parent_run_id: str) -> list:
         return self.search(experiment, f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=1000)
 
+    def children_by_tag(self, experiment: str, parent_run_id: str, key: str) -> dict:
+        """{value of tag `key`: run id} of the child runs of `parent_run_id` that have the tag: what an earlier attempt
+        of a resumed stage made, so that the stage reuses them instead of doubling them."""
+        return {run.data.tags[key]: run.info.run_id for run in self.children(experiment, parent_run_id)
+                if key in run.data.tags}
+
     def set_tags(self, run_id: str, tags: dict) -> None:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, str(value))
@@ -207,6 +213,14 @@ class Tracker:
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if np.isfinite(v)]
         if items:
             self.client.log_batch(run_id, metrics=items)
+
+    def log_new_metrics(self, run_id: str, metrics: dict, step: int) -> None:
+        """log_metrics without the metrics the run already holds at `step` or later: a stage that runs again after a
+        resume, or a second stage writing into a run (evaluate into the sampling cells'), logs no step twice."""
+        present = self.client.get_run(run_id).data.metrics
+        done = {k for k in metrics if k in present
+                and any(m.step >= step for m in self.client.get_metric_history(run_id, k))}
+        self.log_metrics(run_id, {k: v for k, v in metrics.items() if k not in done}, step)
 
     # --- files --------------------------------------------------------------------------------------------------------
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:

@@ -1,0 +1,91 @@
+"""What the tracking layer guarantees whatever store it writes to (here: sqlite files, no server): each metric step
+once when a stage is run again (a resumed pipeline) or a second stage writes into a run, and no child run twice."""
+
+
+import numpy as np
+from mlflow import MlflowClient
+
+from components.config import EvaluateConfig, SampleConfig, apply_overrides
+from components.config.presets import get_preset
+from pipelines.infra.tracking import Tracker
+from pipelines.stages.evaluate import EvaluateJob, EvaluationResult
+from pipelines.stages.register import champion_cell
+from pipelines.stages.report import log_evaluation, log_summary
+from pipelines.stages.sample import SampleJob
+from pipelines.stages.sample_outputs import SampleResult, cell_record, log_to_mlflow
+
+
+def steps_of(client, run_id: str) -> dict:
+    """{metric: its steps, in logging order} of a run."""
+    keys = client.get_run(run_id).data.metrics
+    return {key: [m.step for m in client.get_metric_history(run_id, key)] for key in keys}
+
+
+def assert_each_step_once(client, run_id: str) -> None:
+    for key, steps in steps_of(client, run_id).items():
+        assert len(steps) == len(set(steps)), (client.get_run(run_id).info.run_name, key, steps)
+
+
+def _sampled(tmp_path, tracker, stage_run: str):
+    """A sampling job of two cells as the sample stage records it: the cells' grids on disk, their records."""
+    job = SampleJob(diffusion="runs:/d", classifier="runs:/c", out=str(tmp_path / "samples"), tracking_uri=tracker.uri,
+                    experiment="e", parent_run_id=stage_run,
+                    config=SampleConfig(samplers=("ddim5",), guidance_scales=(0.0, 2.0), num_samples=4))
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(bytes.fromhex("89504e470d0a1a0a"))  # a grid's bytes: only their upload is tested here
+    rows = {"indices": np.arange(4), "network_evals": np.full(4, 5), "classifier_passes": np.full(4, 5),
+            "seconds": np.full(4, 0.25)}
+    cells = {c.key: cell_record(c, 1000, 80.0, rows) for c in job.cells}
+    result = SampleResult(job.out, {k: f"{job.out}/{k}/samples.npz" for k in cells}, {k: str(grid) for k in cells},
+                          computed_shards=1, skipped_shards=0, cells=cells)
+    return job, result
+
+
+def _evaluated(job, result, eval_run: str) -> tuple:
+    rows = [{"cell": key, "sampler": "ddim5", "guidance_method": "classifier", "guidance_interval": "all",
+             **result.cells[key], "num_samples": 4, "fid": 10.0 + i, "precision": 0.5, "recall": 0.5}
+            for i, key in enumerate(result.cells)]
+    evaluation = EvaluateJob(samples=job.out, reference="ref", config=EvaluateConfig(), tracking_uri=job.tracking_uri,
+                             experiment="e", parent_run_id=eval_run, cell_run_ids=dict(result.run_ids))
+    return evaluation, EvaluationResult(rows)
+
+
+def test_a_stage_run_again_logs_each_run_and_each_step_once(tmp_path):
+    """The sample stage's cell runs, the evaluate stage's metrics in them, the pipeline run's metrics along the scales:
+    once each in one pass (the evaluate stage logged the cells' coordinates a second time at step 0), and still once
+    when a resumed pipeline runs the stages again in the same runs (a driver killed while they logged)."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    pipeline = tracker.start_run("e", "adm-run-smoke")
+    sample_run, eval_run = (tracker.start_run("e", name, pipeline) for name in ("sample", "evaluate"))
+    job, result = _sampled(tmp_path, tracker, sample_run)
+    preset = apply_overrides(get_preset("smoke"), ["sample.samplers=ddim5"])
+    client = MlflowClient(tracker.uri)
+    for attempt in range(2):  # the second: the stages again in the runs of a resumed pipeline
+        log_to_mlflow(job, result, log=lambda *_: None)
+        evaluation, scored = _evaluated(job, result, eval_run)
+        log_evaluation(evaluation, scored, log=lambda *_: None)
+        log_summary(tracker, pipeline, scored.rows, champion_cell(preset, scored.rows))
+        cells = tracker.children("e", sample_run)
+        assert sorted(r.data.tags["adm.cell"] for r in cells) == ["ddim5/scale_0", "ddim5/scale_2"], attempt
+        for run_id in [pipeline] + [r.info.run_id for r in cells]:
+            assert_each_step_once(client, run_id)
+        assert tracker.children("e", eval_run) == []  # the cells' metrics went to the sampling runs
+    metrics = client.get_run(result.run_ids["ddim5/scale_2"]).data.metrics
+    assert metrics["fid"] == 11.0 and metrics["guidance_scale"] == 2.0 and metrics["network_evals"] == 5
+    assert steps_of(client, pipeline)["fid_by_scale"] == [0, 1]
+
+
+def test_cells_of_a_reused_sample_stage_get_one_evaluate_run_each(tmp_path):
+    """A sample stage reused from another pipeline: evaluate makes its own cell runs, and a resumed evaluate stage
+    completes them instead of making a second set."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    eval_run = tracker.start_run("e", "evaluate")
+    job, result = _sampled(tmp_path, tracker, tracker.start_run("e", "sample"))
+    for _ in range(2):
+        evaluation, scored = _evaluated(job, result, eval_run)
+        evaluation.cell_run_ids = {}
+        log_evaluation(evaluation, scored, log=lambda *_: None)
+        runs = tracker.children("e", eval_run)
+        assert sorted(r.info.run_name for r in runs) == ["evaluate-ddim5/scale_0", "evaluate-ddim5/scale_2"]
+        for run in runs:
+            assert_each_step_once(MlflowClient(tracker.uri), run.info.run_id)
