@@ -1,6 +1,7 @@
 """Every MLflow client call of the project (runs, params, metrics, artifacts, datasets, the registry) goes through
 this module. Elsewhere: mlflow_model.py is the model-from-code file a logged network carries (MLflow loads it);
-tracking_checks.py probes a server over HTTP and sets MLflow's HTTP retry variables; `adm ui` runs `mlflow ui`.
+tracking_checks.py probes a server over HTTP and sets MLflow's HTTP retry and large-artifact variables (a Tracker
+applies the latter in every process that opens one); `adm ui` runs `mlflow ui`.
 
 Runs are addressed by id (MlflowClient), never through the fluent "active run" stack, so the driver, Ray Train
 workers and Ray Data actors can all log to the same run from different processes. With nothing configured the
@@ -33,6 +34,7 @@ from pipelines.infra.tracking_checks import (
     raise_if_gone,
     resolve_tracking_uri,
     sqlite_path,
+    use_artifact_transfer_settings,
 )
 
 _LOG_MODEL_LOCK = threading.Lock()
@@ -101,6 +103,7 @@ class Tracker:
     def __init__(self, uri: str | None = None):
         self.uri = resolve_tracking_uri(uri)
         check_tracking(self.uri)
+        use_artifact_transfer_settings()  # every process that tracks: the driver, Ray Train workers, Ray Data actors
         self._client = None
 
     @property

@@ -41,6 +41,27 @@ def bound_http_retries() -> None:
         os.environ.setdefault(name, value)
 
 
+# Large artifacts through a server that proxies an object store (cluster/mlflow/server.sh): checkpoints of 0.2-2.2 GB
+# sent as one proxied PUT time out or fail (mlflow#7564, #8963), and on the stack tier a proxied GET of 1 GB had not
+# finished after 9 minutes. In parts, straight to and from the store through URLs the server signs, they go through
+# (bench/RESULTS.md): from 100 MB on (MLflow's 500 MB left the smaller released checkpoints on the single request), in
+# MLflow's 10 MB upload parts. A server that cannot sign (a local artifact folder) says so, and MLflow falls back to
+# the proxied request. MLflow reads these variables at each transfer: set before a process's first one is enough.
+ARTIFACT_TRANSFER = {
+    "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "true",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "true",
+    "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(100 << 20),
+    "MLFLOW_MULTIPART_DOWNLOAD_MINIMUM_FILE_SIZE": str(100 << 20),
+}
+
+
+def use_artifact_transfer_settings() -> None:
+    """ARTIFACT_TRANSFER in this process: the driver, and every Ray worker or actor that opens a Tracker (on any node:
+    a cluster's workers do not inherit the driver's environment); a user's own setting of these variables wins."""
+    for name, value in ARTIFACT_TRANSFER.items():
+        os.environ.setdefault(name, value)
+
+
 def server_gone(error: BaseException) -> str | None:
     """What to tell the user when an MLflow call failed because the tracking server stopped answering after the
     first probe (MLflow reports it as an MlflowException naming the request), else None."""

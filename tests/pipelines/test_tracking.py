@@ -1,6 +1,12 @@
 """What the tracking layer guarantees whatever store it writes to (here: sqlite files, no server): each metric step
-once when a stage is run again (a resumed pipeline) or a second stage writes into a run, and no child run twice."""
+once when a stage is run again (a resumed pipeline) or a second stage writes into a run, no child run twice, the
+large-artifact settings in every process that tracks."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 from mlflow import MlflowClient
@@ -8,11 +14,14 @@ from mlflow import MlflowClient
 from components.config import EvaluateConfig, SampleConfig, apply_overrides
 from components.config.presets import get_preset
 from pipelines.infra.tracking import Tracker
+from pipelines.infra.tracking_checks import ARTIFACT_TRANSFER
 from pipelines.stages.evaluate import EvaluateJob, EvaluationResult
 from pipelines.stages.register import champion_cell
 from pipelines.stages.report import log_evaluation, log_summary
 from pipelines.stages.sample import SampleJob
 from pipelines.stages.sample_outputs import SampleResult, cell_record, log_to_mlflow
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def steps_of(client, run_id: str) -> dict:
@@ -89,3 +98,24 @@ def test_cells_of_a_reused_sample_stage_get_one_evaluate_run_each(tmp_path):
         assert sorted(r.info.run_name for r in runs) == ["evaluate-ddim5/scale_0", "evaluate-ddim5/scale_2"]
         for run in runs:
             assert_each_step_once(MlflowClient(tracker.uri), run.info.run_id)
+
+
+def test_large_artifact_settings_reach_every_process_that_tracks(tmp_path):
+    """A process that opens a Tracker (a Ray worker on another node inherits nothing from the driver) turns on the
+    multipart transfers through signed URLs; a user's own setting wins."""
+    code = ("import json, os; from pipelines.infra.tracking import Tracker; "
+            f"Tracker('sqlite:///{tmp_path / 'm.db'}'); "
+            "print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('MLFLOW_')}))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = str(ROOT)
+
+    def settings(**given):
+        done = subprocess.run([sys.executable, "-c", code], env={**env, **given}, capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert ARTIFACT_TRANSFER["MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD"] == "true"
+    assert settings().items() >= ARTIFACT_TRANSFER.items()
+    mine = settings(MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE="1")
+    assert mine["MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE"] == "1"
