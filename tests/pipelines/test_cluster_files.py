@@ -163,6 +163,9 @@ def test_submit_needs_shared_workdir_and_tracking(monkeypatch):
         job_command(["run", "--workdir", "/shared/adm"], "sqlite:///mlflow.db")
     command, env = job_command(["--preset", "smoke", "--workdir", "s3://b/adm"], "http://mlflow:5000")
     assert command[0] == "run" and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # a resumed run keeps the work dir it recorded, and `adm run --resume` refuses --workdir: none is asked for
+    command, _ = job_command(["run", "--resume", "0123abcd"], "http://mlflow:5000")
+    assert command == ["run", "--resume", "0123abcd"]
 
 
 def test_unreachable_cluster_names_address_and_fix(tmp_path):
