@@ -1,6 +1,6 @@
 """What the tracking layer guarantees whatever store it writes to (here: sqlite files, no server): each metric step
 once when a stage is run again (a resumed pipeline) or a second stage writes into a run, no child run twice, the
-large-artifact settings in every process that tracks."""
+large-artifact settings in every process that tracks, and MLflow system metrics on runs addressed by id."""
 
 import json
 import os
@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from components.config import EvaluateConfig, SampleConfig, apply_overrides
 from components.config.presets import get_preset
+from pipelines.infra.system_metrics import SystemMetrics
 from pipelines.infra.tracking import Tracker
 from pipelines.infra.tracking_checks import ARTIFACT_TRANSFER
 from pipelines.stages.evaluate import EvaluateJob, EvaluationResult
@@ -119,3 +120,24 @@ def test_large_artifact_settings_reach_every_process_that_tracks(tmp_path):
     assert settings().items() >= ARTIFACT_TRANSFER.items()
     mine = settings(MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE="1")
     assert mine["MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE"] == "1"
+
+
+def test_system_metrics_on_a_run_by_id(tmp_path):
+    """MLflow's system metrics monitor on a run addressed by id: a span shorter than the interval still gets its
+    sample (logged when the monitor stops), a second monitor on the run (a restarted worker group) goes on at the next
+    step, a node name goes into the metric names, and interval 0 logs nothing."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracker.uri)
+    run_id = tracker.start_run("e", "train-diffusion")
+    for _ in range(2):
+        with SystemMetrics(tracker.uri, run_id, interval=3600):
+            pass
+    steps = steps_of(client, run_id)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(steps)
+    assert all(s == [0, 1] for s in steps.values()), steps
+    SystemMetrics(tracker.uri, run_id, interval=3600, node="sampler-1").stop()
+    assert steps_of(client, run_id)["system/sampler-1/cpu_utilization_percentage"] == [2]
+    quiet = tracker.start_run("e", "train-classifier")
+    with SystemMetrics(tracker.uri, quiet, interval=0):
+        pass
+    assert client.get_run(quiet).data.metrics == {}
