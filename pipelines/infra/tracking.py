@@ -28,6 +28,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param
 
 from components.config import UserError
 from pipelines.infra.storage import read_bytes
+from pipelines.infra.tags import ENDED_BY
 from pipelines.infra.tracking_checks import (
     TrackingError,
     check_tracking,
@@ -171,10 +172,11 @@ class Tracker:
         return self._reader(f"run {run_id}").get_run(run_id)
 
     def reopen(self, run_id: str) -> None:
-        """Mark a failed or killed run RUNNING again (resuming it), without the error that stopped it."""
+        """Mark a failed or killed run RUNNING again (resuming it), without the error that stopped it or the
+        sentinel's record of ending it: a resumed run that finishes was ended by no one."""
         self.client.update_run(run_id, status="RUNNING")
-        if "error" in self.run(run_id).data.tags:
-            self.client.delete_tag(run_id, "error")
+        for key in set(self.run(run_id).data.tags) & {"error", ENDED_BY}:
+            self.client.delete_tag(run_id, key)
 
     def search(self, experiment: str, filter_string: str, max_results: int = 100) -> list:
         """Runs of `experiment` matching an MLflow filter string, newest first."""

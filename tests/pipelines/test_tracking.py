@@ -141,3 +141,20 @@ def test_system_metrics_on_a_run_by_id(tmp_path):
     with SystemMetrics(tracker.uri, quiet, interval=0):
         pass
     assert client.get_run(quiet).data.metrics == {}
+
+
+def test_a_resumed_run_drops_the_marks_of_the_attempt_that_died(tmp_path):
+    """The sentinel marks the runs of a dead driver KILLED (adm.ended_by), a failed stage records its error: once a
+    resume reopens the run, it is no longer ended by anyone, and when it finishes it must not say it was."""
+    from pipelines.workflow.sentinel import mark_killed
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    pipeline = tracker.start_run("e", "adm-run-smoke")
+    stage = tracker.start_run("e", "train", pipeline)
+    assert sorted(mark_killed(pipeline, "e", tracker.uri)) == sorted([pipeline, stage])
+    tracker.set_tags(stage, {"error": "KeyboardInterrupt: "})
+    for run_id in (pipeline, stage):
+        assert tracker.run(run_id).data.tags["adm.ended_by"].startswith("sentinel")
+        tracker.reopen(run_id)
+        run = tracker.run(run_id)
+        assert run.info.status == "RUNNING" and not {"adm.ended_by", "error"} & set(run.data.tags)
