@@ -55,9 +55,13 @@ def log_evaluation(job, result, log=print):
     earlier = {} if job.cell_run_ids else tracker.children_by_tag(job.experiment, parent, tags.CELL)
     for row in result.rows:
         run_id = job.cell_run_ids.get(row["cell"])
-        if run_id is None:  # made here, or by an earlier attempt of a resumed stage
-            run_id = earlier.get(row["cell"]) or tracker.start_run(job.experiment, f"evaluate-{row['cell']}", parent,
-                                                                   {tags.STAGE: "evaluate", tags.CELL: row["cell"]})
+        if run_id is None:  # this stage's own run of the cell: new, or an earlier attempt's (a resumed stage)
+            run_id = earlier.get(row["cell"])
+            if run_id is None:
+                run_id = tracker.start_run(job.experiment, f"evaluate-{row['cell']}", parent,
+                                           {tags.STAGE: "evaluate", tags.CELL: row["cell"]})
+            else:
+                tracker.reopen(run_id)
             cell = {k: v for k, v in row.items() if k in ("sampler", "guidance_method", "guidance_interval")}
             tracker.log_params(run_id, {"guidance_scale": scale_label(row["guidance_scale"]), **cell, **params})
             tracker.end_run(run_id)

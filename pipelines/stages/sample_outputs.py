@@ -95,7 +95,8 @@ def log_to_mlflow(job, result: SampleResult, log=print) -> SampleResult:
         run_id = earlier.get(cell.key)
         if run_id is None:
             run_id = tracker.start_run(job.experiment, name, parent, tags=cell_tags)
-        else:
+        else:  # RUNNING again, without what ended the earlier attempt (the sentinel's KILLED)
+            tracker.reopen(run_id)
             tracker.set_tags(run_id, cell_tags)
         tracker.log_params(run_id, {"guidance_scale": cell.scale, "sampler": cell.sampler,
                                     "guidance_method": cell.method, "guidance_interval": cell.interval_text,

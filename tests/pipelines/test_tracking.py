@@ -21,6 +21,7 @@ from pipelines.stages.register import champion_cell
 from pipelines.stages.report import log_evaluation, log_summary
 from pipelines.stages.sample import SampleJob
 from pipelines.stages.sample_outputs import SampleResult, cell_record, log_to_mlflow
+from pipelines.workflow.sentinel import mark_killed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,6 +72,10 @@ def test_a_stage_run_again_logs_each_run_and_each_step_once(tmp_path):
     preset = apply_overrides(get_preset("smoke"), ["sample.samplers=ddim5"])
     client = MlflowClient(tracker.uri)
     for attempt in range(2):  # the second: the stages again in the runs of a resumed pipeline
+        if attempt:  # the driver died while it logged the cells: the sentinel ends what was still RUNNING
+            for cell in tracker.children("e", sample_run):
+                client.update_run(cell.info.run_id, "RUNNING")
+            mark_killed(pipeline, "e", tracker.uri)
         log_to_mlflow(job, result, log=lambda *_: None)
         evaluation, scored = _evaluated(job, result, eval_run)
         log_evaluation(evaluation, scored, log=lambda *_: None)
@@ -79,6 +84,7 @@ def test_a_stage_run_again_logs_each_run_and_each_step_once(tmp_path):
         assert sorted(r.data.tags["adm.cell"] for r in cells) == ["ddim5/scale_0", "ddim5/scale_2"], attempt
         for run_id in [pipeline] + [r.info.run_id for r in cells]:
             assert_each_step_once(client, run_id)
+        assert all(r.info.status == "FINISHED" and "adm.ended_by" not in r.data.tags for r in cells), attempt
         assert tracker.children("e", eval_run) == []  # the cells' metrics went to the sampling runs
     metrics = client.get_run(result.run_ids["ddim5/scale_2"]).data.metrics
     assert metrics["fid"] == 11.0 and metrics["guidance_scale"] == 2.0 and metrics["network_evals"] == 5
@@ -99,6 +105,8 @@ def test_cells_of_a_reused_sample_stage_get_one_evaluate_run_each(tmp_path):
         assert sorted(r.info.run_name for r in runs) == ["evaluate-ddim5/scale_0", "evaluate-ddim5/scale_2"]
         for run in runs:
             assert_each_step_once(MlflowClient(tracker.uri), run.info.run_id)
+            assert run.info.status == "FINISHED"
+        mark_killed(eval_run, "e", tracker.uri)  # the driver dies: the evaluate stage is resumed
 
 
 def test_large_artifact_settings_reach_every_process_that_tracks(tmp_path):
@@ -146,8 +154,6 @@ def test_system_metrics_on_a_run_by_id(tmp_path):
 def test_a_resumed_run_drops_the_marks_of_the_attempt_that_died(tmp_path):
     """The sentinel marks the runs of a dead driver KILLED (adm.ended_by), a failed stage records its error: once a
     resume reopens the run, it is no longer ended by anyone, and when it finishes it must not say it was."""
-    from pipelines.workflow.sentinel import mark_killed
-
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     pipeline = tracker.start_run("e", "adm-run-smoke")
     stage = tracker.start_run("e", "train", pipeline)
