@@ -12,10 +12,13 @@
 # store, through URLs this server signs (pipelines/infra/tracking_checks.py ARTIFACT_TRANSFER turns that on for every
 # adm process). --serve-artifacts with an s3:// destination is what offers it; a signed download URL stays valid for
 # an hour, as a signed upload part's does (boto3's default), so a slow multi-GB download is not cut at MLflow's 300 s.
+# uvicorn kills a worker that does not answer its health check within 5 s: 4 workers importing MLflow at once on a
+# pod short of CPU (or a busy 2-core test machine) never got there, and were restarted forever. 60 s lets them start.
 set -eu
 export MLFLOW_PRESIGNED_DOWNLOAD_URL_TTL_SECONDS="${MLFLOW_PRESIGNED_DOWNLOAD_URL_TTL_SECONDS:-3600}"
 exec "${PYTHON:-python3}" -m mlflow server \
   --host "${MLFLOW_HOST:-0.0.0.0}" --port "${MLFLOW_PORT:-5000}" --workers 4 \
   --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
   --serve-artifacts --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" \
-  --allowed-hosts "$MLFLOW_ALLOWED_HOSTS"
+  --allowed-hosts "$MLFLOW_ALLOWED_HOSTS" \
+  --uvicorn-opts "--timeout-worker-healthcheck 60"
