@@ -1,21 +1,25 @@
 """What the tracking layer guarantees whatever store it writes to (here: sqlite files, no server): each metric step
 once when a stage is run again (a resumed pipeline) or a second stage writes into a run, no child run twice, the
-large-artifact settings in every process that tracks, and MLflow system metrics on runs addressed by id."""
+large-artifact settings in every process that tracks, MLflow system metrics on runs addressed by id, and a first probe
+that waits out a slow server but not a missing one."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow import MlflowClient
 
 from components.config import EvaluateConfig, SampleConfig, apply_overrides
 from components.config.presets import get_preset
 from pipelines.infra.system_metrics import SystemMetrics
 from pipelines.infra.tracking import Tracker
-from pipelines.infra.tracking_checks import ARTIFACT_TRANSFER
+from pipelines.infra.tracking_checks import ARTIFACT_TRANSFER, TrackingError, _probe_server
 from pipelines.stages.evaluate import EvaluateJob, EvaluationResult
 from pipelines.stages.register import champion_cell
 from pipelines.stages.report import log_evaluation, log_summary
@@ -164,3 +168,32 @@ def test_a_resumed_run_drops_the_marks_of_the_attempt_that_died(tmp_path):
         tracker.reopen(run_id)
         run = tracker.run(run_id)
         assert run.info.status == "RUNNING" and not {"adm.ended_by", "error"} & set(run.data.tags)
+
+
+def test_the_first_probe_waits_for_a_slow_server_not_for_a_missing_one():
+    """A server that took the connection and has not answered yet (busy: workers starting, a loaded node) is asked
+    again: a Ray worker's Tracker failed a whole task when the stack tier's server was slow for 5 s. Nothing
+    listening still fails at once."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(2)
+        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+        def serve():
+            silent, _ = listener.accept()  # the first request: taken, never answered
+            with silent:
+                answered, _ = listener.accept()  # asked again: answered
+                with answered:
+                    answered.recv(4096)
+                    answered.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        _probe_server(uri, timeout=0.5, patience=60)
+        server.join(timeout=60)
+        assert not server.is_alive()
+    with socket.socket() as closed:  # a port with nothing listening: refused, no second try
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(TrackingError, match="unreachable"):
+        _probe_server(f"http://127.0.0.1:{port}", timeout=0.5, patience=3600)
