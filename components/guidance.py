@@ -1,4 +1,5 @@
-"""Classifier guidance (Dhariwal & Nichol 2021, Sec. 4) and classifier-free guidance (Ho & Salimans 2022).
+"""Classifier guidance (Dhariwal & Nichol 2021, Sec. 4), classifier-free guidance (Ho & Salimans 2022) and
+autoguidance (Karras et al. 2024).
 
 ``ClassifierGuidance`` is the cond_fn: s * grad_{x_t} log p_phi(y | x_t, t), with the scale s given per sample so one
 batch may mix guidance scales. It is composed into a sampler through:
@@ -14,7 +15,9 @@ unguided prediction, so scale 0 is exactly unguided; the classifier never runs o
 s (eps_c - eps_u), with eps_c = eps(x, t, y), eps_u = eps(x, t, null) and the scale s per sample, as Ho & Salimans
 write it ((1 + s) eps_c - s eps_u). One scale convention for every method: s = 0 is the conditional model, s > 0
 guides (s = -1 is the unconditional model). Both methods at once: the wrapped model with a ClassifierGuidance
-cond_fn, whose term is added to the CFG eps. guided.py composes them for a batch of grid cells.
+cond_fn, whose term is added to the CFG eps. ``Autoguidance`` wraps the model as CFG does, with a weaker network of
+the same kind (smaller, less trained, or an earlier checkpoint) in place of the unconditional branch: eps_main +
+s (eps_main - eps_guide). guided.py composes them for a batch of grid cells.
 """
 
 import numpy as np
@@ -134,6 +137,39 @@ def per_row(model_kwargs: dict, rows: torch.Tensor, n: int) -> dict:
             value = value[rows]
         out[key] = value
     return out
+
+
+class Autoguidance:
+    """The diffusion model guided by a weaker version of itself (Karras et al. 2024, "Guiding a diffusion model with
+    a bad version of itself"; EDM2's generate_images.py), called as the model: the eps channels become eps_main +
+    s (eps_main - eps_guide) per row, written as eps_guide + w (eps_main - eps_guide) with w = 1 + s, the form EDM2
+    uses for D (the combination is affine, so it is the same in x0 as in eps). The guide is conditioned on the same
+    label and runs only on the rows with s != 0 inside their ``interval``; the variance channels come from the main
+    model; ``cost`` counts the guide's evaluations apart from the main model's (it is smaller)."""
+
+    def __init__(self, model, guide, scales, interval=None, sigmas=None, cost: SampleCost | None = None):
+        if interval is not None and sigmas is None:
+            raise ValueError("a guidance interval needs the trained noise levels: pass sigmas=trained_sigmas(config)")
+        self.model, self.guide, self.scales, self.cost = model, guide, scales, cost
+        self.interval = interval
+        self.sigmas = None if sigmas is None else torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        n, channels = x.shape[0], x.shape[1]
+        w = (1 + torch.as_tensor(self.scales, dtype=torch.float64)).to(torch.float32).to(x.device).expand(n)
+        rows = (w != 1) & inside_interval(t, n, self.interval, self.sigmas)
+        if self.cost is not None:
+            self.cost.add_guide_evals(rows)
+        out = self.model(x, t, y=y, **kwargs)
+        if not bool(rows.any()):
+            return out
+        labels = None if y is None else y[rows]
+        eps_g = self.guide(x[rows], t[rows], y=labels, **per_row(kwargs, rows, n))[:, :channels]
+        eps_m = out[rows][:, :channels]
+        weight = w[rows].view(-1, *([1] * (x.ndim - 1))).to(eps_m.dtype)
+        guided = out.clone()
+        guided[rows, :channels] = eps_g.to(eps_m.dtype) + weight * (eps_m - eps_g.to(eps_m.dtype))
+        return guided
 
 
 def trained_sigmas(config) -> np.ndarray:

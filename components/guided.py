@@ -8,7 +8,9 @@ rows' cells into what a sampling loop takes (sampling.py's signature):
 * the model: the diffusion model, wrapped for classifier-free guidance when a row asks for it
   (guidance.ClassifierFreeGuidance at the rows' scales: eps_c + s (eps_c - eps_u));
 * the cond_fn: the noisy classifier's gradient at the rows' scales (guidance.ClassifierGuidance: s grad log p(y|x_t)),
-  when a row asks for it, added on top of the CFG eps for method ``both``.
+  when a row asks for it, added on top of the CFG eps for method ``both``;
+* autoguidance's guide (guidance.Autoguidance: eps_main + s (eps_main - eps_guide)) around the model when a row asks
+  for it.
 
 Every method uses the cell's own s, the number the config and the report show: s = 0 is the conditional model for
 all of them. ``sample_batch`` runs a batch from per-sample seeds and labels to uint8 images. The Ray sampling actors,
@@ -24,7 +26,7 @@ from .compute import SampleCost
 from .config.grid import Cell, parse_sampler
 from .config.sections import DiffusionConfig, UNetConfig
 from .diffusion import create_diffusion
-from .guidance import ClassifierFreeGuidance, ClassifierGuidance, trained_sigmas
+from .guidance import Autoguidance, ClassifierFreeGuidance, ClassifierGuidance, trained_sigmas
 from .images import to_uint8
 from .sampling import SampleNoise, class_conditional, sampler_loop
 
@@ -41,6 +43,7 @@ class GuidedNetworks:
     device: torch.device
     null_label: int | None = None
     classifier: torch.nn.Module | None = None
+    guide: torch.nn.Module | None = None  # autoguidance's weaker network: same image size, channels and classes
     sigmas: np.ndarray = field(init=False)  # sigma_t of every trained timestep: guidance intervals are measured in it
     _samplers: dict = field(init=False, default_factory=dict)
 
@@ -52,6 +55,10 @@ class GuidedNetworks:
     def conditional_model(self):
         """The diffusion model called as (x, t, y=...): an unconditional one ignores the labels guidance needs."""
         return class_conditional(self.model, self.unet.num_classes is not None)
+
+    @property
+    def conditional_guide(self):
+        return class_conditional(self.guide, self.unet.num_classes is not None)
 
     def sampler(self, name: str):
         """(loop, respaced process) of a sampler string, built once."""
@@ -81,6 +88,12 @@ def compose(nets: GuidedNetworks, cells: list[Cell], cost: SampleCost | None = N
             raise ValueError("classifier-free guidance needs a diffusion model trained with label dropout (a null "
                              "class); this one has none")
         model = ClassifierFreeGuidance(model, cfg_scales, nets.null_label, interval, nets.sigmas, cost)
+    auto_scales = [c.auto_scale for c in cells]
+    if any(s != 0 for s in auto_scales):
+        if nets.guide is None:
+            raise ValueError("autoguidance needs a guiding network (a smaller or earlier version of the model); none "
+                             "was given")
+        model = Autoguidance(model, nets.conditional_guide, auto_scales, interval, nets.sigmas, cost)
     classifier_scales = torch.tensor([c.classifier_scale for c in cells], dtype=torch.float32, device=nets.device)
     if bool((classifier_scales != 0).any()):
         if nets.classifier is None:

@@ -6,6 +6,9 @@
   radius is the distance to its k-th nearest neighbour other than itself; precision is the share of samples inside some
   reference ball, recall the share of references inside some sample ball.
 * Inception-style score: exp(E_x KL(p(y|x) || p(y))), averaged over splits.
+* KID (Binkowski et al. 2018): the unbiased estimate of the squared MMD with the cubic polynomial kernel
+  k(x, y) = (x.y / d + 1)^3, averaged over random subsets as torch-fidelity reports it (mean and standard deviation).
+  Unlike FID it has no bias that depends on the number of samples, so cells of different sizes compare.
 
 Pure NumPy on arrays of features; distances are computed in row blocks so 50k x 10k sets fit in memory.
 """
@@ -17,6 +20,7 @@ import scipy.linalg
 
 K_NEAREST = 3
 BLOCK_ROWS = 2048
+KID_WHOLE_KERNEL_ENTRIES = 2 ** 24  # whole KID kernel matrices up to 128 MiB of float64 (about 2300 + 2300 points)
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -152,6 +156,57 @@ def inception_score(probs: np.ndarray, splits: int = 1) -> float:
         kl = part * (np.log(np.clip(part, 1e-12, None)) - np.log(np.clip(marginal, 1e-12, None)))
         scores.append(np.exp(kl.sum(axis=1).mean()))
     return float(np.mean(scores))
+
+
+def polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """KID's kernel (a.b / d + 1)^3 between the rows of [n, d] and [m, d] features: [n, m], float64."""
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def mmd2_unbiased(k_xx: np.ndarray, k_yy: np.ndarray, k_xy: np.ndarray) -> float:
+    """Unbiased MMD^2 from the kernel matrices of two sets of sizes m and n (m != n allowed): the means of k over
+    pairs i != j within each set (a point is never paired with itself, which is what removes the bias) minus twice
+    the mean over all pairs across the sets."""
+    m, n = len(k_xx), len(k_yy)
+    within_x = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+    within_y = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+    return float(within_x + within_y - 2 * k_xy.mean())
+
+
+def kid(features, reference, num_subsets: int = 100, subset_size: int | None = 1000, seed: int = 0
+        ) -> tuple[float, float]:
+    """Kernel Inception Distance of [N, D] features to [M, D] reference features: (mean, std) of the unbiased MMD^2
+    over `num_subsets` pairs of random subsets, one from each set, each drawn without replacement.
+
+    torch-fidelity's defaults and convention (100 subsets of 1000, population std over the subsets), except that a
+    set smaller than `subset_size` does not raise: the subsets then have min(subset_size, N, M) points, so with 100
+    samples and 400 references every subset holds all samples and 100 of the references.
+    `subset_size=None` (with `num_subsets=1`): the unbiased estimate on the whole sets, sizes may differ; std 0.
+    The subsets are drawn from np.random.default_rng(seed), so a result repeats; its expectation does not depend on
+    the subsets (each subset's estimate is unbiased)."""
+    x, y = _as_features(features), _as_features(reference)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"feature shapes {x.shape} and {y.shape} differ; compute both sets with the same "
+                         "feature extractor")
+    if subset_size is None:
+        if num_subsets != 1:
+            raise ValueError(f"subset_size=None uses the whole sets once; num_subsets must be 1, got {num_subsets}")
+        return mmd2_unbiased(polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)), 0.0
+    if num_subsets < 1 or subset_size < 2:
+        raise ValueError(f"KID needs num_subsets >= 1 and subset_size >= 2, got {num_subsets} and {subset_size}")
+    size = min(subset_size, len(x), len(y))
+    rng = np.random.default_rng(seed)
+    subsets = [(rng.choice(len(x), size, replace=False), rng.choice(len(y), size, replace=False))
+               for _ in range(num_subsets)]
+    if len(x) ** 2 + len(y) ** 2 + len(x) * len(y) <= KID_WHOLE_KERNEL_ENTRIES:
+        # small sets (a grid cell against a few hundred references): the whole kernel matrices once, then each subset
+        # indexes them, instead of three matrix products per subset (20x faster for 100 subsets of 100 x 400 points)
+        k_xx, k_yy, k_xy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+        values = [mmd2_unbiased(k_xx[np.ix_(a, a)], k_yy[np.ix_(b, b)], k_xy[np.ix_(a, b)]) for a, b in subsets]
+    else:
+        values = [mmd2_unbiased(polynomial_kernel(x[a], x[a]), polynomial_kernel(y[b], y[b]),
+                                polynomial_kernel(x[a], y[b])) for a, b in subsets]
+    return float(np.mean(values)), float(np.std(values))
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Mutation testing of the fast tier (issue 18): plant one bug at a time in components/ and run tests/components.
+"""Mutation testing (issues 18 and 40): plant one bug at a time in components/ (the maths) or pipelines/ (the wiring:
+guidance composition, seeds, cache keys, champion comparison, keep_best, resume) and run the tests that must catch it.
 
-Each mutant below replaces one exact snippet of one file. The script never touches the checkout it lives in: it copies
-the tracked and untracked-but-not-ignored files into a temporary folder (one per job), mutates the copy, runs
+Each mutant below replaces one exact snippet of one file. A pipelines/ mutant runs its stage's own tests (real Ray and
+MLflow, minutes each) before the fast tier; `--only wiring` runs those. The script never touches the checkout it lives
+in: it copies the tracked and untracked-but-not-ignored files into a temporary folder (one per job), mutates the copy,
+runs
 
     python -m pytest -x -q -p no:cacheprovider <golden test files first> <the other tests/components files>
 
@@ -42,10 +45,15 @@ GOLDEN_FIRST = ("test_golden_networks.py", "test_golden_diffusion.py", "test_gol
 @dataclass(frozen=True)
 class Mutant:
     id: str
-    file: str  # under components/
+    file: str  # under components/, or pipelines/... from the checkout's root
     original: str  # exact snippet, must occur once in the file
     replacement: str
     description: str
+    tests: tuple = ()  # the stage's own tests, run before the fast tier (pipelines/ wiring: real Ray and MLflow)
+
+    @property
+    def path(self) -> str:
+        return self.file if self.file.startswith("pipelines/") else f"components/{self.file}"
 
 
 M = Mutant
@@ -286,7 +294,9 @@ MUTANTS = [
       "    512: (0.5, 1, 1, 2, 2, 4, 4),", "the 512 upsampler takes the diffusion model's channel_mult"),
     M("superres.small_size_multiple", "config/validation.py", "if cfg.image_size % cfg.small_size:", "if False:",
       "an image size that is no multiple of small_size is accepted"),
-    M("superres.cfg_low_res_rows", "guidance.py", "**per_row(kwargs, rows, n))", "**kwargs)",
+    M("superres.cfg_low_res_rows", "guidance.py",
+      "out = self.model(x[rows], t[rows], y=labels, **per_row(kwargs, rows, n))",
+      "out = self.model(x[rows], t[rows], y=labels, **kwargs)",
       "classifier-free guidance passes low_res whole, not indexed by the rows of its passes"),
     M("superres.unconditional_kwargs", "sampling.py", "return model(x, t, **kwargs)", "return model(x, t)",
       "the unconditional wrapper drops low_res"),
@@ -337,6 +347,44 @@ MUTANTS = [
       "marginal = probs.mean(axis=0, keepdims=True)", "Inception score: marginal over all samples, not per split"),
     M("metrics.is_mean", "metrics.py", "np.exp(kl.sum(axis=1).mean())", "np.exp(kl.mean(axis=1).mean())",
       "Inception score averages the KL over classes instead of summing"),
+    M("metrics.kid_exponent", "metrics.py", "return (a @ b.T / a.shape[1] + 1.0) ** 3",
+      "return (a @ b.T / a.shape[1] + 1.0) ** 2", "KID's polynomial kernel of degree 2, not 3"),
+    M("metrics.kid_biased", "metrics.py", "within_x = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))",
+      "within_x = k_xx.sum() / (m * m)", "KID pairs a sample with itself (the biased MMD^2)"),
+    M("metrics.kid_replacement", "metrics.py", "subsets = [(rng.choice(len(x), size, replace=False)",
+      "subsets = [(rng.choice(len(x), size, replace=True)", "KID subsets of the samples drawn with replacement"),
+    # --- uncertainty.py: intervals by subsampling (delete-d jackknife) ------------------------------------------------
+    M("uncertainty.fid_centring", "uncertainty.py", "inner = basis.T @ _submatrices(self._gram, s) @ basis",
+      "inner = _submatrices(self._gram, s)", "FID replicates: the subsample's Gram matrix not centred"),
+    M("uncertainty.fid_mean", "uncertainty.py",
+      "mean_term = mean_sq + 2 * self._cross[s].mean(axis=1) + self._offset2", "mean_term = self._offset2",
+      "FID replicates: the mean term of the full set, not of the subsample"),
+    M("uncertainty.kid_diagonal", "uncertainty.py", "        np.fill_diagonal(self._within, 0.0)  # a sample",
+      "        pass  # a sample", "KID replicates pair a sample with itself"),
+    M("uncertainty.recall_radii", "uncertainty.py",
+      "radii = np.partition(_submatrices(self._within, s), self.k, axis=2)[..., self.k]",
+      "radii = np.partition(self._within, self.k, axis=1)[:, self.k][s]",
+      "recall replicates keep the full set's k-NN radii"),
+    M("uncertainty.score_marginal", "uncertainty.py", "marginal = self._probs[part].mean(axis=1)",
+      "marginal = np.broadcast_to(self._probs.mean(axis=0), (len(part), self._probs.shape[1]))",
+      "score replicates with the full set's marginal p(y)"),
+    M("uncertainty.replacement", "uncertainty.py",
+      "return Subsamples(np.argsort(keys, axis=1)[:, :size], num_samples)",
+      "return Subsamples(np.random.default_rng(seed).integers(0, num_samples, (replicates, size)), num_samples)",
+      "subsamples drawn with replacement"),
+    M("uncertainty.scale", "uncertainty.py", "return float(np.sqrt(r / (self.num_samples - r)))",
+      "return float(r / (self.num_samples - r))", "standard error scaled by r / (N - r), not its square root"),
+    M("uncertainty.z", "uncertainty.py", "half = scipy.stats.norm.ppf((1 + level) / 2) * scale",
+      "half = scipy.stats.norm.ppf(level) * scale", "one-sided z for a two-sided interval"),
+    M("uncertainty.centre", "uncertainty.py",
+      "return Interval(float(estimate), float(estimate - half), float(estimate + half), level)",
+      "centre = replicates.mean()\n"
+      "    return Interval(float(estimate), float(centre - half), float(centre + half), level)",
+      "interval centred on the replicates' mean (FID's bias at r samples), not on the estimate"),
+    M("uncertainty.unpaired", "uncertainty.py",
+      "self.replicates[name] - other.replicates[name], self.sub, level)",
+      "self.replicates[name] - np.roll(other.replicates[name], 1), self.sub, level)",
+      "paired differences subtract replicates of different subsamples"),
     # --- timestep_sampler.py: importance sampling of L_vlb -------------------------------------------------------
     M("timestep_sampler.sqrt", "timestep_sampler.py", "w = np.sqrt(np.mean(self.loss_history**2, axis=-1))",
       "w = np.mean(self.loss_history**2, axis=-1)", "p_t proportional to E[L_t^2], not sqrt(E[L_t^2])"),
@@ -359,6 +407,58 @@ MUTANTS = [
       "images scaled to [-1, 0.99], not [-1, 1]"),
     M("images.to_uint8", "images.py", "((x.float() + 1) * 127.5)", "((x.float() + 1) * 127.5 + 0.5)",
       "samples quantised by rounding, not the released truncation"),
+    # --- guided.py: the one guidance composition (issue 34) ------------------------------------------------------
+    M("guided.cfg_weight_twice", "guided.py", "model = ClassifierFreeGuidance(model, cfg_scales,",
+      "model = ClassifierFreeGuidance(model, [1 + s for s in cfg_scales],",
+      "CFG handed the weight w = 1 + s where it takes the cell's scale s"),
+    M("guided.classifier_interval_dropped", "guided.py",
+      "cond_fn = ClassifierGuidance(nets.classifier, classifier_scales, interval, nets.sigmas, cost)",
+      "cond_fn = ClassifierGuidance(nets.classifier, classifier_scales, None, nets.sigmas, cost)",
+      "the classifier guides at every noise level, whatever the cell's interval"),
+    M("guided.classifier_half_scale", "guided.py",
+      "cond_fn = ClassifierGuidance(nets.classifier, classifier_scales, interval,",
+      "cond_fn = ClassifierGuidance(nets.classifier, classifier_scales / 2, interval,",
+      "the classifier guides at s/2"),
+    M("guided.all_is_bounded", "guided.py", 'bounds = [c.interval or (0.0, float("inf")) for c in cells]',
+      "bounds = [c.interval or (0.0, 1e3) for c in cells]",
+      "'all' rows of a batch with intervals stop guiding above sigma 1000"),
+    M("guided.auto_weight_twice", "guided.py", "model = Autoguidance(model, nets.conditional_guide, auto_scales,",
+      "model = Autoguidance(model, nets.conditional_guide, [1 + s for s in auto_scales],",
+      "autoguidance handed w = 1 + s"),
+    # --- pipelines/: the wiring (issue 40); each with the tests of its stage ----------------------------------
+    M("wiring.sample_seed", "pipelines/stages/sample.py",
+      "seeds = [sample_seed(self.job.config.seed, i) for i in indices]",
+      "seeds = [sample_seed(self.job.config.seed, i + 1) for i in indices]",
+      "the actors draw each sample from its neighbour's seed", ("tests/pipelines/test_sample.py",)),
+    M("wiring.sample_label", "pipelines/stages/sample.py", "else sample_label(s, self.num_classes) for s in seeds]",
+      "else sample_label(s + 1, self.num_classes) for s in seeds]",
+      "the actors draw labels from other seeds", ("tests/pipelines/test_sample.py",)),
+    M("wiring.resume_redoes_shards", "pipelines/stages/sample.py",
+      "pending = [k for k in range(len(shards)) if not fs.exists(fsspec.core.url_to_fs(shard_url(job.out, k))[1])]",
+      "pending = list(range(len(shards)))",
+      "a rerun samples the shards already written again", ("tests/pipelines/test_sample.py",)),
+    M("wiring.train_key_eval_scale", "pipelines/stages/train.py",
+      'key["eval_scale"] = eval_scale(preset)', 'key["eval_scale"] = None',
+      "the train stage's key leaves out the scale in-training evaluation ranks by",
+      ("tests/pipelines/test_stage_keys.py",)),
+    M("wiring.sample_key_section", "pipelines/stages/sample.py",
+      'return {"train": inputs["train"], "sample": to_dict(ctx.preset.sample)}', 'return {"train": inputs["train"]}',
+      "the sample stage's key leaves out the sample section", ("tests/pipelines/test_stage_keys.py",)),
+    M("wiring.evaluate_key_section", "pipelines/stages/evaluate.py",
+      '"evaluate": to_dict(ctx.preset.evaluate)}', '"evaluate": {}}',
+      "the evaluate stage's key leaves out the evaluate section", ("tests/pipelines/test_stage_keys.py",)),
+    M("wiring.reused_not_told", "pipelines/workflow/stage_cache.py",
+      'reused=frozenset(n for n, (_, how) in self.times.items() if how == "reused")', "reused=frozenset()",
+      "a stage is not told which upstream outputs came from another pipeline run",
+      ("tests/pipelines/test_stage_cache.py",)),
+    M("wiring.keep_best_last", "pipelines/stages/train.py",
+      "    if not network_kind(kind).train_config(preset).keep_best:\n        return result.checkpoint",
+      "    if True:\n        return result.checkpoint",
+      "keep_best reports the last checkpoint, not the best", ("tests/pipelines/test_train_eval.py",)),
+    M("wiring.resume_logs_twice", "pipelines/stages/train_worker.py",
+      "_log_step(tracker, job, learner, metrics, progress, log=step > logged)",
+      "_log_step(tracker, job, learner, metrics, progress, log=True)",
+      "a resumed trainer logs again the steps its lost worker group logged", ("tests/pipelines/test_train.py",)),
 ]
 
 
@@ -369,14 +469,14 @@ def check_table(repo: Path, mutants: list[Mutant]) -> None:
         if m.id in seen:
             problems.append(f"{m.id}: duplicate id")
         seen.add(m.id)
-        path = repo / "components" / m.file
+        path = repo / m.path
         if not path.is_file():
             problems.append(f"{m.id}: {path} does not exist")
             continue
         text = path.read_text()
         count = text.count(m.original)
         if count != 1:
-            problems.append(f"{m.id}: the original snippet occurs {count} times in components/{m.file}: "
+            problems.append(f"{m.id}: the original snippet occurs {count} times in {m.path}: "
                             f"{m.original!r}")
             continue
         if m.original == m.replacement:
@@ -418,9 +518,10 @@ class Runner:
     def env_for(self, copy: Path) -> dict:
         return {**self.env, "PYTHONPATH": str(copy)}  # the copy's components, never the editable install's
 
-    def pytest(self, copy: Path, timeout: float | None = None) -> tuple[str, float, str]:
-        """(outcome, seconds, output): outcome passed | failed | error | timeout."""
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *test_files(copy)]
+    def pytest(self, copy: Path, timeout: float | None = None, first: tuple = ()) -> tuple[str, float, str]:
+        """(outcome, seconds, output): outcome passed | failed | error | timeout. `first`: test files (or node ids)
+        run before the fast tier."""
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *first, *test_files(copy)]
         start = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=copy, env=self.env_for(copy), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # own process group
@@ -470,11 +571,11 @@ def first_failure(output: str) -> str:
 
 
 def run_mutant(runner: Runner, copy: Path, m: Mutant) -> dict:
-    path = copy / "components" / m.file
+    path = copy / m.path
     original = path.read_text()
     path.write_text(original.replace(m.original, m.replacement, 1))
     try:
-        outcome, seconds, output = runner.pytest(copy)
+        outcome, seconds, output = runner.pytest(copy, first=m.tests)
     finally:
         path.write_text(original)
     caught = outcome != "passed"
@@ -524,7 +625,7 @@ def main(argv=None) -> int:
     selected = [m for m in MUTANTS if not args.only or re.search(args.only, m.id)]
     if args.list:
         for m in selected:
-            print(f"{m.id:28s} components/{m.file:14s} {m.description}")
+            print(f"{m.id:28s} {m.path:28s} {m.description}")
         print(f"{len(selected)} mutants")
         return 0
     if not selected:

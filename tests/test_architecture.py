@@ -60,3 +60,30 @@ def test_the_config_contract_names_every_other_module_of_components():
     (contract,) = [c for c in contracts if c.get("source_modules") == ["components.config"]]
     modules = {f"components.{p.stem}" for p in (ROOT / "components").glob("*.py") if p.stem != "__init__"}
     assert modules <= set(contract["forbidden_modules"]), sorted(modules - set(contract["forbidden_modules"]))
+
+
+# --- tests that cannot fail -------------------------------------------------------------------------------------------
+def vacuous_asserts(paths) -> list[str]:
+    """`assert X if C else Y` parses as `assert (X if C else Y)`: when C is false it asserts Y, a constant such as a
+    non-empty list that is always true. Every assert whose test is a conditional expression, as path:line."""
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(Path(path).read_text(), filename=str(path))):
+            if isinstance(node, ast.Assert) and isinstance(node.test, ast.IfExp):
+                found.append(f"{path}:{node.lineno}")
+    return found
+
+
+def test_no_assert_is_a_conditional_expression():
+    found = vacuous_asserts(sorted((ROOT / "tests").rglob("*.py")))
+    assert not found, ("these asserts test `X if C else Y`, which asserts Y when C is false; write "
+                       "`assert X == (A if C else B)` or one assert per branch:\n" + "\n".join(found))
+
+
+def test_the_vacuous_assert_rule_finds_a_planted_one(tmp_path):
+    planted = tmp_path / "test_planted.py"
+    planted.write_text("def test_planted(calls, kind):\n"
+                       "    assert calls[0] == [7] * 2 if kind == 'heun' else [999] * 2\n"  # the vacuous shape
+                       "    assert calls[0] == ([7] * 2 if kind == 'heun' else [999] * 2)\n"  # fine: one comparison
+                       "    assert (calls if kind else [1])\n")  # vacuous too, in brackets
+    assert vacuous_asserts([planted]) == [f"{planted}:2", f"{planted}:4"]

@@ -90,11 +90,13 @@ def parse_interval(text: str) -> tuple[float, float] | None:
     return bounds
 
 
-# how a cell guides: the noisy classifier (Dhariwal & Nichol 2021), classifier-free guidance (Ho & Salimans 2022), or
-# both (the CFG eps, then the classifier term on top), each at the cell's scale s: classifier gradient
-# s grad log p(y|x), CFG eps_c + s (eps_c - eps_u) (w = 1 + s in the eps_u + w (eps_c - eps_u) convention; Ho &
-# Salimans' own w is this s). s = 0 is the conditional model for every method: one cell, "classifier", stands for it.
-METHODS = ("classifier", "cfg", "both")
+# how a cell guides: the noisy classifier (Dhariwal & Nichol 2021), classifier-free guidance (Ho & Salimans 2022),
+# both (the CFG eps, then the classifier term on top), or autoguidance (Karras et al. 2024: a weaker version of the
+# model itself guides it), each at the cell's scale s: classifier gradient s grad log p(y|x); CFG eps_c + s (eps_c -
+# eps_u); autoguidance eps_main + s (eps_main - eps_guide) (w = 1 + s in the eps_ref + w (eps - eps_ref) form of
+# Ho & Salimans and EDM2; Ho & Salimans' own w is this s). s = 0 is the conditional model for every method: one
+# cell, "classifier", stands for it.
+METHODS = ("classifier", "cfg", "both", "auto")
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,10 @@ class Cell:
         return self.scale if self.method in ("cfg", "both") else 0.0
 
     @property
+    def auto_scale(self) -> float:
+        return self.scale if self.method == "auto" else 0.0
+
+    @property
     def key(self) -> str:
         suffix = "" if self.interval is None else f"_sigma_{self.interval[0]:g}-{self.interval[1]:g}"
         prefix = "" if self.method == "classifier" else f"{self.method}_"
@@ -136,7 +142,8 @@ class Cell:
 def parse_method(text: str) -> str:
     method = str(text).strip().lower()
     if method not in METHODS:
-        raise ConfigError(f"guidance method {text!r} is unknown; use classifier, cfg (classifier-free) or both")
+        raise ConfigError(f"guidance method {text!r} is unknown; use classifier, cfg (classifier-free), both or auto "
+                          "(autoguidance)")
     return method
 
 

@@ -113,6 +113,9 @@ class SampleConfig:
     # MLflow system metrics (CPU, memory, disk, network, GPU where present) of each sampler actor's machine on the
     # sampling run (the sample stage's run), every this many seconds and when the actor stops; 0: off
     system_metrics_interval: float = 10.0
+    # the guiding network of method auto (autoguidance): "step:N", the diffusion model's own snapshot at step N
+    # (train_diffusion.snapshot_steps); or runs:/RUN_ID, models:/..., a checkpoint folder or weights file
+    guide_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,13 @@ class EvaluateConfig:
     champion_scale: float | str = 1.0
     champion_sampler: str = ""  # ... with this sampler (one of sample.samplers; "": the first), guided at all levels
     champion_method: str = ""  # ... and this guidance method (one of sample.guidance_methods; "": the first)
+    # every metric of every cell with its interval at ci_level: the metrics recomputed on `bootstrap` random subsets of
+    # the cell's samples (components/uncertainty.py; 0: point values only), and paired comparisons between cells
+    bootstrap: int = 200
+    ci_level: float = 0.9
+    # the register stage promotes a new model only when its paired difference from the champion, on the same seeds
+    # and labels at the champion cell, is better at this level; otherwise the champion stays
+    promotion_level: float = 0.9
 
 
 FEATURE_SETS = ("inception", "evaluator", "both")  # evaluate.features
@@ -188,6 +198,10 @@ class TrainConfig:
     # accuracy on the validation split per noise quartile, the diffusion model's FID of a small fixed sample set
     # (pipelines/stages/train_monitor.py); 0: off
     eval_interval: int = 0
+    # steps whose weights (the EMA of the first rate, else the trained ones) are kept as the run's MLflow artifacts
+    # snapshots/step_NNNNNNN, out of the checkpoints' rotation: an earlier version of the network (autoguidance's
+    # guide: sample.guide_from=step:N)
+    snapshot_steps: tuple[int, ...] = ()
     # keep the checkpoint with the best eval score (out of keep_checkpoints' rotation) and report it as the final
     # model, so the register stage registers it; needs eval_interval
     keep_best: bool = False

@@ -249,6 +249,28 @@ def sample_problems(cfg: SampleConfig) -> list[str]:
         out.append(f"sample.actor_cpus={cfg.actor_cpus!r} must be a number of CPUs > 0 (e.g. 1) or none")
     out += _at_least("sample.system_metrics_interval", cfg.system_metrics_interval, 0, whole=False,
                      hint="seconds; 0: off")
+    return out + guide_problems(cfg)
+
+
+def guide_step(guide_from: str) -> int | None:
+    """N of sample.guide_from="step:N" (the diffusion model's snapshot at step N), else None."""
+    text = str(guide_from).strip()
+    if not text.startswith("step:"):
+        return None
+    step = text[len("step:"):]
+    return int(step) if step.isdigit() and int(step) > 0 else -1
+
+
+def guide_problems(cfg: SampleConfig) -> list[str]:
+    """Autoguidance needs its guiding network, named by sample.guide_from."""
+    out = []
+    methods = {str(m).strip().lower() for m in cfg.guidance_methods}
+    if "auto" in methods and not str(cfg.guide_from).strip():
+        out.append("sample.guidance_methods has auto (autoguidance), which needs a guiding network: set "
+                   "sample.guide_from (step:N, the diffusion model's snapshot at step N of train_diffusion."
+                   "snapshot_steps; or runs:/RUN_ID, models:/..., a checkpoint or weights file) (--guide)")
+    if guide_step(cfg.guide_from) == -1:
+        out.append(f"sample.guide_from={cfg.guide_from!r}: step:N needs a step N >= 1, e.g. step:100")
     return out
 
 
@@ -264,6 +286,12 @@ def evaluate_problems(cfg: EvaluateConfig) -> list[str]:
     out += _one_of("evaluate.champion_metric", cfg.champion_metric, HIGHER_IS_BETTER + LOWER_IS_BETTER)
     out += _at_least("evaluate.num_reference", cfg.num_reference, 4, hint="precision/recall need >= 4")
     out += _at_least("evaluate.batch_size", cfg.batch_size, 1)
+    if cfg.bootstrap != 0:
+        out += _at_least("evaluate.bootstrap", cfg.bootstrap, 20, hint="replicates of each cell's intervals, e.g. 200; "
+                         "0: no intervals")
+    for name in ("ci_level", "promotion_level"):
+        if not (_is_number(getattr(cfg, name)) and 0.5 <= getattr(cfg, name) < 1):
+            out.append(f"evaluate.{name}={getattr(cfg, name)!r} must be a level in [0.5, 1), e.g. 0.9")
     return out
 
 
@@ -299,6 +327,10 @@ def train_problems(section: str, cfg: TrainConfig) -> list[str]:
     if not isinstance(cfg.use_gpu, bool) or not isinstance(cfg.anneal_lr, bool):
         out.append(f"{section}.use_gpu and anneal_lr must be true or false")
     out += _speed(section, cfg, ("compile", "channels_last", "cuda_graphs")) + warm_start_problems(section, cfg)
+    bad = [s for s in cfg.snapshot_steps if not (_is_number(s, whole=True) and 1 <= s <= (cfg.steps or 0))]
+    if bad:
+        out.append(f"{section}.snapshot_steps={','.join(map(str, cfg.snapshot_steps))}: each must be a step of the "
+                   f"run, 1 to {section}.steps={cfg.steps}, not {', '.join(map(str, bad))}")
     return out + eval_problems(section, cfg)
 
 
@@ -371,6 +403,11 @@ def _between_sections(preset) -> list[str]:
     if champion and champion.strip().lower() not in [str(x).strip().lower() for x in preset.sample.samplers]:
         out.append(f"evaluate.champion_sampler={champion!r} is not in sample.samplers="
                    f"{','.join(preset.sample.samplers)}; pick one of them or leave it empty (the first)")
+    step = guide_step(preset.sample.guide_from)
+    if step not in (None, -1) and step not in preset.train_diffusion.snapshot_steps:
+        kept = ",".join(map(str, preset.train_diffusion.snapshot_steps)) or "none"
+        out.append(f"sample.guide_from=step:{step}: the diffusion trainer keeps no snapshot at step {step} (it keeps "
+                   f"{kept}); add {step} to train_diffusion.snapshot_steps")
     return out
 
 

@@ -11,7 +11,8 @@ from pipelines.cli.common import command_console, verbose_arg
 
 # flag -> field of the evaluate section it sets
 EVALUATE_FLAGS = {"features": "features", "num_reference": "num_reference", "split": "reference_split",
-                  "batch_size": "batch_size", "fid_method": "fid_method", "inception_precision": "inception_precision"}
+                  "batch_size": "batch_size", "fid_method": "fid_method", "inception_precision": "inception_precision",
+                  "bootstrap": "bootstrap", "ci_level": "ci_level"}
 
 
 def evaluate_config(args) -> EvaluateConfig:
@@ -23,6 +24,7 @@ def evaluate_config(args) -> EvaluateConfig:
 
 
 def cmd_evaluate(args) -> int:
+    from pipelines.stages.comparisons import format_comparisons
     from pipelines.stages.evaluate import EvaluateJob, run_evaluation
     from pipelines.stages.report import format_table, log_evaluation
 
@@ -34,6 +36,8 @@ def cmd_evaluate(args) -> int:
         if not args.no_track:
             log_evaluation(job, result, log=log)
     print(format_table(result.rows))
+    if result.comparisons:
+        print("\n" + format_comparisons(result.comparisons, result.rows))
     return 0
 
 
@@ -63,6 +67,10 @@ def add_parsers(sub) -> None:
                    help="Inception's arithmetic: fp32, or bf16 where the hardware runs it natively (faster; see "
                         f"bench/RESULTS.md for its effect on the metrics) (evaluate.inception_precision; default "
                         f"{d.inception_precision})")
+    p.add_argument("--bootstrap", help="replicates of each cell's metric intervals, 0: point values only "
+                   f"(evaluate.bootstrap; default {d.bootstrap})")
+    p.add_argument("--ci-level", help=f"level of the intervals and comparisons (evaluate.ci_level; default "
+                   f"{d.ci_level:g})")
     p.add_argument("--actors", type=int, default=None, help="feature actors (default: per GPU, or per 2 CPUs)")
     p.add_argument("--cache-dir", default=None,
                    help="reference-statistics cache (default: $ADM_CACHE_DIR or ~/.cache/adm-pipeline)")

@@ -26,6 +26,18 @@ def check_locally(parser, command: list[str]) -> None:
         check_config(request_from_args(args))
 
 
+def local_problems(parser, command: list[str]) -> list[str]:
+    """check_locally's findings as a list: each of the configuration's problems, not one message holding them."""
+    from components.config import UserError
+
+    try:
+        check_locally(parser, command)
+    except UserError as e:
+        head, *items = str(e).split("\n  - ")  # raise_problems: "the configuration has N problems:" + items
+        return items if items and head.endswith("problems:") else [str(e)]
+    return []
+
+
 def cmd_submit(args) -> int:
     from pipelines.ops.jobs import failure_message, follow, job_command, submit
 
@@ -125,22 +137,30 @@ def cmd_schedule(args) -> int:
     from pathlib import Path
 
     from pipelines import PROJECT_ROOT
+    from pipelines.ops import all_problems
     from pipelines.ops import schedule as sch
-    from pipelines.ops.jobs import job_command
+    from pipelines.ops.jobs import job_problems
 
-    retrain = args.command
-    check_locally(args.parser, sch.retrain_command(retrain))  # a bad preset or option fails now, not at 3 am
-    if args.target != "kubernetes":
-        job_command(sch.retrain_command(retrain), None)  # shared work dir and a tracking URI, as adm submit needs
+    retrain, name = args.command, args.name or "default"
+    template = Path(args.template or PROJECT_ROOT / "cluster" / "kuberay" / "raycronjob.yaml")
+    # every problem at once, now rather than at 3 am: the command's options and config, the cron expression, and
+    # what the target needs (a plain host's cycles call adm submit: a shared work dir and a tracking URI)
+    problems = local_problems(args.parser, sch.retrain_command(retrain)) + sch.cron_problems(args.cron)
     if args.target == "kubernetes":
-        text = sch.kubernetes_manifest(args.cron, retrain, Path(args.template or PROJECT_ROOT / "cluster" /
-                                                                "kuberay" / "raycronjob.yaml"), args.name)
+        problems += sch.template_problems(template)
+    else:
+        problems += job_problems(sch.retrain_command(retrain), None)
+    if args.target == "systemd":
+        problems += sch.systemd_problems(args.cron, name)
+    if problems:
+        raise sch.ScheduleError(all_problems(problems))
+    if args.target == "kubernetes":
+        text = sch.kubernetes_manifest(args.cron, retrain, template, args.name)
         if not args.apply:
             print(text, end="")
             return 0
         _run_tool(["kubectl", "apply", "-f", "-"], text)
         return 0
-    name = args.name or "default"
     if args.target == "crontab":
         line = sch.crontab_line(args.cron, retrain, args.address, Path(args.log).resolve(), name)
         if args.apply:

@@ -3,6 +3,8 @@
 import argparse
 import json
 import os
+import select
+import signal
 import sys
 import traceback
 
@@ -43,7 +45,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+STDOUT_GONE = 128 + signal.SIGPIPE  # what a shell shows for a tool that SIGPIPE ended (`adm models list | head`)
+
+
 def main(argv=None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # now, not at exit: a reader that has gone is seen here
+        return code
+    except BrokenPipeError:
+        if _stdout_gone():
+            return STDOUT_GONE
+        raise
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone (closed by `head`: poll reports an error on its write
+    end); then it is pointed at /dev/null, so that the exit's own flush does not print "Exception ignored ...
+    BrokenPipeError" on stderr."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no real file behind stdout, or no poll on this system
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone
+
+
+def _main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_extra", False):
@@ -54,6 +88,8 @@ def main(argv=None) -> int:
     bound_http_retries()
     try:
         return args.func(args)
+    except BrokenPipeError as e:  # the reader of our output has gone, quietly; else a connection's end, an error
+        return STDOUT_GONE if _stdout_gone() else _error(args, str(e))
     except (UserError, OSError) as e:  # OSError: files, permissions, disks, the network: the user's to fix
         return _error(args, str(e))
     except Exception as e:  # a service that answered the probes and then failed: named, with the fix

@@ -35,11 +35,14 @@ def cmd_list(args) -> int:
     for name, rows in found.items():
         print(f"{name}: {len(rows)} version(s)")
         for r in rows:
-            metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())) or "-"
+            metrics = " ".join(f"{k}={v:.4g}" + (" (best scale)" if k.rsplit("@", 1)[1] == r["best_scale"] else "")
+                               for k, v in sorted(r["metrics"].items())) or "-"
             data = r["data_fingerprint"][:12] or "-"
             print(f"  {'*' if r['champion'] else ' '} v{r['version']:<4} {metrics:<24} data {data:<12} run "
                   f"{r['pipeline_run'] or '-'}" + (f" from {r['parent']}" if r["parent"] else "")
                   + (f" | {_move_line(r['last_move'])}" if r["last_move"] else ""))
+            if r["decision"]:  # why the register stage promoted it or kept the champion
+                print(f"        {r['decision']}: {r['reason']}")
     print("(* champion)")
     return 0
 
@@ -56,8 +59,9 @@ def cmd_promote(args) -> int:
     from pipelines.ops.model_versions import promote
 
     tracker, prefix = _tracker_and_prefix(args)
-    for name, move in promote(tracker, prefix, args.network, args.version, _reason(args)).items():
-        print(f"{name}: champion v{move['from'] or '-'} -> v{move['to']}")
+    for name, (version, move) in promote(tracker, prefix, args.network, args.version, _reason(args)).items():
+        print(f"{name}: v{version} is already champion; nothing changed" if move is None
+              else f"{name}: champion v{move['from'] or '-'} -> v{move['to']}")
     return 0
 
 
@@ -65,8 +69,9 @@ def cmd_rollback(args) -> int:
     from pipelines.ops.model_versions import rollback
 
     tracker, prefix = _tracker_and_prefix(args)
-    for name, move in rollback(tracker, prefix, _reason(args)).items():
-        print(f"{name}: champion v{move['from'] or '-'} -> v{move['to']} (rolled back)")
+    for name, (version, move) in rollback(tracker, prefix, _reason(args)).items():
+        print(f"{name}: v{version} is already champion; nothing changed" if move is None
+              else f"{name}: champion v{move['from'] or '-'} -> v{move['to']} (rolled back)")
     return 0
 
 

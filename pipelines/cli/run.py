@@ -100,6 +100,7 @@ def cmd_run(args) -> int:
 
     from pipelines.infra.console import Console, quiet_ray_data, quiet_ray_init_kwargs, verbose_requested
     from pipelines.infra.resources import stage_resources
+    from pipelines.stages.comparisons import format_comparisons
     from pipelines.stages.report import format_stage_times, format_table
     from pipelines.workflow.pipeline import Pipeline
     from pipelines.workflow.request import check_request
@@ -135,6 +136,8 @@ def cmd_run(args) -> int:
               f"with: adm run --resume {pipeline.run_id}{store}", file=sys.stderr)
         return 130
     print(format_table(result["evaluate"]["rows"]))
+    if result["evaluate"].get("comparisons"):
+        print("\n" + format_comparisons(result["evaluate"]["comparisons"], result["evaluate"]["rows"]) + "\n")
     print(format_stage_times(result["stage_times"]))
     experiment_id = pipeline.tracker.run(result["run_id"]).info.experiment_id
     print(f"pipeline run {result['run_id']} finished; {_where(pipeline.tracker.uri, experiment_id, result['run_id'])}")
@@ -159,8 +162,8 @@ def cmd_retrain(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    """`mlflow ui` on the store `adm run` used (the same default), bound to 127.0.0.1; runs until Ctrl-C."""
-    import subprocess
+    """`mlflow ui` on the store `adm run` used (the same default), bound to 127.0.0.1; runs until Ctrl-C, SIGTERM or
+    SIGHUP, which stop the UI's whole process tree."""
     import sys
 
     from pipelines.infra.tracking_checks import TrackingError, resolve_tracking_uri, sqlite_path
@@ -175,12 +178,73 @@ def cmd_ui(args) -> int:
     _check_port_free(args.port)
     print(f"MLflow UI of {uri}: http://127.0.0.1:{args.port}/#/experiments?workflowType=machine_learning (Ctrl-C "
           "stops it)", flush=True)
+    # one worker: a UI for one user starts faster, and with several uvicorn supervises (and restarts) slow workers
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-               "--port", str(args.port)]
+               "--port", str(args.port), "--workers", "1"]
+    code = serve_until_stopped(command)
+    print("MLflow UI stopped", flush=True)
+    return code
+
+
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+STOP_GRACE_S = 10  # what the UI's processes get to end after SIGTERM, before SIGKILL
+
+
+def serve_until_stopped(command: list[str]) -> int:
+    """Run `command` in a process group of its own (a session, so a terminal's Ctrl-C reaches only adm) until it ends
+    or adm gets SIGTERM, SIGINT or SIGHUP; then, and whatever else ends adm here, the whole group is stopped: the
+    server and the processes it started (mlflow ui's uvicorn). A stop asked for is a normal end (0); a server that
+    ended by itself gives its exit status."""
+    import signal
+    import subprocess
+
+    started, stopped = [], []
+
+    def stop(signum, frame):
+        stopped.append(signum)
+        for child in started:
+            _signal_group(child.pid, signal.SIGTERM)
+
+    previous = {name: signal.signal(getattr(signal, name), stop) for name in STOP_SIGNALS}
     try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+        if stopped:  # a stop before the server started: nothing to serve
+            return 0
+        started.append(subprocess.Popen(command, start_new_session=True))
+        code = started[0].wait()
+    finally:
+        for child in started:
+            _stop_group(child)
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+    return 0 if stopped else code
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Send `signum` to process group `pgid` (0: only check it); False when no process of it is left."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop_group(child) -> None:
+    """End the process group that `child` leads, members that outlive it included: SIGTERM, then SIGKILL to what is
+    left after STOP_GRACE_S; returns once the group is gone or killed."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + STOP_GRACE_S
+    _signal_group(child.pid, signal.SIGTERM)
+    while True:
+        child.poll()  # reaps the leader once it has ended: then only live members keep the group
+        if not _signal_group(child.pid, 0):
+            break
+        if time.monotonic() > deadline:
+            _signal_group(child.pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    child.wait()
 
 
 def _check_port_free(port: int) -> None:

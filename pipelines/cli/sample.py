@@ -14,7 +14,8 @@ SAMPLE_FLAGS = {"scales": "guidance_scales", "intervals": "guidance_intervals", 
                "samplers": "samplers", "sampler": "sampler", "eta": "eta",
                 "batch_size": "batch_size", "seed": "seed", "actors_per_gpu": "actors_per_gpu",
                 "actor_cpus": "actor_cpus", "compile": "compile", "channels_last": "channels_last",
-                "system_metrics_interval": "system_metrics_interval"}
+                "system_metrics_interval": "system_metrics_interval",
+                "guide": "guide_from"}
 
 
 def sample_config(args) -> SampleConfig:
@@ -58,8 +59,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--intervals", help="comma-separated guidance intervals of noise levels sigma, 'all' or LO:HI, "
                    f"e.g. all,0.3:5 (sample.guidance_intervals; default {','.join(d.guidance_intervals)})")
     p.add_argument("--methods", help="comma-separated guidance methods: classifier, cfg (classifier-free: needs a "
-                   "diffusion model trained with label dropout), both (sample.guidance_methods; default "
-                   f"{','.join(d.guidance_methods)})")
+                   "diffusion model trained with label dropout), both, auto (autoguidance: needs --guide) "
+                   f"(sample.guidance_methods; default {','.join(d.guidance_methods)})")
+    p.add_argument("--guide", help="autoguidance's guiding network: step:N (the diffusion model's snapshot at step N "
+                   "of its training run), runs:/RUN_ID, models:/..., a checkpoint folder or weights file "
+                   "(sample.guide_from)")
     p.add_argument("--num-samples", help=f"samples per cell (sample.num_samples; default {d.num_samples})")
     p.add_argument("--samplers", help="comma-separated samplers: ddimN (DDIM, e.g. ddim25), dpm++2m-N (DPM-Solver++"
                    "(2M), N network evaluations), heun-N (EDM Heun, 2N-1 evaluations) or DDPM step counts, e.g. 250 "

@@ -87,7 +87,6 @@ class Console:
     def _bar(self, task: str, done: float, total: float, detail: str) -> None:
         with self._lock:
             if self._bars is None:
-
                 # markup off: "[diffusion]" is our label, not a rich style
                 self._bars = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                                       MofNCompleteColumn(), TextColumn("{task.fields[detail]}", markup=False),

@@ -4,6 +4,7 @@ Accepted forms:
 * a checkpoint folder on any fsspec filesystem (what the training stage writes: model.safetensors, ema_*.safetensors,
   model.json with the resolved preset) — EMA weights are used when present;
 * ``runs:/RUN_ID`` — the "checkpoint" artifacts of a training run in the MLflow tracking server;
+  ``runs:/RUN_ID/snapshots/step_NNNNNNN`` one of its snapshots (train_<kind>.snapshot_steps);
 * ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` (e.g. ``models:/adm-fashion-mnist-diffusion@champion``),
   ``models:/NAME/latest`` or ``models:/m-ID`` — a registered or logged model; the checkpoint of the training run
   that logged it is used (it carries the resolved preset beside the weights);
@@ -59,6 +60,12 @@ class NetworkRef:
         return self
 
 
+def snapshot_path(step: int) -> str:
+    """The artifact path of a training run's snapshot at `step` (train_<kind>.snapshot_steps): an earlier version of
+    its network, as runs:/RUN_ID/snapshots/step_NNNNNNN."""
+    return f"snapshots/step_{step:07d}"
+
+
 def cache_folder(key: str) -> Path:
     root = Path(os.environ.get("ADM_CACHE_DIR") or Path.home() / ".cache" / "adm-pipeline")
     return root / "networks" / hashlib.sha256(key.encode()).hexdigest()[:20]
@@ -84,16 +91,18 @@ def _fetch_once(target: Path, download) -> Path:
 
 def _local_folder(uri: str, tracking_uri: str | None, workdir: Path | None) -> Path:
     if uri.startswith(("runs:/", "models:/")):
-
         tracker = Tracker(tracking_uri)
-        run_id = tracker.model_source_run(uri) if uri.startswith("models:/") else uri[len("runs:/"):].split("/")[0]
+        run_id, _, path = uri[len("runs:/"):].strip("/").partition("/")
+        if uri.startswith("models:/"):
+            run_id, path = tracker.model_source_run(uri), ""
+        path = path or "checkpoint"  # runs:/RUN_ID/snapshots/step_N: another checkpoint folder of the run
         try:
             tracker.run(run_id)  # a run that is not there fails here, before a download folder is made
             if workdir is not None:
-                return Path(tracker.download_artifacts(run_id, "checkpoint", workdir))
-            fetch = _fetch_once(cache_folder(f"{tracker.uri} {run_id}"),
-                                lambda d: tracker.download_artifacts(run_id, "checkpoint", d))
-            return fetch / "checkpoint"
+                return Path(tracker.download_artifacts(run_id, path, workdir))
+            fetch = _fetch_once(cache_folder(f"{tracker.uri} {run_id} {path}"),
+                                lambda d: tracker.download_artifacts(run_id, path, d))
+            return fetch / posixpath.basename(path)  # MLflow downloads an artifact folder under its last name
         except Exception as e:
             raise_if_gone(e)
             raise UserError(f"cannot fetch the checkpoint of MLflow run {run_id} ({type(e).__name__}: {e}); "

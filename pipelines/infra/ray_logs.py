@@ -93,7 +93,6 @@ def worker_logs(dest: Path) -> None:
     if not ray.is_initialized():
         return
     try:
-
         context = ray.get_runtime_context()
         job, address = context.get_job_id(), context.gcs_address  # this driver's cluster, not another on the host
         for node in list_nodes(address, filters=[("state", "=", "ALIVE")], timeout=10):

@@ -25,11 +25,14 @@ def model_names(prefix: str) -> dict:
     return {kind.name: f"{prefix}-{kind.name}" for kind in REGISTERED}
 
 
-def move_alias(tracker: Tracker, name: str, alias: str, version: str, action: str, why: str) -> dict:
-    """Point `alias` of `name` at `version` and record the move on it and on the version that had the alias."""
+def move_alias(tracker: Tracker, name: str, alias: str, version: str, action: str, why: str) -> dict | None:
+    """Point `alias` of `name` at `version` and record the move on it and on the version that had the alias; None,
+    with nothing moved or recorded, when `version` already has the alias."""
     before = tracker.alias_version(name, alias)
+    if before is not None and str(before.version) == str(version):
+        return None
     now = datetime.now(timezone.utc)
-    record = {"action": action, "alias": alias, "from": before.version if before else None, "to": str(version),
+    record = {"action": action, "alias": alias, "from": str(before.version) if before else None, "to": str(version),
               "by": current_user(), "at": now.isoformat(timespec="microseconds"), "why": why}
     tracker.set_alias(name, alias, version)
     key = tags.MOVE + now.strftime("%Y%m%dT%H%M%S.%fZ")  # sorts by time; MLflow tag keys allow no colons
@@ -86,12 +89,40 @@ def partner(tracker: Tracker, name: str, version, partner_name: str):
     return max(found, key=lambda v: int(v.version))
 
 
+def champion_history(tracker: Tracker, name: str) -> list[str]:
+    """The versions of `name` that held `champion`, oldest first, as the recorded moves leave them: a promotion (or
+    the register stage's move) puts its version on top, a rollback takes the top off. Every move is recorded on both
+    versions it concerns, so the records of all versions, in time order, are the whole log."""
+    log = {}
+    for version in tracker.model_versions(name):
+        log.update((key, value) for key, value in version.tags.items() if key.startswith(tags.MOVE))
+    history: list[str] = []
+    for key in sorted(log):
+        move = json.loads(log[key])
+        before, after = (None if move["from"] is None else str(move["from"])), str(move["to"])
+        if move["alias"] != CHAMPION or before == after:
+            continue
+        if move["action"] == "rollback":
+            if history and history[-1] == before:
+                history.pop()
+            if not history or history[-1] != after:
+                history.append(after)
+            continue
+        if before is not None and (not history or history[-1] != before):
+            history.append(before)  # it held the alias before a move that was not recorded
+        history.append(after)
+    return history
+
+
 def previous_champion(tracker: Tracker, name: str, current) -> str:
-    """The version that was champion before `current` became it (the latest promotion of `current` that was not a
-    rollback says which), so repeated rollbacks walk back through the history."""
-    made = [m for m in moves(current) if m["alias"] == CHAMPION and m["to"] == current.version
-            and m["action"] != "rollback" and m["from"] != current.version]
-    if not made or made[-1]["from"] is None:
+    """The version that held `champion` before `current` got it, in the recorded history (champion_history), so
+    repeated rollbacks walk back through it: promote 1, 2, 3, rollback, rollback leaves 1."""
+    history = champion_history(tracker, name)
+    if history and history[-1] != str(current.version):
+        raise UserError(f"{name}'s champion is v{current.version}, but the last recorded move gave it to "
+                        f"v{history[-1]} (was the alias moved outside adm?); promote a version by number instead "
+                        "(adm models promote VERSION --reason ...)")
+    if len(history) < 2:
         raise UserError(f"{name} v{current.version} has no recorded earlier champion to roll back to; promote a "
                         "version by number instead (adm models promote VERSION --reason ...)")
-    return made[-1]["from"]
+    return history[-2]

@@ -88,12 +88,16 @@ def worker_resources(preset, kinds, cluster_cpus: float, node_cpus: float | None
 
 class CpuSlots:
     """The CPU slots of the trainers that share the cluster's CPUs (cpu_slot_needs): each trainer waits, in
-    its driver thread, until the trainers before it in `order` have started and it can hold its slots."""
+    its driver thread, until the trainers before it in `order` have started and it can hold its slots. What happened
+    is kept: `waiting` and `holding` now, `started_after[kind]` the trainer whose finish freed the slots a waiting
+    trainer started in (None: it started at once); `wait_for` lets a caller block until the gate reaches a state."""
 
     def __init__(self, slots: int, needs: dict, order):
         self.free, self.needs = slots, needs
         self.queue = [k for k in order if k in needs]
         self.closed = False
+        self.waiting, self.holding, self.started_after = set(), set(), {}
+        self._last_finished = None
         self._changed = threading.Condition()
 
     def close(self) -> None:
@@ -102,23 +106,40 @@ class CpuSlots:
             self.closed = True
             self._changed.notify_all()
 
+    def wait_for(self, predicate, timeout: float) -> bool:
+        """Block until predicate(self) holds (checked at every change of the gate), or `timeout` seconds pass."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self), timeout)
+
+    def _can_start(self, kind: str) -> bool:
+        return self.queue[0] == kind and self.free >= self.needs[kind]
+
     @contextlib.contextmanager
     def held(self, kind: str):
         if kind not in self.needs:  # GPU workers, or cpus_per_worker set: Ray places them as asked
             yield
             return
         with self._changed:
-            self._changed.wait_for(lambda: self.closed or (self.queue[0] == kind and self.free >= self.needs[kind]))
+            waited = not self._can_start(kind)
+            self.waiting.add(kind)
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self.closed or self._can_start(kind))
+            self.waiting.discard(kind)
             if self.closed:
+                self._changed.notify_all()
                 raise CancelledError(f"{kind} never started: the stage was stopped while it waited for a CPU slot")
             self.queue.pop(0)
             self.free -= self.needs[kind]
+            self.holding.add(kind)
+            self.started_after[kind] = self._last_finished if waited else None
             self._changed.notify_all()
         try:
             yield
         finally:
             with self._changed:
                 self.free += self.needs[kind]
+                self.holding.discard(kind)
+                self._last_finished = kind
                 self._changed.notify_all()
 
     def start(self, kind: str, fn, *args) -> Future:

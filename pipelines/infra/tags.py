@@ -14,6 +14,7 @@ resumed or compared. Write and read them only through this module.
 | adm.model_uri | training run | the logged model (models:/m-...) |
 | adm.checkpoint | training run | the final checkpoint folder (with keep_best: the best evaluated one) |
 | adm.worker | training run | host and pid of its rank-0 Ray Train worker (updated when the worker group restarts) |
+| adm.started_after | training run | the trainer whose finish freed the CPU slot this one waited for |
 | adm.resumed_from_step | training run | the checkpoint step a restarted worker group (or resumed run) went on from |
 | adm.data_fingerprint | training run, model version, retrain cycle | the dataset's content hash |
 | adm.code_version | model version, retrain cycle | package version + digest of components/ and pipelines/ |
@@ -27,7 +28,7 @@ resumed or compared. Write and read them only through this module.
 | adm.best_step | training run | keep_best: the step of the checkpoint it reported (lowest eval_score) |
 | adm.cell | cell run (sample-<cell>, evaluate-<cell>) | its key, `<sampler>/[<method>_]scale_<s>[_sigma_<lo>-<hi>]` |
 | adm.retrain_cycle | retrain cycle run | preset name |
-| adm.decision, adm.reason | retrain cycle run | skipped, promoted, kept or failed; why |
+| adm.decision, adm.reason | retrain cycle run, model version | skipped, promoted, kept or failed; why |
 | adm.ended_by | any run | who ended a run its driver left open (the sentinel) |
 | adm.init_from | training run, model version | the weights training started from, pinned (models:/NAME/VERSION) |
 | adm.parent_version | training run, model version | NAME/VERSION of the registered version it started from |
@@ -47,6 +48,7 @@ MODEL_URI = "adm.model_uri"
 CHECKPOINT = "adm.checkpoint"
 WORKER = "adm.worker"
 RESUMED_FROM_STEP = "adm.resumed_from_step"
+STARTED_AFTER = "adm.started_after"
 DATA_FINGERPRINT = "adm.data_fingerprint"
 CODE_VERSION = "adm.code_version"
 CONFIG_HASH = "adm.config_hash"

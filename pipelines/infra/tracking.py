@@ -111,7 +111,6 @@ class Tracker:
     def client(self):
         """The MlflowClient, opened on first use: opening a sqlite store creates it, which only a write may do."""
         if self._client is None:
-
             self._client = _open_sqlite_store(self.uri) if sqlite_path(self.uri) else MlflowClient(self.uri)
         return self._client
 
@@ -326,7 +325,6 @@ class Tracker:
         model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
         found = [v.version for v in self.model_versions(name) if v.run_id == run_id and v.source == model_uri]
         if not found:
-
             # a store opened directly (sqlite:///) looks the logged model up through a default MlflowClient, i.e. the
             # process's tracking URI: without this, a process that has logged no model (a resumed run whose train
             # stage finished earlier) looked in ./mlflow.db and failed

@@ -1,8 +1,9 @@
 """`adm submit` and `adm jobs`: an `adm` command as a Ray job on a cluster, through the Ray Jobs API.
 
-The job's runtime_env carries this project as its working_dir (``components`` and ``pipelines``; tests, benchmarks,
-work folders and caches left out) plus optional pip requirements, and forwards MLFLOW_TRACKING_URI. The cluster's
-image must already hold the dependencies (cluster/Dockerfile) unless ``--pip`` lists them.
+The job's runtime_env carries this project as its working_dir (``components`` and ``pipelines`` only: tests,
+benchmarks, local run outputs, virtual environments and caches stay here) plus optional pip requirements, and forwards
+MLFLOW_TRACKING_URI. The cluster's image must already hold the dependencies (cluster/Dockerfile) unless ``--pip``
+lists them.
 
 Token authentication (Ray >= 2.52, on by default for local clusters since 2.59) is honoured: the token is read from
 ``--token-file``, ``$RAY_AUTH_TOKEN``, the file in ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (where
@@ -24,14 +25,19 @@ from ray.job_submission import JobSubmissionClient
 from components.config import UserError
 from pipelines import PROJECT_ROOT
 from pipelines.infra import tags
+from pipelines.ops import all_problems
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 COMMANDS = ("run", "retrain", "train", "sample", "evaluate", "data")
 PIPELINE_COMMANDS = ("run", "retrain")
-# gitignore-style patterns, anchored with a leading "/" where only the top-level folder is meant: a bare "cluster"
-# would also drop any pipelines/**/cluster/ package from every submitted job
-EXCLUDES = ["/.git", "/tests", "/bench", "/adm-work", "/mlruns", "mlflow.db", "*.egg-info", "__pycache__",
-            ".pytest_cache", ".ruff_cache", "*.whl", ".gl", "*.log", "/cluster"]
+# What a job carries of the checkout: the two packages, nothing else of the top level (local run outputs such as
+# mlflow-artifacts/, mlruns/, adm-work/ and mlflow.db, virtual environments, caches, tests, docs), and no caches or
+# compiled files inside them. Gitignore-style patterns, as Ray applies them to each path it walks (an excluded folder
+# is not entered; the last matching pattern wins): "/*" is every top-level entry, "!/." keeps the root itself, the
+# anchored negations keep the packages whatever their sub-packages are called (pipelines/**/cluster/ included).
+PACKAGES = ("components", "pipelines")
+EXCLUDES = ["/*", "!/.", *(f"!/{p}" for p in PACKAGES), "__pycache__", "*.py[cod]", ".*_cache", "*.egg-info",
+            ".ipynb_checkpoints", "*.log"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 120  # a freshly started head answers "No available agent to submit job" for a while
 
@@ -109,26 +115,40 @@ def _is_shared(url: str) -> bool:
 
 
 def job_command(command: list[str], tracking_uri: str | None) -> tuple[list[str], dict]:
-    """The `adm` command the job will run (run by default) and the env vars it needs, checked here first."""
+    """The `adm` command the job will run (run by default) and the env vars it needs, checked here first (every
+    problem in one JobError)."""
+    command, env_vars, problems = _job_command(command, tracking_uri)
+    if problems:
+        raise JobError(all_problems(problems))
+    return command, env_vars
+
+
+def job_problems(command: list[str], tracking_uri: str | None) -> list[str]:
+    """What keeps `command` from running as a job: a work dir that is not shared, no usable tracking URI."""
+    return _job_command(command, tracking_uri)[2]
+
+
+def _job_command(command: list[str], tracking_uri: str | None) -> tuple[list[str], dict, list[str]]:
     command = list(command) or ["run"]
     if command[0] not in COMMANDS:
         command = ["run", *command]
+    problems = []
     # a resumed run goes on in the work dir it recorded (checked when it was submitted; --resume refuses another)
     if command[0] in PIPELINE_COMMANDS and _option(command, "--resume") is None:
         workdir = _option(command, "--workdir")
         if workdir is None or not _is_shared(workdir):
-            raise JobError(f"--workdir {workdir or '(default adm-work)'}: a job's files must go where every node and "
-                           "later jobs see them; pass an absolute path on a shared file system or a URL "
-                           "(e.g. --workdir s3://bucket/adm)")
+            problems.append(f"--workdir {workdir or '(default adm-work)'}: a job's files must go where every node and "
+                            "later jobs see them; pass an absolute path on a shared file system or a URL "
+                            "(e.g. --workdir s3://bucket/adm)")
     uri = _option(command, "--tracking-uri") or tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        raise JobError("no MLflow tracking URI: pass --tracking-uri http://MLFLOW:5000 (or set MLFLOW_TRACKING_URI); "
-                       "a job on the cluster cannot write to this machine's default sqlite store")
-    if uri.startswith(("sqlite:///", "file:")) and not uri.startswith(("sqlite:////", "file:///")):
-        raise JobError(f"tracking URI {uri}: a relative path would land in the job's temporary working folder; "
-                       "use an MLflow server URL or an absolute path on a shared file system")
+        problems.append("no MLflow tracking URI: pass --tracking-uri http://MLFLOW:5000 (or set MLFLOW_TRACKING_URI); "
+                        "a job on the cluster cannot write to this machine's default sqlite store")
+    elif uri.startswith(("sqlite:///", "file:")) and not uri.startswith(("sqlite:////", "file:///")):
+        problems.append(f"tracking URI {uri}: a relative path would land in the job's temporary working folder; "
+                        "use an MLflow server URL or an absolute path on a shared file system")
     passed = {k: os.environ[k] for k in ("ADM_TRACEBACK",) if os.environ.get(k)}
-    return command, {"MLFLOW_TRACKING_URI": uri, **passed}
+    return command, {"MLFLOW_TRACKING_URI": uri, **passed}, problems
 
 
 def runtime_env(env_vars: dict, pip: list[str] | None = None, working_dir: str | None = None) -> dict:

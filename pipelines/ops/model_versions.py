@@ -13,23 +13,44 @@ from pipelines.infra import registry, tags
 from pipelines.infra.registry import CHAMPION, model_names, moves
 from pipelines.infra.tracking import Tracker
 
-METRIC_TAG = re.compile(r"^adm\.(?P<metric>.+)_scale_(?P<scale>[^_]+)$")  # tags.champion_metric's names
+# tags.champion_metric's names: at a fixed scale, and at the grid's best (evaluate.champion_scale=auto)
+METRIC_TAG = re.compile(r"^adm\.(?P<metric>.+)_scale_(?P<scale>[^_]+)$")
+BEST_METRIC_TAG = re.compile(r"^adm\.(?P<metric>.+)_best_scale$")
+
+
+def version_metrics(version_tags: dict) -> tuple[dict, str | None]:
+    """({metric@scale: value}, the best scale or None) of a version: a metric at the best scale of the grid is named
+    by the scale that was chosen (adm.best_scale), e.g. fid@4."""
+    best = version_tags.get(tags.BEST_SCALE)
+    metrics = {}
+    for key, value in version_tags.items():
+        if m := METRIC_TAG.match(key):
+            metrics[f"{m['metric']}@{m['scale']}"] = float(value)
+        elif m := BEST_METRIC_TAG.match(key):
+            metrics[f"{m['metric']}@{best or 'best'}"] = float(value)
+            best = best or "best"
+    return metrics, best
 
 
 def version_row(version, champion: str | None) -> dict:
-    """What `adm models list` shows of one version: metrics, scale, data, lineage, whether champion, last move."""
-    found = [(m, value) for key, value in version.tags.items() if (m := METRIC_TAG.match(key))]
+    """What `adm models list` shows of one version: metrics, scale (best_scale: the one evaluate.champion_scale=auto
+    chose), data, lineage, whether champion, last move, and the register stage's decision with its reason."""
+    metrics, best = version_metrics(version.tags)
     history = moves(version)
     return {
         "version": version.version,
         "champion": version.version == champion,
-        "metrics": {f"{m['metric']}@{m['scale']}": float(value) for m, value in found},
-        "scale": ",".join(sorted({m["scale"] for m, _ in found})),
+        "metrics": metrics,
+        "scale": ",".join(sorted({key.rsplit("@", 1)[1] for key in metrics})),
+        "best_scale": best,
         "data_fingerprint": version.tags.get(tags.DATA_FINGERPRINT, ""),
         "pipeline_run": version.tags.get(tags.PIPELINE_RUN, ""),
         "parent": version.tags.get(tags.PARENT_VERSION, ""),
         "created": datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).isoformat(),
         "last_move": history[-1] if history else None,
+        # the register stage's decision: promoted, or kept with why (the paired difference from the champion)
+        "decision": version.tags.get(tags.DECISION, ""),
+        "reason": version.tags.get(tags.REASON, ""),
     }
 
 
@@ -65,14 +86,16 @@ def show_version(tracker: Tracker, prefix: str, network: str, version: str) -> d
 
 
 def promote(tracker: Tracker, prefix: str, network: str, version: str, reason: str, action: str = "promote") -> dict:
-    """`champion` to `version` of `network` and to its partner; {name: the recorded move}."""
+    """`champion` to `version` of `network` and to its partner; {name: (its version, the recorded move, or None
+    when that version already was champion: nothing moved, nothing recorded)}."""
     names = _names(prefix, network)
     chosen = registry.find_version(tracker, names[network], version)
     pair = {names[network]: chosen}
     for other, name in names.items():
         if other != network:  # every partner is found before the first alias moves
             pair[name] = registry.partner(tracker, names[network], chosen, name)
-    return {name: registry.move_alias(tracker, name, CHAMPION, v.version, action, reason) for name, v in pair.items()}
+    return {name: (str(v.version), registry.move_alias(tracker, name, CHAMPION, v.version, action, reason))
+            for name, v in pair.items()}
 
 
 def rollback(tracker: Tracker, prefix: str, reason: str) -> dict:

@@ -4,9 +4,15 @@
   printed, or applied with `kubectl apply -f -`;
 * crontab: one crontab line that calls `adm submit --wait ... retrain ...` (printed, or installed with `crontab`);
 * systemd: a user service + timer (OnCalendar from the cron expression) that run the same command.
+
+Each target reads its text its own way, so each gets its own quoting (tests/pipelines/test_schedule.py reads them back):
+cron ends a command at a `%` no backslash escapes (the rest becomes its stdin), then /bin/sh parses it; systemd
+resolves `%` specifiers in every value, splits ExecStart= with quotes and C escapes, and expands `$` variables; the
+RayCronJob is YAML (safe_dump quotes what it must) holding a shell line, where `%` is plain.
 """
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -16,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from components.config import UserError
+from pipelines.ops import all_problems
 
 FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
 DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -41,16 +48,28 @@ def _check_part(part: str, name: str, low: int, high: int) -> None:
         raise ScheduleError(f"cron {name} field {part!r}: values must lie in {low}-{high}, ranges low-high")
 
 
-def parse_cron(expr: str) -> list[str]:
-    """The five fields of a standard cron expression, validated; a clear error otherwise."""
+def cron_problems(expr: str) -> list[str]:
+    """What is wrong with a standard cron expression, every field's problem."""
     fields = expr.split()
     if len(fields) != 5:
-        raise ScheduleError(f"--cron {expr!r}: give five fields 'minute hour day-of-month month day-of-week', "
-                            "e.g. '0 3 * * 0' (Sundays at 03:00)")
+        return [f"--cron {expr!r}: give five fields 'minute hour day-of-month month day-of-week', e.g. '0 3 * * 0' "
+                "(Sundays at 03:00)"]
+    problems = []
     for field, (name, low, high) in zip(fields, FIELDS):
         for part in field.split(","):
-            _check_part(part, name, low, high)
-    return fields
+            try:
+                _check_part(part, name, low, high)
+            except ScheduleError as e:
+                problems.append(str(e))
+    return problems
+
+
+def parse_cron(expr: str) -> list[str]:
+    """The five fields of a standard cron expression, validated; a clear error naming every problem otherwise."""
+    problems = cron_problems(expr)
+    if problems:
+        raise ScheduleError(all_problems(problems))
+    return expr.split()
 
 
 def _calendar_part(part: str, first: int, day_names: bool = False) -> str:
@@ -103,11 +122,16 @@ def submit_command(retrain_args: list[str], address: str | None) -> list[str]:
 
 
 # --- targets ----------------------------------------------------------------------------------------------------------
+def template_problems(template: Path) -> list[str]:
+    if template.is_file():
+        return []
+    return [f"--template {template}: no such file (it ships in the repository as cluster/kuberay/raycronjob.yaml)"]
+
+
 def kubernetes_manifest(cron: str, retrain_args: list[str], template: Path, name: str | None = None) -> str:
-    parse_cron(cron)
-    if not template.is_file():
-        raise ScheduleError(f"--template {template}: no such file (it ships in the repository as "
-                            "cluster/kuberay/raycronjob.yaml)")
+    problems = cron_problems(cron) + template_problems(template)
+    if problems:
+        raise ScheduleError(all_problems(problems))
     manifest = yaml.safe_load(template.read_text())
     manifest["spec"]["schedule"] = cron
     manifest["spec"]["jobTemplate"]["entrypoint"] = shlex.join(["adm", *retrain_command(retrain_args)])
@@ -116,10 +140,25 @@ def kubernetes_manifest(cron: str, retrain_args: list[str], template: Path, name
     return yaml.safe_dump(manifest, sort_keys=False)
 
 
+def cron_word(arg: str) -> str:
+    """One shell word of a crontab command: shell-quoted, each % written \\% and kept out of the quotes, so that no
+    backslash of the argument stands before it (cron would then read the escape as that backslash's, and cut)."""
+    if "\n" in arg or "\r" in arg:
+        raise ScheduleError(f"{arg!r}: a crontab line cannot hold a newline; use --target systemd")
+    if not arg:
+        return "''"
+    return "\\%".join(shlex.quote(piece) if piece else "" for piece in arg.split("%"))
+
+
+def cron_marker(name: str) -> str:
+    """The comment that ends the line of schedule `name` (a shell comment, read by cron first: % escaped)."""
+    return f"{MARKER} {name}".replace("%", "\\%")
+
+
 def crontab_line(cron: str, retrain_args: list[str], address: str | None, log: Path, name: str) -> str:
     parse_cron(cron)
-    command = shlex.join(submit_command(retrain_args, address))
-    return f"{cron} {command} >> {shlex.quote(str(log))} 2>&1 {MARKER} {name}"
+    command = " ".join(cron_word(a) for a in submit_command(retrain_args, address))
+    return f"{cron} {command} >> {cron_word(str(log))} 2>&1 {cron_marker(name)}"
 
 
 def install_crontab(line: str, name: str, file: Path | None = None) -> None:
@@ -132,7 +171,7 @@ def install_crontab(line: str, name: str, file: Path | None = None) -> None:
         lines = current.stdout.splitlines() if current.returncode == 0 else []
     else:
         lines = file.read_text().splitlines() if file.exists() else []
-    text = "\n".join([*(x for x in lines if not x.endswith(f"{MARKER} {name}")), line]) + "\n"
+    text = "\n".join([*(x for x in lines if not x.endswith(cron_marker(name))), line]) + "\n"
     if file is None:
         subprocess.run(["crontab", "-"], input=text, text=True, check=True)
         return
@@ -142,13 +181,45 @@ def install_crontab(line: str, name: str, file: Path | None = None) -> None:
     tmp.replace(file)
 
 
+def systemd_value(text: str) -> str:
+    """A unit file value as systemd reads it back: % starts a specifier (%% is one %); one line."""
+    if "\n" in text or "\r" in text:
+        raise ScheduleError(f"{text!r}: a systemd unit setting cannot hold a newline")
+    return text.replace("%", "%%")
+
+
+def systemd_word(arg: str) -> str:
+    """One argument of ExecStart=: as it is when made of plain characters, else double-quoted with C escapes
+    (systemd decodes them inside quotes too, so a shell's quoting would not do), $ written $$ (else a variable),
+    % written %% (else a specifier)."""
+    if re.fullmatch(r"[\w@+=:,./-]+", arg):
+        return arg
+    quoted = arg.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return '"' + quoted.replace("$", "$$").replace("%", "%%") + '"'
+
+
+def systemd_problems(cron: str, name: str) -> list[str]:
+    """What keeps a schedule from being systemd units: a name no unit can have, a cron with no OnCalendar form."""
+    problems = [] if re.fullmatch(r"[A-Za-z0-9:_.-]+", name) else [
+        f"--name {name!r}: a systemd unit name holds only ASCII letters, digits and :_.-"]
+    if not cron_problems(cron):  # else reported as such
+        try:
+            on_calendar(cron)
+        except ScheduleError as e:
+            problems.append(str(e))
+    return problems
+
+
 def systemd_units(cron: str, retrain_args: list[str], address: str | None, name: str) -> dict[str, str]:
+    problems = cron_problems(cron) + systemd_problems(cron, name)
+    if problems:
+        raise ScheduleError(all_problems(problems))
     calendar = on_calendar(cron)
-    command = shlex.join(submit_command(retrain_args, address))
-    service = (f"[Unit]\nDescription=adm-pipeline retraining cycle ({name})\n\n[Service]\nType=oneshot\n"
-               f"WorkingDirectory={Path.cwd()}\nExecStart={command}\n")
-    timer = (f"[Unit]\nDescription=adm-pipeline retraining schedule ({name}: cron {cron})\n\n[Timer]\n"
-             f"OnCalendar={calendar}\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n")
+    command = " ".join(systemd_word(a) for a in submit_command(retrain_args, address))
+    service = (f"[Unit]\nDescription={systemd_value(f'adm-pipeline retraining cycle ({name})')}\n\n[Service]\n"
+               f"Type=oneshot\nWorkingDirectory={systemd_value(str(Path.cwd()))}\nExecStart={command}\n")
+    timer = (f"[Unit]\nDescription={systemd_value(f'adm-pipeline retraining schedule ({name}: cron {cron})')}\n\n"
+             f"[Timer]\nOnCalendar={calendar}\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n")
     return {f"adm-retrain-{name}.service": service, f"adm-retrain-{name}.timer": timer}
 
 

@@ -37,15 +37,17 @@ from components.features import (
     InceptionFeatures,
     file_digest,
 )
+from components.uncertainty import subsample
 from pipelines.infra.console import progress
 from pipelines.infra.dataset import decode_images
 from pipelines.infra.model_refs import resolve
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import npz_bytes, read_npz, write_bytes_atomic
+from pipelines.stages import comparisons
+from pipelines.stages.champion import champion_cell
 from pipelines.stages.context import Stage, StageContext
 from pipelines.stages.evaluate_inputs import EvaluationError, Source, discover_samples, reference_source
-from pipelines.stages.register import champion_cell
 from pipelines.stages.report import log_evaluation, log_summary
 
 SCORE_SPLIT = 5000  # the reference evaluator scores in splits of 5000 samples
@@ -73,6 +75,8 @@ class EvaluationResult:
     rows: list  # one dict per cell: its coordinates and compute (cell.json), then its metrics; by sampler and scale
     run_ids: dict = field(default_factory=dict)  # cell key -> run id
     parent_run_id: str | None = None
+    cells: dict = field(default_factory=dict)  # cell key -> its ResampledCell (the replicates of its metrics)
+    comparisons: dict | None = None  # what the grid resolves (comparisons.compare); None without intervals
 
 
 def extractor_names(features: str) -> tuple:
@@ -244,10 +248,12 @@ def score(feats: dict, ref: dict, labels: np.ndarray | None, fid_method: str = "
         if "inception.features" in ref:
             row["precision"], row["recall"] = metrics.precision_recall(ref["inception.features"],
                                                                        feats["inception.pool"])
+            row.update(comparisons.kid_point("kid", feats["inception.pool"], ref["inception.features"]))
     if "evaluator.pool" in feats:
         pool, probs = feats["evaluator.pool"], feats["evaluator.probs"]
         row["evaluator_fid"] = fid(pool, ref["evaluator.mu"], "evaluator.sigma")
         row["evaluator_precision"], row["evaluator_recall"] = metrics.precision_recall(ref["evaluator.features"], pool)
+        row.update(comparisons.kid_point("evaluator_kid", pool, ref["evaluator.features"]))
         row["score"] = metrics.inception_score(probs, splits=max(1, len(probs) // SCORE_SPLIT))
         if labels is not None:
             row["accuracy"] = metrics.accuracy(probs, labels)
@@ -255,8 +261,15 @@ def score(feats: dict, ref: dict, labels: np.ndarray | None, fid_method: str = "
 
 
 def run_evaluation(job: EvaluateJob, log=print) -> EvaluationResult:
-    """Check every input, featurize what the cache lacks, and score each cell."""
+    """Check every input, featurize what the cache lacks, score each cell with its intervals, and compare cells."""
     samples = discover_samples(job.samples)
+    ref_stats, features = featurize(job, samples, log)
+    return score_cells(job, samples, ref_stats, features)
+
+
+def featurize(job: EvaluateJob, samples: dict, log=print) -> tuple[dict, dict]:
+    """(reference statistics, {source key: features}) of `samples` ({key: Source}) and the job's reference, the
+    reference's from the cache where it has them."""
     reference = reference_source(job.reference, job.config.reference_split, job.config.num_reference)
     check_inputs(job, samples, reference)
     names = extractor_names(job.config.features)
@@ -286,12 +299,26 @@ def run_evaluation(job: EvaluateJob, log=print) -> EvaluationResult:
             part = {k: v for k, v in fresh.items() if k.startswith(f"{n}.")}
             write_bytes_atomic(urls[n], npz_bytes(**part))
             ref_stats.update(part)
-    rows, roots = [], {}
+    return ref_stats, features
+
+
+def score_cells(job: EvaluateJob, samples: dict, ref_stats: dict, features: dict) -> EvaluationResult:
+    """A row per cell: its coordinates, metrics and (evaluate.bootstrap > 0) their intervals at evaluate.ci_level;
+    and what the grid resolves (comparisons.compare). All cells are resampled on the same subsets: paired."""
+    cfg, rows, roots, cells = job.config, [], {}, {}
+    refs, subs = None, {}
     for source in samples.values():
         row = {"guidance_scale": math.nan, **source.cell, "num_samples": source.total}
-        row.update(score(features[source.key], ref_stats, source.labels, job.config.fid_method, roots))
+        row.update(score(features[source.key], ref_stats, source.labels, cfg.fid_method, roots))
+        if cfg.bootstrap:
+            refs = refs or comparisons.references(ref_stats, roots)
+            sub = subs.setdefault(source.total, subsample(source.total, cfg.bootstrap, seed=0))
+            cells[row["cell"]] = cell = comparisons.resample(features[source.key], refs, source.labels, sub)
+            row.update(comparisons.interval_columns(cell, cfg.ci_level))
+            row.update(comparisons.kid_std(row, cell, cfg.ci_level))
         rows.append(row)
-    return EvaluationResult(rows)
+    compared = comparisons.compare(rows, cells, cfg.champion_metric, cfg.ci_level) if cells else None
+    return EvaluationResult(rows, cells=cells, comparisons=compared)
 
 
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------
@@ -311,12 +338,14 @@ def run(ctx: StageContext, inputs: dict) -> dict:
                       tracking_uri=ctx.tracker.uri, experiment=ctx.experiment, parent_run_id=ctx.run_id,
                       cell_run_ids=cell_runs)
     result = log_evaluation(job, run_evaluation(job, log=ctx.log), log=ctx.log)
-    return {"rows": result.rows}
+    return {"rows": result.rows, "comparisons": result.comparisons}
 
 
 def publish(ctx: StageContext, outputs: dict) -> None:
-    """The trade-off on the pipeline run: the table, the plots and each metric as a curve along the scales."""
-    log_summary(ctx.tracker, ctx.pipeline_run_id, outputs["rows"], champion_cell(ctx.preset, outputs["rows"]))
+    """The trade-off on the pipeline run: the table, the plots, what the grid resolves, and each metric as a curve
+    along the scales."""
+    log_summary(ctx.tracker, ctx.pipeline_run_id, outputs["rows"], champion_cell(ctx.preset, outputs["rows"]),
+                outputs.get("comparisons"))
 
 
 STAGE = Stage("evaluate", run, cache_inputs, publish=publish)

@@ -1,4 +1,5 @@
 """The fidelity/diversity trade-off over the grid of cells as matplotlib figures (Dhariwal & Nichol 2021, Fig. 4),
+with error bars where the evaluation made intervals,
 one line per sampler and guidance method: FID vs scale, precision vs recall along the scales, score vs FID; and what
 compute buys: FID vs network evaluations per sample, one line per solver family and method (ddim10, ddim25, ... form
 one line), at the champion scale; FID vs classifier passes per sample at that scale when the grid has guidance
@@ -15,6 +16,20 @@ METRIC_SETS = (("fid", "precision", "recall"), ("evaluator_fid", "evaluator_prec
 
 def _series(rows, key):
     return [row.get(key, math.nan) for row in rows]
+
+
+def _line(ax, xs, ys, label, xerr=None, yerr=None) -> None:
+    """A line with markers and, where there are intervals, their error bars in the line's colour."""
+    (line,) = ax.plot(xs, ys, marker="o", label=label or None)
+    if xerr is not None or yerr is not None:
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=line.get_color(), capsize=3)
+
+
+def _errors(rows, key):
+    """matplotlib's [below, above] error bars of `key` from its interval (`key`_lo, `key`_hi), or None without one."""
+    if not all(f"{key}_lo" in r for r in rows):
+        return None
+    return [[r[key] - r[f"{key}_lo"] for r in rows], [r[f"{key}_hi"] - r[key] for r in rows]]
 
 
 def _annotate(ax, xs, ys, labels):
@@ -69,7 +84,7 @@ def tradeoff_figures(rows: list[dict], champion_scale: float | None = None) -> d
         prefix = "" if fid == "fid" else "evaluator_"
         fig, ax = _figure()
         for sampler, line in lines.items():
-            ax.plot(_series(line, "guidance_scale"), _series(line, fid), marker="o", label=sampler or None)
+            _line(ax, _series(line, "guidance_scale"), _series(line, fid), sampler, yerr=_errors(line, fid))
         _scale_axis(ax, rows)
         ax.set(xlabel="guidance scale", ylabel=fid, title=f"{fid} vs guidance scale")
         _legend(ax, lines)
@@ -94,7 +109,7 @@ def _frontier(lines, precision, recall):
     fig, ax = _figure()
     for sampler, line in lines.items():
         ps, rs = _series(line, precision), _series(line, recall)
-        ax.plot(rs, ps, marker="o", label=sampler or None)
+        _line(ax, rs, ps, sampler, xerr=_errors(line, recall), yerr=_errors(line, precision))
         _annotate(ax, rs, ps, [f"s={s:g}" for s in _series(line, "guidance_scale")])
     ax.set(xlabel="recall", ylabel="precision", title=f"{precision} vs {recall} along the scale grid")
     _legend(ax, lines)
@@ -116,9 +131,14 @@ def _at_scale(rows, scale):
     return [r for r in rows if r.get("guidance_scale") == scale and "sampler" in r]
 
 
+def _evals(row) -> float:
+    return row["network_evals"] + row.get("guide_evals", 0.0)
+
+
 def _fid_vs_evals(rows, fid, scale):
     """One line per sampler family (DDIM, DPM-Solver++(2M), Heun, DDPM) and guidance method, through its step
-    counts: classifier-free guidance costs a second network evaluation per step."""
+    counts: classifier-free guidance costs a second network evaluation per step, autoguidance an evaluation of its
+    guide (a smaller network, counted here as one evaluation: an upper bound on its cost)."""
     fig, ax = _figure()
     families = {}
     for row in _at_scale(rows, scale):
@@ -127,11 +147,12 @@ def _fid_vs_evals(rows, fid, scale):
             kind = parse_sampler(row["sampler"]).kind + ("" if method == "classifier" else f" {method}")
             families.setdefault(kind, []).append(row)
     for kind, line in families.items():
-        line = sorted(line, key=lambda r: r["network_evals"])
-        xs, ys = _series(line, "network_evals"), _series(line, fid)
+        line = sorted(line, key=_evals)
+        xs, ys = [_evals(r) for r in line], _series(line, fid)
         ax.plot(xs, ys, marker="o", label=kind)
         _annotate(ax, xs, ys, [r["sampler"] for r in line])
-    ax.set(xlabel="network evaluations per sample", ylabel=fid, title=f"{fid} vs compute at guidance scale {scale:g}")
+    ax.set(xlabel="network evaluations per sample (a guide's included)", ylabel=fid,
+           title=f"{fid} vs compute at guidance scale {scale:g}")
     ax.legend(fontsize=8)
     return fig
 

@@ -1,79 +1,41 @@
 """Register: the diffusion model and the noisy classifier become registered MLflow model versions
-(`<prefix>-diffusion`, `<prefix>-classifier`); the alias `champion` moves to the new pair only when the chosen metric
-(`evaluate.champion_metric`) in the champion cell (`evaluate.champion_sampler` at `evaluate.champion_scale`) beats
-the current champion's.
-Both aliases move together, after both versions exist, so a failure never leaves a mixed pair."""
+(`<prefix>-diffusion`, `<prefix>-classifier`), and the alias `champion` moves to the new pair only when it is better
+than the champion by more than the noise: the champion is sampled at the champion cell (champion.py) with the same
+seeds and labels as the new model, both are featurized against the same reference, and the paired difference of
+`evaluate.champion_metric` must be better at `evaluate.promotion_level` (components/uncertainty.py). Otherwise the
+champion stays, and the versions say why ("not distinguishable: delta [lo, hi]"). A first registration has no
+champion to challenge. Both aliases move together, after both versions exist, so a failure never leaves a mixed
+pair."""
 
-from components.config import AUTO, HIGHER_IS_BETTER, ConfigError, Preset, to_dict
-from components.config.grid import grid_cells
+import dataclasses
+
+from components.config import AUTO, Preset, to_dict
 from pipelines.infra import tags
 from pipelines.infra.lineage import code_version, config_hash
 from pipelines.infra.registry import CHAMPION, model_names, move_alias
 from pipelines.infra.tracking import Tracker
+from pipelines.stages.champion import champion_row, improves
 from pipelines.stages.context import Stage, StageContext
+from pipelines.stages.evaluate import EvaluateJob, featurize, score_cells
+from pipelines.stages.evaluate_inputs import npz_source
+from pipelines.stages.sample import SampleJob, run_sampling
 
 
 def cache_inputs(ctx: StageContext, inputs: dict) -> dict:
     """What decides the register stage's outcome: the networks, their metrics, the champion policy and the names."""
-    policy = {k: v for k, v in to_dict(ctx.preset.evaluate).items() if k.startswith("champion_")}
+    policy = {k: v for k, v in to_dict(ctx.preset.evaluate).items()
+              if k.startswith("champion_") or k in ("promotion_level", "bootstrap")}
     return {"train": inputs["train"], "evaluate": inputs["evaluate"], "policy": policy,
             "names": model_names(ctx.prefix)}
 
 
-def champion_cell(preset, rows: list | None = None) -> dict:
-    """The cell whose metric decides the champion: evaluate.champion_sampler and champion_method (default the first
-    of sample.samplers and guidance_methods) at evaluate.champion_scale, guided in the first of
-    sample.guidance_intervals (at scale 0: the one unguided cell). With champion_scale=auto, the scale of that
-    sampler, method and interval whose row in `rows` has the best champion metric."""
-    sample, cfg = preset.sample, preset.evaluate
-    sampler = cfg.champion_sampler or sample.samplers[0]
-    method = cfg.champion_method or sample.guidance_methods[0]
-
-    def cell_at(scale: float) -> dict:
-        (cell,) = grid_cells([sampler], [scale], sample.guidance_intervals[:1], [method])
-        return {"sampler": cell.sampler, "guidance_method": cell.method, "guidance_scale": float(scale),
-                "guidance_interval": cell.interval_text}
-
-    if cfg.champion_scale != AUTO:
-        return cell_at(float(cfg.champion_scale))
-    if rows is None:
-        raise ValueError("evaluate.champion_scale=auto: the cell is chosen from the evaluation rows; pass them")
-    scored = [(row, cell_at(s)) for s in sample.guidance_scales for row in [_row_of(rows, cell_at(s))] if row]
-    if not scored or any(cfg.champion_metric not in row for row, _ in scored):
-        raise ConfigError(f"evaluate.champion_scale=auto: no scale of {sampler} ({method}) has "
-                          f"evaluate.champion_metric={cfg.champion_metric!r} (evaluate.features={cfg.features})")
-    sign = -1 if cfg.champion_metric in HIGHER_IS_BETTER else 1
-    return min(scored, key=lambda pair: sign * float(pair[0][cfg.champion_metric]))[1]
-
-
-def _row_of(rows: list, cell: dict) -> dict | None:
-    implied = {"guidance_method": "classifier", "guidance_interval": "all"}  # rows of grids without these axes
-    return next((r for r in rows if all(r.get(k, implied.get(k)) == v for k, v in cell.items())), None)
-
-
-def champion_row(preset: Preset, rows: list) -> dict:
-    cfg, cell = preset.evaluate, champion_cell(preset, rows)
-    row = _row_of(rows, cell)
-    if row is None:
-        raise ConfigError(f"the champion cell {cell} (evaluate.champion_sampler, _method, _scale) is not one of the "
-                          f"sampled cells {[r['cell'] for r in rows]}")
-    if cfg.champion_metric not in row:
-        raise ConfigError(f"evaluate.champion_metric={cfg.champion_metric!r} was not computed "
-                          f"(evaluate.features={cfg.features})")
-    return row
-
-
-def beats(value: float, best: float | None, metric: str) -> bool:
-    return best is None or (value > best if metric in HIGHER_IS_BETTER else value < best)
-
-
 def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained: dict, rows: list, lineage: dict,
-             log=print) -> dict:
-    """Register both networks with `lineage` tags (data fingerprint, code version, config hash, pipeline run) and
-    the metric; move `champion` if the metric improved. Returns, per network, its version and the decision."""
+             challenge, log=print) -> dict:
+    """Register both networks with `lineage` tags (data fingerprint, code version, config hash, pipeline run) and the
+    champion cell's metric; `challenge(champion version)` -> the paired difference new - champion ({"delta", "lo",
+    "hi", "resolved", "level"}) decides whether `champion` moves. Returns, per network, its version and decision."""
     cfg = preset.evaluate
-    metric = cfg.champion_metric
-    row = champion_row(preset, rows)
+    metric, row = cfg.champion_metric, champion_row(preset, rows)
     value, scale = float(row[metric]), float(row["guidance_scale"])
     tag = tags.champion_metric(metric, cfg.champion_scale)
     # auto: the scale chosen, for `adm sample models:/...@champion` to sample at by default
@@ -83,29 +45,77 @@ def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained
                                        tags={tag: value, **chosen, **lineage, **trained[kind].get("lineage", {})})
                 for kind, name in names.items()}
     current = tracker.alias_version(names["diffusion"], CHAMPION)
-    best = None if current is None or tag not in current.tags else float(current.tags[tag])
-    better = beats(value, best, metric)
-    if better:
-        why = (f"{metric} {value:.4g}: the first registered version, no champion yet" if best is None else
-               f"{metric} {value:.4g} beat the champion's {best:.4g}")
-        for kind, name in names.items():
+    if current is None:
+        compared, better = None, True
+        why = f"{metric} {value:.4g}: the first registered version, no champion yet"
+    elif str(current.version) == str(versions["diffusion"]):  # its training was reused: the champion's own networks
+        log(f"[register] {names['diffusion']} v{current.version} is the champion itself: nothing to challenge")
+        return {kind: {"name": names[kind], "version": versions[kind], "champion": False, "metric": metric,
+                       "value": value, "reason": f"the champion's own networks (v{current.version})",
+                       "compared": None} for kind in names}
+    else:
+        compared = challenge(current)
+        better = compared["resolved"] and improves(metric, compared["delta"])
+        span = f"{metric} delta {compared['delta']:+.4g} [{compared['lo']:+.4g}, {compared['hi']:+.4g}] at " \
+               f"{compared['level']:.0%}, paired against champion v{current.version}"
+        why = (f"better: {span}" if better else f"not better: {span}" if compared["resolved"] else
+               f"not distinguishable: {span}")
+    record = {tags.DECISION: "promoted" if better else "kept", tags.REASON: why}
+    for kind, name in names.items():
+        tracker.set_version_tags(name, versions[kind], record)
+        if better:
             move_alias(tracker, name, CHAMPION, versions[kind], "register", why)
     log("[register] " + ", ".join(f"{names[k]} v{versions[k]}" for k in names)
-        + f": {metric}@{scale:g}{' (auto)' if chosen else ''} = {value:.4g}"
-        + (" -> champion" if better else f" (champion keeps {best:.4g})"))
+        + f": {metric}@{scale:g}{' (auto)' if chosen else ''} = {value:.4g}; "
+        + ("-> champion" if better else "the champion stays") + f" ({why})")
     tracker.log_params(run_id, {"champion_metric": metric, "champion_scale": cfg.champion_scale,
                                 "champion_scale_used": scale})
     return {kind: {"name": names[kind], "version": versions[kind], "champion": better, "metric": metric,
-                   "value": value, "previous": best} for kind in names}
+                   "value": value, "reason": why, "compared": compared} for kind in names}
+
+
+def challenge_champion(ctx: StageContext, inputs: dict, row: dict, champion) -> dict:
+    """The paired difference new - champion of the champion metric at the champion cell (`row`): the champion pair
+    (`champion`: its diffusion version, and the classifier of the same pipeline run) samples the cell with the same
+    seeds and labels the new model's samples have; both sets are featurized with this run's evaluator against the
+    same reference and resampled on the same subsets."""
+    cfg, names = ctx.preset.evaluate, model_names(ctx.prefix)
+    partner = ctx.tracker.model_versions(names["classifier"])
+    run = champion.tags.get(tags.PIPELINE_RUN)
+    classifier = next((v for v in partner if v.tags.get(tags.PIPELINE_RUN) == run), None)
+    cell = {"samplers": (row["sampler"],), "guidance_methods": (row["guidance_method"],),
+            "guidance_scales": (row["guidance_scale"],), "guidance_intervals": (row.get("guidance_interval", "all"),)}
+    job = SampleJob(diffusion=f"models:/{names['diffusion']}/{champion.version}",
+                    classifier=f"models:/{names['classifier']}/{classifier.version}" if classifier else None,
+                    out=ctx.run_path("register", f"champion-v{champion.version}"),
+                    config=dataclasses.replace(ctx.preset.sample, **cell), tracking_uri=ctx.tracker.uri,
+                    experiment=ctx.experiment)
+    sampled = run_sampling(job, log=ctx.log)
+    scoring = dataclasses.replace(cfg, bootstrap=cfg.bootstrap or 200, ci_level=cfg.promotion_level)
+    evaluation = EvaluateJob(samples="", reference=inputs["ingest"]["data_url"], config=scoring,
+                             evaluator=f"runs:/{inputs['train']['evaluator']['run_id']}", cache_dir=ctx.path("cache"),
+                             tracking_uri=ctx.tracker.uri, experiment=ctx.experiment)
+    samples = {}
+    for key, url in (("new", inputs["sample"]["npz"][row["cell"]]), ("champion", sampled.npz[row["cell"]])):
+        samples[key] = npz_source(url, key, f"{key} samples")
+        samples[key].cell = {**{k: row[k] for k in ("sampler", "guidance_method", "guidance_scale") if k in row},
+                             "cell": key}
+    scored = score_cells(evaluation, samples, *featurize(evaluation, samples, ctx.log))
+    d = scored.cells["new"].differences(scored.cells["champion"], cfg.promotion_level)[cfg.champion_metric]
+    return {"delta": d.delta, "lo": d.lo, "hi": d.hi, "resolved": d.resolved, "level": cfg.promotion_level,
+            "champion_value": scored.cells["champion"].statistics[cfg.champion_metric].estimate}
 
 
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------
 def run(ctx: StageContext, inputs: dict) -> dict:
-    """Both networks registered with their lineage: the pipeline run, the code and config it ran, the dataset."""
+    """Both networks registered with their lineage: the pipeline run, the code and config it ran, the dataset; the
+    champion challenged at the champion cell."""
     lineage = {tags.PIPELINE_RUN: ctx.pipeline_run_id, tags.CODE_VERSION: code_version(),
                tags.CONFIG_HASH: config_hash(ctx.preset), tags.DATA_FINGERPRINT: inputs["ingest"]["fingerprint"]}
-    return register(ctx.tracker, ctx.run_id, ctx.preset, ctx.prefix, inputs["train"], inputs["evaluate"]["rows"],
-                    lineage, ctx.log)
+    rows = inputs["evaluate"]["rows"]
+    row = champion_row(ctx.preset, rows)
+    return register(ctx.tracker, ctx.run_id, ctx.preset, ctx.prefix, inputs["train"], rows, lineage,
+                    lambda champion: challenge_champion(ctx, inputs, row, champion), ctx.log)
 
 
 def publish(ctx: StageContext, outputs: dict) -> None:

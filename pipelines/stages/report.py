@@ -10,28 +10,43 @@ import torch
 from components.config.grid import ALL_LEVELS, metric_name
 from pipelines.infra import tags
 from pipelines.infra.tracking import Tracker
+from pipelines.stages.comparisons import format_comparisons
 from pipelines.stages.plots import lines_of, tradeoff_figures
 
-COLUMNS = ("sampler", "guidance_method", "guidance_scale", "guidance_interval", "network_evals", "classifier_passes",
-           "seconds_per_sample", "num_samples", "fid", "sfid", "precision", "recall", "evaluator_fid",
-           "evaluator_precision", "evaluator_recall", "score", "accuracy")
+COORDINATES = ("sampler", "guidance_method", "guidance_scale", "guidance_interval", "network_evals",
+               "classifier_passes", "guide_evals", "seconds_per_sample", "num_samples")
+# what users compare, in the table's order: each shown with its interval where the evaluation made one
+METRICS = ("fid", "precision", "recall", "accuracy", "kid", "sfid", "evaluator_fid", "evaluator_precision",
+           "evaluator_recall", "evaluator_kid", "score")
+
+
+def _number(value) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:g}" if value == int(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _with_interval(row: dict, metric: str) -> str:
+    value = _number(row.get(metric, math.nan))
+    if f"{metric}_lo" in row:
+        return f"{value} [{_number(row[f'{metric}_lo'])}, {_number(row[f'{metric}_hi'])}]"
+    return value
 
 
 def format_table(rows: list[dict]) -> str:
-    """A Markdown table of the columns present, one line per cell, grouped by sampler (the rows' order)."""
-    columns = [c for c in COLUMNS if c in rows[0]]
+    """A Markdown table of the columns present, one line per cell, grouped by sampler (the rows' order); each metric
+    with its interval [lo, hi] where the evaluation made one."""
+    columns = [c for c in COORDINATES if c in rows[0]]
     if all(row.get("guidance_interval", ALL_LEVELS) == ALL_LEVELS for row in rows):
         columns = [c for c in columns if c != "guidance_interval"]  # one interval: the column says nothing
     if all(row.get("guidance_method", "classifier") == "classifier" for row in rows):
         columns = [c for c in columns if c != "guidance_method"]
-
-    def cell(value):
-        if isinstance(value, float):
-            return "-" if math.isnan(value) else f"{value:g}" if value == int(value) else f"{value:.4g}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, math.nan)) for c in columns) + " |" for row in rows]
+    if not any(row.get("guide_evals") for row in rows):  # no autoguidance in the grid
+        columns = [c for c in columns if c != "guide_evals"]
+    measured = [m for m in METRICS if m in rows[0]]
+    lines = ["| " + " | ".join(columns + measured) + " |", "|" + "---|" * (len(columns) + len(measured))]
+    lines += ["| " + " | ".join([_number(row.get(c, math.nan)) for c in columns]
+                                + [_with_interval(row, m) for m in measured]) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -40,8 +55,10 @@ def scale_label(scale: float) -> str:
 
 
 def numbers(row: dict) -> dict:
-    """The numeric entries of a row (MLflow metrics); the sampler and interval strings are params."""
-    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """The numeric entries of a row (MLflow metrics); the sampler and interval strings are params. A cell guided at
+    every noise level has no interval bounds to plot ("all" is not a number)."""
+    drop = ("interval_lo", "interval_hi") if row.get("guidance_interval", ALL_LEVELS) == ALL_LEVELS else ()
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in drop}
 
 
 def log_evaluation(job, result, log=print):
@@ -70,6 +87,8 @@ def log_evaluation(job, result, log=print):
         result.run_ids[row["cell"]] = run_id
     tracker.log_params(parent, {f"evaluate.{k}": v for k, v in params.items()})
     figures = log_tradeoff(tracker, parent, result.rows)
+    if result.comparisons is not None:
+        tracker.log_dict(parent, result.comparisons, "evaluation/comparisons.json")
     if job.parent_run_id is None:
         tracker.end_run(parent)
     result.parent_run_id = parent
@@ -78,21 +97,25 @@ def log_evaluation(job, result, log=print):
     return result
 
 
-def log_summary(tracker, run_id: str, rows: list[dict], champion: dict) -> None:
-    """The trade-off at a glance on the pipeline run: the table, the plots, and each metric as one curve along the
-    scales: metric `<name>_by_scale` at step i = the i-th scale in increasing order of the champion's sampler and
-    method, with `guidance_scale_by_scale` holding the scale itself at the same steps (MLflow steps are integers, so
-    the step is the grid index, not the scale; one chart per metric instead of one single-bar chart per metric and
-    cell); with several lines (samplers, methods), `<name>_by_scale/<sampler>[-<method>]` the same for each."""
+def log_summary(tracker, run_id: str, rows: list[dict], champion: dict, comparisons: dict | None = None) -> None:
+    """The trade-off at a glance on the pipeline run: the table, the plots, what the grid resolves, and each metric
+    users compare as one curve along the scales, with its interval's bounds: `<metric>_by_scale` (and `_lo` / `_hi`)
+    at step i = the i-th scale in increasing order of the champion's sampler and method (MLflow steps are integers:
+    the param `scales_by_step` says which scale each step is); with several lines (samplers, methods),
+    `<metric>_by_scale/<sampler>[-<method>]` the same for each."""
     log_tradeoff(tracker, run_id, rows, champion)
+    if comparisons is not None:
+        tracker.log_dict(run_id, comparisons, "evaluation/comparisons.json")
     lines = lines_of(rows)
     headline = champion["sampler"] + ("" if champion.get("guidance_method", "classifier") == "classifier"
                                       else f" {champion['guidance_method']}")
+    if headline in lines:
+        tracker.log_params(run_id, {"scales_by_step": ",".join(f"{r['guidance_scale']:g}" for r in lines[headline])})
     for name, line in lines.items():
         suffixes = ([""] if name == headline else []) + \
             ([f"/{metric_name(name.replace(' ', '-'))}"] if len(lines) > 1 else [])
         for i, row in enumerate(line):
-            values = {k: v for k, v in numbers(row).items() if k != "num_samples"}
+            values = {k: row[k] for m in METRICS for k in (m, f"{m}_lo", f"{m}_hi") if k in row}
             tracker.log_new_metrics(run_id, {f"{k}_by_scale{s}": v for k, v in values.items() for s in suffixes},
                                     step=i)  # new: a resumed pipeline publishes a finished evaluate stage again
 
@@ -115,10 +138,12 @@ def machine() -> str:
 
 
 def run_report(run_id: str, preset_name: str, rows: list[dict], seconds: float, cluster: str,
-               stage_times: dict) -> str:
+               stage_times: dict, comparisons: dict | None = None) -> str:
     """The Markdown summary `adm run` writes beside its outputs and logs on the pipeline run."""
+    resolved = f"\n\n{format_comparisons(comparisons, rows)}" if comparisons else ""
     return (f"# adm run {run_id}\n\npreset `{preset_name}`; driver machine: {machine()}; Ray: {cluster}; "
-            f"wall time {seconds / 60:.1f} min\n\n{format_table(rows)}\n\n{format_stage_times(stage_times)}\n")
+            f"wall time {seconds / 60:.1f} min\n\n{format_table(rows)}{resolved}\n\n"
+            f"{format_stage_times(stage_times)}\n")
 
 
 def format_stage_times(stage_times: dict) -> str:

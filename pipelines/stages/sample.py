@@ -28,7 +28,7 @@ import torch
 from components.config import SampleConfig, UserError, to_dict
 from components.config.grid import Cell, grid_cells
 from components.config.kinds import has_null_class
-from components.config.validation import check_sample, diffusion_problems, raise_problems
+from components.config.validation import check_sample, diffusion_problems, guide_step, raise_problems
 from components.guidance import trained_sigmas
 from components.guided import GuidedNetworks, sample_batch
 from components.precision import autocast_context, speed_up
@@ -36,7 +36,7 @@ from components.sampling import sample_label, sample_seed
 from pipelines.infra import tags
 from pipelines.infra.console import progress
 from pipelines.infra.dataset import load_manifest
-from pipelines.infra.model_refs import NetworkRef, resolve
+from pipelines.infra.model_refs import NetworkRef, resolve, snapshot_path
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import check_writable, exists, npz_bytes, write_bytes_atomic
@@ -78,19 +78,45 @@ def plan_shards(cells: list[Cell], num_samples: int, batch_size: int) -> list[li
     return shards
 
 
+@dataclass
+class SampleNetworks:
+    """The networks a job samples with, resolved and checked against each other."""
+
+    diffusion: NetworkRef
+    classifier: NetworkRef | None = None
+    guide: NetworkRef | None = None  # autoguidance's guiding network
+
+
+def guide_reference(job: SampleJob) -> str | None:
+    """Where autoguidance's guide comes from: sample.guide_from, with step:N read as the diffusion model's own
+    snapshot at step N (runs:/<its training run>/snapshots/step_N); None without one."""
+    text = str(job.config.guide_from).strip()
+    step = guide_step(text)
+    if step is None:
+        return text or None
+    if job.diffusion.startswith("runs:/"):
+        run_id = job.diffusion[len("runs:/"):].strip("/").split("/")[0]
+    elif job.diffusion.startswith("models:/"):
+        run_id = Tracker(job.tracking_uri).model_source_run(job.diffusion)
+    else:
+        raise UserError(f"sample.guide_from={text}: a snapshot of the diffusion model's training run needs --diffusion "
+                        "runs:/RUN_ID or models:/...; for a folder or file, pass the guide's own reference")
+    return f"runs:/{run_id}/{snapshot_path(step)}"
+
+
 # --- validation before any actor starts ---------------------------------------------------------------------------
-def validate(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
+def validate(job: SampleJob) -> SampleNetworks:
     check_sample(job.config)
     if job.actors is not None and job.actors <= 0:
         raise UserError(f"--actors ({job.actors}) must be positive")
     networks = _networks(job)
-    classes = networks[0].config.num_classes
+    classes = networks.diffusion.config.num_classes
     if job.label is not None and not 0 <= job.label < (classes or 0):
         raise UserError(f"--label {job.label}: the diffusion model has " + (
             f"{classes} classes, labels 0 to {classes - 1}; pass one of them, or leave --label out for classes drawn "
             "at random" if classes else "no classes (it is unconditional); leave --label out"))
-    raise_problems(diffusion_problems(networks[0].preset.diffusion, job.config.samplers))
-    if any(c.cfg_scale > 0 for c in job.cells) and not has_null_class(networks[0].preset):
+    raise_problems(diffusion_problems(networks.diffusion.preset.diffusion, job.config.samplers))
+    if any(c.cfg_scale > 0 for c in job.cells) and not has_null_class(networks.diffusion.preset):
         raise UserError(f"guidance method cfg/both needs a diffusion model trained with label dropout (it learns the "
                         f"null class); {job.diffusion} was not (train_diffusion.label_dropout=0, e.g. a released "
                         "checkpoint): guide it with the classifier (sample.guidance_methods=classifier) or train "
@@ -99,22 +125,32 @@ def validate(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
     return networks
 
 
-def _networks(job: SampleJob) -> tuple[NetworkRef, NetworkRef | None]:
-    """The diffusion model and classifier, their weights checked, and checked against each other."""
+def _networks(job: SampleJob) -> SampleNetworks:
+    """The diffusion model, the classifier and the guide the grid needs, their weights checked, and checked against
+    each other."""
     diffusion = resolve(job.diffusion, "diffusion", job.preset, job.tracking_uri)
-    if job.classifier is None:
-        if any(c.classifier_scale > 0 for c in job.cells):
-            raise UserError("classifier guidance at scales above 0 needs a noisy classifier: pass --classifier URI "
-                            "(or guide with sample.guidance_methods=cfg alone)")
-        return diffusion, None
-    classifier = resolve(job.classifier, "classifier", job.preset, job.tracking_uri)
-    unet, clf = diffusion.config, classifier.config
-    if (clf.image_size, clf.in_channels) != (unet.image_size, unet.in_channels):
-        raise UserError(f"the classifier sees {clf.image_size}px x {clf.in_channels} channel(s) but the diffusion "
-                        f"model makes {unet.image_size}px x {unet.in_channels}; use a matching pair")
-    if unet.num_classes is not None and clf.num_classes != unet.num_classes:
-        raise UserError(f"the classifier has {clf.num_classes} classes but the diffusion model {unet.num_classes}")
-    return diffusion, classifier
+    unet, networks = diffusion.config, SampleNetworks(diffusion)
+    if job.classifier is None and any(c.classifier_scale > 0 for c in job.cells):
+        raise UserError("classifier guidance at scales above 0 needs a noisy classifier: pass --classifier URI "
+                        "(or guide with sample.guidance_methods=cfg alone)")
+    if job.classifier is not None:
+        networks.classifier = resolve(job.classifier, "classifier", job.preset, job.tracking_uri)
+        clf = networks.classifier.config
+        if (clf.image_size, clf.in_channels) != (unet.image_size, unet.in_channels):
+            raise UserError(f"the classifier sees {clf.image_size}px x {clf.in_channels} channel(s) but the "
+                            f"diffusion model makes {unet.image_size}px x {unet.in_channels}; use a matching pair")
+        if unet.num_classes is not None and clf.num_classes != unet.num_classes:
+            raise UserError(f"the classifier has {clf.num_classes} classes but the diffusion model {unet.num_classes}")
+    guide = guide_reference(job) if any(c.auto_scale > 0 for c in job.cells) else None
+    if guide is not None:
+        networks.guide = resolve(guide, "diffusion", job.preset, job.tracking_uri)
+        g = networks.guide.config
+        if (g.image_size, g.in_channels, g.num_classes) != (unet.image_size, unet.in_channels, unet.num_classes):
+            raise UserError(f"the guide {guide} makes {g.image_size}px x {g.in_channels} channel(s) with "
+                            f"{g.num_classes} classes, the diffusion model {unet.image_size}px x {unet.in_channels} "
+                            f"with {unet.num_classes}: autoguidance needs a guide of the same image size, channels "
+                            "and classes (a smaller or earlier version of the model)")
+    return networks
 
 
 def check_plan(job: SampleJob, num_shards: int) -> None:
@@ -125,6 +161,8 @@ def check_plan(job: SampleJob, num_shards: int) -> None:
     plan = {"cells": [c.key for c in job.cells], "num_samples": cfg.num_samples, "batch_size": cfg.batch_size,
             "seed": cfg.seed, "eta": cfg.eta, "label": job.label, "shards": num_shards,
             "diffusion": job.diffusion, "classifier": job.classifier}
+    if any(c.auto_scale > 0 for c in job.cells):
+        plan["guide"] = guide_reference(job)
     if exists(url):
         with fsspec.open(url, "r") as f:
             found = json.load(f)
@@ -138,22 +176,26 @@ def check_plan(job: SampleJob, num_shards: int) -> None:
 
 # --- the actor ---------------------------------------------------------------------------------------------------
 class GuidedSampler:
-    """Ray Data actor: loads the diffusion model and classifier once, then samples shard after shard through the one
-    guidance composition (components/guided.py)."""
+    """Ray Data actor: loads the networks once (the diffusion model, and the classifier and guide the grid needs), then
+    samples shard after shard through the one guidance composition (components/guided.py)."""
 
     def __init__(self, job: SampleJob, threads: int = 1):
         torch.set_num_threads(max(1, threads))
         self.job = job
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        diffusion_ref, classifier_ref = validate(job)
+        refs = validate(job)
         cfg = job.config
         fast = functools.partial(speed_up, device=self.device, channels_last=cfg.channels_last, compile=cfg.compile)
-        network = diffusion_ref.build()
-        self.nets = GuidedNetworks(fast(network.to(self.device)), diffusion_ref.config, diffusion_ref.preset.diffusion,
-                                   self.device, null_label=network.null_label,
-                                   classifier=fast(classifier_ref.build().to(self.device)) if classifier_ref else None)
-        unet = diffusion_ref.config
-        self.num_classes = unet.num_classes or (classifier_ref.config.num_classes if classifier_ref else 1)
+
+        def load(ref):
+            return None if ref is None else fast(ref.build().to(self.device))
+
+        network = refs.diffusion.build()
+        self.nets = GuidedNetworks(fast(network.to(self.device)), refs.diffusion.config,
+                                   refs.diffusion.preset.diffusion, self.device, null_label=network.null_label,
+                                   classifier=load(refs.classifier), guide=load(refs.guide))
+        unet = refs.diffusion.config
+        self.num_classes = unet.num_classes or (refs.classifier.config.num_classes if refs.classifier else 1)
         self.cells = job.cells
         self.shards = plan_shards(self.cells, cfg.num_samples, cfg.batch_size)
         self.shards_done = 0
@@ -179,7 +221,8 @@ class GuidedSampler:
         return {"images": images, "labels": np.array(labels, dtype=np.int64),
                 "cells": np.array([c.key for c in cells]), "indices": indices,
                 "network_evals": np.array(cost.network_evals, dtype=np.int64),
-                "classifier_passes": np.array(cost.classifier_passes, dtype=np.int64)}
+                "classifier_passes": np.array(cost.classifier_passes, dtype=np.int64),
+                "guide_evals": np.array(cost.guide_evals, dtype=np.int64)}
 
     def __call__(self, batch: dict) -> dict:
         done, seconds, first = [], [], []
@@ -228,7 +271,7 @@ class CellProgress:
 
 
 def run_sampling(job: SampleJob, log=print) -> SampleResult:
-    diffusion_ref, _ = validate(job)
+    diffusion_ref = validate(job).diffusion
     cells = job.cells
     shards = plan_shards(cells, job.config.num_samples, job.config.batch_size)
     check_plan(job, len(shards))

@@ -53,6 +53,7 @@ def cell_record(cell: Cell, num_timesteps: int, max_sigma: float, rows: dict) ->
             "guidance_interval": cell.interval_text, "interval_lo": float(lo), "interval_hi": float(hi),
             "steps": spec.steps or num_timesteps, "network_evals": float(rows["network_evals"].mean()),
             "classifier_passes": float(rows["classifier_passes"].mean()),
+            "guide_evals": float(rows["guide_evals"].mean()) if "guide_evals" in rows else 0.0,
             "sample_seconds": float(rows["seconds"].sum()), "seconds_per_sample": float(rows["seconds"].sum() / n)}
 
 
@@ -74,8 +75,8 @@ def assemble(job, shards, sigmas: np.ndarray) -> tuple[dict, dict, dict]:
         write_bytes_atomic(grids[cell.key], labeled_grid(images, labels, f"{cell.label}, {len(images)} samples",
                                                          job.class_names))
         coords[cell.key] = cell_record(cell, len(sigmas), float(sigmas[-1]),
-                                       {k: merged[k][rows] for k in ("indices", "network_evals",
-                                                                     "classifier_passes", "seconds")})
+                                       {k: merged[k][rows] for k in ("indices", "network_evals", "classifier_passes",
+                                                                     "guide_evals", "seconds") if k in merged})
         write_bytes_atomic(posixpath.join(folder, "cell.json"), json.dumps(coords[cell.key], indent=1).encode())
     return npz, grids, coords
 

@@ -185,11 +185,13 @@ def training_dataset(data_url: str, opts: TrainOptions):
 
 
 def _fit(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOptions, cpus: float,
-         tracker: Tracker, queued: float) -> TrainOutcome:
+         tracker: Tracker, queued: float, slots=None) -> TrainOutcome:
     started = time.time()
     try:
-        if started - queued >= 1:  # waited for a CPU slot: its MLflow run (made at stage start) counts the wait too
+        after = slots.started_after.get(kind) if slots is not None else None
+        if after is not None:  # waited for a CPU slot: its MLflow run (made at stage start) counts the wait too
             tracker.log_metrics(run_id, {"cpu_wait_s": round(started - queued, 1)}, step=0)
+            tracker.set_tags(run_id, {tags.STARTED_AFTER: after})
         result = make_trainer(kind, preset, dataset, run_id, opts, cpus).fit()
         metrics = dict(result.metrics or {})
         bad_step = _nonfinite_step(opts, kind, run_id)
@@ -316,7 +318,8 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
     try:
         dataset = _shared_dataset(data_url, opts, run_ids, tracker)
         for k in kinds:
-            futures[k] = slots.start(k, _fit, k, preset, dataset, run_ids[k], opts, cpus[k], tracker, time.time())
+            futures[k] = slots.start(k, _fit, k, preset, dataset, run_ids[k], opts, cpus[k], tracker, time.time(),
+                                     slots)
         for kind, future in futures.items():
             try:
                 outcomes[kind] = future.result()

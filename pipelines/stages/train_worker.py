@@ -28,7 +28,7 @@ from components.config.kinds import kind as network_kind
 from components.images import image_grid, to_uint8
 from components.training import Learner
 from pipelines.infra import tags
-from pipelines.infra.model_refs import locate_for
+from pipelines.infra.model_refs import locate_for, snapshot_path
 from pipelines.infra.system_metrics import SystemMetrics
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.train_monitor import SCORE, eval_due, make_eval
@@ -143,6 +143,8 @@ def train_loop_per_worker(config: dict) -> None:
                     if held_out and eval_due(cfg, step) else None
                 if step % cfg.save_interval == 0 or step == cfg.steps or (cfg.keep_best and eval_due(cfg, step)):
                     _report_checkpoint(learner, metrics, rank, score)
+                if rank == 0 and step in cfg.snapshot_steps and step > logged:
+                    _snapshot(tracker, job, learner)
                 if step >= cfg.steps:
                     break
 
@@ -214,6 +216,14 @@ def _evaluate(tracker, job: WorkerConfig, learner: Learner, held_out, log: bool 
     if log:
         tracker.log_metrics(job.run_id, scores, learner.step)
     return scores[SCORE]
+
+
+def _snapshot(tracker, job: WorkerConfig, learner: Learner) -> None:
+    """This step's checkpoint as the run's artifacts snapshots/step_NNNNNNN, out of the checkpoints' rotation: an
+    earlier version of the network, readable as runs:/RUN_ID/snapshots/step_NNNNNNN (autoguidance's guide)."""
+    with tempfile.TemporaryDirectory() as folder:
+        learner.save(folder, config={"kind": learner.kind, "preset": to_dict(learner.preset), "step": learner.step})
+        tracker.log_artifacts(job.run_id, folder, snapshot_path(learner.step))
 
 
 def _report_checkpoint(learner: Learner, metrics: dict, rank: int, score: float | None = None) -> None:

@@ -103,7 +103,7 @@ class Pipeline:
             self.keep_logs(logs, interrupted=not isinstance(e, Exception))
             self.tracker.end_failed(self.run_id, e)
             raise
-        self.write_report(outputs["evaluate"]["rows"])
+        self.write_report(outputs["evaluate"]["rows"], outputs["evaluate"].get("comparisons"))
         self.keep_logs(logs)
         self.tracker.end_run(self.run_id)
         return {"run_id": self.run_id, **outputs, "stage_times": self.cache.times}
@@ -131,14 +131,14 @@ class Pipeline:
                 stage.publish(ctx, done[stage.name])
         return done
 
-    def write_report(self, rows: list) -> None:
+    def write_report(self, rows: list, comparisons: dict | None = None) -> None:
         """report.md (machine, wall time, metrics table) beside the run's outputs and on the pipeline run."""
         cluster = os.environ.get("RAY_ADDRESS") or "local instance"
         if ray.is_initialized():
             found = ray.cluster_resources()
             cluster += f" ({found.get('CPU', 0):g} CPUs, {found.get('GPU', 0):g} GPUs)"
         text = report.run_report(self.run_id, self.preset.name, rows, time.time() - self.started, cluster,
-                                 self.cache.times)
+                                 self.cache.times, comparisons)
         url = self.path("runs", self.run_id, "report.md")
         write_bytes_atomic(url, text.encode())
         self.tracker.log_text(self.run_id, text, "report.md")

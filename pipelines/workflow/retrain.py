@@ -103,8 +103,7 @@ def _cycle(tracker: Tracker, cycle: str, req: RunRequest, log) -> dict:
                                   force=req.force or "code_version" in changed, resume=None, register=True)
     result = Pipeline(run_req, log=log).execute()
     reg = result["register"]["diffusion"]
-    previous = "none" if reg["previous"] is None else f"{reg['previous']:.4g}"
-    reason += f"; {reg['metric']} new {reg['value']:.4g} vs champion {previous}"
+    reason += f"; {reg['reason']}"
     out = _finish(tracker, cycle, "promoted" if reg["champion"] else "kept", reason, log,
                   {tags.PIPELINE_RUN: result["run_id"]})
     return {**out, "run_id": result["run_id"], "registered": result["register"]}

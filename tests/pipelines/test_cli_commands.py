@@ -126,7 +126,7 @@ def test_presets_config_and_data_describe(tiny, env, tmp_path):
     assert resolved["name"] == "smoke" and resolved["unet"]["model_channels"] == 64
     assert resolved["classifier"]["model_channels"] == get_preset("smoke").classifier.model_channels
     text = ok(describe)
-    assert f"fingerprint  {tiny['data']['fingerprint']}" in text
+    assert f"fingerprint  {tiny['ingest']['fingerprint']}" in text
     splits = {m.group(1): int(m.group(2)) for m in re.finditer(r"split (\w+) +(\d+) images", text)}
     assert sum(splits.values()) == 256 and 0 < splits["validation"] < splits["train"], splits  # some held out
     assert "resolution   16x16, 3 channel(s)" in text
@@ -230,15 +230,17 @@ def test_champion_metric_where_higher_is_better(tiny, mlflow_server):
     scratch = client.create_run(client.get_experiment_by_name(EXPERIMENT).experiment_id).info.run_id
     # three candidates with model URIs of their own (one network registered twice would be one version)
     trained = tiny["train"]
-    candidates = [(0.5, trained["diffusion"], trained["classifier"]),  # the first: champion
-                  (0.25, trained["classifier"], trained["evaluator"]),  # lower: kept out
-                  (0.75, trained["evaluator"], trained["diffusion"])]  # higher: champion
+    # (paired accuracy differences new - champion, resolved: the champion cell's challenge, given here)
+    candidates = [(0.0, trained["diffusion"], trained["classifier"]),  # the first: champion
+                  (-0.25, trained["classifier"], trained["evaluator"]),  # lower: kept out
+                  (0.25, trained["evaluator"], trained["diffusion"])]  # higher: champion
     promoted, champions = [], []
-    for accuracy, diffusion, classifier in candidates:
+    for delta, diffusion, classifier in candidates:
+        paired = {"delta": delta, "lo": delta - 0.1, "hi": delta + 0.1, "resolved": True, "level": 0.9}
         out = register(tracker, scratch, tiny["preset"], "higher", {"diffusion": diffusion, "classifier": classifier},
                        [{"cell": "ddim10/scale_2", "sampler": "ddim10", "guidance_scale": 2.0,
-                         "guidance_interval": "all", "accuracy": accuracy}], {"adm.pipeline_run": tiny["run_id"]},
-                       log=lambda *_: None)
+                         "guidance_interval": "all", "accuracy": 0.5 + delta}], {"adm.pipeline_run": tiny["run_id"]},
+                       lambda champion, paired=paired: paired, log=lambda *_: None)
         assert out["diffusion"]["champion"] == out["classifier"]["champion"]
         promoted.append(out["diffusion"]["champion"])
         champions.append([client.get_model_version_by_alias(f"higher-{k}", "champion").version

@@ -1,11 +1,23 @@
-"""cluster/ definitions (schema-level), `adm schedule` output and `adm submit` input checks; no cluster needed."""
+"""cluster/ definitions validated against their schemas (KubeRay's CRDs, Kubernetes' own) and pinned images,
+`adm schedule` output and `adm submit` input checks; no cluster needed.
 
+Schemas: the ray.io/v1 RayCluster, RayJob and RayCronJob ones are KubeRay's CRD schemas, kept in ../shared/kuberay
+(its README says where each came from); the Deployment, StatefulSet and Service ones come with kubernetes-validate (a
+dev dependency, Kubernetes KUBERNETES's "strict" JSON schemas). Both are checked as `kubectl apply` checks: a field
+that the schema does not name is an error."""
+
+import hashlib
+import json
+import re
 import shlex
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import pytest
 import ray
 import yaml
+from referencing import Registry, Resource
 
 from pipelines.cli.main import build_parser, main
 from pipelines.ops.jobs import JobError, connect, job_command
@@ -17,10 +29,20 @@ from pipelines.ops.schedule import (
     parse_cron,
     systemd_units,
 )
+from tests.conftest import shared_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 RAY = ray.__version__
+KUBERNETES = "v1.33.0"  # the Kubernetes API the manifests are checked against (a kubernetes-validate schema folder)
+KUBERAY = {"RayCluster": "rayclusters.ray.io_v1.json", "RayJob": "rayjobs.ray.io_v1.json",
+           "RayCronJob": "raycronjobs.ray.io_v1.json"}  # in ../shared/kuberay
+MANIFESTS = ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml", "kuberay/raycronjob.yaml", "mlflow/mlflow.yaml")
+# Every container image that cluster/ names, each once, each pinned to a version tag: Ray as pyproject.toml pins it
+# (the Dockerfile's CPU and GPU bases), the adm-pipeline images built from them (package version, Ray version) and
+# PostgreSQL for MLflow's backend store.
+PINNED_IMAGES = ("rayproject/ray:2.60.0-py311", "rayproject/ray:2.60.0-py311-gpu",
+                 "REGISTRY/adm-pipeline:0.1.0-ray2.60.0", "REGISTRY/adm-pipeline:0.1.0-ray2.60.0-gpu", "postgres:16.9")
 
 
 def load(rel: str) -> list[dict]:
@@ -43,11 +65,136 @@ def assert_adm_command(entrypoint: str) -> None:
     build_parser().parse_args(argv[1:])  # a real subcommand with valid options (SystemExit otherwise)
 
 
-def assert_ray_pinned(image: str) -> None:
-    if image.startswith("rayproject/ray:"):
-        assert image.split(":")[1].startswith(RAY + "-"), image
-    elif "adm-pipeline" in image:
-        assert f"-ray{RAY}" in image.split(":")[1], image
+def cluster_images() -> list[str]:
+    """Every image cluster/ names: in the manifests, the launcher's config, and the Dockerfile's base images (its
+    RAY_IMAGE default and the one its GPU build passes)."""
+    found = [i for rel in (*MANIFESTS, "launcher/cluster.yaml") for doc in load(rel) for i in images(doc)]
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    return found + re.findall(r"RAY_IMAGE=(\S+)", dockerfile)
+
+
+# --- schemas ----------------------------------------------------------------------------------------------------------
+def strict(schema):
+    """A CRD's structural schema as `kubectl apply` (strict field validation) reads it: an object that lists its
+    properties admits no other, unless it preserves unknown fields."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out \
+            and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+KUBERNETES_SCHEMAS = resources.files("kubernetes_validate") / "kubernetes-json-schema" / f"{KUBERNETES}-local-strict"
+DEFINITIONS = json.loads((KUBERNETES_SCHEMAS / "_definitions.json").read_text())
+OBJECT_META = {"$ref": f"{DEFINITIONS['$id']}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
+
+
+@pytest.fixture(scope="module")
+def kuberay_schemas() -> dict:
+    """{kind: the strict schema of KubeRay's CRD}, metadata checked as Kubernetes' ObjectMeta (the CRD says only
+    `object`). Missing or changed files fail: a schema check that silently does not run is no check."""
+    folder = shared_dir() / "kuberay"
+    if not (folder / "SHA256SUMS").is_file():
+        # KubeRay's CRDs reach this workplace only through the fetch tool, whose data may not be committed here: they
+        # belong in ../shared, which the project's developers cannot write (issue 40's note asks for them). Until then
+        # the ray.io manifests are checked by their keys below, and this says so in every test report.
+        pytest.skip(f"{folder} is missing: KubeRay's CRD schemas (ray.io/v1 RayCluster, RayJob, RayCronJob, from "
+                    "ray-project/kuberay v1.6.2 ray-operator/config/crd/bases) are not in ../shared/kuberay yet")
+    for line in (folder / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        if hashlib.sha256((folder / name.lstrip("*")).read_bytes()).hexdigest() != digest:
+            pytest.fail(f"{folder / name} does not match SHA256SUMS: the schema was changed")
+    schemas = {}
+    for kind, name in KUBERAY.items():
+        schema = strict(json.loads((folder / name).read_text()))
+        schema["properties"]["metadata"] = OBJECT_META
+        schemas[kind] = schema
+    return schemas
+
+
+def schema_errors(doc: dict, kuberay: dict | None) -> list[str]:
+    """What the schema of `doc`'s kind says is wrong with it, as "path: message" (empty: valid); `kuberay`: the
+    schemas of the ray.io kinds (kuberay_schemas), needed only for those."""
+    if doc.get("apiVersion") == "ray.io/v1":
+        schema = kuberay[doc["kind"]]
+    else:  # kubernetes-validate's file names: deployment-apps-v1.json, service-v1.json
+        api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", doc["apiVersion"])
+        schema = json.loads((KUBERNETES_SCHEMAS / f"{doc['kind'].lower()}-{api}.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema, registry=Resource.from_contents(DEFINITIONS) @ Registry())
+    return [f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def schemas_for(rel: str, request) -> dict | None:
+    """The KubeRay schemas when `rel` is a KubeRay manifest (so the Kubernetes ones are checked without them)."""
+    return request.getfixturevalue("kuberay_schemas") if rel.startswith("kuberay/") else None
+
+
+@pytest.mark.parametrize("rel", MANIFESTS)
+def test_manifests_match_their_schemas(rel, request):
+    docs, kuberay = load(rel), schemas_for(rel, request)
+    assert docs
+    for doc in docs:
+        assert not schema_errors(doc, kuberay), f"{rel} {doc['kind']}: {schema_errors(doc, kuberay)}"
+
+
+def _plant(doc: dict, path: str, change):
+    """`doc` with one mistake: the key at `path` (dots; numbers index lists) renamed to change[1] when change is
+    ("rename", NEW), else the value at `path` replaced by `change`."""
+    *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+    node = doc
+    for key in parents:
+        node = node[key]
+    if isinstance(change, tuple) and change[0] == "rename":
+        node[change[1]] = node.pop(last)
+    else:
+        node[last] = change
+    return doc
+
+
+@pytest.mark.parametrize("rel,kind,path,change,named", [
+    ("kuberay/raycluster.yaml", "RayCluster", "spec.headGroupSpec.rayStartParams", ("rename", "rayStartParam"),
+     "rayStartParam"),
+    ("kuberay/raycluster.yaml", "RayCluster", "spec.workerGroupSpecs.0.replicas", "two", "replicas"),
+    ("kuberay/raycluster.yaml", "RayCluster", "spec.headGroupSpec.template.spec.containers.0.env",
+     ("rename", "envs"), "envs"),
+    ("kuberay/raycluster.yaml", "RayCluster", "metadata.name", ("rename", "nmae"), "nmae"),
+    ("kuberay/rayjob.yaml", "RayJob", "spec.submissionMode", ("rename", "submitionMode"), "submitionMode"),
+    ("kuberay/rayjob.yaml", "RayJob", "spec.entrypoint", 42, "entrypoint"),
+    ("kuberay/raycronjob.yaml", "RayCronJob", "spec.jobTemplate.entrypoint", ("rename", "entrypint"), "entrypint"),
+    ("kuberay/raycronjob.yaml", "RayCronJob", "spec.suspend", "no", "suspend"),
+    ("mlflow/mlflow.yaml", "Deployment", "spec.replicas", ("rename", "replica"), "replica"),
+    ("mlflow/mlflow.yaml", "Deployment", "spec.template.spec.containers.0.ports.0.containerPort", "5000",
+     "containerPort"),
+    ("mlflow/mlflow.yaml", "StatefulSet", "spec.volumeClaimTemplates.0.spec.accessModes", ("rename", "accessMode"),
+     "accessMode"),
+    ("mlflow/mlflow.yaml", "Service", "spec.ports.0.port", "5000", "port"),
+])
+def test_a_planted_mistake_fails_the_schema(rel, kind, path, change, named, request):
+    doc = next(d for d in load(rel) if d["kind"] == kind)
+    errors = schema_errors(_plant(doc, path, change), schemas_for(rel, request))
+    assert errors and any(named in e for e in errors), errors
+
+
+def test_every_image_is_pinned_and_listed_once():
+    import tomllib  # Python 3.11 on
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (ray_pin,) = [d.split("==")[1] for d in pyproject["dependencies"] if d.startswith("ray[")]
+    assert len(set(PINNED_IMAGES)) == len(PINNED_IMAGES)
+    used = cluster_images()
+    assert set(used) <= set(PINNED_IMAGES), f"not in the pinned list: {sorted(set(used) - set(PINNED_IMAGES))}"
+    assert set(PINNED_IMAGES) <= set(used), f"listed but unused: {sorted(set(PINNED_IMAGES) - set(used))}"
+    for image in PINNED_IMAGES:
+        name, _, tag = image.rpartition(":")
+        assert re.match(r"\d+(\.\d+)+", tag), f"{image}: not a version tag"
+        if name == "rayproject/ray":
+            assert tag.startswith(f"{ray_pin}-py"), image
+        if name.endswith("/adm-pipeline"):
+            assert tag.startswith(f"{pyproject['version']}-ray{ray_pin}"), image
 
 
 def test_raycluster_has_cpu_head_and_gpu_workers():
@@ -64,7 +211,7 @@ def test_raycluster_has_cpu_head_and_gpu_workers():
         env = {e["name"]: e for e in container["env"]}
         assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
         assert env["MLFLOW_TRACKING_URI"]["value"].startswith("http")
-    assert images(cluster) and all(assert_ray_pinned(i) is None for i in images(cluster))
+    assert images(cluster) and set(images(cluster)) <= set(PINNED_IMAGES)
 
 
 def test_rayjob_and_raycronjob_run_real_adm_commands():
@@ -86,7 +233,7 @@ def test_launcher_mlflow_and_dockerfile():
     (launcher,) = load("launcher/cluster.yaml")
     assert {"cluster_name", "provider", "auth", "head_start_ray_commands", "worker_start_ray_commands"} <= set(launcher)
     assert launcher["provider"]["type"] == "local" and launcher["provider"]["head_ip"]
-    assert_ray_pinned(launcher["docker"]["image"])
+    assert launcher["docker"]["image"] in PINNED_IMAGES
     assert any("RAY_AUTH_MODE=token" in o for o in launcher["docker"]["run_options"])
     docs = {d["kind"]: d for d in load("mlflow/mlflow.yaml")}
     assert {"Deployment", "Service", "StatefulSet"} <= set(docs)
@@ -96,8 +243,7 @@ def test_launcher_mlflow_and_dockerfile():
     assert "MLFLOW_BACKEND_STORE_URI=\"postgresql+psycopg2://" in args and "MLFLOW_ARTIFACTS_DESTINATION=s3://" in args
     server = (CLUSTER / "mlflow" / "server.sh").read_text()
     assert all(f in server for f in ("--backend-store-uri", "--serve-artifacts", "--artifacts-destination"))
-    for image in images(docs["Deployment"]):
-        assert_ray_pinned(image)
+    assert set(images(docs["Deployment"])) <= set(PINNED_IMAGES)
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert f"ARG RAY_IMAGE=rayproject/ray:{RAY}-" in dockerfile and f'"ray[default,train,data]=={RAY}"' in dockerfile
     import torch
@@ -179,18 +325,37 @@ def test_unreachable_cluster_names_address_and_fix(tmp_path):
         connect("http://127.0.0.1:9", token_file=str(tmp_path / "missing"))
 
 
-def test_submitted_jobs_keep_every_package_whatever_its_name():
-    """Ray applies the excludes as gitignore patterns: the top-level cluster/, tests/ and bench/ folders stay home,
-    a package folder of the same name inside pipelines/ travels."""
-    from ray._private.runtime_env.packaging import _get_excludes
+# what `make run`, tests and tools leave in a checkout: none of it belongs in a job's package
+LOCAL_OUTPUTS = ("mlflow-artifacts/0/abc/artifacts/model.safetensors", "mlruns/0/meta.yaml", "mlartifacts/1/x.bin",
+                 "adm-work/data/shard-0.parquet", "adm-data/fashion-mnist/train.gz", "mlflow.db", "adm-retrain.log",
+                 ".pytest_cache/v/x", ".ruff_cache/0/x", ".import_linter_cache/x", ".benchmarks/x.json",
+                 ".venv/lib/python3.11/site-packages/torch/__init__.py", ".git/HEAD", "adm_pipeline.egg-info/PKG-INFO",
+                 "tests/conftest.py", "bench/RESULTS.md", "cluster/kuberay/raycluster.yaml", "docs/guide.md",
+                 "pipelines/__pycache__/main.cpython-311.pyc", "components/__pycache__/unet.cpython-311.pyc",
+                 "pipelines/.pytest_cache/x", "notes.txt")
+SOURCES = ("components/__init__.py", "components/unet.py", "pipelines/__init__.py", "pipelines/cli/main.py",
+           "pipelines/cluster/x.py", "pipelines/tests/x.py", "pipelines/adm-work/x.py")  # package names are any name
 
-    from pipelines import PROJECT_ROOT
-    from pipelines.ops.jobs import EXCLUDES
 
-    root = PROJECT_ROOT
-    excluded = _get_excludes(root, EXCLUDES)
-    for kept in ("pipelines/cluster/x.py", "pipelines/tests/x.py", "components/unet.py", "pipelines/cli/main.py"):
-        assert not excluded(root / kept), kept
-    for dropped in ("cluster/kuberay/raycluster.yaml", "tests/conftest.py", "bench/RESULTS.md", ".git/HEAD",
-                    "adm-work/runs/x", "pipelines/__pycache__/x.pyc"):
-        assert excluded(root / dropped), dropped
+@pytest.mark.parametrize("include_gitignore", [True, False], ids=["with-gitignore", "no-gitignore"])
+def test_a_submitted_job_carries_the_sources_and_no_local_outputs(tmp_path, include_gitignore):
+    """The package Ray would upload for `adm submit` (its runtime_env's working_dir and excludes, packed by Ray's own
+    create_package) holds components/ and pipelines/, whatever their sub-packages are called, and none of the local
+    run outputs, caches, virtual environments and other folders of a checkout, with or without its .gitignore."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from pipelines.ops.jobs import runtime_env
+
+    project = tmp_path / "checkout"
+    for rel in (*LOCAL_OUTPUTS, *SOURCES):
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(rel)
+    (project / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    env = runtime_env({"MLFLOW_TRACKING_URI": "http://mlflow:5000"}, working_dir=str(project))
+    assert env["working_dir"] == str(project)
+    package = tmp_path / "package.zip"
+    create_package(env["working_dir"], package, include_gitignore=include_gitignore, excludes=env["excludes"])
+    packed = {n for n in zipfile.ZipFile(package).namelist() if not n.endswith("/")}
+    assert packed == set(SOURCES), f"left out: {set(SOURCES) - packed}; carried: {packed - set(SOURCES)}"

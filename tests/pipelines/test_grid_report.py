@@ -5,8 +5,8 @@ import pytest
 
 from components.config import ConfigError, apply_overrides
 from components.config.presets import get_preset
+from pipelines.stages.champion import champion_cell, champion_row
 from pipelines.stages.plots import lines_of, tradeoff_figures
-from pipelines.stages.register import champion_cell, champion_row
 from pipelines.stages.report import format_table
 
 
@@ -117,6 +117,7 @@ def test_auto_scale_is_recorded_on_the_versions_and_read_by_adm_sample(mlflow_se
                                                    "sample.guidance_scales=0,2,4", "evaluate.champion_metric=fid"])
     rows = [_row("ddim25", 0.0, fid=30), _row("ddim25", 2.0, fid=19), _row("ddim25", 4.0, fid=24)]
     out = register(Tracker(mlflow_server), run.info.run_id, preset, "auto", trained, rows, {"adm.pipeline_run": "p"},
+                   lambda champion: pytest.fail("the first registration has no champion to challenge"),
                    log=lambda *_: None)
     assert out["diffusion"]["champion"] and out["diffusion"]["value"] == 19
     for kind in ("diffusion", "classifier"):

@@ -3,11 +3,17 @@ the versions; a pair with a missing partner is refused; bad input is an error li
 
 import getpass
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from mlflow import MlflowClient
 
 from pipelines.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def register_pair(client, prefix: str, pipeline_run: str, fid: float, networks=("diffusion", "classifier")) -> None:
@@ -140,3 +146,97 @@ def test_registry_of_a_sqlite_store_opened_in_the_process(capsys, tmp_path):
     assert code != 0 and "sq-diffusion has no version 9; its versions are 1, 2" in err and "Traceback" not in err
     assert _pin("models:/sq-diffusion/1", "sq-diffusion", uri).uri == "models:/sq-diffusion/1"
     assert _pin("models:/sq-diffusion/latest", "sq-diffusion", uri).uri == "models:/sq-diffusion/2"
+
+
+# --- a sqlite store of this process, as `make run` leaves one ---------------------------------------------------------
+def sqlite_registry(tmp_path, prefix: str, tags_of: list[dict]) -> tuple[MlflowClient, str]:
+    """A sqlite store whose PREFIX-diffusion and PREFIX-classifier have one version per entry of `tags_of`, each
+    pair registered by its own pipeline run (pipeline run p1, p2, ...) with those tags."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    client.create_experiment("models-seed")
+    for i, extra in enumerate(tags_of, start=1):
+        register_pair(client, prefix, f"p{i}", 0.0)
+        for kind in ("diffusion", "classifier"):
+            client.delete_model_version_tag(f"{prefix}-{kind}", str(i), "adm.fid_scale_2")
+            for key, value in extra.items():
+                client.set_model_version_tag(f"{prefix}-{kind}", str(i), key, value)
+    return client, uri
+
+
+def test_list_and_show_give_the_metric_of_a_champion_chosen_at_the_best_scale(capsys, tmp_path):
+    """evaluate.champion_scale=auto registers the metric as adm.<metric>_best_scale and the scale as adm.best_scale
+    (pipelines/stages/register.py): both show, as they do for a fixed scale."""
+    client, uri = sqlite_registry(tmp_path, "ba", [{"adm.fid_best_scale": "12.5", "adm.best_scale": "4"},
+                                                   {"adm.fid_scale_2": "20"}])
+    assert adm(capsys, uri, "ba", "promote", "1", "--reason", "auto")[0] == 0
+    code, out, err = adm(capsys, uri, "ba", "list", "--json")
+    rows = {r["version"]: r for r in json.loads(out)["ba-diffusion"]}
+    assert code == 0, err
+    assert (rows["1"]["metrics"], rows["1"]["scale"], rows["1"]["best_scale"]) == ({"fid@4": 12.5}, "4", "4")
+    assert (rows["2"]["metrics"], rows["2"]["scale"], rows["2"]["best_scale"]) == ({"fid@2": 20.0}, "2", None)
+    code, out, err = adm(capsys, uri, "ba", "list")
+    lines = [x for x in out.splitlines() if x.lstrip("* ").startswith("v1 ")]  # of each network
+    assert code == 0 and len(lines) == 2 and all("fid@4=12.5 (best scale)" in x for x in lines), out
+    assert "fid@2=20 " in out and "fid@2=20 (best" not in out
+    code, out, err = adm(capsys, uri, "ba", "show", "1", "--network", "classifier")
+    shown = json.loads(out)
+    assert code == 0 and (shown["metrics"], shown["best_scale"]) == ({"fid@4": 12.5}, "4")
+
+
+def pair(client, prefix) -> tuple[str, str]:
+    """champions() as strings: a sqlite store opened in the process gives version numbers as ints."""
+    return tuple(map(str, champions(client, prefix)))
+
+
+def test_promoting_the_champion_again_changes_and_records_nothing(capsys, tmp_path):
+    client, uri = sqlite_registry(tmp_path, "sv", [{"adm.fid_scale_2": "3"}, {"adm.fid_scale_2": "2"}])
+    assert adm(capsys, uri, "sv", "promote", "1", "--reason", "first")[0] == 0
+    code, out, err = adm(capsys, uri, "sv", "promote", "1", "--reason", "again")
+    assert code == 0, err
+    assert "sv-diffusion: v1 is already champion; nothing changed" in out and "v1 -> v1" not in out
+    assert pair(client, "sv") == ("1", "1")
+    for kind in ("diffusion", "classifier"):
+        assert [(m["from"], m["to"]) for m in records(client, f"sv-{kind}", "1")] == [(None, "1")]
+    code, out, err = adm(capsys, uri, "sv", "list", "--json")
+    assert all(r["last_move"] is None or r["last_move"]["why"] == "first" for r in json.loads(out)["sv-diffusion"])
+
+
+def test_rollbacks_walk_back_through_the_history(capsys, tmp_path):
+    """promote v1, v2, v3, then rollback twice: v2, then v1 (not back to v3); a third has nothing left. A version
+    promoted again after a rollback is walked back from its latest promotion."""
+    client, uri = sqlite_registry(tmp_path, "rw", [{"adm.fid_scale_2": str(f)} for f in (4, 3, 2, 1)])
+    for version in ("1", "2", "3"):
+        assert adm(capsys, uri, "rw", "promote", version, "--reason", f"to {version}")[0] == 0
+    walked = []
+    for _ in range(2):
+        code, out, err = adm(capsys, uri, "rw", "rollback", "--reason", "back")
+        assert code == 0, err
+        walked.append(pair(client, "rw"))
+    assert walked == [("2", "2"), ("1", "1")]
+    code, _, err = adm(capsys, uri, "rw", "rollback", "--reason", "more")
+    assert code == 2 and "no recorded earlier champion" in err and pair(client, "rw") == ("1", "1")
+    for version in ("4", "2", "4"):  # history now 1, 4, 2, 4: back to 2, then 4, then 1
+        assert adm(capsys, uri, "rw", "promote", version, "--reason", f"to {version}")[0] == 0
+    walked = []
+    for _ in range(3):
+        assert adm(capsys, uri, "rw", "rollback", "--reason", "back")[0] == 0
+        walked.append(pair(client, "rw")[0])
+    assert walked == ["2", "4", "1"]
+
+
+def test_a_closed_stdout_ends_adm_models_list_quietly(tmp_path):
+    """`adm models list | head`: once the reader has gone, adm stops without a word on stderr and with the status a
+    shell gives a command that SIGPIPE ended (141), as other command-line tools do. The pipe's reader is closed before
+    adm writes, so the test does not depend on how fast `head` is."""
+    _, uri = sqlite_registry(tmp_path, "bp", [{"adm.fid_scale_2": "1"}] * 3)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipelines.cli", "models", "list", "--model-prefix", "bp",
+                               "--tracking-uri", uri], stdout=write, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path, timeout=300)
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert not any(s in done.stderr for s in ("Broken pipe", "BrokenPipeError", "Traceback")), done.stderr

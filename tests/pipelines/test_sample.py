@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import json
 
 import fsspec
 import numpy as np
@@ -37,7 +38,10 @@ def nets(tmp_path_factory):
     preset = get_preset("smoke")
     other = apply_overrides(preset, ["classifier.num_classes=7"])
     dropout = apply_overrides(preset, ["train_diffusion.label_dropout=0.1"])
+    # autoguidance's guide: another network of the same image size, channels and classes (here one block more)
+    guide = apply_overrides(preset, ["unet.num_res_blocks=2"])
     return {"diffusion": _save("diffusion", preset, root / "diffusion"),
+            "guide": _save("diffusion", guide, root / "guide"),
             "diffusion_cfg": _save("diffusion", dropout, root / "diffusion_cfg"),
             "classifier": _save("classifier", preset, root / "classifier"),
             "classifier7": _save("classifier", other, root / "classifier7")}
@@ -63,7 +67,8 @@ def _direct(nets, cell: Cell, n: int, threads: int, diffusion: str = "diffusion"
     (`threads` torch threads, the precision policy), in one batch of n rows."""
     ref, clf = resolve(nets[diffusion], "diffusion"), resolve(nets["classifier"], "classifier")
     network = ref.build()
-    guided = GuidedNetworks(network, ref.config, ref.preset.diffusion, "cpu", network.null_label, clf.build())
+    guided = GuidedNetworks(network, ref.config, ref.preset.diffusion, "cpu", network.null_label, clf.build(),
+                            guide=resolve(nets["guide"], "diffusion").build())
     seeds = [sample_seed(11, i) for i in range(n)]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -190,6 +195,25 @@ def test_guidance_methods_share_batches_and_count_their_compute(tmp_path, nets, 
     with pytest.raises(UserError, match="needs a diffusion model trained with label dropout"):
         run_sampling(_job(nets, tmp_path / "refused", **METHODS), log=lambda *_: None)
     assert not (tmp_path / "refused").exists()
+
+
+def test_autoguidance_cells_run_their_guide_and_count_it_apart(tmp_path, nets, ray_cluster):
+    """Method auto with sample.guide_from: the guide runs on the autoguided cell's rows only, its evaluations are
+    counted apart from the main model's, and the cell is the composition run directly; a missing guide or one that
+    is not a diffusion model of the same shape is refused before any actor."""
+    job = _job(nets, tmp_path / "auto", actors=1, batch_size=6, guidance_methods=("auto",), guide_from=nets["guide"])
+    assert [c.key for c in job.cells] == ["ddim5/scale_0", "ddim5/auto_scale_2"]
+    result = run_sampling(job, log=lambda *_: None)
+    cost = {k: (r["network_evals"], r["guide_evals"], r["classifier_passes"]) for k, r in result.cells.items()}
+    assert cost == {"ddim5/scale_0": (5, 0, 0), "ddim5/auto_scale_2": (5, 5, 0)}
+    direct = _direct(nets, job.cells[1], 6, threads=2)
+    assert direct.tobytes() == _load(result.npz["ddim5/auto_scale_2"])[0].tobytes()
+    with open(tmp_path / "auto" / "plan.json") as f:
+        assert json.load(f)["guide"] == nets["guide"]
+    with pytest.raises(UserError, match="needs a guiding network"):
+        validate(_job(nets, tmp_path / "none", guidance_methods=("auto",)))
+    with pytest.raises(UserError, match="is a classifier checkpoint"):
+        validate(_job(nets, tmp_path / "wrong", guidance_methods=("auto",), guide_from=nets["classifier"]))
 
 
 def test_child_run_per_cell(tmp_path, nets, ray_cluster, mlflow_server):

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from components.config.presets import get_preset
 from pipelines.infra import tags
 from pipelines.infra.tracking import Tracker
@@ -65,3 +67,38 @@ def test_the_finished_line_names_what_the_stage_made_not_what_a_trainer_started_
                              "lineage": {"adm.init_from": "models:/adm-smoke-diffusion/1"}},
                "classifier": {"run_id": "r2", "model_uri": "models:/m-other"}}
     assert produced(outputs) == "models:/m-new, models:/m-other"
+
+
+def test_a_stage_is_told_which_upstream_stages_came_from_another_pipeline_run(tmp_path):
+    """The evaluate stage logs each cell's metrics into the sample stage's cell runs when those runs are this pipeline
+    run's: sampled now, or before a resume ("done earlier"); only a sample stage reused from another pipeline run
+    makes it open runs of its own (after a resume in evaluate they went to new runs: the layout changed)."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    told, fail = [], [True]
+    sample = Stage("sample", lambda ctx, up: {"cell_runs": {"c": ctx.run_id}}, lambda ctx, up: {"k": 1})
+
+    def evaluate(ctx, upstream):
+        told.append(ctx.reused)
+        if fail[0]:
+            fail[0] = False
+            raise RuntimeError("the driver died in evaluate")
+        return {"rows": []}
+
+    scored = Stage("evaluate", evaluate, lambda ctx, up: {"pipeline": ctx.pipeline_run_id})
+
+    def run_both(pipeline_run_id):
+        cache = StageCache(tracker, "e", pipeline_run_id, force=False, log=lambda *_: None)
+        ctx = StageContext(get_preset("smoke"), "shapes", "work", "p", tracker, "e", pipeline_run_id,
+                           log=lambda *_: None)
+        done = {}
+        for stage in (sample, scored):
+            done[stage.name] = cache.run(stage, ctx, done)
+        return cache.times
+
+    first = tracker.start_run("e", "pipeline")
+    with pytest.raises(RuntimeError):
+        run_both(first)
+    times = run_both(first)  # resumed: sample done earlier in this run, evaluate again
+    assert times["sample"][1] == "done earlier" and told == [frozenset(), frozenset()]
+    times = run_both(tracker.start_run("e", "pipeline"))  # another pipeline run: its sample stage reused
+    assert times["sample"][1] == "reused" and told[-1] == frozenset({"sample"})

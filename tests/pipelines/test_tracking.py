@@ -20,8 +20,8 @@ from components.config.presets import get_preset
 from pipelines.infra.system_metrics import SystemMetrics
 from pipelines.infra.tracking import Tracker
 from pipelines.infra.tracking_checks import ARTIFACT_TRANSFER, TrackingError, _probe_server
+from pipelines.stages.champion import champion_cell
 from pipelines.stages.evaluate import EvaluateJob, EvaluationResult
-from pipelines.stages.register import champion_cell
 from pipelines.stages.report import log_evaluation, log_summary
 from pipelines.stages.sample import SampleJob
 from pipelines.stages.sample_outputs import SampleResult, cell_record, log_to_mlflow

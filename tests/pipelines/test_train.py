@@ -2,6 +2,7 @@
 of a whole pipeline, as many at once as the CPUs allow, are checked in
 test_run.py::test_smoke_pipeline_tree_cache_and_registry)."""
 
+import json
 import os
 import signal
 import threading
@@ -58,9 +59,7 @@ def test_killed_worker_resumes_while_a_nonfinite_trainer_stops(tmp_path, shapes,
             experiment = client.get_experiment_by_name("faults")
             found = client.search_runs([experiment.experiment_id], "tags.`adm.network` = 'diffusion'") \
                 if experiment else []
-            saved = list((tmp_path / "storage").glob("diffusion-*/checkpoint_*/state.json"))
-            if found and saved and rank0(found[0])[1] >= 15:
-                time.sleep(2)  # let Ray Train register the step-10 checkpoint before the worker dies
+            if found and registered_checkpoint(tmp_path / "storage") and rank0(found[0])[1] >= 15:
                 pid, step = rank0(found[0])
                 os.kill(pid, signal.SIGKILL)  # a real kill of the training worker process
                 killed.update(pid=pid, step=step, run=found[0])
@@ -88,6 +87,18 @@ def test_killed_worker_resumes_while_a_nonfinite_trainer_stops(tmp_path, shapes,
     assert runs["evaluator"].info.status == "FAILED"
     kept = list((tmp_path / "storage").glob("evaluator-*/checkpoint_*/model.safetensors"))
     assert kept, "the evaluator's last good checkpoint must stay in storage"
+
+
+def registered_checkpoint(storage) -> bool:
+    """Whether Ray Train has registered a checkpoint of the diffusion trainer: its controller's own record (the
+    checkpoint manager's snapshot beside the checkpoints), which a restarted worker group resumes from."""
+    for snapshot in storage.glob("diffusion-*/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                return True
+        except json.JSONDecodeError:  # written as we read: the next poll sees it whole
+            pass
+    return False
 
 
 def assert_each_step_once(client, run_id: str) -> None:
@@ -155,27 +166,23 @@ def test_cpu_slots_start_waiting_trainers_in_order_as_slots_free():
             finish[kind].wait(timeout=30)
         return kind
 
-    futures = {}
-    for kind in ("d", "c", "gpu", "b", "a"):  # started in reverse order: d and c must still wait for a and b
-        futures[kind] = slots.start(kind, trainer, kind)
-        time.sleep(0.05)
+    futures = {kind: slots.start(kind, trainer, kind) for kind in ("d", "c", "gpu", "b", "a")}  # in reverse order
 
-    def settle(expected):
-        deadline = time.time() + 10
-        while len(started) < expected and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)  # time for a wrong start to show
-        return sorted(started)
+    def state(holding, waiting):
+        """The gate's own record, once every trainer has reached it: who holds slots, who waits for them."""
+        assert slots.wait_for(lambda s: s.holding == set(holding) and s.waiting == set(waiting), timeout=30), \
+            (slots.holding, slots.waiting)
 
-    assert settle(3) == ["a", "b", "gpu"]
+    state("ab", "cd")  # d and c, started first, still wait for a and b
+    assert sorted(started) == ["a", "b", "gpu"]
     finish["b"].set()
-    assert settle(4) == ["a", "b", "c", "gpu"]  # c, not d: the queue's order
+    state("ac", "d")  # c, not d: the queue's order
     finish["c"].set()
-    assert settle(5) == ["a", "b", "c", "d", "gpu"]
+    state("ad", "")
     for e in finish.values():
         e.set()
     assert {k: f.result(timeout=5) for k, f in futures.items()} == {k: k for k in futures}
-    assert slots.free == 2
+    assert slots.free == 2 and slots.started_after == {"a": None, "b": None, "c": "b", "d": "c"}
 
 
 def test_closed_cpu_slots_start_no_waiting_trainer(tmp_path):
@@ -189,7 +196,7 @@ def test_closed_cpu_slots_start_no_waiting_trainer(tmp_path):
     slots, release, started = CpuSlots(1, {"a": 1, "b": 1}, order=("a", "b")), threading.Event(), []
     first = slots.start("a", lambda: started.append("a") or release.wait(timeout=30))
     second = slots.start("b", lambda: started.append("b"))
-    time.sleep(0.2)
+    assert slots.wait_for(lambda s: s.holding == {"a"} and s.waiting == {"b"}, timeout=30)
     slots.close()
     with pytest.raises(CancelledError, match="b never started"):
         second.result(timeout=5)

@@ -4,6 +4,7 @@ keep_best reports the checkpoint of the lowest logged eval score."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,21 @@ def shapes(tmp_path_factory):
     return str(dest)
 
 
+def shift_validation_labels(data_url: str, classes: int) -> None:
+    """Relabel the validation split y -> y + 1 (mod classes): the better the classifier learns the training labels,
+    the worse its held-out loss, so its best evaluation is an early one, by construction (keep_best cannot pass by
+    taking the last checkpoint)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for shard in (Path(data_url) / "validation").glob("*.parquet"):
+        table = pq.read_table(shard)
+        shifted = pc.cast(pc.add(table["label"], 1), pa.int64())
+        shifted = pa.array([v % classes for v in shifted.to_pylist()], type=pa.int64())
+        pq.write_table(table.set_column(table.column_names.index("label"), "label", shifted), shard)
+
+
 def _history(client, run_id: str, key: str) -> dict:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
@@ -48,8 +64,12 @@ def _rescore(preset, checkpoint: str, data_url: str) -> dict:
 
 
 def test_held_out_metrics_over_steps_and_keep_best_reports_the_best(tmp_path, shapes, ray_cluster, mlflow_server):
-    """The three trainers side by side. The classifier's lr is high enough that its held-out loss jumps from one
-    evaluation to the next, so the best step is rarely the last one."""
+    """The three trainers side by side. The validation labels are shifted by one class, so the classifier's held-out
+    loss grows as it learns: its best evaluation is not the last, and keep_best must report an earlier one."""
+    data = tmp_path / "shifted"
+    shutil.copytree(shapes, data)
+    shift_validation_labels(str(data), classes=4)
+    shapes = str(data)
     preset = apply_overrides(get_preset("smoke"), [
         "train_classifier.steps=20", "train_classifier.eval_interval=4", "train_classifier.keep_best=true",
         "train_classifier.save_interval=10", "train_classifier.keep_checkpoints=1", "train_classifier.lr=1e-1",
@@ -69,6 +89,7 @@ def test_held_out_metrics_over_steps_and_keep_best_reports_the_best(tmp_path, sh
     assert sorted(_history(client, evaluator, "val_accuracy")) == [5, 10]
     # keep_best: the reported checkpoint is the one of the lowest val_loss (the later step on a tie), tagged
     best = min(losses, key=lambda s: (losses[s], -s))
+    assert best < 20, losses  # by construction: an earlier checkpoint than the last
     tags = client.get_run(run).data.tags
     assert tags["adm.best_step"] == str(best)
     reported = Path(outcomes["classifier"].checkpoint)
