@@ -119,12 +119,16 @@ class Faulted:
                 self.jobs.get_job_logs(self.job)[-6000:]
             time.sleep(0.5)
 
-    def resume(self, why: str) -> None:
+    def ended(self) -> None:
+        """Wait (bounded) for the job to end and for its dead driver's runs to leave RUNNING (the sentinel marks them
+        KILLED); no resume here."""
         wait_for(f"the job {self.job} to end", lambda: self.status() in TERMINAL, timeout=120)
-        run = self.pipeline()
-        # the driver is gone: nothing of its runs may stay RUNNING (the sentinel marks them KILLED)
         wait_for(f"the runs of the dead driver of job {self.job} to leave RUNNING",
                  lambda: not self.runs("attributes.status = 'RUNNING'"), timeout=120)
+
+    def resume(self, why: str) -> None:
+        self.ended()
+        run = self.pipeline()
         self.resumes.append(why)
         self.job = submit(self.stack, self.tmp_path, "run", "--resume", run.info.run_id,
                           *pipeline_args(self.stack, "stack-faults", self.tmp_path)[2:])
@@ -206,7 +210,8 @@ def test_pipeline_under_faults_matches_an_undisturbed_run(stack, tmp_path, recor
     run.until("a cell's samples or evaluation", run.past_sampling)
     run.kill_driver()
     faults.append("driver killed after sampling")
-    run.until("the driver's job to end", lambda: run.status() in TERMINAL, timeout=120)
+    # not until(): a job seen ended there would be resumed by it, and the wait would then be for the resumed job
+    run.ended()
     so_far(faults[-1])
     run.resume("the driver was killed")
     run.until("the resumed pipeline to finish", lambda: run.status() == "SUCCEEDED")
