@@ -108,10 +108,10 @@ class Faulted:
         """condition()'s first true value, resuming the pipeline whenever its job ended without finishing."""
         deadline = time.time() + timeout
         while True:
+            status = self.status()  # before the condition: a job that succeeds between the two reads still meets it
             found = condition()
             if found:
                 return found
-            status = self.status()
             assert status != "SUCCEEDED", f"the pipeline finished before {what}"
             if status in TERMINAL:
                 self.resume(f"job {self.job} {status.lower()} before {what}")
