@@ -110,6 +110,9 @@ class SampleConfig:
     channels_last: str = "auto"  # channels_last memory format: auto (on CUDA) | on | off
     actors_per_gpu: int = 1  # sampler actors sharing each GPU: 2 overlap the kernel launches of small networks
     actor_cpus: float | None = None  # CPUs and torch threads per CPU actor; None: one actor per 2 CPUs
+    # MLflow system metrics (CPU, memory, disk, network, GPU where present) of each sampler actor's machine on the
+    # sampling run (the sample stage's run), every this many seconds and when the actor stops; 0: off
+    system_metrics_interval: float = 10.0
     # the guiding network of method auto (autoguidance): "step:N", the diffusion model's own snapshot at step N
     # (train_diffusion.snapshot_steps); or runs:/RUN_ID, models:/..., a checkpoint folder or weights file
     guide_from: str = ""
@@ -207,6 +210,9 @@ class TrainConfig:
     # keep the checkpoint with the best eval score (out of keep_checkpoints' rotation) and report it as the final
     # model, so the register stage registers it; needs eval_interval
     keep_best: bool = False
+    # MLflow system metrics (CPU, memory, disk, network, GPU where present) of rank 0's machine on the training run,
+    # every this many seconds and when training ends; 0: off
+    system_metrics_interval: float = 10.0
 
 
 @dataclass(frozen=True)

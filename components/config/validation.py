@@ -256,6 +256,8 @@ def sample_problems(cfg: SampleConfig) -> list[str]:
                      "launch-bound ones")
     if cfg.actor_cpus is not None and not (_is_number(cfg.actor_cpus) and cfg.actor_cpus > 0):
         out.append(f"sample.actor_cpus={cfg.actor_cpus!r} must be a number of CPUs > 0 (e.g. 1) or none")
+    out += _at_least("sample.system_metrics_interval", cfg.system_metrics_interval, 0, whole=False,
+                     hint="seconds; 0: off")
     return out + guide_problems(cfg)
 
 
@@ -355,7 +357,8 @@ def train_problems(section: str, cfg: TrainConfig) -> list[str]:
         out += _at_least(f"{section}.max_failures", cfg.max_failures, 0, hint="-1: retry without limit")
     out += _at_least(f"{section}.lr", cfg.lr, 0, whole=False, above=True, hint="e.g. 1e-4")
     share = "0: share the cluster's CPUs out"
-    for name, hint in (("weight_decay", ""), ("grad_clip", "0: off"), ("cpus_per_worker", share)):
+    for name, hint in (("weight_decay", ""), ("grad_clip", "0: off"), ("cpus_per_worker", share),
+                       ("system_metrics_interval", "seconds; 0: off")):
         out += _at_least(f"{section}.{name}", getattr(cfg, name), 0, whole=False, hint=hint)
     bad_rates = [r for r in cfg.ema_rate if not (_is_number(r) and 0 <= r < 1)]
     if bad_rates:

@@ -17,6 +17,7 @@ SAMPLE_FLAGS = {"scales": "guidance_scales", "intervals": "guidance_intervals", 
                "samplers": "samplers", "sampler": "sampler", "eta": "eta",
                 "batch_size": "batch_size", "seed": "seed", "actors_per_gpu": "actors_per_gpu",
                 "actor_cpus": "actor_cpus", "compile": "compile", "channels_last": "channels_last",
+                "system_metrics_interval": "system_metrics_interval",
                 "guide": "guide_from"}
 
 
@@ -35,15 +36,13 @@ def sample_config(args) -> SampleConfig:
 
 
 def cmd_sample(args) -> int:
-    from pipelines.stages.sample import SampleJob, log_to_mlflow, run_sampling
+    from pipelines.stages.sample import SampleJob, run_sampling, sample_and_track
 
     job = SampleJob(diffusion=args.diffusion, classifier=args.classifier, out=args.out, config=sample_config(args),
                     label=args.label, preset=args.preset, actors=args.actors, tracking_uri=args.tracking_uri,
                     experiment=args.experiment)
     with command_console(args, "sample") as log:
-        result = run_sampling(job, log=log)
-        if not args.no_track:
-            log_to_mlflow(job, result, log=log)
+        result = run_sampling(job, log=log) if args.no_track else sample_and_track(job, log=log)
         upsampled = run_upsample(args, args.out, posixpath.join(args.out.rstrip("/"), "cascade"), log) \
             if args.upsampler else {}
     for key, url in result.npz.items():
@@ -96,6 +95,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--upsampler", default=None, help="a cascade: then upsample the cells with this ADM-U (same "
                    "forms as --diffusion) into OUT/cascade, as adm upsample does")
     upsample_flags(p, "--upsample-sampler")
+    p.add_argument("--system-metrics-interval", metavar="SECONDS", help="each sampler actor's machine (CPU, memory, "
+                   "GPU) on the sampling run's System metrics every SECONDS, 0: off (sample.system_metrics_interval; "
+                   f"default {d.system_metrics_interval:g})")
     p.add_argument("--out", default="adm-samples", help="output folder or fsspec URL")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
     p.add_argument("--experiment", default="adm", help="MLflow experiment name")

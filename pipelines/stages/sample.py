@@ -11,9 +11,12 @@ job skips the shards already written (plan.json guards the folder against a job 
 shards per cell, and the MLflow runs: sample_outputs.py.
 """
 
+import dataclasses
 import functools
 import json
+import os
 import posixpath
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -30,12 +33,14 @@ from components.guidance import trained_sigmas
 from components.guided import GuidedNetworks, sample_batch
 from components.precision import autocast_context, speed_up
 from components.sampling import sample_label, sample_seed
+from pipelines.infra import tags
 from pipelines.infra.console import progress
 from pipelines.infra.dataset import load_manifest
 from pipelines.infra.model_refs import NetworkRef, resolve, snapshot_path
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
 from pipelines.infra.storage import check_writable, exists, npz_bytes, write_bytes_atomic
+from pipelines.infra.system_metrics import SystemMetrics
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.context import Stage, StageContext
 from pipelines.stages.sample_outputs import SampleResult, assemble, log_to_mlflow, shard_url, write_sheet
@@ -194,6 +199,15 @@ class GuidedSampler:
         self.cells = job.cells
         self.shards = plan_shards(self.cells, cfg.num_samples, cfg.batch_size)
         self.shards_done = 0
+        # this machine's CPU, memory and GPU on the sampling run, under a name per actor (several share a machine)
+        interval = cfg.system_metrics_interval if job.parent_run_id else 0
+        self.system = SystemMetrics(job.tracking_uri, job.parent_run_id, interval,
+                                    node=f"sampler-{socket.gethostname()}-{os.getpid()}")
+
+    def __del__(self):
+        """Ray Data drops the actor when the pool shuts down: the system metrics' last sample."""
+        if getattr(self, "system", None) is not None:
+            self.system.stop()
 
     def sample_shard(self, k: int) -> dict:
         pairs = self.shards[k]
@@ -285,6 +299,22 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
     npz, grids, coords = assemble(job, shards, trained_sigmas(diffusion_ref.preset.diffusion))
     return SampleResult(job.out, npz, grids, len(pending), len(shards) - len(pending), cells=coords,
                         busy_seconds=busy, warm_images=warm_images, warm_seconds=warm_seconds)
+
+
+def sample_and_track(job: SampleJob, log=print) -> SampleResult:
+    """`adm sample` with MLflow: the sampling run first (the actors log their machines' system metrics to it), then
+    the samples and one child run per cell under it; the run ends FINISHED, or FAILED with the error."""
+    validate(job)  # a job refused for its input leaves no run behind
+    tracker = Tracker(job.tracking_uri)
+    run_id = tracker.start_run(job.experiment, "sample", tags={tags.STAGE: "sample"})
+    job = dataclasses.replace(job, tracking_uri=tracker.uri, parent_run_id=run_id)
+    try:
+        result = log_to_mlflow(job, run_sampling(job, log=log), log=log)
+    except BaseException as e:
+        tracker.end_failed(run_id, e)
+        raise
+    tracker.end_run(run_id)
+    return result
 
 
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------

@@ -84,23 +84,28 @@ def assemble(job, shards, sigmas: np.ndarray) -> tuple[dict, dict, dict]:
 def log_to_mlflow(job, result: SampleResult, log=print) -> SampleResult:
     """One child run per cell of the SampleJob `job`: its coordinates and compute as params and as numeric
     metrics (so the compare view can plot any metric against any of them), the grid as an image artifact, the NPZ URL
-    as a tag."""
+    as a tag. A cell's run made by an earlier attempt of a resumed stage is completed, not made again."""
     tracker = Tracker(job.tracking_uri)
     parent = job.parent_run_id or tracker.start_run(job.experiment, "sample", tags={tags.STAGE: "sample"})
     cfg = job.config
+    earlier = tracker.children_by_tag(job.experiment, parent, tags.CELL)  # logged before a resume: completed
     for cell in job.cells:
         record = result.cells[cell.key]
         name = f"sample-{cell.key.replace('/', '-')}"
-        run_id = tracker.start_run(job.experiment, name, parent,
-                                   tags={tags.STAGE: "sample", tags.SAMPLES_NPZ: result.npz[cell.key],
-                                         tags.CELL: cell.key})
+        cell_tags = {tags.STAGE: "sample", tags.SAMPLES_NPZ: result.npz[cell.key], tags.CELL: cell.key}
+        run_id = earlier.get(cell.key)
+        if run_id is None:
+            run_id = tracker.start_run(job.experiment, name, parent, tags=cell_tags)
+        else:  # RUNNING again, without what ended the earlier attempt (the sentinel's KILLED)
+            tracker.reopen(run_id)
+            tracker.set_tags(run_id, cell_tags)
         tracker.log_params(run_id, {"guidance_scale": cell.scale, "sampler": cell.sampler,
                                     "guidance_method": cell.method, "guidance_interval": cell.interval_text,
                                     "eta": cfg.eta, "num_samples": cfg.num_samples, "seed": cfg.seed,
                                     "diffusion": job.diffusion, "classifier": job.classifier or ""})
         # params are strings in MLflow (sorting gives 0, 1, 16, 2, ...): the cell's numbers as metrics as well
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
-        tracker.log_metrics(run_id, {**numbers, "num_samples": cfg.num_samples, "eta": cfg.eta}, step=0)
+        tracker.log_new_metrics(run_id, {**numbers, "num_samples": cfg.num_samples, "eta": cfg.eta}, step=0)
         tracker.set_tags(run_id, {tags.DESCRIPTION: f"{cfg.num_samples} samples of {cell.label}: "
                                   f"{record['network_evals']:g} network evaluations and "
                                   f"{record['classifier_passes']:g} classifier passes per sample; the grid is "

@@ -1,9 +1,10 @@
 """The body of every Ray Train worker: data from the dataset shard, Learner steps, checkpoints, rank-0 tracking.
 
-Checkpoints go through ``ray.train.report(..., checkpoint=...)`` every save_interval steps and at the end; a restarted
-worker group resumes from ``ray.train.get_checkpoint()`` (weights, EMA, optimizer, step, sampler and RNG state) and
-stops at the same total step count. A non-finite loss ends the trainer with a report naming the step; the last good
-checkpoint stays the latest one.
+Rank 0 logs the trainer's metrics, sample grids and its machine's system metrics (infra/system_metrics.py) to the
+MLflow run. Checkpoints go through ``ray.train.report(..., checkpoint=...)`` every save_interval steps and at the end; a
+restarted worker group resumes from ``ray.train.get_checkpoint()`` (weights, EMA, optimizer, step, sampler and RNG
+state) and stops at the same total step count. A non-finite loss ends the trainer with a report naming the step; the
+last good checkpoint stays the latest one.
 """
 
 import json
@@ -28,6 +29,7 @@ from components.images import image_grid, to_uint8
 from components.training import Learner
 from pipelines.infra import tags
 from pipelines.infra.model_refs import locate_for, snapshot_path
+from pipelines.infra.system_metrics import SystemMetrics
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.train_monitor import SCORE, eval_due, make_eval
 
@@ -126,28 +128,30 @@ def train_loop_per_worker(config: dict) -> None:
     gather = _gather_fn(world)
     held_out = make_eval(job.kind, job.data_url, job.guide_dir, device) if rank == 0 and cfg.eval_interval else None
     preview = None  # an upsampler's sample grids upsample the first images it trained on
-    while learner.step < cfg.steps:
-        for batch in _epoch(shard, cfg, job.seed, rank, learner.step):
-            images, labels = batch["image"].to(device), batch["label"].to(device)
-            if preview is None and learner.network.upsamples:
-                preview = (images[:PREVIEW].clone(), labels[:PREVIEW].clone())
-            metrics = _global_means(learner.train_step(images, labels, model, gather), world)
-            step = learner.step
-            if not math.isfinite(metrics["loss"]):
-                # every rank sees the same global loss, so all stop here together; no checkpoint of this state
+    interval = cfg.system_metrics_interval if rank == 0 else 0  # this machine's CPU, memory, GPU on the run
+    with SystemMetrics(job.tracking_uri, job.run_id, interval):
+        while learner.step < cfg.steps:
+            for batch in _epoch(shard, cfg, job.seed, rank, learner.step):
+                images, labels = batch["image"].to(device), batch["label"].to(device)
+                if preview is None and learner.network.upsamples:
+                    preview = (images[:PREVIEW].clone(), labels[:PREVIEW].clone())
+                metrics = _global_means(learner.train_step(images, labels, model, gather), world)
+                step = learner.step
+                if not math.isfinite(metrics["loss"]):
+                    # every rank sees the same global loss, so all stop here together; no checkpoint of this state
+                    if rank == 0:
+                        _write_marker(job.nonfinite_marker, {"step": step, "loss": str(metrics["loss"])})
+                    return
                 if rank == 0:
-                    _write_marker(job.nonfinite_marker, {"step": step, "loss": str(metrics["loss"])})
-                return
-            if rank == 0:
-                _log_step(tracker, job, learner, metrics, progress, log=step > logged, preview=preview)
-            score = _evaluate(tracker, job, learner, held_out, step > logged) if held_out and eval_due(cfg, step) \
-                else None
-            if step % cfg.save_interval == 0 or step == cfg.steps or (cfg.keep_best and eval_due(cfg, step)):
-                _report_checkpoint(learner, metrics, rank, score)
-            if rank == 0 and step in cfg.snapshot_steps and step > logged:
-                _snapshot(tracker, job, learner)
-            if step >= cfg.steps:
-                break
+                    _log_step(tracker, job, learner, metrics, progress, log=step > logged, preview=preview)
+                score = _evaluate(tracker, job, learner, held_out, step > logged) \
+                    if held_out and eval_due(cfg, step) else None
+                if step % cfg.save_interval == 0 or step == cfg.steps or (cfg.keep_best and eval_due(cfg, step)):
+                    _report_checkpoint(learner, metrics, rank, score)
+                if rank == 0 and step in cfg.snapshot_steps and step > logged:
+                    _snapshot(tracker, job, learner)
+                if step >= cfg.steps:
+                    break
 
 
 def _start(job: WorkerConfig, learner: Learner) -> bool:

@@ -114,6 +114,13 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert sorted(float(r.data.params["guidance_scale"]) for r in scale_runs) == [0.0, 2.0, 2.0]
     auto = next(r for r in scale_runs if r.data.params["guidance_method"] == "auto")
     assert auto.data.metrics["guide_evals"] == auto.data.metrics["network_evals"] == 10  # the snapshot guided it
+    for run in [parent, *stages.values(), *trainers, *scale_runs]:  # the evaluate stage logged cells' steps again
+        assert_each_step_once(client, run.info.run_id)
+    # MLflow's System metrics tab: each trainer's rank-0 machine, and each sampler actor's on the sampling run
+    for run in trainers:
+        assert "system/cpu_utilization_percentage" in run.data.metrics, run.data.tags["adm.network"]
+    sampled = client.get_run(stages["sample"].info.run_id).data.metrics
+    assert any(re.fullmatch(r"system/sampler-.+/cpu_utilization_percentage", k) for k in sampled), sorted(sampled)
     # the cell's coordinates as numbers too, so that the UI sorts and plots by them
     assert sorted(r.data.metrics["guidance_scale"] for r in scale_runs) == [0.0, 2.0, 2.0]
     assert all(r.data.metrics["num_samples"] == preset.sample.num_samples for r in scale_runs)
