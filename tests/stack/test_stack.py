@@ -22,7 +22,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from components.config.kinds import KINDS
+from components.config.kinds import preset_kinds
+from components.config.presets import get_preset
 from pipelines.infra import tags
 from pipelines.infra.lineage import code_version
 from pipelines.infra.tracking_checks import ARTIFACT_TRANSFER
@@ -31,7 +32,8 @@ from tests.stack.services import clean_env, wait_for
 
 HERE = Path(__file__).resolve().parent
 STEPS, SAVE = 60, 10  # long enough to inject the node and server faults while the trainers run
-RUN = ["--preset", "smoke", *[x for k in KINDS for x in ("--override", f"train_{k}.steps={STEPS}")],
+RUN = ["--preset", "smoke", *[x for k in preset_kinds(get_preset("smoke"))
+                              for x in ("--override", f"train_{k}.steps={STEPS}")],
        # the evaluator network's features only: Inception on these CPUs adds minutes and nothing stack-specific
        "--override", "evaluate.features=evaluator", "--override", "evaluate.champion_metric=evaluator_fid"]
 JOB_S = 900  # a pipeline job on the busy 2-core CI machine
