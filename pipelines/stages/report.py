@@ -26,7 +26,7 @@ def _number(value) -> str:
     return str(value)
 
 
-def _with_interval(row: dict, metric: str) -> str:
+def with_interval(row: dict, metric: str) -> str:
     value = _number(row.get(metric, math.nan))
     if f"{metric}_lo" in row:
         return f"{value} [{_number(row[f'{metric}_lo'])}, {_number(row[f'{metric}_hi'])}]"
@@ -46,7 +46,7 @@ def format_table(rows: list[dict]) -> str:
     measured = [m for m in METRICS if m in rows[0]]
     lines = ["| " + " | ".join(columns + measured) + " |", "|" + "---|" * (len(columns) + len(measured))]
     lines += ["| " + " | ".join([_number(row.get(c, math.nan)) for c in columns]
-                                + [_with_interval(row, m) for m in measured]) + " |" for row in rows]
+                                + [with_interval(row, m) for m in measured]) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -29,11 +29,12 @@ from components.superres import upsample_bilinear
 from pipelines.infra import tags
 from pipelines.infra.storage import npz_bytes, read_bytes, read_npz, write_bytes_atomic
 from pipelines.infra.tracking import Tracker
+from pipelines.stages import comparisons
 from pipelines.stages.grids import labeled_grid
+from pipelines.stages.report import with_interval
 from pipelines.stages.sample_outputs import shard_url
 
 UPSAMPLED, BILINEAR = "U", "bilinear"  # the two cells made of each base cell: <key>+U and <key>+bilinear
-KEPT = 0.05  # a change of precision or recall smaller than this counts as kept (about the noise of 200 samples)
 
 
 def cascade_key(base_key: str, how: str) -> str:
@@ -170,10 +171,13 @@ def log_cascade_evaluation(job, result, log=print):
     return result
 
 
-def log_cascade_summary(tracker, run_id: str, rows: list, cascade_rows: list) -> None:
-    """The cascade's table on the pipeline run: evaluation/cascade.json and evaluation/cascade.md."""
+def log_cascade_summary(tracker, run_id: str, rows: list, cascade_rows: list, pairs: list) -> None:
+    """The cascade's table on the pipeline run: evaluation/cascade.json, the paired differences its claims rest on
+    (evaluation/cascade_pairs.json) and evaluation/cascade.md."""
     tracker.log_table(run_id, cascade_rows, "evaluation/cascade.json")
-    tracker.log_text(run_id, cascade_section(rows, cascade_rows), "evaluation/cascade.md")
+    if pairs:
+        tracker.log_table(run_id, pairs, "evaluation/cascade_pairs.json")
+    tracker.log_text(run_id, cascade_section(rows, cascade_rows, pairs), "evaluation/cascade.md")
 
 
 def _system(row: dict) -> str:
@@ -205,56 +209,89 @@ def cascade_table(rows: list, cascade_rows: list) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in ordered:
         base_fid = small.get(r["base_cell"], {}).get("fid")
+        metrics = " | ".join(with_interval(r, m) for m in ("fid", "sfid", "precision", "recall"))
         lines.append(f"| {_system(r)} | {r['base_cell']} | {_steps(r)} | {_number(r.get('network_evals'))} | "
-                     f"{_number(r.get('seconds_per_sample'))} | {r.get('num_samples', '-')} | {_number(r.get('fid'))} "
-                     f"| {_number(r.get('sfid'))} | {_number(r.get('precision'))} | {_number(r.get('recall'))} | "
+                     f"{_number(r.get('seconds_per_sample'))} | {r.get('num_samples', '-')} | {metrics} | "
                      f"{_number(base_fid)} |")
     return "\n".join(lines)
 
 
-def _change(before: float, after: float) -> str:
-    delta = after - before
-    way = "kept" if abs(delta) < KEPT else "up" if delta > 0 else "down"
-    return f"{before:.3g} -> {after:.3g} ({way})"
+def _roles(cascade_rows: list):
+    """The unguided base cell and the most guided one, or None where the rows lack either (or one of their rows)."""
+    by = {(r["base_cell"], r.get("stage")): r for r in cascade_rows}
+    scale = {r["base_cell"]: r.get("guidance_scale", 0) for r in cascade_rows}
+    unguided = sorted(c for c in scale if scale[c] == 0)
+    guided = sorted((c for c in scale if scale[c] != 0), key=scale.get)
+    if not unguided or not guided or not all((c, s) in by for c in scale for s in ("base", "base+U")):
+        return None
+    return by, unguided[0], guided[-1]
 
 
-def claims(cascade_rows: list) -> list[str]:
-    """The paper's claims (Sec. 5.2) checked against the rows, one line each: what held and what did not. Needs an
-    unguided and a guided base cell with both rows; precision or recall within KEPT count as kept."""
-    by = {(r["base_cell"], r.get("stage")): r for r in cascade_rows if "precision" in r}
-    cells = sorted({r["base_cell"] for r in cascade_rows}, key=lambda c: by.get((c, "base"), {}).get(
-        "guidance_scale", 0))
-    unguided = [c for c in cells if by.get((c, "base"), {}).get("guidance_scale", 1) == 0]
-    guided = [c for c in cells if c not in unguided]
-    if not unguided or not guided or not all((c, s) in by for c in cells for s in ("base", "base+U")):
+# what each claim of the paper (Sec. 5.2) says of a paired difference A - B: "up" or "down" (resolved that way), or
+# "kept" (not resolved down: upsampling may keep or raise recall)
+CLAIMS = {
+    "guidance": "guidance trades recall for precision",
+    "upsampling unguided": "upsampling raises precision and keeps recall (unguided)",
+    "upsampling guided": "upsampling raises precision and keeps recall (guided)",
+    "complement": "guidance and upsampling complement each other (guided base + U has the best FID)",
+}
+
+
+def cascade_pairs(cascade_rows: list, cells: dict, level: float) -> list:
+    """The paired differences (A minus B on the same seeds and labels, with their interval at `level`) that the
+    paper's claims rest on, each with the claim it tests and the direction the claim expects; [] without the rows or
+    the resampled cells (evaluate.bootstrap = 0)."""
+    roles = _roles(cascade_rows)
+    if roles is None or not all(r["cell"] in cells for r in cascade_rows):
+        return []
+    by, u, g = roles
+    tests = [("guidance", (g, "base"), (u, "base"), "precision", "up"),
+             ("guidance", (g, "base"), (u, "base"), "recall", "down")]
+    for claim, cell in (("upsampling unguided", u), ("upsampling guided", g)):
+        tests += [(claim, (cell, "base+U"), (cell, "base"), "precision", "up"),
+                  (claim, (cell, "base+U"), (cell, "base"), "recall", "kept")]
+    tests += [("complement", (g, "base+U"), other, "fid", "down") for other in ((u, "base"), (u, "base+U"),
+                                                                                (g, "base"))]
+    return [{"claim": claim, "expects": expects, "level": level,
+             **comparisons.paired(by[a], by[b], cells, metric, level)} for claim, a, b, metric, expects in tests]
+
+
+def _agrees(pair: dict) -> bool | None:
+    """Whether the pair shows what its claim expects: True, False (resolved the other way), None (not resolved)."""
+    if pair["expects"] == "kept":
+        return not (pair["resolved"] and pair["delta"] < 0)
+    if not pair["resolved"]:
+        return None
+    return (pair["delta"] > 0) == (pair["expects"] == "up")
+
+
+def claims(cascade_rows: list, pairs: list) -> list[str]:
+    """The paper's claims (Sec. 5.2) checked against the paired differences of cascade_pairs, one line each: held
+    (every difference resolved the expected way), did not hold (one resolved the other way) or not resolved."""
+    if _roles(cascade_rows) is None:
         return ["(the claims need the unguided and a guided cell, each with and without the upsampler)"]
-    u, g = unguided[0], guided[-1]
+    if not pairs:
+        return ["(the claims need the cells' intervals: evaluate.bootstrap > 0)"]
+    names = {r["cell"]: _system(r) for r in cascade_rows}
     out = []
-    p0, p1 = by[(u, "base")], by[(g, "base")]
-    held = p1["precision"] - p0["precision"] >= KEPT and p0["recall"] - p1["recall"] >= KEPT
-    out.append(f"guidance trades recall for precision: {'held' if held else 'did not hold'} (base -> guided base: "
-               f"precision {_change(p0['precision'], p1['precision'])}, recall {_change(p0['recall'], p1['recall'])})")
-    for name, cell in (("unguided", u), ("guided", g)):
-        a, b = by[(cell, "base")], by[(cell, "base+U")]
-        held = b["precision"] - a["precision"] >= KEPT and abs(b["recall"] - a["recall"]) < KEPT
-        out.append(f"upsampling raises precision and keeps recall ({name}): {'held' if held else 'did not hold'} "
-                   f"(precision {_change(a['precision'], b['precision'])}, recall "
-                   f"{_change(a['recall'], b['recall'])})")
-    fids = {key: by[key]["fid"] for key in ((u, "base"), (u, "base+U"), (g, "base"), (g, "base+U"))}
-    best = min(fids, key=fids.get)
-    held = best == (g, "base+U")
-    out.append(f"guidance and upsampling complement each other (guided base + U has the best FID): "
-               f"{'held' if held else 'did not hold'} (FID " + ", ".join(
-                   f"{_system(by[k])} {v:.4g}" for k, v in fids.items()) + ")")
+    for claim, text in CLAIMS.items():
+        mine = [p for p in pairs if p["claim"] == claim]
+        agree = [_agrees(p) for p in mine]
+        verdict = "did not hold" if False in agree else "not resolved" if None in agree else "held"
+        out.append(f"{text}: {verdict} (" + "; ".join(
+            f"{names[p['a']]} - {names[p['b']]}: {comparisons.format_difference(p)}" for p in mine) + ")")
     return out
 
 
-def cascade_section(rows: list, cascade_rows: list) -> str:
-    """The report's cascade section: the table and the claims."""
+def cascade_section(rows: list, cascade_rows: list, pairs: list | None = None) -> str:
+    """The report's cascade section: the table, and the claims judged on the paired differences `pairs`
+    (cascade_pairs)."""
     size = next((r.get("resolution") for r in cascade_rows if r.get("resolution")), "?")
     text = (f"## The cascade at {size}x{size} (the paper's Table 6 shape)\n\nEvery row against the same "
             f"{size}px reference; base rows are the base samples brought to {size}px bilinearly, base + U rows the "
             "upsampler's samples conditioned on them; steps are the base sampler's and the upsampler's.\n\n"
             f"{cascade_table(rows, cascade_rows)}\n\n")
-    return text + "\n".join(f"- {line}" for line in claims(cascade_rows)) + "\n"
+    level = f" at {pairs[0]['level']:.0%}" if pairs else ""
+    return (text + f"The paper's claims (Sec. 5.2), on paired differences{level} (same seeds and labels):\n\n"
+            + "\n".join(f"- {line}" for line in claims(cascade_rows, pairs or [])) + "\n")
 

@@ -111,8 +111,7 @@ class Pipeline:
             self.keep_logs(logs, interrupted=not isinstance(e, Exception))
             self.tracker.end_failed(self.run_id, e)
             raise
-        self.write_report(outputs["evaluate"]["rows"], outputs["evaluate"].get("comparisons"),
-                          outputs["evaluate"].get("cascade_rows"))
+        self.write_report(outputs["evaluate"])
         self.keep_logs(logs)
         self.tracker.end_run(self.run_id)
         return {"run_id": self.run_id, **outputs, "stage_times": self.cache.times}
@@ -140,17 +139,19 @@ class Pipeline:
                 stage.publish(ctx, done[stage.name])
         return done
 
-    def write_report(self, rows: list, comparisons: dict | None = None, cascade_rows: list | None = None) -> None:
+    def write_report(self, evaluation: dict) -> None:
         """report.md (machine, wall time, metrics table, what the grid resolves; a cascade's table at the large size)
-        beside the run's outputs and on the pipeline run."""
+        beside the run's outputs and on the pipeline run; `evaluation`: the evaluate stage's outputs."""
+        rows = evaluation["rows"]
         cluster = os.environ.get("RAY_ADDRESS") or "local instance"
         if ray.is_initialized():
             found = ray.cluster_resources()
             cluster += f" ({found.get('CPU', 0):g} CPUs, {found.get('GPU', 0):g} GPUs)"
         text = report.run_report(self.run_id, self.preset.name, rows, time.time() - self.started, cluster,
-                                 self.cache.times, comparisons)
-        if cascade_rows:
-            text += "\n" + upsample_outputs.cascade_section(rows, cascade_rows)
+                                 self.cache.times, evaluation.get("comparisons"))
+        if evaluation.get("cascade_rows"):
+            text += "\n" + upsample_outputs.cascade_section(rows, evaluation["cascade_rows"],
+                                                            evaluation.get("cascade_pairs"))
         url = self.path("runs", self.run_id, "report.md")
         write_bytes_atomic(url, text.encode())
         self.tracker.log_text(self.run_id, text, "report.md")

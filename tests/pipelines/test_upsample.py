@@ -12,12 +12,13 @@ from components.config import UserError, apply_overrides, to_dict
 from components.config.presets import get_preset
 from components.images import DataError, downsample_area_uint8
 from components.training import Learner
+from components.uncertainty import MeanStatistic, ResampledCell, subsample
 from pipelines.infra.dataset import dataset_at, derived_url, load_manifest, read_split
 from pipelines.stages.ingest import derive_downsample, ingest
 from pipelines.stages.sources import IngestOptions
 from pipelines.stages.train import kind_data
 from pipelines.stages.upsample import UpsampleJob, default_cells, plan_shards, validate
-from pipelines.stages.upsample_outputs import cascade_section, claims
+from pipelines.stages.upsample_outputs import cascade_pairs, cascade_section, claims
 from pipelines.workflow.pipeline import chain
 from pipelines.workflow.request import RunRequest
 
@@ -132,26 +133,65 @@ def _row(cell, stage, scale, fid, precision, recall):
 
 
 PAPER_LIKE = [_row("ddim25/scale_0", "base", 0.0, 60, 0.40, 0.60), _row("ddim25/scale_0", "base+U", 0.0, 40, 0.55,
-                                                                         0.58),
+                                                                         0.61),
               _row("ddim25/scale_4", "base", 4.0, 50, 0.55, 0.40), _row("ddim25/scale_4", "base+U", 4.0, 30, 0.70,
                                                                          0.41)]
 
 
-def test_the_paper_claims_are_checked_against_the_rows():
-    assert [line.split(":")[1].split("(")[0].strip() for line in claims(PAPER_LIKE)] == ["held"] * 4
+def _cells(rows, n=200, seed=0):
+    """A ResampledCell per row whose per-sample values average about to the row's metrics (0/1 for precision and
+    recall, the FID plus noise of unit spread), on one set of subsamples. The cells share their random numbers per
+    sample, as the evaluation's cells share seeds and labels: they pair like them."""
+    rng, sub = np.random.default_rng(seed), subsample(n, 200, seed=0)
+    shared = {m: rng.random(n) for m in ("precision", "recall")}
+    noise = rng.standard_normal(n)
+    cells = {}
+    for r in rows:
+        values = {m: (u < r[m]).astype(float) for m, u in shared.items()}
+        values["fid"] = r["fid"] + noise + 0.1 * rng.standard_normal(n)
+        cells[r["cell"]] = ResampledCell({m: MeanStatistic(v) for m, v in values.items()}, sub)
+    return cells
+
+
+def _verdicts(lines):
+    return [line.split(":")[1].split("(")[0].strip() for line in lines]
+
+
+def test_the_paper_claims_are_judged_on_paired_differences():
+    cells = _cells(PAPER_LIKE)
+    pairs = cascade_pairs(PAPER_LIKE, cells, 0.9)
+    # each difference is A minus B of the cells' own estimates (a direct computation), with the claim's direction
+    for p in pairs:
+        assert p["delta"] == pytest.approx(cells[p["a"]].statistics[p["metric"]].estimate
+                                           - cells[p["b"]].statistics[p["metric"]].estimate)
+    guidance = {p["metric"]: p for p in pairs if p["claim"] == "guidance"}
+    assert guidance["precision"]["a"] == "ddim25/scale_4+bilinear" and guidance["precision"]["b"] == \
+        "ddim25/scale_0+bilinear" and guidance["recall"]["expects"] == "down"
+    assert {p["b"] for p in pairs if p["claim"] == "complement"} == {"ddim25/scale_0+bilinear", "ddim25/scale_0+U",
+                                                                     "ddim25/scale_4+bilinear"}
+    assert _verdicts(claims(PAPER_LIKE, pairs)) == ["held"] * 4
+    # upsampling that costs recall: resolved the other way
     worse = [dict(r, recall=r["recall"] - 0.2) if r["stage"] == "base+U" else r for r in PAPER_LIKE]
-    lines = claims(worse)
-    assert "upsampling raises precision and keeps recall (unguided): did not hold" in lines[1]
-    assert "recall 0.6 -> 0.38 (down)" in lines[1]
-    assert claims(PAPER_LIKE[:2]) == ["(the claims need the unguided and a guided cell, each with and without the "
-                                      "upsampler)"]
+    lines = claims(worse, cascade_pairs(worse, _cells(worse), 0.9))
+    assert lines[1].startswith("upsampling raises precision and keeps recall (unguided): did not hold")
+    assert "base + U - base: recall -0.2" in lines[1] and "resolved" in lines[1]
+    # differences far inside the noise of 200 samples are not resolved: neither held nor refuted
+    close = [dict(r, precision=0.5, recall=0.5, fid=50.0) for r in PAPER_LIKE]
+    assert _verdicts(claims(close, cascade_pairs(close, _cells(close, seed=1), 0.9)))[0] == "not resolved"
+    assert claims(PAPER_LIKE[:2], []) == ["(the claims need the unguided and a guided cell, each with and without "
+                                          "the upsampler)"]
+    assert claims(PAPER_LIKE, []) == ["(the claims need the cells' intervals: evaluate.bootstrap > 0)"]
+    assert cascade_pairs(PAPER_LIKE, {}, 0.9) == []  # no resampled cells (bootstrap 0)
 
 
 def test_the_cascade_section_is_the_table_6_shape():
-    text = cascade_section([{"cell": "ddim25/scale_0", "fid": 70.0}], list(reversed(PAPER_LIKE)))
+    rows = [dict(r, fid_lo=r["fid"] - 5, fid_hi=r["fid"] + 5) for r in reversed(PAPER_LIKE)]
+    text = cascade_section([{"cell": "ddim25/scale_0", "fid": 70.0}], rows, cascade_pairs(rows, _cells(rows), 0.9))
     table = [line for line in text.splitlines() if line.startswith("| ") and "system" not in line]
     assert [line.split(" | ")[0] for line in table] == ["| base", "| base + U", "| guided base (classifier s=4)",
                                                        "| guided base (classifier s=4) + U"]
     assert table[1].split(" | ")[2] == "25/25" and table[0].split(" | ")[2] == "25/-"
     assert table[0].endswith("| 70 |") and table[2].endswith("| - |")  # the base cell's FID at its own size
     assert "## The cascade at 32x32" in text and text.count("- ") >= 4
+    assert table[0].split(" | ")[6] == "60 [55, 65]"  # each metric with its interval
+    assert "on paired differences at 90%" in text and text.count(": held (") == 4
