@@ -8,7 +8,7 @@ import posixpath
 
 from components.config import SampleConfig, override_section
 from components.config.presets import get_preset
-from pipelines.cli.common import command_console, verbose_arg
+from pipelines.cli.common import command_console, tracking_args, verbose_arg
 from pipelines.cli.upsample import run_upsample, upsample_flags
 
 # flag -> field of the sample section it sets
@@ -99,8 +99,6 @@ def add_parsers(sub) -> None:
                    "GPU) on the sampling run's System metrics every SECONDS, 0: off (sample.system_metrics_interval; "
                    f"default {d.system_metrics_interval:g})")
     p.add_argument("--out", default="adm-samples", help="output folder or fsspec URL")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
-    p.add_argument("--experiment", default="adm", help="MLflow experiment name")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    tracking_args(p)
     verbose_arg(p)
     p.set_defaults(func=cmd_sample)

@@ -7,7 +7,7 @@ each flag below sets one of its fields, as `--override upsample.FIELD=VALUE` wou
 
 from components.config import UpsampleConfig, override_section
 from components.config.presets import get_preset
-from pipelines.cli.common import command_console, verbose_arg
+from pipelines.cli.common import command_console, tracking_args, verbose_arg
 
 # flag -> field of the upsample section it sets
 UPSAMPLE_FLAGS = {"cells": "cells", "upsample_sampler": "sampler", "low_res_noise": "low_res_noise",
@@ -75,8 +75,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--actors", type=int, default=None, help="upsampler actors (default: one per GPU, or one per "
                    "2 CPUs)")
     p.add_argument("--out", default="adm-cascade", help="output folder or fsspec URL")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
-    p.add_argument("--experiment", default="adm", help="MLflow experiment name")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    tracking_args(p)
     verbose_arg(p)
     p.set_defaults(func=cmd_upsample)

@@ -17,7 +17,6 @@ import json
 import os
 import posixpath
 import socket
-import time
 from dataclasses import dataclass, field
 
 import fsspec
@@ -39,11 +38,18 @@ from pipelines.infra.dataset import load_manifest
 from pipelines.infra.model_refs import NetworkRef, resolve, snapshot_path
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
-from pipelines.infra.storage import check_writable, exists, npz_bytes, write_bytes_atomic
+from pipelines.infra.storage import check_writable, exists, write_bytes_atomic
 from pipelines.infra.system_metrics import SystemMetrics
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.context import Stage, StageContext
-from pipelines.stages.sample_outputs import SampleResult, assemble, log_to_mlflow, shard_url, write_sheet
+from pipelines.stages.sample_outputs import (
+    SampleResult,
+    ShardActor,
+    assemble,
+    log_to_mlflow,
+    shard_url,
+    write_sheet,
+)
 
 
 @dataclass
@@ -175,7 +181,7 @@ def check_plan(job: SampleJob, num_shards: int) -> None:
 
 
 # --- the actor ---------------------------------------------------------------------------------------------------
-class GuidedSampler:
+class GuidedSampler(ShardActor):
     """Ray Data actor: loads the networks once (the diffusion model, and the classifier and guide the grid needs), then
     samples shard after shard through the one guidance composition (components/guided.py)."""
 
@@ -209,7 +215,7 @@ class GuidedSampler:
         if getattr(self, "system", None) is not None:
             self.system.stop()
 
-    def sample_shard(self, k: int) -> dict:
+    def make_shard(self, k: int) -> dict:
         pairs = self.shards[k]
         cells = [self.cells[j] for j, _ in pairs]
         indices = np.array([i for _, i in pairs], dtype=np.int64)
@@ -223,21 +229,6 @@ class GuidedSampler:
                 "network_evals": np.array(cost.network_evals, dtype=np.int64),
                 "classifier_passes": np.array(cost.classifier_passes, dtype=np.int64),
                 "guide_evals": np.array(cost.guide_evals, dtype=np.int64)}
-
-    def __call__(self, batch: dict) -> dict:
-        done, seconds, first = [], [], []
-        for k in batch["shard"]:
-            start = time.perf_counter()
-            shard = self.sample_shard(int(k))
-            # the shard's time shared equally by its rows: what a cell cost is the sum over its rows
-            shard["seconds"] = np.full(len(shard["indices"]), (time.perf_counter() - start) / len(shard["indices"]))
-            write_bytes_atomic(shard_url(self.job.out, int(k)), npz_bytes(**shard))
-            done.append(len(self.shards[int(k)]))
-            seconds.append(time.perf_counter() - start)
-            first.append(self.shards_done == 0)
-            self.shards_done += 1
-        return {"shard": np.asarray(batch["shard"]), "images": np.array(done, dtype=np.int64),
-                "seconds": np.array(seconds), "first": np.array(first)}
 
 
 # --- the driver --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ per cell with its coordinates and compute as params and numeric metrics and its 
 
 import json
 import posixpath
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,31 @@ class SampleResult:
 
 def shard_url(out: str, k: int) -> str:
     return posixpath.join(out.rstrip("/"), "shards", f"part-{k:05d}.npz")
+
+
+class ShardActor:
+    """What the sampling and upsampling actors share: a Ray Data batch of shard numbers in, each shard made by
+    `make_shard(k)` (a dict of per-row arrays, "indices" among them) and written atomically to shard_url(job.out, k),
+    its time shared equally by its rows (what a cell cost is the sum over its rows); out per shard its images, actor
+    seconds and whether it was the actor's first (CUDA and compile warm-up). Subclasses set job, shards and
+    shards_done = 0."""
+
+    def make_shard(self, k: int) -> dict:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict) -> dict:
+        done, seconds, first = [], [], []
+        for k in batch["shard"]:
+            start = time.perf_counter()
+            shard = self.make_shard(int(k))
+            shard["seconds"] = np.full(len(shard["indices"]), (time.perf_counter() - start) / len(shard["indices"]))
+            write_bytes_atomic(shard_url(self.job.out, int(k)), npz_bytes(**shard))
+            done.append(len(self.shards[int(k)]))
+            seconds.append(time.perf_counter() - start)
+            first.append(self.shards_done == 0)
+            self.shards_done += 1
+        return {"shard": np.asarray(batch["shard"]), "images": np.array(done, dtype=np.int64),
+                "seconds": np.array(seconds), "first": np.array(first)}
 
 
 def cell_folder(out: str, cell: Cell) -> str:

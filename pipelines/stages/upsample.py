@@ -16,7 +16,6 @@ upsample_outputs.py.
 import dataclasses
 import json
 import posixpath
-import time
 from dataclasses import dataclass, field
 
 import fsspec
@@ -36,11 +35,11 @@ from pipelines.infra.dataset import load_manifest
 from pipelines.infra.model_refs import NetworkRef, resolve
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
-from pipelines.infra.storage import check_writable, exists, npz_bytes, read_npz, write_bytes_atomic
+from pipelines.infra.storage import check_writable, exists, read_npz, write_bytes_atomic
 from pipelines.stages.champion import champion_cell
 from pipelines.stages.context import Stage, StageContext
 from pipelines.stages.evaluate_inputs import discover_samples
-from pipelines.stages.sample_outputs import shard_url
+from pipelines.stages.sample_outputs import ShardActor, shard_url
 from pipelines.stages.upsample_outputs import UpsampleResult, assemble, log_to_mlflow, write_sheet
 
 
@@ -124,7 +123,7 @@ def check_plan(job: UpsampleJob, base: dict, num_shards: int) -> None:
 
 
 # --- the actor ---------------------------------------------------------------------------------------------------
-class CascadeUpsampler:
+class CascadeUpsampler(ShardActor):
     """Ray Data actor: loads the upsampler once, then upsamples shard after shard (components/guided.py)."""
 
     def __init__(self, job: UpsampleJob, threads: int = 1):
@@ -149,7 +148,7 @@ class CascadeUpsampler:
             self._arrays[j] = arrays["arr_0"], arrays.get("arr_1", np.zeros(len(arrays["arr_0"]), dtype=np.int64))
         return self._arrays[j]
 
-    def upsample_shard(self, k: int) -> dict:
+    def make_shard(self, k: int) -> dict:
         pairs, cfg = self.shards[k], self.job.config
         low_res = np.stack([self._base(j)[0][i] for j, i in pairs])
         labels = [int(self._base(j)[1][i]) for j, i in pairs]
@@ -160,20 +159,6 @@ class CascadeUpsampler:
         return {"images": images, "labels": np.array(labels, dtype=np.int64),
                 "cells": np.array([self.keys[j] for j, _ in pairs]), "indices": np.array([i for _, i in pairs]),
                 "network_evals": np.array(cost.network_evals, dtype=np.int64)}
-
-    def __call__(self, batch: dict) -> dict:
-        done, seconds, first = [], [], []
-        for k in batch["shard"]:
-            start = time.perf_counter()
-            shard = self.upsample_shard(int(k))
-            shard["seconds"] = np.full(len(shard["indices"]), (time.perf_counter() - start) / len(shard["indices"]))
-            write_bytes_atomic(shard_url(self.job.out, int(k)), npz_bytes(**shard))
-            done.append(len(self.shards[int(k)]))
-            seconds.append(time.perf_counter() - start)
-            first.append(self.shards_done == 0)
-            self.shards_done += 1
-        return {"shard": np.asarray(batch["shard"]), "images": np.array(done, dtype=np.int64),
-                "seconds": np.array(seconds), "first": np.array(first)}
 
 
 # --- the driver --------------------------------------------------------------------------------------------------
