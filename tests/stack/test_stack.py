@@ -31,7 +31,9 @@ from pipelines.ops.jobs import TERMINAL, connect
 from tests.stack.services import clean_env, wait_for
 
 HERE = Path(__file__).resolve().parent
-STEPS, SAVE = 60, 10  # long enough to inject the node and server faults while the trainers run
+# long enough to inject the node and server faults while the trainers run, on a fast machine too: the node is killed
+# while a trainer on it is past its first checkpoint and at most at step LATEST (its loss logged every 5 steps)
+STEPS, SAVE, LATEST = 200, 10, 150
 RUN = ["--preset", "smoke", *[x for k in preset_kinds(get_preset("smoke"))
                               for x in ("--override", f"train_{k}.steps={STEPS}")],
        # the evaluator network's features only: Inception on these CPUs adds minutes and nothing stack-specific
@@ -136,11 +138,17 @@ class Faulted:
                           *pipeline_args(self.stack, "stack-faults", self.tmp_path)[2:])
 
     def trainer_on_worker_node(self):
-        """A trainer whose rank 0 runs on the worker node and has passed a checkpoint."""
+        """A trainer whose rank 0 runs on the worker node, past a checkpoint and far from its last step, frozen there
+        (SIGSTOP) so that it cannot finish before the node is killed, however fast this machine trains."""
         for run in self.runs(f"tags.`{tags.STAGE}` = 'train' and attributes.status = 'RUNNING'"):
             pid = run.data.tags.get(tags.WORKER, "").rpartition(" pid ")[2]
             steps = [m.step for m in self.client.get_metric_history(run.info.run_id, "loss")]
-            if pid.isdigit() and SAVE < max(steps, default=0) < STEPS and on_node(int(pid), self.stack.ray.worker_dir):
+            early = SAVE < max(steps, default=0) <= LATEST
+            if pid.isdigit() and early and on_node(int(pid), self.stack.ray.worker_dir):
+                try:
+                    os.kill(int(pid), signal.SIGSTOP)
+                except ProcessLookupError:  # ended between the two reads: look again
+                    continue
                 return run
         return None
 
