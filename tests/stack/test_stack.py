@@ -137,13 +137,26 @@ class Faulted:
         self.job = submit(self.stack, self.tmp_path, "run", "--resume", run.info.run_id,
                           *pipeline_args(self.stack, "stack-faults", self.tmp_path)[2:])
 
+    def registered_checkpoint(self, run) -> bool:
+        """Whether Ray Train's controller has registered a checkpoint of the trainer of `run` (its checkpoint
+        manager's snapshot beside the checkpoints, which a restarted worker group resumes from): a checkpoint that
+        the worker wrote but the controller had not yet taken would be lost with the node, and the trainer would
+        start again from step 0."""
+        folder = f"{run.data.tags[tags.NETWORK]}-{run.info.run_id}"
+        snapshot = self.tmp_path / "stack-faults" / "checkpoints" / folder / "checkpoint_manager_snapshot.json"
+        try:
+            return bool(json.loads(snapshot.read_text()).get("latest_checkpoint_result"))
+        except (OSError, json.JSONDecodeError):  # not there yet, or written as we read: the next poll sees it
+            return False
+
     def trainer_on_worker_node(self):
-        """A trainer whose rank 0 runs on the worker node, past a checkpoint and far from its last step, frozen there
-        (SIGSTOP) so that it cannot finish before the node is killed, however fast this machine trains."""
+        """A trainer whose rank 0 runs on the worker node, past a registered checkpoint and far from its last step,
+        frozen there (SIGSTOP) so that it cannot finish before the node is killed, however fast this machine
+        trains."""
         for run in self.runs(f"tags.`{tags.STAGE}` = 'train' and attributes.status = 'RUNNING'"):
             pid = run.data.tags.get(tags.WORKER, "").rpartition(" pid ")[2]
             steps = [m.step for m in self.client.get_metric_history(run.info.run_id, "loss")]
-            early = SAVE < max(steps, default=0) <= LATEST
+            early = SAVE < max(steps, default=0) <= LATEST and self.registered_checkpoint(run)
             if pid.isdigit() and early and on_node(int(pid), self.stack.ray.worker_dir):
                 try:
                     os.kill(int(pid), signal.SIGSTOP)
