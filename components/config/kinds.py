@@ -5,6 +5,8 @@
 * evaluator: a classifier of clean images (t = 0) that only scores samples, never guides; not registered.
 * upsampler: ADM-U, the super-resolution UNet of a cascade, trained with the hybrid loss on (clean image, its area
   downsample) pairs under its own diffusion process; registered with the others; only in cascade presets.
+* guide: autoguidance's guide (Karras et al. 2024), a smaller UNet trained like the diffusion model, for fewer steps,
+  beside it; registered with the others; only in presets with a guide section (sample.guide_from=trained).
 
 Code that must treat the networks differently asks this table (`kind.noised`, `kind.is_unet`, `kind.registered`,
 `kind.present(preset)`) instead of comparing names; a loop over the networks of a preset takes `preset_kinds`.
@@ -26,6 +28,7 @@ class NetworkKind:
     registered: bool  # registered in the model registry, and promoted to champion, by each pipeline run
     process_section: str = "diffusion"  # the Preset field of the diffusion process it is trained (and sampled) under
     upsamples: bool = False  # conditioned on a low-resolution image (model_kwargs low_res): trains on downsampled pairs
+    only_in: str = "every preset"  # which presets have it (those with its network section), for error messages
 
     @property
     def train_section(self) -> str:
@@ -41,7 +44,7 @@ class NetworkKind:
         return getattr(preset, self.process_section)
 
     def present(self, preset) -> bool:
-        """Whether `preset` has this network (the upsampler: only cascade presets)."""
+        """Whether `preset` has this network (the upsampler: only cascade presets; the guide: presets with one)."""
         return getattr(preset, self.network_section, None) is not None
 
 
@@ -49,13 +52,17 @@ DIFFUSION = NetworkKind("diffusion", "unet", is_unet=True, noised=True, register
 CLASSIFIER = NetworkKind("classifier", "classifier", is_unet=False, noised=True, registered=True)
 EVALUATOR = NetworkKind("evaluator", "evaluator", is_unet=False, noised=False, registered=False)
 UPSAMPLER = NetworkKind("upsampler", "upsampler", is_unet=True, noised=True, registered=True,
-                        process_section="upsampler_diffusion", upsamples=True)
-KINDS = {k.name: k for k in (DIFFUSION, CLASSIFIER, EVALUATOR, UPSAMPLER)}
+                        process_section="upsampler_diffusion", upsamples=True,
+                        only_in="cascade presets (with an upsampler section, e.g. fashion-mnist-cascade)")
+GUIDE = NetworkKind("guide", "guide", is_unet=True, noised=True, registered=True,
+                    only_in="presets with a guide section (e.g. fashion-mnist-autoguide)")
+KINDS = {k.name: k for k in (DIFFUSION, CLASSIFIER, EVALUATOR, UPSAMPLER, GUIDE)}
 REGISTERED = tuple(k for k in KINDS.values() if k.registered)
 
 
 def preset_kinds(preset) -> tuple[str, ...]:
-    """The names of the networks `preset` has, in the table's order (the three, and the upsampler in a cascade)."""
+    """The names of the networks `preset` has, in the table's order (the three; the upsampler in a cascade, the guide
+    where the preset has one)."""
     return tuple(name for name, k in KINDS.items() if k.present(preset))
 
 
@@ -83,9 +90,8 @@ def kind(name: str) -> NetworkKind:
 
 
 def kind_of(preset, name: str) -> NetworkKind:
-    """The kind `name`, which `preset` must have: ConfigError naming the cascade presets for the upsampler."""
+    """The kind `name`, which `preset` must have: ConfigError naming the presets that have it."""
     found = kind(name)
     if not found.present(preset):
-        raise ConfigError(f"preset {preset.name} has no {name} network: only cascade presets (with an "
-                          f"{found.network_section} section, e.g. fashion-mnist-cascade) train one")
+        raise ConfigError(f"preset {preset.name} has no {name} network: only {found.only_in} train one")
     return found

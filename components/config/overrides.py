@@ -5,7 +5,7 @@ import dataclasses
 import math
 import re
 
-from .sections import AUTO, CASCADE_SECTIONS, ConfigError, Preset
+from .sections import AUTO, CASCADE_SECTIONS, GUIDE_SECTIONS, ConfigError, Preset
 
 
 def parse_ints(text: str | tuple | list, name: str) -> tuple[int, ...]:
@@ -93,6 +93,9 @@ def _apply_override(preset: Preset, item: str) -> Preset:
     if section in CASCADE_SECTIONS and section not in sections:
         raise ConfigError(f"override {item!r}: preset {preset.name} has no cascade, so no {section} section; start "
                           "from a cascade preset (e.g. --preset fashion-mnist-cascade)")
+    if section in GUIDE_SECTIONS and section not in sections:
+        raise ConfigError(f"override {item!r}: preset {preset.name} has no guide network, so no {section} section; "
+                          "start from a preset with one (e.g. --preset fashion-mnist-autoguide)")
     if section not in sections:
         raise ConfigError(f"override {item!r}: unknown section {section!r}; sections are {sorted(sections)}")
     changed = override_field(section, getattr(preset, section), name, value, item)

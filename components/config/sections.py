@@ -114,7 +114,8 @@ class SampleConfig:
     # sampling run (the sample stage's run), every this many seconds and when the actor stops; 0: off
     system_metrics_interval: float = 10.0
     # the guiding network of method auto (autoguidance): "step:N", the diffusion model's own snapshot at step N
-    # (train_diffusion.snapshot_steps); or runs:/RUN_ID, models:/..., a checkpoint folder or weights file
+    # (train_diffusion.snapshot_steps); "trained", the guide network trained beside it (the preset's guide and
+    # train_guide sections); or runs:/RUN_ID, models:/..., a checkpoint folder or weights file
     guide_from: str = ""
 
 
@@ -274,6 +275,12 @@ class Preset:
     upsampler_diffusion: DiffusionConfig | None = None
     train_upsampler: TrainConfig | None = None
     upsample: UpsampleConfig | None = None
+    # autoguidance's guide trained beside the diffusion model (Karras et al. 2024): a smaller UNet of the same image
+    # size, channels and classes, under the same diffusion process, with its own training (a fraction of the main
+    # model's steps, its own EMA); sample.guide_from=trained samples with it. None: no guide network (the guide may
+    # still be a snapshot of the diffusion model, sample.guide_from=step:N)
+    guide: UNetConfig | None = None
+    train_guide: TrainConfig | None = None
 
     @property
     def cascade(self) -> bool:
@@ -282,6 +289,8 @@ class Preset:
 
 
 CASCADE_SECTIONS = ("upsampler", "upsampler_diffusion", "train_upsampler", "upsample")
+GUIDE_SECTIONS = ("guide", "train_guide")
+TRAINED_GUIDE = "trained"  # sample.guide_from: the guide network trained in the same pipeline run
 
 
 # a number that may also be chosen by the run itself (evaluate.champion_scale=auto: the grid's best scale)
@@ -343,7 +352,8 @@ SECTION_TYPES = {"unet": UNetConfig, "classifier": ClassifierConfig, "diffusion"
                  "sample": SampleConfig, "train_diffusion": TrainConfig, "train_classifier": TrainConfig,
                  "evaluator": ClassifierConfig, "train_evaluator": TrainConfig,
                  "evaluate": EvaluateConfig, "data": DataConfig, "upsampler": UpsamplerConfig,
-                 "upsampler_diffusion": DiffusionConfig, "train_upsampler": TrainConfig, "upsample": UpsampleConfig}
+                 "upsampler_diffusion": DiffusionConfig, "train_upsampler": TrainConfig, "upsample": UpsampleConfig,
+                 "guide": UNetConfig, "train_guide": TrainConfig}
 
 
 def preset_from_dict(values: dict) -> Preset:

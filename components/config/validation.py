@@ -18,6 +18,7 @@ from .sections import (
     CASCADE_SECTIONS,
     FEATURE_SETS,
     FID_METHODS,
+    GUIDE_SECTIONS,
     HIGHER_IS_BETTER,
     INCEPTION_PRECISIONS,
     LOWER_IS_BETTER,
@@ -26,6 +27,7 @@ from .sections import (
     RESIZE_MODES,
     SCHEDULE_SAMPLERS,
     SPEED_SETTINGS,
+    TRAINED_GUIDE,
     ClassifierConfig,
     ConfigError,
     DataConfig,
@@ -40,12 +42,12 @@ from .sections import (
     network_channel_mult,
 )
 
-TRAIN_SECTIONS = ("train_diffusion", "train_classifier", "train_evaluator")  # every preset's; a cascade's adds one
+TRAIN_SECTIONS = ("train_diffusion", "train_classifier", "train_evaluator")  # every preset's; optional kinds add theirs
 
 
 def train_sections(preset) -> tuple[str, ...]:
-    """The training sections `preset` has: TRAIN_SECTIONS, and train_upsampler in a cascade preset."""
-    return TRAIN_SECTIONS + (("train_upsampler",) if preset.train_upsampler is not None else ())
+    """The training sections `preset` has: TRAIN_SECTIONS and those of its optional networks (upsampler, guide)."""
+    return TRAIN_SECTIONS + tuple(n for n in ("train_upsampler", "train_guide") if getattr(preset, n) is not None)
 
 
 def raise_problems(problems: list[str]) -> None:
@@ -277,7 +279,8 @@ def guide_problems(cfg: SampleConfig) -> list[str]:
     if "auto" in methods and not str(cfg.guide_from).strip():
         out.append("sample.guidance_methods has auto (autoguidance), which needs a guiding network: set "
                    "sample.guide_from (step:N, the diffusion model's snapshot at step N of train_diffusion."
-                   "snapshot_steps; or runs:/RUN_ID, models:/..., a checkpoint or weights file) (--guide)")
+                   "snapshot_steps; trained, the preset's guide network; or runs:/RUN_ID, models:/..., a checkpoint "
+                   "or weights file) (--guide)")
     if guide_step(cfg.guide_from) == -1:
         out.append(f"sample.guide_from={cfg.guide_from!r}: step:N needs a step N >= 1, e.g. step:100")
     return out
@@ -565,7 +568,30 @@ def preset_problems(preset) -> list[str]:
         out += diffusion_problems(preset.upsampler_diffusion, samplers, "upsampler_diffusion", "upsample.sampler")
     if preset.upsample is not None:
         out += upsample_problems(preset.upsample)
-    return out + data_problems(preset.data) + _between_sections(preset)
+    return out + data_problems(preset.data) + _between_sections(preset) + trained_guide_problems(preset)
+
+
+def trained_guide_problems(preset) -> list[str]:
+    """A guide network trained beside the diffusion model (autoguidance, Karras et al. 2024): both sections or none;
+    the same image size, channels, classes and output layout as the diffusion model (it runs on the same x_t with the
+    same label, under the same process); conditional on the label, never on the null class."""
+    present = [name for name in GUIDE_SECTIONS if getattr(preset, name) is not None]
+    if not present:
+        return [f"sample.guide_from={TRAINED_GUIDE} needs a guide network, which preset {preset.name} has not (guide "
+                "and train_guide sections): start from fashion-mnist-autoguide, or use sample.guide_from=step:N"] \
+            if str(preset.sample.guide_from).strip() == TRAINED_GUIDE else []
+    if len(present) < len(GUIDE_SECTIONS):
+        return [f"a guide network needs the sections {', '.join(GUIDE_SECTIONS)}; this config lacks "
+                f"{', '.join(n for n in GUIDE_SECTIONS if n not in present)}"]
+    guide, unet, out = preset.guide, preset.unet, network_problems("guide", preset.guide)
+    for name in ("image_size", "in_channels", "num_classes", "learn_sigma"):
+        if getattr(guide, name) != getattr(unet, name):
+            out.append(f"guide.{name}={getattr(guide, name)} but unet.{name}={getattr(unet, name)}: autoguidance "
+                       f"runs the guide on the diffusion model's x_t with its label; set both alike")
+    return out + [f"train_guide.{name} must be 0: {why}" for name, why in (
+        ("label_dropout", "the guide is always given the sample's label"),
+        ("low_res_noise", "only the upsampler's low-resolution input is augmented"))
+        if getattr(preset.train_guide, name) != 0]
 
 
 def validate_preset(preset) -> None:

@@ -1,5 +1,5 @@
 """`adm models list|show|promote|rollback`: the registered versions of PREFIX-diffusion and PREFIX-classifier (and
-PREFIX-upsampler for a cascade)."""
+PREFIX-upsampler for a cascade, PREFIX-guide for a preset with autoguidance's guide network)."""
 
 import json
 
@@ -7,7 +7,7 @@ from components.config import UserError
 from components.config.kinds import REGISTERED
 from components.config.presets import DEFAULT_PRESET, PRESET_BUILDERS
 
-NETWORKS = tuple(kind.name for kind in REGISTERED)  # the registered ones (the upsampler: cascades only)
+NETWORKS = tuple(kind.name for kind in REGISTERED)  # the registered ones (upsampler, guide: some presets only)
 
 
 def _tracker_and_prefix(args):
@@ -82,7 +82,7 @@ def _common(p) -> None:
                    help="the pipeline whose models these are: the prefix defaults to adm-PRESET")
     p.add_argument("--model-prefix", default=None,
                    help="registered model names are PREFIX-diffusion, PREFIX-classifier (and PREFIX-upsampler for a "
-                        "cascade) (default: adm-PRESET)")
+                        "cascade, PREFIX-guide with a guide network) (default: adm-PRESET)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
 

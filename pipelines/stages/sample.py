@@ -27,6 +27,7 @@ import torch
 from components.config import SampleConfig, UserError, to_dict
 from components.config.grid import Cell, grid_cells
 from components.config.kinds import has_null_class
+from components.config.sections import TRAINED_GUIDE
 from components.config.validation import check_sample, diffusion_problems, guide_step, raise_problems
 from components.guidance import trained_sigmas
 from components.guided import GuidedNetworks, sample_batch
@@ -97,6 +98,10 @@ def guide_reference(job: SampleJob) -> str | None:
     """Where autoguidance's guide comes from: sample.guide_from, with step:N read as the diffusion model's own
     snapshot at step N (runs:/<its training run>/snapshots/step_N); None without one."""
     text = str(job.config.guide_from).strip()
+    if text == TRAINED_GUIDE:
+        raise UserError(f"sample.guide_from={TRAINED_GUIDE} is the guide network trained in the same `adm run`; for "
+                        "adm sample, pass that network's reference with --guide (runs:/RUN_ID of its training run, "
+                        "models:/...-guide@champion, a checkpoint folder)")
     step = guide_step(text)
     if step is None:
         return text or None
@@ -149,7 +154,8 @@ def _networks(job: SampleJob) -> SampleNetworks:
             raise UserError(f"the classifier has {clf.num_classes} classes but the diffusion model {unet.num_classes}")
     guide = guide_reference(job) if any(c.auto_scale > 0 for c in job.cells) else None
     if guide is not None:
-        networks.guide = resolve(guide, "diffusion", job.preset, job.tracking_uri)
+        # the diffusion model's own snapshot or another diffusion model, or a guide network trained beside it
+        networks.guide = resolve(guide, ("diffusion", "guide"), job.preset, job.tracking_uri)
         g = networks.guide.config
         if (g.image_size, g.in_channels, g.num_classes) != (unet.image_size, unet.in_channels, unet.num_classes):
             raise UserError(f"the guide {guide} makes {g.image_size}px x {g.in_channels} channel(s) with "
@@ -324,9 +330,12 @@ def run(ctx: StageContext, inputs: dict) -> dict:
     run per cell under the stage run; the dataset's class names label the grids' rows."""
     trained = inputs["train"]
     names = load_manifest(inputs["ingest"]["data_url"]).get("class_names")
+    config = ctx.preset.sample
+    if str(config.guide_from).strip() == TRAINED_GUIDE:  # the guide network trained beside the diffusion model
+        config = dataclasses.replace(config, guide_from=f"runs:/{trained['guide']['run_id']}")
     job = SampleJob(diffusion=f"runs:/{trained['diffusion']['run_id']}",
                     classifier=f"runs:/{trained['classifier']['run_id']}", out=ctx.run_path("samples"),
-                    config=ctx.preset.sample, tracking_uri=ctx.tracker.uri, experiment=ctx.experiment,
+                    config=config, tracking_uri=ctx.tracker.uri, experiment=ctx.experiment,
                     parent_run_id=ctx.run_id, class_names=tuple(names) if names else None)
     result = log_to_mlflow(job, run_sampling(job, log=ctx.log), log=ctx.log)
     sheet = write_sheet(job.out, job.cells, result.grids)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from components.config import ConfigError, apply_overrides, preset_from_dict, to_dict
-from components.config.kinds import KINDS, has_noise_level, has_null_class, kind_of, preset_kinds
+from components.config.kinds import has_noise_level, has_null_class, kind_of, preset_kinds
 from components.config.presets import PRESET_BUILDERS, get_preset
 from components.config.validation import preset_problems
 from components.diffusion import create_diffusion
@@ -35,7 +35,8 @@ def test_the_cascade_presets_are_valid_and_the_others_have_no_upsampler():
         preset = get_preset(name)
         assert preset_problems(preset) == [], name
         assert preset.cascade == (name in CASCADES)
-        assert preset_kinds(preset) == (tuple(KINDS) if preset.cascade else ("diffusion", "classifier", "evaluator"))
+        optional = ("upsampler",) * preset.cascade + ("guide",) * (preset.guide is not None)
+        assert preset_kinds(preset) == ("diffusion", "classifier", "evaluator") + optional
         if preset.cascade:
             assert preset.upsampler.small_size == preset.unet.image_size
             with torch.device("meta"):

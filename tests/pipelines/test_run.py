@@ -91,13 +91,16 @@ def test_dry_run_prints_config_and_resources_and_writes_nothing(tmp_path):
 
 
 def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_server, monkeypatch):
-    # the cascade preset: every stage of CHAIN and four trainers; every step logged, so that the trainers' own records
-    # show when each trained; autoguidance beside classifier guidance, its guide the diffusion model's own snapshot at
-    # step 10 (kept by the trainer as MLflow artifacts)
+    # the cascade preset with autoguidance's guide network: every stage of CHAIN and five trainers; every step logged,
+    # so that the trainers' own records show when each trained; autoguidance beside classifier guidance, its guide
+    # the guide network trained beside the diffusion model (sample.guide_from=trained; the step:N guide, the
+    # diffusion model's own snapshot kept by its trainer, is test_sample's and test_mlflow_model's)
     cascade = get_preset("smoke-cascade")
+    cascade = dataclasses.replace(cascade, guide=dataclasses.replace(cascade.unet, channel_mult=(1, 1)),
+                                  train_guide=cascade.train_diffusion)
     preset = apply_overrides(cascade, ["train_diffusion.sample_interval=10",
                                        *[f"train_{k}.log_interval=1" for k in preset_kinds(cascade)],
-                                       "train_diffusion.snapshot_steps=10", "sample.guide_from=step:10",
+                                       "train_diffusion.snapshot_steps=10", "sample.guide_from=trained",
                                        "sample.guidance_methods=classifier,auto"])
     name = preset.name
     req = RunRequest(preset, workdir=str(tmp_path / "work"), tracking_uri=mlflow_server, experiment="e2e")
@@ -109,11 +112,14 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     stages = stage_runs(client, first["run_id"])
     assert set(stages) == set(stage_names(preset)) and all(r.info.status == "FINISHED" for r in stages.values())
     trainers = children(client, parent.info.experiment_id, stages["train"].info.run_id)
-    assert sorted(r.data.tags["adm.network"] for r in trainers) == ["classifier", "diffusion", "evaluator", "upsampler"]
+    assert sorted(r.data.tags["adm.network"] for r in trainers) == ["classifier", "diffusion", "evaluator", "guide",
+                                                                    "upsampler"]
     scale_runs = children(client, parent.info.experiment_id, stages["sample"].info.run_id)
     assert sorted(float(r.data.params["guidance_scale"]) for r in scale_runs) == [0.0, 2.0, 2.0]
     auto = next(r for r in scale_runs if r.data.params["guidance_method"] == "auto")
-    assert auto.data.metrics["guide_evals"] == auto.data.metrics["network_evals"] == 10  # the snapshot guided it
+    assert auto.data.metrics["guide_evals"] == auto.data.metrics["network_evals"] == 10
+    plan = json.loads((Path(first["sample"]["out"]) / "plan.json").read_text())
+    assert plan["guide"] == f"runs:/{first['train']['guide']['run_id']}"  # the guide network guided it
     for run in [parent, *stages.values(), *trainers, *scale_runs]:  # the evaluate stage logged cells' steps again
         assert_each_step_once(client, run.info.run_id)
     # MLflow's System metrics tab: each trainer's rank-0 machine, and each sampler actor's on the sampling run
@@ -146,7 +152,7 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     plots = {a.path for a in client.list_artifacts(first["run_id"], "plots")}
     assert "plots/precision_vs_recall.png" in plots
     assert parent.inputs.dataset_inputs[0].dataset.digest == first["ingest"]["large_fingerprint"][:36]
-    for kind in ("diffusion", "classifier", "upsampler"):  # the set, champion together
+    for kind in ("diffusion", "classifier", "upsampler", "guide"):  # the set, champion together
         champion = client.get_model_version_by_alias(f"adm-{name}-{kind}", "champion")
         assert champion.version == first["register"][kind]["version"]
     check_model_uris(tmp_path, mlflow_server, first["train"], name)
@@ -177,8 +183,8 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
 
     swapped = {"diffusion": trained["classifier"], "classifier": trained["evaluator"]}
     cell = {"cell": "ddim10/scale_2", "sampler": "ddim10", "guidance_scale": 2.0, "guidance_interval": "all"}
-    trained = {k: v for k, v in trained.items() if k != "upsampler"}  # a pair: the set is what a run trained
-    first_reg = register_as_champ(trained, 0.0, 0.0, 0.0)["diffusion"]
+    pair = {k: trained[k] for k in ("diffusion", "classifier")}  # the set is what a run trained
+    first_reg = register_as_champ(pair, 0.0, 0.0, 0.0)["diffusion"]
     assert first_reg["champion"] and "no champion yet" in first_reg["reason"]
     noise = register_as_champ(swapped, -4.0, -9.0, 1.0)["diffusion"]  # lower FID, but not resolved: kept
     assert not noise["champion"] and noise["reason"].startswith("not distinguishable: fid delta -4")
@@ -237,7 +243,7 @@ def check_pipeline_run_ui(client, first, stages, trainers):
     experiment = client.get_experiment(parent.info.experiment_id)  # the UI opens it on its runs, not GenAI overview
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert all(r.data.tags["mlflow.note.content"].startswith(f"The {name} stage") for name, r in stages.items())
-    for kind in ("diffusion", "classifier", "upsampler"):
+    for kind in ("diffusion", "classifier", "upsampler", "guide"):
         version = first["register"][kind]["version"]
         assert parent.data.tags[f"adm.registered.{kind}"] == f"adm-{name}-{kind} v{version} (champion)"
         logged = client.get_logged_model(first["train"][kind]["model_uri"][len("models:/"):])
@@ -246,7 +252,8 @@ def check_pipeline_run_ui(client, first, stages, trainers):
     sections = {"diffusion": ("unet", "train_diffusion", "diffusion"),
                 "classifier": ("classifier", "train_classifier", "diffusion"),
                 "evaluator": ("evaluator", "train_evaluator", "diffusion"),
-                "upsampler": ("upsampler", "train_upsampler", "upsampler_diffusion")}
+                "upsampler": ("upsampler", "train_upsampler", "upsampler_diffusion"),
+                "guide": ("guide", "train_guide", "diffusion")}
     for run in trainers:
         kind = run.data.tags["adm.network"]
         prefixes = {name.split(".")[0] for name in run.data.params if "." in name}
@@ -257,7 +264,7 @@ def check_pipeline_run_ui(client, first, stages, trainers):
 
 
 def check_trainers(client, tmp_path, preset, trained):
-    """The train stage's four Ray Train runs: tracked, concurrent as far as the 2 CPUs allow, checkpointed; the
+    """The train stage's five Ray Train runs: tracked, concurrent as far as the 2 CPUs allow, checkpointed; the
     logged model predicts."""
     runs = {kind: client.get_run(trained[kind]["run_id"]) for kind in preset_kinds(preset)}
     history = {kind: client.get_metric_history(run.info.run_id, "loss") for kind, run in runs.items()}
@@ -267,13 +274,17 @@ def check_trainers(client, tmp_path, preset, trained):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
         assert "checkpoint/model.safetensors" in artifacts and "checkpoint/optimizer.pt" in artifacts
     # on 2 CPUs two one-thread trainers run at once (CpuSlots): the diffusion and classifier trainers start first; the
-    # evaluator, third in order, only when one of them has finished, and the upsampler, fourth, when a second one has
-    # finished. Each run names the trainer whose slot it took (the gate's own record, not wall-clock times): a
-    # finished trainer frees one slot, taken once. Their runs say how long they waited (made at the stage's start).
+    # evaluator, third in order, only when one of them has finished, the upsampler, fourth, when a second one has
+    # finished, and the guide, fifth, when a third has. Each run names the trainer whose slot it took (the gate's own
+    # record, not wall-clock times): a finished trainer frees one slot, taken once. Their runs say how long they
+    # waited (made at the stage's start).
     after = {kind: runs[kind].data.tags.get("adm.started_after") for kind in runs}
     assert after["evaluator"] in ("diffusion", "classifier"), after
     assert after["upsampler"] in ("diffusion", "classifier", "evaluator") and after["upsampler"] != after["evaluator"]
-    assert "cpu_wait_s" in runs["evaluator"].data.metrics and "cpu_wait_s" in runs["upsampler"].data.metrics
+    assert after["guide"] in ("diffusion", "classifier", "evaluator", "upsampler"), after
+    assert after["guide"] not in (after["evaluator"], after["upsampler"]), after
+    for kind in ("evaluator", "upsampler", "guide"):
+        assert "cpu_wait_s" in runs[kind].data.metrics, kind
     for kind in ("diffusion", "classifier"):
         assert after[kind] is None and "cpu_wait_s" not in runs[kind].data.metrics
     assert {a.path for a in client.list_artifacts(runs["upsampler"].info.run_id, "samples")} == {
@@ -318,7 +329,7 @@ def check_model_uris(tmp_path, tracking_uri, trained, name="smoke"):
         ref = resolve(uri, kind, tracking_uri=tracking_uri, workdir=tmp_path / f"net-{len(list(tmp_path.iterdir()))}")
         return Path(ref.weights).read_bytes()
 
-    for kind in ("diffusion", "classifier", "upsampler")[:3 if "upsampler" in trained else 2]:
+    for kind in [k for k in ("diffusion", "classifier", "upsampler", "guide") if k in trained]:
         expected = weights(f"runs:/{trained[kind]['run_id']}", kind)
         for uri in (f"models:/adm-{name}-{kind}@champion", f"models:/adm-{name}-{kind}/1",
                     f"models:/adm-{name}-{kind}/latest", trained[kind]["model_uri"]):
@@ -329,6 +340,9 @@ def check_model_uris(tmp_path, tracking_uri, trained, name="smoke"):
     with pytest.raises(UserError, match="is a classifier checkpoint"):
         resolve(f"models:/adm-{name}-classifier@champion", "diffusion", tracking_uri=tracking_uri,
                 workdir=tmp_path / "wrong-kind")
+    if "guide" in trained:  # autoguidance's guide: a diffusion model or a guide network, the checkpoint says which
+        assert resolve(f"models:/adm-{name}-guide@champion", ("diffusion", "guide"), tracking_uri=tracking_uri,
+                       workdir=tmp_path / "guide").kind == "guide"
 
 
 def check_cascade(client, tmp_path, preset, first, tracking_uri):
@@ -356,6 +370,7 @@ def check_cascade(client, tmp_path, preset, first, tracking_uri):
     with redirect_stdout(out):
         assert adm_main(["models", "list", "--preset", name, "--tracking-uri", tracking_uri]) == 0
     assert f"adm-{name}-upsampler: 1 version(s)" in out.getvalue()
+    assert f"adm-{name}-guide: 1 version(s)" in out.getvalue()
 
     config = dataclasses.replace(preset.upsample, cells=tuple(up["cells"]))
     job = UpsampleJob(samples=first["sample"]["out"], upsampler=f"runs:/{first['train']['upsampler']['run_id']}",
