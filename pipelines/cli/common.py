@@ -3,7 +3,9 @@
 import argparse
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 from components.config import UserError, apply_overrides
@@ -27,6 +29,32 @@ def tracking_args(parser: argparse.ArgumentParser) -> None:
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
     parser.add_argument("--experiment", default="adm", help="MLflow experiment name")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+
+
+TERMINATED = 128 + signal.SIGTERM  # the exit status of a command that SIGTERM stopped
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt(received: threading.Event):
+    """SIGTERM handled as Ctrl-C is while the body runs (a KeyboardInterrupt: the runs are marked KILLED, the resume
+    hint printed), with `received` set so that the command can say so and exit with TERMINATED. `timeout`, systemd
+    and Kubernetes stop programs with SIGTERM; without this a driver that had started Ray died by SIGABRT (exit 134)
+    with no hint. The event, not the exception's class, tells the two apart: Ray's blocking calls turn any
+    KeyboardInterrupt raised in them into a plain one. Installed after ray.init, whose own SIGTERM handling it
+    replaces, and only on the main thread (where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        received.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def verbose_arg(parser: argparse.ArgumentParser) -> None:

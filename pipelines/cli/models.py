@@ -1,6 +1,7 @@
 """`adm models list|show|promote|rollback`: the registered versions of PREFIX-diffusion and PREFIX-classifier (and
 PREFIX-upsampler for a cascade, PREFIX-guide for a preset with autoguidance's guide network)."""
 
+import argparse
 import json
 
 from components.config import UserError
@@ -87,6 +88,15 @@ def _common(p) -> None:
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
 
 
+def version_number(text: str) -> str:
+    """VERSION of show / promote: a number. A registered model's name there is a common guess; say what goes where."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a version number: give the number `adm models list` shows; the registered model is "
+            "chosen by --preset or --model-prefix and --network")
+    return text
+
+
 def add_parsers(sub) -> None:
     models = sub.add_parser("models", help="the registry: list versions, show one, promote or roll back champion")
     actions = models.add_subparsers(dest="action", required=True)
@@ -96,12 +106,12 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_list)
     p = actions.add_parser("show", help="one version: tags, moves, partner")
     _common(p)
-    p.add_argument("version")
+    p.add_argument("version", type=version_number)
     p.add_argument("--network", default="diffusion", choices=NETWORKS)
     p.set_defaults(func=cmd_show)
     p = actions.add_parser("promote", help="move champion to a version and its partner of the same pipeline run")
     _common(p)
-    p.add_argument("version")
+    p.add_argument("version", type=version_number)
     p.add_argument("--network", default="diffusion", choices=NETWORKS, help="whose version number VERSION is")
     p.add_argument("--reason", required=True, help="why (recorded on the versions with who and when)")
     p.set_defaults(func=cmd_promote)

@@ -7,10 +7,18 @@ import json
 import os
 import sys
 import tempfile
+import threading
 
 from components.config import UserError, preset_from_dict, to_dict
 from components.config.presets import DEFAULT_PRESET
-from pipelines.cli.common import check_assume_cpus, preset_args, resolved_preset, verbose_arg
+from pipelines.cli.common import (
+    TERMINATED,
+    check_assume_cpus,
+    preset_args,
+    resolved_preset,
+    sigterm_as_interrupt,
+    verbose_arg,
+)
 
 
 def request_from_args(args):
@@ -126,15 +134,18 @@ def cmd_run(args) -> int:
           f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
     pipeline = Pipeline(req, log=Console(), on_start=lambda p: start(p.run_id, p.req.experiment, p.tracker.uri))
     print(f"MLflow tracking: {pipeline.tracker.uri}")
+    sigterm = threading.Event()
     try:
-        result = pipeline.execute()
+        with sigterm_as_interrupt(sigterm):
+            result = pipeline.execute()
     except KeyboardInterrupt:
         if pipeline.run_id is None:
             raise
         store = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
-        print(f"adm: interrupted; pipeline run {pipeline.run_id} and its stage runs are marked KILLED; continue it "
+        how = "terminated (SIGTERM)" if sigterm.is_set() else "interrupted"
+        print(f"adm: {how}; pipeline run {pipeline.run_id} and its stage runs are marked KILLED; continue it "
               f"with: adm run --resume {pipeline.run_id}{store}", file=sys.stderr)
-        return 130
+        return TERMINATED if sigterm.is_set() else 130
     print(format_table(result["evaluate"]["rows"]))
     if result["evaluate"].get("cascade_rows"):
         from pipelines.stages.upsample_outputs import cascade_section
@@ -162,7 +173,15 @@ def cmd_retrain(args) -> int:
         check_request(req)  # config errors and unreachable services are reported before Ray starts
         ray.init(**quiet_ray_init_kwargs(verbose))
         quiet_ray_data()
-    retrain(req, log=Console())  # its last line says the cycle's decision and why
+    sigterm = threading.Event()
+    try:
+        with sigterm_as_interrupt(sigterm):  # a scheduled cycle is stopped with SIGTERM (systemd, Kubernetes, timeout)
+            retrain(req, log=Console())  # its last line says the cycle's decision and why
+    except KeyboardInterrupt:
+        if not sigterm.is_set():
+            raise
+        print("adm: terminated (SIGTERM); the cycle's MLflow runs are marked KILLED", file=sys.stderr)
+        return TERMINATED
     return 0
 
 

@@ -69,7 +69,7 @@ def find_version(tracker: Tracker, name: str, version: str):
     found = {v.version: v for v in tracker.model_versions(name)}
     if not found:
         raise UserError(f"the MLflow registry at {tracker.uri} has no registered model {name!r}; check --model-prefix "
-                        "(models are PREFIX-diffusion and PREFIX-classifier) and --tracking-uri")
+                        f"(models are PREFIX-diffusion and PREFIX-classifier) and --tracking-uri{held_sets(tracker)}")
     if str(version) not in found:
         raise UserError(f"{name} has no version {version}; its versions are {', '.join(sorted(found, key=int))}")
     return found[str(version)]
@@ -127,3 +127,10 @@ def previous_champion(tracker: Tracker, name: str, current) -> str:
         raise UserError(f"{name} v{current.version} has no recorded earlier champion to roll back to; promote a "
                         "version by number instead (adm models promote VERSION --reason ...)")
     return history[-2]
+
+
+def held_sets(tracker: Tracker) -> str:
+    """What a "no such model" message adds: the prefixes whose sets the registry does hold (PREFIX-diffusion)."""
+    names = sorted(m.name for m in tracker.client.search_registered_models(max_results=1000))
+    prefixes = [n.removesuffix("-diffusion") for n in names if n.endswith("-diffusion")]
+    return f" (this registry holds the sets {', '.join(prefixes)}: --model-prefix PREFIX)" if prefixes else ""

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from components.config import UserError
 from pipelines.infra import registry, tags
-from pipelines.infra.registry import CHAMPION, model_names, moves
+from pipelines.infra.registry import CHAMPION, held_sets, model_names, moves
 from pipelines.infra.tracking import Tracker
 
 # tags.champion_metric's names: at a fixed scale, and at the grid's best (evaluate.champion_scale=auto)
@@ -71,8 +71,9 @@ def list_versions(tracker: Tracker, prefix: str) -> dict:
         out[name] = [version_row(v, champion.version if champion else None) for v in versions]
     if not any(out.values()):
         raise UserError(f"the MLflow registry at {tracker.uri} has no versions of {' or '.join(out)}; check "
-                        "--model-prefix (default adm-PRESET) and --tracking-uri")
+                        f"--model-prefix (default adm-PRESET) and --tracking-uri{held_sets(tracker)}")
     return out
+
 
 
 def show_version(tracker: Tracker, prefix: str, network: str, version: str) -> dict:

@@ -9,6 +9,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from pipelines.cli.main import main
@@ -101,6 +102,14 @@ def test_promote_without_partner_and_bad_input_are_refused(capsys, mlflow_server
             ("nobody", ("rollback", "--reason", "x"), "nobody-diffusion has no champion")):
         code, _, err = adm(capsys, mlflow_server, name, *args)
         assert code == 2 and message in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit) as refused:  # argparse's own refusal, before any work
+        adm(capsys, mlflow_server, prefix, "show", "mp-diffusion")
+    assert refused.value.code == 2 and "'mp-diffusion' is not a version number" in capsys.readouterr().err
+    # a prefix that holds nothing: the message names the sets the registry does hold
+    for args in (("show", "1"), ("list",)):
+        code, _, err = adm(capsys, mlflow_server, "nobody", *args)
+        held = err.split("this registry holds the sets ", 1)[-1].split(":")[0].split(", ")
+        assert code == 2 and "mp" in held, err
     code, _, err = adm(capsys, "http://127.0.0.1:9", prefix, "list")
     assert code == 2 and "unreachable" in err
 

@@ -446,6 +446,32 @@ def test_new_sqlite_store_opened_by_three_drivers_at_once(tmp_path):
 
 
 @pytest.mark.services  # starts its own services
+def test_sigterm_ends_a_run_as_ctrl_c_does(tmp_path, request):
+    """`timeout`, systemd and Kubernetes stop `adm run` with SIGTERM: it ends as Ctrl-C does, its runs KILLED and the
+    resume hint naming the run, exit status 143 (it died by SIGABRT, 134, with no hint once Ray had started)."""
+    log = tmp_path / "run.log"
+    run = subprocess.Popen(_adm("run", "--preset", "smoke", "--override", "train_diffusion.steps=400",
+                                "--override", "evaluate.features=evaluator"),
+                           env=_env(), cwd=tmp_path, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    request.addfinalizer(run.kill)
+    _wait(lambda: _started(log), 300, "the driver to create its run")
+    run_id = log.read_text().split("pipeline run ", 1)[1].split()[0]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def training():
+        train = stage_runs(client, run_id).get("train")
+        return train and children(client, train.info.experiment_id, train.info.run_id)
+
+    _wait(training, 300, "the train stage to start its trainers")
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == 143, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "adm: terminated (SIGTERM)" in text and f"adm run --resume {run_id}" in text, text[-3000:]
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert stage_runs(client, run_id)["train"].info.status == "KILLED"
+
+
+@pytest.mark.services  # starts its own services
 def test_interrupt_kill_and_resume_next_to_a_second_run(tmp_path, request):
     """`adm run` with the embedded defaults (its own local Ray, ./mlflow.db, ./adm-work) gets Ctrl-C during training
     (after the classifier and evaluator finished): its runs end KILLED, nothing half-written is left; `--resume`
