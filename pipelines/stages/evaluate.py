@@ -15,10 +15,8 @@ and size), the split and count, and the extractor's weights.
 import hashlib
 import json
 import math
-import os
 import posixpath
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -43,7 +41,7 @@ from pipelines.infra.dataset import decode_images
 from pipelines.infra.model_refs import resolve
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
-from pipelines.infra.storage import npz_bytes, read_npz, write_bytes_atomic
+from pipelines.infra.storage import cache_home, npz_bytes, read_npz, write_bytes_atomic
 from pipelines.stages import comparisons
 from pipelines.stages.champion import champion_cell
 from pipelines.stages.context import Stage, StageContext
@@ -203,7 +201,7 @@ def reference_stats(features: dict) -> dict:
 
 
 def cache_dir(job: EvaluateJob) -> str:
-    return job.cache_dir or os.environ.get("ADM_CACHE_DIR") or str(Path.home() / ".cache" / "adm-pipeline")
+    return job.cache_dir or str(cache_home())
 
 
 def cache_url(job: EvaluateJob, reference: Source, name: str, version: str) -> str:
