@@ -22,6 +22,7 @@ from .sections import (
     LOWER_IS_BETTER,
     NOISE_SCHEDULES,
     POOLS,
+    PRECISIONS,
     RESIZE_MODES,
     SCHEDULE_SAMPLERS,
     SPEED_SETTINGS,
@@ -69,8 +70,14 @@ def _one_of(name: str, value, allowed) -> list[str]:
 
 
 def _speed(section: str, cfg, names: tuple[str, ...]) -> list[str]:
-    return [f"{section}.{n}={getattr(cfg, n)!r} must be auto (on for CUDA only), on or off"
-            for n in names if getattr(cfg, n) not in SPEED_SETTINGS]
+    """The speed settings of a trainer or of the sampling actors: `names` auto / on / off, precision auto / fp32 /
+    bf16 (auto: measured on the device, components/precision.py)."""
+    out = [f"{section}.{n}={getattr(cfg, n)!r} must be auto (measured on the device), on or off"
+           for n in names if getattr(cfg, n) not in SPEED_SETTINGS]
+    if cfg.precision not in PRECISIONS:
+        out.append(f"{section}.precision={cfg.precision!r} must be auto (the faster of fp32 and bf16, measured on "
+                   "the device), fp32 or bf16")
+    return out
 
 
 # --- networks --------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ stops at the same total step count. A non-finite loss ends the trainer with a re
 checkpoint stays the latest one.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -25,8 +26,9 @@ from components.checkpoint import load_state_dict
 from components.config import Preset, to_dict
 from components.config.kinds import kind as network_kind
 from components.images import image_grid, to_uint8
-from components.training import Learner
-from pipelines.infra import tags
+from components.precision import Choice
+from components.training import Learner, trainer_candidates, training_choice
+from pipelines.infra import speed, tags
 from pipelines.infra.model_refs import locate_for, snapshot_path
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.train_monitor import SCORE, eval_due, make_eval
@@ -107,13 +109,17 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, job.threads))
     device = ray.train.torch.get_device()
-    learner = Learner(job.kind, job.preset, device, seed=job.seed + rank)
+    choice = _speed_choice(job, device, rank, world)
+    learner = Learner(job.kind, job.preset, device, seed=job.seed + rank, settings=choice.settings)
     resumed = _start(job, learner)
     model = learner.hot(ray.train.torch.prepare_model(learner.net)) if world > 1 else learner.fast
     tracker = Tracker(job.tracking_uri) if rank == 0 else None
     cfg, logged = learner.cfg, 0
     if rank == 0:  # where this trainer runs now: operators (and the fault tests) find the process by it
         tracker.set_tags(job.run_id, {tags.WORKER: f"{socket.gethostname()} pid {os.getpid()}"})
+        _say(job, f"[{job.kind}] speed: {choice.summary()}")
+        if not resumed:  # params are written once; a restarted group takes the cached choice
+            speed.record(tracker, job.run_id, f"train-{job.kind}", choice)
     if resumed and rank == 0:
         # the steps after the checkpoint that the lost worker group logged are not logged again: each step once
         logged = tracker.last_logged_step(job.run_id)
@@ -143,6 +149,31 @@ def train_loop_per_worker(config: dict) -> None:
                 _snapshot(tracker, job, learner)
             if step >= cfg.steps:
                 break
+
+
+def _speed_choice(job: WorkerConfig, device, rank: int, world: int) -> Choice:
+    """Precision, memory format and compile of this trainer (train_<kind>.precision / channels_last / compile; auto:
+    measured): rank 0 takes it from the speed cache or times trial steps (pipelines/infra/speed.py) and hands it to
+    every other rank, so that all ranks of a DDP group run the same arithmetic."""
+    choice = None
+    if rank == 0:
+        kind = network_kind(job.kind)
+        cfg = kind.train_config(job.preset)
+        cands = trainer_candidates(cfg, device, world)
+        asked = {"precision": cfg.precision, "channels_last": cfg.channels_last, "compile": cfg.compile,
+                 "cuda_graphs": cands[0].cuda_graphs}
+        networks = {"network": dataclasses.asdict(kind.network_config(job.preset)), "microbatch": cfg.microbatch}
+        choice = speed.cached_choice(
+            device, f"train-{job.kind}", networks, cfg.batch_size, asked,
+            measure=lambda: training_choice(job.kind, job.preset, device, cands, cfg.compile, job.seed),
+            compile_again=lambda hit: training_choice(job.kind, job.preset, device, cands, cfg.compile, job.seed,
+                                                      cached=hit),
+            run_steps=cfg.steps)
+    if world > 1:
+        box = [choice]
+        dist.broadcast_object_list(box, src=0)
+        choice = box[0]
+    return choice
 
 
 def _start(job: WorkerConfig, learner: Learner) -> bool:

@@ -49,7 +49,7 @@ def _perturb(net: torch.nn.Module) -> torch.nn.Module:
 def _float32(monkeypatch):
     # float32 throughout: under bf16 autocast (CPUs with native bf16) a different kernel or split rounds differently,
     # which says nothing about the maths these tests compare
-    monkeypatch.setattr(training, "autocast_context", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(training, "autocast_context", lambda device, precision: contextlib.nullcontext())
 
 
 def test_microbatches_accumulate_the_same_gradient(monkeypatch):
@@ -136,12 +136,18 @@ def test_channels_last_and_compile_train_like_eager(tmp_path, monkeypatch):
 
 
 def test_cuda_graphs_only_where_compiled_on_cuda():
-    """`graphed` is the one place that decides whether the trainer replays CUDA graphs (and marks each step)."""
-    from components.precision import graphed
+    """The settings decide whether the trainer replays CUDA graphs (and marks each step): compiled, on CUDA, with
+    cuda_graphs auto or on, one worker."""
+    from components.precision import configured
+    from components.training import trainer_candidates
 
-    assert graphed("cuda", "auto", "auto") and graphed("cuda", "on", "on")
-    assert not graphed("cuda", "off", "on")  # graphs come from the compiled step: no compile, no graphs
-    assert not graphed("cuda", "auto", "off")
-    assert not graphed("cpu", "on", "on") and not graphed("cpu", "auto", "auto")
+    assert configured("cuda", compile="on", cuda_graphs="auto").cuda_graphs
+    assert not configured("cuda", compile="off", cuda_graphs="on").cuda_graphs  # no compile, no graphs
+    assert not configured("cuda", compile="on", cuda_graphs="off").cuda_graphs
+    assert not configured("cpu", compile="on", cuda_graphs="on").cuda_graphs
+    cfg = get_preset("smoke").train_diffusion
+    assert all(c.cuda_graphs for c in trainer_candidates(cfg, torch.device("cuda")))  # if compiled, graphed
+    assert not any(c.cuda_graphs for c in trainer_candidates(cfg, torch.device("cuda"), world=2))  # DDP: plain
+    assert not any(c.cuda_graphs for c in trainer_candidates(cfg, torch.device("cpu")))
     preset = apply_overrides(get_preset("smoke"), ["train_diffusion.compile=on", "train_diffusion.cuda_graphs=on"])
     assert not Learner("diffusion", preset, torch.device("cpu")).graphs
