@@ -100,6 +100,7 @@ def cmd_run(args) -> int:
 
     from pipelines.infra.console import Console, quiet_ray_data, quiet_ray_init_kwargs, verbose_requested
     from pipelines.infra.resources import stage_resources
+    from pipelines.stages.comparisons import format_comparisons
     from pipelines.stages.report import format_stage_times, format_table
     from pipelines.workflow.pipeline import Pipeline
     from pipelines.workflow.request import check_request
@@ -135,6 +136,8 @@ def cmd_run(args) -> int:
               f"with: adm run --resume {pipeline.run_id}{store}", file=sys.stderr)
         return 130
     print(format_table(result["evaluate"]["rows"]))
+    if result["evaluate"].get("comparisons"):
+        print("\n" + format_comparisons(result["evaluate"]["comparisons"], result["evaluate"]["rows"]) + "\n")
     print(format_stage_times(result["stage_times"]))
     experiment_id = pipeline.tracker.run(result["run_id"]).info.experiment_id
     print(f"pipeline run {result['run_id']} finished; {_where(pipeline.tracker.uri, experiment_id, result['run_id'])}")

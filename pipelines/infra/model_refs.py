@@ -102,7 +102,7 @@ def _local_folder(uri: str, tracking_uri: str | None, workdir: Path | None) -> P
                 return Path(tracker.download_artifacts(run_id, path, workdir))
             fetch = _fetch_once(cache_folder(f"{tracker.uri} {run_id} {path}"),
                                 lambda d: tracker.download_artifacts(run_id, path, d))
-            return fetch / path
+            return fetch / posixpath.basename(path)  # MLflow downloads an artifact folder under its last name
         except Exception as e:
             raise_if_gone(e)
             raise UserError(f"cannot fetch the checkpoint of MLflow run {run_id} ({type(e).__name__}: {e}); "

@@ -36,15 +36,17 @@ def references(ref: dict, roots: dict) -> dict:
     return out
 
 
-def statistics(feats: dict, refs: dict, labels) -> dict:
+def statistics(feats: dict, refs: dict, labels, subsample_size: int) -> dict:
     """{metric: statistic prepared for subsampling} of one cell, for the metrics its features and references allow;
-    the names are the row's."""
+    the names are the row's. Recall is left out when a subsample is too small to hold a sample's k nearest
+    neighbours (a cell of a handful of samples): its point value stays in the row, without an interval."""
     out = {}
     if "inception.pool" in feats and "inception" in refs:
         out["fid"] = uncertainty.FrechetStatistic(feats["inception.pool"], refs["inception"])
         if refs["inception"].features is not None:
             out["precision"] = uncertainty.precision_statistic(feats["inception.pool"], refs["inception"])
-            out["recall"] = uncertainty.RecallStatistic(feats["inception.pool"], refs["inception"])
+            if subsample_size > refs["inception"].k:
+                out["recall"] = uncertainty.RecallStatistic(feats["inception.pool"], refs["inception"])
             out["kid"] = uncertainty.KIDStatistic(feats["inception.pool"], refs["inception"])
     if "inception.spatial" in feats and "spatial" in refs:
         out["sfid"] = uncertainty.FrechetStatistic(feats["inception.spatial"], refs["spatial"])
@@ -52,7 +54,8 @@ def statistics(feats: dict, refs: dict, labels) -> dict:
         pool, ref = feats["evaluator.pool"], refs["evaluator"]
         out["evaluator_fid"] = uncertainty.FrechetStatistic(pool, ref)
         out["evaluator_precision"] = uncertainty.precision_statistic(pool, ref)
-        out["evaluator_recall"] = uncertainty.RecallStatistic(pool, ref)
+        if subsample_size > ref.k:
+            out["evaluator_recall"] = uncertainty.RecallStatistic(pool, ref)
         out["evaluator_kid"] = uncertainty.KIDStatistic(pool, ref)
         out["score"] = uncertainty.ScoreStatistic(feats["evaluator.probs"])
         if labels is not None:
@@ -64,7 +67,7 @@ def resample(feats: dict, refs: dict, labels, sub: uncertainty.Subsamples) -> un
     """One cell's replicates on the grid's subsets, on one BLAS thread (threaded BLAS spins on these small
     matrices: several times slower on 2 cores, bench/RESULTS.md)."""
     with threadpool_limits(1):
-        return uncertainty.ResampledCell(statistics(feats, refs, labels), sub)
+        return uncertainty.ResampledCell(statistics(feats, refs, labels, sub.indices.shape[1]), sub)
 
 
 def kid_point(name: str, features, reference) -> dict:
@@ -88,10 +91,19 @@ def _z(level: float) -> float:
     return float(scipy.stats.norm.ppf((1 + level) / 2))
 
 
+# where each metric can lie: a normal interval near the edge would reach past it (a recall of 1.02)
+DOMAIN = {**{m: (0.0, 1.0) for m in ("precision", "recall", "accuracy", "evaluator_precision", "evaluator_recall")},
+          **{m: (0.0, math.inf) for m in ("fid", "sfid", "evaluator_fid")}, "score": (1.0, math.inf)}
+
+
 def interval_columns(cell: uncertainty.ResampledCell, level: float) -> dict:
-    """<metric>_lo and <metric>_hi of every metric of the cell, at `level`."""
-    return {f"{name}_{end}": getattr(interval, end) for name, interval in cell.intervals(level).items()
-            for end in ("lo", "hi")}
+    """<metric>_lo and <metric>_hi of every metric of the cell, at `level`, within the metric's domain (KID, an
+    unbiased estimate, can be below 0)."""
+    out = {}
+    for name, interval in cell.intervals(level).items():
+        low, high = DOMAIN.get(name, (-math.inf, math.inf))
+        out[f"{name}_lo"], out[f"{name}_hi"] = max(interval.lo, low), min(interval.hi, high)
+    return out
 
 
 # --- paired comparisons ------------------------------------------------------------------------------------------
@@ -142,11 +154,11 @@ def _claim(name: str, line: list, top: dict, cells: dict, metric: str, level: fl
     unguided = next((r for r in line if r["guidance_scale"] == 0), None)
     if unguided is None or top is unguided:
         return []
-    found = [{"line": name, "what": f"best scale {top['guidance_scale']:g} vs unguided",
-              **_pair(top, unguided, cells, metric, level)}]
-    if "accuracy" in top:
-        found.append({"line": name, "what": f"best scale {top['guidance_scale']:g} vs unguided",
-                      **_pair(top, unguided, cells, "accuracy", level)})
+    what = f"best scale {top['guidance_scale']:g} vs unguided"
+    # fidelity up (the metric, accuracy), and at that scale how much diversity it cost (recall: autoguidance claims
+    # its gain keeps it, classifier guidance and CFG trade it)
+    found = [{"line": name, "what": what, **_pair(top, unguided, cells, m, level)}
+             for m in dict.fromkeys((metric, "accuracy", "recall")) if m in top]
     largest = max(line, key=lambda r: r["guidance_scale"])
     if "recall" in largest and largest is not unguided:
         found.append({"line": name, "what": f"largest scale {largest['guidance_scale']:g} vs unguided",

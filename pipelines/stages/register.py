@@ -48,6 +48,11 @@ def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained
     if current is None:
         compared, better = None, True
         why = f"{metric} {value:.4g}: the first registered version, no champion yet"
+    elif str(current.version) == str(versions["diffusion"]):  # its training was reused: the champion's own networks
+        log(f"[register] {names['diffusion']} v{current.version} is the champion itself: nothing to challenge")
+        return {kind: {"name": names[kind], "version": versions[kind], "champion": False, "metric": metric,
+                       "value": value, "reason": f"the champion's own networks (v{current.version})",
+                       "compared": None} for kind in names}
     else:
         compared = challenge(current)
         better = compared["resolved"] and improves(metric, compared["delta"])

@@ -126,7 +126,7 @@ def test_presets_config_and_data_describe(tiny, env, tmp_path):
     assert resolved["name"] == "smoke" and resolved["unet"]["model_channels"] == 64
     assert resolved["classifier"]["model_channels"] == get_preset("smoke").classifier.model_channels
     text = ok(describe)
-    assert f"fingerprint  {tiny['data']['fingerprint']}" in text
+    assert f"fingerprint  {tiny['ingest']['fingerprint']}" in text
     splits = {m.group(1): int(m.group(2)) for m in re.finditer(r"split (\w+) +(\d+) images", text)}
     assert sum(splits.values()) == 256 and 0 < splits["validation"] < splits["train"], splits  # some held out
     assert "resolution   16x16, 3 channel(s)" in text

@@ -83,7 +83,8 @@ def test_metrics_per_scale_cache_and_mlflow(setup, tmp_path, ray_cluster, mlflow
         assert run.data.metrics["fid"] == pytest.approx(again.rows[0 if key == "scale_0" else 1]["fid"])
     files = {f.path for f in client.list_artifacts(again.parent_run_id, "plots")}
     assert {"plots/fid_vs_scale.png", "plots/precision_vs_recall.png", "plots/score_vs_fid.png"} <= files
-    assert client.list_artifacts(again.parent_run_id, "evaluation")[0].path.endswith("metrics_by_cell.json")
+    logged = {f.path for f in client.list_artifacts(again.parent_run_id, "evaluation")}
+    assert {"evaluation/metrics_by_cell.json", "evaluation/comparisons.json"} <= logged
     assert "| guidance_scale | num_samples | fid |" in format_table(again.rows)
 
 

@@ -36,3 +36,24 @@ def test_a_logged_network_loads_and_predicts_as_the_network(tmp_path, kind, over
         expected = net(x, t, y) if kind == "diffusion" else net(x, t)
     got = model.predict({"x_t": x.numpy(), "t": t.numpy(), **({"y": y.numpy()} if kind == "diffusion" else {})})
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_training_runs_snapshot_is_a_network_reference(tmp_path, monkeypatch):
+    """runs:/RUN_ID/snapshots/step_N (train_<kind>.snapshot_steps, autoguidance's step:N guide): downloaded once into
+    the cache and read as that checkpoint's network, its EMA weights."""
+    from components.config import to_dict
+    from components.training import Learner
+    from pipelines.infra.model_refs import resolve, snapshot_path
+
+    monkeypatch.setenv("ADM_CACHE_DIR", str(tmp_path / "cache"))
+    preset = get_preset("smoke")
+    learner = Learner("diffusion", preset, torch.device("cpu"))
+    folder = tmp_path / "snapshot"
+    learner.save(folder, config={"kind": "diffusion", "preset": to_dict(preset), "step": 10})
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = tracker.start_run("snapshots", "train-diffusion")
+    tracker.log_artifacts(run_id, folder, snapshot_path(10))
+    ref = resolve(f"runs:/{run_id}/{snapshot_path(10)}", "diffusion", tracking_uri=tracker.uri)
+    assert ref.weights.startswith(str(tmp_path / "cache")) and ref.weights.endswith("ema_0.99.safetensors")
+    expected = learner.ema_network().state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in ref.build().state_dict().items())

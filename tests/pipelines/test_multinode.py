@@ -135,7 +135,6 @@ def test_submit_smoke_and_survive_worker_node_loss(tmp_path, two_nodes, mlflow_s
         time.sleep(3)
     logs = client.get_job_logs(job_id)
     assert str(client.get_job_status(job_id).value) == "SUCCEEDED", logs[-5000:]
-    assert f"[{killed[0]}] resumed from the checkpoint at step" in logs
 
     mlflow = MlflowClient(mlflow_server)
     experiment = mlflow.get_experiment_by_name("multinode").experiment_id
@@ -145,7 +144,8 @@ def test_submit_smoke_and_survive_worker_node_loss(tmp_path, two_nodes, mlflow_s
                 if "adm.network" in r.data.tags}
     assert set(trainers) == {"diffusion", "classifier", "evaluator"}
     run = trainers[killed[0]]
-    resumed = int(run.data.tags["adm.resumed_from_step"])
+    resumed = int(run.data.tags["adm.resumed_from_step"])  # the restarted group's own record (the job's log of
+    # worker stdout can drop the restarted worker's lines when the driver's log monitor lost its node)
     # from a checkpoint taken before the kill: not from scratch, not after the end (the job's log lags the worker,
     # so the step seen there can be older than the last checkpoint)
     assert 10 <= resumed < STEPS

@@ -1,6 +1,7 @@
 """`adm run` end to end (smoke preset) on a local Ray instance against a real MLflow tracking server."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -75,9 +76,12 @@ def test_dry_run_prints_config_and_resources_and_writes_nothing(tmp_path):
 
 
 def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_server, monkeypatch):
-    # every step logged, so that the trainers' own records show when each trained
+    # every step logged, so that the trainers' own records show when each trained; autoguidance beside classifier
+    # guidance, its guide the diffusion model's own snapshot at step 10 (kept by the trainer as MLflow artifacts)
     preset = apply_overrides(get_preset("smoke"), ["train_diffusion.sample_interval=10",
-                                                   *[f"train_{k}.log_interval=1" for k in KINDS]])
+                                                   *[f"train_{k}.log_interval=1" for k in KINDS],
+                                                   "train_diffusion.snapshot_steps=10", "sample.guide_from=step:10",
+                                                   "sample.guidance_methods=classifier,auto"])
     req = RunRequest(preset, workdir=str(tmp_path / "work"), tracking_uri=mlflow_server, experiment="e2e")
     first = Pipeline(req, log=lambda *_: None).execute()
     client = MlflowClient(mlflow_server)
@@ -89,14 +93,17 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     trainers = children(client, parent.info.experiment_id, stages["train"].info.run_id)
     assert sorted(r.data.tags["adm.network"] for r in trainers) == ["classifier", "diffusion", "evaluator"]
     scale_runs = children(client, parent.info.experiment_id, stages["sample"].info.run_id)
-    assert sorted(float(r.data.params["guidance_scale"]) for r in scale_runs) == [0.0, 2.0]
+    assert sorted(float(r.data.params["guidance_scale"]) for r in scale_runs) == [0.0, 2.0, 2.0]
+    auto = next(r for r in scale_runs if r.data.params["guidance_method"] == "auto")
+    assert auto.data.metrics["guide_evals"] == auto.data.metrics["network_evals"] == 10  # the snapshot guided it
     # the cell's coordinates as numbers too, so that the UI sorts and plots by them
-    assert sorted(r.data.metrics["guidance_scale"] for r in scale_runs) == [0.0, 2.0]
+    assert sorted(r.data.metrics["guidance_scale"] for r in scale_runs) == [0.0, 2.0, 2.0]
     assert all(r.data.metrics["num_samples"] == preset.sample.num_samples for r in scale_runs)
     for run in scale_runs:
         for key in ("fid", "sfid", "precision", "recall", "evaluator_fid", "score", "accuracy"):
             assert key in run.data.metrics, key
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["grid.png"]
+    check_metric_ranges(first["evaluate"]["rows"], classes=4)
     # the grid is upscaled for the UI (16 px samples, 8 a row, plus the label margin), not a thumbnail
     grid = client.download_artifacts(scale_runs[0].info.run_id, "grid.png", str(tmp_path))
     assert Image.open(grid).width >= 512
@@ -108,9 +115,9 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert "training worker group" in worker_text, sorted(p.name for p in logs.rglob("*"))
     assert (logs / "driver.log").exists()
     assert {a.path for a in client.list_artifacts(first["run_id"], "logs")} >= {"logs/driver.log", "logs/ray"}
-    # all cells' grids side by side on the pipeline run: smoke's two cells (scales 0 and 2) in one row
+    # all cells' grids side by side on the pipeline run: a row per method (classifier, auto), a column per scale
     sheet = Image.open(client.download_artifacts(first["run_id"], "samples/all_cells.png", str(tmp_path)))
-    assert sheet.size == (2 * Image.open(grid).width, Image.open(grid).height)
+    assert sheet.size == (2 * Image.open(grid).width, 2 * Image.open(grid).height)  # a row per method
     plots = {a.path for a in client.list_artifacts(first["run_id"], "plots")}
     assert "plots/precision_vs_recall.png" in plots
     assert parent.inputs.dataset_inputs[0].dataset.digest == first["ingest"]["fingerprint"][:36]
@@ -151,10 +158,24 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert not worse["champion"] and worse["reason"].startswith("not better")
     assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "1"
     improved = {"diffusion": trained["evaluator"], "classifier": trained["diffusion"]}
-    assert register_as_champ(improved, -8.0, -12.0, -3.0)["diffusion"]["champion"]
-    assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "4"
-    version = client.get_model_version("champ-diffusion", "3")  # the decision and its reason on the version
+    # (the same networks registered again are the same version, v2: its tags say the last decision and why)
+    version = client.get_model_version("champ-diffusion", "2")
     assert version.tags["adm.decision"] == "kept" and "[+2, +10]" in version.tags["adm.reason"]
+    assert register_as_champ(improved, -8.0, -12.0, -3.0)["diffusion"]["champion"]
+    assert client.get_model_version_by_alias("champ-diffusion", "champion").version == "3"
+
+
+def check_metric_ranges(rows: list, classes: int) -> None:
+    """Every metric of every cell is a number in its range, inside its interval: a NaN FID or an accuracy of 7 is a
+    broken evaluation, not a result."""
+    for row in rows:
+        for key in ("fid", "sfid", "evaluator_fid"):
+            assert math.isfinite(row[key]) and row[key] >= 0, (row["cell"], key, row[key])
+        for key in ("precision", "recall", "evaluator_precision", "evaluator_recall", "accuracy"):
+            assert 0 <= row[key] <= 1, (row["cell"], key, row[key])
+        assert 1 <= row["score"] <= classes and math.isfinite(row["kid"]) and row["kid_std"] >= 0, row["cell"]
+        for key in ("fid", "precision", "recall", "accuracy", "kid", "score"):
+            assert row[f"{key}_lo"] <= row[key] <= row[f"{key}_hi"], (row["cell"], key)
 
 
 def check_pipeline_run_ui(client, first, stages, trainers):
@@ -163,7 +184,8 @@ def check_pipeline_run_ui(client, first, stages, trainers):
     run_id = first["run_id"]
     parent = client.get_run(run_id)
     assert parent.data.params["scales_by_step"] == "0,2"  # which scale each step of the curves is
-    rows = sorted(first["evaluate"]["rows"], key=lambda r: r["guidance_scale"])
+    rows = sorted((r for r in first["evaluate"]["rows"] if r["guidance_method"] == "classifier"),
+                  key=lambda r: r["guidance_scale"])  # the champion's line: scale 0, then classifier guidance at 2
     for key in ("fid", "fid_lo", "fid_hi", "accuracy", "accuracy_lo", "recall_hi"):
         curve = sorted((m.step, m.value) for m in client.get_metric_history(run_id, f"{key}_by_scale"))
         assert curve == [(i, row[key]) for i, row in enumerate(rows)], key
