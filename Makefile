@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PRESET ?= fashion-mnist
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test test-stack lint bench
 
 setup:
 	bash scripts/setup.sh
@@ -10,8 +10,12 @@ setup:
 run: setup
 	adm run --preset $(PRESET)
 
+# every tier (CONTRIBUTING.md): fast, services and stack (tests/stack, 10-15 min)
 test: setup
 	$(PYTHON) -m pytest -q --durations=15 tests
+
+test-stack: setup
+	$(PYTHON) -m pytest -q --durations=15 -m stack tests
 
 lint:
 	ruff check components pipelines tests bench scripts

@@ -56,9 +56,9 @@ def steady_rate(job: SampleJob, threads: int) -> float:
     the actors' rate leaves out each actor's first shard."""
     sampler = GuidedSampler(job, threads)
     shards = plan_shards(job.cells, job.config.num_samples, job.config.batch_size)
-    sampler.sample_shard(0)
+    sampler.make_shard(0)
     start = time.perf_counter()
-    n = sum(len(sampler.sample_shard(k)["labels"]) for k in range(1, len(shards)))
+    n = sum(len(sampler.make_shard(k)["labels"]) for k in range(1, len(shards)))
     return n / (time.perf_counter() - start)
 
 

@@ -15,6 +15,10 @@ rows' cells into what a sampling loop takes (sampling.py's signature):
 Every method uses the cell's own s, the number the config and the report show: s = 0 is the conditional model for
 all of them. ``sample_batch`` runs a batch from per-sample seeds and labels to uint8 images. The Ray sampling actors,
 evaluation while training, the benchmarks and the tests call these two; nothing else builds a guidance term.
+
+The cascade's second stage (ADM-U, Sec. 5.2) is the same composition at scale 0: ``upsample_batch`` samples an
+upsampler (``GuidedNetworks`` of the super-resolution UNet and its own process) unguided, its low-resolution input
+(the base samples) in the loop's model_kwargs as ``low_res``; only the base model is guided.
 """
 
 from dataclasses import dataclass, field
@@ -27,8 +31,9 @@ from .config.grid import Cell, parse_sampler
 from .config.sections import DiffusionConfig, UNetConfig
 from .diffusion import create_diffusion
 from .guidance import Autoguidance, ClassifierFreeGuidance, ClassifierGuidance, trained_sigmas
-from .images import to_uint8
+from .images import to_model_input, to_uint8
 from .sampling import SampleNoise, class_conditional, sampler_loop
+from .superres import augment_low_res
 
 
 @dataclass
@@ -43,6 +48,7 @@ class GuidedNetworks:
     device: torch.device
     null_label: int | None = None
     classifier: torch.nn.Module | None = None
+    noise_level: bool = False  # an upsampler that takes the level of conditioning augmentation (low_res_sigma)
     guide: torch.nn.Module | None = None  # autoguidance's weaker network: same image size, channels and classes
     sigmas: np.ndarray = field(init=False)  # sigma_t of every trained timestep: guidance intervals are measured in it
     _samplers: dict = field(init=False, default_factory=dict)
@@ -103,9 +109,11 @@ def compose(nets: GuidedNetworks, cells: list[Cell], cost: SampleCost | None = N
 
 
 def sample_batch(nets: GuidedNetworks, cells: list[Cell], seeds: list[int], labels: list[int],
-                 clip_denoised: bool = True, eta: float = 0.0) -> tuple[np.ndarray, SampleCost]:
+                 clip_denoised: bool = True, eta: float = 0.0, conditioning: dict | None = None
+                 ) -> tuple[np.ndarray, SampleCost]:
     """uint8 [N, H, W, C] samples of rows (cells[i], seeds[i], labels[i]), all of one sampler, and what each cost.
-    Sample i depends on its own seed, label and cell only (per-sample noise streams), never on the batch."""
+    Sample i depends on its own seed, label and cell only (per-sample noise streams), never on the batch.
+    `conditioning`: more per-row model_kwargs ([N, ...] tensors: an upsampler's low_res)."""
     samplers = {c.sampler for c in cells}
     if len(samplers) != 1:
         raise ValueError(f"a batch runs one sampling loop; these rows name {sorted(samplers)}")
@@ -114,6 +122,33 @@ def sample_batch(nets: GuidedNetworks, cells: list[Cell], seeds: list[int], labe
     model, cond_fn = compose(nets, cells, cost)
     shape = (nets.unet.in_channels, nets.unet.image_size, nets.unet.image_size)
     y = torch.tensor(labels, dtype=torch.long, device=nets.device)
-    x_0 = loop(model, diffusion, SampleNoise(seeds, shape, nets.device), {"y": y}, cond_fn=cond_fn,
-               clip_denoised=clip_denoised, eta=eta, cost=cost)
+    x_0 = loop(model, diffusion, SampleNoise(seeds, shape, nets.device), {"y": y, **(conditioning or {})},
+               cond_fn=cond_fn, clip_denoised=clip_denoised, eta=eta, cost=cost)
     return to_uint8(x_0), cost
+
+
+# the augmentation noise of sample i is drawn from its own stream, seeded apart from the sampling loop's
+AUGMENT_SALT = 0x2545F4914F6CDD1D
+
+
+def upsample_batch(nets: GuidedNetworks, sampler: str, seeds: list[int], labels: list[int], low_res: np.ndarray,
+                   noise_level: float = 0.0, clip_denoised: bool = True, eta: float = 0.0
+                   ) -> tuple[np.ndarray, SampleCost]:
+    """uint8 [N, H, W, C] upsamplings of the uint8 [N, h, w, C] images `low_res` (base samples, labels[i] their
+    classes) by the upsampler of `nets` with `sampler`, unguided, and what each cost. With `noise_level` > 0
+    (conditioning augmentation) low_res gets Gaussian noise of that sigma first, from a stream seeded by seeds[i]
+    (salted), and an upsampler trained with augmentation is told the level (0 when there is none). Row i depends on
+    its seed, label and low_res only, never on the batch."""
+    if noise_level and not nets.noise_level:
+        raise ValueError(f"noise_level={noise_level:g} needs an upsampler trained with conditioning augmentation "
+                         "(train_upsampler.low_res_noise > 0); this one was not")
+    x = to_model_input(low_res).to(nets.device)
+    conditioning = {"low_res": x}
+    if noise_level:
+        noise = SampleNoise([s ^ AUGMENT_SALT for s in seeds], tuple(x.shape[1:]), nets.device).draw()
+        sigma = torch.full((len(x),), float(noise_level), device=nets.device)
+        conditioning["low_res"] = augment_low_res(x, sigma, noise)
+    if nets.noise_level:
+        conditioning["low_res_sigma"] = torch.full((len(x),), float(noise_level), device=nets.device)
+    return sample_batch(nets, [Cell(parse_sampler(sampler).name, 0.0)] * len(x), seeds, labels, clip_denoised, eta,
+                        conditioning)

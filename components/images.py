@@ -49,6 +49,17 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
+def downsample_area_uint8(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [N, H, W, C] -> uint8 [N, size, size, C] with H and W multiples of size: each pixel the mean of its block,
+    the area filter of the upsampler's training pairs (superres.downsample_area), rounded to the nearest level. A
+    cascade's base model trains on these (ingest writes them beside the large images)."""
+    n, h, w, c = images.shape
+    if h % size or w % size:
+        raise DataError(f"{h}x{w} images do not split into {size}x{size} whole blocks; pick a size that divides them")
+    blocks = images.reshape(n, size, h // size, size, w // size, c).astype(np.float64).mean(axis=(2, 4))
+    return np.rint(blocks).astype(np.uint8)
+
+
 # --- preprocessing ----------------------------------------------------------------------------------------------------
 def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
     """The released ImageNet preprocessing: BOX halvings, BICUBIC resize of the short side, centre crop."""

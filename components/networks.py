@@ -10,7 +10,7 @@ from torch import nn
 
 from .classifier import EncoderUNetModel
 from .config.flags import classifier_config_from_flags, superres_config_from_flags, unet_config_from_flags
-from .config.kinds import NetworkKind, has_null_class
+from .config.kinds import NetworkKind, has_noise_level, has_null_class
 from .config.kinds import kind as network_kind
 from .config.sections import ClassifierConfig, UNetConfig, UpsamplerConfig, attention_ds, network_channel_mult
 from .config.validation import validate_classifier, validate_unet, validate_upsampler
@@ -35,23 +35,25 @@ def _unet_spec(cfg: UNetConfig) -> EncoderSpec:
     )
 
 
-def build_unet(cfg: UNetConfig, null_class: bool = False) -> UNetModel:
+def build_unet(cfg: UNetConfig, null_class: bool = False, noise_level: bool = False) -> UNetModel:
     """The UNet of `cfg`; ``null_class`` adds the null label's embedding row of classifier-free guidance. An
-    UpsamplerConfig (a UNetConfig too) gives its super-resolution UNet, never a plain UNet of the wrong width."""
+    UpsamplerConfig (a UNetConfig too) gives its super-resolution UNet, never a plain UNet of the wrong width, with
+    the noise-level embedding of conditioning augmentation if ``noise_level``."""
     if isinstance(cfg, UpsamplerConfig):
-        return build_superres(cfg, null_class=null_class)
+        return build_superres(cfg, null_class=null_class, noise_level=noise_level)
     validate_unet(cfg)
     out_channels = cfg.in_channels * (2 if cfg.learn_sigma else 1)
     return UNetModel(_unet_spec(cfg), out_channels, cfg.num_classes, cfg.num_heads_upsample, null_class=null_class)
 
 
-def build_superres(cfg: UpsamplerConfig, null_class: bool = False) -> SuperResModel:
+def build_superres(cfg: UpsamplerConfig, null_class: bool = False, noise_level: bool = False) -> SuperResModel:
     """The super-resolution UNet (ADM-U) of `cfg`: cfg.in_channels image channels in and out (twice out with learned
-    sigma), the upsampled low_res concatenated inside (superres.py)."""
+    sigma), the upsampled low_res concatenated inside (superres.py); ``noise_level`` adds the embedding of
+    conditioning augmentation's level (train_upsampler.low_res_noise > 0; not in the released layout)."""
     validate_upsampler(cfg)
     out_channels = cfg.in_channels * (2 if cfg.learn_sigma else 1)
     return SuperResModel(_unet_spec(cfg), out_channels, cfg.num_classes, cfg.num_heads_upsample,
-                         null_class=null_class)
+                         null_class=null_class, noise_level=noise_level)
 
 
 def build_classifier(cfg: ClassifierConfig) -> EncoderUNetModel:
@@ -102,8 +104,10 @@ def from_released_flags(name: str, flags: dict, num_classes: int = 1000) -> nn.M
 
 def build_network(kind: NetworkKind | str, preset) -> nn.Module:
     """The network of `kind` (a NetworkKind or its name) for `preset`, randomly initialised: the UNet (with the null
-    class of classifier-free guidance when the preset trains with label dropout) or the encoder classifier."""
+    class of classifier-free guidance when the preset trains it with label dropout), the upsampler (with the
+    noise-level embedding when it trains with conditioning augmentation) or the encoder classifier."""
     kind = network_kind(kind) if isinstance(kind, str) else kind
     if kind.is_unet:
-        return build_unet(kind.network_config(preset), null_class=has_null_class(preset))
+        return build_unet(kind.network_config(preset), null_class=has_null_class(preset, kind),
+                          noise_level=has_noise_level(preset, kind))
     return build_classifier(kind.network_config(preset))

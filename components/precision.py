@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ class SpeedSettings:
 
 @dataclass
 class Choice:
-    """The settings taken and why: seconds per step of every candidate measured (median of the rounds), the compile
+    """The settings taken and why: seconds per step of every candidate measured (the fastest of its rounds), the compile
     cost when compile was tried, and where the choice came from: measured, cached, or set (nothing to choose)."""
 
     settings: SpeedSettings
@@ -189,13 +188,14 @@ def kept_rng(device: torch.device | str):
 
 
 def time_candidates(trial: Callable[[SpeedSettings], Callable[[], object]], cands: Sequence[SpeedSettings],
-                    rounds: int = 3, steps: int = 1, warmup: int = 1, drop_above: float = 1.25,
+                    rounds: int = 3, steps: int = 1, warmup: int = 1, drop_above: float = 3.0,
                     timer: Callable[[], float] | None = None, sync: Callable[[], None] = lambda: None
                     ) -> dict[SpeedSettings, list[float]]:
     """Seconds per step of every candidate, interleaved: round after round, each candidate in turn is prepared by
     `trial(settings)` (which returns its step), stepped `warmup` times untimed and `steps` times timed, so load on a
-    shared machine hits all alike. Candidates slower than `drop_above` x the fastest after the first round are not
-    timed again (a clear loser costs one round)."""
+    shared machine hits all alike. Only a clear loser, slower than `drop_above` x the fastest in the first round
+    (e.g. bf16 without fast kernels), is not timed again: a tighter cut let one load spike in round 1 drop the
+    candidate that was in fact fastest (bench/RESULTS.md, "Speed by measurement")."""
     timer = timer or now
     times: dict[SpeedSettings, list[float]] = {c: [] for c in cands}
     live = list(cands)
@@ -216,13 +216,19 @@ def time_candidates(trial: Callable[[SpeedSettings], Callable[[], object]], cand
     return times
 
 
+def step_time(seconds: Sequence[float]) -> float:
+    """A candidate's step time from its rounds: the fastest round. Load on a shared machine only ever adds time, so
+    the minimum is the estimate least moved by it (a median still carries any load that lasted half the rounds)."""
+    return min(seconds)
+
+
 def choose(times: dict[SpeedSettings, list[float]], margin: float = 0.03) -> SpeedSettings:
-    """The fastest candidate by its median; the first (the plain path) unless another beats it by more than
+    """The fastest candidate by its step_time; the first (the plain path) unless another beats it by more than
     `margin` (a few percent is within the noise of a short measurement and not worth different numerics)."""
-    medians = {c: statistics.median(v) for c, v in times.items()}
+    best_times = {c: step_time(v) for c, v in times.items()}
     first = next(iter(times))
-    best = min(medians, key=medians.get)
-    return first if medians[first] <= (1 + margin) * medians[best] else best
+    best = min(best_times, key=best_times.get)
+    return first if best_times[first] <= (1 + margin) * best_times[best] else best
 
 
 def compile_worth_trying(eager_seconds: float, run_steps: int, compile_estimate: float, best_gain: float = 0.3
@@ -252,7 +258,7 @@ def time_compile(trial: Callable[[SpeedSettings], Callable[[], object]], eager: 
     first = timer() - start
     times = time_candidates(trial, [eager, compiled], rounds, steps, warmup=1, drop_above=float("inf"), timer=timer,
                             sync=sync)
-    return max(0.0, first - statistics.median(times[eager])), times
+    return max(0.0, first - step_time(times[eager])), times
 
 
 def measure_choice(trial: Callable[[SpeedSettings], Callable[[], object]], cands: Sequence[SpeedSettings],
@@ -266,7 +272,7 @@ def measure_choice(trial: Callable[[SpeedSettings], Callable[[], object]], cands
         return Choice(dataclasses.replace(cands[0], compile=compile == "on"), "set")
     times = time_candidates(trial, cands, rounds, steps, timer=timer, sync=sync) if len(cands) > 1 else {}
     best = choose(times) if times else cands[0]
-    choice = Choice(best, "measured", {c.name: statistics.median(v) for c, v in times.items()})
+    choice = Choice(best, "measured", {c.name: step_time(v) for c, v in times.items()})
     if compile == "on":
         choice.settings = dataclasses.replace(best, compile=True)
         return choice
@@ -274,7 +280,7 @@ def measure_choice(trial: Callable[[SpeedSettings], Callable[[], object]], cands
         return choice
     eager = choice.timings.get(best.name)
     if eager is None:  # one eager candidate: its step time comes from the compile trial
-        eager = statistics.median(time_candidates(trial, [best], 1, steps, timer=timer, sync=sync)[best])
+        eager = step_time(time_candidates(trial, [best], 1, steps, timer=timer, sync=sync)[best])
         choice.timings[best.name] = eager
     if not compile_worth_trying(eager, run_steps, compile_estimate):
         choice.note = f"compile not tried: {run_steps} steps cannot repay ~{compile_estimate:.0f} s of compiling"
@@ -288,10 +294,10 @@ def decide_compile(choice: Choice, trial, run_steps: int, timer=None, sync=lambd
     eager = dataclasses.replace(choice.settings, compile=False)
     seconds, times = time_compile(trial, eager, rounds, steps, timer, sync)
     compiled = dataclasses.replace(eager, compile=True)
-    medians = {c: statistics.median(v) for c, v in times.items()}
-    choice.timings.update({c.name: m for c, m in medians.items()})
+    best_times = {c: step_time(v) for c, v in times.items()}
+    choice.timings.update({c.name: m for c, m in best_times.items()})
     choice.compile_seconds = seconds
-    if compile_pays(medians[eager], medians[compiled], seconds, run_steps):
+    if compile_pays(best_times[eager], best_times[compiled], seconds, run_steps):
         choice.settings = compiled
     return choice
 

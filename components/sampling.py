@@ -12,6 +12,7 @@ its own seed (and label and scale) only, never on which batch it was drawn in.
 """
 
 import functools
+import hashlib
 
 import numpy as np
 import torch
@@ -254,6 +255,14 @@ def class_conditional(model, class_cond: bool):
 def sample_seed(base_seed: int, index: int) -> int:
     """The seed of sample `index`: the same for every guidance scale, so scales are compared on the same noise."""
     return (int(base_seed) * 1_000_003 + int(index)) % (2**63)
+
+
+def upsample_seed(base_seed: int, cell: str, index: int) -> int:
+    """The seed of the upsampling of sample `index` of grid cell `cell` (its key): from (seed, cell, index) only, so an
+    upsampled cell never depends on which other cells, shards or actors there are, and two cells upsample the same
+    base seed with different noise."""
+    digest = hashlib.blake2b(f"{int(base_seed)}:{cell}:{int(index)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2**63)
 
 
 def sample_label(seed: int, num_classes: int) -> int:

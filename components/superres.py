@@ -18,7 +18,8 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from .unet import EncoderSpec, UNetModel
+from .nn import timestep_embedding
+from .unet import EncoderSpec, UNetModel, time_embed_mlp
 
 
 def downsample_area(large: torch.Tensor, small_size: int) -> torch.Tensor:
@@ -33,20 +34,48 @@ def upsample_bilinear(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     return F.interpolate(low_res, size, mode="bilinear", align_corners=False)
 
 
+# the noise level of conditioning augmentation (a sigma of pixels in [-1, 1]) enters timestep_embedding scaled by this,
+# so the levels used (0 to about 1) span the frequencies the timesteps (0 to 999) do
+NOISE_LEVEL_SCALE = 1000.0
+
+
+def augment_low_res(low_res: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Conditioning augmentation (Ho et al. 2021's cascades; not in the released code): low_res + sigma * noise,
+    sigma [B] the per-image level, noise [B, C, h, w] standard Gaussian."""
+    return low_res + sigma.to(low_res.dtype).reshape(-1, 1, 1, 1) * noise.to(low_res.dtype)
+
+
 class SuperResModel(UNetModel):
     """The UNet of `spec` whose input is the noisy image (spec.in_channels channels) and the upsampled low_res
     image, concatenated: its first convolution takes 2 x spec.in_channels, as released. ``out_channels`` counts the
-    image's channels (doubled with learned sigma), as for the UNet."""
+    image's channels (doubled with learned sigma), as for the UNet.
+
+    ``noise_level`` (conditioning augmentation, train_upsampler.low_res_noise > 0) adds one embedding MLP, the
+    timestep's shape, of the level of the Gaussian noise on low_res (``low_res_sigma``, [B]); its sum with the
+    timestep embedding conditions every block. Without it (the default) the layout is the released one."""
 
     def __init__(self, spec: EncoderSpec, out_channels: int, num_classes: int | None = None,
-                 num_heads_upsample: int = -1, null_class: bool = False):
+                 num_heads_upsample: int = -1, null_class: bool = False, noise_level: bool = False):
         super().__init__(replace(spec, in_channels=2 * spec.in_channels), out_channels, num_classes,
                          num_heads_upsample, null_class=null_class)
+        self.noise_level = noise_level
+        if noise_level:
+            self.noise_level_embed = time_embed_mlp(spec.model_channels)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, low_res: torch.Tensor | None = None,
-                y: torch.Tensor | None = None) -> torch.Tensor:
+                y: torch.Tensor | None = None, low_res_sigma: torch.Tensor | None = None) -> torch.Tensor:
         if low_res is None:
             raise ValueError("a super-resolution model needs low_res, the low-resolution image to upsample: pass "
                              "model_kwargs={'low_res': low_res, ...}")
+        emb = self.embedding(timesteps, y)
+        if self.noise_level:
+            if low_res_sigma is None:
+                raise ValueError("this upsampler was trained with conditioning augmentation: pass the level of the "
+                                 "noise on low_res as low_res_sigma ([B]; 0 for clean low_res)")
+            level = timestep_embedding(low_res_sigma.float() * NOISE_LEVEL_SCALE, self.model_channels)
+            emb = emb + self.noise_level_embed(level.to(emb.dtype))
+        elif low_res_sigma is not None and bool((low_res_sigma != 0).any()):
+            raise ValueError("low_res_sigma > 0 needs an upsampler trained with conditioning augmentation "
+                             "(train_upsampler.low_res_noise > 0); this one has no noise-level embedding")
         upsampled = upsample_bilinear(low_res, tuple(x.shape[-2:])).to(x.dtype)
-        return super().forward(torch.cat([x, upsampled], dim=1), timesteps, y)
+        return self.run_blocks(torch.cat([x, upsampled], dim=1), emb)

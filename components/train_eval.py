@@ -13,7 +13,8 @@ import torch
 from .config import DiffusionConfig, UNetConfig
 from .config.grid import Cell, parse_sampler
 from .diffusion import GaussianDiffusion
-from .guided import GuidedNetworks, sample_batch
+from .guided import GuidedNetworks, sample_batch, upsample_batch
+from .images import downsample_area_uint8
 from .losses import classifier_losses
 from .sampling import sample_label, sample_seed
 
@@ -74,4 +75,16 @@ def sample_fixed_set(model, config: DiffusionConfig, unet: UNetConfig, n: int, n
     nets = GuidedNetworks(model, unet, config, device, classifier=classifier)
     cell = Cell(parse_sampler(sampler).name, scale if classifier is not None else 0.0)
     images, _ = sample_batch(nets, [cell] * n, seeds, labels)
+    return images
+
+
+def upsample_fixed_set(model, config: DiffusionConfig, upsampler, large: np.ndarray, labels: np.ndarray, device,
+                       noise_level: bool = False, sampler: str = EVAL_SAMPLER) -> np.ndarray:
+    """uint8 upsamplings of the fixed held-out images `large` (their area downsample to upsampler.small_size, with
+    `labels`) by the upsampler `model` (taking the augmentation level when `noise_level`; given 0), with fixed seeds:
+    the same draws at every call, so an upsampler's FID compares from one step to the next."""
+    seeds = [sample_seed(0, i) for i in range(len(large))]
+    nets = GuidedNetworks(model, upsampler, config, device, noise_level=noise_level)
+    low_res = downsample_area_uint8(large, upsampler.small_size)  # as a cascade's base data: area, then uint8
+    images, _ = upsample_batch(nets, sampler, seeds, [int(v) for v in labels], low_res)
     return images

@@ -1,10 +1,14 @@
-"""One training step and the complete training state, for the three networks of the system (pure PyTorch).
+"""One training step and the complete training state, for each network of the system (pure PyTorch).
 
 * diffusion: the UNet with the hybrid loss (L_simple + L_vlb), timesteps from the configured sampler
   (Nichol & Dhariwal 2021, Sec. 3); AdamW, EMA of the weights at each rate.
 * classifier: the noisy classifier p(y | x_t, t) with cross-entropy on x_t ~ q(x_t | x_0) at uniform t and an
   optional linear lr anneal (Dhariwal & Nichol 2021, Sec. 4 and the released classifier_train.py).
 * evaluator: a classifier of clean images (t = 0, no noise), used only to score samples, never for guidance.
+* upsampler: ADM-U with the hybrid loss on (clean image, its area downsample) pairs, as the released
+  super_res_train.py makes them per batch (no blur or noise augmentation), under its own diffusion process; with
+  train_upsampler.low_res_noise > 0, conditioning augmentation: Gaussian noise of a uniform random level on the
+  low-resolution input, the level given to the network (Ho et al. 2021's cascades).
 
 The Ray worker (pipelines/train_worker.py) wraps a Learner: data, reporting and tracking live there.
 """
@@ -35,7 +39,8 @@ from .precision import (
     speed_up,
     sync_for,
 )
-from .sampling import SampleNoise, ddim_sample
+from .sampling import SampleNoise, class_conditional, ddim_sample
+from .superres import augment_low_res, downsample_area, upsample_bilinear
 from .timestep_sampler import create_timestep_sampler
 
 
@@ -117,7 +122,7 @@ class Learner:
                                                self.cfg.compile, self.cfg.cuda_graphs)
         self.fast = speed_up(self.net, self.settings)
         self.graphs = self.settings.compile and self.settings.cuda_graphs
-        self.diffusion = create_diffusion(preset.diffusion, "")
+        self.diffusion = create_diffusion(self.network.process_config(preset), "")
         # one fused kernel for the whole AdamW update (CUDA and CPU) instead of a loop over ~200 tensors
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                      fused=self.device.type in ("cuda", "cpu"))
@@ -133,12 +138,26 @@ class Learner:
 
     def _terms(self, model, x0, y, t):
         if self.network.is_unet:
-            kwargs = {"y": self.drop_labels(y)} if self.preset.unet.num_classes is not None else {}
+            kwargs = {"y": self.drop_labels(y)} if self.network.network_config(self.preset).num_classes is not None \
+                else {}
+            if self.network.upsamples:
+                kwargs.update(self.low_res(x0))
             return training_losses(self.diffusion, model, x0, t, kwargs)
         if self.network.noised:
             return classifier_losses(self.diffusion, model, x0, y, t)
         logits = model(x0, torch.zeros_like(t)).float()  # a classifier of clean images
         return {"loss": torch.nn.functional.cross_entropy(logits, y, reduction="none"), **topk_correct(logits, y)}
+
+    def low_res(self, x0: torch.Tensor) -> dict:
+        """An upsampler's conditioning for clean images x0: low_res, their area downsample to small_size (the released
+        training pairs); with conditioning augmentation (cfg.low_res_noise > 0) plus Gaussian noise of a level drawn
+        per image from U[0, low_res_noise], which the network is given as low_res_sigma."""
+        low_res = downsample_area(x0, self.network.network_config(self.preset).small_size)
+        level = self.cfg.low_res_noise
+        if level <= 0:
+            return {"low_res": low_res}
+        sigma = torch.rand(x0.shape[0], device=x0.device) * level
+        return {"low_res": augment_low_res(low_res, sigma, torch.randn_like(low_res)), "low_res_sigma": sigma}
 
     def drop_labels(self, y: torch.Tensor) -> torch.Tensor:
         """Label dropout of classifier-free guidance: each label becomes the null class with p = label_dropout."""
@@ -228,6 +247,25 @@ class Learner:
             return ddim_sample(net, create_diffusion(self.preset.diffusion, steps), noise, kwargs)
 
     @torch.no_grad()
+    def upsample_grid(self, large: torch.Tensor, labels: torch.Tensor, steps: str = "ddim25", seed: int = 0
+                      ) -> torch.Tensor:
+        """An upsampler's progress at a glance: three rows for the clean images `large` [N, C, H, W] in [-1, 1]
+        (labels [N]): their area downsample brought back bilinearly, the EMA weights' DDIM upsampling of it (no
+        augmentation, level 0), and the originals: [-1, 1] tensor [3N, C, H, W]."""
+        net = self.ema_network()
+        cfg = self.network.network_config(self.preset)
+        low_res = downsample_area(large, cfg.small_size)
+        noise = SampleNoise([seed + i for i in range(len(large))], tuple(large.shape[1:]), self.device)
+        kwargs = {"low_res": low_res, "y": labels}
+        if getattr(net, "noise_level", False):
+            kwargs["low_res_sigma"] = torch.zeros(len(large), device=self.device)
+        model = class_conditional(net, cfg.num_classes is not None)
+        with autocast_context(self.device, self.settings.precision):
+            made = ddim_sample(model, create_diffusion(self.network.process_config(self.preset), steps), noise,
+                               kwargs)
+        return torch.cat([upsample_bilinear(low_res, tuple(large.shape[-2:])), made.float(), large])
+
+    @torch.no_grad()
     def ema_network(self) -> torch.nn.Module:
         """A copy of the network in eval mode holding the weights that are logged and registered: the EMA of the
         first rate, or the trained weights when the trainer keeps no EMA."""
@@ -245,8 +283,9 @@ class Learner:
         # whether the network runs unconditionally (has the null class of classifier-free guidance), readable
         # without building it
         unconditional = getattr(self.net, "null_label", None) is not None
-        save_weights(self.net.state_dict(), folder / "model.safetensors", config={**config,
-                                                                                 "unconditional": unconditional})
+        noise_level = bool(getattr(self.net, "noise_level", False))  # an upsampler's conditioning augmentation
+        save_weights(self.net.state_dict(), folder / "model.safetensors",
+                     config={**config, "unconditional": unconditional, "noise_level": noise_level})
         names = [n for n, _ in self.net.named_parameters()]
         for rate, params in self.ema.items():
             save_weights(dict(zip(names, params)), folder / f"ema_{rate}.safetensors")

@@ -206,11 +206,19 @@ class UNetModel(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.run_blocks(x, self.embedding(timesteps, y))
+
+    def embedding(self, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The timestep (+ class) embedding every residual block is conditioned on."""
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("pass y exactly when the model is class-conditional (num_classes set)")
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if y is not None:
             emb = emb + self.label_emb(y)
+        return emb
+
+    def run_blocks(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The network's output for input x under the embedding emb."""
         hs, h = [], x
         for module in self.input_blocks:
             h = module(h, emb)

@@ -5,7 +5,8 @@
 Starts `mlflow ui` on the store (127.0.0.1, a free port), finds the newest pipeline run (tag adm.pipeline) or the one
 given with --run, and saves PNGs taken by headless Chromium (Debian package `chromium`) of: the experiment's landing
 page, the pipeline run, its model metrics charts, one grid cell's run with its sample grid, the compare view of the
-cells, the registered diffusion model and the logged model of the diffusion trainer.
+cells, the registered diffusion model, the logged model of the diffusion trainer and its training run's System
+metrics tab.
 """
 
 import argparse
@@ -67,7 +68,9 @@ def pages(uri: str, run_id: str | None) -> dict:
              "3_pipeline_metrics.png": f"#/experiments/{exp}/runs/{pid}/model-metrics?{ml}",
              "4_cell_grid.png": f"#/experiments/{exp}/runs/{cells[0].info.run_id}/artifacts/grid.png?{ml}",
              "5_compare_cells.png": f"#/compare-runs?runs={ids}&experiments=[\"{exp}\"]&{ml}",
-             "7_logged_model.png": f"#/experiments/{exp}/models/{diffusion}?{ml}"}
+             "7_logged_model.png": f"#/experiments/{exp}/models/{diffusion}?{ml}",
+             "8_system_metrics.png":
+                 f"#/experiments/{exp}/runs/{trainers['diffusion'].info.run_id}/system-metrics?{ml}"}
     if name:
         found["6_registered_model.png"] = f"#/models/{name}?{ml}"
     return found

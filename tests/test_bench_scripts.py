@@ -2,6 +2,7 @@
 benchmark's network (built from the released flags) takes a released-layout state dict. No timing is asserted."""
 
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -38,3 +39,13 @@ def test_vs_released_learner_takes_the_released_layout():
     learner = vs.our_learner(torch.device("cpu"), 2, released_layout)
     for name, value in learner.net.state_dict().items():
         assert torch.equal(value.float(), released_layout[name].float()), name
+
+
+def test_the_mutant_table_matches_the_code():
+    """scripts/mutants.py's table (issues 18 and 40): every planted bug's snippet occurs once in its file and the
+    mutated file compiles, so a refactor that moves a snippet fails here, not hours later in a mutation run."""
+    spec = importlib.util.spec_from_file_location("mutants", BENCH.parent / "scripts" / "mutants.py")
+    mutants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mutants)
+    assert sum(m.id.startswith("wiring.") for m in mutants.MUTANTS) >= 10
+    mutants.check_table(BENCH.parent, mutants.MUTANTS)  # SystemExit naming the stale entries otherwise

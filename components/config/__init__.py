@@ -26,11 +26,14 @@ from .sections import (
     SampleConfig,
     TrainConfig,
     UNetConfig,
+    UpsampleConfig,
+    UpsamplerConfig,
     UserError,
     preset_from_dict,
     to_dict,
 )
 
 __all__ = ["AUTO", "HIGHER_IS_BETTER", "LOWER_IS_BETTER", "ClassifierConfig", "ConfigError", "DataConfig",
-           "DiffusionConfig", "EvaluateConfig", "Preset", "SampleConfig", "TrainConfig", "UNetConfig", "UserError",
+           "DiffusionConfig", "EvaluateConfig", "Preset", "SampleConfig", "TrainConfig", "UNetConfig", "UpsampleConfig",
+           "UpsamplerConfig", "UserError",
            "apply_overrides", "override_section", "preset_from_dict", "to_dict"]

@@ -5,7 +5,7 @@ import dataclasses
 import math
 import re
 
-from .sections import AUTO, ConfigError, Preset
+from .sections import AUTO, CASCADE_SECTIONS, GUIDE_SECTIONS, ConfigError, Preset
 
 
 def parse_ints(text: str | tuple | list, name: str) -> tuple[int, ...]:
@@ -49,14 +49,15 @@ def _items(text: str) -> list[str]:
     return items
 
 
-def _coerce(value: str, current):
+def _coerce(value: str, current, texts: bool = False):
+    """`value` as the type of `current`; `texts`: a tuple of strings (e.g. data.splits, also when it is empty)."""
     if isinstance(current, bool):
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError("expected true or false")
         return value.lower() in ("true", "1", "yes")
     if isinstance(current, tuple):
         items = _items(value)
-        if current and all(isinstance(x, str) for x in current):
+        if texts or (current and all(isinstance(x, str) for x in current)):
             return tuple(items)  # e.g. data.splits=train,test
         return tuple(_number(x, whole=bool(re.fullmatch(r"[+-]?\d+", x))) for x in items)
     if value.lower() == "none" and current is None:
@@ -89,6 +90,12 @@ def _apply_override(preset: Preset, item: str) -> Preset:
     if not sep or not dot:
         raise ConfigError(f"override {item!r} must look like section.field=value, e.g. unet.model_channels=64")
     sections = {f.name for f in dataclasses.fields(preset) if dataclasses.is_dataclass(getattr(preset, f.name))}
+    if section in CASCADE_SECTIONS and section not in sections:
+        raise ConfigError(f"override {item!r}: preset {preset.name} has no cascade, so no {section} section; start "
+                          "from a cascade preset (e.g. --preset fashion-mnist-cascade)")
+    if section in GUIDE_SECTIONS and section not in sections:
+        raise ConfigError(f"override {item!r}: preset {preset.name} has no guide network, so no {section} section; "
+                          "start from a preset with one (e.g. --preset fashion-mnist-autoguide)")
     if section not in sections:
         raise ConfigError(f"override {item!r}: unknown section {section!r}; sections are {sorted(sections)}")
     changed = override_field(section, getattr(preset, section), name, value, item)
@@ -123,9 +130,11 @@ def override_field(section: str, sub, name: str, value: str, item: str):
         return dataclasses.replace(sub, **{name: chosen})
     if name not in names:
         raise ConfigError(f"override {item!r}: {section} has no field {name!r}; fields are {names}")
-    optional = "None" in str(next(f.type for f in dataclasses.fields(sub) if f.name == name))
+    declared = str(next(f.type for f in dataclasses.fields(sub) if f.name == name))
+    optional = "None" in declared
     try:
-        new_value = None if optional and value.strip().lower() == "none" else _coerce(value.strip(), getattr(sub, name))
+        new_value = None if optional and value.strip().lower() == "none" else \
+            _coerce(value.strip(), getattr(sub, name), texts=declared.startswith("tuple[str"))
     except ValueError as e:
         raise ConfigError(f"override {item!r}: bad value for {section}.{name} ({e})") from None
     return dataclasses.replace(sub, **{name: new_value})

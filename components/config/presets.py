@@ -7,7 +7,12 @@ Guidance scales and samplers for the ImageNet presets are those of the paper / r
 
 from dataclasses import replace
 
-from .flags import classifier_config_from_flags, diffusion_config_from_flags, unet_config_from_flags
+from .flags import (
+    classifier_config_from_flags,
+    diffusion_config_from_flags,
+    superres_config_from_flags,
+    unet_config_from_flags,
+)
 from .sections import (
     ClassifierConfig,
     ConfigError,
@@ -18,6 +23,8 @@ from .sections import (
     SampleConfig,
     TrainConfig,
     UNetConfig,
+    UpsampleConfig,
+    UpsamplerConfig,
 )
 
 _UNET_COMMON = dict(
@@ -140,6 +147,23 @@ def _fashion_mnist() -> Preset:
     )
 
 
+def _fashion_mnist_autoguide() -> Preset:
+    # The default preset with autoguidance's guide trained beside the diffusion model (Karras et al. 2024: a smaller,
+    # less trained model of the same family, with its own EMA): the same width at the top level but no wider below
+    # (channel_mult 1,1,1: about a third of the parameters; GroupNorm's 32 groups set the narrowest width), a third
+    # of the steps. The grid's auto cells are guided by it instead of the diffusion model's snapshot at step 150.
+    base = _fashion_mnist()
+    return replace(
+        base, name="fashion-mnist-autoguide",
+        description=base.description + "; autoguidance's guide (a third of the parameters and of the steps) "
+                                       "trained beside the diffusion model",
+        sample=replace(base.sample, guide_from="trained"),
+        guide=replace(base.unet, channel_mult=(1, 1, 1)),
+        train_guide=replace(base.train_diffusion, steps=150, save_interval=150, sample_interval=0, label_dropout=0.0,
+                            snapshot_steps=()),
+    )
+
+
 def _smoke() -> Preset:
     return Preset(
         name="smoke",
@@ -160,8 +184,86 @@ def _smoke() -> Preset:
     )
 
 
-PRESET_BUILDERS = {"fashion-mnist": _fashion_mnist, "smoke": _smoke,
-                   **{name: (lambda n=name: _imagenet_preset(n)) for name in _IMAGENET}}
+# --- cascades: a guided base model followed by ADM-U (Sec. 5.2, Table 6) ---------------------------------------------
+def _small_upsampler(image_size: int, small_size: int, in_channels: int, num_classes: int, **kw) -> UpsamplerConfig:
+    base = dict(image_size=image_size, small_size=small_size, in_channels=in_channels, model_channels=32,
+                num_res_blocks=1, attention_resolutions=(8,), channel_mult=(1, 2, 2), dropout=0.0,
+                num_classes=num_classes, num_heads=4, num_head_channels=32, use_scale_shift_norm=True,
+                resblock_updown=True, use_new_attention_order=True, learn_sigma=True)
+    return UpsamplerConfig(**{**base, **kw})
+
+
+def _fashion_mnist_cascade() -> Preset:
+    # Fashion-MNIST ingested at 32x32 (28 px resized), the base model's 16x16 area-downsampled from it at ingest; the
+    # base networks are fashion-mnist's, trained without label dropout (the paper's ADM-G: classifier guidance only);
+    # ADM-U makes 32x32 from the base samples. The whole pipeline within 15 minutes on a 2-core CPU (bench/RESULTS.md)
+    fm = _fashion_mnist()
+    return replace(
+        fm, name="fashion-mnist-cascade",
+        description="Fashion-MNIST at 32x32 grey from a guided 16x16 base model and ADM-U (16 -> 32): the paper's "
+                    "cascade on a 2-core CPU",
+        sample=SampleConfig(samplers=("ddim25",), guidance_scales=(0.0, 4.0), num_samples=200, batch_size=50,
+                            actors_per_gpu=2, actor_cpus=1.0),
+        train_diffusion=replace(fm.train_diffusion, label_dropout=0.0),
+        evaluate=EvaluateConfig(num_reference=500, champion_scale=4.0),
+        data=DataConfig(source="fashion-mnist", resolution=32, channels=1, resize="resize"),
+        upsampler=_small_upsampler(32, 16, 1, 10),
+        # the released upsamplers' process: linear schedule, 1000 steps, learned sigma
+        upsampler_diffusion=DiffusionConfig(steps=1000, noise_schedule="linear", learn_sigma=True),
+        train_upsampler=TrainConfig(steps=300, batch_size=32, lr=2e-3, ema_rate=(0.99,), save_interval=150,
+                                    sample_interval=150, log_interval=20),
+        upsample=UpsampleConfig(sampler="ddim25", batch_size=50, actors_per_gpu=2, actor_cpus=1.0),
+    )
+
+
+def _smoke_cascade() -> Preset:
+    smoke = _smoke()
+    return replace(
+        smoke, name="smoke-cascade",
+        description="Synthetic shapes at 16x16 from an 8x8 base model and a tiny ADM-U: the cascade in a minute or two",
+        unet=_small_unet(8, 3, 4, model_channels=32, num_res_blocks=1, attention_resolutions=(4,),
+                         channel_mult=(1, 2), dropout=0.0),
+        classifier=_small_classifier(8, 3, 4, channel_mult=(1, 2), attention_resolutions=(4,)),
+        evaluator=_small_classifier(8, 3, 4, channel_mult=(1, 2), attention_resolutions=(4,), pool="adaptive"),
+        upsampler=_small_upsampler(16, 8, 3, 4, channel_mult=(1, 2)),
+        upsampler_diffusion=DiffusionConfig(steps=1000, noise_schedule="linear", learn_sigma=True),
+        train_upsampler=TrainConfig(steps=20, batch_size=16, lr=1e-3, ema_rate=(0.99,), save_interval=10,
+                                    log_interval=5),
+        upsample=UpsampleConfig(sampler="ddim10", batch_size=16, actors_per_gpu=2, actor_cpus=1.0),
+    )
+
+
+# name: (base ImageNet preset, the released upsampler)
+_IMAGENET_CASCADES = {
+    "imagenet256-cascade": ("imagenet64", "64_256_upsampler"),
+    "imagenet512-cascade": ("imagenet128", "128_512_upsampler"),
+}
+
+
+def _imagenet_cascade(name: str) -> Preset:
+    """The paper's ADM-G + ADM-U: the released base model, classifier and upsampler flags; both stages sampled with
+    250 DDPM steps, as the released README's upsampling command. The upsampler's trainer takes the base diffusion
+    trainer's settings (not pinned from the paper)."""
+    base_name, up_key = _IMAGENET_CASCADES[name]
+    base = _imagenet_preset(base_name)
+    up = superres_config_from_flags(RELEASED_FLAGS[up_key])
+    return replace(
+        base, name=name,
+        description=f"ADM-G + ADM-U on ImageNet {up.image_size}x{up.image_size}: the released {base_name} base "
+                    f"(guided) and {up_key}.pt",
+        data=replace(base.data, resolution=up.image_size),
+        upsampler=up,
+        upsampler_diffusion=diffusion_config_from_flags(RELEASED_FLAGS[up_key]),
+        train_upsampler=base.train_diffusion,
+        upsample=UpsampleConfig(sampler="250", batch_size=16),
+    )
+
+
+PRESET_BUILDERS = {"fashion-mnist": _fashion_mnist, "fashion-mnist-autoguide": _fashion_mnist_autoguide,
+                   "smoke": _smoke,
+                   **{name: (lambda n=name: _imagenet_preset(n)) for name in _IMAGENET},
+                   "fashion-mnist-cascade": _fashion_mnist_cascade, "smoke-cascade": _smoke_cascade,
+                   **{name: (lambda n=name: _imagenet_cascade(n)) for name in _IMAGENET_CASCADES}}
 DEFAULT_PRESET = "fashion-mnist"
 
 

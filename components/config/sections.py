@@ -113,8 +113,12 @@ class SampleConfig:
     channels_last: str = "auto"  # channels_last memory format: auto (measured) | on | off
     actors_per_gpu: int = 1  # sampler actors sharing each GPU: 2 overlap the kernel launches of small networks
     actor_cpus: float | None = None  # CPUs and torch threads per CPU actor; None: one actor per 2 CPUs
+    # MLflow system metrics (CPU, memory, disk, network, GPU where present) of each sampler actor's machine on the
+    # sampling run (the sample stage's run), every this many seconds and when the actor stops; 0: off
+    system_metrics_interval: float = 10.0
     # the guiding network of method auto (autoguidance): "step:N", the diffusion model's own snapshot at step N
-    # (train_diffusion.snapshot_steps); or runs:/RUN_ID, models:/..., a checkpoint folder or weights file
+    # (train_diffusion.snapshot_steps); "trained", the guide network trained beside it (the preset's guide and
+    # train_guide sections); or runs:/RUN_ID, models:/..., a checkpoint folder or weights file
     guide_from: str = ""
 
 
@@ -198,6 +202,11 @@ class TrainConfig:
     # diffusion only: each label is replaced by the null class with this probability (p_uncond of classifier-free
     # guidance, e.g. 0.1); > 0 gives the UNet its null-class row (kinds.has_null_class)
     label_dropout: float = 0.0
+    # upsampler only (conditioning augmentation, Ho et al. 2021's cascades; not in the released code): each training
+    # pair's low-resolution input gets Gaussian noise of a level drawn uniformly from [0, low_res_noise] (pixels in
+    # [-1, 1]), and the network is given the level (one more embedding, added to the timestep's); at sampling time the
+    # level is upsample.low_res_noise. 0: off, the released layout
+    low_res_noise: float = 0.0
     # every eval_interval steps (and at the end) rank 0 scores the EMA weights on fixed held-out data: classifiers'
     # accuracy on the validation split per noise quartile, the diffusion model's FID of a small fixed sample set
     # (pipelines/stages/train_monitor.py); 0: off
@@ -209,12 +218,39 @@ class TrainConfig:
     # keep the checkpoint with the best eval score (out of keep_checkpoints' rotation) and report it as the final
     # model, so the register stage registers it; needs eval_interval
     keep_best: bool = False
+    # MLflow system metrics (CPU, memory, disk, network, GPU where present) of rank 0's machine on the training run,
+    # every this many seconds and when training ends; 0: off
+    system_metrics_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class UpsampleConfig:
+    """The cascade's second stage (the upsample stage of `adm run`, `adm upsample`): base samples of chosen grid cells
+    upsampled by ADM-U, unguided, conditioned on them (Dhariwal & Nichol 2021, Sec. 5.2 / Table 6)."""
+
+    # cell keys of the sample grid, e.g. ddim25/scale_0,ddim25/scale_4; (): the unguided cell and the champion cell
+    # (evaluate.champion_*) of the grid (adm upsample: every cell of --samples)
+    cells: tuple[str, ...] = ()
+    sampler: str = "ddim25"  # the upsampler's loop, a sampler string of sample.samplers (ddim25, 250, dpm++2m-10, ...)
+    # conditioning augmentation at sampling time: sigma of the Gaussian noise added to the base samples and given to
+    # the network; > 0 needs an upsampler trained with it (train_upsampler.low_res_noise >= this)
+    low_res_noise: float = 0.0
+    eta: float = 0.0
+    clip_denoised: bool = True
+    batch_size: int = 32
+    seed: int = 0  # sample i of a cell draws from a seed derived from (seed, cell, i)
+    # the upsampler actors' speed settings: set, not measured (auto is the plain path: fp32, NCHW, eager)
+    precision: str = "auto"  # auto (fp32) | fp32 | bf16 (autocast)
+    compile: str = "auto"  # torch.compile the upsampler: auto (off) | on | off
+    channels_last: str = "auto"  # auto (off) | on | off
+    actors_per_gpu: int = 1
+    actor_cpus: float | None = None  # CPUs and torch threads per CPU actor; None: one actor per 2 CPUs
 
 
 @dataclass(frozen=True)
 class DataConfig:
     source: str = ""  # fashion-mnist, shapes, an image folder URL ("": none, pass --data); --data overrides it
-    resolution: int = 0  # ingest resolution; 0: the UNet's image size
+    resolution: int = 0  # ingest resolution; 0: the UNet's image size (in a cascade preset: the upsampler's)
     channels: int = 3
     resize: str = "pad"  # small sources (Fashion-MNIST): "pad" or "resize" to the resolution
     num_images: int = 1024  # synthetic shapes only, per split
@@ -242,6 +278,28 @@ class Preset:
     train_evaluator: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    # the cascade (ADM-U, Sec. 5.2): only cascade presets have these sections (all four; None: no upsampler, no upsample
+    # stage). The upsampler has its own diffusion process (the released upsamplers: linear, 1000 steps)
+    upsampler: UpsamplerConfig | None = None
+    upsampler_diffusion: DiffusionConfig | None = None
+    train_upsampler: TrainConfig | None = None
+    upsample: UpsampleConfig | None = None
+    # autoguidance's guide trained beside the diffusion model (Karras et al. 2024): a smaller UNet of the same image
+    # size, channels and classes, under the same diffusion process, with its own training (a fraction of the main
+    # model's steps, its own EMA); sample.guide_from=trained samples with it. None: no guide network (the guide may
+    # still be a snapshot of the diffusion model, sample.guide_from=step:N)
+    guide: UNetConfig | None = None
+    train_guide: TrainConfig | None = None
+
+    @property
+    def cascade(self) -> bool:
+        """Whether this preset has the cascade's sections (validation.py refuses some without the others)."""
+        return any(getattr(self, name) is not None for name in CASCADE_SECTIONS)
+
+
+CASCADE_SECTIONS = ("upsampler", "upsampler_diffusion", "train_upsampler", "upsample")
+GUIDE_SECTIONS = ("guide", "train_guide")
+TRAINED_GUIDE = "trained"  # sample.guide_from: the guide network trained in the same pipeline run
 
 
 # a number that may also be chosen by the run itself (evaluate.champion_scale=auto: the grid's best scale)
@@ -302,10 +360,13 @@ def _from_dict(cls, values: dict):
 SECTION_TYPES = {"unet": UNetConfig, "classifier": ClassifierConfig, "diffusion": DiffusionConfig,
                  "sample": SampleConfig, "train_diffusion": TrainConfig, "train_classifier": TrainConfig,
                  "evaluator": ClassifierConfig, "train_evaluator": TrainConfig,
-                 "evaluate": EvaluateConfig, "data": DataConfig}
+                 "evaluate": EvaluateConfig, "data": DataConfig, "upsampler": UpsamplerConfig,
+                 "upsampler_diffusion": DiffusionConfig, "train_upsampler": TrainConfig, "upsample": UpsampleConfig,
+                 "guide": UNetConfig, "train_guide": TrainConfig}
 
 
 def preset_from_dict(values: dict) -> Preset:
     """Inverse of to_dict(preset) (JSON round trip: lists become tuples again)."""
-    sections = {name: _from_dict(cls, values[name]) for name, cls in SECTION_TYPES.items() if name in values}
+    sections = {name: _from_dict(cls, values[name]) for name, cls in SECTION_TYPES.items()
+                if values.get(name) is not None}  # a preset without the cascade has None for its sections
     return Preset(name=values["name"], description=values.get("description", ""), **sections)

@@ -11,12 +11,14 @@ Pure Python, like everything it imports (no torch): `adm config` validates witho
 
 import math
 
-from .grid import parse_interval, parse_method, parse_sampler
+from .grid import grid_cells, parse_interval, parse_method, parse_sampler
 from .respacing import space_timesteps
 from .sections import (
     AUTO,
+    CASCADE_SECTIONS,
     FEATURE_SETS,
     FID_METHODS,
+    GUIDE_SECTIONS,
     HIGHER_IS_BETTER,
     INCEPTION_PRECISIONS,
     LOWER_IS_BETTER,
@@ -26,6 +28,7 @@ from .sections import (
     RESIZE_MODES,
     SCHEDULE_SAMPLERS,
     SPEED_SETTINGS,
+    TRAINED_GUIDE,
     ClassifierConfig,
     ConfigError,
     DataConfig,
@@ -34,12 +37,18 @@ from .sections import (
     SampleConfig,
     TrainConfig,
     UNetConfig,
+    UpsampleConfig,
     UpsamplerConfig,
     attention_ds,
     network_channel_mult,
 )
 
-TRAIN_SECTIONS = ("train_diffusion", "train_classifier", "train_evaluator")
+TRAIN_SECTIONS = ("train_diffusion", "train_classifier", "train_evaluator")  # every preset's; optional kinds add theirs
+
+
+def train_sections(preset) -> tuple[str, ...]:
+    """The training sections `preset` has: TRAIN_SECTIONS and those of its optional networks (upsampler, guide)."""
+    return TRAIN_SECTIONS + tuple(n for n in ("train_upsampler", "train_guide") if getattr(preset, n) is not None)
 
 
 def raise_problems(problems: list[str]) -> None:
@@ -70,14 +79,8 @@ def _one_of(name: str, value, allowed) -> list[str]:
 
 
 def _speed(section: str, cfg, names: tuple[str, ...]) -> list[str]:
-    """The speed settings of a trainer or of the sampling actors: `names` auto / on / off, precision auto / fp32 /
-    bf16 (auto: measured on the device, components/precision.py)."""
-    out = [f"{section}.{n}={getattr(cfg, n)!r} must be auto (measured on the device), on or off"
-           for n in names if getattr(cfg, n) not in SPEED_SETTINGS]
-    if cfg.precision not in PRECISIONS:
-        out.append(f"{section}.precision={cfg.precision!r} must be auto (the faster of fp32 and bf16, measured on "
-                   "the device), fp32 or bf16")
-    return out
+    return [p for n in names for p in _one_of(f"{section}.{n}", getattr(cfg, n), SPEED_SETTINGS)] + _one_of(
+        f"{section}.precision", cfg.precision, PRECISIONS)
 
 
 # --- networks --------------------------------------------------------------------------------------------------------
@@ -179,23 +182,25 @@ def validate_classifier(cfg: ClassifierConfig) -> None:
 
 
 # --- diffusion, sampling, evaluation ---------------------------------------------------------------------------------
-def diffusion_problems(cfg: DiffusionConfig, samplers=()) -> list[str]:
-    """Steps, schedule and variance flags; the config's respacing and the sampler's, against the trained steps."""
-    out = _at_least("diffusion.steps", cfg.steps, 1, hint="e.g. 1000")
-    out += _one_of("diffusion.noise_schedule", cfg.noise_schedule, NOISE_SCHEDULES)
+def diffusion_problems(cfg: DiffusionConfig, samplers=(), section: str = "diffusion",
+                       samplers_field: str = "sample.samplers") -> list[str]:
+    """Steps, schedule and variance flags; the config's respacing and the sampler's, against the trained steps.
+    `section` names the process (the upsampler's is upsampler_diffusion), `samplers_field` where the samplers are."""
+    out = _at_least(f"{section}.steps", cfg.steps, 1, hint="e.g. 1000")
+    out += _one_of(f"{section}.noise_schedule", cfg.noise_schedule, NOISE_SCHEDULES)
     if cfg.learn_sigma and cfg.sigma_small:
-        out.append("diffusion: learn_sigma and sigma_small exclude each other; set one of them false")
+        out.append(f"{section}: learn_sigma and sigma_small exclude each other; set one of them false")
     if not _is_number(cfg.steps, whole=True) or cfg.steps < 1:
         return out  # the respacings below are counted in trained steps
     if cfg.timestep_respacing:
         try:
             space_timesteps(cfg.steps, cfg.timestep_respacing)
         except ConfigError as e:
-            out.append(f"diffusion.timestep_respacing: {e}")
+            out.append(f"{section}.timestep_respacing: {e}")
     for sampler in samplers:
         problem = _sampler_fit(sampler, cfg.steps)
         if problem:
-            out.append(f"sample.samplers: {sampler!r} does not fit diffusion.steps={cfg.steps}: {problem}")
+            out.append(f"{samplers_field}: {sampler!r} does not fit {section}.steps={cfg.steps}: {problem}")
     return out
 
 
@@ -254,6 +259,8 @@ def sample_problems(cfg: SampleConfig) -> list[str]:
                      "launch-bound ones")
     if cfg.actor_cpus is not None and not (_is_number(cfg.actor_cpus) and cfg.actor_cpus > 0):
         out.append(f"sample.actor_cpus={cfg.actor_cpus!r} must be a number of CPUs > 0 (e.g. 1) or none")
+    out += _at_least("sample.system_metrics_interval", cfg.system_metrics_interval, 0, whole=False,
+                     hint="seconds; 0: off")
     return out + guide_problems(cfg)
 
 
@@ -273,7 +280,8 @@ def guide_problems(cfg: SampleConfig) -> list[str]:
     if "auto" in methods and not str(cfg.guide_from).strip():
         out.append("sample.guidance_methods has auto (autoguidance), which needs a guiding network: set "
                    "sample.guide_from (step:N, the diffusion model's snapshot at step N of train_diffusion."
-                   "snapshot_steps; or runs:/RUN_ID, models:/..., a checkpoint or weights file) (--guide)")
+                   "snapshot_steps; trained, the preset's guide network; or runs:/RUN_ID, models:/..., a checkpoint "
+                   "or weights file) (--guide)")
     if guide_step(cfg.guide_from) == -1:
         out.append(f"sample.guide_from={cfg.guide_from!r}: step:N needs a step N >= 1, e.g. step:100")
     return out
@@ -305,6 +313,40 @@ def check_evaluate(cfg: EvaluateConfig) -> None:
     raise_problems(evaluate_problems(cfg))
 
 
+def upsample_problems(cfg: UpsampleConfig) -> list[str]:
+    """The upsample section on its own: its sampler string, sizes, the sampling-time augmentation level, speed."""
+    out = [f"upsample.sampler: {e}" for e in _parse_errors(parse_sampler, [cfg.sampler])]
+    if not isinstance(cfg.cells, tuple) or not all(isinstance(c, str) and c.strip() for c in cfg.cells):
+        out.append(f"upsample.cells={cfg.cells!r} must be cell keys of the sample grid, e.g. ddim25/scale_0,"
+                   "ddim25/scale_4 (none: the unguided cell and the champion cell)")
+    if not (_is_number(cfg.low_res_noise) and cfg.low_res_noise >= 0):
+        out.append(f"upsample.low_res_noise={cfg.low_res_noise!r} must be a finite number >= 0 (0: the base samples "
+                   "as they are)")
+    if not (_is_number(cfg.eta) and cfg.eta >= 0):
+        out.append(f"upsample.eta={cfg.eta!r} must be a finite number >= 0 (0: deterministic DDIM)")
+    out += _at_least("upsample.batch_size", cfg.batch_size, 1) + _at_least("upsample.seed", cfg.seed, 0)
+    out += _speed("upsample", cfg, ("compile", "channels_last"))
+    out += _at_least("upsample.actors_per_gpu", cfg.actors_per_gpu, 1)
+    if cfg.actor_cpus is not None and not (_is_number(cfg.actor_cpus) and cfg.actor_cpus > 0):
+        out.append(f"upsample.actor_cpus={cfg.actor_cpus!r} must be a number of CPUs > 0 (e.g. 1) or none")
+    return out
+
+
+def _parse_errors(parse, items) -> list[str]:
+    out = []
+    for item in items:
+        try:
+            parse(item)
+        except ConfigError as e:
+            out.append(str(e))
+    return out
+
+
+def check_upsample(cfg: UpsampleConfig) -> None:
+    """The upsample section on its own (`adm upsample` takes the processes from the checkpoints)."""
+    raise_problems(upsample_problems(cfg))
+
+
 # --- training and data -----------------------------------------------------------------------------------------------
 def train_problems(section: str, cfg: TrainConfig) -> list[str]:
     out = []
@@ -319,7 +361,8 @@ def train_problems(section: str, cfg: TrainConfig) -> list[str]:
         out += _at_least(f"{section}.max_failures", cfg.max_failures, 0, hint="-1: retry without limit")
     out += _at_least(f"{section}.lr", cfg.lr, 0, whole=False, above=True, hint="e.g. 1e-4")
     share = "0: share the cluster's CPUs out"
-    for name, hint in (("weight_decay", ""), ("grad_clip", "0: off"), ("cpus_per_worker", share)):
+    for name, hint in (("weight_decay", ""), ("grad_clip", "0: off"), ("cpus_per_worker", share),
+                       ("system_metrics_interval", "seconds; 0: off")):
         out += _at_least(f"{section}.{name}", getattr(cfg, name), 0, whole=False, hint=hint)
     bad_rates = [r for r in cfg.ema_rate if not (_is_number(r) and 0 <= r < 1)]
     if bad_rates:
@@ -328,6 +371,8 @@ def train_problems(section: str, cfg: TrainConfig) -> list[str]:
     out += _one_of(f"{section}.schedule_sampler", cfg.schedule_sampler, SCHEDULE_SAMPLERS)
     if not (_is_number(cfg.label_dropout) and 0 <= cfg.label_dropout < 1):
         out.append(f"{section}.label_dropout={cfg.label_dropout!r} must be in [0, 1) (e.g. 0.1; 0: no label dropout)")
+    if not (_is_number(cfg.low_res_noise) and cfg.low_res_noise >= 0):
+        out.append(f"{section}.low_res_noise={cfg.low_res_noise!r} must be a finite number >= 0 (e.g. 0.2; 0: off)")
     if not isinstance(cfg.use_gpu, bool) or not isinstance(cfg.anneal_lr, bool):
         out.append(f"{section}.use_gpu and anneal_lr must be true or false")
     out += _speed(section, cfg, ("compile", "channels_last", "cuda_graphs")) + warm_start_problems(section, cfg)
@@ -388,14 +433,14 @@ def _between_sections(preset) -> list[str]:
             out.append(f"{section} sees {net.image_size}px x {net.in_channels} channel(s) but the UNet makes "
                        f"{unet.image_size}px x {unet.in_channels}; set {section}.image_size and in_channels alike")
     data = preset.data
-    if data.resolution not in (0, unet.image_size):
+    if preset.upsampler is None and data.resolution not in (0, unet.image_size):
         out.append(f"data.resolution={data.resolution} but unet.image_size={unet.image_size}: training needs the "
                    "data at the UNet's size; set data.resolution=0 (the UNet's size) or change both")
     if data.channels != unet.in_channels:
         out.append(f"data.channels={data.channels} but unet.in_channels={unet.in_channels}; set both alike")
     if unet.num_classes is not None and preset.classifier.num_classes != unet.num_classes:
         out.append(f"classifier.num_classes={preset.classifier.num_classes} but unet.num_classes={unet.num_classes}")
-    out += _label_dropout_problems(preset) + _held_out_problems(preset)
+    out += _label_dropout_problems(preset) + _held_out_problems(preset) + cascade_problems(preset)
     if _is_number(preset.sample.num_samples, whole=True) and 1 <= preset.sample.num_samples < 4:
         out.append(f"sample.num_samples={preset.sample.num_samples}: evaluation needs at least 4 per scale")
     scale = preset.evaluate.champion_scale
@@ -443,7 +488,71 @@ def _held_out_problems(preset) -> list[str]:
     if data.validation_fraction not in (0, 0.0) or "validation" in data.splits:
         return []
     return [f"{section}.eval_interval needs a validation split: set data.validation_fraction (e.g. 0.05) or "
-            f"{section}.eval_interval=0" for section in TRAIN_SECTIONS if getattr(preset, section).eval_interval]
+            f"{section}.eval_interval=0" for section in train_sections(preset)
+            if getattr(preset, section).eval_interval]
+
+
+def cascade_problems(preset) -> list[str]:
+    """A cascade (ADM-U after the base model): all four sections or none; the upsampler takes the base model's
+    output (its small_size is the UNet's image size, same channels and classes) and makes the data's size; it learns
+    no null class; conditioning augmentation only on its low-resolution input, sampled within the trained levels;
+    the cells it upsamples are cells of the grid."""
+    present = [name for name in CASCADE_SECTIONS if getattr(preset, name) is not None]
+    out = [f"{name}.low_res_noise must be 0: only the upsampler's low-resolution input is augmented "
+           "(train_upsampler.low_res_noise)" for name in TRAIN_SECTIONS if getattr(preset, name).low_res_noise != 0]
+    if not present:
+        return out
+    if len(present) < len(CASCADE_SECTIONS):
+        missing = [name for name in CASCADE_SECTIONS if name not in present]
+        return out + [f"a cascade needs the sections {', '.join(CASCADE_SECTIONS)}; this config lacks "
+                      f"{', '.join(missing)} (start from a cascade preset, e.g. fashion-mnist-cascade)"]
+    up, unet, data = preset.upsampler, preset.unet, preset.data
+    if up.small_size != unet.image_size:
+        out.append(f"upsampler.small_size={up.small_size} but unet.image_size={unet.image_size}: the upsampler's "
+                   "low-resolution input is the base model's output; set both alike")
+    if up.in_channels != unet.in_channels:
+        out.append(f"upsampler.in_channels={up.in_channels} but unet.in_channels={unet.in_channels}; set both alike")
+    if up.num_classes is not None and up.num_classes != unet.num_classes:
+        out.append(f"upsampler.num_classes={up.num_classes} but unet.num_classes={unet.num_classes}: the upsampler "
+                   "is given the base sample's label; set both alike (or none: an unconditional upsampler)")
+    if up.learn_sigma != preset.upsampler_diffusion.learn_sigma:
+        out.append(f"upsampler.learn_sigma={up.learn_sigma} but upsampler_diffusion.learn_sigma="
+                   f"{preset.upsampler_diffusion.learn_sigma}; set both alike")
+    if data.resolution not in (0, up.image_size):
+        out.append(f"data.resolution={data.resolution} but upsampler.image_size={up.image_size}: a cascade ingests "
+                   "the data at the large size (and the base model's size from it); set data.resolution=0 or "
+                   f"{up.image_size}")
+    train = preset.train_upsampler
+    if train.label_dropout != 0:
+        out.append("train_upsampler.label_dropout must be 0: the upsampler is sampled unguided and learns no null "
+                   "class (train_diffusion.label_dropout is the one for classifier-free guidance)")
+    level = preset.upsample.low_res_noise
+    if _is_number(level) and _is_number(train.low_res_noise) and level > train.low_res_noise:
+        hint = ("set train_upsampler.low_res_noise (e.g. 0.2) to train with conditioning augmentation, or "
+                "upsample.low_res_noise=0" if not train.low_res_noise else
+                f"pick a level within it (<= {train.low_res_noise:g})")
+        out.append(f"upsample.low_res_noise={level:g} is above the levels the upsampler is trained on "
+                   f"(train_upsampler.low_res_noise={train.low_res_noise:g}); {hint}")
+    return out + _upsample_cells_problems(preset)
+
+
+def _upsample_cells_problems(preset) -> list[str]:
+    """upsample.cells are keys of the sample grid; none (the unguided and champion cells) needs a champion cell known
+    before evaluation: champion_scale=auto is chosen after it."""
+    cells = preset.upsample.cells
+    if not cells:
+        if preset.evaluate.champion_scale == AUTO:
+            return ["upsample.cells is empty (the unguided and the champion cell) but evaluate.champion_scale=auto "
+                    "chooses the champion only after evaluation: name the cells, e.g. upsample.cells="
+                    f"{preset.sample.samplers[0]}/scale_0,{preset.sample.samplers[0]}/scale_1"]
+        return []
+    s = preset.sample
+    try:
+        keys = [c.key for c in grid_cells(s.samplers, s.guidance_scales, s.guidance_intervals, s.guidance_methods)]
+    except (ConfigError, TypeError, ValueError):
+        return []  # sample_problems says what is wrong with the grid
+    return [f"upsample.cells: {cell!r} is not a cell of the sample grid ({', '.join(keys)})"
+            for cell in cells if isinstance(cell, str) and cell.strip() not in keys]
 
 
 def preset_problems(preset) -> list[str]:
@@ -451,9 +560,39 @@ def preset_problems(preset) -> list[str]:
     out += network_problems("evaluator", preset.evaluator)
     out += diffusion_problems(preset.diffusion, preset.sample.samplers)
     out += sample_problems(preset.sample) + evaluate_problems(preset.evaluate)
-    for section in TRAIN_SECTIONS:
+    for section in train_sections(preset):
         out += train_problems(section, getattr(preset, section))
-    return out + data_problems(preset.data) + _between_sections(preset)
+    if preset.upsampler is not None:
+        out += network_problems("upsampler", preset.upsampler)
+    if preset.upsampler_diffusion is not None:
+        samplers = (preset.upsample.sampler,) if preset.upsample is not None else ()
+        out += diffusion_problems(preset.upsampler_diffusion, samplers, "upsampler_diffusion", "upsample.sampler")
+    if preset.upsample is not None:
+        out += upsample_problems(preset.upsample)
+    return out + data_problems(preset.data) + _between_sections(preset) + trained_guide_problems(preset)
+
+
+def trained_guide_problems(preset) -> list[str]:
+    """A guide network trained beside the diffusion model (autoguidance, Karras et al. 2024): both sections or none;
+    the same image size, channels, classes and output layout as the diffusion model (it runs on the same x_t with the
+    same label, under the same process); conditional on the label, never on the null class."""
+    present = [name for name in GUIDE_SECTIONS if getattr(preset, name) is not None]
+    if not present:
+        return [f"sample.guide_from={TRAINED_GUIDE} needs a guide network, which preset {preset.name} has not (guide "
+                "and train_guide sections): start from fashion-mnist-autoguide, or use sample.guide_from=step:N"] \
+            if str(preset.sample.guide_from).strip() == TRAINED_GUIDE else []
+    if len(present) < len(GUIDE_SECTIONS):
+        return [f"a guide network needs the sections {', '.join(GUIDE_SECTIONS)}; this config lacks "
+                f"{', '.join(n for n in GUIDE_SECTIONS if n not in present)}"]
+    guide, unet, out = preset.guide, preset.unet, network_problems("guide", preset.guide)
+    for name in ("image_size", "in_channels", "num_classes", "learn_sigma"):
+        if getattr(guide, name) != getattr(unet, name):
+            out.append(f"guide.{name}={getattr(guide, name)} but unet.{name}={getattr(unet, name)}: autoguidance "
+                       f"runs the guide on the diffusion model's x_t with its label; set both alike")
+    return out + [f"train_guide.{name} must be 0: {why}" for name, why in (
+        ("label_dropout", "the guide is always given the sample's label"),
+        ("low_res_noise", "only the upsampler's low-resolution input is augmented"))
+        if getattr(preset.train_guide, name) != 0]
 
 
 def validate_preset(preset) -> None:

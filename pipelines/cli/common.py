@@ -21,6 +21,14 @@ def resolved_preset(args):
     return apply_overrides(get_preset(args.preset), args.override)
 
 
+def tracking_args(parser: argparse.ArgumentParser) -> None:
+    """Where a stage command logs: the MLflow server and experiment, or nowhere (--no-track)."""
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
+    parser.add_argument("--experiment", default="adm", help="MLflow experiment name")
+    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+
+
 def verbose_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="also show Ray's and MLflow's own logs (worker output, "
                         "Ray Data progress, warnings); same as ADM_VERBOSE=1")

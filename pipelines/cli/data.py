@@ -10,7 +10,8 @@ def cmd_ingest(args) -> int:
     opts = IngestOptions(resolution=args.resolution, splits=tuple(s for s in args.split.split(",") if s),
                          skip_bad=args.skip_bad, resize=args.resize, num_images=args.num_images,
                          num_classes=args.num_classes, seed=args.seed, rows_per_shard=args.rows_per_shard,
-                         validation_fraction=args.validation_fraction, limit=args.limit)
+                         validation_fraction=args.validation_fraction, limit=args.limit,
+                         downsample_to=tuple(args.downsample_to or ()))
     manifest = ingest(args.source, args.dest, opts)
     if manifest["skipped"]["count"]:
         print(f"skipped {manifest['skipped']['count']} unreadable files (listed in the manifest)")
@@ -64,6 +65,9 @@ def add_parsers(sub) -> None:
                         "data.validation_fraction)")
     p.add_argument("--limit", type=int, default=0, help="at most this many images of each split, the first in the "
                    "source's order (0: all; adm run: data.limit)")
+    p.add_argument("--downsample-to", type=int, action="append", default=None, metavar="SIZE",
+                   help="also write the dataset area-downsampled to SIZE px as DEST/area-SIZE (a cascade's base "
+                        "data, e.g. 16 for fashion-mnist-cascade); repeatable")
     p.set_defaults(func=cmd_ingest)
     p = dsub.add_parser("describe", help="print counts, classes and fingerprint; write grid.png beside the manifest")
     p.add_argument("url", help="an ingested dataset's folder or URL")

@@ -7,7 +7,7 @@ each flag below sets one of its fields, as `--override evaluate.FIELD=VALUE` wou
 from components.config import EvaluateConfig, override_section
 from components.config.presets import get_preset
 from components.config.sections import FEATURE_SETS, FID_METHODS, INCEPTION_PRECISIONS
-from pipelines.cli.common import command_console, verbose_arg
+from pipelines.cli.common import command_console, tracking_args, verbose_arg
 
 # flag -> field of the evaluate section it sets
 EVALUATE_FLAGS = {"features": "features", "num_reference": "num_reference", "split": "reference_split",
@@ -74,8 +74,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--actors", type=int, default=None, help="feature actors (default: per GPU, or per 2 CPUs)")
     p.add_argument("--cache-dir", default=None,
                    help="reference-statistics cache (default: $ADM_CACHE_DIR or ~/.cache/adm-pipeline)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
-    p.add_argument("--experiment", default="adm", help="MLflow experiment name")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    tracking_args(p)
     verbose_arg(p)
     p.set_defaults(func=cmd_evaluate)

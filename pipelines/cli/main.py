@@ -10,7 +10,7 @@ import traceback
 
 from components.config import UserError, to_dict
 from components.config.presets import PRESET_BUILDERS, get_preset
-from pipelines.cli import data, evaluate, jobs, models, run, sample, train
+from pipelines.cli import data, evaluate, jobs, models, run, sample, train, upsample
 from pipelines.cli.common import preset_args, resolved_preset
 from pipelines.infra.services import store_failed
 from pipelines.infra.tracking_checks import bound_http_retries, server_gone
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print a preset's resolved configuration as JSON")
     preset_args(p)
     p.set_defaults(func=cmd_config)
-    for command in (data, train, sample, evaluate, run, jobs, models):  # each adds its sub-commands
+    for command in (data, train, sample, upsample, evaluate, run, jobs, models):  # each adds its sub-commands
         command.add_parsers(sub)
     return parser
 

@@ -1,11 +1,13 @@
-"""`adm models list|show|promote|rollback`: the registered versions of PREFIX-diffusion and PREFIX-classifier."""
+"""`adm models list|show|promote|rollback`: the registered versions of PREFIX-diffusion and PREFIX-classifier (and
+PREFIX-upsampler for a cascade, PREFIX-guide for a preset with autoguidance's guide network)."""
 
 import json
 
 from components.config import UserError
+from components.config.kinds import REGISTERED
 from components.config.presets import DEFAULT_PRESET, PRESET_BUILDERS
 
-NETWORKS = ("diffusion", "classifier")  # the registered ones (components.config.kinds.REGISTERED)
+NETWORKS = tuple(kind.name for kind in REGISTERED)  # the registered ones (upsampler, guide: some presets only)
 
 
 def _tracker_and_prefix(args):
@@ -79,7 +81,8 @@ def _common(p) -> None:
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESET_BUILDERS),
                    help="the pipeline whose models these are: the prefix defaults to adm-PRESET")
     p.add_argument("--model-prefix", default=None,
-                   help="registered model names are PREFIX-diffusion and PREFIX-classifier (default: adm-PRESET)")
+                   help="registered model names are PREFIX-diffusion, PREFIX-classifier (and PREFIX-upsampler for a "
+                        "cascade, PREFIX-guide with a guide network) (default: adm-PRESET)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
 

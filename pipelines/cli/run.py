@@ -136,6 +136,11 @@ def cmd_run(args) -> int:
               f"with: adm run --resume {pipeline.run_id}{store}", file=sys.stderr)
         return 130
     print(format_table(result["evaluate"]["rows"]))
+    if result["evaluate"].get("cascade_rows"):
+        from pipelines.stages.upsample_outputs import cascade_section
+
+        print(cascade_section(result["evaluate"]["rows"], result["evaluate"]["cascade_rows"],
+                              result["evaluate"].get("cascade_pairs")))
     if result["evaluate"].get("comparisons"):
         print("\n" + format_comparisons(result["evaluate"]["comparisons"], result["evaluate"]["rows"]) + "\n")
     print(format_stage_times(result["stage_times"]))

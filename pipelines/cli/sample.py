@@ -4,10 +4,13 @@ The sampling settings are the config's `sample` section (components/config/secti
 each flag below sets one of its fields, as `--override sample.FIELD=VALUE` would, and has no default of its own.
 """
 
+import posixpath
+
 from components.config import SampleConfig, override_section
 from components.config.presets import get_preset
 from components.config.sections import PRECISIONS, SPEED_SETTINGS
-from pipelines.cli.common import command_console, verbose_arg
+from pipelines.cli.common import command_console, tracking_args, verbose_arg
+from pipelines.cli.upsample import run_upsample, upsample_flags
 
 # flag -> field of the sample section it sets
 SAMPLE_FLAGS = {"scales": "guidance_scales", "intervals": "guidance_intervals", "methods": "guidance_methods",
@@ -15,7 +18,8 @@ SAMPLE_FLAGS = {"scales": "guidance_scales", "intervals": "guidance_intervals", 
                "samplers": "samplers", "sampler": "sampler", "eta": "eta",
                 "batch_size": "batch_size", "seed": "seed", "actors_per_gpu": "actors_per_gpu",
                 "actor_cpus": "actor_cpus", "compile": "compile", "channels_last": "channels_last",
-                "precision": "precision", "guide": "guide_from"}
+                "precision": "precision", "system_metrics_interval": "system_metrics_interval",
+                "guide": "guide_from"}
 
 
 def sample_config(args) -> SampleConfig:
@@ -33,17 +37,19 @@ def sample_config(args) -> SampleConfig:
 
 
 def cmd_sample(args) -> int:
-    from pipelines.stages.sample import SampleJob, log_to_mlflow, run_sampling
+    from pipelines.stages.sample import SampleJob, run_sampling, sample_and_track
 
     job = SampleJob(diffusion=args.diffusion, classifier=args.classifier, out=args.out, config=sample_config(args),
                     label=args.label, preset=args.preset, actors=args.actors, tracking_uri=args.tracking_uri,
                     experiment=args.experiment)
     with command_console(args, "sample") as log:
-        result = run_sampling(job, log=log)
-        if not args.no_track:
-            log_to_mlflow(job, result, log=log)
+        result = run_sampling(job, log=log) if args.no_track else sample_and_track(job, log=log)
+        upsampled = run_upsample(args, args.out, posixpath.join(args.out.rstrip("/"), "cascade"), log) \
+            if args.upsampler else {}
     for key, url in result.npz.items():
         print(f"{key}: {url}  grid {result.grids[key]}")
+    for key, url in upsampled.items():
+        print(f"{key}: {url}")
     return 0
 
 
@@ -91,9 +97,13 @@ def add_parsers(sub) -> None:
                    "job is long enough to repay compiling)")
     p.add_argument("--channels-last", choices=SPEED_SETTINGS,
                    help="channels_last memory format for the networks (sample.channels_last; default auto: measured)")
+    p.add_argument("--upsampler", default=None, help="a cascade: then upsample the cells with this ADM-U (same "
+                   "forms as --diffusion) into OUT/cascade, as adm upsample does")
+    upsample_flags(p, "--upsample-sampler")
+    p.add_argument("--system-metrics-interval", metavar="SECONDS", help="each sampler actor's machine (CPU, memory, "
+                   "GPU) on the sampling run's System metrics every SECONDS, 0: off (sample.system_metrics_interval; "
+                   f"default {d.system_metrics_interval:g})")
     p.add_argument("--out", default="adm-samples", help="output folder or fsspec URL")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
-    p.add_argument("--experiment", default="adm", help="MLflow experiment name")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    tracking_args(p)
     verbose_arg(p)
     p.set_defaults(func=cmd_sample)

@@ -1,19 +1,20 @@
-"""`adm train diffusion|classifier|evaluator|all`."""
+"""`adm train diffusion|classifier|evaluator|upsampler|all` (the upsampler: cascade presets)."""
 
 import json
 
-from components.config.kinds import KINDS
+from components.config.kinds import KINDS, kind_of, preset_kinds
 from pipelines.cli.common import check_assume_cpus, command_console, preset_args, resolved_preset, verbose_arg
 
 
 def cmd_train(args) -> int:
     from pipelines.infra.dataset import load_manifest
     from pipelines.infra.resources import train_plan
-    from pipelines.stages.train import TrainOptions, train, validate
+    from pipelines.stages.train import TrainOptions, kind_data, train, validate
 
     preset = resolved_preset(args)
-    kinds = tuple(KINDS) if args.network == "all" else (args.network,)
-    validate(preset, kinds, load_manifest(args.data))
+    kinds = preset_kinds(preset) if args.network == "all" else (kind_of(preset, args.network).name,)
+    urls = kind_data(preset, kinds, args.data)
+    validate(preset, kinds, {kind: load_manifest(url) for kind, url in urls.items()})
     if args.dry_run:  # what train() checks before any worker starts, short of writing to the storage path
         from pipelines.infra.init_from import resolve_inits
         from pipelines.infra.services import check_url

@@ -43,6 +43,30 @@ def load_manifest(url: str) -> dict:
     return manifest
 
 
+def derived_url(url: str, size: int) -> str:
+    """Where ingest writes a dataset's area downsample to `size` px (a cascade's base data): a dataset of its own,
+    nested in the large one's folder, its manifest naming what it was made from."""
+    return posixpath.join(url.rstrip("/"), f"area-{int(size)}")
+
+
+def dataset_at(url: str, size: int) -> str:
+    """The dataset at `url`, or the one of its family (the large one and its area downsamples) at `size` px: a
+    cascade's base networks read the downsample, its upsampler the large images. DataError naming the fix when there
+    is none."""
+    manifest = load_manifest(url)
+    if manifest["resolution"] == size:
+        return url
+    if read_manifest(derived_url(url, size)) is not None:
+        return derived_url(url, size)
+    parent = manifest.get("derived_from")
+    if parent and parent["resolution"] == size:
+        return posixpath.dirname(url.rstrip("/"))
+    if parent:
+        return dataset_at(posixpath.dirname(url.rstrip("/")), size)
+    raise DataError(f"{url} holds {manifest['resolution']}px images and no {size}px area downsample of them; "
+                    f"ingest it with --downsample-to {size} (adm run does so for a cascade preset)")
+
+
 def shard_urls(url: str, split: str, manifest: dict | None = None) -> list[str]:
     manifest = manifest or load_manifest(url)
     if split not in manifest["shards"]:

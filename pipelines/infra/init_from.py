@@ -63,8 +63,10 @@ def resolve_init(kind: str, preset: Preset, tracking_uri: str | None, prefix: st
 
 
 def resolve_inits(preset: Preset, kinds, tracking_uri: str | None, prefix: str) -> dict:
-    """{kind: InitSource} for the trainers of `kinds` that start from existing weights."""
-    found = {kind: resolve_init(kind, preset, tracking_uri, prefix) for kind in kinds}
+    """{kind: InitSource} for the trainers of `kinds` that start from existing weights (kinds the preset lacks, the
+    upsampler outside a cascade, have none)."""
+    found = {kind: resolve_init(kind, preset, tracking_uri, prefix) for kind in kinds
+             if network_kind(kind).present(preset)}
     return {kind: source for kind, source in found.items() if source is not None}
 
 

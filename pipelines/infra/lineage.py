@@ -14,8 +14,8 @@ def config_hash(preset: Preset) -> str:
     """The resolved config's hash, where training starts from (train_<kind>.init_from) left out: a retraining cycle's
     warm start from the champion is the cycle's choice, not a change of config, and the next cycle compares this hash
     with the champion's."""
-    values = to_dict(preset)
-    for section in (k.train_section for k in KINDS.values()):
+    values = {name: v for name, v in to_dict(preset).items() if v is not None}  # no cascade: the hash as before it
+    for section in (k.train_section for k in KINDS.values() if k.train_section in values):
         values[section] = {k: v for k, v in values[section].items() if k != "init_from"}
     return digest({"stage": "config", **values})[:16]
 

@@ -31,6 +31,7 @@ from torch import nn
 from components.checkpoint import check_fits, load_into, read_shapes
 from components.config import Preset, UserError, preset_from_dict
 from components.config.kinds import kind as network_kind
+from components.config.kinds import kind_of
 from components.config.presets import get_preset
 from components.networks import build_network
 from pipelines.infra.storage import cache_home
@@ -40,13 +41,18 @@ from pipelines.infra.tracking_checks import raise_if_gone
 
 @dataclass
 class NetworkRef:
-    kind: str  # "diffusion" | "classifier" | "evaluator"
+    kind: str  # the name of its NetworkKind (config/kinds.py)
     preset: Preset
     weights: str  # local path of the weights file
 
     @property
     def config(self):
         return network_kind(self.kind).network_config(self.preset)
+
+    @property
+    def process(self):
+        """The diffusion process the network was trained under (the upsampler's own, else the preset's)."""
+        return network_kind(self.kind).process_config(self.preset)
 
     def build(self) -> nn.Module:
         return load_into(build_network(self.kind, self.preset), self.weights, source=self.weights).eval()
@@ -119,22 +125,27 @@ def _local_folder(uri: str, tracking_uri: str | None, workdir: Path | None) -> P
     return _fetch_once(cache_folder(uri), lambda d: fs.get(path.rstrip("/") + "/", str(d), recursive=True))
 
 
-def resolve(uri: str, kind: str, preset_name: str | None = None, tracking_uri: str | None = None,
+def resolve(uri: str, kind: str | tuple[str, ...], preset_name: str | None = None, tracking_uri: str | None = None,
             workdir: str | Path | None = None) -> NetworkRef:
     """A NetworkRef for `uri`, its weights file checked against its config; UserError naming the URI when it cannot
-    be used."""
+    be used. `kind`: the network needed, or the kinds that may stand in for each other (a checkpoint says which it
+    is; a bare weights file is taken as the first)."""
     return _locate(uri, kind, preset_name, tracking_uri, workdir).checked()
 
 
-def _locate(uri: str, kind: str, preset_name: str | None, tracking_uri: str | None,
+def _locate(uri: str, kind: str | tuple[str, ...], preset_name: str | None, tracking_uri: str | None,
             workdir: str | Path | None) -> NetworkRef:
     workdir = Path(workdir) if workdir else None
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    kind = kinds[0]
     if is_weights_file(uri):
         if not preset_name:
             raise UserError(f"{uri} is a bare weights file; also pass the preset it belongs to (e.g. --preset "
                             "imagenet256)")
-        return NetworkRef(kind, get_preset(preset_name), _local_weights(uri, workdir))
-    return _from_checkpoint(uri, kind, tracking_uri, workdir)
+        preset = get_preset(preset_name)
+        kind_of(preset, kind)  # e.g. an upsampler's .pt needs a cascade preset
+        return NetworkRef(kind, preset, _local_weights(uri, workdir))
+    return _from_checkpoint(uri, kinds, tracking_uri, workdir)
 
 
 def is_weights_file(uri: str) -> bool:
@@ -177,7 +188,8 @@ def latest_checkpoint(folder: str) -> str | None:
     return None
 
 
-def _from_checkpoint(uri: str, kind: str, tracking_uri: str | None, workdir: Path | None) -> NetworkRef:
+def _from_checkpoint(uri: str, kind: str | tuple[str, ...], tracking_uri: str | None,
+                     workdir: Path | None) -> NetworkRef:
     folder = _local_folder(uri, tracking_uri, workdir)
     meta_path = folder / "model.json"
     if not meta_path.exists() and latest_checkpoint(str(folder)):  # a trainer's folder: its newest checkpoint
@@ -187,8 +199,11 @@ def _from_checkpoint(uri: str, kind: str, tracking_uri: str | None, workdir: Pat
         raise UserError(f"{uri} holds no model.json: not a checkpoint written by `adm train` (nor a trainer's folder "
                         "of checkpoint_* folders)")
     meta = json.loads(meta_path.read_text())
-    if meta.get("kind") != kind:
-        raise UserError(f"{uri} is a {meta.get('kind')} checkpoint, but a {kind} network is needed here")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if meta.get("kind") not in kinds:
+        raise UserError(f"{uri} is a {meta.get('kind')} checkpoint, but a {' or '.join(kinds)} network is needed "
+                        "here")
+    kind = meta["kind"]
     preset = preset_from_dict(meta["preset"])
     rates = network_kind(kind).train_config(preset).ema_rate
     ema = folder / f"ema_{rates[0]}.safetensors" if rates else None

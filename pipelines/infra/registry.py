@@ -20,9 +20,10 @@ from pipelines.infra.tracking import Tracker, current_user
 CHAMPION = "champion"
 
 
-def model_names(prefix: str) -> dict:
-    """{network: registered model name} of the networks every pipeline run registers."""
-    return {kind.name: f"{prefix}-{kind.name}" for kind in REGISTERED}
+def model_names(prefix: str, kinds=None) -> dict:
+    """{network: registered model name} of the registered networks (of `kinds` when given: a preset's, the
+    upsampler only in a cascade)."""
+    return {kind.name: f"{prefix}-{kind.name}" for kind in REGISTERED if kinds is None or kind.name in kinds}
 
 
 def move_alias(tracker: Tracker, name: str, alias: str, version: str, action: str, why: str) -> dict | None:

@@ -8,8 +8,8 @@ import ray
 
 from components.config import UserError
 from components.config.grid import grid_cells
-from components.config.kinds import KINDS
 from components.config.kinds import kind as network_kind
+from components.config.kinds import preset_kinds
 from components.training import ema_initial_share
 
 
@@ -199,8 +199,15 @@ def stage_resources(preset, cluster_cpus: float) -> dict:
     shards = -(-len(grid_cells(s.samplers, s.guidance_scales, s.guidance_intervals)) * s.num_samples // s.batch_size)
     on_cpu = cpu_plan(cluster_cpus, cluster_cpus, None, shards, s.actor_cpus)
     at_most = cpu_plan(cluster_cpus, cluster_cpus, None, 2**31)
-    return {"ingest": {"driver": "local threads"}, "train": train_plan(preset, tuple(KINDS), cluster_cpus),
+    plan = {"ingest": {"driver": "local threads"}, "train": train_plan(preset, preset_kinds(preset), cluster_cpus),
             "sample": {"actors_per_gpu": s.actors_per_gpu, "on_cpu": {"actors": on_cpu[0], "CPU_each": on_cpu[1]}},
             "evaluate": {"actors_per_gpu": 1, "on_cpu": {"actors_at_most": at_most[0], "CPU_each": at_most[1]}},
             "register": {"driver": "MLflow registry calls"}}
+    if preset.upsample is not None:  # a cascade: the upsample stage, between sample and evaluate
+        u = preset.upsample
+        cells = len(u.cells) or 2  # none named: the unguided and the champion cell
+        on_cpu = cpu_plan(cluster_cpus, cluster_cpus, None, -(-cells * s.num_samples // u.batch_size), u.actor_cpus)
+        plan["upsample"] = {"actors_per_gpu": u.actors_per_gpu, "on_cpu": {"actors": on_cpu[0],
+                                                                           "CPU_each": on_cpu[1]}}
+    return plan
 

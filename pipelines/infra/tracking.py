@@ -1,6 +1,7 @@
 """Every MLflow client call of the project (runs, params, metrics, artifacts, datasets, the registry) goes through
 this module. Elsewhere: mlflow_model.py is the model-from-code file a logged network carries (MLflow loads it);
-tracking_checks.py probes a server over HTTP and sets MLflow's HTTP retry variables; `adm ui` runs `mlflow ui`.
+tracking_checks.py probes a server over HTTP and sets MLflow's HTTP retry and large-artifact variables (a Tracker
+applies the latter in every process that opens one); `adm ui` runs `mlflow ui`.
 
 Runs are addressed by id (MlflowClient), never through the fluent "active run" stack, so the driver, Ray Train
 workers and Ray Data actors can all log to the same run from different processes. With nothing configured the
@@ -27,12 +28,14 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param
 
 from components.config import UserError
 from pipelines.infra.storage import read_bytes
+from pipelines.infra.tags import ENDED_BY
 from pipelines.infra.tracking_checks import (
     TrackingError,
     check_tracking,
     raise_if_gone,
     resolve_tracking_uri,
     sqlite_path,
+    use_artifact_transfer_settings,
 )
 
 _LOG_MODEL_LOCK = threading.Lock()
@@ -101,6 +104,7 @@ class Tracker:
     def __init__(self, uri: str | None = None):
         self.uri = resolve_tracking_uri(uri)
         check_tracking(self.uri)
+        use_artifact_transfer_settings()  # every process that tracks: the driver, Ray Train workers, Ray Data actors
         self._client = None
 
     @property
@@ -167,10 +171,11 @@ class Tracker:
         return self._reader(f"run {run_id}").get_run(run_id)
 
     def reopen(self, run_id: str) -> None:
-        """Mark a failed or killed run RUNNING again (resuming it), without the error that stopped it."""
+        """Mark a failed or killed run RUNNING again (resuming it), without the error that stopped it or the
+        sentinel's record of ending it: a resumed run that finishes was ended by no one."""
         self.client.update_run(run_id, status="RUNNING")
-        if "error" in self.run(run_id).data.tags:
-            self.client.delete_tag(run_id, "error")
+        for key in set(self.run(run_id).data.tags) & {"error", ENDED_BY}:
+            self.client.delete_tag(run_id, key)
 
     def search(self, experiment: str, filter_string: str, max_results: int = 100) -> list:
         """Runs of `experiment` matching an MLflow filter string, newest first."""
@@ -184,6 +189,12 @@ class Tracker:
 
     def children(self, experiment: str, parent_run_id: str) -> list:
         return self.search(experiment, f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=1000)
+
+    def children_by_tag(self, experiment: str, parent_run_id: str, key: str) -> dict:
+        """{value of tag `key`: run id} of the child runs of `parent_run_id` that have the tag: what an earlier attempt
+        of a resumed stage made, so that the stage reuses them instead of doubling them."""
+        return {run.data.tags[key]: run.info.run_id for run in self.children(experiment, parent_run_id)
+                if key in run.data.tags}
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         for key, value in tags.items():
@@ -206,6 +217,14 @@ class Tracker:
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if np.isfinite(v)]
         if items:
             self.client.log_batch(run_id, metrics=items)
+
+    def log_new_metrics(self, run_id: str, metrics: dict, step: int) -> None:
+        """log_metrics without the metrics the run already holds at `step` or later: a stage that runs again after a
+        resume, or a second stage writing into a run (evaluate into the sampling cells'), logs no step twice."""
+        present = self.client.get_run(run_id).data.metrics
+        done = {k for k in metrics if k in present
+                and any(m.step >= step for m in self.client.get_metric_history(run_id, k))}
+        self.log_metrics(run_id, {k: v for k, v in metrics.items() if k not in done}, step)
 
     # --- files --------------------------------------------------------------------------------------------------------
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:

@@ -4,6 +4,7 @@ probe, the bounded retry policy of every later call, and the words for a server 
 import os
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -41,6 +42,27 @@ def bound_http_retries() -> None:
         os.environ.setdefault(name, value)
 
 
+# Large artifacts through a server that proxies an object store (cluster/mlflow/server.sh): checkpoints of 0.2-2.2 GB
+# sent as one proxied PUT time out or fail (mlflow#7564, #8963), and on the stack tier a proxied GET of 1 GB had not
+# finished after 9 minutes. In parts, straight to and from the store through URLs the server signs, they go through
+# (bench/RESULTS.md): from 100 MB on (MLflow's 500 MB left the smaller released checkpoints on the single request), in
+# MLflow's 10 MB upload parts. A server that cannot sign (a local artifact folder) says so, and MLflow falls back to
+# the proxied request. MLflow reads these variables at each transfer: set before a process's first one is enough.
+ARTIFACT_TRANSFER = {
+    "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "true",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "true",
+    "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(100 << 20),
+    "MLFLOW_MULTIPART_DOWNLOAD_MINIMUM_FILE_SIZE": str(100 << 20),
+}
+
+
+def use_artifact_transfer_settings() -> None:
+    """ARTIFACT_TRANSFER in this process: the driver, and every Ray worker or actor that opens a Tracker (on any node:
+    a cluster's workers do not inherit the driver's environment); a user's own setting of these variables wins."""
+    for name, value in ARTIFACT_TRANSFER.items():
+        os.environ.setdefault(name, value)
+
+
 def server_gone(error: BaseException) -> str | None:
     """What to tell the user when an MLflow call failed because the tracking server stopped answering after the
     first probe (MLflow reports it as an MlflowException naming the request), else None."""
@@ -67,7 +89,8 @@ def raise_if_gone(error: BaseException) -> None:
 
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
     """Fail in seconds, naming the URI and the fix, when the tracking server is unreachable (MLflow's own client
-    retries for minutes), the URI's scheme is unknown, or a sqlite store's folder is missing or unwritable."""
+    retries for minutes), the URI's scheme is unknown, or a sqlite store's folder is missing or unwritable. A server
+    that takes the connection but is slow to answer is asked again, for up to SLOW_SERVER_S."""
     scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
     if scheme and scheme not in SCHEMES:
         raise TrackingError(f"tracking URI {uri} has an unknown scheme {scheme!r}; use http://HOST:PORT (an MLflow "
@@ -83,13 +106,28 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"cannot write the MLflow store {uri}: {db.parent} is not writable")
 
 
-def _probe_server(uri: str, timeout: float) -> None:
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-            if response.status != 200:
-                raise TrackingError(f"MLflow tracking server {uri} answered /health with {response.status}")
-    except (urllib.error.URLError, OSError) as e:
-        raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); start one (mlflow server "
-            "--host 127.0.0.1 --port 5000) or unset MLFLOW_TRACKING_URI to track to a local sqlite file"
-        ) from None
+# a server that took the connection but has not answered /health yet is busy, not gone (its workers starting, a busy
+# pod or node): it is asked again for this long, while nothing listening still fails at once
+SLOW_SERVER_S = 60.0
+
+
+def _timed_out(error: BaseException) -> bool:
+    reason = getattr(error, "reason", error)
+    return isinstance(reason, TimeoutError) or "timed out" in str(reason)
+
+
+def _probe_server(uri: str, timeout: float, patience: float = SLOW_SERVER_S) -> None:
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+                if response.status != 200:
+                    raise TrackingError(f"MLflow tracking server {uri} answered /health with {response.status}")
+                return
+        except (urllib.error.URLError, OSError) as e:
+            if _timed_out(e) and time.monotonic() + timeout < deadline:
+                continue
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); start one (mlflow server "
+                "--host 127.0.0.1 --port 5000) or unset MLFLOW_TRACKING_URI to track to a local sqlite file"
+            ) from None

@@ -28,7 +28,7 @@ from pipelines.infra import tags
 from pipelines.ops import all_problems
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-COMMANDS = ("run", "retrain", "train", "sample", "evaluate", "data")
+COMMANDS = ("run", "retrain", "train", "sample", "upsample", "evaluate", "data")
 PIPELINE_COMMANDS = ("run", "retrain")
 # What a job carries of the checkout: the two packages, nothing else of the top level (local run outputs such as
 # mlflow-artifacts/, mlruns/, adm-work/ and mlflow.db, virtual environments, caches, tests, docs), and no caches or
@@ -133,7 +133,8 @@ def _job_command(command: list[str], tracking_uri: str | None) -> tuple[list[str
     if command[0] not in COMMANDS:
         command = ["run", *command]
     problems = []
-    if command[0] in PIPELINE_COMMANDS:
+    # a resumed run goes on in the work dir it recorded (checked when it was submitted; --resume refuses another)
+    if command[0] in PIPELINE_COMMANDS and _option(command, "--resume") is None:
         workdir = _option(command, "--workdir")
         if workdir is None or not _is_shared(workdir):
             problems.append(f"--workdir {workdir or '(default adm-work)'}: a job's files must go where every node and "

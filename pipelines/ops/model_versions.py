@@ -1,4 +1,5 @@
-"""`adm models`: the registered versions of a pipeline's two networks, and moving `champion` by hand.
+"""`adm models`: the registered versions of a pipeline's networks (diffusion and classifier, and the upsampler of a
+cascade), and moving `champion` by hand.
 
 Promote and rollback move both networks' aliases together (the partner is found by the pipeline-run lineage tag,
 and a pair with a missing partner is refused before anything moves); each move is recorded on the versions it
@@ -54,10 +55,17 @@ def version_row(version, champion: str | None) -> dict:
     }
 
 
+def set_names(tracker: Tracker, prefix: str) -> dict:
+    """{network: registered model name} of the set under `prefix`: the diffusion model and the classifier, and the
+    upsampler where the registry has one (a cascade's pipeline registers it with the others)."""
+    return {kind: name for kind, name in model_names(prefix).items()
+            if kind in ("diffusion", "classifier") or tracker.registered_model(name) is not None}
+
+
 def list_versions(tracker: Tracker, prefix: str) -> dict:
     """{registered model name: rows of its versions, newest first}; UserError when the prefix has no models."""
     out = {}
-    for name in model_names(prefix).values():
+    for name in set_names(tracker, prefix).values():
         champion = tracker.alias_version(name, CHAMPION)
         versions = sorted(tracker.model_versions(name), key=lambda v: -int(v.version))
         out[name] = [version_row(v, champion.version if champion else None) for v in versions]
@@ -69,7 +77,7 @@ def list_versions(tracker: Tracker, prefix: str) -> dict:
 
 def show_version(tracker: Tracker, prefix: str, network: str, version: str) -> dict:
     """One version in full: its row, every tag but the move records, the move records, its partner."""
-    names = _names(prefix, network)
+    names = _names(tracker, prefix, network)
     found = registry.find_version(tracker, names[network], version)
     champion = tracker.alias_version(names[network], CHAMPION)
     partners = {}
@@ -88,7 +96,7 @@ def show_version(tracker: Tracker, prefix: str, network: str, version: str) -> d
 def promote(tracker: Tracker, prefix: str, network: str, version: str, reason: str, action: str = "promote") -> dict:
     """`champion` to `version` of `network` and to its partner; {name: (its version, the recorded move, or None
     when that version already was champion: nothing moved, nothing recorded)}."""
-    names = _names(prefix, network)
+    names = _names(tracker, prefix, network)
     chosen = registry.find_version(tracker, names[network], version)
     pair = {names[network]: chosen}
     for other, name in names.items():
@@ -108,8 +116,8 @@ def rollback(tracker: Tracker, prefix: str, reason: str) -> dict:
     return promote(tracker, prefix, "diffusion", registry.previous_champion(tracker, name, current), reason, "rollback")
 
 
-def _names(prefix: str, network: str) -> dict:
-    names = model_names(prefix)
+def _names(tracker: Tracker, prefix: str, network: str) -> dict:
+    names = set_names(tracker, prefix)
     if network not in names:
         raise UserError(f"network {network!r} is not registered; the registered networks are {', '.join(names)}")
     return names

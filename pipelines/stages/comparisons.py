@@ -115,8 +115,8 @@ def _best(line: list, metric: str) -> dict:
     return min(line, key=lambda r: (-r[metric] if metric in HIGHER_IS_BETTER else r[metric]))
 
 
-def _pair(a: dict, b: dict, cells: dict, metric: str, level: float) -> dict:
-    """metric(a) - metric(b), paired, with its interval and whether it excludes 0."""
+def paired(a: dict, b: dict, cells: dict, metric: str, level: float) -> dict:
+    """metric(a) - metric(b) of two rows, paired, with its interval and whether it excludes 0."""
     d = cells[a["cell"]].differences(cells[b["cell"]], level)[metric]
     return {"a": a["cell"], "b": b["cell"], "metric": metric, "delta": d.delta, "lo": d.lo, "hi": d.hi,
             "resolved": d.resolved}
@@ -135,7 +135,7 @@ def compare(rows: list, cells: dict, metric: str, level: float) -> dict:
     for name, line in lines.items():
         best[name] = top = _best(line, metric)
         others = [r for r in line if r is not top]
-        pairs = [_pair(r, top, cells, metric, level) for r in others]
+        pairs = [paired(r, top, cells, metric, level) for r in others]
         out["lines"].append({"line": name, "best_scale": top["guidance_scale"], "best": top[metric],
                              "indistinguishable": [r["guidance_scale"] for r, p in zip(others, pairs)
                                                    if not p["resolved"]], "pairs": pairs})
@@ -144,7 +144,7 @@ def compare(rows: list, cells: dict, metric: str, level: float) -> dict:
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             if best[a].get("sampler") == best[b].get("sampler") and best[a] is not best[b]:
-                out["methods"].append(_pair(best[a], best[b], cells, metric, level))
+                out["methods"].append(paired(best[a], best[b], cells, metric, level))
     out["closest"] = _closest(out["methods"], rows, level)
     return out
 
@@ -157,12 +157,12 @@ def _claim(name: str, line: list, top: dict, cells: dict, metric: str, level: fl
     what = f"best scale {top['guidance_scale']:g} vs unguided"
     # fidelity up (the metric, accuracy), and at that scale how much diversity it cost (recall: autoguidance claims
     # its gain keeps it, classifier guidance and CFG trade it)
-    found = [{"line": name, "what": what, **_pair(top, unguided, cells, m, level)}
+    found = [{"line": name, "what": what, **paired(top, unguided, cells, m, level)}
              for m in dict.fromkeys((metric, "accuracy", "recall")) if m in top]
     largest = max(line, key=lambda r: r["guidance_scale"])
     if "recall" in largest and largest is not unguided:
         found.append({"line": name, "what": f"largest scale {largest['guidance_scale']:g} vs unguided",
-                      **_pair(largest, unguided, cells, "recall", level)})
+                      **paired(largest, unguided, cells, "recall", level)})
     return found
 
 
@@ -187,7 +187,7 @@ def _scale_of(cell_key: str, rows_by_cell: dict) -> str:
             + f" s={scale:g}")
 
 
-def _delta(p: dict) -> str:
+def format_difference(p: dict) -> str:
     verdict = "resolved" if p["resolved"] else "not resolved"
     return f"{p['metric']} {p['delta']:+.4g} [{p['lo']:+.4g}, {p['hi']:+.4g}], {verdict}"
 
@@ -205,13 +205,13 @@ def format_comparisons(comparisons: dict, rows: list | None = None) -> str:
         out.append(f"- {line['line']}: best {metric} at scale {line['best_scale']:g} ({line['best']:.4g}); not "
                    f"distinguishable from it: {same}")
     for p in comparisons["methods"]:
-        out.append(f"- {_scale_of(p['a'], by_cell)} vs {_scale_of(p['b'], by_cell)}: {_delta(p)}")
+        out.append(f"- {_scale_of(p['a'], by_cell)} vs {_scale_of(p['b'], by_cell)}: {format_difference(p)}")
     for p in comparisons["claim"]:
-        out.append(f"- claim, {p['line']}, {p['what']}: {_delta(p)}")
+        out.append(f"- claim, {p['line']}, {p['what']}: {format_difference(p)}")
     closest = comparisons.get("closest")
     if closest:
         out.append(f"- the closest open comparison, {_scale_of(closest['a'], by_cell)} vs "
-                   f"{_scale_of(closest['b'], by_cell)} ({_delta(closest)}), would need about "
+                   f"{_scale_of(closest['b'], by_cell)} ({format_difference(closest)}), would need about "
                    f"{closest['samples_needed']} samples per cell (now {closest['num_samples']}) to be resolved half "
                    "the time")
     return "\n".join(out)

@@ -10,6 +10,8 @@ A stage is a module of this package that ends with ``STAGE = Stage(name, run, ca
 * ``still_valid(outputs)`` (optional): whether a reused run's outputs still exist (e.g. files not deleted since).
 * ``publish(ctx, outputs)`` (optional): what the stage shows on the pipeline run (plots, the report's table, tags),
   called whether the stage ran now or was reused.
+* ``applies(preset)`` (optional): whether the stage is part of a run of that config at all (the upsample stage: only
+  for a cascade preset); a stage that does not apply is left out, and the stages after it see no outputs of it.
 
 workflow/pipeline.py's CHAIN lists the stages in order; workflow/stage_cache.py decides run, reuse or resume.
 """
@@ -54,6 +56,10 @@ def _always(outputs: dict) -> bool:
     return True
 
 
+def _every_preset(preset) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -61,3 +67,4 @@ class Stage:
     cache_inputs: Callable[[StageContext, dict], dict]
     still_valid: Callable[[dict], bool] = _always
     publish: Callable[[StageContext, dict], None] | None = None
+    applies: Callable[[Preset], bool] = _every_preset

@@ -12,6 +12,7 @@ target labels. Reference features are cached under ``cache_dir`` keyed by the da
 and size), the split and count, and the extractor's weights.
 """
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -47,6 +48,7 @@ from pipelines.stages.champion import champion_cell
 from pipelines.stages.context import Stage, StageContext
 from pipelines.stages.evaluate_inputs import EvaluationError, Source, discover_samples, reference_source
 from pipelines.stages.report import log_evaluation, log_summary
+from pipelines.stages.upsample_outputs import cascade_pairs, log_cascade_evaluation, log_cascade_summary
 
 SCORE_SPLIT = 5000  # the reference evaluator scores in splits of 5000 samples
 
@@ -321,8 +323,11 @@ def score_cells(job: EvaluateJob, samples: dict, ref_stats: dict, features: dict
 
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------
 def cache_inputs(ctx: StageContext, inputs: dict) -> dict:
-    return {"data": inputs["ingest"]["fingerprint"], "samples": inputs["sample"],
-            "evaluate": to_dict(ctx.preset.evaluate)}
+    key = {"data": inputs["ingest"]["fingerprint"], "samples": inputs["sample"],
+           "evaluate": to_dict(ctx.preset.evaluate)}
+    if "upsample" in inputs:  # a cascade: its cells at the large size, against the large images
+        key["cascade"] = {"upsample": inputs["upsample"], "large_data": inputs["ingest"]["large_fingerprint"]}
+    return key
 
 
 def run(ctx: StageContext, inputs: dict) -> dict:
@@ -336,7 +341,24 @@ def run(ctx: StageContext, inputs: dict) -> dict:
                       tracking_uri=ctx.tracker.uri, experiment=ctx.experiment, parent_run_id=ctx.run_id,
                       cell_run_ids=cell_runs)
     result = log_evaluation(job, run_evaluation(job, log=ctx.log), log=ctx.log)
+    if "upsample" in inputs:
+        cascade_rows, cascade_pairs = evaluate_cascade(ctx, inputs)
+        return {"rows": result.rows, "comparisons": result.comparisons, "cascade_rows": cascade_rows,
+                "cascade_pairs": cascade_pairs}
     return {"rows": result.rows, "comparisons": result.comparisons}
+
+
+def evaluate_cascade(ctx: StageContext, inputs: dict) -> tuple[list, list]:
+    """A cascade's cells (base + U, and the base samples brought to the large size) against the dataset's large
+    images, on Inception features (the evaluator network sees the base size only), and the paired differences the
+    paper's claims rest on; the metrics go to the upsample stage's cell runs when those are this pipeline run's."""
+    cascade = inputs["upsample"]
+    job = EvaluateJob(samples=cascade["out"], reference=inputs["ingest"]["large_url"],
+                      config=dataclasses.replace(ctx.preset.evaluate, features="inception"),
+                      cache_dir=ctx.path("cache"), tracking_uri=ctx.tracker.uri, experiment=ctx.experiment,
+                      parent_run_id=ctx.run_id, cell_run_ids={} if "upsample" in ctx.reused else cascade["cell_runs"])
+    result = log_cascade_evaluation(job, run_evaluation(job, log=ctx.log), log=ctx.log)
+    return result.rows, cascade_pairs(result.rows, result.cells, job.config.ci_level)
 
 
 def publish(ctx: StageContext, outputs: dict) -> None:
@@ -344,6 +366,9 @@ def publish(ctx: StageContext, outputs: dict) -> None:
     along the scales."""
     log_summary(ctx.tracker, ctx.pipeline_run_id, outputs["rows"], champion_cell(ctx.preset, outputs["rows"]),
                 outputs.get("comparisons"))
+    if outputs.get("cascade_rows"):
+        log_cascade_summary(ctx.tracker, ctx.pipeline_run_id, outputs["rows"], outputs["cascade_rows"],
+                            outputs.get("cascade_pairs", []))
 
 
 STAGE = Stage("evaluate", run, cache_inputs, publish=publish)

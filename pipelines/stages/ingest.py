@@ -3,6 +3,11 @@
 Layout at DEST:  manifest.json, <split>/part-00000.parquet, ... with columns image (PNG bytes), label, class_name.
 Shards are written under a temporary sibling folder and moved into place; manifest.json is written last, and every
 reader requires it, so an interrupted ingest never leaves a dataset that later stages would accept.
+
+A cascade's base model trains on the same images at its own smaller size: ``downsample_to`` writes the dataset's area
+downsample (components.images.downsample_area_uint8, the upsampler's training-pair filter) as a dataset of its own at
+DEST/area-<size>/, with its own fingerprint and ``derived_from`` in its manifest (infra/dataset.py dataset_at finds
+either from the other).
 """
 
 import json
@@ -22,9 +27,17 @@ from components.images import (
     DataError,
     Fingerprint,
     check_labels,
+    downsample_area_uint8,
     encode_png,
 )
-from pipelines.infra.dataset import FORMAT_VERSION, MANIFEST, load_manifest, read_manifest
+from pipelines.infra.dataset import (
+    FORMAT_VERSION,
+    MANIFEST,
+    decode_images,
+    derived_url,
+    load_manifest,
+    read_manifest,
+)
 from pipelines.infra.services import check_url
 from pipelines.stages.context import Stage, StageContext
 from pipelines.stages.sources import (
@@ -65,7 +78,8 @@ def check_options(opts: IngestOptions) -> None:
     problems = []
     for name, value, optional in (("resolution", opts.resolution, True), ("rows_per_shard", opts.rows_per_shard, True),
                                   ("num_images", opts.num_images, False), ("workers", opts.workers, False),
-                                  ("limit", opts.limit or None, True)):
+                                  ("limit", opts.limit or None, True),
+                                  *(("downsample_to", size, False) for size in opts.downsample_to)):
         if not (value is None and optional) and not (isinstance(value, int) and value >= 1):
             problems.append(f"--{name.replace('_', '-')} {value} must be a whole number >= 1"
                             + (" (or left out)" if optional else ""))
@@ -100,6 +114,7 @@ def ingest(spec: str, dest: str, opts: IngestOptions | None = None, log=print) -
                                 f"{existing['fingerprint'][:12]}, this one {manifest['fingerprint'][:12]}); "
                                 "choose another destination or delete the old one")
             log(f"{dest} already holds this dataset (fingerprint {manifest['fingerprint'][:12]}); nothing to do")
+            _derive_all(dest, opts, log)
             return existing
         _move_into_place(fs, tmp, root, manifest)
     finally:
@@ -110,6 +125,7 @@ def ingest(spec: str, dest: str, opts: IngestOptions | None = None, log=print) -
             f"{source.ignored[0]} (listed under 'ignored' in {MANIFEST})")
     log(f"ingested {sum(manifest['counts'].values())} images into {dest} in {time.perf_counter() - started:.1f}s "
         f"(fingerprint {manifest['fingerprint'][:12]})")
+    _derive_all(dest, opts, log)
     return manifest
 
 
@@ -152,6 +168,51 @@ def _write_all(fs, tmp: str, source: Source, opts: IngestOptions) -> dict:
     }
 
 
+def _derive_all(dest: str, opts: IngestOptions, log) -> None:
+    for size in opts.downsample_to:
+        derived = derive_downsample(dest, size)
+        log(f"{derived_url(dest, size)}: the {size}px area downsample (fingerprint {derived['fingerprint'][:12]})")
+
+
+def derive_downsample(url: str, size: int) -> dict:
+    """The dataset at `url` area-downsampled to `size` px into derived_url(url, size), shard by shard (the same split
+    and shard layout, labels and class names), with its own fingerprint and `derived_from`; its manifest. Kept as it
+    is when it is there already (it depends on the large dataset's content only)."""
+    target = derived_url(url, size)
+    found = read_manifest(target)
+    if found is not None:
+        return found
+    manifest = load_manifest(url)
+    if manifest["resolution"] % size or size >= manifest["resolution"]:
+        raise DataError(f"cannot area-downsample {manifest['resolution']}px images to {size}px: the size must be "
+                        f"below theirs and divide it (e.g. {manifest['resolution'] // 2})")
+    fs, root = fsspec.core.url_to_fs(target)
+    tmp = f"{root.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+    fingerprint = Fingerprint(manifest["class_names"])
+    try:
+        for split, files in manifest["shards"].items():
+            fs.makedirs(posixpath.join(tmp, split), exist_ok=True)
+            for rel in files:
+                with fsspec.open(posixpath.join(url.rstrip("/"), rel), "rb") as f:
+                    table = pq.read_table(f, columns=["image", "label"])
+                images = downsample_area_uint8(decode_images(table.column("image").to_pylist(), manifest["channels"]),
+                                               size)
+                labels = table.column("label").to_numpy()
+                fingerprint.update(split, images, labels)
+                _write_shard(fs, posixpath.join(tmp, rel), Batch(split, images, labels), manifest["class_names"])
+        derived = {**manifest, "resolution": size, "fingerprint": fingerprint.hexdigest(),
+                   "fingerprint_of": "sha256 over class names, then per shard in order uint8 HWC pixels (with shape) "
+                                     "and labels",
+                   "derived_from": {"resolution": manifest["resolution"], "fingerprint": manifest["fingerprint"],
+                                    "filter": "area (mean of each block), rounded to uint8"},
+                   "preprocessing": f"{manifest['preprocessing']}; then area downsample to {size}px"}
+        _move_into_place(fs, tmp, root, derived)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+    return derived
+
+
 def _validation_note(opts: IngestOptions) -> dict:
     if VALIDATION in opts.splits or opts.validation_fraction <= 0:
         return {"carved_from_train": False}
@@ -176,16 +237,22 @@ def _move_into_place(fs, tmp: str, root: str, manifest: dict) -> None:
 
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------
 def ingest_options(preset: Preset) -> IngestOptions:
-    """The ingest settings of a preset's data section (resolution 0: the UNet's image size)."""
+    """The ingest settings of a preset's data section (resolution 0: the UNet's image size). A cascade ingests at the
+    upsampler's (large) size and writes the base networks' size beside it, area-downsampled."""
     data, classes = preset.data, preset.unet.num_classes or preset.classifier.num_classes
-    return IngestOptions(resolution=data.resolution or preset.unet.image_size, resize=data.resize,
+    large = preset.upsampler.image_size if preset.upsampler is not None else preset.unet.image_size
+    return IngestOptions(resolution=data.resolution or large, resize=data.resize,
                          num_images=data.num_images, num_classes=classes, splits=tuple(data.splits),
-                         validation_fraction=data.validation_fraction, limit=data.limit)
+                         validation_fraction=data.validation_fraction, limit=data.limit,
+                         downsample_to=(preset.unet.image_size,) if preset.upsampler is not None else ())
 
 
 def cache_inputs(ctx: StageContext, inputs: dict) -> dict:
     """The source, the ingest settings and, for retraining, the source's content fingerprint (new content, new key)."""
-    key = {"source": ctx.source, "options": to_dict(ingest_options(ctx.preset))}
+    options = to_dict(ingest_options(ctx.preset))
+    if not options["downsample_to"]:  # as before the cascade: the same key (and data folder) for the same options
+        del options["downsample_to"]
+    key = {"source": ctx.source, "options": options}
     return {**key, "content": ctx.source_fingerprint} if ctx.source_fingerprint else key
 
 
@@ -208,7 +275,13 @@ def run(ctx: StageContext, inputs: dict) -> dict:
     ctx.tracker.log_params(ctx.run_id, {"source": ctx.source, "data_url": url})
     for target in (ctx.run_id, ctx.pipeline_run_id):
         ctx.tracker.log_dataset(target, url, slug, manifest["fingerprint"])
-    return {"data_url": url, "fingerprint": manifest["fingerprint"]}
+    if ctx.preset.upsampler is None:
+        return {"data_url": url, "fingerprint": manifest["fingerprint"]}
+    # a cascade: the base networks' data (data_url, what the stages after read as before) is the area downsample;
+    # the upsampler's and the cascade's evaluation read the large images (large_url)
+    base = derive_downsample(url, ctx.preset.unet.image_size)
+    return {"data_url": derived_url(url, ctx.preset.unet.image_size), "fingerprint": base["fingerprint"],
+            "large_url": url, "large_fingerprint": manifest["fingerprint"]}
 
 
 STAGE = Stage("ingest", run, cache_inputs, still_valid=dataset_exists)

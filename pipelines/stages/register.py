@@ -1,15 +1,17 @@
-"""Register: the diffusion model and the noisy classifier become registered MLflow model versions
-(`<prefix>-diffusion`, `<prefix>-classifier`), and the alias `champion` moves to the new pair only when it is better
-than the champion by more than the noise: the champion is sampled at the champion cell (champion.py) with the same
-seeds and labels as the new model, both are featurized against the same reference, and the paired difference of
-`evaluate.champion_metric` must be better at `evaluate.promotion_level` (components/uncertainty.py). Otherwise the
-champion stays, and the versions say why ("not distinguishable: delta [lo, hi]"). A first registration has no
-champion to challenge. Both aliases move together, after both versions exist, so a failure never leaves a mixed
-pair."""
+"""Register: the diffusion model and the noisy classifier (and a cascade's upsampler) become registered MLflow model
+versions (`<prefix>-diffusion`, `<prefix>-classifier`, `<prefix>-upsampler`), and the alias `champion` moves to the
+new set only when it is better than the champion by more than the noise: the champion is sampled at the champion cell
+(champion.py) with the same seeds and labels as the new model, both are featurized against the same reference, and
+the paired difference of `evaluate.champion_metric` must be better at `evaluate.promotion_level`
+(components/uncertainty.py). Otherwise the champion stays, and the versions say why ("not distinguishable: delta
+[lo, hi]"). A first registration has no champion to challenge. A cascade's upsampler moves with the base pair: the
+challenge is decided at the base resolution. All aliases move together, after every version exists, so a failure
+never leaves a mixed set."""
 
 import dataclasses
 
 from components.config import AUTO, Preset, to_dict
+from components.config.kinds import preset_kinds
 from pipelines.infra import tags
 from pipelines.infra.lineage import code_version, config_hash
 from pipelines.infra.registry import CHAMPION, model_names, move_alias
@@ -26,7 +28,7 @@ def cache_inputs(ctx: StageContext, inputs: dict) -> dict:
     policy = {k: v for k, v in to_dict(ctx.preset.evaluate).items()
               if k.startswith("champion_") or k in ("promotion_level", "bootstrap")}
     return {"train": inputs["train"], "evaluate": inputs["evaluate"], "policy": policy,
-            "names": model_names(ctx.prefix)}
+            "names": model_names(ctx.prefix, preset_kinds(ctx.preset))}
 
 
 def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained: dict, rows: list, lineage: dict,
@@ -40,7 +42,7 @@ def register(tracker: Tracker, run_id: str, preset: Preset, prefix: str, trained
     tag = tags.champion_metric(metric, cfg.champion_scale)
     # auto: the scale chosen, for `adm sample models:/...@champion` to sample at by default
     chosen = {tags.BEST_SCALE: f"{scale:g}"} if cfg.champion_scale == AUTO else {}
-    names = model_names(prefix)
+    names = model_names(prefix, trained)  # the set: the registered networks this run trained
     versions = {kind: tracker.register(trained[kind]["model_uri"], name, trained[kind]["run_id"],
                                        tags={tag: value, **chosen, **lineage, **trained[kind].get("lineage", {})})
                 for kind, name in names.items()}
@@ -108,10 +110,12 @@ def challenge_champion(ctx: StageContext, inputs: dict, row: dict, champion) -> 
 
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------
 def run(ctx: StageContext, inputs: dict) -> dict:
-    """Both networks registered with their lineage: the pipeline run, the code and config it ran, the dataset; the
-    champion challenged at the champion cell."""
+    """The registered networks (a cascade's upsampler too) with their lineage: the pipeline run, the code and config
+    it ran, the dataset; the champion challenged at the champion cell."""
+    ingested = inputs["ingest"]  # a cascade's data: the large images as ingested (its base data derive from them)
     lineage = {tags.PIPELINE_RUN: ctx.pipeline_run_id, tags.CODE_VERSION: code_version(),
-               tags.CONFIG_HASH: config_hash(ctx.preset), tags.DATA_FINGERPRINT: inputs["ingest"]["fingerprint"]}
+               tags.CONFIG_HASH: config_hash(ctx.preset),
+               tags.DATA_FINGERPRINT: ingested.get("large_fingerprint", ingested["fingerprint"])}
     rows = inputs["evaluate"]["rows"]
     row = champion_row(ctx.preset, rows)
     return register(ctx.tracker, ctx.run_id, ctx.preset, ctx.prefix, inputs["train"], rows, lineage,

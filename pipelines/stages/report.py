@@ -26,7 +26,7 @@ def _number(value) -> str:
     return str(value)
 
 
-def _with_interval(row: dict, metric: str) -> str:
+def with_interval(row: dict, metric: str) -> str:
     value = _number(row.get(metric, math.nan))
     if f"{metric}_lo" in row:
         return f"{value} [{_number(row[f'{metric}_lo'])}, {_number(row[f'{metric}_hi'])}]"
@@ -46,7 +46,7 @@ def format_table(rows: list[dict]) -> str:
     measured = [m for m in METRICS if m in rows[0]]
     lines = ["| " + " | ".join(columns + measured) + " |", "|" + "---|" * (len(columns) + len(measured))]
     lines += ["| " + " | ".join([_number(row.get(c, math.nan)) for c in columns]
-                                + [_with_interval(row, m) for m in measured]) + " |" for row in rows]
+                                + [with_interval(row, m) for m in measured]) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -69,15 +69,21 @@ def log_evaluation(job, result, log=print):
     params = {"reference": job.reference, "features": job.config.features, "evaluator": job.evaluator or "",
               "num_reference": job.config.num_reference, "samples": job.samples,
               "inception_precision": job.config.inception_precision}
+    earlier = {} if job.cell_run_ids else tracker.children_by_tag(job.experiment, parent, tags.CELL)
     for row in result.rows:
         run_id = job.cell_run_ids.get(row["cell"])
-        if run_id is None:
-            run_id = tracker.start_run(job.experiment, f"evaluate-{row['cell']}", parent,
-                                       tags={tags.STAGE: "evaluate", tags.CELL: row["cell"]})
+        if run_id is None:  # this stage's own run of the cell: new, or an earlier attempt's (a resumed stage)
+            run_id = earlier.get(row["cell"])
+            if run_id is None:
+                run_id = tracker.start_run(job.experiment, f"evaluate-{row['cell']}", parent,
+                                           {tags.STAGE: "evaluate", tags.CELL: row["cell"]})
+            else:
+                tracker.reopen(run_id)
             cell = {k: v for k, v in row.items() if k in ("sampler", "guidance_method", "guidance_interval")}
             tracker.log_params(run_id, {"guidance_scale": scale_label(row["guidance_scale"]), **cell, **params})
             tracker.end_run(run_id)
-        tracker.log_metrics(run_id, numbers(row), step=0)  # the coordinates too: numbers to sort and plot by
+        # the coordinates too, numbers to sort and plot by, where the sampling run has not logged them already
+        tracker.log_new_metrics(run_id, numbers(row), step=0)
         result.run_ids[row["cell"]] = run_id
     tracker.log_params(parent, {f"evaluate.{k}": v for k, v in params.items()})
     figures = log_tradeoff(tracker, parent, result.rows)
@@ -110,8 +116,8 @@ def log_summary(tracker, run_id: str, rows: list[dict], champion: dict, comparis
             ([f"/{metric_name(name.replace(' ', '-'))}"] if len(lines) > 1 else [])
         for i, row in enumerate(line):
             values = {k: row[k] for m in METRICS for k in (m, f"{m}_lo", f"{m}_hi") if k in row}
-            tracker.log_metrics(run_id, {f"{k}_by_scale{s}": v for k, v in values.items() for s in suffixes},
-                                step=i)
+            tracker.log_new_metrics(run_id, {f"{k}_by_scale{s}": v for k, v in values.items() for s in suffixes},
+                                    step=i)  # new: a resumed pipeline publishes a finished evaluate stage again
 
 
 def log_tradeoff(tracker, run_id: str, rows: list[dict], champion: dict | None = None) -> int:

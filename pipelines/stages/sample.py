@@ -13,8 +13,9 @@ shards per cell, and the MLflow runs: sample_outputs.py.
 
 import dataclasses
 import json
+import os
 import posixpath
-import time
+import socket
 from dataclasses import dataclass, field
 
 import fsspec
@@ -25,6 +26,7 @@ import torch
 from components.config import SampleConfig, UserError, to_dict
 from components.config.grid import Cell, grid_cells, parse_sampler
 from components.config.kinds import has_null_class
+from components.config.sections import TRAINED_GUIDE
 from components.config.validation import check_sample, diffusion_problems, guide_step, raise_problems
 from components.guidance import trained_sigmas
 from components.guided import GuidedNetworks, sample_batch
@@ -42,16 +44,24 @@ from components.precision import (
     sync_for,
 )
 from components.sampling import sample_label, sample_seed
-from pipelines.infra import speed
+from pipelines.infra import speed, tags
 from pipelines.infra.console import progress
 from pipelines.infra.dataset import load_manifest
 from pipelines.infra.model_refs import NetworkRef, resolve, snapshot_path
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
-from pipelines.infra.storage import check_writable, exists, npz_bytes, write_bytes_atomic
+from pipelines.infra.storage import check_writable, exists, write_bytes_atomic
+from pipelines.infra.system_metrics import SystemMetrics
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.context import Stage, StageContext
-from pipelines.stages.sample_outputs import SampleResult, assemble, log_to_mlflow, shard_url, write_sheet
+from pipelines.stages.sample_outputs import (
+    SampleResult,
+    ShardActor,
+    assemble,
+    log_to_mlflow,
+    shard_url,
+    write_sheet,
+)
 
 
 @dataclass
@@ -99,6 +109,10 @@ def guide_reference(job: SampleJob) -> str | None:
     """Where autoguidance's guide comes from: sample.guide_from, with step:N read as the diffusion model's own
     snapshot at step N (runs:/<its training run>/snapshots/step_N); None without one."""
     text = str(job.config.guide_from).strip()
+    if text == TRAINED_GUIDE:
+        raise UserError(f"sample.guide_from={TRAINED_GUIDE} is the guide network trained in the same `adm run`; for "
+                        "adm sample, pass that network's reference with --guide (runs:/RUN_ID of its training run, "
+                        "models:/...-guide@champion, a checkpoint folder)")
     step = guide_step(text)
     if step is None:
         return text or None
@@ -151,7 +165,8 @@ def _networks(job: SampleJob) -> SampleNetworks:
             raise UserError(f"the classifier has {clf.num_classes} classes but the diffusion model {unet.num_classes}")
     guide = guide_reference(job) if any(c.auto_scale > 0 for c in job.cells) else None
     if guide is not None:
-        networks.guide = resolve(guide, "diffusion", job.preset, job.tracking_uri)
+        # the diffusion model's own snapshot or another diffusion model, or a guide network trained beside it
+        networks.guide = resolve(guide, ("diffusion", "guide"), job.preset, job.tracking_uri)
         g = networks.guide.config
         if (g.image_size, g.in_channels, g.num_classes) != (unet.image_size, unet.in_channels, unet.num_classes):
             raise UserError(f"the guide {guide} makes {g.image_size}px x {g.in_channels} channel(s) with "
@@ -203,7 +218,7 @@ def guided_networks(refs: SampleNetworks, device: torch.device, settings: SpeedS
                           classifier=load(refs.classifier), guide=load(refs.guide))
 
 
-class GuidedSampler:
+class GuidedSampler(ShardActor):
     """Ray Data actor: loads the networks once (the diffusion model, and the classifier and guide the grid needs), then
     samples shard after shard through the one guidance composition (components/guided.py)."""
 
@@ -223,8 +238,17 @@ class GuidedSampler:
         self.cells = job.cells
         self.shards = plan_shards(self.cells, cfg.num_samples, cfg.batch_size)
         self.shards_done = 0
+        # this machine's CPU, memory and GPU on the sampling run, under a name per actor (several share a machine)
+        interval = cfg.system_metrics_interval if job.parent_run_id else 0
+        self.system = SystemMetrics(job.tracking_uri, job.parent_run_id, interval,
+                                    node=f"sampler-{socket.gethostname()}-{os.getpid()}")
 
-    def sample_shard(self, k: int) -> dict:
+    def __del__(self):
+        """Ray Data drops the actor when the pool shuts down: the system metrics' last sample."""
+        if getattr(self, "system", None) is not None:
+            self.system.stop()
+
+    def make_shard(self, k: int) -> dict:
         pairs = self.shards[k]
         cells = [self.cells[j] for j, _ in pairs]
         indices = np.array([i for _, i in pairs], dtype=np.int64)
@@ -238,21 +262,6 @@ class GuidedSampler:
                 "network_evals": np.array(cost.network_evals, dtype=np.int64),
                 "classifier_passes": np.array(cost.classifier_passes, dtype=np.int64),
                 "guide_evals": np.array(cost.guide_evals, dtype=np.int64)}
-
-    def __call__(self, batch: dict) -> dict:
-        done, seconds, first = [], [], []
-        for k in batch["shard"]:
-            start = time.perf_counter()
-            shard = self.sample_shard(int(k))
-            # the shard's time shared equally by its rows: what a cell cost is the sum over its rows
-            shard["seconds"] = np.full(len(shard["indices"]), (time.perf_counter() - start) / len(shard["indices"]))
-            write_bytes_atomic(shard_url(self.job.out, int(k)), npz_bytes(**shard))
-            done.append(len(self.shards[int(k)]))
-            seconds.append(time.perf_counter() - start)
-            first.append(self.shards_done == 0)
-            self.shards_done += 1
-        return {"shard": np.asarray(batch["shard"]), "images": np.array(done, dtype=np.int64),
-                "seconds": np.array(seconds), "first": np.array(first)}
 
 
 # --- the job's speed settings, chosen once before the actors start -------------------------------------------------
@@ -415,9 +424,27 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
                         speed=choice.as_dict() if choice else {})
 
 
+def sample_and_track(job: SampleJob, log=print) -> SampleResult:
+    """`adm sample` with MLflow: the sampling run first (the actors log their machines' system metrics to it), then
+    the samples and one child run per cell under it; the run ends FINISHED, or FAILED with the error."""
+    validate(job)  # a job refused for its input leaves no run behind
+    tracker = Tracker(job.tracking_uri)
+    run_id = tracker.start_run(job.experiment, "sample", tags={tags.STAGE: "sample"})
+    job = dataclasses.replace(job, tracking_uri=tracker.uri, parent_run_id=run_id)
+    try:
+        result = log_to_mlflow(job, run_sampling(job, log=log), log=log)
+    except BaseException as e:
+        tracker.end_failed(run_id, e)
+        raise
+    tracker.end_run(run_id)
+    return result
+
+
 # --- as a stage of `adm run` -------------------------------------------------------------------------------------
 def cache_inputs(ctx: StageContext, inputs: dict) -> dict:
-    return {"train": inputs["train"], "sample": to_dict(ctx.preset.sample)}
+    """The networks the grid samples with (a cascade's upsampler is the upsample stage's) and the sample section."""
+    return {"train": {k: v for k, v in inputs["train"].items() if k != "upsampler"},
+            "sample": to_dict(ctx.preset.sample)}
 
 
 def samples_exist(outputs: dict) -> bool:
@@ -429,9 +456,12 @@ def run(ctx: StageContext, inputs: dict) -> dict:
     run per cell under the stage run; the dataset's class names label the grids' rows."""
     trained = inputs["train"]
     names = load_manifest(inputs["ingest"]["data_url"]).get("class_names")
+    config = ctx.preset.sample
+    if str(config.guide_from).strip() == TRAINED_GUIDE:  # the guide network trained beside the diffusion model
+        config = dataclasses.replace(config, guide_from=f"runs:/{trained['guide']['run_id']}")
     job = SampleJob(diffusion=f"runs:/{trained['diffusion']['run_id']}",
                     classifier=f"runs:/{trained['classifier']['run_id']}", out=ctx.run_path("samples"),
-                    config=ctx.preset.sample, tracking_uri=ctx.tracker.uri, experiment=ctx.experiment,
+                    config=config, tracking_uri=ctx.tracker.uri, experiment=ctx.experiment,
                     parent_run_id=ctx.run_id, class_names=tuple(names) if names else None)
     result = log_to_mlflow(job, run_sampling(job, log=ctx.log), log=ctx.log)
     sheet = write_sheet(job.out, job.cells, result.grids)

@@ -9,6 +9,7 @@ per cell with its coordinates and compute as params and numeric metrics and its 
 
 import json
 import posixpath
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,31 @@ class SampleResult:
 
 def shard_url(out: str, k: int) -> str:
     return posixpath.join(out.rstrip("/"), "shards", f"part-{k:05d}.npz")
+
+
+class ShardActor:
+    """What the sampling and upsampling actors share: a Ray Data batch of shard numbers in, each shard made by
+    `make_shard(k)` (a dict of per-row arrays, "indices" among them) and written atomically to shard_url(job.out, k),
+    its time shared equally by its rows (what a cell cost is the sum over its rows); out per shard its images, actor
+    seconds and whether it was the actor's first (CUDA and compile warm-up). Subclasses set job, shards and
+    shards_done = 0."""
+
+    def make_shard(self, k: int) -> dict:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict) -> dict:
+        done, seconds, first = [], [], []
+        for k in batch["shard"]:
+            start = time.perf_counter()
+            shard = self.make_shard(int(k))
+            shard["seconds"] = np.full(len(shard["indices"]), (time.perf_counter() - start) / len(shard["indices"]))
+            write_bytes_atomic(shard_url(self.job.out, int(k)), npz_bytes(**shard))
+            done.append(len(self.shards[int(k)]))
+            seconds.append(time.perf_counter() - start)
+            first.append(self.shards_done == 0)
+            self.shards_done += 1
+        return {"shard": np.asarray(batch["shard"]), "images": np.array(done, dtype=np.int64),
+                "seconds": np.array(seconds), "first": np.array(first)}
 
 
 def cell_folder(out: str, cell: Cell) -> str:
@@ -86,23 +112,28 @@ def assemble(job, shards, sigmas: np.ndarray) -> tuple[dict, dict, dict]:
 def log_to_mlflow(job, result: SampleResult, log=print) -> SampleResult:
     """One child run per cell of the SampleJob `job`: its coordinates and compute as params and as numeric
     metrics (so the compare view can plot any metric against any of them), the grid as an image artifact, the NPZ URL
-    as a tag."""
+    as a tag. A cell's run made by an earlier attempt of a resumed stage is completed, not made again."""
     tracker = Tracker(job.tracking_uri)
     parent = job.parent_run_id or tracker.start_run(job.experiment, "sample", tags={tags.STAGE: "sample"})
     cfg = job.config
+    earlier = tracker.children_by_tag(job.experiment, parent, tags.CELL)  # logged before a resume: completed
     for cell in job.cells:
         record = result.cells[cell.key]
         name = f"sample-{cell.key.replace('/', '-')}"
-        run_id = tracker.start_run(job.experiment, name, parent,
-                                   tags={tags.STAGE: "sample", tags.SAMPLES_NPZ: result.npz[cell.key],
-                                         tags.CELL: cell.key})
+        cell_tags = {tags.STAGE: "sample", tags.SAMPLES_NPZ: result.npz[cell.key], tags.CELL: cell.key}
+        run_id = earlier.get(cell.key)
+        if run_id is None:
+            run_id = tracker.start_run(job.experiment, name, parent, tags=cell_tags)
+        else:  # RUNNING again, without what ended the earlier attempt (the sentinel's KILLED)
+            tracker.reopen(run_id)
+            tracker.set_tags(run_id, cell_tags)
         tracker.log_params(run_id, {"guidance_scale": cell.scale, "sampler": cell.sampler,
                                     "guidance_method": cell.method, "guidance_interval": cell.interval_text,
                                     "eta": cfg.eta, "num_samples": cfg.num_samples, "seed": cfg.seed,
                                     "diffusion": job.diffusion, "classifier": job.classifier or ""})
         # params are strings in MLflow (sorting gives 0, 1, 16, 2, ...): the cell's numbers as metrics as well
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
-        tracker.log_metrics(run_id, {**numbers, "num_samples": cfg.num_samples, "eta": cfg.eta}, step=0)
+        tracker.log_new_metrics(run_id, {**numbers, "num_samples": cfg.num_samples, "eta": cfg.eta}, step=0)
         tracker.set_tags(run_id, {tags.DESCRIPTION: f"{cfg.num_samples} samples of {cell.label}: "
                                   f"{record['network_evals']:g} network evaluations and "
                                   f"{record['classifier_passes']:g} classifier passes per sample; the grid is "

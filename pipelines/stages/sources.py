@@ -39,6 +39,8 @@ class IngestOptions:
     # share of the train split held out as `validation` (by content hash) when the source has no validation split
     validation_fraction: float = 0.0
     limit: int = 0  # at most this many images of each split of the source, the first in its order (0: all)
+    # sizes to also write the dataset at, area-downsampled from it (<dest>/area-<size>/: a cascade's base data)
+    downsample_to: tuple[int, ...] = ()
 
 
 @dataclass

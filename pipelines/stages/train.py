@@ -1,4 +1,6 @@
-"""Ray Train drivers: the diffusion model, the noisy classifier and the evaluator network, trained concurrently.
+"""Ray Train drivers: the diffusion model, the noisy classifier, the evaluator network and, in a cascade preset, the
+upsampler (ADM-U), trained concurrently. A cascade's base networks read the dataset's area downsample at their size,
+its upsampler the large images (infra/dataset.py dataset_at).
 
 Each network is one ``TorchTrainer`` with its own ScalingConfig; the ``fit()`` calls run side by side in driver
 threads and finish independently (with fewer whole CPUs than CPU workers, later ones wait: resources.CpuSlots).
@@ -25,14 +27,14 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from components.config import ConfigError, Preset, UserError, to_dict
-from components.config.kinds import KINDS, has_null_class
+from components.config.kinds import KINDS, has_noise_level, has_null_class, preset_kinds
 from components.config.kinds import kind as network_kind
 from components.config.validation import raise_problems, train_problems
 from components.networks import build_network
 from components.training import ema_initial_share
 from pipelines.infra import tags
 from pipelines.infra.console import Board
-from pipelines.infra.dataset import driver_dataset, load_manifest, ray_dataset
+from pipelines.infra.dataset import dataset_at, driver_dataset, load_manifest, ray_dataset
 from pipelines.infra.init_from import InitSource, resolve_inits
 from pipelines.infra.resources import cluster_cpus, largest_node_cpus, trainer_slots, worker_resources
 from pipelines.infra.services import connect_ray
@@ -61,6 +63,7 @@ class TrainOptions:
     model_prefix: str | None = None  # registered names <prefix>-<network> (init_from=champion); None: adm-<preset>
     inits: dict = field(default_factory=dict)  # kind -> InitSource of a warm start (set by train())
     data_url: str = ""  # the dataset, whose validation split evaluation while training reads (set by train())
+    kind_urls: dict = field(default_factory=dict)  # kind -> its dataset where it differs (a cascade's; set by train())
     guide_dir: str = ""  # the classifier trainer's checkpoint folder, guiding the diffusion's eval (set by train())
 
 
@@ -77,11 +80,21 @@ class TrainOutcome:
 
 
 # --- checks before any worker starts -----------------------------------------------------------------------------
-def validate(preset: Preset, kinds, manifest: dict) -> None:
+def kind_data(preset: Preset, kinds, data_url: str) -> dict:
+    """{kind: the dataset it trains on}: `data_url` for all; in a cascade, each network's size from the family of
+    `data_url` (the large images and their area downsample: either URL finds the other)."""
+    if preset.upsampler is None:
+        return {kind: data_url for kind in kinds}
+    return {kind: dataset_at(data_url, network_kind(kind).network_config(preset).image_size) for kind in kinds}
+
+
+def validate(preset: Preset, kinds, manifests: dict) -> None:
+    """The training sections, the networks (built on the meta device) and each network against the manifest of its
+    dataset ({kind: manifest}, kind_data's datasets)."""
     raise_problems([p for name in kinds for kind in [network_kind(name)]
                     for p in train_problems(kind.train_section, kind.train_config(preset))])
     for name in kinds:
-        kind = network_kind(name)
+        kind, manifest = network_kind(name), manifests[name]
         with torch.device("meta"):
             build_network(kind, preset)
         cfg, where = kind.network_config(preset), kind.network_section
@@ -113,11 +126,14 @@ def _check_held_out(kind, preset: Preset, manifest: dict) -> None:
 def make_trainer(kind: str, preset: Preset, dataset, run_id: str, opts: TrainOptions, cpus: float):
     """The TorchTrainer of one network; `dataset` is the training split (training_dataset), shared by the trainers."""
 
-    cfg = network_kind(kind).train_config(preset)
+    spec = network_kind(kind)
+    cfg = spec.train_config(preset)
+    guided = spec.is_unet and not spec.upsamples  # the base diffusion model's evaluation is guided
     worker = WorkerConfig(kind=kind, preset=preset, run_id=run_id, tracking_uri=opts.tracking_uri, seed=opts.seed,
                           threads=max(1, round(cpus)), nonfinite_marker=nonfinite_marker(opts, kind, run_id),
                           board=opts.board, init_from=opts.inits[kind].uri if kind in opts.inits else "",
-                          data_url=opts.data_url, guide_dir=opts.guide_dir if network_kind(kind).is_unet else "")
+                          data_url=opts.kind_urls.get(kind, opts.data_url),
+                          guide_dir=opts.guide_dir if guided else "")
     resources = {"CPU": cpus, **({"GPU": 1} if cfg.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
@@ -230,10 +246,11 @@ def _final_checkpoint(kind: str, preset: Preset, result, run_id: str, tracker: T
 
 def network_description(kind: str, preset: Preset) -> dict:
     """The network.json of a logged model (infra/mlflow_model.py builds the network from it): its kind, its config
-    section and whether it has the null class of classifier-free guidance (one more label row, not a config field)."""
+    section and whether it has the null class of classifier-free guidance (one more label row, not a config field)
+    or, an upsampler, the noise-level embedding of conditioning augmentation."""
     spec = network_kind(kind)
     return {"kind": kind, "network": dataclasses.asdict(spec.network_config(preset)),
-            "null_class": spec.is_unet and has_null_class(preset)}
+            "null_class": has_null_class(preset, spec), "noise_level": has_noise_level(preset, spec)}
 
 
 def _log_final(tracker: Tracker, outcome: TrainOutcome, checkpoint, preset: Preset) -> str:
@@ -276,13 +293,15 @@ def _interrupt(futures: dict, run_ids: dict, tracker: Tracker, log, slots) -> No
             tracker.end_run(run_id, "KILLED")
 
 
-def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS), log=print) -> dict[str, TrainOutcome]:
-    """Train `kinds` concurrently on the connected Ray cluster; returns one TrainOutcome per network. Local paths are
-    made absolute first: Ray Train wants an absolute storage path, and the workers that read the validation split do
-    not share the driver's working directory."""
+def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=None, log=print) -> dict[str, TrainOutcome]:
+    """Train `kinds` (default: every network of the preset) concurrently on the connected Ray cluster; returns one
+    TrainOutcome per network. Local paths are made absolute first: Ray Train wants an absolute storage path, and the
+    workers that read the validation split do not share the driver's working directory."""
+    kinds = preset_kinds(preset) if kinds is None else tuple(kinds)
     data_url = absolute(data_url)
-    manifest = load_manifest(data_url)
-    validate(preset, kinds, manifest)
+    urls = kind_data(preset, kinds, data_url)
+    manifests = {kind: load_manifest(url) for kind, url in urls.items()}
+    validate(preset, kinds, manifests)
     check_writable(opts.storage, "storage path", "--storage")
     tracker = Tracker(opts.tracking_uri)
     opts = dataclasses.replace(opts, tracking_uri=tracker.uri, storage=absolute(opts.storage))
@@ -302,24 +321,19 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
             tracker.reopen(run_ids[kind])
             log(f"[{kind}] continuing MLflow run {run_ids[kind]} from its last checkpoint")
             continue
-        run_ids[kind] = tracker.start_run(opts.experiment, f"train-{kind}", opts.parent_run_id,
-                                          tags={tags.STAGE: "train", tags.NETWORK: kind,
-                                                **unconditional_tag(preset, kind),
-                                                tags.DATA_FINGERPRINT: manifest["fingerprint"],
-                                                **(inits[kind].tags if kind in inits else {})})
-        tracker.log_params(run_ids[kind], run_params(preset, kind, data_url))
-        tracker.log_dataset(run_ids[kind], data_url, posixpath.basename(data_url.rstrip("/")), manifest["fingerprint"])
+        run_ids[kind] = _open_run(tracker, preset, kind, opts, urls[kind], manifests[kind], inits.get(kind))
         log(f"[{kind}] MLflow run {run_ids[kind]}; {_plan_line(preset, kind, cpus[kind], inits.get(kind))}"
             + ("" if kind in at_once else "; starts when a trainer before it finishes (one worker per whole CPU)"))
     futures, outcomes, errors = {}, {}, []
     board = Board(log)
     guide = _run_folder(opts, "classifier", run_ids["classifier"]) if "classifier" in run_ids else ""
-    opts = dataclasses.replace(opts, board=board.actor, inits=inits, data_url=data_url, guide_dir=guide)
+    opts = dataclasses.replace(opts, board=board.actor, inits=inits, data_url=data_url, guide_dir=guide,
+                               kind_urls=urls)
     try:
-        dataset = _shared_dataset(data_url, opts, run_ids, tracker)
+        datasets = {url: _shared_dataset(url, opts, run_ids, tracker) for url in dict.fromkeys(urls.values())}
         for k in kinds:
-            futures[k] = slots.start(k, _fit, k, preset, dataset, run_ids[k], opts, cpus[k], tracker, time.time(),
-                                     slots)
+            futures[k] = slots.start(k, _fit, k, preset, datasets[urls[k]], run_ids[k], opts, cpus[k], tracker,
+                                     time.time(), slots)
         for kind, future in futures.items():
             try:
                 outcomes[kind] = future.result()
@@ -335,6 +349,17 @@ def train(preset: Preset, data_url: str, opts: TrainOptions, kinds=tuple(KINDS),
     return outcomes
 
 
+def _open_run(tracker: Tracker, preset: Preset, kind: str, opts: TrainOptions, data_url: str, manifest: dict,
+              init: InitSource | None) -> str:
+    """A trainer's MLflow run, made by the driver: its tags, its own config sections as params, its dataset."""
+    run_id = tracker.start_run(opts.experiment, f"train-{kind}", opts.parent_run_id,
+                               tags={tags.STAGE: "train", tags.NETWORK: kind, **unconditional_tag(preset, kind),
+                                     tags.DATA_FINGERPRINT: manifest["fingerprint"], **(init.tags if init else {})})
+    tracker.log_params(run_id, run_params(preset, kind, data_url))
+    tracker.log_dataset(run_id, data_url, posixpath.basename(data_url.rstrip("/")), manifest["fingerprint"])
+    return run_id
+
+
 def _keep_recorded_init(inits: dict, kind: str, run_tags: dict) -> None:
     """A continued run starts from what it recorded, even if the champion moved since it began."""
     recorded = InitSource.recorded(run_tags)
@@ -343,8 +368,8 @@ def _keep_recorded_init(inits: dict, kind: str, run_tags: dict) -> None:
 
 
 def unconditional_tag(preset, kind: str) -> dict:
-    """adm.unconditional on a diffusion model's run: whether it learns the null class (classifier-free guidance)."""
-    return {tags.UNCONDITIONAL: str(has_null_class(preset)).lower()} if network_kind(kind).is_unet else {}
+    """adm.unconditional on a UNet's run: whether it learns the null class (classifier-free guidance)."""
+    return {tags.UNCONDITIONAL: str(has_null_class(preset, kind)).lower()} if network_kind(kind).is_unet else {}
 
 
 def _plan_line(preset: Preset, kind: str, cpus: float, init: InitSource | None) -> str:
@@ -359,7 +384,7 @@ def run_params(preset: Preset, kind: str, data_url: str) -> dict:
     """A training run's params: its network's and training's config sections and the shared diffusion process, not
     the other networks' (the whole resolved config is an artifact of the pipeline run)."""
     spec, values = network_kind(kind), to_dict(preset)
-    own = {name: values[name] for name in (spec.network_section, spec.train_section, "diffusion")}
+    own = {name: values[name] for name in (spec.network_section, spec.train_section, spec.process_section)}
     return {"preset": preset.name, "network": kind, "data_url": data_url, **own}
 
 
@@ -371,8 +396,11 @@ def cache_inputs(ctx: StageContext, inputs: dict) -> dict:
     middle scale): keep_best ranks its checkpoints by it."""
     preset = ctx.preset
     inits = resolve_inits(preset, KINDS, ctx.tracker.uri, ctx.prefix)
-    sections = {"diffusion"} | {n for k in KINDS.values() for n in (k.network_section, k.train_section)}
+    kinds = [KINDS[k] for k in preset_kinds(preset)]
+    sections = {n for k in kinds for n in (k.network_section, k.train_section, k.process_section)}
     key = {"data": inputs["ingest"]["fingerprint"], **{n: to_dict(getattr(preset, n)) for n in sorted(sections)}}
+    if "large_fingerprint" in inputs["ingest"]:  # a cascade: the upsampler trains on the large images
+        key["large_data"] = inputs["ingest"]["large_fingerprint"]
     if inits:
         key["init_from"] = {k: s.uri for k, s in sorted(inits.items())}
     if preset.train_diffusion.eval_interval:
@@ -387,14 +415,15 @@ def _lineage(run_tags: dict) -> dict:
 
 
 def run(ctx: StageContext, inputs: dict) -> dict:
-    """The three networks under the stage run. Rerun in the same stage run (a resumed pipeline), a trainer that
-    finished is kept and one that did not continues its MLflow run from its last checkpoint."""
+    """The preset's networks (three, and the upsampler in a cascade) under the stage run. Rerun in the same stage run
+    (a resumed pipeline), a trainer that finished is kept and one that did not continues its MLflow run from its last
+    checkpoint."""
     tracker, data_url = ctx.tracker, inputs["ingest"]["data_url"]
     earlier = {r.data.tags.get(tags.NETWORK): r for r in tracker.children(ctx.experiment, ctx.run_id)}
     done = {k: r for k, r in earlier.items() if r.info.status == "FINISHED" and tags.MODEL_URI in r.data.tags}
     outputs = {k: {"run_id": r.info.run_id, "model_uri": r.data.tags[tags.MODEL_URI], **_lineage(r.data.tags)}
                for k, r in done.items()}
-    kinds = tuple(k for k in KINDS if k not in done)
+    kinds = tuple(k for k in preset_kinds(ctx.preset) if k not in done)
     if kinds:
         resume = {k: r.info.run_id for k, r in earlier.items() if k in kinds}
         opts = TrainOptions(storage=ctx.path("checkpoints"), tracking_uri=tracker.uri, experiment=ctx.experiment,

@@ -5,6 +5,9 @@ held-out data and the numbers logged to the training run as metrics over steps.
 * classifier: accuracy on the first EVAL_IMAGES images of the validation split per noise quartile of t, with fixed
   t and noise (components/train_eval.py): val_accuracy_q0..q3, and val_loss.
 * evaluator: val_accuracy and val_loss on the same images, clean.
+* upsampler: eval_fid of its upsamplings of the first EVAL_SAMPLES validation images (their area downsample, quantised
+  as a cascade's base data; fixed seeds, DPM-Solver++(2M) with 10 steps, no augmentation noise) against the large
+  validation images' statistics.
 * diffusion: eval_fid of EVAL_SAMPLES samples of a fixed set (fixed seeds and labels, DPM-Solver++(2M) with 10 steps)
   from the EMA weights at evaluate.champion_scale, guided by the latest checkpoint of the classifier training beside it
   (eval_guided_by_step: its step; 0: none yet, unguided). Features: the FID Inception network, always. The evaluator
@@ -31,7 +34,7 @@ from components.features import InceptionFeatures
 from components.images import to_model_input
 from components.metrics import covariance_root, feature_statistics, frechet_distance_to_reference
 from components.networks import build_network
-from components.train_eval import classifier_scores, sample_fixed_set
+from components.train_eval import classifier_scores, sample_fixed_set, upsample_fixed_set
 from pipelines.infra.dataset import read_split
 from pipelines.infra.model_refs import latest_checkpoint
 from pipelines.infra.storage import read_bytes
@@ -66,6 +69,8 @@ class HeldOut:
 
 def make_eval(kind: str, data_url: str, guide_dir: str, device: torch.device):
     """The evaluation of a trainer of network `kind` (rank 0 only)."""
+    if network_kind(kind).upsamples:
+        return UpsampleFID(data_url, device)
     if network_kind(kind).is_unet:
         return SampleFID(data_url, guide_dir, device)
     return HeldOut(data_url, device)
@@ -87,13 +92,16 @@ class SampleFID:
     def __init__(self, data_url: str, guide_dir: str, device: torch.device):
         self.device, self.guide_dir = device, guide_dir
         self.inception = InceptionFeatures(device=device)
-        images, _ = read_split(data_url, "validation", limit=EVAL_REFERENCE)
-        self.mu, self.sigma = feature_statistics(self.features(images))
+        self.images, self.labels = read_split(data_url, "validation", limit=EVAL_REFERENCE)
+        self.mu, self.sigma = feature_statistics(self.features(self.images))
         self.root = covariance_root(self.sigma)  # once per worker: each evaluation then costs one small eigh
 
     def features(self, images: np.ndarray) -> np.ndarray:
         return np.concatenate([self.inception(images[i:i + FEATURE_BATCH])["pool"]
                                for i in range(0, len(images), FEATURE_BATCH)])
+
+    def fid(self, images: np.ndarray) -> float:
+        return frechet_distance_to_reference(self.features(images), self.mu, self.sigma, self.root)
 
     def scores(self, learner) -> dict:
         preset = learner.preset
@@ -101,8 +109,24 @@ class SampleFID:
         num_classes = preset.unet.num_classes or preset.classifier.num_classes
         images = sample_fixed_set(learner.ema_network(), preset.diffusion, preset.unet, EVAL_SAMPLES, num_classes,
                                   self.device, classifier=classifier, scale=eval_scale(preset))
-        fid = frechet_distance_to_reference(self.features(images), self.mu, self.sigma, self.root)
+        fid = self.fid(images)
         return {"eval_fid": fid, "eval_guided_by_step": step, SCORE: fid}
+
+
+class UpsampleFID(SampleFID):
+    """FID of the upsampler's upsamplings of the first EVAL_SAMPLES validation images (at the large size) against the
+    validation split's statistics: how far its outputs are from the real large images, step by step."""
+
+    def __init__(self, data_url: str, device: torch.device):
+        super().__init__(data_url, "", device)
+
+    def scores(self, learner) -> dict:
+        spec, preset, net = learner.network, learner.preset, learner.ema_network()
+        images = upsample_fixed_set(net, spec.process_config(preset), spec.network_config(preset),
+                                    self.images[:EVAL_SAMPLES], self.labels[:EVAL_SAMPLES], self.device,
+                                    noise_level=bool(getattr(net, "noise_level", False)))
+        fid = self.fid(images)
+        return {"eval_fid": fid, SCORE: fid}
 
 
 def latest_classifier(folder: str, preset, device: torch.device):

@@ -1,9 +1,10 @@
 """The body of every Ray Train worker: data from the dataset shard, Learner steps, checkpoints, rank-0 tracking.
 
-Checkpoints go through ``ray.train.report(..., checkpoint=...)`` every save_interval steps and at the end; a restarted
-worker group resumes from ``ray.train.get_checkpoint()`` (weights, EMA, optimizer, step, sampler and RNG state) and
-stops at the same total step count. A non-finite loss ends the trainer with a report naming the step; the last good
-checkpoint stays the latest one.
+Rank 0 logs the trainer's metrics, sample grids and its machine's system metrics (infra/system_metrics.py) to the
+MLflow run. Checkpoints go through ``ray.train.report(..., checkpoint=...)`` every save_interval steps and at the end; a
+restarted worker group resumes from ``ray.train.get_checkpoint()`` (weights, EMA, optimizer, step, sampler and RNG
+state) and stops at the same total step count. A non-finite loss ends the trainer with a report naming the step; the
+last good checkpoint stays the latest one.
 """
 
 import dataclasses
@@ -30,15 +31,18 @@ from components.precision import Choice
 from components.training import Learner, trainer_candidates, training_choice
 from pipelines.infra import speed, tags
 from pipelines.infra.model_refs import locate_for, snapshot_path
+from pipelines.infra.system_metrics import SystemMetrics
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.train_monitor import SCORE, eval_due, make_eval
+
+PREVIEW = 8  # images in an upsampler's sample grids
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     """What every Ray Train worker of one trainer is handed (as train_loop_config["worker"])."""
 
-    kind: str  # diffusion | classifier | evaluator
+    kind: str  # diffusion | classifier | evaluator | upsampler
     preset: Preset
     run_id: str  # the trainer's MLflow run, created by the driver; rank 0 logs into it
     tracking_uri: str
@@ -129,26 +133,31 @@ def train_loop_per_worker(config: dict) -> None:
     progress = Progress(job.kind, cfg.steps, learner.step, cfg.batch_size * world)
     gather = _gather_fn(world)
     held_out = make_eval(job.kind, job.data_url, job.guide_dir, device) if rank == 0 and cfg.eval_interval else None
-    while learner.step < cfg.steps:
-        for batch in _epoch(shard, cfg, job.seed, rank, learner.step):
-            metrics = _global_means(learner.train_step(batch["image"].to(device), batch["label"].to(device), model,
-                                                       gather), world)
-            step = learner.step
-            if not math.isfinite(metrics["loss"]):
-                # every rank sees the same global loss, so all stop here together; no checkpoint of this state
+    preview = None  # an upsampler's sample grids upsample the first images it trained on
+    interval = cfg.system_metrics_interval if rank == 0 else 0  # this machine's CPU, memory, GPU on the run
+    with SystemMetrics(job.tracking_uri, job.run_id, interval):
+        while learner.step < cfg.steps:
+            for batch in _epoch(shard, cfg, job.seed, rank, learner.step):
+                images, labels = batch["image"].to(device), batch["label"].to(device)
+                if preview is None and learner.network.upsamples:
+                    preview = (images[:PREVIEW].clone(), labels[:PREVIEW].clone())
+                metrics = _global_means(learner.train_step(images, labels, model, gather), world)
+                step = learner.step
+                if not math.isfinite(metrics["loss"]):
+                    # every rank sees the same global loss, so all stop here together; no checkpoint of this state
+                    if rank == 0:
+                        _write_marker(job.nonfinite_marker, {"step": step, "loss": str(metrics["loss"])})
+                    return
                 if rank == 0:
-                    _write_marker(job.nonfinite_marker, {"step": step, "loss": str(metrics["loss"])})
-                return
-            if rank == 0:
-                _log_step(tracker, job, learner, metrics, progress, log=step > logged)
-            score = _evaluate(tracker, job, learner, held_out, step > logged) if held_out and eval_due(cfg, step) \
-                else None
-            if step % cfg.save_interval == 0 or step == cfg.steps or (cfg.keep_best and eval_due(cfg, step)):
-                _report_checkpoint(learner, metrics, rank, score)
-            if rank == 0 and step in cfg.snapshot_steps and step > logged:
-                _snapshot(tracker, job, learner)
-            if step >= cfg.steps:
-                break
+                    _log_step(tracker, job, learner, metrics, progress, log=step > logged, preview=preview)
+                score = _evaluate(tracker, job, learner, held_out, step > logged) \
+                    if held_out and eval_due(cfg, step) else None
+                if step % cfg.save_interval == 0 or step == cfg.steps or (cfg.keep_best and eval_due(cfg, step)):
+                    _report_checkpoint(learner, metrics, rank, score)
+                if rank == 0 and step in cfg.snapshot_steps and step > logged:
+                    _snapshot(tracker, job, learner)
+                if step >= cfg.steps:
+                    break
 
 
 def _speed_choice(job: WorkerConfig, device, rank: int, world: int) -> Choice:
@@ -216,10 +225,11 @@ def _write_marker(url: str, values: dict) -> None:
         f.write(json.dumps(values))
 
 
-def _log_step(tracker, job: WorkerConfig, learner: Learner, metrics: dict, progress: Progress, log: bool = True
-              ) -> None:
+def _log_step(tracker, job: WorkerConfig, learner: Learner, metrics: dict, progress: Progress, log: bool = True,
+              preview=None) -> None:
     """Progress, and with `log` this step's metrics and sample grid to the run (not for steps a lost worker group
-    logged before a resume)."""
+    logged before a resume). An upsampler's grid has three rows for the `preview` images: their low-resolution
+    version brought back bilinearly, its upsampling, the originals."""
     step, cfg, run_id = learner.step, learner.cfg, job.run_id
     if step % cfg.log_interval == 0 or step == cfg.steps:
         if log:
@@ -231,8 +241,11 @@ def _log_step(tracker, job: WorkerConfig, learner: Learner, metrics: dict, progr
         sys.stdout.flush()
     every = cfg.sample_interval
     if log and network_kind(learner.kind).is_unet and ((every and step % every == 0) or step == cfg.steps):
-        grid = learner.sample_grid()
-        image = image_grid(to_uint8(grid), rows=learner.preset.unet.num_classes or 1)
+        if learner.network.upsamples:
+            grid, rows = learner.upsample_grid(*preview), 3
+        else:
+            grid, rows = learner.sample_grid(), learner.preset.unet.num_classes or 1
+        image = image_grid(to_uint8(grid), rows=rows)
         tracker.log_image(run_id, image, f"samples/step_{step:07d}.png")
 
 

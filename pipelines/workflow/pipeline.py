@@ -22,24 +22,32 @@ from pipelines.infra.ray_logs import RunLogs
 from pipelines.infra.storage import write_bytes_atomic
 from pipelines.infra.tracking import Tracker
 from pipelines.infra.tracking_checks import check_tracking
-from pipelines.stages import evaluate, ingest, register, report, sample, train
+from pipelines.stages import evaluate, ingest, register, report, sample, train, upsample, upsample_outputs
 from pipelines.stages.context import StageContext
 from pipelines.workflow.request import RunRequest
 from pipelines.workflow.stage_cache import StageCache
 
 CHAIN = (
     ingest.STAGE,  # the source -> Parquet shards + manifest, with a content fingerprint
-    train.STAGE,  # diffusion model, noisy classifier and evaluator: concurrent Ray Train trainers
+    train.STAGE,  # diffusion model, noisy classifier, evaluator (a cascade: + ADM-U): concurrent Ray Train trainers
     sample.STAGE,  # Ray Data: every cell of the grid (sampler x method x scale x interval)
-    evaluate.STAGE,  # FID, sFID, precision/recall, score, accuracy per cell; the trade-off plots
+    upsample.STAGE,  # a cascade only: ADM-U upsamples chosen cells' samples (Ray Data), unguided
+    evaluate.STAGE,  # FID, sFID, precision/recall, score, accuracy per cell (a cascade's at the large size); plots
     register.STAGE,  # registered versions; the champion alias moves when the new set is better
 )
 STAGES = tuple(stage.name for stage in CHAIN)
 
 
+def stage_names(preset) -> tuple[str, ...]:
+    """The stages of CHAIN a run of `preset` has (the upsample stage: a cascade's)."""
+    return tuple(stage.name for stage in CHAIN if stage.applies(preset))
+
+
 def chain(req: RunRequest) -> tuple:
-    """The stages a request runs: all of CHAIN, but register with --no-register."""
-    return tuple(stage for stage in CHAIN if req.register or stage is not register.STAGE)
+    """The stages a request runs: those of CHAIN that apply to its config (upsample: a cascade's), but register with
+    --no-register."""
+    return tuple(stage for stage in CHAIN if (req.register or stage is not register.STAGE)
+                 and stage.applies(req.preset))
 
 
 PIPELINE_SECTIONS = ("data", "diffusion", "sample", "evaluate")  # what the pipeline run's own metrics depend on
@@ -103,7 +111,7 @@ class Pipeline:
             self.keep_logs(logs, interrupted=not isinstance(e, Exception))
             self.tracker.end_failed(self.run_id, e)
             raise
-        self.write_report(outputs["evaluate"]["rows"], outputs["evaluate"].get("comparisons"))
+        self.write_report(outputs["evaluate"])
         self.keep_logs(logs)
         self.tracker.end_run(self.run_id)
         return {"run_id": self.run_id, **outputs, "stage_times": self.cache.times}
@@ -131,14 +139,19 @@ class Pipeline:
                 stage.publish(ctx, done[stage.name])
         return done
 
-    def write_report(self, rows: list, comparisons: dict | None = None) -> None:
-        """report.md (machine, wall time, metrics table) beside the run's outputs and on the pipeline run."""
+    def write_report(self, evaluation: dict) -> None:
+        """report.md (machine, wall time, metrics table, what the grid resolves; a cascade's table at the large size)
+        beside the run's outputs and on the pipeline run; `evaluation`: the evaluate stage's outputs."""
+        rows = evaluation["rows"]
         cluster = os.environ.get("RAY_ADDRESS") or "local instance"
         if ray.is_initialized():
             found = ray.cluster_resources()
             cluster += f" ({found.get('CPU', 0):g} CPUs, {found.get('GPU', 0):g} GPUs)"
         text = report.run_report(self.run_id, self.preset.name, rows, time.time() - self.started, cluster,
-                                 self.cache.times, comparisons)
+                                 self.cache.times, evaluation.get("comparisons"))
+        if evaluation.get("cascade_rows"):
+            text += "\n" + upsample_outputs.cascade_section(rows, evaluation["cascade_rows"],
+                                                            evaluation.get("cascade_pairs"))
         url = self.path("runs", self.run_id, "report.md")
         write_bytes_atomic(url, text.encode())
         self.tracker.log_text(self.run_id, text, "report.md")

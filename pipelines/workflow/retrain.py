@@ -65,7 +65,7 @@ def warm_start(tracker: Tracker, req: RunRequest) -> tuple[RunRequest, str]:
     champion = tracker.alias_version(f"{req.prefix}-diffusion", CHAMPION)
     if champion is None:
         return req, "from scratch (no champion yet)"
-    kinds = [k for k in REGISTERED if not k.train_config(req.preset).init_from]
+    kinds = [k for k in REGISTERED if k.present(req.preset) and not k.train_config(req.preset).init_from]
     preset = apply_overrides(req.preset, [f"{k.train_section}.init_from={CHAMPION}" for k in kinds])
     try:
         resolve_inits(preset, [k.name for k in kinds], tracker.uri, req.prefix)

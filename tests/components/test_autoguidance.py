@@ -3,6 +3,8 @@
 Checked against closed forms on analytic networks, against the unguided samples when the guide is the model itself,
 and for its compute: the guide runs only on rows that autoguidance guides, and is counted apart."""
 
+import json
+
 import pytest
 import torch
 
@@ -110,3 +112,44 @@ def test_without_a_guide_autoguidance_is_refused(nets):
     no_guide = GuidedNetworks(nets.model, UNET, PROCESS, "cpu")
     with pytest.raises(ValueError, match="needs a guiding network"):
         compose(no_guide, [Cell("ddim10", 1.0, None, "auto")], SampleCost(1))
+
+
+# --- the guide network trained beside the diffusion model (config) ------------------------------------------------
+def test_a_guide_network_is_a_fifth_kind_of_the_same_shape():
+    from components.config import ConfigError, apply_overrides
+    from components.config.kinds import kind_of, preset_kinds
+    from components.config.presets import get_preset
+    from components.config.validation import preset_problems
+    from components.networks import build_network
+
+    preset = get_preset("fashion-mnist-autoguide")
+    assert preset_problems(preset) == [] and preset.sample.guide_from == "trained"
+    assert preset_kinds(preset) == ("diffusion", "classifier", "evaluator", "guide")
+    # smaller and less trained than the main model, of the same family (Karras et al. 2024), with its own EMA
+    size = {k: sum(p.numel() for p in build_network(k, preset).parameters()) for k in ("diffusion", "guide")}
+    assert size["guide"] < size["diffusion"] / 2
+    assert preset.train_guide.steps < preset.train_diffusion.steps and preset.train_guide.ema_rate
+    default = get_preset("fashion-mnist")
+    assert preset_kinds(default) == ("diffusion", "classifier", "evaluator")
+    with pytest.raises(ConfigError, match="presets with a guide section"):
+        kind_of(default, "guide")
+    with pytest.raises(ConfigError, match="no guide network, so no guide section"):
+        apply_overrides(default, ["guide.model_channels=64"])
+    # refused before any work: a trained guide without one; shapes that cannot guide; the null class
+    assert "needs a guide network" in " ".join(preset_problems(apply_overrides(default, ["sample.guide_from=trained"])))
+    for override, field in (("guide.image_size=32", "guide.image_size=32 but unet.image_size=16"),
+                            ("guide.num_classes=4", "guide.num_classes=4 but unet.num_classes=10"),
+                            ("guide.in_channels=3", "guide.in_channels=3 but unet.in_channels=1"),
+                            ("train_guide.label_dropout=0.1", "train_guide.label_dropout must be 0")):
+        assert any(field in p for p in preset_problems(apply_overrides(preset, [override]))), override
+
+
+def test_every_preset_round_trips_through_its_json_form():
+    """A checkpoint's model.json holds to_dict(preset) and preset_from_dict reads it back: a section the reader does not
+    know (the guide's) would come back as None and the guide could not be built from its own checkpoint."""
+    from components.config import preset_from_dict, to_dict
+    from components.config.presets import PRESET_BUILDERS, get_preset
+
+    for name in PRESET_BUILDERS:
+        preset = get_preset(name)
+        assert preset_from_dict(json.loads(json.dumps(to_dict(preset)))) == preset, name

@@ -252,6 +252,7 @@ def test_mlflow_server_down(box, capsys, monkeypatch, command):
     refused(box, capsys, command, server, "unreachable", "mlflow server")
 
 
+@pytest.mark.services  # a fault of the MLflow server: each command waits out adm's bounded retries (15-30 s)
 @pytest.mark.timeout(150)  # MLflow's own retry policy would wait about 4 minutes before giving up
 @pytest.mark.parametrize("command", [["run", "--resume", "0123abcd"], ["models", "list"],
                                      ["sample", "--diffusion", "runs:/0123abcd", "--scales", "0", "--out", "s"]])

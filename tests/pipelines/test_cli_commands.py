@@ -26,7 +26,7 @@ from pipelines.cli.main import build_parser
 from pipelines.infra.model_refs import resolve
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.register import register
-from pipelines.workflow.pipeline import STAGES, Pipeline
+from pipelines.workflow.pipeline import Pipeline, stage_names
 from pipelines.workflow.request import RunRequest
 from tests.pipelines.test_run import RAY_INTERNALS
 
@@ -167,8 +167,9 @@ def test_mlflow_project_entry_points_render_parse_and_dry_run(tiny, env, tmp_pat
     main, train = run_all([_adm(*commands["main"][1:], "--dry-run"), _adm(*commands["train"][1:], "--dry-run")],
                           env, tmp_path)
     plan = json.loads(ok(main))
-    assert plan["preset"]["name"] == "fashion-mnist" and plan["workdir"] == "adm-work"
-    assert set(plan["resources"]) == set(STAGES)
+    # the default work dir, made absolute where the command ran (Ray Train workers run in their own folders)
+    assert plan["preset"]["name"] == "fashion-mnist" and plan["workdir"] == str(tmp_path.resolve() / "adm-work")
+    assert set(plan["resources"]) == set(stage_names(get_preset("fashion-mnist")))
     plan = json.loads(ok(train))
     assert plan["data"] == tiny["ingest"]["data_url"] and set(plan["resources"]) == {"diffusion", "classifier",
                                                                                    "evaluator"}
@@ -295,7 +296,7 @@ def test_evaluate_from_the_command_line(tiny, env, mlflow_server, tmp_path):
                         "16", "--cache-dir", str(tmp_path / "cache"), "--tracking-uri", mlflow_server, "--experiment",
                         "cli-evaluate"), env, tmp_path))
     assert "| sampler | guidance_scale | network_evals | classifier_passes | seconds_per_sample | num_samples | " \
-           "evaluator_fid |" in text and "| ddim10 | 2 | 10 | 10 |" in text
+           "accuracy | evaluator_fid |" in text and "| ddim10 | 2 | 10 | 10 |" in text
     client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("cli-evaluate").experiment_id])
     (scale_run,) = [r for r in runs if "guidance_scale" in r.data.params]

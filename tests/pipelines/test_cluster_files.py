@@ -238,7 +238,11 @@ def test_launcher_mlflow_and_dockerfile():
     docs = {d["kind"]: d for d in load("mlflow/mlflow.yaml")}
     assert {"Deployment", "Service", "StatefulSet"} <= set(docs)
     args = " ".join(docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"])
-    assert "--backend-store-uri" in args and "postgresql://" in args and "--artifacts-destination" in args
+    # the server's flags are server.sh's, which the stack tier runs (tests/stack); the manifest gives it the places
+    assert "exec sh /home/ray/adm-pipeline/cluster/mlflow/server.sh" in args
+    assert "MLFLOW_BACKEND_STORE_URI=\"postgresql+psycopg2://" in args and "MLFLOW_ARTIFACTS_DESTINATION=s3://" in args
+    server = (CLUSTER / "mlflow" / "server.sh").read_text()
+    assert all(f in server for f in ("--backend-store-uri", "--serve-artifacts", "--artifacts-destination"))
     assert set(images(docs["Deployment"])) <= set(PINNED_IMAGES)
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert f"ARG RAY_IMAGE=rayproject/ray:{RAY}-" in dockerfile and f'"ray[default,train,data]=={RAY}"' in dockerfile
@@ -309,6 +313,9 @@ def test_submit_needs_shared_workdir_and_tracking(monkeypatch):
         job_command(["run", "--workdir", "/shared/adm"], "sqlite:///mlflow.db")
     command, env = job_command(["--preset", "smoke", "--workdir", "s3://b/adm"], "http://mlflow:5000")
     assert command[0] == "run" and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # a resumed run keeps the work dir it recorded, and `adm run --resume` refuses --workdir: none is asked for
+    command, _ = job_command(["run", "--resume", "0123abcd"], "http://mlflow:5000")
+    assert command == ["run", "--resume", "0123abcd"]
 
 
 def test_unreachable_cluster_names_address_and_fix(tmp_path):

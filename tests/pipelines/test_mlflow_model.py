@@ -1,6 +1,7 @@
 """The logged MLflow model of a network: loaded back by MLflow (models from code: safetensors weights and the network's
 description, nothing pickled), it predicts what the network computes, for each kind of network, including a diffusion
-model trained with label dropout (the null class of classifier-free guidance is one more label row)."""
+model trained with label dropout (the null class of classifier-free guidance is one more label row) and a cascade's
+upsampler, with and without the noise-level embedding of conditioning augmentation."""
 
 import json
 
@@ -38,6 +39,26 @@ def test_a_logged_network_loads_and_predicts_as_the_network(tmp_path, kind, over
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("overrides", [[], ["train_upsampler.low_res_noise=0.2"]])
+def test_a_logged_upsampler_loads_and_predicts_from_low_res(tmp_path, overrides):
+    preset = apply_overrides(get_preset("smoke-cascade"), overrides)
+    torch.manual_seed(0)
+    net = build_network("upsampler", preset).eval()
+    for p in net.parameters():  # the output layer starts at zero
+        p.data.normal_(0, 0.05)
+    weights, config = tmp_path / "model.safetensors", tmp_path / "network.json"
+    save_weights(net.state_dict(), weights)
+    config.write_text(json.dumps(network_description("upsampler", preset)))
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = tracker.log_network(tracker.start_run("models", "logged"), "upsampler_model", weights, config)
+    model = mlflow.pyfunc.load_model(uri)
+    x, t, y, low = torch.randn(2, 3, 16, 16), torch.tensor([5, 900]), torch.tensor([1, 3]), torch.randn(2, 3, 8, 8)
+    level = {"low_res_sigma": torch.tensor([0.0, 0.1])} if overrides else {}
+    with torch.no_grad():
+        expected = net(x, t, low_res=low, y=y, **level)
+    got = model.predict({"x_t": x.numpy(), "t": t.numpy(), "y": y.numpy(), "low_res": low.numpy(),
+                         **{k: v.numpy() for k, v in level.items()}})
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-5)
 def test_a_training_runs_snapshot_is_a_network_reference(tmp_path, monkeypatch):
     """runs:/RUN_ID/snapshots/step_N (train_<kind>.snapshot_steps, autoguidance's step:N guide): downloaded once into
     the cache and read as that checkpoint's network, its EMA weights."""

@@ -1,5 +1,8 @@
-"""`adm run` end to end (smoke preset) on a local Ray instance against a real MLflow tracking server."""
+"""`adm run` end to end (the smoke presets: smoke-cascade for the tree, cache and registry, with the upsampler's
+trainer and the upsample stage) on a local Ray instance against a real MLflow tracking server."""
 
+import dataclasses
+import io
 import json
 import math
 import os
@@ -8,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import mlflow
@@ -19,13 +23,15 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from components.config import ConfigError, UserError, apply_overrides
-from components.config.kinds import KINDS
+from components.config.kinds import preset_kinds
 from components.config.presets import get_preset
 from components.training import Learner
+from pipelines.cli.main import main as adm_main
 from pipelines.infra.model_refs import resolve
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.register import register
-from pipelines.workflow.pipeline import STAGES, Pipeline
+from pipelines.stages.upsample import UpsampleJob, run_upsampling
+from pipelines.workflow.pipeline import Pipeline, stage_names
 from pipelines.workflow.request import RunRequest, check_request
 from tests.pipelines.test_train import assert_each_step_once
 
@@ -71,17 +77,32 @@ def test_dry_run_prints_config_and_resources_and_writes_nothing(tmp_path):
     # smoke samples 2 shards: two actors of 1.5 CPUs (as overridden), 2 per GPU on GPU clusters
     assert plan["resources"]["sample"] == {"actors_per_gpu": 2, "on_cpu": {"actors": 2, "CPU_each": 1.5}}
     assert plan["resources"]["evaluate"]["on_cpu"] == {"actors_at_most": 4, "CPU_each": 1.875}  # (8 - 0.5) / 4
-    assert set(plan["resources"]) == set(STAGES)
+    assert set(plan["resources"]) == set(stage_names(get_preset("smoke")))
     assert list(tmp_path.iterdir()) == [], "a dry run must not create files"
+    # a cascade: four trainers, all at once on 8 CPUs ((8 - 0.5) / 4 each), and the upsample stage's actors
+    done = subprocess.run(_adm("run", "--preset", "smoke-cascade", "--dry-run", "--assume-cpus", "8"), env=_env(),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    plan = json.loads(done.stdout)
+    assert set(plan["resources"]) == set(stage_names(get_preset("smoke-cascade"))) and "upsample" in plan["resources"]
+    train = plan["resources"]["train"]
+    assert set(train) == {"diffusion", "classifier", "evaluator", "upsampler"}
+    assert all(t["resources_per_worker"]["CPU"] == 1.88 and t["starts"] == "at once" for t in train.values())
+    assert plan["resources"]["upsample"]["on_cpu"] == {"actors": 2, "CPU_each": 1.0}  # 2 shards, 1 CPU each
 
 
 def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_server, monkeypatch):
-    # every step logged, so that the trainers' own records show when each trained; autoguidance beside classifier
-    # guidance, its guide the diffusion model's own snapshot at step 10 (kept by the trainer as MLflow artifacts)
-    preset = apply_overrides(get_preset("smoke"), ["train_diffusion.sample_interval=10",
-                                                   *[f"train_{k}.log_interval=1" for k in KINDS],
-                                                   "train_diffusion.snapshot_steps=10", "sample.guide_from=step:10",
-                                                   "sample.guidance_methods=classifier,auto"])
+    # the cascade preset with autoguidance's guide network: every stage of CHAIN and five trainers; every step logged,
+    # so that the trainers' own records show when each trained; autoguidance beside classifier guidance, its guide
+    # the guide network trained beside the diffusion model (sample.guide_from=trained; the step:N guide, the
+    # diffusion model's own snapshot kept by its trainer, is test_sample's and test_mlflow_model's)
+    cascade = get_preset("smoke-cascade")
+    cascade = dataclasses.replace(cascade, guide=dataclasses.replace(cascade.unet, channel_mult=(1, 1)),
+                                  train_guide=cascade.train_diffusion)
+    preset = apply_overrides(cascade, ["train_diffusion.sample_interval=10",
+                                       *[f"train_{k}.log_interval=1" for k in preset_kinds(cascade)],
+                                       "train_diffusion.snapshot_steps=10", "sample.guide_from=trained",
+                                       "sample.guidance_methods=classifier,auto"])
+    name = preset.name
     req = RunRequest(preset, workdir=str(tmp_path / "work"), tracking_uri=mlflow_server, experiment="e2e")
     first = Pipeline(req, log=lambda *_: None).execute()
     client = MlflowClient(mlflow_server)
@@ -89,13 +110,23 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     parent = client.get_run(first["run_id"])
     assert parent.info.status == "FINISHED"
     stages = stage_runs(client, first["run_id"])
-    assert set(stages) == set(STAGES) and all(r.info.status == "FINISHED" for r in stages.values())
+    assert set(stages) == set(stage_names(preset)) and all(r.info.status == "FINISHED" for r in stages.values())
     trainers = children(client, parent.info.experiment_id, stages["train"].info.run_id)
-    assert sorted(r.data.tags["adm.network"] for r in trainers) == ["classifier", "diffusion", "evaluator"]
+    assert sorted(r.data.tags["adm.network"] for r in trainers) == ["classifier", "diffusion", "evaluator", "guide",
+                                                                    "upsampler"]
     scale_runs = children(client, parent.info.experiment_id, stages["sample"].info.run_id)
     assert sorted(float(r.data.params["guidance_scale"]) for r in scale_runs) == [0.0, 2.0, 2.0]
     auto = next(r for r in scale_runs if r.data.params["guidance_method"] == "auto")
-    assert auto.data.metrics["guide_evals"] == auto.data.metrics["network_evals"] == 10  # the snapshot guided it
+    assert auto.data.metrics["guide_evals"] == auto.data.metrics["network_evals"] == 10
+    plan = json.loads((Path(first["sample"]["out"]) / "plan.json").read_text())
+    assert plan["guide"] == f"runs:/{first['train']['guide']['run_id']}"  # the guide network guided it
+    for run in [parent, *stages.values(), *trainers, *scale_runs]:  # the evaluate stage logged cells' steps again
+        assert_each_step_once(client, run.info.run_id)
+    # MLflow's System metrics tab: each trainer's rank-0 machine, and each sampler actor's on the sampling run
+    for run in trainers:
+        assert "system/cpu_utilization_percentage" in run.data.metrics, run.data.tags["adm.network"]
+    sampled = client.get_run(stages["sample"].info.run_id).data.metrics
+    assert any(re.fullmatch(r"system/sampler-.+/cpu_utilization_percentage", k) for k in sampled), sorted(sampled)
     # the cell's coordinates as numbers too, so that the UI sorts and plots by them
     assert sorted(r.data.metrics["guidance_scale"] for r in scale_runs) == [0.0, 2.0, 2.0]
     assert all(r.data.metrics["num_samples"] == preset.sample.num_samples for r in scale_runs)
@@ -120,23 +151,25 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
     assert sheet.size == (2 * Image.open(grid).width, 2 * Image.open(grid).height)  # a row per method
     plots = {a.path for a in client.list_artifacts(first["run_id"], "plots")}
     assert "plots/precision_vs_recall.png" in plots
-    assert parent.inputs.dataset_inputs[0].dataset.digest == first["ingest"]["fingerprint"][:36]
-    for kind in ("diffusion", "classifier"):
-        champion = client.get_model_version_by_alias(f"adm-smoke-{kind}", "champion")
+    assert parent.inputs.dataset_inputs[0].dataset.digest == first["ingest"]["large_fingerprint"][:36]
+    for kind in ("diffusion", "classifier", "upsampler", "guide"):  # the set, champion together
+        champion = client.get_model_version_by_alias(f"adm-{name}-{kind}", "champion")
         assert champion.version == first["register"][kind]["version"]
-    check_model_uris(tmp_path, mlflow_server, first["train"])
+    check_model_uris(tmp_path, mlflow_server, first["train"], name)
+    check_cascade(client, tmp_path, preset, first, mlflow_server)
     monkeypatch.setenv("ADM_CACHE_DIR", str(tmp_path / "cache"))  # without a workdir: downloaded once, then reused
-    refs = [resolve("models:/adm-smoke-diffusion@champion", "diffusion", tracking_uri=mlflow_server) for _ in "ab"]
+    refs = [resolve(f"models:/adm-{name}-diffusion@champion", "diffusion", tracking_uri=mlflow_server) for _ in "ab"]
     assert refs[0].weights == refs[1].weights and refs[0].weights.startswith(str(tmp_path / "cache"))
     assert [p.name.startswith(".") for p in (tmp_path / "cache" / "networks").iterdir()] == [False]
 
     lines = []
     second = Pipeline(req, log=lines.append).execute()
-    assert sum("reused" in line for line in lines) == len(STAGES)
+    assert sum("reused" in line for line in lines) == len(stage_names(preset))
     again = stage_runs(client, second["run_id"])
     assert again["train"].data.tags["adm.reused_from"] == stages["train"].info.run_id
-    assert second["evaluate"]["rows"] == first["evaluate"]["rows"]
-    assert len(client.search_model_versions("name = 'adm-smoke-diffusion'")) == 1
+    assert again["upsample"].data.tags["adm.reused_from"] == stages["upsample"].info.run_id
+    assert second["evaluate"] == first["evaluate"]  # the grid's rows and the cascade's
+    assert len(client.search_model_versions(f"name = 'adm-{name}-diffusion'")) == 1
 
     # the champion alias moves only when the paired difference from the champion is better, resolved: here the
     # challenge's answer is given (the retraining test runs the real one)
@@ -150,7 +183,8 @@ def test_smoke_pipeline_tree_cache_and_registry(tmp_path, ray_cluster, mlflow_se
 
     swapped = {"diffusion": trained["classifier"], "classifier": trained["evaluator"]}
     cell = {"cell": "ddim10/scale_2", "sampler": "ddim10", "guidance_scale": 2.0, "guidance_interval": "all"}
-    first_reg = register_as_champ(trained, 0.0, 0.0, 0.0)["diffusion"]
+    pair = {k: trained[k] for k in ("diffusion", "classifier")}  # the set is what a run trained
+    first_reg = register_as_champ(pair, 0.0, 0.0, 0.0)["diffusion"]
     assert first_reg["champion"] and "no champion yet" in first_reg["reason"]
     noise = register_as_champ(swapped, -4.0, -9.0, 1.0)["diffusion"]  # lower FID, but not resolved: kept
     assert not noise["champion"] and noise["reason"].startswith("not distinguishable: fid delta -4")
@@ -202,44 +236,59 @@ def check_pipeline_run_ui(client, first, stages, trainers):
     assert {name.split(".")[0] for name in parent.data.params} == {"preset", "source", "config_hash", "data",
                                                                    "diffusion", "sample", "evaluate",
                                                                    "scales_by_step"}
-    assert parent.data.params["sample.guidance_scales"] == "0.0,2.0" and parent.data.params["preset"] == "smoke"
+    name = parent.data.params["preset"]
+    assert parent.data.params["sample.guidance_scales"] == "0.0,2.0" and name == "smoke-cascade"
     resolved = json.loads(Path(client.download_artifacts(run_id, "config/resolved.json")).read_text())
     assert resolved["preset"]["train_diffusion"]["steps"] == 20
     experiment = client.get_experiment(parent.info.experiment_id)  # the UI opens it on its runs, not GenAI overview
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert all(r.data.tags["mlflow.note.content"].startswith(f"The {name} stage") for name, r in stages.items())
-    for kind in ("diffusion", "classifier"):
+    for kind in ("diffusion", "classifier", "upsampler", "guide"):
         version = first["register"][kind]["version"]
-        assert parent.data.tags[f"adm.registered.{kind}"] == f"adm-smoke-{kind} v{version} (champion)"
+        assert parent.data.tags[f"adm.registered.{kind}"] == f"adm-{name}-{kind} v{version} (champion)"
         logged = client.get_logged_model(first["train"][kind]["model_uri"][len("models:/"):])
         listed = [(e["name"], str(e["version"])) for e in json.loads(logged.tags["mlflow.modelVersions"])]
-        assert listed == [(f"adm-smoke-{kind}", version)]
-    sections = {"diffusion": ("unet", "train_diffusion"), "classifier": ("classifier", "train_classifier"),
-                "evaluator": ("evaluator", "train_evaluator")}
+        assert listed == [(f"adm-{name}-{kind}", version)]
+    sections = {"diffusion": ("unet", "train_diffusion", "diffusion"),
+                "classifier": ("classifier", "train_classifier", "diffusion"),
+                "evaluator": ("evaluator", "train_evaluator", "diffusion"),
+                "upsampler": ("upsampler", "train_upsampler", "upsampler_diffusion"),
+                "guide": ("guide", "train_guide", "diffusion")}
     for run in trainers:
         kind = run.data.tags["adm.network"]
         prefixes = {name.split(".")[0] for name in run.data.params if "." in name}
-        assert prefixes == {*sections[kind], "diffusion"}, (kind, prefixes)
-        assert run.inputs.dataset_inputs[0].dataset.digest == first["ingest"]["fingerprint"][:36]
+        assert prefixes == set(sections[kind]), (kind, prefixes)
+        # the base networks read the area downsample, the upsampler the large images
+        fingerprint = first["ingest"]["large_fingerprint" if kind == "upsampler" else "fingerprint"]
+        assert run.inputs.dataset_inputs[0].dataset.digest == fingerprint[:36]
 
 
 def check_trainers(client, tmp_path, preset, trained):
-    """The train stage's three Ray Train runs: tracked, concurrent as far as the 2 CPUs allow, checkpointed; the
+    """The train stage's five Ray Train runs: tracked, concurrent as far as the 2 CPUs allow, checkpointed; the
     logged model predicts."""
-    runs = {kind: client.get_run(trained[kind]["run_id"]) for kind in ("diffusion", "classifier", "evaluator")}
+    runs = {kind: client.get_run(trained[kind]["run_id"]) for kind in preset_kinds(preset)}
     history = {kind: client.get_metric_history(run.info.run_id, "loss") for kind, run in runs.items()}
     for kind, run in runs.items():
         assert run.info.status == "FINISHED" and run.data.params[f"train_{kind}.steps"] == "20"
         assert [m.step for m in history[kind]] == list(range(1, 21))
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
         assert "checkpoint/model.safetensors" in artifacts and "checkpoint/optimizer.pt" in artifacts
-    # on 2 CPUs two one-thread trainers run at once (CpuSlots): the diffusion and classifier trainers start first, and
-    # the evaluator, last in order, only when one of them has finished; its run names that trainer (the gate's own
-    # record, not wall-clock times) and says how long it waited (its MLflow run was made at the stage's start)
-    assert runs["evaluator"].data.tags["adm.started_after"] in ("diffusion", "classifier")
-    assert "cpu_wait_s" in runs["evaluator"].data.metrics
+    # on 2 CPUs two one-thread trainers run at once (CpuSlots): the diffusion and classifier trainers start first; the
+    # evaluator, third in order, only when one of them has finished, the upsampler, fourth, when a second one has
+    # finished, and the guide, fifth, when a third has. Each run names the trainer whose slot it took (the gate's own
+    # record, not wall-clock times): a finished trainer frees one slot, taken once. Their runs say how long they
+    # waited (made at the stage's start).
+    after = {kind: runs[kind].data.tags.get("adm.started_after") for kind in runs}
+    assert after["evaluator"] in ("diffusion", "classifier"), after
+    assert after["upsampler"] in ("diffusion", "classifier", "evaluator") and after["upsampler"] != after["evaluator"]
+    assert after["guide"] in ("diffusion", "classifier", "evaluator", "upsampler"), after
+    assert after["guide"] not in (after["evaluator"], after["upsampler"]), after
+    for kind in ("evaluator", "upsampler", "guide"):
+        assert "cpu_wait_s" in runs[kind].data.metrics, kind
     for kind in ("diffusion", "classifier"):
-        assert "adm.started_after" not in runs[kind].data.tags and "cpu_wait_s" not in runs[kind].data.metrics
+        assert after[kind] is None and "cpu_wait_s" not in runs[kind].data.metrics
+    assert {a.path for a in client.list_artifacts(runs["upsampler"].info.run_id, "samples")} == {
+        "samples/step_0000020.png"}  # its grid: low-resolution inputs, their upsampling, the originals
     losses = [m.value for m in history["diffusion"]]  # hybrid loss on shapes, 20 steps at lr 1e-3
     assert losses[-1] < losses[0]
     assert {a.path for a in client.list_artifacts(runs["diffusion"].info.run_id, "samples")} == {
@@ -262,7 +311,8 @@ def check_trainers(client, tmp_path, preset, trained):
     # the logged MLflow model (from code, safetensors inside) predicts with the EMA weights
     mlflow.set_tracking_uri(client.tracking_uri)
     model = mlflow.pyfunc.load_model(trained["diffusion"]["model_uri"])
-    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    size = preset.unet.image_size
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
     t, y = np.array([3, 700]), np.array([0, 1])
     got = model.predict({"x_t": x, "t": t, "y": y})
     net = learner.net.eval()
@@ -273,23 +323,67 @@ def check_trainers(client, tmp_path, preset, trained):
     assert np.allclose(got, want, atol=1e-5)
 
 
-def check_model_uris(tmp_path, tracking_uri, trained):
+def check_model_uris(tmp_path, tracking_uri, trained, name="smoke"):
     """models:/ URIs (alias, version, latest, logged model id) resolve to the weights of the training run."""
     def weights(uri, kind):
         ref = resolve(uri, kind, tracking_uri=tracking_uri, workdir=tmp_path / f"net-{len(list(tmp_path.iterdir()))}")
         return Path(ref.weights).read_bytes()
 
-    for kind in ("diffusion", "classifier"):
+    for kind in [k for k in ("diffusion", "classifier", "upsampler", "guide") if k in trained]:
         expected = weights(f"runs:/{trained[kind]['run_id']}", kind)
-        for uri in (f"models:/adm-smoke-{kind}@champion", f"models:/adm-smoke-{kind}/1",
-                    f"models:/adm-smoke-{kind}/latest", trained[kind]["model_uri"]):
+        for uri in (f"models:/adm-{name}-{kind}@champion", f"models:/adm-{name}-{kind}/1",
+                    f"models:/adm-{name}-{kind}/latest", trained[kind]["model_uri"]):
             assert weights(uri, kind) == expected, uri
-    for bad in ("models:/adm-smoke-diffusion@nobody", "models:/no-such-model/1", "models:/adm-smoke-diffusion"):
+    for bad in (f"models:/adm-{name}-diffusion@nobody", "models:/no-such-model/1", f"models:/adm-{name}-diffusion"):
         with pytest.raises(UserError, match="models:/"):
             resolve(bad, "diffusion", tracking_uri=tracking_uri, workdir=tmp_path / "bad")
     with pytest.raises(UserError, match="is a classifier checkpoint"):
-        resolve("models:/adm-smoke-classifier@champion", "diffusion", tracking_uri=tracking_uri,
+        resolve(f"models:/adm-{name}-classifier@champion", "diffusion", tracking_uri=tracking_uri,
                 workdir=tmp_path / "wrong-kind")
+    if "guide" in trained:  # autoguidance's guide: a diffusion model or a guide network, the checkpoint says which
+        assert resolve(f"models:/adm-{name}-guide@champion", ("diffusion", "guide"), tracking_uri=tracking_uri,
+                       workdir=tmp_path / "guide").kind == "guide"
+
+
+def check_cascade(client, tmp_path, preset, first, tracking_uri):
+    """The cascade: the upsample stage's cells (the unguided and the champion cell, each upsampled and brought to the
+    large size bilinearly) with their runs and metrics at the large size, the Table 6 section of the report, the
+    upsampler listed by `adm models`; the same upsampling byte for byte with one actor (the stage ran two), and an
+    interrupted upsampling resumed shard by shard."""
+    up, name = first["upsample"], preset.name
+    assert up["cells"] == ["ddim10/scale_0", "ddim10/scale_2"]
+    assert sorted(up["npz"]) == sorted(f"{c}+{how}" for c in up["cells"] for how in ("U", "bilinear"))
+    rows = {r["cell"]: r for r in first["evaluate"]["cascade_rows"]}
+    assert set(rows) == set(up["npz"])
+    assert all(r["resolution"] == 16 and {"fid", "sfid", "precision", "recall"} <= set(r) for r in rows.values())
+    assert rows["ddim10/scale_2+U"]["network_evals"] == 20 and rows["ddim10/scale_2+bilinear"]["network_evals"] == 10
+    for key, run_id in up["cell_runs"].items():  # the evaluate stage's metrics in the upsample stage's cell runs
+        run = client.get_run(run_id)
+        assert run.data.tags["adm.cell"] == key and run.data.metrics["fid"] == rows[key]["fid"]
+    base = np.load(first["sample"]["npz"]["ddim10/scale_2"])
+    made = np.load(up["npz"]["ddim10/scale_2+U"])
+    assert made["arr_0"].shape == (16, 16, 16, 3) and np.array_equal(made["arr_1"], base["arr_1"])
+    report = (tmp_path / "work" / "runs" / first["run_id"] / "report.md").read_text()
+    assert "## The cascade at 16x16" in report
+    assert "| guided base (classifier s=2) + U | ddim10/scale_2 | 10/10 |" in report
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert adm_main(["models", "list", "--preset", name, "--tracking-uri", tracking_uri]) == 0
+    assert f"adm-{name}-upsampler: 1 version(s)" in out.getvalue()
+    assert f"adm-{name}-guide: 1 version(s)" in out.getvalue()
+
+    config = dataclasses.replace(preset.upsample, cells=tuple(up["cells"]))
+    job = UpsampleJob(samples=first["sample"]["out"], upsampler=f"runs:/{first['train']['upsampler']['run_id']}",
+                      out=str(tmp_path / "one-actor"), config=config, actors=1, tracking_uri=tracking_uri)
+
+    def same_bytes(result):
+        return all(np.array_equal(np.load(result.npz[k])["arr_0"], np.load(up["npz"][k])["arr_0"]) for k in up["npz"])
+
+    alone = run_upsampling(job, log=lambda *_: None)
+    assert alone.computed_shards == 2 and same_bytes(alone)
+    (tmp_path / "one-actor" / "shards" / "part-00001.npz").unlink()  # an interrupted job: one shard never written
+    resumed = run_upsampling(job, log=lambda *_: None)
+    assert (resumed.computed_shards, resumed.skipped_shards) == (1, 1) and same_bytes(resumed)
 
 
 def _as_from_a_terminal() -> None:
@@ -512,6 +606,6 @@ def test_console_of_a_run_in_a_log_file(tmp_path):
     assert re.search(r"its page: http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}"
                      r"\?workflowType=machine_learning\n.*adm ui --tracking-uri sqlite:///", done.stdout), \
         done.stdout[-1000:]
-    for stage in STAGES:
+    for stage in stage_names(get_preset("smoke")):
         assert sum(line.startswith(f"[{stage}] started ") for line in lines) == 1, stage
         assert sum(line.startswith(f"[{stage}] finished in ") for line in lines) == 1, stage

@@ -60,6 +60,7 @@ def answers(url: str) -> bool:
         return False
 
 
+@pytest.mark.services  # starts adm ui: an MLflow server and its workers
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_signal_stops_the_whole_ui_process_tree(tmp_path, signum):
     from mlflow import MlflowClient
