@@ -14,6 +14,7 @@ from components.precision import (
     Choice,
     SpeedSettings,
     autocast_context,
+    beside_compiled,
     candidates,
     choose,
     configured,
@@ -123,6 +124,8 @@ def test_compile_is_tried_only_where_the_run_could_repay_it_and_taken_where_it_d
     long = measure_choice(fake_trial(clock, cost, calls, compile_cost=100.0), [FP32, BF16], compile="auto",
                           run_steps=10_000, compile_estimate=60.0, timer=clock)
     assert long.settings == compiled and long.compile_seconds == pytest.approx(100.0 + 0.25 - 0.5)
+    # the eager time of the candidate rounds is kept; the compile trial's eager rounds are recorded beside it
+    assert long.timings[BF16.name] == 0.5 and long.timings[beside_compiled(BF16)] == 0.5
     # long enough to try, too short to repay what compiling measured: left eager
     clock, calls = Clock(), []
     middle = measure_choice(fake_trial(clock, cost, calls, compile_cost=1000.0), [FP32, BF16], compile="auto",
@@ -132,7 +135,8 @@ def test_compile_is_tried_only_where_the_run_could_repay_it_and_taken_where_it_d
 
 def test_a_cached_choice_decides_compile_again_for_the_run():
     compiled = dataclasses.replace(BF16, compile=True)
-    timed = Choice(BF16, "measured", {FP32.name: 1.0, BF16.name: 0.5, compiled.name: 0.25}, compile_seconds=100.0)
+    timed = Choice(BF16, "measured", {FP32.name: 1.0, BF16.name: 0.5, beside_compiled(BF16): 0.5, compiled.name: 0.25},
+                   compile_seconds=100.0)
     assert reuse_choice(timed, "auto", 10_000, 60.0).settings == compiled
     assert reuse_choice(timed, "auto", 100, 60.0).settings == BF16
     assert reuse_choice(timed, "off", 10_000, 60.0).settings == BF16
