@@ -305,6 +305,12 @@ class Learner:
             for (name, _), p in zip(self.net.named_parameters(), params):
                 p.copy_(ema[name].to(p.device))
         self.opt.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True))
+        # the moments in their parameters' memory format: a checkpoint saved in another layout (channels_last on or
+        # off) keeps its strides through load_state_dict, and the fused AdamW kernel would pair the wrong elements
+        for p in self.net.parameters():
+            for name, value in self.opt.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    self.opt.state[p][name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
         rng = load_file(str(folder / "rng.safetensors"))
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():

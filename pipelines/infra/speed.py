@@ -14,12 +14,13 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from components.precision import COMPILE_ESTIMATE_S, Choice, device_description, reuse_choice
+from components.precision import COMPILE_ESTIMATE_S, Choice, SpeedSettings, device_description, reuse_choice
 from pipelines.infra.storage import cache_home
 from pipelines.infra.tracking import Tracker
 
@@ -38,21 +39,50 @@ def cache_key(device: str, what: str, networks: dict, batch: int | None, asked: 
 
 
 def load_cached(key: str) -> Choice | None:
+    """The cached choice under `key`; None when there is none or the record is not one this code wrote (a cache is
+    never an error: the choice is measured again)."""
     path = cache_root() / f"{key}.json"
     try:
-        return Choice.from_dict(json.loads(path.read_text())["choice"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # none, or unreadable (a cache is never an error): measured again
+        choice = Choice.from_dict(json.loads(path.read_text())["choice"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    s = choice.settings
+    sound = (s.precision in ("fp32", "bf16") and all(isinstance(v, bool) for v in (s.channels_last, s.compile,
+                                                                                    s.cuda_graphs))
+             and all(isinstance(v, (int, float)) and v >= 0 for v in choice.timings.values())
+             and (choice.compile_seconds is None or isinstance(choice.compile_seconds, (int, float))))
+    return choice if sound else None
 
 
 def store(key: str, choice: Choice, context: dict) -> None:
-    """The choice under `key`, written atomically (trainers starting together write different keys; a second
-    writer of the same key writes the same kind of record)."""
+    """The choice under `key`, written atomically and readable by all (a cache may be shared by the users of a
+    machine); a cache folder that cannot be written costs a measurement next time, never the run."""
     root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=root, suffix=".tmp", delete=False) as f:
-        json.dump({"choice": choice.as_dict(), "context": context}, f, indent=1, default=str)
-    os.replace(f.name, root / f"{key}.json")
+    tmp = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=root, suffix=".tmp", delete=False) as f:
+            tmp = f.name
+            json.dump({"choice": choice.as_dict(), "context": context}, f, indent=1, default=str)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, root / f"{key}.json")
+    except OSError as e:
+        warnings.warn(f"speed choice not cached in {root} ({e}); it will be measured again", stacklevel=2)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def recorded(tracker: Tracker | None, run_id: str, cuda_graphs: bool = False) -> Choice | None:
+    """The settings an earlier part of this training run recorded on it (`record`), None when none: a restarted
+    worker group or a resumed run goes on in them."""
+    if tracker is None:
+        return None
+    params = tracker.run(run_id).data.params
+    if "speed.precision" not in params:
+        return None
+    settings = SpeedSettings(params["speed.precision"], params.get("speed.channels_last") == "True",
+                             params.get("speed.compile") == "True", cuda_graphs)
+    return Choice(settings, "run", note="recorded on this training run by its first part")
 
 
 def cached_choice(device: torch.device | str, what: str, networks: dict, batch: int | None, asked: dict,

@@ -191,7 +191,8 @@ def check_plan(job: SampleJob, num_shards: int) -> dict:
     if exists(url):
         with fsspec.open(url, "r") as f:
             found = json.load(f)
-        found.setdefault("speed_asked", plan["speed_asked"])  # a plan of before the measured choice
+        # a plan of before the measured choice: its shards were drawn under the old fixed rule, which a measured
+        # choice for the rest could contradict within one cell (a "speed_asked" of None names the cause)
         changed = sorted(k for k in plan if found.get(k) != plan[k])
         if changed:
             raise UserError(f"{job.out} holds samples of another job (it differs in {', '.join(changed)}); pass a "
@@ -269,9 +270,14 @@ TRIAL_SAMPLER = "ddim2"  # a trial batch: two network evaluations per row
 
 
 def trial_cells(cells: list[Cell], batch_size: int) -> list[Cell]:
-    """The rows of a trial batch: the job's cells in turn (so unguided, classifier-guided with the classifier's
-    backward pass, classifier-free and autoguided rows are all timed, in the job's mix) on a two-step sampler."""
-    return [dataclasses.replace(cells[i % len(cells)], sampler=TRIAL_SAMPLER) for i in range(batch_size)]
+    """The rows of a trial batch: the job's cells in turn, one cell of each guidance (unguided, each method guided)
+    first, so that even a batch smaller than the grid times the classifier's backward pass, classifier-free and
+    autoguided rows; on a two-step sampler."""
+    kinds: dict = {}
+    for cell in cells:
+        kinds.setdefault(cell.method if cell.scale > 0 else None, cell)
+    order = list(kinds.values()) + [c for c in cells if c not in kinds.values()]
+    return [dataclasses.replace(order[i % len(order)], sampler=TRIAL_SAMPLER) for i in range(batch_size)]
 
 
 def batch_trial(base: GuidedNetworks, rows: list[Cell], seeds: list[int], labels: list[int],
@@ -352,11 +358,13 @@ def job_speed(job: SampleJob, plan: dict, resources: dict, threads: int, run_ste
     return choice
 
 
-def trial_steps(job: SampleJob, shards, pending: list[int], actors: int, num_timesteps: int) -> int:
-    """The work of the pending shards per actor, in trial batches (two network evaluations of batch_size rows)."""
-    evals = sum(len(shards[k]) * parse_sampler(job.cells[shards[k][0][0]].sampler).network_evals(num_timesteps)
-                for k in pending)
-    return int(evals / (2 * job.config.batch_size * max(1, actors)))
+def trial_steps(job: SampleJob, shards, num_timesteps: int) -> int:
+    """The job's whole work in trial batches (two network evaluations of batch_size rows): what compiling must
+    repay. Not per actor: whether the actors compile, and so the samples' bytes, must not depend on the actor count
+    (each actor then pays the compile time for a share of the work, so compile is taken a little too readily)."""
+    evals = sum(len(rows) * parse_sampler(job.cells[rows[0][0]].sampler).network_evals(num_timesteps)
+                for rows in shards)
+    return int(evals / (2 * job.config.batch_size))
 
 
 # --- the driver --------------------------------------------------------------------------------------------------
@@ -405,7 +413,7 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
         connect_ray()
         n, resources = actor_plan(job.actors, len(pending), job.config.actor_cpus, job.config.actors_per_gpu)
         threads = max(1, round(resources["num_cpus"]))
-        steps = trial_steps(job, shards, pending, n, diffusion_ref.preset.diffusion.steps)
+        steps = trial_steps(job, shards, diffusion_ref.preset.diffusion.steps)
         choice = job_speed(job, plan, resources, threads, steps, log)
         settings = choice.settings.as_dict() if choice else None
         ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))

@@ -110,7 +110,9 @@ def check_plan(job: UpsampleJob, base: dict, num_shards: int) -> None:
     cfg = job.config
     plan = {"cells": list(base), "counts": [s.total for s in base.values()], "samples": job.samples,
             "sampler": cfg.sampler, "low_res_noise": cfg.low_res_noise, "eta": cfg.eta, "seed": cfg.seed,
-            "batch_size": cfg.batch_size, "shards": num_shards, "upsampler": job.upsampler}
+            "batch_size": cfg.batch_size, "shards": num_shards, "upsampler": job.upsampler,
+            # the arithmetic and layout the shards were made in: a rerun in others would mix them within a cell
+            "speed": {"precision": cfg.precision, "channels_last": cfg.channels_last, "compile": cfg.compile}}
     if exists(url):
         with fsspec.open(url, "r") as f:
             found = json.load(f)

@@ -90,16 +90,16 @@ def test_the_trainer_takes_the_faster_candidate_and_caches_it(clock, monkeypatch
         clock, seen, lambda s: (0.4 if s.precision == faster else 1.0) + 0.5 * s.channels_last))
     job = WorkerConfig(kind="evaluator", preset=apply_overrides(get_preset("smoke"), ["train_evaluator.steps=5"]),
                        run_id="r", tracking_uri="", seed=0, threads=1, nonfinite_marker="")
-    choice = _speed_choice(job, torch.device("cpu"), rank=0, world=1)
+    choice = _speed_choice(job, torch.device("cpu"), rank=0, world=1, tracker=None)
     assert choice.settings == SpeedSettings(faster) and choice.source == "measured"
     assert {s.precision for s in seen} == {"fp32", "bf16"} and set(choice.timings) >= {"fp32 nchw", "bf16 nchw"}
     seen.clear()
-    cached = _speed_choice(job, torch.device("cpu"), rank=0, world=1)
+    cached = _speed_choice(job, torch.device("cpu"), rank=0, world=1, tracker=None)
     assert cached.settings == choice.settings and cached.source == "cached" and seen == []
     # a setting forced by the user is no choice: nothing is timed
     forced = WorkerConfig(**{**job.__dict__, "preset": apply_overrides(job.preset, [
         "train_evaluator.precision=fp32", "train_evaluator.channels_last=off", "train_evaluator.compile=off"])})
-    assert _speed_choice(forced, torch.device("cpu"), 0, 1).settings == SpeedSettings("fp32") and seen == []
+    assert _speed_choice(forced, torch.device("cpu"), 0, 1, None).settings == SpeedSettings("fp32") and seen == []
 
 
 def _save(kind, preset, folder):
@@ -140,3 +140,60 @@ def test_the_sampling_job_times_guided_batches_and_takes_the_faster(clock, monke
     assert Choice.from_dict(choose_sampling_speed(other, 1, 10)).source == "cached" and batches == []
     stored = list((tmp_path / "cache" / "speed").glob("*.json"))
     assert len(stored) == 1 and json.loads(stored[0].read_text())["choice"]["settings"]["precision"] == "bf16"
+
+
+def test_a_restarted_trainer_goes_on_in_the_settings_its_run_recorded(clock, monkeypatch, tmp_path):
+    """A worker group that restarts (or a resumed run) takes the settings the run's first part recorded, without
+    trial steps and without recording them again (MLflow refuses a param that changes): its checkpoint's optimizer
+    state and numerics go on as they began, whatever the speed cache of the new node says."""
+    from pipelines.infra.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = tracker.start_run("speed", "train-evaluator")
+    first = Choice(SpeedSettings("bf16", channels_last=True), "measured", {"bf16 channels_last": 0.5})
+    speed.record(tracker, run_id, "train-evaluator", first)
+    seen = []
+    monkeypatch.setattr(Learner, "train_step", _charge(clock, seen, lambda s: 1.0))
+    job = WorkerConfig(kind="evaluator", preset=get_preset("smoke"), run_id=run_id, tracking_uri=tracker.uri, seed=0,
+                       threads=1, nonfinite_marker="")
+    again = _speed_choice(job, torch.device("cpu"), rank=0, world=1, tracker=tracker)
+    assert again.settings == first.settings and again.source == "run" and seen == []
+    # a run with nothing recorded measures
+    other = tracker.start_run("speed", "train-evaluator")
+    fresh = _speed_choice(WorkerConfig(**{**job.__dict__, "run_id": other}), torch.device("cpu"), 0, 1, tracker)
+    assert fresh.source == "measured" and seen
+
+
+@pytest.mark.parametrize("record", [
+    "not json", {"choice": {"settings": {"precision": "fp32"}, "timings": {"fp32 nchw": "x"}}},
+    {"choice": {"settings": {"precision": "auto"}}}, {"choice": {"settings": {"precision": "fp16"}}},
+    {"choice": {"settings": {"precision": "bf16", "channels_last": "yes"}}}, {"choice": []}, {"other": 1}])
+def test_a_cache_record_this_code_did_not_write_is_measured_again(clock, record):
+    key = cache_key(AMD, "train-diffusion", {}, 8, {})
+    root = speed.cache_root()
+    root.mkdir(parents=True)
+    (root / f"{key}.json").write_text(record if isinstance(record, str) else json.dumps(record))
+    assert speed.load_cached(key) is None
+    good = Choice(SpeedSettings("bf16", True), "measured", {"bf16 channels_last": 0.5})
+    speed.store(key, good, {})
+    assert speed.load_cached(key).settings == good.settings
+    assert (root / f"{key}.json").stat().st_mode & 0o044 == 0o044  # readable by the machine's other users
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_a_measurement_not_the_run(monkeypatch, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("ADM_CACHE_DIR", str(blocked))  # its speed/ folder cannot be made
+    with pytest.warns(UserWarning, match="measured again"):
+        speed.store("k", Choice(SpeedSettings()), {})
+    assert speed.load_cached("k") is None
+
+
+def test_a_trial_batch_smaller_than_the_grid_times_every_guidance():
+    from components.config.grid import Cell
+
+    cells = [Cell("ddim5", 0.0), Cell("dpm++2m-4", 0.0), Cell("ddim5", 2.0), Cell("dpm++2m-4", 2.0),
+             Cell("ddim5", 2.0, method="cfg")]
+    rows = sample.trial_cells(cells, 3)
+    assert {(c.method, c.scale > 0) for c in rows} == {("classifier", False), ("classifier", True), ("cfg", True)}
+    assert all(c.sampler == sample.TRIAL_SAMPLER for c in rows)
