@@ -7,7 +7,7 @@ what any change outside the convolutions can give (a step whose convolutions tak
 x1.18 faster without faster convolutions). Then fp32 / bf16 x NCHW / channels_last are timed interleaved, `--rounds`
 rounds of `--steps` steps, reported as the fastest round and the median (load only adds time).
 
-    python bench/profile_train_step.py [--batch 32] [--rounds 5] [--steps 3]
+    python bench/bench_step_profile.py [--batch 32] [--rounds 5] [--steps 3]
 """
 
 import argparse
