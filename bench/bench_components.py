@@ -74,7 +74,7 @@ def train_step_fn(v: Variant, device, batch):
 
     def step():
         t = torch.randint(0, 1000, (batch,), device=device)
-        with autocast_context(device, v.autocast):
+        with autocast_context(device, "bf16" if v.autocast and bf16_supported(device) else "fp32"):
             loss = training_losses(diffusion, fwd, x0, t, {"y": y})["loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -100,7 +100,7 @@ def guided_step_fn(v: Variant, device, batch):
 
     def step():
         t = torch.full((batch,), 12, dtype=torch.long, device=device)
-        with torch.no_grad(), autocast_context(device, v.autocast):
+        with torch.no_grad(), autocast_context(device, "bf16" if v.autocast and bf16_supported(device) else "fp32"):
             out = diffusion.p_mean_variance(fwd, x, t, True, {"y": y})
             out = condition_score(diffusion, guidance, out, x, t, {"y": y})
         return out["mean"]

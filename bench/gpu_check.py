@@ -50,7 +50,7 @@ def sample(model, classifier, device, seeds, labels, scales, autocast=False):
     noise = SampleNoise(seeds, (3, 32, 32), device=device)
     cells = [Cell("ddim10", float(s)) for s in (scales or [0.0] * len(seeds))]
     _, guidance = compose(GuidedNetworks(model, UNET, DIFFUSION, device, classifier=classifier), cells)
-    with autocast_context(device, autocast):
+    with autocast_context(device, "bf16" if autocast else "fp32"):
         return ddim_sample(model, diffusion, noise, {"y": torch.tensor(labels, device=device)}, cond_fn=guidance).cpu()
 
 
@@ -69,7 +69,7 @@ def main():
         model, classifier = model.to(device), classifier.to(device)
         gx, gt, gy = x.to(device), t.to(device), y.to(device)
         gpu_out, gpu_logits = model(gx, gt, gy).cpu(), classifier(gx, gt).cpu()
-        with autocast_context(device):
+        with autocast_context(device, "bf16"):
             bf16_out = model(gx, gt, gy).cpu()
     err = relative(gpu_out, cpu_out)
     check("UNet CUDA fp32 == CPU", err < 1e-5, f"relative error {err:.2e}")

@@ -24,8 +24,9 @@ FAILURES = []
 
 
 def run(preset, kind: str, setting: str, steps: int, batches, device):
-    overrides = {"eager": ["compile=off"], "compile": ["compile=on", "cuda_graphs=off"],
-                 "graphs": ["compile=on", "cuda_graphs=on"]}[setting]
+    overrides = ["precision=bf16", "channels_last=on"] + {  # the GPU settings this script measured (RESULTS.md)
+        "eager": ["compile=off"], "compile": ["compile=on", "cuda_graphs=off"],
+        "graphs": ["compile=on", "cuda_graphs=on"]}[setting]
     preset = apply_overrides(preset, [f"train_{kind}.{o}" for o in overrides])
     learner = Learner(kind, preset, device, seed=0)
     losses, start = [], None

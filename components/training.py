@@ -14,6 +14,7 @@ The Ray worker (pipelines/train_worker.py) wraps a Learner: data, reporting and 
 """
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -26,7 +27,18 @@ from .config.kinds import kind as network_kind
 from .diffusion import create_diffusion
 from .losses import classifier_losses, topk_correct, training_losses
 from .networks import build_network
-from .precision import autocast_context, graphed, speed_up, training_speed
+from .precision import (
+    Choice,
+    SpeedSettings,
+    autocast_context,
+    candidates,
+    configured,
+    decide_compile,
+    kept_rng,
+    measure_choice,
+    speed_up,
+    sync_for,
+)
 from .sampling import SampleNoise, class_conditional, ddim_sample
 from .superres import augment_low_res, downsample_area, upsample_bilinear
 from .timestep_sampler import create_timestep_sampler
@@ -51,19 +63,65 @@ def ema_initial_share(cfg, rate: float) -> float:
     return 0.0 if ema_warmup_on(cfg) else ema_init_share(rate, cfg.steps)
 
 
+def trainer_candidates(cfg, device: torch.device, world: int = 1) -> list[SpeedSettings]:
+    """The eager settings a trainer times (TrainConfig `cfg`'s precision and channels_last), each marked to replay
+    CUDA graphs if it ends up compiled on CUDA (cuda_graphs auto or on, one-worker trainers: DDP compiles plainly)."""
+    graphs = torch.device(device).type == "cuda" and cfg.cuda_graphs in ("auto", "on") and world == 1
+    return [dataclasses.replace(c, cuda_graphs=graphs) for c in candidates(device, cfg.precision, cfg.channels_last)]
+
+
+def training_trial(kind: str, preset: Preset, device: torch.device, seed: int = 0):
+    """trial(settings) -> one training step in those settings of a throwaway Learner of the trainer's network and
+    batch, on a fixed random batch: what precision.measure_choice times. The trainer's own weights, optimizer, EMA
+    and timestep sampler never see the trial steps."""
+    learner = Learner(kind, preset, device, seed)
+    cfg = learner.network.network_config(preset)
+    generator = torch.Generator().manual_seed(seed)
+    shape = (learner.cfg.batch_size, cfg.in_channels, cfg.image_size, cfg.image_size)
+    x0 = (torch.rand(shape, generator=generator) * 2 - 1).to(learner.device)
+    y = torch.randint(0, cfg.num_classes or 1, shape[:1], generator=generator).to(learner.device)
+    compiled = {}
+
+    def trial(settings: SpeedSettings):
+        learner.settings, learner.graphs = settings, settings.compile and settings.cuda_graphs
+        if settings.compile and settings not in compiled:
+            compiled[settings] = speed_up(learner.net, settings)
+        learner.fast = compiled[settings] if settings.compile else speed_up(learner.net, settings)
+        return lambda: learner.train_step(x0, y)
+
+    return trial
+
+
+def training_choice(kind: str, preset: Preset, device: torch.device, cands: list[SpeedSettings],
+                    compile: str = "auto", seed: int = 0, cached: Choice | None = None, timer=None
+                    ) -> Choice:
+    """The measured settings of a trainer: trial steps of every candidate (components/precision.py), torch.compile
+    where the run's steps repay it; with `cached`, only compile is timed, for those settings. The global RNG streams
+    are left as they were, so training after the choice is the same whether it was measured or read from a cache."""
+    steps = network_kind(kind).train_config(preset).steps
+    with kept_rng(device):
+        trial = training_trial(kind, preset, device, seed)
+        if cached is not None:
+            return decide_compile(cached, trial, steps, timer=timer, sync=sync_for(device))
+        return measure_choice(trial, cands, compile, steps, timer=timer, sync=sync_for(device))
+
+
 class Learner:
     """Network, optimizer, EMA, timestep sampler and step counter of one trainer."""
 
-    def __init__(self, kind: str, preset: Preset, device: torch.device, seed: int = 0):
+    def __init__(self, kind: str, preset: Preset, device: torch.device, seed: int = 0,
+                 settings: SpeedSettings | None = None):
         self.kind, self.preset, self.device = kind, preset, torch.device(device)
         self.network = network_kind(kind)
         self.cfg = self.network.train_config(preset)
         torch.manual_seed(seed)
         self.net = build_network(self.network, preset).to(self.device)
-        # what train_step calls: channels_last / torch.compile where they pay on this device
-        self.channels_last, self.compile = training_speed(self.device, self.cfg.channels_last, self.cfg.compile)
-        self.fast = speed_up(self.net, self.device, self.channels_last, self.compile, self.cfg.cuda_graphs)
-        self.graphs = graphed(self.device, self.compile, self.cfg.cuda_graphs)
+        # arithmetic, memory format and compile of train_step: the trainer's measured choice (pipelines/infra/
+        # speed.py), or without one what the config sets (auto: the plain float32 path)
+        self.settings = settings or configured(self.device, self.cfg.precision, self.cfg.channels_last,
+                                               self.cfg.compile, self.cfg.cuda_graphs)
+        self.fast = speed_up(self.net, self.settings)
+        self.graphs = self.settings.compile and self.settings.cuda_graphs
         self.diffusion = create_diffusion(self.network.process_config(preset), "")
         # one fused kernel for the whole AdamW update (CUDA and CPU) instead of a loop over ~200 tensors
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
@@ -110,7 +168,9 @@ class Learner:
 
     def hot(self, module):
         """`module` (e.g. the DDP wrapper of self.net) compiled when this trainer compiles (without CUDA graphs)."""
-        return speed_up(module, self.device, channels_last="off", compile=self.compile)
+        if not self.settings.compile:
+            return module
+        return torch.compile(module)
 
     def train_step(self, x0: torch.Tensor, y: torch.Tensor, model=None, gather=None) -> dict:
         """One step on a batch (split in microbatches); returns scalar metrics. `model` may be a DDP wrapper."""
@@ -129,7 +189,7 @@ class Learner:
             t, weights = self.sampler.sample(xb.shape[0], self.device)
             if not self.network.noised:
                 t = torch.zeros_like(t)
-            with autocast_context(self.device):
+            with autocast_context(self.device, self.settings.precision):
                 terms = self._terms(model, xb, yb, t)
             loss = (terms["loss"] * weights).mean() * (xb.shape[0] / batch)
             loss.backward()
@@ -183,7 +243,7 @@ class Learner:
         noise = SampleNoise([seed + i for i in range(len(labels))], (cfg.in_channels, cfg.image_size, cfg.image_size),
                             self.device)
         kwargs = {"y": labels} if cfg.num_classes is not None else {}
-        with autocast_context(self.device):
+        with autocast_context(self.device, self.settings.precision):
             return ddim_sample(net, create_diffusion(self.preset.diffusion, steps), noise, kwargs)
 
     @torch.no_grad()
@@ -200,7 +260,7 @@ class Learner:
         if getattr(net, "noise_level", False):
             kwargs["low_res_sigma"] = torch.zeros(len(large), device=self.device)
         model = class_conditional(net, cfg.num_classes is not None)
-        with autocast_context(self.device):
+        with autocast_context(self.device, self.settings.precision):
             made = ddim_sample(model, create_diffusion(self.network.process_config(self.preset), steps), noise,
                                kwargs)
         return torch.cat([upsample_bilinear(low_res, tuple(large.shape[-2:])), made.float(), large])
@@ -245,6 +305,12 @@ class Learner:
             for (name, _), p in zip(self.net.named_parameters(), params):
                 p.copy_(ema[name].to(p.device))
         self.opt.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True))
+        # the moments in their parameters' memory format: a checkpoint saved in another layout (channels_last on or
+        # off) keeps its strides through load_state_dict, and the fused AdamW kernel would pair the wrong elements
+        for p in self.net.parameters():
+            for name, value in self.opt.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    self.opt.state[p][name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
         rng = load_file(str(folder / "rng.safetensors"))
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():

@@ -106,8 +106,11 @@ class SampleConfig:
     num_samples: int = 100  # per cell
     batch_size: int = 64
     seed: int = 0
-    compile: str = "auto"  # torch.compile the networks: auto (on CUDA) | on | off
-    channels_last: str = "auto"  # channels_last memory format: auto (on CUDA) | on | off
+    # speed settings of the sampling actors; auto: measured once per job on the actors' device, the fastest of the
+    # candidates (components/precision.py), cached in $ADM_CACHE_DIR and kept in the job's plan.json
+    precision: str = "auto"  # arithmetic: auto | fp32 | bf16 (autocast; float32 weights)
+    compile: str = "auto"  # torch.compile the networks: auto (measured where the job is long enough) | on | off
+    channels_last: str = "auto"  # channels_last memory format: auto (measured) | on | off
     actors_per_gpu: int = 1  # sampler actors sharing each GPU: 2 overlap the kernel launches of small networks
     actor_cpus: float | None = None  # CPUs and torch threads per CPU actor; None: one actor per 2 CPUs
     # MLflow system metrics (CPU, memory, disk, network, GPU where present) of each sampler actor's machine on the
@@ -150,6 +153,7 @@ LOWER_IS_BETTER = ("fid", "sfid", "evaluator_fid")
 
 
 SPEED_SETTINGS = ("auto", "on", "off")  # compile, channels_last, cuda_graphs
+PRECISIONS = ("auto", "fp32", "bf16")  # train_*.precision, sample.precision
 RESIZE_MODES = ("pad", "resize")  # data.resize
 POOLS = ("attention", "adaptive")  # classifier.pool
 NOISE_SCHEDULES = ("linear", "cosine")  # diffusion.noise_schedule
@@ -178,8 +182,11 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 0.0  # 0: the cluster's CPUs shared out among all trainers' workers (1 with a GPU)
-    compile: str = "auto"  # torch.compile the training forward/backward: auto (on CUDA) | on | off
-    channels_last: str = "auto"  # channels_last memory format: auto (on CUDA) | on | off
+    # speed settings; auto: measured by the trainer's first worker on its device, the fastest of the candidates
+    # (components/precision.py), cached in $ADM_CACHE_DIR and recorded on the training run
+    precision: str = "auto"  # arithmetic: auto | fp32 | bf16 (autocast; float32 master weights)
+    compile: str = "auto"  # torch.compile the training step: auto (measured where the run repays it) | on | off
+    channels_last: str = "auto"  # channels_last memory format: auto (measured) | on | off
     # compiled with CUDA graphs (torch.compile mode="reduce-overhead": a step's kernels replayed as one graph):
     # auto (on CUDA when compiled; one-worker trainers, DDP keeps plain compile) | on | off
     cuda_graphs: str = "auto"
@@ -232,8 +239,10 @@ class UpsampleConfig:
     clip_denoised: bool = True
     batch_size: int = 32
     seed: int = 0  # sample i of a cell draws from a seed derived from (seed, cell, i)
-    compile: str = "auto"  # torch.compile the upsampler: auto (on CUDA) | on | off
-    channels_last: str = "auto"
+    # the upsampler actors' speed settings: set, not measured (auto is the plain path: fp32, NCHW, eager)
+    precision: str = "auto"  # auto (fp32) | fp32 | bf16 (autocast)
+    compile: str = "auto"  # torch.compile the upsampler: auto (off) | on | off
+    channels_last: str = "auto"  # auto (off) | on | off
     actors_per_gpu: int = 1
     actor_cpus: float | None = None  # CPUs and torch threads per CPU actor; None: one actor per 2 CPUs
 

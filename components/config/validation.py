@@ -24,6 +24,7 @@ from .sections import (
     LOWER_IS_BETTER,
     NOISE_SCHEDULES,
     POOLS,
+    PRECISIONS,
     RESIZE_MODES,
     SCHEDULE_SAMPLERS,
     SPEED_SETTINGS,
@@ -78,8 +79,8 @@ def _one_of(name: str, value, allowed) -> list[str]:
 
 
 def _speed(section: str, cfg, names: tuple[str, ...]) -> list[str]:
-    return [f"{section}.{n}={getattr(cfg, n)!r} must be auto (on for CUDA only), on or off"
-            for n in names if getattr(cfg, n) not in SPEED_SETTINGS]
+    return [p for n in names for p in _one_of(f"{section}.{n}", getattr(cfg, n), SPEED_SETTINGS)] + _one_of(
+        f"{section}.precision", cfg.precision, PRECISIONS)
 
 
 # --- networks --------------------------------------------------------------------------------------------------------

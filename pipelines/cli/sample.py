@@ -8,6 +8,7 @@ import posixpath
 
 from components.config import SampleConfig, override_section
 from components.config.presets import get_preset
+from components.config.sections import PRECISIONS, SPEED_SETTINGS
 from pipelines.cli.common import command_console, tracking_args, verbose_arg
 from pipelines.cli.upsample import run_upsample, upsample_flags
 
@@ -17,7 +18,7 @@ SAMPLE_FLAGS = {"scales": "guidance_scales", "intervals": "guidance_intervals", 
                "samplers": "samplers", "sampler": "sampler", "eta": "eta",
                 "batch_size": "batch_size", "seed": "seed", "actors_per_gpu": "actors_per_gpu",
                 "actor_cpus": "actor_cpus", "compile": "compile", "channels_last": "channels_last",
-                "system_metrics_interval": "system_metrics_interval",
+                "precision": "precision", "system_metrics_interval": "system_metrics_interval",
                 "guide": "guide_from"}
 
 
@@ -88,10 +89,14 @@ def add_parsers(sub) -> None:
                    f"{d.actors_per_gpu})")
     p.add_argument("--actor-cpus", help="CPUs (and torch threads) per CPU actor (sample.actor_cpus; default: the "
                    "cluster's CPUs shared out)")
-    p.add_argument("--compile", choices=("auto", "on", "off"),
-                   help="torch.compile both networks in each actor (sample.compile; default auto: on GPUs only)")
-    p.add_argument("--channels-last", choices=("auto", "on", "off"),
-                   help="channels_last memory format for both networks (sample.channels_last; default auto: GPUs)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="the actors' arithmetic, bf16 = autocast (sample.precision; default auto: the faster, measured "
+                   "once per job and machine)")
+    p.add_argument("--compile", choices=SPEED_SETTINGS,
+                   help="torch.compile the networks in each actor (sample.compile; default auto: measured, where the "
+                   "job is long enough to repay compiling)")
+    p.add_argument("--channels-last", choices=SPEED_SETTINGS,
+                   help="channels_last memory format for the networks (sample.channels_last; default auto: measured)")
     p.add_argument("--upsampler", default=None, help="a cascade: then upsample the cells with this ADM-U (same "
                    "forms as --diffusion) into OUT/cascade, as adm upsample does")
     upsample_flags(p, "--upsample-sampler")

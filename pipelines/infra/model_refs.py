@@ -34,6 +34,7 @@ from components.config.kinds import kind as network_kind
 from components.config.kinds import kind_of
 from components.config.presets import get_preset
 from components.networks import build_network
+from pipelines.infra.storage import cache_home
 from pipelines.infra.tracking import Tracker
 from pipelines.infra.tracking_checks import raise_if_gone
 
@@ -73,8 +74,7 @@ def snapshot_path(step: int) -> str:
 
 
 def cache_folder(key: str) -> Path:
-    root = Path(os.environ.get("ADM_CACHE_DIR") or Path.home() / ".cache" / "adm-pipeline")
-    return root / "networks" / hashlib.sha256(key.encode()).hexdigest()[:20]
+    return cache_home() / "networks" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def _fetch_once(target: Path, download) -> Path:

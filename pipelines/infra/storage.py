@@ -6,11 +6,18 @@ import json
 import os
 import posixpath
 import uuid
+from pathlib import Path
 
 import fsspec
 import numpy as np
 
 from components.config import UserError
+
+
+def cache_home() -> Path:
+    """This machine's cache of the pipeline (fetched networks, reference statistics, speed choices): $ADM_CACHE_DIR,
+    default ~/.cache/adm-pipeline."""
+    return Path(os.environ.get("ADM_CACHE_DIR") or Path.home() / ".cache" / "adm-pipeline")
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:

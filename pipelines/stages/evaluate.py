@@ -16,10 +16,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import posixpath
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -44,7 +42,7 @@ from pipelines.infra.dataset import decode_images
 from pipelines.infra.model_refs import resolve
 from pipelines.infra.resources import actor_plan
 from pipelines.infra.services import connect_ray
-from pipelines.infra.storage import npz_bytes, read_npz, write_bytes_atomic
+from pipelines.infra.storage import cache_home, npz_bytes, read_npz, write_bytes_atomic
 from pipelines.stages import comparisons
 from pipelines.stages.champion import champion_cell
 from pipelines.stages.context import Stage, StageContext
@@ -205,7 +203,7 @@ def reference_stats(features: dict) -> dict:
 
 
 def cache_dir(job: EvaluateJob) -> str:
-    return job.cache_dir or os.environ.get("ADM_CACHE_DIR") or str(Path.home() / ".cache" / "adm-pipeline")
+    return job.cache_dir or str(cache_home())
 
 
 def cache_url(job: EvaluateJob, reference: Source, name: str, version: str) -> str:

@@ -12,7 +12,6 @@ shards per cell, and the MLflow runs: sample_outputs.py.
 """
 
 import dataclasses
-import functools
 import json
 import os
 import posixpath
@@ -25,15 +24,27 @@ import ray
 import torch
 
 from components.config import SampleConfig, UserError, to_dict
-from components.config.grid import Cell, grid_cells
+from components.config.grid import Cell, grid_cells, parse_sampler
 from components.config.kinds import has_null_class
 from components.config.sections import TRAINED_GUIDE
 from components.config.validation import check_sample, diffusion_problems, guide_step, raise_problems
 from components.guidance import trained_sigmas
 from components.guided import GuidedNetworks, sample_batch
-from components.precision import autocast_context, speed_up
+from components.precision import (
+    Choice,
+    SpeedSettings,
+    apply_layout,
+    autocast_context,
+    candidates,
+    configured,
+    decide_compile,
+    kept_rng,
+    measure_choice,
+    speed_up,
+    sync_for,
+)
 from components.sampling import sample_label, sample_seed
-from pipelines.infra import tags
+from pipelines.infra import speed, tags
 from pipelines.infra.console import progress
 from pipelines.infra.dataset import load_manifest
 from pipelines.infra.model_refs import NetworkRef, resolve, snapshot_path
@@ -165,47 +176,64 @@ def _networks(job: SampleJob) -> SampleNetworks:
     return networks
 
 
-def check_plan(job: SampleJob, num_shards: int) -> None:
+def check_plan(job: SampleJob, num_shards: int) -> dict:
     """plan.json in the output folder: written on the first run, compared on a rerun, so shards left by a job of
-    another grid are never mixed into this one's samples."""
+    another grid are never mixed into this one's samples. Returns the plan, with the speed settings an earlier run
+    of the job chose (its actors' arithmetic: a resumed job keeps it)."""
     url = posixpath.join(job.out.rstrip("/"), "plan.json")
     cfg = job.config
     plan = {"cells": [c.key for c in job.cells], "num_samples": cfg.num_samples, "batch_size": cfg.batch_size,
             "seed": cfg.seed, "eta": cfg.eta, "label": job.label, "shards": num_shards,
-            "diffusion": job.diffusion, "classifier": job.classifier}
+            "diffusion": job.diffusion, "classifier": job.classifier,
+            "speed_asked": {"precision": cfg.precision, "channels_last": cfg.channels_last, "compile": cfg.compile}}
     if any(c.auto_scale > 0 for c in job.cells):
         plan["guide"] = guide_reference(job)
     if exists(url):
         with fsspec.open(url, "r") as f:
             found = json.load(f)
-        if found != plan:
-            changed = sorted(k for k in plan if found.get(k) != plan[k])
+        # a plan of before the measured choice: its shards were drawn under the old fixed rule, which a measured
+        # choice for the rest could contradict within one cell (a "speed_asked" of None names the cause)
+        changed = sorted(k for k in plan if found.get(k) != plan[k])
+        if changed:
             raise UserError(f"{job.out} holds samples of another job (it differs in {', '.join(changed)}); pass a "
                             "new --out folder, or delete this one")
-        return
-    write_bytes_atomic(url, json.dumps(plan, indent=1).encode())
+        return found
+    write_plan(job, plan)
+    return plan
+
+
+def write_plan(job: SampleJob, plan: dict) -> None:
+    write_bytes_atomic(posixpath.join(job.out.rstrip("/"), "plan.json"), json.dumps(plan, indent=1).encode())
 
 
 # --- the actor ---------------------------------------------------------------------------------------------------
+def guided_networks(refs: SampleNetworks, device: torch.device, settings: SpeedSettings) -> GuidedNetworks:
+    """The job's networks on `device` in `settings`' memory format (compiled when they say so)."""
+
+    def load(ref):
+        return None if ref is None else speed_up(ref.build().to(device), settings)
+
+    network = refs.diffusion.build()
+    return GuidedNetworks(speed_up(network.to(device), settings), refs.diffusion.config,
+                          refs.diffusion.preset.diffusion, device, null_label=network.null_label,
+                          classifier=load(refs.classifier), guide=load(refs.guide))
+
+
 class GuidedSampler(ShardActor):
     """Ray Data actor: loads the networks once (the diffusion model, and the classifier and guide the grid needs), then
     samples shard after shard through the one guidance composition (components/guided.py)."""
 
-    def __init__(self, job: SampleJob, threads: int = 1):
+    def __init__(self, job: SampleJob, threads: int = 1, settings: dict | None = None):
         torch.set_num_threads(max(1, threads))
         self.job = job
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         refs = validate(job)
         cfg = job.config
-        fast = functools.partial(speed_up, device=self.device, channels_last=cfg.channels_last, compile=cfg.compile)
-
-        def load(ref):
-            return None if ref is None else fast(ref.build().to(self.device))
-
-        network = refs.diffusion.build()
-        self.nets = GuidedNetworks(fast(network.to(self.device)), refs.diffusion.config,
-                                   refs.diffusion.preset.diffusion, self.device, null_label=network.null_label,
-                                   classifier=load(refs.classifier), guide=load(refs.guide))
+        # the job's speed settings, the same in every actor (chosen once per job before the actors start, kept in
+        # plan.json: the samples must not depend on which actor drew them); without them, what the config sets
+        self.settings = SpeedSettings.from_dict(settings) if settings else configured(
+            self.device, cfg.precision, cfg.channels_last, cfg.compile)
+        self.nets = guided_networks(refs, self.device, self.settings)
         unet = refs.diffusion.config
         self.num_classes = unet.num_classes or (refs.classifier.config.num_classes if refs.classifier else 1)
         self.cells = job.cells
@@ -227,7 +255,7 @@ class GuidedSampler(ShardActor):
         indices = np.array([i for _, i in pairs], dtype=np.int64)
         seeds = [sample_seed(self.job.config.seed, i) for i in indices]
         labels = [self.job.label if self.job.label is not None else sample_label(s, self.num_classes) for s in seeds]
-        with autocast_context(self.device):
+        with autocast_context(self.device, self.settings.precision):
             images, cost = sample_batch(self.nets, cells, seeds, labels, self.job.config.clip_denoised,
                                         self.job.config.eta)
         return {"images": images, "labels": np.array(labels, dtype=np.int64),
@@ -235,6 +263,108 @@ class GuidedSampler(ShardActor):
                 "network_evals": np.array(cost.network_evals, dtype=np.int64),
                 "classifier_passes": np.array(cost.classifier_passes, dtype=np.int64),
                 "guide_evals": np.array(cost.guide_evals, dtype=np.int64)}
+
+
+# --- the job's speed settings, chosen once before the actors start -------------------------------------------------
+TRIAL_SAMPLER = "ddim2"  # a trial batch: two network evaluations per row
+
+
+def trial_cells(cells: list[Cell], batch_size: int) -> list[Cell]:
+    """The rows of a trial batch: the job's cells in turn, one cell of each guidance (unguided, each method guided)
+    first, so that even a batch smaller than the grid times the classifier's backward pass, classifier-free and
+    autoguided rows; on a two-step sampler."""
+    kinds: dict = {}
+    for cell in cells:
+        kinds.setdefault(cell.method if cell.scale > 0 else None, cell)
+    order = list(kinds.values()) + [c for c in cells if c not in kinds.values()]
+    return [dataclasses.replace(order[i % len(order)], sampler=TRIAL_SAMPLER) for i in range(batch_size)]
+
+
+def batch_trial(base: GuidedNetworks, rows: list[Cell], seeds: list[int], labels: list[int],
+                clip_denoised: bool = True, eta: float = 0.0):
+    """trial(settings) -> one batch of `rows` through sample_batch in those settings (`base`'s networks converted
+    in place to the memory format, compiled copies kept per setting): what precision.measure_choice times."""
+    compiled = {}
+
+    def trial(settings: SpeedSettings):
+        for net in (base.model, base.classifier, base.guide):
+            if net is not None:
+                apply_layout(net, settings.channels_last)
+        nets = base
+        if settings.compile:
+            if settings not in compiled:
+                compiled[settings] = dataclasses.replace(base, **{
+                    name: torch.compile(getattr(base, name)) for name in ("model", "classifier", "guide")
+                    if getattr(base, name) is not None})
+            nets = compiled[settings]
+
+        def step():
+            with autocast_context(base.device, settings.precision):
+                sample_batch(nets, rows, seeds, labels, clip_denoised, eta)
+
+        return step
+
+    return trial
+
+
+def sampling_trial(job: SampleJob, refs: SampleNetworks, device: torch.device):
+    """The job's trial: its networks, a trial batch of its cells (trial_cells), its seeds and labels."""
+    base = guided_networks(refs, device, SpeedSettings())
+    rows = trial_cells(job.cells, job.config.batch_size)
+    classes = refs.diffusion.config.num_classes or (refs.classifier.config.num_classes if refs.classifier else 1)
+    seeds = [sample_seed(job.config.seed, i) for i in range(len(rows))]
+    return batch_trial(base, rows, seeds, [sample_label(s, classes) for s in seeds], job.config.clip_denoised,
+                       job.config.eta)
+
+
+def choose_sampling_speed(job: SampleJob, threads: int, run_steps: int) -> dict:
+    """The job's speed choice, on a device like the actors' (a Ray task with an actor's resources): from the speed
+    cache, else by trial batches of every candidate (pipelines/infra/speed.py). `run_steps`: trial batches' worth
+    of work per actor, which decides whether compiling pays."""
+    torch.set_num_threads(max(1, threads))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    refs, cfg = validate(job), job.config
+    cands = candidates(device, cfg.precision, cfg.channels_last)
+    named = {"diffusion": refs.diffusion, "classifier": refs.classifier, "guide": refs.guide}
+    networks = {k: dataclasses.asdict(ref.config) for k, ref in named.items() if ref is not None}
+    networks["methods"] = sorted({c.method for c in job.cells if c.scale > 0})
+    asked = {"precision": cfg.precision, "channels_last": cfg.channels_last, "compile": cfg.compile}
+
+    def measure(cached: Choice | None = None) -> Choice:
+        with kept_rng(device):
+            trial = sampling_trial(job, refs, device)
+            if cached is not None:
+                return decide_compile(cached, trial, run_steps, sync=sync_for(device))
+            return measure_choice(trial, cands, cfg.compile, run_steps, sync=sync_for(device))
+
+    return speed.cached_choice(device, "sample", networks, None, asked, measure, measure, run_steps).as_dict()
+
+
+def job_speed(job: SampleJob, plan: dict, resources: dict, threads: int, run_steps: int, log) -> Choice | None:
+    """The settings every actor of this job samples with: those of its plan.json when the job resumes, else the
+    measured choice (written into the plan); None when no setting is auto (each actor applies the config)."""
+    if plan.get("speed"):
+        choice = dataclasses.replace(Choice.from_dict(plan["speed"]), source="plan")
+        log(f"[sample] speed: {choice.summary()}")
+        return choice
+    cfg = job.config
+    if "auto" not in (cfg.precision, cfg.channels_last, cfg.compile):
+        return None
+    task = ray.remote(choose_sampling_speed).options(num_cpus=resources["num_cpus"],
+                                                     num_gpus=resources.get("num_gpus", 0))
+    choice = Choice.from_dict(ray.get(task.remote(job, threads, run_steps)))
+    write_plan(job, {**plan, "speed": choice.as_dict()})
+    log(f"[sample] speed: {choice.summary()}")
+    return choice
+
+
+def trial_steps(job: SampleJob, shards, num_timesteps: int) -> int:
+    """The job's whole work in trial batches (two network evaluations of batch_size rows): what compiling must
+    repay. Not per actor: whether the actors compile, and so the samples' bytes, must not depend on the actor count
+    (each actor then pays the compile time for a share of the work, so compile is taken a little too readily)."""
+    evals = sum(len(rows) * parse_sampler(job.cells[rows[0][0]].sampler).network_evals(num_timesteps)
+                for rows in shards)
+    return int(evals / (2 * job.config.batch_size))
 
 
 # --- the driver --------------------------------------------------------------------------------------------------
@@ -271,21 +401,24 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
     diffusion_ref = validate(job).diffusion
     cells = job.cells
     shards = plan_shards(cells, job.config.num_samples, job.config.batch_size)
-    check_plan(job, len(shards))
+    plan = check_plan(job, len(shards))
     fs, _ = fsspec.core.url_to_fs(job.out)
     pending = [k for k in range(len(shards)) if not fs.exists(fsspec.core.url_to_fs(shard_url(job.out, k))[1])]
     total = sum(len(shards[k]) for k in pending)
     log(f"sampling {total} images of {len(cells)} cells in {len(pending)} shards ({len(shards) - len(pending)} "
         f"already done) -> {job.out}")
     busy = warm_seconds = 0.0
-    warm_images = 0
+    warm_images, choice = 0, None
     if pending:
         connect_ray()
         n, resources = actor_plan(job.actors, len(pending), job.config.actor_cpus, job.config.actors_per_gpu)
+        threads = max(1, round(resources["num_cpus"]))
+        steps = trial_steps(job, shards, diffusion_ref.preset.diffusion.steps)
+        choice = job_speed(job, plan, resources, threads, steps, log)
+        settings = choice.settings.as_dict() if choice else None
         ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(GuidedSampler, fn_constructor_args=(job, max(1, round(resources["num_cpus"]))),
-                            batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), batch_format="numpy",
-                            **resources)
+        ds = ds.map_batches(GuidedSampler, fn_constructor_args=(job, threads, settings), batch_size=1,
+                            compute=ray.data.ActorPoolStrategy(size=n), batch_format="numpy", **resources)
         made, cells_made = 0, CellProgress(cells, shards, pending, log)
         for row in ds.iter_rows():
             made, busy = made + int(row["images"]), busy + float(row["seconds"])
@@ -295,7 +428,8 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
             progress(log, "[sample] images", made, total, f"{cells_made.finished}/{len(cells)} cells done")
     npz, grids, coords = assemble(job, shards, trained_sigmas(diffusion_ref.preset.diffusion))
     return SampleResult(job.out, npz, grids, len(pending), len(shards) - len(pending), cells=coords,
-                        busy_seconds=busy, warm_images=warm_images, warm_seconds=warm_seconds)
+                        busy_seconds=busy, warm_images=warm_images, warm_seconds=warm_seconds,
+                        speed=choice.as_dict() if choice else {})
 
 
 def sample_and_track(job: SampleJob, log=print) -> SampleResult:

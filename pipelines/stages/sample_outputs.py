@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from components.config.grid import Cell, parse_sampler
-from pipelines.infra import tags
+from components.precision import Choice
+from pipelines.infra import speed, tags
 from pipelines.infra.storage import npz_bytes, read_bytes, read_npz, write_bytes_atomic
 from pipelines.infra.tracking import Tracker
 from pipelines.stages.grids import cells_sheet, labeled_grid
@@ -33,6 +34,7 @@ class SampleResult:
     busy_seconds: float = 0.0  # actor time spent sampling and writing shards (all actors together)
     warm_images: int = 0  # images of the shards that were not their actor's first (no CUDA / compile warm-up)
     warm_seconds: float = 0.0  # actor time spent on those shards
+    speed: dict = field(default_factory=dict)  # the actors' speed choice (precision.Choice.as_dict); {}: as configured
 
 
 def shard_url(out: str, k: int) -> str:
@@ -139,6 +141,8 @@ def log_to_mlflow(job, result: SampleResult, log=print) -> SampleResult:
         tracker.log_url(run_id, result.grids[cell.key])
         tracker.end_run(run_id)
         result.run_ids[cell.key] = run_id
+    if result.speed:
+        speed.record(tracker, parent, "sample", Choice.from_dict(result.speed))
     if job.parent_run_id is None:
         tracker.end_run(parent)
     log(f"MLflow: {len(job.cells)} child runs under {parent} at {tracker.uri}")

@@ -7,6 +7,7 @@ state) and stops at the same total step count. A non-finite loss ends the traine
 last good checkpoint stays the latest one.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -26,8 +27,9 @@ from components.checkpoint import load_state_dict
 from components.config import Preset, to_dict
 from components.config.kinds import kind as network_kind
 from components.images import image_grid, to_uint8
-from components.training import Learner
-from pipelines.infra import tags
+from components.precision import Choice
+from components.training import Learner, trainer_candidates, training_choice
+from pipelines.infra import speed, tags
 from pipelines.infra.model_refs import locate_for, snapshot_path
 from pipelines.infra.system_metrics import SystemMetrics
 from pipelines.infra.tracking import Tracker
@@ -111,13 +113,17 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, job.threads))
     device = ray.train.torch.get_device()
-    learner = Learner(job.kind, job.preset, device, seed=job.seed + rank)
+    tracker = Tracker(job.tracking_uri) if rank == 0 else None
+    choice = _speed_choice(job, device, rank, world, tracker)
+    learner = Learner(job.kind, job.preset, device, seed=job.seed + rank, settings=choice.settings)
     resumed = _start(job, learner)
     model = learner.hot(ray.train.torch.prepare_model(learner.net)) if world > 1 else learner.fast
-    tracker = Tracker(job.tracking_uri) if rank == 0 else None
     cfg, logged = learner.cfg, 0
     if rank == 0:  # where this trainer runs now: operators (and the fault tests) find the process by it
         tracker.set_tags(job.run_id, {tags.WORKER: f"{socket.gethostname()} pid {os.getpid()}"})
+        _say(job, f"[{job.kind}] speed: {choice.summary()}")
+        if choice.source != "run":  # recorded once per run: MLflow refuses a param that changes
+            speed.record(tracker, job.run_id, f"train-{job.kind}", choice)
     if resumed and rank == 0:
         # the steps after the checkpoint that the lost worker group logged are not logged again: each step once
         logged = tracker.last_logged_step(job.run_id)
@@ -152,6 +158,35 @@ def train_loop_per_worker(config: dict) -> None:
                     _snapshot(tracker, job, learner)
                 if step >= cfg.steps:
                     break
+
+
+def _speed_choice(job: WorkerConfig, device, rank: int, world: int, tracker: Tracker | None) -> Choice:
+    """Precision, memory format and compile of this trainer (train_<kind>.precision / channels_last / compile; auto:
+    measured): rank 0 takes those recorded on the training run by an earlier part of it (a restarted worker group, a
+    resumed run: the checkpoint's optimizer state and numerics go on in the settings they began in), else from the
+    speed cache or by timing trial steps (pipelines/infra/speed.py), and hands it to every other rank, so that all
+    ranks of a DDP group run the same arithmetic."""
+    choice = None
+    if rank == 0:
+        kind = network_kind(job.kind)
+        cfg = kind.train_config(job.preset)
+        cands = trainer_candidates(cfg, device, world)
+        choice = speed.recorded(tracker, job.run_id, cands[0].cuda_graphs)
+    if rank == 0 and choice is None:
+        asked = {"precision": cfg.precision, "channels_last": cfg.channels_last, "compile": cfg.compile,
+                 "cuda_graphs": cands[0].cuda_graphs}
+        networks = {"network": dataclasses.asdict(kind.network_config(job.preset)), "microbatch": cfg.microbatch}
+        choice = speed.cached_choice(
+            device, f"train-{job.kind}", networks, cfg.batch_size, asked,
+            measure=lambda: training_choice(job.kind, job.preset, device, cands, cfg.compile, job.seed),
+            compile_again=lambda hit: training_choice(job.kind, job.preset, device, cands, cfg.compile, job.seed,
+                                                      cached=hit),
+            run_steps=cfg.steps)
+    if world > 1:
+        box = [choice]
+        dist.broadcast_object_list(box, src=0)
+        choice = box[0]
+    return choice
 
 
 def _start(job: WorkerConfig, learner: Learner) -> bool:

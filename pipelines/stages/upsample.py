@@ -28,7 +28,7 @@ from components.config.grid import grid_cells
 from components.config.kinds import has_noise_level
 from components.config.validation import check_upsample, diffusion_problems, raise_problems
 from components.guided import GuidedNetworks, upsample_batch
-from components.precision import autocast_context, speed_up
+from components.precision import autocast_context, configured, speed_up
 from components.sampling import upsample_seed
 from pipelines.infra.console import progress
 from pipelines.infra.dataset import load_manifest
@@ -110,7 +110,9 @@ def check_plan(job: UpsampleJob, base: dict, num_shards: int) -> None:
     cfg = job.config
     plan = {"cells": list(base), "counts": [s.total for s in base.values()], "samples": job.samples,
             "sampler": cfg.sampler, "low_res_noise": cfg.low_res_noise, "eta": cfg.eta, "seed": cfg.seed,
-            "batch_size": cfg.batch_size, "shards": num_shards, "upsampler": job.upsampler}
+            "batch_size": cfg.batch_size, "shards": num_shards, "upsampler": job.upsampler,
+            # the arithmetic and layout the shards were made in: a rerun in others would mix them within a cell
+            "speed": {"precision": cfg.precision, "channels_last": cfg.channels_last, "compile": cfg.compile}}
     if exists(url):
         with fsspec.open(url, "r") as f:
             found = json.load(f)
@@ -133,7 +135,9 @@ class CascadeUpsampler(ShardActor):
         ref, base = validate(job)
         cfg = job.config
         network = ref.build()
-        fast = speed_up(network.to(self.device), self.device, cfg.channels_last, cfg.compile)
+        # set, not measured (upsample.precision / channels_last / compile; auto: the plain float32 path)
+        self.settings = configured(self.device, cfg.precision, cfg.channels_last, cfg.compile)
+        fast = speed_up(network.to(self.device), self.settings)
         self.nets = GuidedNetworks(fast, ref.config, ref.process, self.device,
                                    noise_level=bool(getattr(network, "noise_level", False)))
         self.keys, self.sources = list(base), list(base.values())
@@ -153,7 +157,7 @@ class CascadeUpsampler(ShardActor):
         low_res = np.stack([self._base(j)[0][i] for j, i in pairs])
         labels = [int(self._base(j)[1][i]) for j, i in pairs]
         seeds = [upsample_seed(cfg.seed, self.keys[j], i) for j, i in pairs]
-        with autocast_context(self.device):
+        with autocast_context(self.device, self.settings.precision):
             images, cost = upsample_batch(self.nets, cfg.sampler, seeds, labels, low_res, cfg.low_res_noise,
                                           cfg.clip_denoised, cfg.eta)
         return {"images": images, "labels": np.array(labels, dtype=np.int64),

@@ -36,10 +36,17 @@ def test_overrides_coerce_and_reject():
 
 def test_speed_settings_are_auto_on_or_off():
     validate_preset(apply_overrides(get_preset("smoke"), ["train_classifier.cuda_graphs=on", "sample.compile=off"]))
-    with pytest.raises(ConfigError, match="train_diffusion.cuda_graphs='yes' must be auto"):
+    with pytest.raises(ConfigError, match="train_diffusion.cuda_graphs='yes' must be one of auto"):
         validate_preset(apply_overrides(get_preset("smoke"), ["train_diffusion.cuda_graphs=yes"]))
-    with pytest.raises(ConfigError, match="sample.channels_last='fast' must be auto"):
+    with pytest.raises(ConfigError, match="sample.channels_last='fast' must be one of auto"):
         validate_preset(apply_overrides(get_preset("smoke"), ["sample.channels_last=fast"]))
+    # precision: auto (measured), fp32 or bf16, for every trainer and the sampling actors
+    validate_preset(apply_overrides(get_preset("smoke"), ["train_diffusion.precision=bf16", "sample.precision=fp32"]))
+    with pytest.raises(ConfigError, match="2 problems") as problems:
+        validate_preset(apply_overrides(get_preset("smoke"), ["train_evaluator.precision=fp16",
+                                                              "sample.precision=half"]))
+    assert "train_evaluator.precision='fp16' must be one of auto" in str(problems.value)
+    assert "sample.precision='half' must be one of auto" in str(problems.value)
     validate_preset(apply_overrides(get_preset("smoke"), ["sample.actors_per_gpu=3", "sample.actor_cpus=1.5"]))
     assert apply_overrides(get_preset("fashion-mnist"), ["sample.actor_cpus=none"]).sample.actor_cpus is None
     with pytest.raises(ConfigError, match="sample.actor_cpus=-1 must be a number of CPUs > 0"):

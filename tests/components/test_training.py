@@ -49,7 +49,7 @@ def _perturb(net: torch.nn.Module) -> torch.nn.Module:
 def _float32(monkeypatch):
     # float32 throughout: under bf16 autocast (CPUs with native bf16) a different kernel or split rounds differently,
     # which says nothing about the maths these tests compare
-    monkeypatch.setattr(training, "autocast_context", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(training, "autocast_context", lambda device, precision: contextlib.nullcontext())
 
 
 def test_microbatches_accumulate_the_same_gradient(monkeypatch):
@@ -136,12 +136,45 @@ def test_channels_last_and_compile_train_like_eager(tmp_path, monkeypatch):
 
 
 def test_cuda_graphs_only_where_compiled_on_cuda():
-    """`graphed` is the one place that decides whether the trainer replays CUDA graphs (and marks each step)."""
-    from components.precision import graphed
+    """The settings decide whether the trainer replays CUDA graphs (and marks each step): compiled, on CUDA, with
+    cuda_graphs auto or on, one worker."""
+    from components.precision import configured
+    from components.training import trainer_candidates
 
-    assert graphed("cuda", "auto", "auto") and graphed("cuda", "on", "on")
-    assert not graphed("cuda", "off", "on")  # graphs come from the compiled step: no compile, no graphs
-    assert not graphed("cuda", "auto", "off")
-    assert not graphed("cpu", "on", "on") and not graphed("cpu", "auto", "auto")
+    assert configured("cuda", compile="on", cuda_graphs="auto").cuda_graphs
+    assert not configured("cuda", compile="off", cuda_graphs="on").cuda_graphs  # no compile, no graphs
+    assert not configured("cuda", compile="on", cuda_graphs="off").cuda_graphs
+    assert not configured("cpu", compile="on", cuda_graphs="on").cuda_graphs
+    cfg = get_preset("smoke").train_diffusion
+    assert all(c.cuda_graphs for c in trainer_candidates(cfg, torch.device("cuda")))  # if compiled, graphed
+    assert not any(c.cuda_graphs for c in trainer_candidates(cfg, torch.device("cuda"), world=2))  # DDP: plain
+    assert not any(c.cuda_graphs for c in trainer_candidates(cfg, torch.device("cpu")))
     preset = apply_overrides(get_preset("smoke"), ["train_diffusion.compile=on", "train_diffusion.cuda_graphs=on"])
     assert not Learner("diffusion", preset, torch.device("cpu")).graphs
+
+
+def test_a_checkpoint_resumes_in_the_other_memory_format_as_in_its_own(tmp_path, monkeypatch):
+    """A checkpoint saved in NCHW and resumed with channels_last (or back): the optimizer's moments take their
+    parameters' memory format, so the next steps equal those of a resume in the checkpoint's own format. Without it
+    the moments keep the saved strides and the fused AdamW update pairs the wrong elements."""
+    from components.precision import SpeedSettings
+
+    _float32(monkeypatch)
+    x, y = _batch(8)
+    preset = apply_overrides(get_preset("smoke"), ["train_diffusion.lr=0.01"])
+    for saved, resumed in ((False, True), (True, False)):
+        first = Learner("diffusion", preset, torch.device("cpu"), seed=0, settings=SpeedSettings("fp32", saved))
+        for _ in range(2):
+            first.train_step(x, y)
+        first.save(tmp_path / f"cl-{saved}", config={})
+        after = {}
+        for layout in (saved, resumed):
+            learner = Learner("diffusion", preset, torch.device("cpu"), seed=0, settings=SpeedSettings("fp32", layout))
+            learner.load(tmp_path / f"cl-{saved}")
+            for p in learner.net.parameters():
+                assert all(v.stride() == p.stride() for v in learner.opt.state[p].values() if v.shape == p.shape)
+            for _ in range(2):
+                learner.train_step(x, y)
+            after[layout] = {k: v.clone() for k, v in learner.net.state_dict().items()}
+        for name, value in after[saved].items():
+            assert torch.allclose(after[resumed][name], value, atol=1e-5, rtol=1e-4), name

@@ -17,11 +17,12 @@ from pipelines.stages.sources import IngestOptions
 from pipelines.stages.train import TrainOptions, train
 
 STEPS = 10  # per segment: two workers for STEPS steps, then one worker for STEPS more
-# Tolerances, from this test on the 2-core Intel AMX VM, where bf16 autocast runs in the workers and in the reference
-# (batches of 8 vs 16 and 1 vs 2 threads round differently): the loss curves differed by at most 6.2e-4 over the 20
-# steps, the weights by 2.1-2.3% of the distance they travelled. Planted bugs: without DDP's gradient averaging (each
-# worker fits its own half) the losses differ by up to 2.0e-2 and the weights by 92-98%; with rank 0 logging its own
-# half-batch loss instead of the global batch's, the losses differ by up to 1.3e-2.
+# Tolerances, from this test on the 2-core Intel AMX VM when bf16 autocast ran in the workers and in the reference
+# (batches of 8 vs 16 and 1 vs 2 threads round differently; both now run fp32, which rounds less): the loss curves
+# differed by at most 6.2e-4 over the 20 steps, the weights by 2.1-2.3% of the distance they travelled. Planted bugs:
+# without DDP's gradient averaging (each worker fits its own half) the losses differ by up to 2.0e-2 and the weights
+# by 92-98%; with rank 0 logging its own half-batch loss instead of the global batch's, the losses differ by up to
+# 1.3e-2.
 LOSS_ATOL, WEIGHTS_RTOL = 3e-3, 0.1
 
 
@@ -29,7 +30,9 @@ def _preset(workers: int, batch: int, steps: int):
     """The evaluator network (a clean-image classifier: no noise, no timesteps, no dropout, GroupNorm only), so a
     step's gradient depends only on which images are in the global batch."""
     fields = {"num_workers": workers, "batch_size": batch, "steps": steps, "shuffle_rows": 0, "log_interval": 1,
-              "save_interval": STEPS}
+              "save_interval": STEPS,
+              # set, not measured: the workers and the reference Learner run the same arithmetic on every machine
+              "precision": "fp32", "channels_last": "off", "compile": "off"}
     return apply_overrides(get_preset("smoke"), [f"train_evaluator.{k}={v}" for k, v in fields.items()])
 
 

@@ -15,7 +15,7 @@ from components.config import SampleConfig, UserError, apply_overrides
 from components.config.grid import Cell
 from components.config.presets import get_preset
 from components.guided import GuidedNetworks, sample_batch
-from components.precision import autocast_context
+from components.precision import SpeedSettings, apply_layout, autocast_context
 from components.sampling import sample_label, sample_seed
 from components.training import Learner
 from pipelines.infra.model_refs import resolve
@@ -50,7 +50,11 @@ def nets(tmp_path_factory):
 def _job(nets, out, **kw):
     """A job on the test networks; keyword arguments that name a SampleConfig field set the sample section."""
     fields = {f.name for f in dataclasses.fields(SampleConfig)}
-    settings = dict(guidance_scales=(0.0, 2.0), num_samples=6, samplers=("ddim5",), batch_size=4, seed=11)
+    # compile off: whether `auto` tries torch.compile depends on the measured step time (can the job repay compiling?),
+    # so on a loaded machine it would; precision and channels_last stay auto, measured, and every check below holds
+    # for whichever the job took (kept in its plan.json)
+    settings = dict(guidance_scales=(0.0, 2.0), num_samples=6, samplers=("ddim5",), batch_size=4, seed=11,
+                    compile="off")
     settings.update({k: kw.pop(k) for k in list(kw) if k in fields})
     base = dict(diffusion=nets["diffusion"], classifier=nets["classifier"], out=str(out))
     return SampleJob(**{**base, **kw}, config=SampleConfig(**settings))
@@ -62,18 +66,27 @@ def _load(url):
         return data["arr_0"], data["arr_1"]
 
 
-def _direct(nets, cell: Cell, n: int, threads: int, diffusion: str = "diffusion") -> np.ndarray:
+def _speed(out) -> SpeedSettings:
+    """The speed settings the actors of the job in `out` sampled with: the job's choice, kept in its plan.json."""
+    with fsspec.open(f"{out}/plan.json") as f:
+        return SpeedSettings.from_dict(json.load(f)["speed"]["settings"])
+
+
+def _direct(nets, cell: Cell, n: int, threads: int, settings: SpeedSettings, diffusion: str = "diffusion"
+            ) -> np.ndarray:
     """Samples 0..n-1 of seed 11 of `cell` outside Ray, through the one guidance composition as an actor draws them
-    (`threads` torch threads, the precision policy), in one batch of n rows."""
+    (`threads` torch threads, the job's speed settings), in one batch of n rows."""
     ref, clf = resolve(nets[diffusion], "diffusion"), resolve(nets["classifier"], "classifier")
-    network = ref.build()
-    guided = GuidedNetworks(network, ref.config, ref.preset.diffusion, "cpu", network.null_label, clf.build(),
-                            guide=resolve(nets["guide"], "diffusion").build())
+    network, classifier, guide = ref.build(), clf.build(), resolve(nets["guide"], "diffusion").build()
+    for net in (network, classifier, guide):
+        apply_layout(net, settings.channels_last)
+    guided = GuidedNetworks(network, ref.config, ref.preset.diffusion, "cpu", network.null_label, classifier,
+                            guide=guide)
     seeds = [sample_seed(11, i) for i in range(n)]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with autocast_context("cpu"):
+        with autocast_context("cpu", settings.precision):
             return sample_batch(guided, [cell] * n, seeds, [sample_label(s, 4) for s in seeds])[0]
     finally:
         torch.set_num_threads(before)
@@ -94,10 +107,13 @@ def test_fan_out_layout_determinism_and_resume(tmp_path, nets, ray_cluster):
         assert images.tobytes() == other_images.tobytes() and np.array_equal(labels, other_labels)
     assert not np.array_equal(_load(one.npz["ddim5/scale_0"])[0], _load(one.npz["ddim5/scale_2"])[0])
 
+    # one speed choice for both jobs (measured by the first, cached for the second: the cache key holds neither the
+    # batch nor the actor count), kept in each plan
+    assert _speed(tmp_path / "one") == _speed(tmp_path / "two")
     # scale 0 is exactly unguided sampling of the same seeds and labels, run as run `one`'s actor runs it: 2 torch
-    # threads (its 1.5 CPUs, rounded) and the precision policy (bf16 autocast on CPUs with native bf16, where oneDNN's
-    # kernels can also round differently with the thread count)
-    direct = _direct(nets, Cell("ddim5", 0.0), 4, threads=2)
+    # threads (its 1.5 CPUs, rounded) and the job's speed settings (bf16 autocast where it was measured faster, where
+    # oneDNN's kernels can also round differently with the thread count)
+    direct = _direct(nets, Cell("ddim5", 0.0), 4, threads=2, settings=_speed(tmp_path / "one"))
     assert direct.tobytes() == _load(one.npz["ddim5/scale_0"])[0][:4].tobytes()
 
     # an interrupted run (two shards never written) resumes without redoing the finished one
@@ -134,7 +150,7 @@ def test_mixed_cell_batches_equal_single_cell_batches_and_actor_counts(tmp_path,
     # labels (single: one cell per batch of 6, one torch thread per actor)
     for cell in cells:
         if cell.scale:
-            direct = _direct(nets, cell, 6, threads=1)
+            direct = _direct(nets, cell, 6, threads=1, settings=_speed(tmp_path / "single"))
             assert direct.tobytes() == _load(single.npz[cell.key])[0].tobytes(), cell.key
     # an interval changes the samples; the samplers differ
     assert _load(mixed.npz["ddim5/scale_2"])[0].tobytes() != _load(mixed.npz["ddim5/scale_2_sigma_0.5-5"])[0].tobytes()
@@ -188,7 +204,7 @@ def test_guidance_methods_share_batches_and_count_their_compute(tmp_path, nets, 
     # the cfg and both cells at s = 2 are the composition of their method and scale run directly on the same seeds
     # and labels (single: one cell per batch of 6, one torch thread per actor)
     for cell in job.cells[2:]:
-        direct = _direct(nets, cell, 6, threads=1, diffusion="diffusion_cfg")
+        direct = _direct(nets, cell, 6, threads=1, settings=_speed(tmp_path / "single"), diffusion="diffusion_cfg")
         assert direct.tobytes() == _load(single.npz[cell.key])[0].tobytes(), cell.key
     assert mixed.cells["ddim5/both_scale_2"]["cfg_scale"] == mixed.cells["ddim5/both_scale_2"]["classifier_scale"] == 2
     # a network trained without label dropout has no null class: refused before any actor starts
@@ -206,7 +222,7 @@ def test_autoguidance_cells_run_their_guide_and_count_it_apart(tmp_path, nets, r
     result = run_sampling(job, log=lambda *_: None)
     cost = {k: (r["network_evals"], r["guide_evals"], r["classifier_passes"]) for k, r in result.cells.items()}
     assert cost == {"ddim5/scale_0": (5, 0, 0), "ddim5/auto_scale_2": (5, 5, 0)}
-    direct = _direct(nets, job.cells[1], 6, threads=2)
+    direct = _direct(nets, job.cells[1], 6, threads=2, settings=_speed(tmp_path / "auto"))
     assert direct.tobytes() == _load(result.npz["ddim5/auto_scale_2"])[0].tobytes()
     with open(tmp_path / "auto" / "plan.json") as f:
         assert json.load(f)["guide"] == nets["guide"]
