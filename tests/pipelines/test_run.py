@@ -257,7 +257,10 @@ def check_pipeline_run_ui(client, first, stages, trainers):
     for run in trainers:
         kind = run.data.tags["adm.network"]
         prefixes = {name.split(".")[0] for name in run.data.params if "." in name}
-        assert prefixes == set(sections[kind]), (kind, prefixes)
+        # the sections the trainer reads, and the speed settings it took (chosen by measurement or read back)
+        assert prefixes == {*sections[kind], "speed"}, (kind, prefixes)
+        assert run.data.params["speed.precision"] in ("fp32", "bf16"), run.data.params
+        assert run.data.params["speed.source"] in ("measured", "cached", "set"), run.data.params
         # the base networks read the area downsample, the upsampler the large images
         fingerprint = first["ingest"]["large_fingerprint" if kind == "upsampler" else "fingerprint"]
         assert run.inputs.dataset_inputs[0].dataset.digest == fingerprint[:36]
