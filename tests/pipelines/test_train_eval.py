@@ -17,6 +17,7 @@ from components.config.presets import get_preset
 from components.diffusion import create_diffusion
 from components.images import to_model_input
 from components.networks import build_network
+from components.precision import bf16_supported
 from components.train_eval import classifier_scores
 from pipelines.infra.dataset import read_split
 from pipelines.stages.ingest import ingest
@@ -75,7 +76,13 @@ def test_held_out_metrics_over_steps_and_keep_best_reports_the_best(tmp_path, sh
         "train_classifier.save_interval=10", "train_classifier.keep_checkpoints=1", "train_classifier.lr=1e-1",
         "train_evaluator.steps=10", "train_evaluator.eval_interval=5",
         "train_diffusion.steps=20", "train_diffusion.eval_interval=10", "train_diffusion.keep_best=true",
-        "train_diffusion.save_interval=20", "train_diffusion.sample_interval=0"])
+        "train_diffusion.save_interval=20", "train_diffusion.sample_interval=0",
+        # set, not measured: the construction below (the held-out loss grows as the classifier learns) was found
+        # under bf16 autocast where the CPU has bf16 kernels (float32 elsewhere), and in float32 on a bf16 CPU the
+        # loss fell to the last step; the rescoring takes the same settings
+        *(f"train_{k}.{f}={v}" for k in ("classifier", "evaluator", "diffusion")
+          for f, v in (("precision", "bf16" if bf16_supported("cpu") else "fp32"), ("channels_last", "off"),
+                       ("compile", "off")))])
     opts = TrainOptions(storage=str(tmp_path / "storage"), tracking_uri=mlflow_server, experiment="eval")
     outcomes = train(preset, shapes, opts, **QUIET)
     client = MlflowClient(mlflow_server)
