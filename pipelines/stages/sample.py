@@ -426,6 +426,8 @@ def run_sampling(job: SampleJob, log=print) -> SampleResult:
                 warm_images, warm_seconds = warm_images + int(row["images"]), warm_seconds + float(row["seconds"])
             cells_made.shard_done(int(row["shard"]))
             progress(log, "[sample] images", made, total, f"{cells_made.finished}/{len(cells)} cells done")
+    if choice is None and plan.get("speed"):  # every shard was made by an earlier part: the settings it made them in
+        choice = Choice.from_dict(plan["speed"])
     npz, grids, coords = assemble(job, shards, trained_sigmas(diffusion_ref.preset.diffusion))
     return SampleResult(job.out, npz, grids, len(pending), len(shards) - len(pending), cells=coords,
                         busy_seconds=busy, warm_images=warm_images, warm_seconds=warm_seconds,
